@@ -1,0 +1,116 @@
+//! The skills cgroup: where it is, which cgroup ids belong to it, how processes enter it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::host;
+
+#[derive(Debug)]
+pub struct SkillsCgroup {
+    /// The configured path relative to the cgroup v2 mount.
+    pub relative: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// cgroup id → path relative to `dir` ("" for the skills cgroup itself).
+    known: Mutex<HashMap<u64, String>>,
+}
+
+impl SkillsCgroup {
+    pub fn locate(relative: &str) -> Result<Self> {
+        let mount = host::cgroup2_mount()?;
+        Ok(Self {
+            relative: relative.to_owned(),
+            dir: mount.join(relative),
+            known: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create the skills cgroup {}", self.dir.display()))
+    }
+
+    /// The cgroup id (on cgroup v2, the inode number of the cgroup's directory).
+    pub fn id(&self) -> Result<u64> {
+        cgroup_id(&self.dir)
+    }
+
+    /// Refuses to go on when this process itself runs inside the skills cgroup: its own
+    /// upstream connections would be sent back to its proxy.
+    pub fn refuse_if_inside(&self, what: &str) -> Result<()> {
+        let own = own_cgroup()?;
+        let skills = format!("/{}", self.relative);
+        if own == skills || own.starts_with(&format!("{skills}/")) {
+            bail!(
+                "{what} runs inside the skills cgroup ({own}); its own connections would be \
+                 redirected: run it outside `{}` (e.g. as the skillgate systemd service)",
+                self.relative
+            );
+        }
+        Ok(())
+    }
+
+    /// The path, relative to the skills cgroup, of the cgroup with id `id`, if it lies in the
+    /// skills subtree. Unknown ids trigger a rescan, so cgroups created later are found.
+    pub fn resolve(&self, id: u64) -> Option<String> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = known.get(&id) {
+            return Some(path.clone());
+        }
+        known.clear();
+        scan(&self.dir, "", &mut known);
+        known.get(&id).cloned()
+    }
+
+    /// Moves process `pid` into the skill cgroup `skill_cgroup` (relative), creating it.
+    pub fn enter(&self, skill_cgroup: &str, pid: u32) -> Result<PathBuf> {
+        let dir = self.dir.join(skill_cgroup);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create skill cgroup {}", dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("cannot move pid {pid} into {}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(dir)
+        .with_context(|| format!("cannot stat cgroup {}", dir.display()))?
+        .ino())
+}
+
+fn scan(dir: &Path, relative: &str, known: &mut HashMap<u64, String>) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    known.insert(meta.ino(), relative.to_owned());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let child = if relative.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{relative}/{name}")
+            };
+            scan(&entry.path(), &child, known);
+        }
+    }
+}
+
+/// This process's cgroup v2 path (the `0::` line of /proc/self/cgroup).
+fn own_cgroup() -> Result<String> {
+    let text =
+        std::fs::read_to_string("/proc/self/cgroup").context("cannot read /proc/self/cgroup")?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+        .context("/proc/self/cgroup has no cgroup v2 (`0::`) line")
+}

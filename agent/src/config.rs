@@ -1,0 +1,130 @@
+//! The agent's configuration file (`skillgate.toml`) and the policy it points at.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+use skillgate_policy::Policy;
+
+pub const DEFAULT_CONFIG: &str = "/etc/skillgate/skillgate.toml";
+
+/// A port below 1024 by default: while the agent is down, an unprivileged process cannot take
+/// the proxy address over and receive the skills' connections.
+const DEFAULT_PROXY_PORT: u16 = 915;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The cgroup (relative to the cgroup v2 mount) whose processes are skills.
+    #[serde(default = "default_skills_cgroup")]
+    pub skills_cgroup: String,
+    /// Port the proxy listens on, on 127.0.0.1 and ::1.
+    #[serde(default = "default_proxy_port")]
+    pub proxy_port: u16,
+    /// Where programs, links and maps are pinned (on a bpffs).
+    #[serde(default = "default_pin_dir")]
+    pub bpf_pin_dir: PathBuf,
+    /// The policy file, relative to this file's directory unless absolute.
+    pub policy: PathBuf,
+    /// How long the proxy waits for a backend to accept, in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub upstream_connect_timeout_ms: u64,
+}
+
+fn default_skills_cgroup() -> String {
+    "skills.slice".to_owned()
+}
+fn default_proxy_port() -> u16 {
+    DEFAULT_PROXY_PORT
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/skillgate")
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+/// The configuration with its policy loaded and checked.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub agent: AgentConfig,
+    pub policy_path: PathBuf,
+    pub policy: Policy,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let agent = AgentConfig::load(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let policy_path = base.join(&agent.policy);
+        let policy = load_policy(&policy_path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            agent,
+            policy_path,
+            policy,
+        })
+    }
+}
+
+pub fn load_policy(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy `{}`", path.display()))?;
+    let origin = path.display().to_string();
+    Policy::parse(&origin, &text)
+        .map_err(|err| anyhow::anyhow!("invalid policy: {}", err.to_string().replace('\n', " ")))
+}
+
+impl AgentConfig {
+    /// Reads and checks the agent configuration alone (not the policy it names).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read config `{}`: pass an existing file with --config (an example: \
+                 deploy/skillgate.toml)",
+                path.display()
+            )
+        })?;
+        let agent: Self = toml::from_str(&text).map_err(|err| {
+            anyhow::anyhow!(
+                "invalid config `{}`: {}",
+                path.display(),
+                err.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        agent.validate(path)?;
+        Ok(agent)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let cgroup = &self.skills_cgroup;
+        let relative_ok = !cgroup.is_empty()
+            && !cgroup.starts_with('/')
+            && cgroup
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !relative_ok {
+            bail!(
+                "invalid config `{}`: skills_cgroup `{cgroup}` must be a path below the cgroup v2 \
+                 root such as `skills.slice` (the root itself would capture the agent too)",
+                path.display()
+            );
+        }
+        if self.proxy_port == 0 {
+            bail!(
+                "invalid config `{}`: proxy_port must be a fixed port (1-65535), not 0",
+                path.display()
+            );
+        }
+        if !self.bpf_pin_dir.is_absolute() {
+            bail!(
+                "invalid config `{}`: bpf_pin_dir `{}` must be an absolute path on a bpffs, \
+                 such as /sys/fs/bpf/skillgate",
+                path.display(),
+                self.bpf_pin_dir.display()
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! `skillgate`: host-level enforcement agent for AI skills.
+
+mod cgroup;
+mod config;
+mod enforce;
+mod exec;
+mod host;
+mod proxy;
+mod run;
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Host-level enforcement agent for AI skills.
+///
+/// Processes in the skills cgroup (skills) cannot reach the network except through
+/// skillgate's proxy: eBPF programs on the cgroup send every TCP connect to the proxy, which
+/// identifies the skill from kernel facts (cgroup, pid, uid) and applies the policy.
+#[derive(Debug, Parser)]
+#[command(name = "skillgate", version, propagate_version = true)]
+struct Cli {
+    /// Agent configuration file.
+    #[arg(long, short, global = true, env = "SKILLGATE_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: attach the eBPF programs to the skills cgroup and serve the proxy.
+    ///
+    /// Enforcement is pinned in bpffs and outlives the agent: after SIGTERM skills get
+    /// "connection refused" until an agent runs again (it adopts the pinned programs) or
+    /// `skillgate detach` removes enforcement. Logs go to stderr; set SKILLGATE_LOG
+    /// (e.g. `debug`, `skillgate=trace`) to change the level.
+    Run,
+    /// Run a command as a skill: inside the skill's cgroup, below the skills cgroup.
+    ///
+    /// Refuses to start the command unless enforcement is attached to the skills cgroup,
+    /// so a skill never runs with direct network access.
+    Exec {
+        /// The skill, as declared in the policy.
+        #[arg(long)]
+        skill: String,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Remove enforcement: unpin the eBPF links and maps, giving skills direct network access.
+    Detach,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Run => run::run(&cli.config),
+        Command::Exec { skill, command } => exec::exec(&cli.config, &skill, &command),
+        Command::Detach => run::detach(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: what went wrong and, where we know it, the fix.
+            eprintln!("skillgate: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // aya warns, at length, that the kernel refuses the object's BTF (bpf-linker 0.10 emits a
+    // type name the kernel rejects); the programs need no BTF, so that warning is noise.
+    let filter = EnvFilter::try_from_env("SKILLGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aya::bpf=error"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .finish()
+        .init();
+}

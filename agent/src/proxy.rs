@@ -1,0 +1,220 @@
+//! The proxy every skill socket is sent to: it recovers what the kernel recorded about the
+//! connection, asks the policy, and carries the decision out.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use skillgate_common::{ConnMeta, TupleKey, ip_words};
+use skillgate_policy::{ConnectRequest, Effect, Policy};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::cgroup::SkillsCgroup;
+use crate::enforce::Enforcement;
+use crate::sys;
+
+/// Metadata older than this when its connection is accepted is refused as stale.
+const MAX_METADATA_AGE: Duration = Duration::from_secs(30);
+
+pub struct Proxy {
+    pub enforcement: Enforcement,
+    pub skills: SkillsCgroup,
+    pub policy: Policy,
+    pub port: u16,
+    pub upstream_connect_timeout: Duration,
+}
+
+/// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
+/// hook still redirects to ::1, where the connect then fails (closed, not open).
+pub async fn bind(port: u16) -> Result<Vec<TcpListener>> {
+    let v4 = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        .await
+        .with_context(|| {
+            format!("cannot listen on 127.0.0.1:{port}: is another agent running? (proxy_port)")
+        })?;
+    let mut listeners = vec![v4];
+    match TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await {
+        Ok(v6) => listeners.push(v6),
+        Err(err) => warn!(
+            error = %err,
+            port,
+            "cannot listen on [::1]; IPv6 connects from skills will be refused"
+        ),
+    }
+    Ok(listeners)
+}
+
+impl Proxy {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let proxy = Arc::clone(&self);
+                    tokio::spawn(async move { proxy.handle(stream, peer).await });
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(err) => {
+                return warn!(%peer, error = %err, "cannot read the accepted socket's address");
+            }
+        };
+        let Some(meta) = self.enforcement.take_conn(&tuple_key(peer, local)) else {
+            // Not a redirected skill socket: someone dialed the proxy port directly.
+            warn!(%peer, decision = "deny", reason = "no connection metadata", "connection refused");
+            return reset(stream);
+        };
+        let origin = orig_destination(&meta);
+        let span = info_span!("conn", pid = meta.pid, %origin);
+        async move {
+            let age = Duration::from_nanos(sys::monotonic_ns().saturating_sub(meta.connect_ns));
+            if age > MAX_METADATA_AGE {
+                warn!(age_ms = age.as_millis() as u64, decision = "deny", reason = "stale connection metadata", "connection refused");
+                return reset(stream);
+            }
+            if origin.port() == self.port && origin.ip().to_canonical().is_loopback() {
+                warn!(decision = "deny", reason = "the skill dialed the proxy itself", "connection refused");
+                return reset(stream);
+            }
+            let cgroup = self.skills.resolve(meta.cgroup_id);
+            let decision = self.policy.decide_connect(&ConnectRequest {
+                cgroup: cgroup.as_deref(),
+                destination: origin,
+            });
+            let skill = decision.skill.map_or("-", |s| s.name.as_str());
+            let backend = decision.backend.map_or("-", |b| b.name.as_str());
+            let rule = decision.rule.unwrap_or("-");
+            let cgroup = cgroup.as_deref().unwrap_or("-");
+            match (decision.effect, decision.backend) {
+                (Effect::Allow, Some(backend_def)) => {
+                    info!(skill, uid = meta.uid, cgroup, backend, rule, decision = "allow", reason = %decision.reason, "connection allowed");
+                    self.forward(stream, backend_def.upstream).await;
+                }
+                _ => {
+                    info!(skill, uid = meta.uid, cgroup, backend, rule, decision = "deny", reason = %decision.reason, "connection refused");
+                    reset(stream);
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn forward(&self, mut client: TcpStream, upstream: SocketAddr) {
+        let connect =
+            tokio::time::timeout(self.upstream_connect_timeout, TcpStream::connect(upstream));
+        let mut server = match connect.await {
+            Ok(Ok(server)) => server,
+            Ok(Err(err)) => {
+                warn!(%upstream, error = %err, "backend unreachable");
+                return reset(client);
+            }
+            Err(_) => {
+                warn!(%upstream, timeout_ms = self.upstream_connect_timeout.as_millis() as u64, "backend did not accept in time");
+                return reset(client);
+            }
+        };
+        let upstream_local = server
+            .local_addr()
+            .map_or_else(|_| "-".to_owned(), |a| a.to_string());
+        info!(%upstream, %upstream_local, "upstream connected");
+        match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+            Ok((to_backend, to_skill)) => {
+                info!(
+                    bytes_to_backend = to_backend,
+                    bytes_to_skill = to_skill,
+                    "connection closed"
+                );
+            }
+            Err(err) => info!(error = %err, "connection ended with an error"),
+        }
+    }
+}
+
+/// Closes with RST so the skill sees "connection reset", not a clean end of stream.
+fn reset(stream: TcpStream) {
+    if let Err(err) = stream.set_zero_linger() {
+        warn!(error = %err, "cannot set SO_LINGER; closing normally");
+    }
+}
+
+fn words(ip: IpAddr) -> [u32; 4] {
+    ip_words(match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    })
+}
+
+/// The key the sockops program stored: the skill socket's address is our peer.
+fn tuple_key(peer: SocketAddr, local: SocketAddr) -> TupleKey {
+    TupleKey {
+        src_ip: words(peer.ip()),
+        dst_ip: words(local.ip()),
+        src_port: peer.port(),
+        dst_port: local.port(),
+        _pad: 0,
+    }
+}
+
+fn orig_destination(meta: &ConnMeta) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(meta.orig_ip) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let ip = Ipv6Addr::from(octets);
+    let ip = match meta.family {
+        skillgate_common::AF_INET => IpAddr::V4(
+            ip.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        _ => IpAddr::V6(ip),
+    };
+    SocketAddr::new(ip, meta.orig_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_keys_match_the_kernel_layout() {
+        let key = tuple_key(
+            "127.0.0.5:40000".parse().unwrap(),
+            "127.0.0.1:915".parse().unwrap(),
+        );
+        assert_eq!(key.src_ip[2], skillgate_common::V4_MAPPED_WORD);
+        assert_eq!(key.src_ip[3].to_ne_bytes(), [127, 0, 0, 5]);
+        assert_eq!((key.src_port, key.dst_port), (40000, 915));
+        let key6 = tuple_key("[::1]:40000".parse().unwrap(), "[::1]:915".parse().unwrap());
+        assert_eq!(key6.src_ip, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn original_destinations_round_trip() {
+        for (family, addr) in [
+            (skillgate_common::AF_INET, "10.1.2.3:5432"),
+            (skillgate_common::AF_INET6, "[2001:db8::7]:443"),
+            (skillgate_common::AF_INET6, "[::ffff:127.0.0.2]:80"),
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let meta = ConnMeta {
+                orig_ip: words(addr.ip()),
+                orig_port: addr.port(),
+                family,
+                ..ConnMeta::default()
+            };
+            assert_eq!(orig_destination(&meta), addr);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `skillgate run` and `skillgate detach`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::cgroup::SkillsCgroup;
+use crate::config::{AgentConfig, Config};
+use crate::enforce::{self, Enforcement};
+use crate::host;
+use crate::proxy::{self, Proxy};
+
+pub fn run(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    host::require_root("skillgate run")?;
+    host::require_btf()?;
+    let skills = SkillsCgroup::locate(&config.agent.skills_cgroup)?;
+    skills.refuse_if_inside("skillgate run")?;
+    skills.create()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, skills))
+}
+
+async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
+    let agent = &config.agent;
+    // Listen before attaching, so the first redirected connect finds the proxy.
+    let listeners = proxy::bind(agent.proxy_port).await?;
+    let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, agent.proxy_port)?;
+    if let Some(logger) = enforcement.logger.take() {
+        tokio::spawn(forward_ebpf_logs(logger));
+    }
+    info!(
+        config = %config.path.display(),
+        policy = %config.policy_path.display(),
+        skills = config.policy.skills.len(),
+        backends = config.policy.backends.len(),
+        rules = config.policy.rules.len(),
+        skills_cgroup = %skills.dir.display(),
+        cgroup_id = enforcement.cgroup_id,
+        pin_dir = %agent.bpf_pin_dir.display(),
+        attachment = ?enforcement.attachment,
+        "enforcement attached"
+    );
+    let proxy = Arc::new(Proxy {
+        enforcement,
+        skills,
+        policy: config.policy,
+        port: agent.proxy_port,
+        upstream_connect_timeout: Duration::from_millis(agent.upstream_connect_timeout_ms),
+    });
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        info!(%addr, "proxy listening");
+        tokio::spawn(Arc::clone(&proxy).serve(listener));
+    }
+    info!("skillgate ready");
+
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let counters: Vec<String> = proxy
+        .enforcement
+        .counters()
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    info!(signal, counters = %counters.join(" "), "stopping");
+    warn!(
+        pin_dir = %agent.bpf_pin_dir.display(),
+        "enforcement stays pinned: skills get `connection refused` until the agent runs again; \
+         `skillgate detach` removes it"
+    );
+    Ok(())
+}
+
+async fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let mut logger = match crate::sys::async_fd(logger) {
+        Ok(fd) => fd,
+        Err(err) => return warn!(error = %err, "cannot watch the eBPF log buffer"),
+    };
+    loop {
+        match logger.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(err) => return warn!(error = %err, "eBPF log buffer failed"),
+        }
+    }
+}
+
+pub fn detach(config_path: &Path) -> Result<()> {
+    let agent = AgentConfig::load(config_path)?;
+    host::require_root("skillgate detach")?;
+    let removed = enforce::detach(&agent.bpf_pin_dir)?;
+    if removed.is_empty() {
+        info!(pin_dir = %agent.bpf_pin_dir.display(), "nothing pinned: enforcement was not attached");
+    } else {
+        for path in &removed {
+            info!(path = %path.display(), "unpinned");
+        }
+        warn!(
+            skills_cgroup = %agent.skills_cgroup,
+            "enforcement removed: skills now have direct network access"
+        );
+    }
+    Ok(())
+}

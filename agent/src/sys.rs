@@ -1,0 +1,116 @@
+//! The few system calls neither std nor aya wraps. All of the agent's `unsafe` lives here.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd};
+use std::path::Path;
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info};
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let ts = unsafe {
+        let mut ts: libc::timespec = zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts
+    };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mounts a BPF filesystem at `target` (mode 0700: only root may reach the pins).
+pub fn mount_bpffs(target: &Path) -> io::Result<()> {
+    let target = cstring(target)?;
+    let options = c"mode=0700";
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens a pinned BPF object (BPF_OBJ_GET).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = cstring(path)?;
+    // SAFETY: bpf_attr is plain data; all-zero is a valid value.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: on success BPF_OBJ_GET returns a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Registers `inner`'s file descriptor with tokio to wait for it to become readable.
+pub fn async_fd<T: AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: the AsyncFd owns `inner`, which owns the descriptor and neither closes nor
+    // replaces it while registered; it is dropped (deregistered) together with `inner`.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
+    }
+    .map_err(|err| err.into_parts().1)
+}
+
+/// The cgroup a cgroup BPF link is attached to.
+pub fn link_cgroup_id(link: impl AsFd) -> io::Result<u64> {
+    // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
+    let mut info: bpf_link_info = unsafe { zeroed() };
+    // SAFETY: as above for bpf_attr.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.info.bpf_fd = link.as_fd().as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_link_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: the kernel filled `info` for a cgroup link; reading the union's cgroup member of
+    // any other link type only yields a meaningless number, never undefined behaviour.
+    Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+}
+
+/// Atomically replaces the program behind a link (BPF_LINK_UPDATE): the hook never runs
+/// without a program, so a restart or upgrade never opens a window without enforcement.
+pub fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()> {
+    // SAFETY: bpf_attr is plain data; all-zero is a valid value.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.link_update.link_fd = link.as_fd().as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = program.as_fd().as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid bpf_attr for `cmd`, sized as the kernel expects; any pointer
+    // inside it points at memory that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}

@@ -1,0 +1,261 @@
+use std::net::SocketAddr;
+
+use crate::{ConnectRequest, Effect, Policy, PolicyError};
+
+const POLICY: &str = r#"
+[[skill]]
+name = "reporter"
+
+[[skill]]
+name = "janitor"
+cgroup = "janitor.scope"
+
+[[backend]]
+name = "orders"
+protocol = "tcp"
+dial = ["127.0.0.2:5432", "[::1]:5432"]
+upstream = "127.0.0.1:15432"
+
+[[backend]]
+name = "billing"
+protocol = "tcp"
+dial = ["10.0.0.9:443"]
+upstream = "127.0.0.1:18443"
+
+[[rule]]
+skills = ["reporter", "janitor"]
+backend = "orders"
+effect = "allow"
+
+[[rule]]
+name = "no-janitor-billing"
+skills = ["janitor"]
+backend = "billing"
+effect = "deny"
+
+[[rule]]
+skills = ["janitor"]
+backend = "billing"
+effect = "allow"
+"#;
+
+fn policy() -> Policy {
+    Policy::parse("test.toml", POLICY).expect("valid policy")
+}
+
+fn decide(cgroup: Option<&str>, destination: &str) -> (Effect, Option<String>, String) {
+    let policy = policy();
+    let destination: SocketAddr = destination.parse().unwrap();
+    let d = policy.decide_connect(&ConnectRequest {
+        cgroup,
+        destination,
+    });
+    (d.effect, d.rule.map(str::to_owned), d.reason)
+}
+
+/// (caller cgroup, destination, expected effect, expected rule, text the reason must contain)
+type Case = (
+    Option<&'static str>,
+    &'static str,
+    Effect,
+    Option<&'static str>,
+    &'static str,
+);
+
+#[test]
+fn decisions_table() {
+    use Effect::{Allow, Deny};
+    let cases: &[Case] = &[
+        (
+            Some("reporter"),
+            "127.0.0.2:5432",
+            Allow,
+            Some("rule #1"),
+            "allows skill `reporter`",
+        ),
+        // a child cgroup belongs to its skill
+        (
+            Some("reporter/run-1"),
+            "127.0.0.2:5432",
+            Allow,
+            Some("rule #1"),
+            "allows",
+        ),
+        // IPv6 and IPv4-mapped IPv6 dial addresses
+        (
+            Some("reporter"),
+            "[::1]:5432",
+            Allow,
+            Some("rule #1"),
+            "allows",
+        ),
+        (
+            Some("reporter"),
+            "[::ffff:127.0.0.2]:5432",
+            Allow,
+            Some("rule #1"),
+            "allows",
+        ),
+        (
+            Some("janitor.scope"),
+            "127.0.0.2:5432",
+            Allow,
+            Some("rule #1"),
+            "`janitor`",
+        ),
+        // deny wins over a later allow
+        (
+            Some("janitor.scope"),
+            "10.0.0.9:443",
+            Deny,
+            Some("no-janitor-billing"),
+            "denies",
+        ),
+        // no rule: default deny
+        (Some("reporter"), "10.0.0.9:443", Deny, None, "default deny"),
+        // undeclared destination, even a loopback one
+        (
+            Some("reporter"),
+            "127.0.0.3:5432",
+            Deny,
+            None,
+            "not a declared backend",
+        ),
+        (
+            Some("reporter"),
+            "127.0.0.2:5433",
+            Deny,
+            None,
+            "not a declared backend",
+        ),
+        // unknown or absent skill
+        (
+            Some("reporterx"),
+            "127.0.0.2:5432",
+            Deny,
+            None,
+            "`reporterx` is not a declared skill",
+        ),
+        (
+            Some("janitor"),
+            "127.0.0.2:5432",
+            Deny,
+            None,
+            "not a declared skill",
+        ),
+        (
+            None,
+            "127.0.0.2:5432",
+            Deny,
+            None,
+            "not in a known skill cgroup",
+        ),
+    ];
+    for (cgroup, dst, effect, rule, reason) in cases {
+        let (got_effect, got_rule, got_reason) = decide(*cgroup, dst);
+        assert_eq!(got_effect, *effect, "{cgroup:?} -> {dst}: {got_reason}");
+        assert_eq!(got_rule.as_deref(), *rule, "{cgroup:?} -> {dst}");
+        assert!(
+            got_reason.contains(reason),
+            "{cgroup:?} -> {dst}: {got_reason}"
+        );
+    }
+}
+
+#[test]
+fn empty_policy_denies_everything() {
+    let policy = Policy::parse("empty.toml", "").unwrap();
+    let d = policy.decide_connect(&ConnectRequest {
+        cgroup: Some("reporter"),
+        destination: "127.0.0.1:80".parse().unwrap(),
+    });
+    assert_eq!(d.effect, Effect::Deny);
+}
+
+fn error(text: &str) -> String {
+    match Policy::parse("p.toml", text) {
+        Ok(_) => panic!("policy should be refused:\n{text}"),
+        Err(err @ PolicyError::Invalid { .. }) | Err(err @ PolicyError::Syntax { .. }) => {
+            err.to_string()
+        }
+    }
+}
+
+#[test]
+fn invalid_policies_point_at_the_problem() {
+    let skill = "[[skill]]\nname = \"a\"\n";
+    let backend = "[[backend]]\nname = \"b\"\nprotocol = \"tcp\"\ndial = [\"127.0.0.2:1\"]\nupstream = \"127.0.0.1:2\"\n";
+    let cases: &[(String, &str)] = &[
+        ("[[skil]]\nname = \"a\"\n".into(), "unknown field `skil`"),
+        (
+            format!("{skill}colour = \"red\"\n"),
+            "unknown field `colour`",
+        ),
+        (
+            format!("{skill}{skill}"),
+            "p.toml:4:8: skill `a` is declared twice",
+        ),
+        (
+            "[[skill]]\nname = \"a/b\"\n".into(),
+            "p.toml:2:8: skill name `a/b` must be",
+        ),
+        (
+            "[[skill]]\nname = \"a\"\ncgroup = \"../x\"\n".into(),
+            "p.toml:3:10: cgroup `../x`",
+        ),
+        (
+            format!("{skill}[[skill]]\nname = \"c\"\ncgroup = \"a\"\n"),
+            "share cgroup `a`",
+        ),
+        (backend.replace("tcp", "http"), "unknown variant `http`"),
+        (
+            backend.replace("127.0.0.2:1", "localhost:1"),
+            "p.toml:4:9: `dial` address `localhost:1`",
+        ),
+        (
+            backend.replace("127.0.0.1:2", "nowhere"),
+            "p.toml:5:12: `upstream` address `nowhere`",
+        ),
+        (
+            backend.replace("[\"127.0.0.2:1\"]", "[]"),
+            "has no `dial` address",
+        ),
+        (
+            format!("{backend}{}", backend.replace("\"b\"", "\"c\"")),
+            "p.toml:9:9: `127.0.0.2:1` is dialed for backend `b` already",
+        ),
+        (
+            format!(
+                "{skill}{backend}[[rule]]\nskills = [\"z\"]\nbackend = \"b\"\neffect = \"allow\"\n"
+            ),
+            "p.toml:9:11: rule #1 names unknown skill `z`",
+        ),
+        (
+            format!(
+                "{skill}{backend}[[rule]]\nskills = [\"a\"]\nbackend = \"q\"\neffect = \"allow\"\n"
+            ),
+            "p.toml:10:11: rule #1 names unknown backend `q`",
+        ),
+        (
+            format!("{skill}{backend}[[rule]]\nskills = []\nbackend = \"b\"\neffect = \"allow\"\n"),
+            "rule #1 names no skills",
+        ),
+        (
+            format!(
+                "{skill}{backend}[[rule]]\nskills = [\"a\"]\nbackend = \"b\"\neffect = \"maybe\"\n"
+            ),
+            "unknown variant `maybe`",
+        ),
+        (
+            "[[skill]]\nname = \"a\"\nname = \"b\"\n".into(),
+            "duplicate key",
+        ),
+    ];
+    for (text, expected) in cases {
+        let got = error(text);
+        assert!(
+            got.contains(expected),
+            "expected `{expected}` in:\n{got}\nfor:\n{text}"
+        );
+    }
+}
