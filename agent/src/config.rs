@@ -87,10 +87,12 @@ impl AgentConfig {
             )
         })?;
         let agent: Self = toml::from_str(&text).map_err(|err| {
+            let at = err.span().map_or(0, |span| span.start);
+            let (line, column) = skillgate_policy::line_column(&text, at);
             anyhow::anyhow!(
-                "invalid config `{}`: {}",
+                "invalid config {}:{line}:{column}: {}",
                 path.display(),
-                err.to_string().trim_end().replace('\n', " ")
+                err.message().trim_end()
             )
         })?;
         agent.validate(path)?;
@@ -126,5 +128,25 @@ impl AgentConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use std::path::Path;
+
+    /// The configurations we ship must load: a typo there would break every install.
+    #[test]
+    fn shipped_configs_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let default = Config::load(&deploy.join("skillgate.toml")).expect("deploy/skillgate.toml");
+        assert_eq!(default.agent.skills_cgroup, "skills.slice");
+        assert!(
+            default.policy.skills.is_empty(),
+            "the default policy grants nothing"
+        );
+        let demo = Config::load(&deploy.join("demo/skillgate.toml")).expect("deploy/demo");
+        assert_eq!(demo.policy.rules.len(), 1);
     }
 }

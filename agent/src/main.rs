@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 
 /// Host-level enforcement agent for AI skills.
 ///
-/// Processes in the skills cgroup (skills) cannot reach the network except through
-/// skillgate's proxy: eBPF programs on the cgroup send every TCP connect to the proxy, which
+/// Skills are the processes in the skills cgroup. They cannot reach the network except through
+/// skillgate's proxy: eBPF programs on that cgroup send every TCP connect to the proxy, which
 /// identifies the skill from kernel facts (cgroup, pid, uid) and applies the policy.
 #[derive(Debug, Parser)]
 #[command(name = "skillgate", version, propagate_version = true)]

@@ -4,8 +4,15 @@ use std::ops::Range;
 /// point at the line and column where the problem is.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{origin}: {message}")]
-    Syntax { origin: String, message: String },
+    /// Not TOML, or not the shape of a policy (unknown field, wrong type).
+    #[error("{origin}:{line}:{column}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Well-formed, but wrong (unknown names, duplicates, bad addresses).
     #[error("{origin}:{line}:{column}: {message}")]
     Invalid {
         origin: String,
@@ -16,12 +23,13 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
-    pub(crate) fn syntax(origin: &str, err: toml::de::Error) -> Self {
-        // toml's message already carries line, column and the offending source line.
-        let message = err.to_string().trim_end().to_owned();
+    pub(crate) fn syntax(origin: &str, text: &str, err: &toml::de::Error) -> Self {
+        let (line, column) = line_column(text, err.span().map_or(0, |span| span.start));
         Self::Syntax {
             origin: origin.to_owned(),
-            message,
+            line,
+            column,
+            message: err.message().trim_end().to_owned(),
         }
     }
 
@@ -37,7 +45,7 @@ impl PolicyError {
 }
 
 /// 1-based line and column (in characters) of byte offset `at` in `text`.
-fn line_column(text: &str, at: usize) -> (usize, usize) {
+pub fn line_column(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;

@@ -14,5 +14,5 @@ mod file;
 mod model;
 
 pub use decide::{ConnectRequest, Decision, Effect};
-pub use error::PolicyError;
+pub use error::{PolicyError, line_column};
 pub use model::{Backend, Policy, Protocol, Rule, Skill};

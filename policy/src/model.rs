@@ -56,7 +56,7 @@ impl Policy {
     /// Parses and validates a policy. `origin` names the text in errors (usually its path).
     pub fn parse(origin: &str, text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile =
-            toml::from_str(text).map_err(|err| PolicyError::syntax(origin, err))?;
+            toml::from_str(text).map_err(|err| PolicyError::syntax(origin, text, &err))?;
         Builder { origin, text }.build(file)
     }
 

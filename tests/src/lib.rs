@@ -1,1 +1,368 @@
+//! Harness for skillgate's end-to-end tests: a real agent process on a real cgroup, real skill
+//! processes started with `skillgate exec`, real TCP servers on loopback.
+//!
+//! Every test environment gets its own skills cgroup, pin directory and proxy port, and removes
+//! them when dropped, so tests never touch a production agent's state. The tests need root;
+//! without it they fail with a message saying so (never a silent pass).
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A Python "skill" that dials each `host port` pair given on its command line, sends a line
+/// and prints one JSON object per attempt: `{"target", "ok", "reply" | "error"}`.
+pub const DIAL_PY: &str = include_str!("dial.py");
+
+/// Panics unless running as root: these tests load eBPF programs and create cgroups.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "PRIVILEGED TEST NOT RUN: skillgate's end-to-end tests need root (eBPF, cgroups); \
+         run `sudo cargo xtask test`"
+    );
+}
+
+/// The `skillgate` binary under test: $SKILLGATE_BIN, else target/debug/skillgate.
+pub fn skillgate_bin() -> PathBuf {
+    let path = std::env::var_os("SKILLGATE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/skillgate"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "skillgate binary not found at {}: build it first (`cargo build -p skillgate`) or run \
+         `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// The cgroup v2 mount point, from /proc/mounts.
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("no cgroup2 mount in /proc/mounts")
+}
+
+/// A port free on both 127.0.0.1 and ::1.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = v4.local_addr().unwrap().port();
+        if TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+/// A port nothing listens on at `ip` (checked by binding it once).
+pub fn unused_port(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind an unused port");
+    listener.local_addr().unwrap().port()
+}
+
+static ENV_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One isolated skillgate set-up: config, policy, skills cgroup, pin dir, proxy port.
+pub struct Env {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// The skills cgroup, relative to the cgroup v2 mount.
+    pub skills_cgroup: String,
+    pub pin_dir: PathBuf,
+    pub proxy_port: u16,
+}
+
+impl Env {
+    /// `policy` is the policy file's text.
+    pub fn new(name: &str, policy: &str) -> Self {
+        require_root();
+        let unique = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            ENV_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("skillgate-test-{unique}"));
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let skills_cgroup = format!("skillgate-test-{unique}");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skillgate-test-{unique}"));
+        let proxy_port = free_port();
+        let config = dir.join("skillgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "skills_cgroup = \"{skills_cgroup}\"\nproxy_port = {proxy_port}\n\
+                 bpf_pin_dir = \"{}\"\npolicy = \"policy.toml\"\n",
+                pin_dir.display()
+            ),
+        )
+        .expect("write config");
+        std::fs::write(dir.join("policy.toml"), policy).expect("write policy");
+        Self {
+            dir,
+            config,
+            skills_cgroup,
+            pin_dir,
+            proxy_port,
+        }
+    }
+
+    pub fn skills_dir(&self) -> PathBuf {
+        cgroup2_mount().join(&self.skills_cgroup)
+    }
+
+    /// `skillgate ARGS` with this environment's config.
+    pub fn skillgate(&self) -> Command {
+        let mut cmd = Command::new(skillgate_bin());
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// Starts `skillgate run` and waits until it says it is ready.
+    pub fn start_agent(&self) -> Agent {
+        let mut child = self
+            .skillgate()
+            .arg("run")
+            .env("SKILLGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn skillgate run");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let agent = Agent { child, log };
+        agent.wait_for_log("skillgate ready", Duration::from_secs(30));
+        agent
+    }
+
+    /// Runs `script` (Python) as skill `skill` through `skillgate exec`.
+    pub fn exec_python(&self, skill: &str, script: &str, args: &[String]) -> Output {
+        self.skillgate()
+            .args(["exec", "--skill", skill, "--", "python3", "-c", script])
+            .args(args)
+            .output()
+            .expect("run skillgate exec")
+    }
+
+    /// Runs `script` (Python) in the cgroup `cgroup` (relative to the skills cgroup) without
+    /// `skillgate exec`, the way any process that lands in the skills cgroup would.
+    pub fn run_in_cgroup(&self, cgroup: &str, script: &str, args: &[String]) -> Output {
+        let dir = self.skills_dir().join(cgroup);
+        std::fs::create_dir_all(&dir).expect("create cgroup");
+        let shell = format!(
+            "echo $$ > '{}/cgroup.procs' && exec python3 -c \"$0\" \"$@\"",
+            dir.display()
+        );
+        Command::new("sh")
+            .args(["-c", &shell, script])
+            .args(args)
+            .output()
+            .expect("run a process in the cgroup")
+    }
+
+    /// Dials each target from inside skill `skill` (via `skillgate exec`).
+    pub fn dial_as_skill(&self, skill: &str, targets: &[SocketAddr]) -> Dialed {
+        Dialed::from_output(self.exec_python(skill, DIAL_PY, &target_args(targets)))
+    }
+
+    /// Dials each target from cgroup `cgroup` below the skills cgroup, without exec.
+    pub fn dial_in_cgroup(&self, cgroup: &str, targets: &[SocketAddr]) -> Dialed {
+        Dialed::from_output(self.run_in_cgroup(cgroup, DIAL_PY, &target_args(targets)))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        match self.skillgate().arg("detach").output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cleanup: skillgate detach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(err) => eprintln!("cleanup: cannot run skillgate detach: {err}"),
+        }
+        remove_cgroup_tree(&self.skills_dir());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn target_args(targets: &[SocketAddr]) -> Vec<String> {
+    targets
+        .iter()
+        .flat_map(|t| [t.ip().to_string(), t.port().to_string()])
+        .collect()
+}
+
+/// A running `skillgate run`.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if start.elapsed() > timeout {
+                panic!("agent never logged `{needle}` within {timeout:?}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log lines that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits for the agent to exit.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for agent");
+        std::thread::sleep(Duration::from_millis(50)); // let the log reader drain
+        (status, self.log())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The result of one dial from the Python skill.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub target: String,
+    pub ok: bool,
+    /// The reply, or the error (e.g. `ConnectionResetError`).
+    pub text: String,
+}
+
+#[derive(Debug)]
+pub struct Dialed {
+    pub pid: u32,
+    pub dials: Vec<Dial>,
+    pub output: Output,
+}
+
+impl Dialed {
+    fn from_output(output: Output) -> Self {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "skill failed ({}):\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut pid = 0;
+        let mut dials = Vec::new();
+        for line in stdout.lines() {
+            if let Some(p) = line.strip_prefix("pid ") {
+                pid = p.trim().parse().expect("pid line");
+            } else if let Some(rest) = line.strip_prefix("dial ") {
+                let mut parts = rest.splitn(3, ' ');
+                let target = parts.next().unwrap_or_default().to_owned();
+                let ok = parts.next() == Some("ok");
+                let text = parts.next().unwrap_or_default().to_owned();
+                dials.push(Dial { target, ok, text });
+            }
+        }
+        Self { pid, dials, output }
+    }
+
+    pub fn get(&self, i: usize) -> &Dial {
+        self.dials
+            .get(i)
+            .unwrap_or_else(|| panic!("no dial #{i} in {:?}", self.output))
+    }
+}
+
+/// A TCP server on loopback that records who connected and what they sent, and answers each
+/// connection with `<name> saw <peer>` followed by the line it received.
+pub struct Server {
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Server {
+    pub fn start(name: &str, bind: &str) -> Self {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&peers);
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let peer = stream.peer_addr().unwrap();
+                seen.lock().unwrap().push(peer);
+                let name = name.clone();
+                std::thread::spawn(move || answer(stream, &name, peer));
+            }
+        });
+        Self { addr, peers }
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+fn answer(mut stream: TcpStream, name: &str, peer: SocketAddr) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let line = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    let _ = writeln!(stream, "{name} saw {peer} say {line}");
+}

@@ -1,1 +1,86 @@
-fn main() {}
+//! `cargo xtask`: set-up, tests and the demo, so a newcomer types only the README's commands.
+
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "skillgate's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test skillgate (idempotent): the nightly
+    /// toolchain with rust-src, bpf-linker 0.10.1, and the Debian packages the tests use.
+    Setup,
+    /// Set up, then run formatting and lint checks, unit tests and the privileged end-to-end
+    /// tests (root; one test thread, since they share the kernel).
+    Test,
+    /// Set up, then run the agent on the demo config with a sample API and a demo skill that
+    /// is allowed once and refused once (root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test => test(),
+        Task::Demo => {
+            setup::setup()?;
+            cargo(&["build", "--package", "skillgate"])?;
+            demo::demo(&workspace_root())
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    setup::setup()?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["build", "--package", "skillgate"])?;
+    let bin = workspace_root().join("target/debug/skillgate");
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--", "--test-threads=1"])
+        .env("SKILLGATE_BIN", &bin)
+        .current_dir(workspace_root())
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs cargo (the one running xtask) in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root()))
+}
+
+/// Runs `cmd`, echoing it, and fails if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

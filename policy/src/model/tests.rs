@@ -207,7 +207,10 @@ fn invalid_policies_point_at_the_problem() {
             format!("{skill}[[skill]]\nname = \"c\"\ncgroup = \"a\"\n"),
             "share cgroup `a`",
         ),
-        (backend.replace("tcp", "http"), "unknown variant `http`"),
+        (
+            backend.replace("tcp", "http"),
+            "p.toml:3:12: unknown variant `http`",
+        ),
         (
             backend.replace("127.0.0.2:1", "localhost:1"),
             "p.toml:4:9: `dial` address `localhost:1`",

@@ -1,0 +1,114 @@
+//! `cargo xtask setup`: install what a fresh machine lacks, and nothing it already has.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::run;
+
+const BPF_LINKER_VERSION: &str = "0.10.1";
+
+/// Commands the build, the tests and the demo run, with the Debian package providing each.
+const COMMANDS: &[(&str, &str)] = &[
+    ("python3", "python3"),
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("kill", "procps"),
+];
+
+pub fn setup() -> Result<()> {
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    system_packages()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn stdout(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    if !succeeds("rustup", &["--version"]) {
+        bail!(
+            "rustup is not installed: install it (https://rustup.rs), then run \
+             `rustup toolchain install nightly --component rust-src`"
+        );
+    }
+    if !succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let components = stdout(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    );
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = stdout("bpf-linker", &["--version"]);
+    if version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    // 0.10.x links with rustc's own LLVM; newer releases need a system LLVM Debian lacks.
+    run(Command::new(env!("CARGO")).args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn system_packages() -> Result<()> {
+    let mut missing: Vec<&str> = COMMANDS
+        .iter()
+        .filter(|(cmd, _)| !succeeds("sh", &["-c", &format!("command -v {cmd}")]))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    // `id -u` prints 0 for root.
+    let root = stdout("id", &["-u"]).trim() == "0";
+    if !root || !succeeds("sh", &["-c", "command -v apt-get"]) {
+        bail!(
+            "missing packages: {list}; install them (e.g. `sudo apt-get install {list}`) and retry"
+        );
+    }
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
