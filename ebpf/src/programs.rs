@@ -64,7 +64,13 @@ fn finish(ctx: &SockAddrContext, result: Result<u32, u32>) -> i32 {
         Err(reason) => {
             count(reason);
             let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            warn!(ctx, "refused connect from pid {}: reason {}", pid, reason);
+            let why = match reason {
+                counter::REFUSED_NOT_TCP => "not a TCP socket",
+                counter::REFUSED_NO_CONFIG => "the agent has not configured the programs",
+                counter::REFUSED_MAP_FULL => "the connection table is full",
+                _ => "unknown",
+            };
+            warn!(ctx, "refused connect() from pid {}: {}", pid, why);
             REJECT
         }
     }

@@ -11,7 +11,13 @@ for host, port in zip(args[0::2], args[1::2]):
     try:
         with socket.create_connection((host, int(port)), timeout=5) as s:
             s.sendall(b"ping\n")
-            reply = s.recv(256).decode(errors="replace").strip()
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+            reply = reply.decode(errors="replace").strip()
             if reply:
                 print(f"dial {target} ok {reply}", flush=True)
             else:

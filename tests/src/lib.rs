@@ -5,7 +5,7 @@
 //! them when dropped, so tests never touch a production agent's state. The tests need root;
 //! without it they fail with a message saying so (never a silent pass).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -77,6 +77,7 @@ static ENV_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// One isolated skillgate set-up: config, policy, skills cgroup, pin dir, proxy port.
 pub struct Env {
+    bin: PathBuf,
     pub dir: PathBuf,
     pub config: PathBuf,
     /// The skills cgroup, relative to the cgroup v2 mount.
@@ -89,6 +90,7 @@ impl Env {
     /// `policy` is the policy file's text.
     pub fn new(name: &str, policy: &str) -> Self {
         require_root();
+        let bin = skillgate_bin();
         let unique = format!(
             "{name}-{}-{}",
             std::process::id(),
@@ -111,6 +113,7 @@ impl Env {
         .expect("write config");
         std::fs::write(dir.join("policy.toml"), policy).expect("write policy");
         Self {
+            bin,
             dir,
             config,
             skills_cgroup,
@@ -125,7 +128,7 @@ impl Env {
 
     /// `skillgate ARGS` with this environment's config.
     pub fn skillgate(&self) -> Command {
-        let mut cmd = Command::new(skillgate_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("--config").arg(&self.config);
         cmd
     }
@@ -361,8 +364,9 @@ impl Server {
 
 fn answer(mut stream: TcpStream, name: &str, peer: SocketAddr) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut buf = [0u8; 256];
-    let n = stream.read(&mut buf).unwrap_or(0);
-    let line = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-    let _ = writeln!(stream, "{name} saw {peer} say {line}");
+    let mut line = String::new();
+    let _ = BufReader::new(&stream).read_line(&mut line);
+    // One write: the reply must not reach the skill in pieces.
+    let reply = format!("{name} saw {peer} say {}\n", line.trim());
+    let _ = stream.write_all(reply.as_bytes());
 }

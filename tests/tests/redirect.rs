@@ -253,3 +253,39 @@ fn a_stopped_agent_fails_closed_a_new_one_adopts_and_detach_removes_enforcement(
     assert!(stderr.contains("enforcement is not attached"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
 }
+
+#[test]
+fn connect_on_anything_but_tcp_is_refused_in_the_kernel() {
+    let s = setup("udp");
+    let agent = s.env.start_agent();
+    let canary = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+    canary
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let script = "import os, socket, sys\n\
+        print('pid', os.getpid(), flush=True)\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        try:\n    s.connect(('127.0.0.3', int(sys.argv[1]))); s.send(b'x'); print('sent')\n\
+        except PermissionError as e:\n    print('refused', e)\n";
+    let out = s.env.exec_python(
+        "reporter",
+        script,
+        &[canary.local_addr().unwrap().port().to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("refused [Errno 1] Operation not permitted"),
+        "{stdout}"
+    );
+    let pid = stdout.lines().next().unwrap().trim_start_matches("pid ");
+    // The program says why through aya-log, and the datagram never left.
+    agent.wait_for_log(
+        &format!("refused connect() from pid {pid}: not a TCP socket"),
+        std::time::Duration::from_secs(5),
+    );
+    let mut buf = [0u8; 8];
+    assert!(
+        canary.recv(&mut buf).is_err(),
+        "the UDP canary received a datagram"
+    );
+}
