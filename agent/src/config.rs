@@ -11,6 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/skillgate/skillgate.toml";
 /// A port below 1024 by default: while the agent is down, an unprivileged process cannot take
 /// the proxy address over and receive the skills' connections.
 const DEFAULT_PROXY_PORT: u16 = 915;
+const DEFAULT_DNS_PORT: u16 = 914;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,12 @@ pub struct AgentConfig {
     /// How long the proxy waits for a backend to accept, in milliseconds.
     #[serde(default = "default_connect_timeout_ms")]
     pub upstream_connect_timeout_ms: u64,
+    /// Port of the DNS forwarder (on 127.0.0.1 and ::1) that skills' DNS is sent to.
+    #[serde(default = "default_dns_port")]
+    pub dns_port: u16,
+    /// Resolvers the forwarder asks (`ip:port`); empty: the nameservers of /etc/resolv.conf.
+    #[serde(default)]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 fn default_skills_cgroup() -> String {
@@ -42,6 +49,9 @@ fn default_pin_dir() -> PathBuf {
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+fn default_dns_port() -> u16 {
+    DEFAULT_DNS_PORT
 }
 
 /// The configuration with its policy loaded and checked.
@@ -113,9 +123,10 @@ impl AgentConfig {
                 path.display()
             );
         }
-        if self.proxy_port == 0 {
+        if self.proxy_port == 0 || self.dns_port == 0 || self.proxy_port == self.dns_port {
             bail!(
-                "invalid config `{}`: proxy_port must be a fixed port (1-65535), not 0",
+                "invalid config `{}`: proxy_port and dns_port must be two different fixed ports \
+                 (1-65535)",
                 path.display()
             );
         }

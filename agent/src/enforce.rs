@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skillgate_common::{
     ConnMeta, ProxyConfig, TupleKey, counter, ip_words, map_names, program_names,
@@ -32,11 +32,21 @@ use crate::{host, sys};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skillgate"));
 
 /// Bump when a map's key, value or size changes: maps of another layout are never reused.
-const MAP_LAYOUT_VERSION: u32 = 1;
+const MAP_LAYOUT_VERSION: u32 = 2;
 
-const PROGRAMS: [&str; 3] = [
+/// Every program, each on its own pinned link. sock_create comes first so that no socket
+/// type it refuses is created while the others attach.
+const PROGRAMS: [&str; 11] = [
+    program_names::SOCK_CREATE,
     program_names::CONNECT4,
     program_names::CONNECT6,
+    program_names::SENDMSG4,
+    program_names::SENDMSG6,
+    program_names::RECVMSG4,
+    program_names::RECVMSG6,
+    program_names::GETPEERNAME4,
+    program_names::GETPEERNAME6,
+    program_names::SOCK_RELEASE,
     program_names::SOCKOPS,
 ];
 
@@ -84,7 +94,7 @@ pub struct Enforcement {
 impl Enforcement {
     /// Loads the programs, points them at the proxy on `proxy_port` and puts them on the
     /// skills cgroup, adopting whatever a previous agent pinned.
-    pub fn start(pin_dir: &Path, skills: &SkillsCgroup, proxy_port: u16) -> Result<Self> {
+    pub fn start(pin_dir: &Path, skills: &SkillsCgroup, ports: Ports) -> Result<Self> {
         host::ensure_bpffs(pin_dir)?;
         let layout = PinLayout::new(pin_dir);
         for dir in [layout.links(), layout.maps()] {
@@ -107,7 +117,7 @@ impl Enforcement {
         let mut config: Array<_, ProxyConfig> =
             Array::try_from(map(&mut ebpf, map_names::CONFIG)?)?;
         config
-            .set(0, proxy_config(proxy_port), 0)
+            .set(0, proxy_config(ports), 0)
             .context("cannot write the proxy address into SG_CONFIG")?;
 
         let cgroup_id = skills.id()?;
@@ -123,6 +133,9 @@ impl Enforcement {
                 aya::programs::Program::CgroupSockAddr(p) => {
                     load_and_attach(p, name, &cgroup, &link_path, cgroup_id)
                 }
+                aya::programs::Program::CgroupSock(p) => {
+                    load_and_attach(p, name, &cgroup, &link_path, cgroup_id)
+                }
                 aya::programs::Program::SockOps(p) => {
                     load_and_attach(p, name, &cgroup, &link_path, cgroup_id)
                 }
@@ -132,6 +145,7 @@ impl Enforcement {
                 attachment = Attachment::Adopted;
             }
         }
+        remove_unknown_links(&layout);
         remove_other_map_layouts(pin_dir, &layout.maps());
 
         let conns = HashMap::try_from(take_map(&mut ebpf, map_names::CONNS)?)?;
@@ -184,13 +198,20 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .with_context(|| format!("map {name} is missing from the object"))
 }
 
-fn proxy_config(port: u16) -> ProxyConfig {
+/// The loopback ports the programs send skill traffic to.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub proxy: u16,
+    pub dns: u16,
+}
+
+fn proxy_config(ports: Ports) -> ProxyConfig {
     ProxyConfig {
         ip4: u32::from_ne_bytes(std::net::Ipv4Addr::LOCALHOST.octets()),
-        port_be: u32::from(port.to_be()),
+        port_be: u32::from(ports.proxy.to_be()),
         ip6: ip_words(std::net::Ipv6Addr::LOCALHOST.octets()),
+        dns_port_be: u32::from(ports.dns.to_be()),
         enabled: 1,
-        _pad: 0,
     }
 }
 
@@ -207,6 +228,19 @@ impl CgroupProgram for CgroupSockAddr {
     }
     fn fd(&self) -> Result<&aya::programs::ProgramFd, aya::programs::ProgramError> {
         CgroupSockAddr::fd(self)
+    }
+    fn attach_link(&mut self, cgroup: &File) -> Result<FdLink> {
+        let id = self.attach(cgroup, CgroupAttachMode::default())?;
+        Ok(self.take_link(id)?.try_into()?)
+    }
+}
+
+impl CgroupProgram for CgroupSock {
+    fn load(&mut self) -> Result<(), aya::programs::ProgramError> {
+        CgroupSock::load(self)
+    }
+    fn fd(&self) -> Result<&aya::programs::ProgramFd, aya::programs::ProgramError> {
+        CgroupSock::fd(self)
     }
     fn attach_link(&mut self, cgroup: &File) -> Result<FdLink> {
         let id = self.attach(cgroup, CgroupAttachMode::default())?;
@@ -277,6 +311,27 @@ fn load_and_attach(
     link.pin(link_path)
         .with_context(|| format!("cannot pin link {}", link_path.display()))?;
     Ok(true)
+}
+
+/// Unpins links of programs this version no longer has (detaching them).
+fn remove_unknown_links(layout: &PinLayout) {
+    let Ok(entries) = std::fs::read_dir(layout.links()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !PROGRAMS.iter().any(|p| name.as_os_str() == *p) {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "unpinned the link of a retired program")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot unpin old link")
+                }
+            }
+        }
+    }
 }
 
 fn remove_other_map_layouts(pin_dir: &Path, current: &Path) {

@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cgroup::SkillsCgroup;
 use crate::config::Config;
-use crate::{enforce, host};
+use crate::{enforce, host, sys};
 
-pub fn exec(config_path: &Path, skill: &str, command: &[String]) -> Result<()> {
+pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[String]) -> Result<()> {
     let config = Config::load(config_path)?;
     host::require_root("skillgate exec")?;
     let Some(declared) = config.policy.skill(skill) else {
@@ -41,9 +41,65 @@ pub fn exec(config_path: &Path, skill: &str, command: &[String]) -> Result<()> {
             config.path.display()
         )
     })?;
-    let dir = skills.enter(&declared.cgroup, std::process::id())?;
-    tracing::debug!(skill, cgroup = %dir.display(), "entered skill cgroup");
+    let account = user.map(lookup_user).transpose()?;
     let (program, args) = command.split_first().context("no command given")?;
-    let err = std::process::Command::new(program).args(args).exec();
+    let dir = skills.enter(&declared.cgroup, std::process::id())?;
+    sys::confine_capabilities().context("cannot drop the capabilities a skill must not hold")?;
+    tracing::debug!(skill, cgroup = %dir.display(), "entered skill cgroup");
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    match account {
+        // std drops supplementary groups when a root process sets a uid.
+        Some(Account { uid, gid }) => {
+            cmd.uid(uid).gid(gid);
+        }
+        None if sys::is_root() => tracing::warn!(
+            skill,
+            "running the skill as root: it can move itself out of its cgroup; use --user"
+        ),
+        None => {}
+    }
+    let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run `{program}`"))
+}
+
+struct Account {
+    uid: u32,
+    gid: u32,
+}
+
+/// A user by name or uid, from /etc/passwd.
+fn lookup_user(user: &str) -> Result<Account> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    find_user(&passwd, user)
+        .with_context(|| format!("no user `{user}` in /etc/passwd (--user takes a name or uid)"))
+}
+
+fn find_user(passwd: &str, user: &str) -> Option<Account> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let (name, uid, gid) = (fields.first()?, fields.get(2)?, fields.get(3)?);
+        (*name == user || *uid == user).then(|| {
+            Some(Account {
+                uid: uid.parse().ok()?,
+                gid: gid.parse().ok()?,
+            })
+        })?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_user;
+
+    #[test]
+    fn users_by_name_or_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\nbroken:x:abc:1::/:/bin/sh\n";
+        let nobody = find_user(passwd, "nobody").unwrap();
+        assert_eq!((nobody.uid, nobody.gid), (65534, 65534));
+        let by_uid = find_user(passwd, "0").unwrap();
+        assert_eq!((by_uid.uid, by_uid.gid), (0, 0));
+        assert!(find_user(passwd, "ghost").is_none());
+        assert!(find_user(passwd, "broken").is_none());
+    }
 }

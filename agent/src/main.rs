@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod config;
+mod dns;
 mod enforce;
 mod exec;
 mod host;
@@ -41,11 +42,17 @@ enum Command {
     /// Run a command as a skill: inside the skill's cgroup, below the skills cgroup.
     ///
     /// Refuses to start the command unless enforcement is attached to the skills cgroup,
-    /// so a skill never runs with direct network access.
+    /// so a skill never runs with direct network access. The command never holds the
+    /// capabilities that lead around enforcement (CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN,
+    /// CAP_BPF, ...), and runs with no_new_privs. Run it as an unprivileged user (--user):
+    /// a root skill could move itself out of its cgroup.
     Exec {
         /// The skill, as declared in the policy.
         #[arg(long)]
         skill: String,
+        /// Run the command as this user (name or uid), with that user's primary group.
+        #[arg(long)]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -59,7 +66,11 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run => run::run(&cli.config),
-        Command::Exec { skill, command } => exec::exec(&cli.config, &skill, &command),
+        Command::Exec {
+            skill,
+            user,
+            command,
+        } => exec::exec(&cli.config, &skill, user.as_deref(), &command),
         Command::Detach => run::detach(&cli.config),
     };
     match result {

@@ -10,7 +10,8 @@ use tracing::{info, warn};
 
 use crate::cgroup::SkillsCgroup;
 use crate::config::{AgentConfig, Config};
-use crate::enforce::{self, Enforcement};
+use crate::dns::Forwarder;
+use crate::enforce::{self, Enforcement, Ports};
 use crate::host;
 use crate::proxy::{self, Proxy};
 
@@ -32,7 +33,13 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let agent = &config.agent;
     // Listen before attaching, so the first redirected connect finds the proxy.
     let listeners = proxy::bind(agent.proxy_port).await?;
-    let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, agent.proxy_port)?;
+    let forwarder = Arc::new(Forwarder::new(&agent.dns_upstream));
+    let dns_sockets = Forwarder::bind(agent.dns_port).await?;
+    let ports = Ports {
+        proxy: agent.proxy_port,
+        dns: agent.dns_port,
+    };
+    let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
@@ -59,6 +66,16 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         let addr = listener.local_addr()?;
         info!(%addr, "proxy listening");
         tokio::spawn(Arc::clone(&proxy).serve(listener));
+    }
+    let resolvers: Vec<String> = forwarder
+        .upstream()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for socket in dns_sockets {
+        let addr = socket.local_addr()?;
+        info!(%addr, upstream = %resolvers.join(","), "DNS forwarder listening");
+        tokio::spawn(Arc::clone(&forwarder).serve(socket));
     }
     info!("skillgate ready");
 

@@ -2,33 +2,42 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_ns,
+        },
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 use skillgate_common::{
-    AF_INET, AF_INET6, ConnMeta, MAX_TRACKED, ProxyConfig, TupleKey, V4_MAPPED_WORD, counter,
+    AF_INET, AF_INET6, ConnMeta, DNS_PORT, MAX_TRACKED, ProxyConfig, TupleKey, V4_MAPPED_WORD,
+    counter,
 };
 
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 
-/// Return values of cgroup sock_addr programs.
+/// Return values of cgroup sock and sock_addr programs.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 
 #[map(name = "SG_CONFIG")]
 static CONFIG: Array<ProxyConfig> = Array::pinned(1, 0);
 
+/// Per skill socket (by cookie): where it wanted to go. Kept until the socket is released, for
+/// getpeername() and for the source of DNS replies.
 #[map(name = "SG_SOCKS")]
 static SOCKS: LruHashMap<u64, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, 0);
 
+/// Per TCP connection to the proxy (by 4-tuple): the metadata the proxy takes on accept.
 #[map(name = "SG_CONNS")]
 static CONNS: LruHashMap<TupleKey, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, 0);
 
@@ -44,18 +53,17 @@ fn count(index: u32) {
     }
 }
 
-#[cgroup_sock_addr(connect4)]
-pub fn sg_connect4(ctx: SockAddrContext) -> i32 {
-    finish(&ctx, try_connect(&ctx, AF_INET))
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn sg_connect6(ctx: SockAddrContext) -> i32 {
-    finish(&ctx, try_connect(&ctx, AF_INET6))
-}
-
 #[inline(always)]
-fn finish(ctx: &SockAddrContext, result: Result<u32, u32>) -> i32 {
+fn config() -> Result<ProxyConfig, u32> {
+    match CONFIG.get(0) {
+        Some(config) if config.enabled != 0 => Ok(*config),
+        _ => Err(counter::REFUSED_NO_CONFIG),
+    }
+}
+
+/// Counts the outcome; on refusal, logs why and returns `REJECT` (EPERM to the caller).
+#[inline(always)]
+fn verdict<C: EbpfContext>(ctx: &C, result: Result<u32, u32>) -> i32 {
     match result {
         Ok(counter) => {
             count(counter);
@@ -64,61 +72,79 @@ fn finish(ctx: &SockAddrContext, result: Result<u32, u32>) -> i32 {
         Err(reason) => {
             count(reason);
             let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            let why = match reason {
-                counter::REFUSED_NOT_TCP => "not a TCP socket",
-                counter::REFUSED_NO_CONFIG => "the agent has not configured the programs",
-                counter::REFUSED_MAP_FULL => "the connection table is full",
-                _ => "unknown",
-            };
-            warn!(ctx, "refused connect() from pid {}: {}", pid, why);
+            warn!(ctx, "refused pid {}: {}", pid, counter::reason(reason));
             REJECT
         }
     }
 }
 
-/// Records the socket's metadata and points it at the proxy. `Err` carries the counter that
-/// says why the connect is refused.
+// The verifier only accepts context accesses at constant offsets from the context pointer
+// itself, one word at a time: fields are read and written word by word, volatile, and
+// unconditionally where a branch would let LLVM merge two loads into one at a variable offset.
+
+/// The destination in a sock_addr context, as `[u32; 4]` (IPv4 mapped) and host-order port.
 #[inline(always)]
-fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<u32, u32> {
-    // SAFETY: the kernel hands cgroup/connect programs a valid `bpf_sock_addr`; the verifier
-    // checks every field access below against its context layout.
-    let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
-        return Err(counter::REFUSED_NOT_TCP);
-    }
-    let config = match CONFIG.get(0) {
-        Some(config) if config.enabled != 0 => *config,
-        _ => return Err(counter::REFUSED_NO_CONFIG),
-    };
-    // The verifier only accepts context accesses at constant offsets from the context
-    // pointer itself, one 4-byte word at a time: read and write the fields word by word,
-    // volatile so that LLVM neither merges nor re-bases them.
-    let orig_ip = if family == AF_INET {
-        [0, 0, V4_MAPPED_WORD, sa.user_ip4]
-    } else {
-        // SAFETY: in-bounds reads of the kernel-provided context.
-        unsafe {
+fn user_addr(sa: &bpf_sock_addr, family: u16) -> ([u32; 4], u16) {
+    // SAFETY: in-bounds reads of the kernel-provided context.
+    unsafe {
+        let ip = if family == AF_INET {
+            [0, 0, V4_MAPPED_WORD, read_volatile(&sa.user_ip4)]
+        } else {
             [
                 read_volatile(&sa.user_ip6[0]),
                 read_volatile(&sa.user_ip6[1]),
                 read_volatile(&sa.user_ip6[2]),
                 read_volatile(&sa.user_ip6[3]),
             ]
+        };
+        (ip, u16::from_be(read_volatile(&sa.user_port) as u16))
+    }
+}
+
+/// Rewrites the destination (or, for recvmsg/getpeername, the peer) in a sock_addr context.
+#[inline(always)]
+fn set_user_addr(sa: &mut bpf_sock_addr, family: u16, ip: &[u32; 4], port_be: u32) {
+    // SAFETY: in-bounds writes of fields the verifier lets these programs rewrite.
+    unsafe {
+        if family == AF_INET {
+            write_volatile(&mut sa.user_ip4, ip[3]);
+        } else {
+            write_volatile(&mut sa.user_ip6[0], ip[0]);
+            write_volatile(&mut sa.user_ip6[1], ip[1]);
+            write_volatile(&mut sa.user_ip6[2], ip[2]);
+            write_volatile(&mut sa.user_ip6[3], ip[3]);
         }
-    };
+        write_volatile(&mut sa.user_port, port_be);
+    }
+}
+
+/// The proxy's address for a family, as `set_user_addr` takes it.
+#[inline(always)]
+fn proxy_ip(config: &ProxyConfig, family: u16) -> [u32; 4] {
+    if family == AF_INET {
+        [0, 0, V4_MAPPED_WORD, config.ip4]
+    } else {
+        config.ip6
+    }
+}
+
+/// Records what a skill socket asked for under its cookie.
+#[inline(always)]
+fn record(ctx: &SockAddrContext, family: u16, ip: [u32; 4], port: u16) -> Result<(), u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: these helpers take no pointers but the context, which the kernel owns.
-    let (cgroup_id, cookie, now) = unsafe {
+    // SAFETY: these helpers take no pointer but the context, which the kernel owns.
+    let (cgroup_id, cookie, netns_cookie, now) = unsafe {
         (
             bpf_get_current_cgroup_id(),
             bpf_get_socket_cookie(ctx.as_ptr()),
+            bpf_get_netns_cookie(ctx.as_ptr()),
             bpf_ktime_get_ns(),
         )
     };
     let meta = ConnMeta {
-        orig_ip,
-        orig_port: u16::from_be(sa.user_port as u16),
+        orig_ip: ip,
+        orig_port: port,
         family,
         pid: (pid_tgid >> 32) as u32,
         uid: uid_gid as u32,
@@ -126,27 +152,141 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<u32, u32> {
         cgroup_id,
         cookie,
         connect_ns: now,
+        netns_cookie,
     };
     SOCKS
         .insert(cookie, meta, 0)
-        .map_err(|_| counter::REFUSED_MAP_FULL)?;
-    // SAFETY: in-bounds writes of fields the verifier lets connect programs rewrite.
-    unsafe {
-        if family == AF_INET {
-            write_volatile(&mut sa.user_ip4, config.ip4);
-        } else {
-            write_volatile(&mut sa.user_ip6[0], config.ip6[0]);
-            write_volatile(&mut sa.user_ip6[1], config.ip6[1]);
-            write_volatile(&mut sa.user_ip6[2], config.ip6[2]);
-            write_volatile(&mut sa.user_ip6[3], config.ip6[3]);
+        .map_err(|_| counter::REFUSED_MAP_FULL)
+}
+
+/// connect() and sendmsg(): TCP goes to the proxy, UDP to port 53 to the DNS forwarder,
+/// everything else is refused. `Err` carries the counter that says why.
+#[inline(always)]
+fn redirect(ctx: &SockAddrContext, family: u16) -> Result<u32, u32> {
+    // SAFETY: the kernel hands sock_addr programs a valid `bpf_sock_addr`.
+    let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: in-bounds reads of the context.
+    let (kind, protocol) = unsafe { (read_volatile(&sa.type_), read_volatile(&sa.protocol)) };
+    let (ip, port) = user_addr(sa, family);
+    let config = config()?;
+    let (port_be, done) = match (kind, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) if family == AF_INET => (config.port_be, counter::REDIRECTED4),
+        (SOCK_STREAM, IPPROTO_TCP) => (config.port_be, counter::REDIRECTED6),
+        (SOCK_DGRAM, IPPROTO_UDP) if port == DNS_PORT => {
+            (config.dns_port_be, counter::DNS_REDIRECTED)
         }
-        write_volatile(&mut sa.user_port, config.port_be);
+        (SOCK_DGRAM, IPPROTO_UDP) => return Err(counter::REFUSED_UDP),
+        _ => return Err(counter::REFUSED_NOT_TCP),
+    };
+    record(ctx, family, ip, port)?;
+    set_user_addr(sa, family, &proxy_ip(&config, family), port_be);
+    Ok(done)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sg_connect4(ctx: SockAddrContext) -> i32 {
+    verdict(&ctx, redirect(&ctx, AF_INET))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sg_connect6(ctx: SockAddrContext) -> i32 {
+    verdict(&ctx, redirect(&ctx, AF_INET6))
+}
+
+/// Unconnected UDP (sendto/sendmsg with an address): DNS only.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sg_sendmsg4(ctx: SockAddrContext) -> i32 {
+    verdict(&ctx, redirect(&ctx, AF_INET))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sg_sendmsg6(ctx: SockAddrContext) -> i32 {
+    verdict(&ctx, redirect(&ctx, AF_INET6))
+}
+
+/// Replies from the DNS forwarder appear to come from the server the skill asked.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sg_recvmsg4(ctx: SockAddrContext) -> i32 {
+    unmask_peer(&ctx, AF_INET, true);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sg_recvmsg6(ctx: SockAddrContext) -> i32 {
+    unmask_peer(&ctx, AF_INET6, true);
+    ALLOW
+}
+
+/// A redirected socket's peer is the address the skill dialed, not the proxy.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sg_getpeername4(ctx: SockAddrContext) -> i32 {
+    unmask_peer(&ctx, AF_INET, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sg_getpeername6(ctx: SockAddrContext) -> i32 {
+    unmask_peer(&ctx, AF_INET6, false);
+    ALLOW
+}
+
+/// Puts the recorded original destination back where the kernel reports a peer. For
+/// recvmsg, only datagrams from the DNS forwarder are rewritten.
+#[inline(always)]
+fn unmask_peer(ctx: &SockAddrContext, family: u16, dns_only: bool) {
+    // SAFETY: the kernel hands sock_addr programs a valid `bpf_sock_addr`.
+    let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    if dns_only {
+        let Ok(config) = config() else { return };
+        let (ip, port) = user_addr(sa, family);
+        let forwarder = proxy_ip(&config, family);
+        if ip != forwarder || port != u16::from_be(config.dns_port_be as u16) {
+            return;
+        }
     }
-    Ok(if family == AF_INET {
-        counter::REDIRECTED4
-    } else {
-        counter::REDIRECTED6
-    })
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(meta) = unsafe { SOCKS.get(cookie) } {
+        let meta = *meta;
+        if meta.family == family {
+            set_user_addr(sa, family, &meta.orig_ip, u32::from(meta.orig_port.to_be()));
+        }
+    }
+}
+
+/// Only TCP and UDP sockets may be created: no raw sockets, no ping (ICMP datagram) sockets,
+/// no SCTP, MPTCP or UDP-Lite. The hook sees the inet families only.
+#[cgroup_sock(sock_create)]
+pub fn sg_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel hands sock programs a valid `bpf_sock`; in-bounds reads.
+    let sk: &bpf_sock = unsafe { &*ctx.sock };
+    let (kind, protocol) = unsafe { (read_volatile(&sk.type_), read_volatile(&sk.protocol)) };
+    match (kind, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => ALLOW,
+        _ => {
+            count(counter::REFUSED_SOCKET);
+            let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            warn!(
+                &ctx,
+                "refused pid {}: {} (type {}, protocol {})",
+                pid,
+                counter::reason(counter::REFUSED_SOCKET),
+                kind,
+                protocol
+            );
+            REJECT
+        }
+    }
+}
+
+/// Forgets a released socket.
+#[cgroup_sock(sock_release)]
+pub fn sg_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = SOCKS.remove(cookie);
+    ALLOW
 }
 
 #[sock_ops]
@@ -157,7 +297,7 @@ pub fn sg_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Moves a skill socket's metadata from its cookie to the 4-tuple the proxy will accept.
+/// Copies a skill socket's metadata from its cookie to the 4-tuple the proxy will accept.
 #[inline(always)]
 fn bridge(ctx: &SockOpsContext) -> u32 {
     // SAFETY: the helper only reads the socket behind the context.
@@ -168,9 +308,7 @@ fn bridge(ctx: &SockOpsContext) -> u32 {
         Some(meta) => *meta,
         None => return counter::BRIDGE_MISSING,
     };
-    // SAFETY: in-bounds reads of the kernel-provided context, word by word (see try_connect).
-    // Every field is read unconditionally: loads chosen by a branch would be merged by LLVM
-    // into one load at a variable context offset, which the verifier rejects.
+    // SAFETY: in-bounds reads of the kernel-provided context (see the note above).
     let ops = unsafe { &*ctx.ops };
     let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
         (
@@ -218,7 +356,6 @@ fn bridge(ctx: &SockOpsContext) -> u32 {
     if CONNS.insert(key, meta, 0).is_err() {
         return counter::BRIDGE_MAP_FULL;
     }
-    let _ = SOCKS.remove(cookie);
     counter::BRIDGED
 }
 

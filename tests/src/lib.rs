@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// and prints one JSON object per attempt: `{"target", "ok", "reply" | "error"}`.
 pub const DIAL_PY: &str = include_str!("dial.py");
 
+/// A Python "skill" that tries one way out per argument (see the file's docstring).
+pub const PROBE_PY: &str = include_str!("probe.py");
+
 /// Panics unless running as root: these tests load eBPF programs and create cgroups.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -67,6 +70,18 @@ pub fn free_port() -> u16 {
     panic!("no port free on both 127.0.0.1 and ::1");
 }
 
+/// A UDP port free on both 127.0.0.1 and ::1.
+pub fn free_udp_port() -> u16 {
+    for _ in 0..100 {
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+        let port = v4.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no UDP port free on both 127.0.0.1 and ::1");
+}
+
 /// A port nothing listens on at `ip` (checked by binding it once).
 pub fn unused_port(ip: &str) -> u16 {
     let listener = TcpListener::bind((ip, 0)).expect("bind an unused port");
@@ -89,6 +104,11 @@ pub struct Env {
 impl Env {
     /// `policy` is the policy file's text.
     pub fn new(name: &str, policy: &str) -> Self {
+        Self::with_config(name, policy, "")
+    }
+
+    /// Like `new`, with `extra` appended to the agent's config file.
+    pub fn with_config(name: &str, policy: &str, extra: &str) -> Self {
         require_root();
         let bin = skillgate_bin();
         let unique = format!(
@@ -101,12 +121,13 @@ impl Env {
         let skills_cgroup = format!("skillgate-test-{unique}");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skillgate-test-{unique}"));
         let proxy_port = free_port();
+        let dns_port = free_udp_port();
         let config = dir.join("skillgate.toml");
         std::fs::write(
             &config,
             format!(
                 "skills_cgroup = \"{skills_cgroup}\"\nproxy_port = {proxy_port}\n\
-                 bpf_pin_dir = \"{}\"\npolicy = \"policy.toml\"\n",
+                 dns_port = {dns_port}\nbpf_pin_dir = \"{}\"\npolicy = \"policy.toml\"\n{extra}\n",
                 pin_dir.display()
             ),
         )
@@ -171,17 +192,52 @@ impl Env {
     /// Runs `script` (Python) in the cgroup `cgroup` (relative to the skills cgroup) without
     /// `skillgate exec`, the way any process that lands in the skills cgroup would.
     pub fn run_in_cgroup(&self, cgroup: &str, script: &str, args: &[String]) -> Output {
+        self.run_in_cgroup_with(&[], "true", cgroup, script, args)
+    }
+
+    /// Like `run_in_cgroup`, run under `wrapper` (e.g. `unshare -n`) after the shell
+    /// commands `setup`.
+    pub fn run_in_cgroup_with(
+        &self,
+        wrapper: &[&str],
+        setup: &str,
+        cgroup: &str,
+        script: &str,
+        args: &[String],
+    ) -> Output {
         let dir = self.skills_dir().join(cgroup);
         std::fs::create_dir_all(&dir).expect("create cgroup");
         let shell = format!(
-            "echo $$ > '{}/cgroup.procs' && exec python3 -c \"$0\" \"$@\"",
+            "{setup} && echo $$ > '{}/cgroup.procs' && exec python3 -c \"$0\" \"$@\"",
             dir.display()
         );
-        Command::new("sh")
-            .args(["-c", &shell, script])
+        let (program, wrapper_args) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, rest.to_vec()),
+            None => ("sh", Vec::new()),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(wrapper_args);
+        if !wrapper.is_empty() {
+            cmd.arg("sh");
+        }
+        cmd.args(["-c", &shell, script])
             .args(args)
             .output()
             .expect("run a process in the cgroup")
+    }
+
+    /// Runs the probe skill as `skill` through `skillgate exec` (with `exec_args` before
+    /// `--`), one action per entry of `actions`.
+    pub fn probe_as_skill(&self, skill: &str, exec_args: &[&str], actions: &[String]) -> Probe {
+        let out = self
+            .skillgate()
+            .args(["exec", "--skill", skill])
+            .args(exec_args)
+            .args(["--", "python3", "-c", PROBE_PY])
+            .args(actions)
+            .output()
+            .expect("run skillgate exec");
+        Probe::from_output(out)
     }
 
     /// Dials each target from inside skill `skill` (via `skillgate exec`).
@@ -369,4 +425,102 @@ fn answer(mut stream: TcpStream, name: &str, peer: SocketAddr) {
     // One write: the reply must not reach the skill in pieces.
     let reply = format!("{name} saw {peer} say {}\n", line.trim());
     let _ = stream.write_all(reply.as_bytes());
+}
+
+/// A DNS server on loopback that answers every A query with `127.0.0.42` (and other types
+/// with no records), counting the queries it got.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    queries: Arc<AtomicUsize>,
+}
+
+/// The address `DnsServer` answers with.
+pub const DNS_ANSWER: [u8; 4] = [127, 0, 0, 42];
+
+impl DnsServer {
+    pub fn start(bind: &str) -> Self {
+        let socket = std::net::UdpSocket::bind(bind).expect("bind DNS server");
+        let addr = socket.local_addr().unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&queries);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((len, client)) = socket.recv_from(&mut buf) {
+                count.fetch_add(1, Ordering::Relaxed);
+                if let Some(answer) = dns_answer(&buf[..len]) {
+                    let _ = socket.send_to(&answer, client);
+                }
+            }
+        });
+        Self { addr, queries }
+    }
+
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    // Header (12 bytes), then one question: labels up to a zero byte, type, class.
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    end += 5;
+    let question = query.get(12..end)?;
+    let qtype = u16::from_be_bytes([question[question.len() - 4], question[question.len() - 3]]);
+    let answers: u16 = u16::from(qtype == 1);
+    let mut out = Vec::with_capacity(end + 16);
+    out.extend_from_slice(&query[..2]); // id
+    out.extend_from_slice(&[0x81, 0x80, 0, 1]); // response, RD, RA; one question
+    out.extend_from_slice(&answers.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    if answers == 1 {
+        // name: pointer to the question; type A, class IN, TTL 60, 4 bytes of address
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        out.extend_from_slice(&DNS_ANSWER);
+    }
+    Some(out)
+}
+
+/// What the probe skill reported, one line per action.
+#[derive(Debug)]
+pub struct Probe {
+    pub pid: u32,
+    lines: Vec<String>,
+    pub output: Output,
+}
+
+impl Probe {
+    pub fn from_output(output: Output) -> Self {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut pid = 0;
+        let mut lines = Vec::new();
+        for line in stdout.lines() {
+            match line.strip_prefix("pid ") {
+                Some(p) => pid = p.trim().parse().unwrap_or(0),
+                None => lines.push(line.to_owned()),
+            }
+        }
+        assert!(
+            pid != 0,
+            "the probe did not start ({}):\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { pid, lines, output }
+    }
+
+    /// The result of action number `i`, without the action's name: `ok ...` or `err ...`.
+    pub fn result(&self, i: usize) -> &str {
+        let line = self.lines.get(i).unwrap_or_else(|| {
+            panic!(
+                "no result #{i}; stdout: {:?}; stderr: {}",
+                self.lines,
+                String::from_utf8_lossy(&self.output.stderr)
+            )
+        });
+        line.split_once(' ').map_or("", |(_, rest)| rest)
+    }
 }

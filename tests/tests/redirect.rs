@@ -255,37 +255,64 @@ fn a_stopped_agent_fails_closed_a_new_one_adopts_and_detach_removes_enforcement(
 }
 
 #[test]
-fn connect_on_anything_but_tcp_is_refused_in_the_kernel() {
-    let s = setup("udp");
+fn kill_9_never_opens_a_direct_path_and_a_restart_resumes() {
+    let s = setup("kill9");
     let agent = s.env.start_agent();
-    let canary = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
-    canary
-        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
-        .unwrap();
-    let script = "import os, socket, sys\n\
-        print('pid', os.getpid(), flush=True)\n\
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-        try:\n    s.connect(('127.0.0.3', int(sys.argv[1]))); s.send(b'x'); print('sent')\n\
-        except PermissionError as e:\n    print('refused', e)\n";
-    let out = s.env.exec_python(
-        "reporter",
-        script,
-        &[canary.local_addr().unwrap().port().to_string()],
+    // A skill that keeps dialing the declared address and the backend's real address.
+    let script = format!(
+        "import socket, time\n\
+         end = time.time() + 6\n\
+         while time.time() < end:\n\
+         \x20   for target in [('{}', {}), ('{}', {})]:\n\
+         \x20       try:\n\
+         \x20           with socket.create_connection(target, timeout=1) as s:\n\
+         \x20               s.sendall(b'loop\\n'); s.recv(256)\n\
+         \x20       except OSError:\n\
+         \x20           pass\n\
+         \x20   time.sleep(0.02)\n",
+        s.dial4.ip(),
+        s.dial4.port(),
+        s.backend.addr.ip(),
+        s.backend.addr.port()
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let env = &s.env;
+    let skill = std::thread::scope(|scope| {
+        let skill = scope.spawn(|| env.exec_python("reporter", &script, &[]));
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+        let first_log = agent.log();
+        drop(agent);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let second = env.start_agent();
+        assert!(
+            second.log().contains("attachment=Adopted"),
+            "{}",
+            second.log()
+        );
+        (skill.join().unwrap(), first_log, second)
+    });
+    let (out, first_log, second) = skill;
     assert!(
-        stdout.contains("refused [Errno 1] Operation not permitted"),
-        "{stdout}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let pid = stdout.lines().next().unwrap().trim_start_matches("pid ");
-    // The program says why through aya-log, and the datagram never left.
-    agent.wait_for_log(
-        &format!("refused connect() from pid {pid}: not a TCP socket"),
-        std::time::Duration::from_secs(5),
-    );
-    let mut buf = [0u8; 8];
+    // Every connection the backend ever saw is one of the agents' upstream connections.
+    let logs = format!("{first_log}{}", second.log());
+    let peers = s.backend.peers();
+    assert!(!peers.is_empty(), "the skill never got through");
+    for peer in &peers {
+        assert!(
+            logs.contains(&format!("upstream_local={peer}")),
+            "backend saw {peer}, which no agent opened: a direct path"
+        );
+    }
+    // ... and connections went through after the restart.
     assert!(
-        canary.recv(&mut buf).is_err(),
-        "the UDP canary received a datagram"
+        second.log().contains("upstream_local="),
+        "no connection after the restart:\n{}",
+        second.log()
     );
+    assert_eq!(s.canary.peers(), vec![]);
 }

@@ -17,23 +17,35 @@ pub mod map_names {
 pub mod program_names {
     pub const CONNECT4: &str = "sg_connect4";
     pub const CONNECT6: &str = "sg_connect6";
+    pub const SENDMSG4: &str = "sg_sendmsg4";
+    pub const SENDMSG6: &str = "sg_sendmsg6";
+    pub const RECVMSG4: &str = "sg_recvmsg4";
+    pub const RECVMSG6: &str = "sg_recvmsg6";
+    pub const GETPEERNAME4: &str = "sg_getpeername4";
+    pub const GETPEERNAME6: &str = "sg_getpeername6";
+    pub const SOCK_CREATE: &str = "sg_sock_create";
+    pub const SOCK_RELEASE: &str = "sg_sock_release";
     pub const SOCKOPS: &str = "sg_sockops";
 }
 
-/// Where the programs send every skill socket. Written by the agent into `SG_CONFIG[0]`; while
-/// `enabled` is zero every connect from the skills cgroup is refused (fail closed).
+/// The port skills use for DNS; UDP to any other port is refused.
+pub const DNS_PORT: u16 = 53;
+
+/// Where the programs send skill traffic. Written by the agent into `SG_CONFIG[0]`; while
+/// `enabled` is zero every connect and send from the skills cgroup is refused (fail closed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyConfig {
     /// 127.0.0.1 as `bpf_sock_addr.user_ip4` holds it (network order in memory).
     pub ip4: u32,
-    /// The proxy port in network order in the low 16 bits, as `bpf_sock_addr.user_port`.
+    /// The TCP proxy's port in network order in the low 16 bits, as `bpf_sock_addr.user_port`.
     pub port_be: u32,
     /// ::1 as `bpf_sock_addr.user_ip6` holds it.
     pub ip6: [u32; 4],
+    /// The DNS forwarder's port (same addresses), like `port_be`.
+    pub dns_port_be: u32,
     /// Non-zero once the agent has configured the programs.
     pub enabled: u32,
-    pub _pad: u32,
 }
 
 /// What the connect programs learn about a skill socket, keyed first by socket cookie and then,
@@ -57,6 +69,8 @@ pub struct ConnMeta {
     pub cookie: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at connect time.
     pub connect_ns: u64,
+    /// The network namespace the socket lives in.
+    pub netns_cookie: u64,
 }
 
 /// A TCP connection from a skill socket to the proxy, as both ends see it.
@@ -79,31 +93,51 @@ pub mod counter {
     pub const REDIRECTED4: u32 = 0;
     /// A TCP connect() through connect6 sent to the proxy.
     pub const REDIRECTED6: u32 = 1;
-    /// connect() on a socket that is not TCP (UDP, for now) refused.
-    pub const REFUSED_NOT_TCP: u32 = 2;
-    /// connect() refused because the agent never configured the programs.
-    pub const REFUSED_NO_CONFIG: u32 = 3;
-    /// connect() refused because its metadata could not be stored.
-    pub const REFUSED_MAP_FULL: u32 = 4;
+    /// A DNS datagram or connected UDP socket sent to the agent's forwarder.
+    pub const DNS_REDIRECTED: u32 = 2;
+    /// UDP to a port other than DNS refused (connect or sendmsg).
+    pub const REFUSED_UDP: u32 = 3;
+    /// connect() on a socket that is neither TCP nor UDP refused.
+    pub const REFUSED_NOT_TCP: u32 = 4;
+    /// A socket other than TCP or UDP (raw, ping, SCTP...) refused at creation.
+    pub const REFUSED_SOCKET: u32 = 5;
+    /// Refused because the agent never configured the programs.
+    pub const REFUSED_NO_CONFIG: u32 = 6;
+    /// Refused because the socket's metadata could not be stored.
+    pub const REFUSED_MAP_FULL: u32 = 7;
     /// An established skill connection whose metadata was handed to the proxy.
-    pub const BRIDGED: u32 = 5;
+    pub const BRIDGED: u32 = 8;
     /// An established skill connection with no metadata (the proxy will refuse it).
-    pub const BRIDGE_MISSING: u32 = 6;
+    pub const BRIDGE_MISSING: u32 = 9;
     /// An established skill connection whose 4-tuple could not be stored.
-    pub const BRIDGE_MAP_FULL: u32 = 7;
+    pub const BRIDGE_MAP_FULL: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     /// Human names, by index, for logs and `skillgate stats`.
     pub const NAMES: [&str; COUNT as usize] = [
         "redirected_ipv4",
         "redirected_ipv6",
+        "dns_redirected",
+        "refused_udp",
         "refused_not_tcp",
+        "refused_socket",
         "refused_unconfigured",
         "refused_map_full",
         "bridged",
         "bridge_missing_metadata",
         "bridge_map_full",
     ];
+    /// Why a counter refused something, for logs.
+    pub const fn reason(index: u32) -> &'static str {
+        match index {
+            REFUSED_UDP => "UDP to a port other than DNS (53)",
+            REFUSED_NOT_TCP => "connect() on a socket that is neither TCP nor UDP",
+            REFUSED_SOCKET => "a socket other than TCP or UDP (raw, ping, ...)",
+            REFUSED_NO_CONFIG => "the agent has not configured the programs",
+            REFUSED_MAP_FULL => "the connection table is full",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Maximum number of in-flight sockets and connections tracked.

@@ -1,0 +1,118 @@
+"""A stand-in skill that tries one way out of its cgroup per argument.
+
+Each argument is `ACTION` or `ACTION:ARG,ARG...`. Output: `pid N`, then one line per action:
+`ACTION ok RESULT` or `ACTION err EXCEPTION ERRNO`.
+"""
+import os
+import socket
+import struct
+import sys
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def udp_connect(host, port):
+    with socket.socket(family(host), socket.SOCK_DGRAM) as s:
+        s.connect((host, int(port)))
+        s.send(b"probe")
+        return "sent"
+
+
+def udp_sendto(host, port):
+    with socket.socket(family(host), socket.SOCK_DGRAM) as s:
+        s.sendto(b"probe", (host, int(port)))
+        return "sent"
+
+
+def raw():
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+    return "created"
+
+
+def raw6():
+    socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6).close()
+    return "created"
+
+
+def ping():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close()
+    return "created"
+
+
+def packet():
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    return "created"
+
+
+def dns(server, name):
+    """One A query sent with sendto(); reports who answered and the first address."""
+    query = struct.pack(">HHHHHH", 0x5347, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        query += bytes([len(label)]) + label.encode()
+    query += b"\0" + struct.pack(">HH", 1, 1)
+    with socket.socket(family(server), socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(query, (server, 53))
+        answer, sender = s.recvfrom(512)
+    if answer[:2] != query[:2]:
+        return f"from={sender[0]}:{sender[1]} wrong-id"
+    return f"from={sender[0]}:{sender[1]} addr={socket.inet_ntoa(answer[-4:])}"
+
+
+def resolve(name):
+    return socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+
+
+def peer(host, port):
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        p = s.getpeername()
+        return f"{p[0]}:{p[1]}"
+
+
+def tcp(host, port):
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"probe\n")
+        reply = s.recv(256)
+        if not reply:
+            raise ConnectionResetError(104, "closed without a reply")
+        return reply.decode(errors="replace").strip()
+
+
+def fork_tcp(host, port):
+    """Dials from a child forked now, long after the skill started."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        try:
+            result = "ok " + tcp(host, port)
+        except OSError as e:
+            result = f"err {type(e).__name__} {e.errno}"
+        os.write(w, result.encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    result = os.read(r, 512).decode()
+    if result.startswith("err"):
+        _, name, errno = result.split(" ", 2)
+        raise OSError(int(errno) if errno.isdigit() else 0, name)
+    return result[3:]
+
+
+def escape(procs):
+    """Tries to move this process into another cgroup."""
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+    return "moved"
+
+
+print(f"pid {os.getpid()}", flush=True)
+for arg in sys.argv[1:]:
+    action, _, rest = arg.partition(":")
+    args = rest.split(",") if rest else []
+    try:
+        print(f"{action} ok {globals()[action](*args)}", flush=True)
+    except OSError as e:
+        print(f"{action} err {type(e).__name__} {e.errno}", flush=True)
