@@ -53,6 +53,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         cgroup_id = enforcement.cgroup_id,
         pin_dir = %agent.bpf_pin_dir.display(),
         attachment = ?enforcement.attachment,
+        missing_layers = ?enforcement.missing_layers,
         "enforcement attached"
     );
     let proxy = Arc::new(Proxy {

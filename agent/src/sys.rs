@@ -6,7 +6,7 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd};
 use std::path::Path;
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info};
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_link_info, bpf_prog_type};
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -53,6 +53,56 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
     let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
     // SAFETY: on success BPF_OBJ_GET returns a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins a BPF object (BPF_OBJ_PIN) at `path` on a bpffs.
+pub fn obj_pin(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    let path = cstring(path)?;
+    // SAFETY: bpf_attr is plain data; all-zero is a valid value.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = fd.as_fd().as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Loads a cgroup sock_addr program for `attach_type` that refuses every call:
+/// `r0 = 0; exit`.
+pub fn load_refuse_all(attach_type: bpf_attach_type, name: &str) -> io::Result<OwnedFd> {
+    // BPF_MOV64_IMM(BPF_REG_0, 0) and BPF_EXIT_INSN(), as the kernel lays instructions out.
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    // SAFETY: bpf_attr is plain data; all-zero is a valid value.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    // SAFETY: the union is all zeroes; this selects the BPF_PROG_LOAD member to fill in.
+    let load = unsafe { &mut attr.__bindgen_anon_3 };
+    load.prog_type = bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32;
+    load.expected_attach_type = attach_type as u32;
+    load.insn_cnt = insns.len() as u32;
+    load.insns = insns.as_ptr() as u64;
+    load.license = license.as_ptr() as u64;
+    for (dst, src) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    let fd = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: on success BPF_PROG_LOAD returns a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches `program` to `cgroup` through a new BPF link (BPF_LINK_CREATE). Cgroup links
+/// always coexist with other programs on the same hook.
+pub fn link_create(
+    program: impl AsFd,
+    cgroup: impl AsFd,
+    attach_type: bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    // SAFETY: bpf_attr is plain data; all-zero is a valid value.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.link_create.__bindgen_anon_1.prog_fd = program.as_fd().as_raw_fd() as u32;
+    attr.link_create.__bindgen_anon_2.target_fd = cgroup.as_fd().as_raw_fd() as u32;
+    attr.link_create.attach_type = attach_type as u32;
+    let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: on success BPF_LINK_CREATE returns a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 

@@ -101,6 +101,30 @@ def fork_tcp(host, port):
     return result[3:]
 
 
+def unix_connect(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(b"probe\n")
+        return s.recv(256).decode(errors="replace").strip() or "connected"
+
+
+def unix_abstract(name):
+    return unix_connect("\0" + name)
+
+
+def unix_sendto(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"probe", path)
+        return "sent"
+
+
+def socketpair():
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"pair")
+        return b.recv(4).decode()
+
+
 def escape(procs):
     """Tries to move this process into another cgroup."""
     with open(procs, "w") as f:

@@ -230,3 +230,85 @@ fn a_non_root_skill_cannot_leave_its_cgroup() {
     );
     assert_eq!(canary.peers(), vec![]);
 }
+
+#[test]
+fn unix_sockets_cannot_relay_to_a_process_outside_the_cgroup() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixListener};
+
+    let canary = Server::start("canary", "127.0.0.3:0");
+    let env = Env::new("unix", POLICY);
+    let agent = env.start_agent();
+    assert!(
+        agent.log().contains("missing_layers=[]"),
+        "this kernel lacks the unix-socket hooks:\n{}",
+        agent.log()
+    );
+    // Relays outside the skills cgroup: a path, an abstract name, a datagram path. Each would
+    // carry what it receives to the canary.
+    let path = env.dir.join("relay.sock");
+    let abstract_name = format!("skillgate-relay-{}", std::process::id());
+    let stream_relays = [
+        UnixListener::bind(&path).unwrap(),
+        UnixListener::bind_addr(&UnixAddr::from_abstract_name(abstract_name.as_bytes()).unwrap())
+            .unwrap(),
+    ];
+    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for relay in stream_relays {
+        let relayed = std::sync::Arc::clone(&relayed);
+        let target = canary.addr;
+        std::thread::spawn(move || {
+            for client in relay.incoming().flatten() {
+                relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut line = String::new();
+                let _ = BufReader::new(&client).read_line(&mut line);
+                if let Ok(mut out) = std::net::TcpStream::connect(target) {
+                    let _ = out.write_all(line.as_bytes());
+                }
+            }
+        });
+    }
+    let dgram_path = env.dir.join("relay.dgram");
+    let dgram = UnixDatagram::bind(&dgram_path).unwrap();
+    dgram
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+
+    let probe = env.probe_as_skill(
+        "reporter",
+        &[],
+        &args(&[
+            format!("unix_connect:{}", path.display()),
+            format!("unix_abstract:{abstract_name}"),
+            format!("unix_sendto:{}", dgram_path.display()),
+            "socketpair".to_owned(),
+        ]),
+    );
+    assert_eq!(probe.result(0), format!("err {EPERM}"));
+    assert_eq!(probe.result(1), format!("err {EPERM}"));
+    assert_eq!(probe.result(2), format!("err {EPERM}"));
+    // A socketpair never leaves the skill: it stays usable.
+    assert_eq!(probe.result(3), "ok pair");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        relayed.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a relay was reached"
+    );
+    let mut buf = [0u8; 16];
+    assert!(
+        dgram.recv(&mut buf).is_err(),
+        "the datagram relay received something"
+    );
+    assert_eq!(canary.peers(), vec![]);
+
+    // Control: outside the cgroup the same relays are reachable.
+    let control = std::process::Command::new("python3")
+        .args(["-c", PROBE_PY, &format!("unix_connect:{}", path.display())])
+        .output()
+        .unwrap();
+    assert!(Probe::from_output(control).result(0).starts_with("ok"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(relayed.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

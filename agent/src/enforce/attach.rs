@@ -1,0 +1,133 @@
+//! Putting one program on the skills cgroup's hook, or into the link a previous agent pinned.
+
+use std::fs::File;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps};
+use aya_obj::generated::bpf_attach_type;
+
+use crate::sys;
+
+/// A cgroup program that can be loaded, attached through a pinned link, or swapped into one.
+pub trait CgroupProgram {
+    fn load(&mut self) -> Result<()>;
+    fn program_fd(&self) -> Result<BorrowedFd<'_>>;
+    /// Attaches to `cgroup` through a new link pinned at `path`.
+    fn attach_pinned(&mut self, cgroup: &File, path: &Path) -> Result<()>;
+}
+
+macro_rules! aya_cgroup_program {
+    ($($ty:ty),*) => {$(
+        impl CgroupProgram for $ty {
+            fn load(&mut self) -> Result<()> {
+                Ok(<$ty>::load(self)?)
+            }
+            fn program_fd(&self) -> Result<BorrowedFd<'_>> {
+                Ok(<$ty>::fd(self)?.as_fd())
+            }
+            fn attach_pinned(&mut self, cgroup: &File, path: &Path) -> Result<()> {
+                // The default mode creates a link; cgroup links always coexist with others.
+                let id = self.attach(cgroup, CgroupAttachMode::default())?;
+                let link: FdLink = self.take_link(id)?.try_into()?;
+                link.pin(path)?;
+                Ok(())
+            }
+        }
+    )*};
+}
+
+aya_cgroup_program!(CgroupSockAddr, CgroupSock, SockOps);
+
+/// A program that refuses every call on a hook aya 0.14 cannot attach to: the unix-socket
+/// sock_addr hooks (kernel 6.7+). It is two instructions, `r0 = 0; exit`, loaded and linked
+/// with raw bpf(2) calls.
+pub struct RefuseAll {
+    pub attach_type: bpf_attach_type,
+    pub name: &'static str,
+    fd: Option<OwnedFd>,
+}
+
+impl RefuseAll {
+    pub fn new(attach_type: bpf_attach_type, name: &'static str) -> Self {
+        Self {
+            attach_type,
+            name,
+            fd: None,
+        }
+    }
+}
+
+impl CgroupProgram for RefuseAll {
+    fn load(&mut self) -> Result<()> {
+        self.fd = Some(sys::load_refuse_all(self.attach_type, self.name)?);
+        Ok(())
+    }
+    fn program_fd(&self) -> Result<BorrowedFd<'_>> {
+        self.fd
+            .as_ref()
+            .map(|fd| fd.as_fd())
+            .context("program not loaded")
+    }
+    fn attach_pinned(&mut self, cgroup: &File, path: &Path) -> Result<()> {
+        let link = sys::link_create(self.program_fd()?, cgroup, self.attach_type)?;
+        sys::obj_pin(&link, path)?;
+        Ok(())
+    }
+}
+
+/// Loads `program` and puts it on the hook: into the pinned link if one exists for this
+/// cgroup (returns `false`: adopted), else through a new pinned link (returns `true`).
+pub fn load_and_attach(
+    program: &mut impl CgroupProgram,
+    name: &str,
+    cgroup: &File,
+    link_path: &Path,
+    cgroup_id: u64,
+) -> Result<bool> {
+    program
+        .load()
+        .with_context(|| format!("the kernel refused to load program {name}"))?;
+    let pinned = match sys::obj_get(link_path) {
+        Ok(link) => Some(link),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("cannot open pinned link {}", link_path.display()));
+        }
+    };
+    if let Some(link) = &pinned {
+        let attached_to = sys::link_cgroup_id(link)
+            .with_context(|| format!("cannot read pinned link {}", link_path.display()))?;
+        if attached_to == cgroup_id {
+            sys::link_update(link, program.program_fd()?).with_context(|| {
+                format!(
+                    "cannot swap the new {name} into pinned link {}",
+                    link_path.display()
+                )
+            })?;
+            return Ok(false);
+        }
+        tracing::warn!(
+            program = name,
+            old_cgroup_id = attached_to,
+            new_cgroup_id = cgroup_id,
+            "pinned link is on another cgroup (skills_cgroup changed): moving enforcement"
+        );
+        // Unpin the old link only once the new one holds the hook; the old link detaches
+        // when `pinned` is dropped.
+        let staging = link_path.with_extension("new");
+        program
+            .attach_pinned(cgroup, &staging)
+            .with_context(|| format!("cannot attach {name} to the skills cgroup"))?;
+        std::fs::rename(&staging, link_path)
+            .with_context(|| format!("cannot replace pinned link {}", link_path.display()))?;
+        return Ok(true);
+    }
+    program
+        .attach_pinned(cgroup, link_path)
+        .with_context(|| format!("cannot attach {name} to the skills cgroup"))?;
+    Ok(true)
+}

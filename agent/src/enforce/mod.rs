@@ -1,0 +1,248 @@
+//! Loading, attaching, pinning and adopting the eBPF programs.
+//!
+//! Every program sits on the skills cgroup through its own link, pinned under the configured
+//! `bpf_pin_dir` (see [`pins`]). Links stay attached while pinned, so enforcement outlives the agent: with the agent gone,
+//! skills' connections go to a proxy port nobody listens on and are refused. A new agent loads
+//! fresh programs and swaps them into the pinned links atomically (BPF_LINK_UPDATE), so there
+//! is never a moment without a program on the hook.
+
+mod attach;
+mod pins;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::Program;
+use aya::{Ebpf, EbpfLoader};
+use aya_obj::generated::bpf_attach_type;
+use skillgate_common::{
+    ConnMeta, ProxyConfig, TupleKey, counter, ip_words, map_names, program_names,
+};
+
+use self::attach::{RefuseAll, load_and_attach};
+use self::pins::{PinLayout, remove_other_map_layouts, remove_unknown_links};
+pub use self::pins::{check_enforced, detach};
+use crate::cgroup::SkillsCgroup;
+use crate::host;
+
+/// The programs, built from `ebpf/` by the build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skillgate"));
+
+/// Bump when a map's key, value or size changes: maps of another layout are never reused.
+const MAP_LAYOUT_VERSION: u32 = 2;
+
+/// A program skillgate puts on the skills cgroup.
+pub struct ProgramSpec {
+    /// Its name in the object, and of its pinned link.
+    pub name: &'static str,
+    /// `None`: from the object; `Some`: a refuse-all program for that attach type.
+    pub refuse_all: Option<bpf_attach_type>,
+    /// Without it there is no enforcement: a failure to attach it stops the agent. The others
+    /// are layers a kernel may lack; their absence is reported loudly.
+    pub required: bool,
+}
+
+const fn object(name: &'static str) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        refuse_all: None,
+        required: true,
+    }
+}
+
+/// Every program, in attach order. sock_create comes first so that no socket type it refuses
+/// is created while the others attach.
+pub const PROGRAMS: [ProgramSpec; 13] = [
+    object(program_names::SOCK_CREATE),
+    object(program_names::CONNECT4),
+    object(program_names::CONNECT6),
+    object(program_names::SENDMSG4),
+    object(program_names::SENDMSG6),
+    object(program_names::RECVMSG4),
+    object(program_names::RECVMSG6),
+    object(program_names::GETPEERNAME4),
+    object(program_names::GETPEERNAME6),
+    object(program_names::SOCK_RELEASE),
+    object(program_names::SOCKOPS),
+    // Unix-socket connects and sends (kernel 6.7+): no local daemon becomes a relay.
+    ProgramSpec {
+        name: "sg_unix_connect",
+        refuse_all: Some(bpf_attach_type::BPF_CGROUP_UNIX_CONNECT),
+        required: false,
+    },
+    ProgramSpec {
+        name: "sg_unix_sendmsg",
+        refuse_all: Some(bpf_attach_type::BPF_CGROUP_UNIX_SENDMSG),
+        required: false,
+    },
+];
+
+/// How the programs came to be on the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// Nothing was pinned: new links were attached and pinned.
+    Attached,
+    /// Pinned links were found on the skills cgroup and given the new programs.
+    Adopted,
+}
+
+/// The loaded programs, the maps the proxy reads, and how they were attached.
+pub struct Enforcement {
+    /// Keeps the programs and the log ring buffer alive for the agent's lifetime.
+    _ebpf: Ebpf,
+    conns: Mutex<HashMap<MapData, TupleKey, ConnMeta>>,
+    counters: PerCpuArray<MapData, u64>,
+    pub attachment: Attachment,
+    pub cgroup_id: u64,
+    /// Optional programs this kernel could not run.
+    pub missing_layers: Vec<&'static str>,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Enforcement {
+    /// Loads the programs, points them at the proxy on `proxy_port` and puts them on the
+    /// skills cgroup, adopting whatever a previous agent pinned.
+    pub fn start(pin_dir: &Path, skills: &SkillsCgroup, ports: Ports) -> Result<Self> {
+        host::ensure_bpffs(pin_dir)?;
+        let layout = PinLayout::new(pin_dir);
+        for dir in [layout.links(), layout.maps()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(layout.maps())
+            .load(OBJECT)
+            .context("cannot load the eBPF programs into the kernel")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!(error = %err, "eBPF program logs are unavailable");
+                None
+            }
+        };
+
+        // Configure before attaching: until `enabled` is set, the programs refuse connects.
+        let mut config: Array<_, ProxyConfig> =
+            Array::try_from(map(&mut ebpf, map_names::CONFIG)?)?;
+        config
+            .set(0, proxy_config(ports), 0)
+            .context("cannot write the proxy address into SG_CONFIG")?;
+
+        let cgroup_id = skills.id()?;
+        let cgroup = File::open(&skills.dir)
+            .with_context(|| format!("cannot open cgroup {}", skills.dir.display()))?;
+        let mut attachment = Attachment::Attached;
+        let mut missing_layers = Vec::new();
+        for spec in &PROGRAMS {
+            let link_path = layout.link(spec.name);
+            let result = match spec.refuse_all {
+                Some(attach_type) => {
+                    let mut program = RefuseAll::new(attach_type, spec.name);
+                    load_and_attach(&mut program, spec.name, &cgroup, &link_path, cgroup_id)
+                }
+                None => match ebpf.program_mut(spec.name) {
+                    Some(Program::CgroupSockAddr(p)) => {
+                        load_and_attach(p, spec.name, &cgroup, &link_path, cgroup_id)
+                    }
+                    Some(Program::CgroupSock(p)) => {
+                        load_and_attach(p, spec.name, &cgroup, &link_path, cgroup_id)
+                    }
+                    Some(Program::SockOps(p)) => {
+                        load_and_attach(p, spec.name, &cgroup, &link_path, cgroup_id)
+                    }
+                    Some(other) => bail!(
+                        "program {} has unexpected type {:?}",
+                        spec.name,
+                        other.prog_type()
+                    ),
+                    None => bail!("program {} is missing from the object", spec.name),
+                },
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => attachment = Attachment::Adopted,
+                Err(err) if !spec.required => {
+                    tracing::error!(
+                        program = spec.name,
+                        error = %format!("{err:#}"),
+                        "ENFORCEMENT LAYER MISSING: this kernel cannot run it; skills are not \
+                         confined on this path"
+                    );
+                    missing_layers.push(spec.name);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        remove_unknown_links(&layout);
+        remove_other_map_layouts(pin_dir, &layout.maps());
+
+        let conns = HashMap::try_from(take_map(&mut ebpf, map_names::CONNS)?)?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            conns: Mutex::new(conns),
+            counters,
+            attachment,
+            cgroup_id,
+            missing_layers,
+            logger,
+        })
+    }
+
+    /// Takes the metadata the programs recorded for the connection `key`. Each entry is
+    /// handed out once: a later connection reusing the 4-tuple must be recorded anew.
+    pub fn take_conn(&self, key: &TupleKey) -> Option<ConnMeta> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let meta = conns.get(key, 0).ok()?;
+        if let Err(err) = conns.remove(key) {
+            tracing::warn!(error = %err, "cannot remove used connection metadata");
+        }
+        Some(meta)
+    }
+
+    /// The programs' counters summed over CPUs, with their names.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        counter::NAMES
+            .iter()
+            .zip(0u32..)
+            .map(|(name, index)| {
+                let total = self
+                    .counters
+                    .get(&index, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} is missing from the object"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} is missing from the object"))
+}
+
+/// The loopback ports the programs send skill traffic to.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub proxy: u16,
+    pub dns: u16,
+}
+
+fn proxy_config(ports: Ports) -> ProxyConfig {
+    ProxyConfig {
+        ip4: u32::from_ne_bytes(std::net::Ipv4Addr::LOCALHOST.octets()),
+        port_be: u32::from(ports.proxy.to_be()),
+        ip6: ip_words(std::net::Ipv6Addr::LOCALHOST.octets()),
+        dns_port_be: u32::from(ports.dns.to_be()),
+        enabled: 1,
+    }
+}
