@@ -8,6 +8,7 @@ mod exec;
 mod host;
 mod proxy;
 mod run;
+mod stats;
 mod sys;
 
 use std::path::PathBuf;
@@ -59,6 +60,13 @@ enum Command {
     },
     /// Remove enforcement: unpin the eBPF links and maps, giving skills direct network access.
     Detach,
+    /// Show what the eBPF programs did: connections redirected and attempts refused, by kind,
+    /// in total and per skill. Reads the pinned maps, so it works with the agent stopped too.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +80,7 @@ fn main() -> ExitCode {
             command,
         } => exec::exec(&cli.config, &skill, user.as_deref(), &command),
         Command::Detach => run::detach(&cli.config),
+        Command::Stats { json } => stats::stats(&cli.config, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,13 +86,8 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    let counters: Vec<String> = proxy
-        .enforcement
-        .counters()
-        .into_iter()
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect();
-    info!(signal, counters = %counters.join(" "), "stopping");
+    let totals = proxy.enforcement.counters.totals();
+    info!(signal, counters = %enforce::describe(&totals), "stopping");
     warn!(
         pin_dir = %agent.bpf_pin_dir.display(),
         "enforcement stays pinned: skills get `connection refused` until the agent runs again; \

@@ -2,6 +2,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_NOEXIST,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -11,13 +12,13 @@ use aya_ebpf::{
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 use skillgate_common::{
-    AF_INET, AF_INET6, ConnMeta, DNS_PORT, MAX_TRACKED, ProxyConfig, TupleKey, V4_MAPPED_WORD,
-    counter,
+    AF_INET, AF_INET6, CgroupCounters, ConnMeta, DNS_PORT, MAX_COUNTED_CGROUPS, MAX_TRACKED,
+    ProxyConfig, TupleKey, V4_MAPPED_WORD, counter,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -44,12 +45,38 @@ static CONNS: LruHashMap<TupleKey, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, 0
 #[map(name = "SG_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
+/// Per cgroup (by id): the same counters, so that userspace can tell skills apart.
+#[map(name = "SG_SKILL_CNT")]
+static SKILL_COUNTERS: LruPerCpuHashMap<u64, CgroupCounters> =
+    LruPerCpuHashMap::pinned(MAX_COUNTED_CGROUPS, 0);
+
+/// Counts an event of the calling task's cgroup.
 #[inline(always)]
 fn count(index: u32) {
+    // SAFETY: the helper takes no arguments.
+    count_for(unsafe { bpf_get_current_cgroup_id() }, index);
+}
+
+/// Counts an event globally and for cgroup `cgroup_id`.
+#[inline(always)]
+fn count_for(cgroup_id: u64, index: u32) {
+    if index >= counter::COUNT {
+        return;
+    }
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot is only touched by the program running on this CPU, and the
         // pointer comes from a successful map lookup.
         unsafe { *slot += 1 };
+    }
+    let mut counters = SKILL_COUNTERS.get_ptr_mut(cgroup_id);
+    if counters.is_none() {
+        // Losing the race to another CPU's insert is fine: the lookup below finds its entry.
+        let _ = SKILL_COUNTERS.insert(cgroup_id, CgroupCounters::default(), u64::from(BPF_NOEXIST));
+        counters = SKILL_COUNTERS.get_ptr_mut(cgroup_id);
+    }
+    if let Some(counters) = counters {
+        // SAFETY: as above (per-CPU value); `index` is bounds-checked.
+        unsafe { (*counters).counts[index as usize] += 1 };
     }
 }
 
@@ -292,21 +319,24 @@ pub fn sg_sock_release(ctx: SockContext) -> i32 {
 #[sock_ops]
 pub fn sg_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        count(bridge(&ctx));
+        let (cgroup_id, outcome) = bridge(&ctx);
+        count_for(cgroup_id, outcome);
     }
     1
 }
 
 /// Copies a skill socket's metadata from its cookie to the 4-tuple the proxy will accept.
+/// Returns the skill's cgroup (this callback runs in softirq context, where the current task
+/// is not the skill) and the counter for the outcome.
 #[inline(always)]
-fn bridge(ctx: &SockOpsContext) -> u32 {
+fn bridge(ctx: &SockOpsContext) -> (u64, u32) {
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once; an LRU eviction racing with the copy can at
     // worst hand the proxy a value it will refuse as stale or mismatched.
     let meta = match unsafe { SOCKS.get(cookie) } {
         Some(meta) => *meta,
-        None => return counter::BRIDGE_MISSING,
+        None => return (0, counter::BRIDGE_MISSING),
     };
     // SAFETY: in-bounds reads of the kernel-provided context (see the note above).
     let ops = unsafe { &*ctx.ops };
@@ -354,9 +384,9 @@ fn bridge(ctx: &SockOpsContext) -> u32 {
         _pad: 0,
     };
     if CONNS.insert(key, meta, 0).is_err() {
-        return counter::BRIDGE_MAP_FULL;
+        return (meta.cgroup_id, counter::BRIDGE_MAP_FULL);
     }
-    counter::BRIDGED
+    (meta.cgroup_id, counter::BRIDGED)
 }
 
 #[cfg(not(test))]

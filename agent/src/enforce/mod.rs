@@ -7,6 +7,7 @@
 //! is never a moment without a program on the hook.
 
 mod attach;
+mod counters;
 mod pins;
 
 use std::fs::File;
@@ -14,15 +15,14 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::bpf_attach_type;
-use skillgate_common::{
-    ConnMeta, ProxyConfig, TupleKey, counter, ip_words, map_names, program_names,
-};
+use skillgate_common::{ConnMeta, ProxyConfig, TupleKey, ip_words, map_names, program_names};
 
 use self::attach::{RefuseAll, load_and_attach};
+pub use self::counters::{Counters, Counts, describe};
 use self::pins::{PinLayout, remove_other_map_layouts, remove_unknown_links};
 pub use self::pins::{check_enforced, detach};
 use crate::cgroup::SkillsCgroup;
@@ -32,7 +32,7 @@ use crate::host;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skillgate"));
 
 /// Bump when a map's key, value or size changes: maps of another layout are never reused.
-const MAP_LAYOUT_VERSION: u32 = 2;
+const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// A program skillgate puts on the skills cgroup.
 pub struct ProgramSpec {
@@ -94,7 +94,7 @@ pub struct Enforcement {
     /// Keeps the programs and the log ring buffer alive for the agent's lifetime.
     _ebpf: Ebpf,
     conns: Mutex<HashMap<MapData, TupleKey, ConnMeta>>,
-    counters: PerCpuArray<MapData, u64>,
+    pub counters: Counters,
     pub attachment: Attachment,
     pub cgroup_id: u64,
     /// Optional programs this kernel could not run.
@@ -180,7 +180,10 @@ impl Enforcement {
         remove_other_map_layouts(pin_dir, &layout.maps());
 
         let conns = HashMap::try_from(take_map(&mut ebpf, map_names::CONNS)?)?;
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
+        let counters = Counters::from_maps(
+            take_map(&mut ebpf, map_names::COUNTERS)?,
+            take_map(&mut ebpf, map_names::SKILL_COUNTERS)?,
+        )?;
         Ok(Self {
             _ebpf: ebpf,
             conns: Mutex::new(conns),
@@ -201,22 +204,6 @@ impl Enforcement {
             tracing::warn!(error = %err, "cannot remove used connection metadata");
         }
         Some(meta)
-    }
-
-    /// The programs' counters summed over CPUs, with their names.
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        counter::NAMES
-            .iter()
-            .zip(0u32..)
-            .map(|(name, index)| {
-                let total = self
-                    .counters
-                    .get(&index, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .unwrap_or(0);
-                (*name, total)
-            })
-            .collect()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod map_names {
     pub const SOCKS: &str = "SG_SOCKS";
     pub const CONNS: &str = "SG_CONNS";
     pub const COUNTERS: &str = "SG_COUNTERS";
+    pub const SKILL_COUNTERS: &str = "SG_SKILL_CNT";
 }
 
 /// Names of the programs in the object, which are also the names of their pinned links.
@@ -140,8 +141,17 @@ pub mod counter {
     }
 }
 
+/// The counters of one cgroup, indexed like `counter` (per CPU in the map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCounters {
+    pub counts: [u64; counter::COUNT as usize],
+}
+
 /// Maximum number of in-flight sockets and connections tracked.
 pub const MAX_TRACKED: u32 = 65_536;
+/// Maximum number of cgroups with their own counters (least recently used ones are dropped).
+pub const MAX_COUNTED_CGROUPS: u32 = 4_096;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -151,11 +161,12 @@ pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are `#[repr(C)]`, made only of integers, with explicit padding fields, so
+    // SAFETY: all four are `#[repr(C)]`, made only of integers, with explicit padding fields, so
     // every bit pattern is a valid value and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::ProxyConfig {}
     unsafe impl aya::Pod for super::ConnMeta {}
     unsafe impl aya::Pod for super::TupleKey {}
+    unsafe impl aya::Pod for super::CgroupCounters {}
 }
 
 /// An IPv6 address (or an IPv4 one as `::ffff:a.b.c.d`) as the kernel's `[u32; 4]` words.
