@@ -9,13 +9,52 @@ use skillgate_common::counter;
 
 use crate::cgroup::SkillsCgroup;
 use crate::config::Config;
-use crate::enforce::{Counters, Counts, describe};
+use crate::enforce::{self, Counters, Counts, describe};
 use crate::host;
 
 #[derive(Serialize)]
 struct Report {
     total: Named,
     cgroups: Vec<CgroupReport>,
+    /// Whether the kernel measures program run time (sysctl kernel.bpf_stats_enabled).
+    bpf_stats_enabled: bool,
+    programs: Vec<ProgramReport>,
+}
+
+/// Run counts and time of one attached program, as the kernel measures them.
+#[derive(Serialize)]
+struct ProgramReport {
+    name: &'static str,
+    id: u32,
+    run_count: u64,
+    run_time_ns: u64,
+    /// Mean run time per call, when counted.
+    avg_ns: Option<f64>,
+}
+
+fn program_reports(pin_dir: &Path) -> Vec<ProgramReport> {
+    let loaded: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .collect();
+    enforce::attached_programs(pin_dir)
+        .into_iter()
+        .map(|(name, id)| {
+            let info = loaded.iter().find(|p| p.id() == id);
+            let run_count = info.map_or(0, aya::programs::ProgramInfo::run_count);
+            let run_time_ns = info.map_or(0, |p| p.run_time().as_nanos() as u64);
+            ProgramReport {
+                name,
+                id,
+                run_count,
+                run_time_ns,
+                avg_ns: (run_count > 0).then(|| run_time_ns as f64 / run_count as f64),
+            }
+        })
+        .collect()
+}
+
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }
 
 #[derive(Serialize)]
@@ -71,6 +110,8 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
                     }
                 })
                 .collect(),
+            bpf_stats_enabled: bpf_stats_enabled(),
+            programs: program_reports(&config.agent.bpf_pin_dir),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -85,6 +126,19 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
             None => format!("cgroup id {id} (gone, or outside the skills cgroup)"),
         };
         println!("{who}: {}", describe(counts));
+    }
+    if bpf_stats_enabled() {
+        for program in program_reports(&config.agent.bpf_pin_dir) {
+            let avg = program
+                .avg_ns
+                .map_or("-".to_owned(), |ns| format!("{ns:.0} ns"));
+            println!(
+                "program {}: {} runs, {avg} each",
+                program.name, program.run_count
+            );
+        }
+    } else {
+        println!("program run times: off (sysctl -w kernel.bpf_stats_enabled=1 to measure)");
     }
     Ok(())
 }

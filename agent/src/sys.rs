@@ -116,8 +116,15 @@ pub fn async_fd<T: AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>>
     .map_err(|err| err.into_parts().1)
 }
 
-/// The cgroup a cgroup BPF link is attached to.
-pub fn link_cgroup_id(link: impl AsFd) -> io::Result<u64> {
+/// What the kernel says about a cgroup BPF link.
+pub struct LinkInfo {
+    /// The program on the link.
+    pub prog_id: u32,
+    /// The cgroup the link is attached to.
+    pub cgroup_id: u64,
+}
+
+pub fn link_info(link: impl AsFd) -> io::Result<LinkInfo> {
     // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
     let mut info: bpf_link_info = unsafe { zeroed() };
     // SAFETY: as above for bpf_attr.
@@ -126,9 +133,12 @@ pub fn link_cgroup_id(link: impl AsFd) -> io::Result<u64> {
     attr.info.info_len = size_of::<bpf_link_info>() as u32;
     attr.info.info = std::ptr::from_mut(&mut info) as u64;
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    // SAFETY: the kernel filled `info` for a cgroup link; reading the union's cgroup member of
-    // any other link type only yields a meaningless number, never undefined behaviour.
-    Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+    Ok(LinkInfo {
+        prog_id: info.prog_id,
+        // SAFETY: the kernel filled `info` for a cgroup link; reading the union's cgroup
+        // member of any other link type only yields a meaningless number.
+        cgroup_id: unsafe { info.__bindgen_anon_1.cgroup.cgroup_id },
+    })
 }
 
 /// Atomically replaces the program behind a link (BPF_LINK_UPDATE): the hook never runs

@@ -2,7 +2,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST},
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -26,6 +26,9 @@ const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 
+/// Per-CPU LRU lists: inserts never contend on one global list.
+const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
+
 /// Return values of cgroup sock and sock_addr programs.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -36,11 +39,11 @@ static CONFIG: Array<ProxyConfig> = Array::pinned(1, 0);
 /// Per skill socket (by cookie): where it wanted to go. Kept until the socket is released, for
 /// getpeername() and for the source of DNS replies.
 #[map(name = "SG_SOCKS")]
-static SOCKS: LruHashMap<u64, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, 0);
+static SOCKS: LruHashMap<u64, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, LRU_FLAGS);
 
 /// Per TCP connection to the proxy (by 4-tuple): the metadata the proxy takes on accept.
 #[map(name = "SG_CONNS")]
-static CONNS: LruHashMap<TupleKey, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, 0);
+static CONNS: LruHashMap<TupleKey, ConnMeta> = LruHashMap::pinned(MAX_TRACKED, LRU_FLAGS);
 
 #[map(name = "SG_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);

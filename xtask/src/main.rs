@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, tests and the demo, so a newcomer types only the README's commands.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -27,12 +28,39 @@ enum Task {
     /// Set up, then run the agent on the demo config with a sample API and a demo skill that
     /// is allowed once and refused once (root).
     Demo,
+    /// Run a benchmark suite (root) and write its figures to BENCHMARKS.md.
+    Bench {
+        #[arg(value_enum, default_value_t = Suite::All)]
+        suite: Suite,
+    },
+    /// The client loop the eBPF benchmark runs inside and outside a skill cgroup.
+    #[command(hide = true)]
+    BenchClient {
+        addr: std::net::SocketAddr,
+        count: u32,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Suite {
+    /// connect() overhead of the eBPF programs and their run time.
+    Ebpf,
+    /// Every suite.
+    All,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test => test(),
+        Task::Bench {
+            suite: Suite::Ebpf | Suite::All,
+        } => {
+            setup::setup()?;
+            cargo(&["build", "--release", "--package", "skillgate"])?;
+            bench::ebpf(&workspace_root())
+        }
+        Task::BenchClient { addr, count } => bench::client(addr, count),
         Task::Demo => {
             setup::setup()?;
             cargo(&["build", "--package", "skillgate"])?;

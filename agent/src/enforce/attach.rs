@@ -99,7 +99,8 @@ pub fn load_and_attach(
         }
     };
     if let Some(link) = &pinned {
-        let attached_to = sys::link_cgroup_id(link)
+        let attached_to = sys::link_info(link)
+            .map(|info| info.cgroup_id)
             .with_context(|| format!("cannot read pinned link {}", link_path.display()))?;
         if attached_to == cgroup_id {
             sys::link_update(link, program.program_fd()?).with_context(|| {

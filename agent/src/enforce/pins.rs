@@ -78,7 +78,7 @@ pub fn check_enforced(pin_dir: &Path, cgroup_id: u64) -> Result<()> {
         let path = layout.link(program.name);
         let link =
             sys::obj_get(&path).with_context(|| format!("no pinned link {}", path.display()))?;
-        let attached_to = sys::link_cgroup_id(&link)?;
+        let attached_to = sys::link_info(&link)?.cgroup_id;
         if attached_to != cgroup_id {
             bail!(
                 "pinned link {} is on cgroup id {attached_to}, not the skills cgroup ({cgroup_id})",
@@ -87,6 +87,18 @@ pub fn check_enforced(pin_dir: &Path, cgroup_id: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The programs on the pinned links: (name, program id).
+pub fn attached_programs(pin_dir: &Path) -> Vec<(&'static str, u32)> {
+    let layout = PinLayout::new(pin_dir);
+    PROGRAMS
+        .iter()
+        .filter_map(|program| {
+            let link = sys::obj_get(&layout.link(program.name)).ok()?;
+            Some((program.name, sys::link_info(&link).ok()?.prog_id))
+        })
+        .collect()
 }
 
 /// Removes every pin: the links (which detaches the programs) and then the maps.
