@@ -27,6 +27,19 @@ fn assert_one_line_error(out: &Output, expected: &[&str]) {
     }
 }
 
+/// Runs `skillgate run` in a private mount namespace after the shell commands `setup`.
+fn run_in_private_mounts(env: &Env, setup: &str) -> Output {
+    let script = format!(
+        "{setup}; exec '{}' --config '{}' run",
+        skillgate_bin().display(),
+        env.config.display()
+    );
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn missing_config() {
     let out = Command::new(skillgate_bin())
@@ -98,16 +111,10 @@ fn not_root() {
 fn no_cgroup2_mount() {
     let env = Env::new("nocgroup2", POLICY);
     // In a private mount namespace, unmount every cgroup2 hierarchy, then run the agent.
-    let script = format!(
-        "grep ' cgroup2 ' /proc/mounts | cut -d' ' -f2 | while read m; do umount -l \"$m\"; done; \
-         exec '{}' --config '{}' run",
-        skillgate_bin().display(),
-        env.config.display()
+    let out = run_in_private_mounts(
+        &env,
+        "grep ' cgroup2 ' /proc/mounts | cut -d' ' -f2 | while read m; do umount -l \"$m\"; done",
     );
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .output()
-        .unwrap();
     assert_one_line_error(
         &out,
         &["no cgroup v2 hierarchy is mounted", "mount -t cgroup2"],
@@ -122,15 +129,7 @@ fn no_cgroup2_mount() {
 fn kernel_without_btf() {
     let env = Env::new("nobtf", POLICY);
     // Hide the kernel's BTF in a private mount namespace.
-    let script = format!(
-        "mount -t tmpfs none /sys/kernel/btf && exec '{}' --config '{}' run",
-        skillgate_bin().display(),
-        env.config.display()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let out = run_in_private_mounts(&env, "mount -t tmpfs none /sys/kernel/btf");
     assert_one_line_error(
         &out,
         &["no BTF", "/sys/kernel/btf/vmlinux", "CONFIG_DEBUG_INFO_BTF"],

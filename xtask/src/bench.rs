@@ -10,10 +10,12 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::Teardown;
 
 const ROUNDS: usize = 7;
 const CONNECTS_PER_ROUND: u32 = 5_000;
@@ -39,24 +41,12 @@ pub fn client(addr: SocketAddr, count: u32) -> Result<()> {
     Ok(())
 }
 
-struct Agent {
-    child: Child,
-    bin: std::path::PathBuf,
-    config: std::path::PathBuf,
-    stats_before: String,
-}
+/// Restores kernel.bpf_stats_enabled when dropped.
+struct StatsSysctl(String);
 
-impl Drop for Agent {
+impl Drop for StatsSysctl {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("detach")
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::write(STATS_SYSCTL, &self.stats_before);
+        let _ = std::fs::write(STATS_SYSCTL, &self.0);
     }
 }
 
@@ -80,27 +70,25 @@ pub fn ebpf(root: &Path) -> Result<()> {
     )?;
     std::fs::write(dir.join("policy.toml"), "[[skill]]\nname = \"bench\"\n")?;
 
-    let stats_before = std::fs::read_to_string(STATS_SYSCTL).unwrap_or_else(|_| "0".into());
+    let _sysctl = StatsSysctl(std::fs::read_to_string(STATS_SYSCTL).unwrap_or_else(|_| "0".into()));
     std::fs::write(STATS_SYSCTL, "1").context("cannot enable kernel.bpf_stats_enabled")?;
-    let child = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
+    let mut agent = Teardown {
+        bin: bin.clone(),
+        config: config.clone(),
+        children: Vec::new(),
+    };
+    let child = agent
+        .skillgate()
         .arg("run")
         .env("SKILLGATE_LOG", "error")
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start the agent")?;
-    let _agent = Agent {
-        child,
-        bin: bin.clone(),
-        config: config.clone(),
-        stats_before,
-    };
+    agent.children.push(child);
     let proxy: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
     let ready = Instant::now();
-    while Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
+    while agent
+        .skillgate()
         .arg("stats")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -117,11 +105,8 @@ pub fn ebpf(root: &Path) -> Result<()> {
     let me = std::env::current_exe()?;
     let run = |enforced: bool| -> Result<f64> {
         let mut cmd = if enforced {
-            let mut cmd = Command::new(&bin);
-            cmd.arg("--config")
-                .arg(&config)
-                .args(["exec", "--skill", "bench", "--"])
-                .arg(&me);
+            let mut cmd = agent.skillgate();
+            cmd.args(["exec", "--skill", "bench", "--"]).arg(&me);
             cmd
         } else {
             Command::new(&me)
@@ -147,11 +132,7 @@ pub fn ebpf(root: &Path) -> Result<()> {
     }
     let (d, e) = (median(&mut direct), median(&mut enforced));
 
-    let stats = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
-        .args(["stats", "--json"])
-        .output()?;
+    let stats = agent.skillgate().args(["stats", "--json"]).output()?;
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
     let mut table = format!(
         "| path (median of {ROUNDS} rounds x {CONNECTS_PER_ROUND} connects) | ns per connect()+accept()+close() |\n|---|---|\n\

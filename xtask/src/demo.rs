@@ -3,35 +3,15 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::Teardown;
+
 const API: &str = "127.0.0.1:18080";
-
-/// Children and kernel state the demo must not leave behind, even when it fails.
-struct Cleanup {
-    bin: PathBuf,
-    config: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("detach")
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 pub fn demo(root: &Path) -> Result<()> {
     let uid = Command::new("id")
@@ -48,13 +28,14 @@ pub fn demo(root: &Path) -> Result<()> {
     let config = demo_dir.join("skillgate.toml");
     let state = root.join("target/demo");
     std::fs::create_dir_all(&state)?;
-    let mut cleanup = Cleanup {
-        bin: bin.clone(),
+    let mut cleanup = Teardown {
+        bin,
         config: config.clone(),
         children: Vec::new(),
     };
     // An earlier demo that was interrupted may have left enforcement pinned.
-    skillgate(&bin, &config)
+    cleanup
+        .skillgate()
         .arg("detach")
         .stderr(Stdio::null())
         .status()?;
@@ -71,7 +52,8 @@ pub fn demo(root: &Path) -> Result<()> {
         .context("the demo API did not start listening")?;
 
     let log_path = state.join("agent.log");
-    let agent = skillgate(&bin, &config)
+    let agent = cleanup
+        .skillgate()
         .arg("run")
         .stderr(std::fs::File::create(&log_path)?)
         .spawn()
@@ -92,7 +74,7 @@ pub fn demo(root: &Path) -> Result<()> {
         "agent running: skills in cgroup skillgate-demo.slice reach the network only through it\n"
     );
     println!("skill `reporter`, with the agent running:");
-    let lines = run_skill(&bin, &config, &demo_dir)?;
+    let lines = run_skill(&cleanup, &demo_dir)?;
     explain_decisions(&read(&log_path));
     if !(lines.len() == 2 && lines[0].starts_with("ok") && lines[1].starts_with("refused")) {
         bail!(
@@ -111,12 +93,12 @@ pub fn demo(root: &Path) -> Result<()> {
         agent.wait()?;
     }
     println!("\nagent stopped (SIGTERM); enforcement stays pinned, so the skill fails closed:");
-    let lines = run_skill(&bin, &config, &demo_dir)?;
+    let lines = run_skill(&cleanup, &demo_dir)?;
     if !lines.iter().all(|l| l.starts_with("refused")) {
         bail!("the skill reached something with the agent stopped: {lines:?}");
     }
 
-    let out = skillgate(&bin, &config).arg("detach").output()?;
+    let out = cleanup.skillgate().arg("detach").output()?;
     if !out.status.success() {
         bail!(
             "skillgate detach failed: {}",
@@ -127,15 +109,10 @@ pub fn demo(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn skillgate(bin: &Path, config: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(config);
-    cmd
-}
-
 /// Runs the demo skill through `skillgate exec` and prints its lines, indented.
-fn run_skill(bin: &Path, config: &Path, demo_dir: &Path) -> Result<Vec<String>> {
-    let out = skillgate(bin, config)
+fn run_skill(agent: &Teardown, demo_dir: &Path) -> Result<Vec<String>> {
+    let out = agent
+        .skillgate()
         .args(["exec", "--skill", "reporter", "--", "python3"])
         .arg(demo_dir.join("skill.py"))
         .output()

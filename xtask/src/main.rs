@@ -94,6 +94,37 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// What a task that runs the agent must not leave behind, even when it fails: its child
+/// processes, and the enforcement the agent pinned.
+pub struct Teardown {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub children: Vec<std::process::Child>,
+}
+
+impl Teardown {
+    /// `skillgate --config CONFIG`.
+    pub fn skillgate(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self
+            .skillgate()
+            .arg("detach")
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Runs cargo (the one running xtask) in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(env!("CARGO"))
