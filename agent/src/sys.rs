@@ -66,18 +66,23 @@ pub fn obj_pin(fd: impl AsFd, path: &Path) -> io::Result<()> {
     bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
-/// Loads a cgroup sock_addr program for `attach_type` that refuses every call:
-/// `r0 = 0; exit`.
-pub fn load_refuse_all(attach_type: bpf_attach_type, name: &str) -> io::Result<OwnedFd> {
-    // BPF_MOV64_IMM(BPF_REG_0, 0) and BPF_EXIT_INSN(), as the kernel lays instructions out.
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+/// Loads hand-assembled instructions as a program of `prog_type` for `attach_type`
+/// (`attach_btf_id`: the vmlinux BTF id of the hooked function, for BPF-LSM).
+pub fn load_raw(
+    prog_type: bpf_prog_type,
+    attach_type: bpf_attach_type,
+    attach_btf_id: u32,
+    insns: &[u64],
+    name: &str,
+) -> io::Result<OwnedFd> {
     let license = c"GPL";
     // SAFETY: bpf_attr is plain data; all-zero is a valid value.
     let mut attr: bpf_attr = unsafe { zeroed() };
     // SAFETY: the union is all zeroes; this selects the BPF_PROG_LOAD member to fill in.
     let load = unsafe { &mut attr.__bindgen_anon_3 };
-    load.prog_type = bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32;
+    load.prog_type = prog_type as u32;
     load.expected_attach_type = attach_type as u32;
+    load.attach_btf_id = attach_btf_id;
     load.insn_cnt = insns.len() as u32;
     load.insns = insns.as_ptr() as u64;
     load.license = license.as_ptr() as u64;

@@ -46,6 +46,11 @@ def packet():
     return "created"
 
 
+def netlink():
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()  # NETLINK_ROUTE
+    return "created"
+
+
 def dns(server, name):
     """One A query sent with sendto(); reports who answered and the first address."""
     query = struct.pack(">HHHHHH", 0x5347, 0x0100, 1, 0, 0, 0)

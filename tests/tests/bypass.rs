@@ -241,7 +241,7 @@ fn unix_sockets_cannot_relay_to_a_process_outside_the_cgroup() {
     let env = Env::new("unix", POLICY);
     let agent = env.start_agent();
     assert!(
-        agent.log().contains("missing_layers=[]"),
+        !agent.log().contains("program=\"sg_unix"),
         "this kernel lacks the unix-socket hooks:\n{}",
         agent.log()
     );
@@ -311,4 +311,25 @@ fn unix_sockets_cannot_relay_to_a_process_outside_the_cgroup() {
     assert!(Probe::from_output(control).result(0).starts_with("ok"));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(relayed.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn other_socket_families_are_refused_or_reported_open() {
+    let env = Env::new("families", POLICY);
+    let agent = env.start_agent();
+    let probe = env.probe_as_skill("reporter", &[], &args(&["netlink".to_owned()]));
+    let attached = agent.log();
+    if attached.contains("missing_layers=[\"sg_lsm_socket\"]") {
+        // No BPF-LSM here (e.g. no ftrace trampolines): the agent must say so at error level,
+        // naming what stays open, and the socket is indeed creatable.
+        let line = agent.wait_for_log("ENFORCEMENT LAYER MISSING", Duration::from_secs(1));
+        assert!(
+            line.contains("sg_lsm_socket") && line.contains("non-inet sockets"),
+            "{line}"
+        );
+        assert_eq!(probe.result(0), "ok created");
+    } else {
+        assert!(attached.contains("missing_layers=[]"), "{attached}");
+        assert_eq!(probe.result(0), format!("err {EPERM}"));
+    }
 }

@@ -316,3 +316,37 @@ fn kill_9_never_opens_a_direct_path_and_a_restart_resumes() {
     );
     assert_eq!(s.canary.peers(), vec![]);
 }
+
+#[test]
+fn the_proxy_refuses_connections_without_metadata_or_aimed_at_itself() {
+    use std::io::Read as _;
+    let s = setup("selfdial");
+    let agent = s.env.start_agent();
+    // A process outside the skills cgroup dialing the proxy port directly has no record.
+    let mut direct = std::net::TcpStream::connect(("127.0.0.1", s.env.proxy_port)).unwrap();
+    let me = direct.local_addr().unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        !matches!(direct.read(&mut buf), Ok(n) if n > 0),
+        "the proxy answered a connection without metadata"
+    );
+    let line = agent.wait_for_log(&format!("peer={me}"), std::time::Duration::from_secs(5));
+    assert!(
+        line.contains("no connection metadata") && line.contains("decision=\"deny\""),
+        "{line}"
+    );
+
+    // A skill dialing the proxy itself, over IPv4 and IPv6.
+    let own4: SocketAddr = ([127, 0, 0, 1], s.env.proxy_port).into();
+    let own6: SocketAddr = format!("[::1]:{}", s.env.proxy_port).parse().unwrap();
+    let dialed = s.env.dial_as_skill("reporter", &[own4, own6]);
+    for dial in &dialed.dials {
+        assert!(!dial.ok, "{} answered: {}", dial.target, dial.text);
+    }
+    let refused = agent.lines_with(&[
+        &format!("pid={}", dialed.pid),
+        "the skill dialed the proxy itself",
+    ]);
+    assert_eq!(refused.len(), 2, "agent log:\n{}", agent.log());
+    assert_eq!(s.backend.peers(), vec![]);
+}

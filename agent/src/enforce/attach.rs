@@ -7,7 +7,9 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps};
-use aya_obj::generated::bpf_attach_type;
+use aya_obj::btf::BtfKind;
+
+use super::raw::RawSpec;
 
 use crate::sys;
 
@@ -41,28 +43,39 @@ macro_rules! aya_cgroup_program {
 
 aya_cgroup_program!(CgroupSockAddr, CgroupSock, SockOps);
 
-/// A program that refuses every call on a hook aya 0.14 cannot attach to: the unix-socket
-/// sock_addr hooks (kernel 6.7+). It is two instructions, `r0 = 0; exit`, loaded and linked
-/// with raw bpf(2) calls.
-pub struct RefuseAll {
-    pub attach_type: bpf_attach_type,
-    pub name: &'static str,
+/// A hand-assembled program (see `raw`) on a hook aya 0.14 cannot attach to.
+pub struct RawProgram {
+    spec: &'static RawSpec,
+    name: &'static str,
     fd: Option<OwnedFd>,
 }
 
-impl RefuseAll {
-    pub fn new(attach_type: bpf_attach_type, name: &'static str) -> Self {
+impl RawProgram {
+    pub fn new(spec: &'static RawSpec, name: &'static str) -> Self {
         Self {
-            attach_type,
+            spec,
             name,
             fd: None,
         }
     }
 }
 
-impl CgroupProgram for RefuseAll {
+impl CgroupProgram for RawProgram {
     fn load(&mut self) -> Result<()> {
-        self.fd = Some(sys::load_refuse_all(self.attach_type, self.name)?);
+        let btf_id = match self.spec.btf_func {
+            Some(func) => aya::Btf::from_sys_fs()?
+                .id_by_type_name_kind(func, BtfKind::Func)
+                .with_context(|| format!("the kernel has no LSM hook function {func}"))?,
+            None => 0,
+        };
+        let fd = sys::load_raw(
+            self.spec.prog_type,
+            self.spec.attach_type,
+            btf_id,
+            self.spec.insns,
+            self.name,
+        )?;
+        self.fd = Some(fd);
         Ok(())
     }
     fn program_fd(&self) -> Result<BorrowedFd<'_>> {
@@ -72,7 +85,7 @@ impl CgroupProgram for RefuseAll {
             .context("program not loaded")
     }
     fn attach_pinned(&mut self, cgroup: &File, path: &Path) -> Result<()> {
-        let link = sys::link_create(self.program_fd()?, cgroup, self.attach_type)?;
+        let link = sys::link_create(self.program_fd()?, cgroup, self.spec.attach_type)?;
         sys::obj_pin(&link, path)?;
         Ok(())
     }

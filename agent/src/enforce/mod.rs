@@ -9,6 +9,7 @@
 mod attach;
 mod counters;
 mod pins;
+mod raw;
 
 use std::fs::File;
 use std::path::Path;
@@ -18,13 +19,14 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, MapData};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
-use aya_obj::generated::bpf_attach_type;
+use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use skillgate_common::{ConnMeta, ProxyConfig, TupleKey, ip_words, map_names, program_names};
 
-use self::attach::{RefuseAll, load_and_attach};
+use self::attach::{RawProgram, load_and_attach};
 pub use self::counters::{Counters, Counts, describe};
 use self::pins::{PinLayout, remove_other_map_layouts, remove_unknown_links};
 pub use self::pins::{attached_programs, check_enforced, detach};
+use self::raw::RawSpec;
 use crate::cgroup::SkillsCgroup;
 use crate::host;
 
@@ -38,24 +40,46 @@ const MAP_LAYOUT_VERSION: u32 = 3;
 pub struct ProgramSpec {
     /// Its name in the object, and of its pinned link.
     pub name: &'static str,
-    /// `None`: from the object; `Some`: a refuse-all program for that attach type.
-    pub refuse_all: Option<bpf_attach_type>,
+    /// `None`: from the object; `Some`: a hand-assembled program.
+    pub raw: Option<&'static RawSpec>,
     /// Without it there is no enforcement: a failure to attach it stops the agent. The others
     /// are layers a kernel may lack; their absence is reported loudly.
     pub required: bool,
+    /// For optional layers: what stays open without it, for the log.
+    pub without: &'static str,
 }
 
 const fn object(name: &'static str) -> ProgramSpec {
     ProgramSpec {
         name,
-        refuse_all: None,
+        raw: None,
         required: true,
+        without: "",
     }
 }
 
+static UNIX_CONNECT: RawSpec = RawSpec {
+    insns: &raw::REFUSE_ALL,
+    prog_type: bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+    attach_type: bpf_attach_type::BPF_CGROUP_UNIX_CONNECT,
+    btf_func: None,
+};
+static UNIX_SENDMSG: RawSpec = RawSpec {
+    insns: &raw::REFUSE_ALL,
+    prog_type: bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+    attach_type: bpf_attach_type::BPF_CGROUP_UNIX_SENDMSG,
+    btf_func: None,
+};
+static LSM_SOCKET: RawSpec = RawSpec {
+    insns: &raw::LSM_SOCKET_CREATE,
+    prog_type: bpf_prog_type::BPF_PROG_TYPE_LSM,
+    attach_type: bpf_attach_type::BPF_LSM_CGROUP,
+    btf_func: Some("bpf_lsm_socket_create"),
+};
+
 /// Every program, in attach order. sock_create comes first so that no socket type it refuses
 /// is created while the others attach.
-pub const PROGRAMS: [ProgramSpec; 13] = [
+pub const PROGRAMS: [ProgramSpec; 14] = [
     object(program_names::SOCK_CREATE),
     object(program_names::CONNECT4),
     object(program_names::CONNECT6),
@@ -70,13 +94,23 @@ pub const PROGRAMS: [ProgramSpec; 13] = [
     // Unix-socket connects and sends (kernel 6.7+): no local daemon becomes a relay.
     ProgramSpec {
         name: "sg_unix_connect",
-        refuse_all: Some(bpf_attach_type::BPF_CGROUP_UNIX_CONNECT),
+        raw: Some(&UNIX_CONNECT),
         required: false,
+        without: "skills can connect to unix sockets (a local daemon could relay)",
     },
     ProgramSpec {
         name: "sg_unix_sendmsg",
-        refuse_all: Some(bpf_attach_type::BPF_CGROUP_UNIX_SENDMSG),
+        raw: Some(&UNIX_SENDMSG),
         required: false,
+        without: "skills can send datagrams to unix sockets (a local daemon could relay)",
+    },
+    // Socket families other than inet and unix (needs BPF-LSM with trampolines).
+    ProgramSpec {
+        name: "sg_lsm_socket",
+        raw: Some(&LSM_SOCKET),
+        required: false,
+        without: "skills can create non-inet sockets (netlink, vsock, ...); packet sockets \
+                  still need CAP_NET_RAW, which `skillgate exec` drops",
     },
 ];
 
@@ -138,9 +172,9 @@ impl Enforcement {
         let mut missing_layers = Vec::new();
         for spec in &PROGRAMS {
             let link_path = layout.link(spec.name);
-            let result = match spec.refuse_all {
-                Some(attach_type) => {
-                    let mut program = RefuseAll::new(attach_type, spec.name);
+            let result = match spec.raw {
+                Some(raw) => {
+                    let mut program = RawProgram::new(raw, spec.name);
                     load_and_attach(&mut program, spec.name, &cgroup, &link_path, cgroup_id)
                 }
                 None => match ebpf.program_mut(spec.name) {
@@ -167,9 +201,9 @@ impl Enforcement {
                 Err(err) if !spec.required => {
                     tracing::error!(
                         program = spec.name,
+                        open = spec.without,
                         error = %format!("{err:#}"),
-                        "ENFORCEMENT LAYER MISSING: this kernel cannot run it; skills are not \
-                         confined on this path"
+                        "ENFORCEMENT LAYER MISSING: this kernel cannot run it"
                     );
                     missing_layers.push(spec.name);
                 }
