@@ -11,6 +11,8 @@
 mod decide;
 mod error;
 mod file;
+pub mod http;
+pub mod sql;
 mod model;
 
 pub use decide::{ConnectRequest, Decision, Effect};

