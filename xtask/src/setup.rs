@@ -8,6 +8,9 @@ use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.10.1";
 
+/// Libraries the build needs, as Debian packages: libclang for pg_query's bindgen.
+const LIBRARIES: &[&str] = &["libclang-dev"];
+
 /// Commands the build, the tests and the demo run, with the Debian package providing each.
 const COMMANDS: &[(&str, &str)] = &[
     ("python3", "python3"),
@@ -93,6 +96,9 @@ fn system_packages() -> Result<()> {
         .filter(|(cmd, _)| !succeeds("sh", &["-c", &format!("command -v {cmd}")]))
         .map(|(_, package)| *package)
         .collect();
+    missing.extend(LIBRARIES.iter().copied().filter(|package| {
+        !stdout("dpkg-query", &["-W", "-f=${Status}", package]).contains("install ok installed")
+    }));
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
