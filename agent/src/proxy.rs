@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use skillgate_common::{ConnMeta, TupleKey, ip_words};
-use skillgate_policy::{ConnectRequest, Effect, Policy};
+use skillgate_policy::{ConnectRequest, Effect, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, info, info_span, warn};
 
@@ -97,6 +97,14 @@ impl Proxy {
             let rule = decision.rule.unwrap_or("-");
             let cgroup = cgroup.as_deref().unwrap_or("-");
             match (decision.effect, decision.backend) {
+                // Until the HTTP and PostgreSQL layers land, forwarding their bytes would skip
+                // the per-request and per-statement policy: refuse instead.
+                (Effect::Allow, Some(backend_def))
+                    if !matches!(backend_def.protocol, Protocol::Tcp | Protocol::Tls) =>
+                {
+                    warn!(skill, uid = meta.uid, cgroup, backend, decision = "deny", reason = %format!("protocol `{}` is not served by this agent yet", backend_def.protocol.as_str()), "connection refused");
+                    reset(stream);
+                }
                 (Effect::Allow, Some(backend_def)) => {
                     info!(skill, uid = meta.uid, cgroup, backend, rule, decision = "allow", reason = %decision.reason, "connection allowed");
                     self.forward(stream, backend_def.upstream).await;

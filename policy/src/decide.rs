@@ -1,16 +1,41 @@
-//! The pure connection decision.
+//! The pure decision: a request value in, a decision with its reasons out. Never fails.
+//!
+//! Precedence among the rules that match: deny > approve > allow/mask; nothing matching is a
+//! deny (default deny). Observe-only rules (or an observe-only file) are evaluated too, and what
+//! they would have decided is reported in [`Decision::observed`], but they are not enforced.
 
 use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::model::{Backend, Policy, Skill, canonical};
+use crate::http::Target;
+use crate::model::{
+    Backend, Mask, Mode, ObjectPattern, Policy, Protocol, Rule, RuleOp, Skill, canonical,
+};
+use crate::sql::{Access, SqlKind, Statement};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
+    /// Go ahead.
     Allow,
+    /// Go ahead, masking what the rule names in the response. Decisions carry `Allow` plus
+    /// the mask instructions, never `Mask`.
+    Mask,
+    /// Hold until a human approves.
+    Approve,
     Deny,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Mask => "mask",
+            Self::Approve => "approve",
+            Self::Deny => "deny",
+        }
+    }
 }
 
 /// What the proxy knows about a new connection, from kernel-attested facts.
@@ -22,81 +47,342 @@ pub struct ConnectRequest<'a> {
     pub destination: SocketAddr,
 }
 
+/// An operation on a backend, as the protocol layer parsed it.
+#[derive(Debug, Clone, Copy)]
+pub enum Operation<'a> {
+    /// Opening the connection.
+    Connect,
+    Http {
+        method: &'a str,
+        target: &'a Target,
+        /// Lower-case names.
+        headers: &'a [(String, String)],
+    },
+    Sql(&'a [Statement]),
+}
+
+/// Who asks for what on which backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub skill: &'a str,
+    /// Groups granted by the skill's token, beyond the skill's own.
+    pub token_groups: &'a [String],
+    pub backend: &'a str,
+    pub operation: Operation<'a>,
+}
+
+/// A rule that took part in a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRef<'p> {
+    pub id: usize,
+    pub name: &'p str,
+    /// `file:line`.
+    pub location: String,
+}
+
 /// The answer, always with a reason a human can read in a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'p> {
+    /// What is enforced: `Allow`, `Approve` or `Deny` (never `Mask`).
     pub effect: Effect,
     pub skill: Option<&'p Skill>,
     pub backend: Option<&'p Backend>,
-    /// The rule that decided, if one did (none: default deny).
+    /// The main deciding rule, if one did (none: default deny).
     pub rule: Option<&'p str>,
+    /// Every rule that decided.
+    pub rules: Vec<RuleRef<'p>>,
+    /// What to mask in the response (allow only).
+    pub mask: Mask,
     pub reason: String,
+    /// What the decision would be with observe-only rules (or file) enforced, when different.
+    pub observed: Option<Effect>,
+}
+
+impl<'p> Decision<'p> {
+    fn deny(skill: Option<&'p Skill>, backend: Option<&'p Backend>, reason: String) -> Self {
+        Self {
+            effect: Effect::Deny,
+            skill,
+            backend,
+            rule: None,
+            rules: Vec::new(),
+            mask: Mask::default(),
+            reason,
+            observed: None,
+        }
+    }
 }
 
 impl Policy {
     /// Decides a connection. Never fails: anything unknown is denied, with the reason.
     pub fn decide_connect(&self, request: &ConnectRequest<'_>) -> Decision<'_> {
         let destination = canonical(request.destination);
-        let skill_index = request
+        let skill = request
             .cgroup
             .and_then(|cgroup| self.skill_index_for_cgroup(cgroup));
         let backend = self.backend_for_dial(destination);
-        let deny = |skill, backend, rule, reason| Decision {
-            effect: Effect::Deny,
-            skill,
-            backend,
-            rule,
-            reason,
-        };
-        let Some(skill_index) = skill_index else {
+        let Some(skill) = skill else {
             let reason = match request.cgroup {
                 Some(cgroup) => format!("cgroup `{cgroup}` is not a declared skill"),
                 None => "caller is not in a known skill cgroup".to_owned(),
             };
-            return deny(None, backend.map(|(_, b)| b), None, reason);
+            return Decision::deny(None, backend.map(|(_, b)| b), reason);
         };
-        let Some((backend_index, backend)) = backend else {
+        let Some((backend, _)) = backend else {
             let reason = format!("`{destination}` is not a declared backend address");
-            return deny(Some(&self.skills[skill_index]), None, None, reason);
+            return Decision::deny(Some(&self.skills[skill]), None, reason);
         };
-        let skill = &self.skills[skill_index];
-        let matching = self
-            .rules
-            .iter()
-            .filter(|r| r.backend == backend_index && r.skills.contains(&skill_index));
-        let mut allow = None;
-        for rule in matching {
-            match rule.effect {
-                Effect::Deny => {
-                    let reason = format!(
-                        "rule `{}` denies skill `{}` on backend `{}`",
-                        rule.name, skill.name, backend.name
-                    );
-                    return deny(Some(skill), Some(backend), Some(&rule.name), reason);
+        self.decide_indexed(skill, &[], backend, Operation::Connect)
+    }
+
+    /// Decides a request. Never fails: anything unknown is denied, with the reason.
+    pub fn decide(&self, request: &Request<'_>) -> Decision<'_> {
+        let Some(skill) = self.skill_index(request.skill) else {
+            return Decision::deny(
+                None,
+                self.backend(request.backend),
+                format!("`{}` is not a declared skill", request.skill),
+            );
+        };
+        let Some(backend) = self.backend_index(request.backend) else {
+            return Decision::deny(
+                Some(&self.skills[skill]),
+                None,
+                format!("`{}` is not a declared backend", request.backend),
+            );
+        };
+        self.decide_indexed(skill, request.token_groups, backend, request.operation)
+    }
+
+    fn decide_indexed(
+        &self,
+        skill: usize,
+        token_groups: &[String],
+        backend: usize,
+        operation: Operation<'_>,
+    ) -> Decision<'_> {
+        let candidates = self.candidates(skill, token_groups, backend);
+        let rules: Vec<&Rule> = candidates.iter().map(|&i| &self.rules[i]).collect();
+        let enforced = |r: &&Rule| r.mode == Mode::Enforce && self.mode == Mode::Enforce;
+        let enforced_rules: Vec<&Rule> = rules.iter().copied().filter(enforced).collect();
+        let mut decision = self.evaluate(skill, backend, &enforced_rules, operation);
+        let all = self.evaluate(skill, backend, &rules, operation);
+        if self.mode == Mode::Observe {
+            decision.effect = Effect::Allow;
+            decision.mask = Mask::default();
+            decision.reason = format!(
+                "observe mode (would be {}: {})",
+                all.effect.as_str(),
+                all.reason
+            );
+            decision.observed = Some(all.effect);
+        } else if all.effect != decision.effect {
+            decision.observed = Some(all.effect);
+        }
+        decision
+    }
+
+    fn evaluate<'p>(
+        &'p self,
+        skill: usize,
+        backend: usize,
+        rules: &[&'p Rule],
+        operation: Operation<'_>,
+    ) -> Decision<'p> {
+        let skill_def = &self.skills[skill];
+        let backend_def = &self.backends[backend];
+        let on = |what: &str| {
+            format!(
+                "skill `{}` {what} on backend `{}`",
+                skill_def.name, backend_def.name
+            )
+        };
+        // Each unit of the operation (one access, or the request/connection as a whole) must
+        // be covered; the strictest covering effect wins.
+        let units: Vec<Unit<'_>> = match operation {
+            Operation::Connect => vec![Unit::Connect],
+            Operation::Http { .. } => vec![Unit::Http],
+            Operation::Sql(statements) => statements
+                .iter()
+                .flat_map(|s| s.accesses.iter().map(Unit::Sql))
+                .collect(),
+        };
+        let mut effect = Effect::Allow;
+        let mut deciding: Vec<&Rule> = Vec::new();
+        let mut mask = Mask::default();
+        let mut reason = String::new();
+        for unit in &units {
+            let covering: Vec<&Rule> = rules
+                .iter()
+                .copied()
+                .filter(|rule| covers(rule, backend_def.protocol, unit, operation))
+                .collect();
+            let strictest = covering.iter().map(|r| r.effect).max();
+            match strictest {
+                None => {
+                    return Decision {
+                        reason: format!("no rule allows {} (default deny)", on(&unit.describe())),
+                        ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
+                    };
                 }
-                Effect::Allow => allow = allow.or(Some(rule)),
+                Some(Effect::Deny) => {
+                    let denying: Vec<&Rule> = covering
+                        .into_iter()
+                        .filter(|r| r.effect == Effect::Deny)
+                        .collect();
+                    let name = &denying[0].name;
+                    return Decision {
+                        effect: Effect::Deny,
+                        skill: Some(skill_def),
+                        backend: Some(backend_def),
+                        rule: Some(name),
+                        rules: self.refs(&denying),
+                        mask: Mask::default(),
+                        reason: format!("rule `{name}` denies {}", on(&unit.describe())),
+                        observed: None,
+                    };
+                }
+                Some(strict) => {
+                    let chosen: Vec<&Rule> = covering
+                        .into_iter()
+                        .filter(|r| r.effect.max(Effect::Mask) == strict.max(Effect::Mask))
+                        .collect();
+                    for rule in &chosen {
+                        mask.extend(&rule.mask);
+                        if !deciding.iter().any(|d| d.id == rule.id) {
+                            deciding.push(rule);
+                        }
+                    }
+                    if strict == Effect::Approve && effect != Effect::Approve {
+                        effect = Effect::Approve;
+                        reason = format!(
+                            "rule `{}` requires approval for {}",
+                            chosen[0].name,
+                            on(&unit.describe())
+                        );
+                    }
+                }
             }
         }
-        match allow {
-            Some(rule) => Decision {
-                effect: Effect::Allow,
-                skill: Some(skill),
-                backend: Some(backend),
-                rule: Some(&rule.name),
-                reason: format!(
-                    "rule `{}` allows skill `{}` on backend `{}`",
-                    rule.name, skill.name, backend.name
-                ),
-            },
-            None => deny(
-                Some(skill),
-                Some(backend),
-                None,
-                format!(
-                    "no rule allows skill `{}` on backend `{}` (default deny)",
-                    skill.name, backend.name
-                ),
-            ),
+        if effect != Effect::Approve {
+            let names: Vec<&str> = deciding.iter().map(|r| r.name.as_str()).collect();
+            reason = format!(
+                "rule `{}` allows {}",
+                names.join("`, `"),
+                on(&units_summary(&units))
+            );
         }
+        deciding.sort_by_key(|r| r.id);
+        Decision {
+            effect,
+            skill: Some(skill_def),
+            backend: Some(backend_def),
+            rule: deciding.first().map(|r| r.name.as_str()),
+            rules: self.refs(&deciding),
+            mask: if effect == Effect::Allow {
+                mask
+            } else {
+                Mask::default()
+            },
+            reason,
+            observed: None,
+        }
+    }
+
+    fn refs<'p>(&'p self, rules: &[&'p Rule]) -> Vec<RuleRef<'p>> {
+        rules
+            .iter()
+            .map(|r| RuleRef {
+                id: r.id,
+                name: &r.name,
+                location: format!("{}:{}", self.origin, r.line),
+            })
+            .collect()
+    }
+}
+
+/// One thing that needs a covering rule.
+enum Unit<'a> {
+    Connect,
+    Http,
+    Sql(&'a Access),
+}
+
+impl Unit<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Self::Connect => "connecting".to_owned(),
+            Self::Http => "this request".to_owned(),
+            Self::Sql(access) => access.to_string(),
+        }
+    }
+}
+
+fn units_summary(units: &[Unit<'_>]) -> String {
+    match units {
+        [one] => one.describe(),
+        many => many
+            .iter()
+            .map(Unit::describe)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Whether `rule` covers `unit` of `operation`.
+fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation<'_>) -> bool {
+    match (&rule.op, unit) {
+        (RuleOp::Any, _) => true,
+        // Any grant on an http or postgres backend lets the skill connect; requests and
+        // statements are decided one by one after that.
+        // (Deny rules for specific operations do not deny the connection itself.)
+        (_, Unit::Connect) => {
+            rule.effect != Effect::Deny && matches!(protocol, Protocol::Http | Protocol::Postgres)
+        }
+        (RuleOp::Http(op), Unit::Http) => {
+            let Operation::Http {
+                method,
+                target,
+                headers,
+            } = operation
+            else {
+                return false;
+            };
+            op.methods.iter().any(|m| m == "*" || m == method)
+                && op.paths.iter().any(|p| p.matches(&target.segments))
+                && op.query.iter().all(|(name, values)| {
+                    target
+                        .query
+                        .iter()
+                        .any(|(n, v)| n == name && values.contains(v))
+                })
+                && op.headers.iter().all(|(name, values)| {
+                    headers.iter().any(|(n, v)| n == name && values.contains(v))
+                })
+        }
+        (RuleOp::Sql(op), Unit::Sql(access)) => {
+            op.kinds.contains(&access.kind)
+                && match (&access.kind, &access.object) {
+                    (SqlKind::Function, Some(function)) => op.functions.contains(function),
+                    (
+                        SqlKind::Select
+                        | SqlKind::Insert
+                        | SqlKind::Update
+                        | SqlKind::Delete
+                        | SqlKind::Merge
+                        | SqlKind::Ddl
+                        | SqlKind::Copy
+                        | SqlKind::CopyServer,
+                        Some(object),
+                    ) => op.objects.iter().any(|p| p.matches(object)),
+                    // A statement that touches no relation (`SELECT 1`): any grant of the kind
+                    // covers it, while a deny covers it only if it denies every object.
+                    (_, None) if rule.effect == Effect::Deny => {
+                        op.objects.is_empty() || op.objects.contains(&ObjectPattern::Any)
+                    }
+                    _ => true,
+                }
+        }
+        _ => false,
     }
 }

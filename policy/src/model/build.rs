@@ -1,0 +1,558 @@
+//! From the file as written to the compiled policy, with an error at the first problem.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use toml::Spanned;
+
+use super::{
+    Backend, HttpOp, Mask, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp, Skill, SqlOp, Tls,
+    canonical,
+};
+use crate::decide::Effect;
+use crate::error::{PolicyError, line_column};
+use crate::file::{BackendDef, HttpDef, PolicyFile, RuleDef, SkillDef, SqlDef};
+use crate::http::PathPattern;
+use crate::sql::SqlKind;
+
+pub(crate) struct Builder<'a> {
+    pub origin: &'a str,
+    pub text: &'a str,
+}
+
+impl Builder<'_> {
+    fn error<T>(&self, at: &Spanned<T>, message: String) -> PolicyError {
+        PolicyError::invalid(self.origin, self.text, at.span(), message)
+    }
+
+    pub fn build(&self, file: PolicyFile) -> Result<Policy, PolicyError> {
+        let mut policy = Policy {
+            origin: self.origin.to_owned(),
+            mode: file.mode,
+            ..Policy::default()
+        };
+        for group in &file.groups {
+            let name = self.name(group, "group")?;
+            if !policy.groups.contains(&name) {
+                policy.groups.push(name);
+            }
+        }
+        for def in &file.skills {
+            let skill = self.skill(def, &policy)?;
+            for group in &skill.groups {
+                if !policy.groups.contains(group) {
+                    policy.groups.push(group.clone());
+                }
+            }
+            policy.skills.push(skill);
+        }
+        for def in &file.backends {
+            let backend = self.backend(def, &policy)?;
+            let index = policy.backends.len();
+            for addr in &backend.dial {
+                policy.by_dial.insert(*addr, index);
+            }
+            policy.backends.push(backend);
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut shapes: HashMap<String, (Effect, String)> = HashMap::new();
+        for (n, def) in file.rules.iter().enumerate() {
+            let rule = self.rule(n, def, &policy)?;
+            if let Some(name) = &def.name
+                && names.insert(rule.name.clone(), n).is_some()
+            {
+                return Err(self.error(name, format!("rule name `{}` is used twice", rule.name)));
+            }
+            // Two rules for the same subjects, backend and operations with opposite effects are
+            // a mistake: deny would silently win.
+            let shape = format!(
+                "{:?}|{:?}|{}|{:?}|{:?}",
+                sorted(&rule.skills),
+                sorted(&rule.groups),
+                rule.backend,
+                rule.op,
+                rule.mode
+            );
+            if let Some((effect, other)) = shapes.get(&shape) {
+                if (*effect == Effect::Deny) != (rule.effect == Effect::Deny) {
+                    return Err(self.error(
+                        &def.effect,
+                        format!(
+                            "{} conflicts with {other}: same skills, groups, backend and \
+                             operations, opposite effects (deny would always win); remove one",
+                            rule.name
+                        ),
+                    ));
+                }
+            } else {
+                shapes.insert(shape, (rule.effect, rule.name.clone()));
+            }
+            policy.rules.push(rule);
+        }
+        index(&mut policy);
+        Ok(policy)
+    }
+
+    fn skill(&self, def: &SkillDef, policy: &Policy) -> Result<Skill, PolicyError> {
+        let name = self.name(&def.name, "skill")?;
+        if policy.skill(&name).is_some() {
+            return Err(self.error(&def.name, format!("skill `{name}` is declared twice")));
+        }
+        let cgroup = match (&def.cgroup, &def.unit) {
+            (Some(_), Some(unit)) => {
+                return Err(self.error(
+                    unit,
+                    format!("skill `{name}` has both `cgroup` and `unit`: keep one"),
+                ));
+            }
+            (Some(cgroup), None) => self.cgroup_path(cgroup)?,
+            (None, Some(unit)) => {
+                let value = unit.get_ref();
+                let known = [".service", ".scope", ".slice"];
+                if !known.iter().any(|s| value.ends_with(s)) || value.contains('/') {
+                    return Err(self.error(
+                        unit,
+                        format!(
+                            "unit `{value}` must be a systemd service, scope or slice name, \
+                             like `reporter.service`"
+                        ),
+                    ));
+                }
+                value.clone()
+            }
+            (None, None) => name.clone(),
+        };
+        if let Some(other) = policy.skills.iter().find(|s| s.cgroup == cgroup) {
+            let at = def
+                .cgroup
+                .as_ref()
+                .or(def.unit.as_ref())
+                .unwrap_or(&def.name);
+            return Err(self.error(
+                at,
+                format!(
+                    "skills `{}` and `{name}` share cgroup `{cgroup}`",
+                    other.name
+                ),
+            ));
+        }
+        let mut groups = Vec::new();
+        for group in &def.groups {
+            groups.push(self.name(group, "group")?);
+        }
+        let oidc = match &def.oidc {
+            Some(oidc) => {
+                let issuer = oidc.issuer.get_ref();
+                if !(issuer.starts_with("https://") || issuer.starts_with("http://127.")) {
+                    return Err(self.error(
+                        &oidc.issuer,
+                        format!("OIDC issuer `{issuer}` must be an https:// URL"),
+                    ));
+                }
+                if oidc.audience.get_ref().is_empty() {
+                    return Err(self.error(&oidc.audience, "OIDC audience is empty".to_owned()));
+                }
+                Some(Oidc {
+                    issuer: issuer.clone(),
+                    audience: oidc.audience.get_ref().clone(),
+                    subject: oidc.subject.clone(),
+                    client_id: oidc.client_id.clone(),
+                })
+            }
+            None => None,
+        };
+        Ok(Skill {
+            name,
+            cgroup,
+            groups,
+            oidc,
+        })
+    }
+
+    fn backend(&self, def: &BackendDef, policy: &Policy) -> Result<Backend, PolicyError> {
+        let name = self.name(&def.name, "backend")?;
+        if policy.backend(&name).is_some() {
+            return Err(self.error(&def.name, format!("backend `{name}` is declared twice")));
+        }
+        if def.dial.is_empty() {
+            return Err(self.error(
+                &def.name,
+                format!("backend `{name}` has no `dial` address: skills could not reach it"),
+            ));
+        }
+        let mut dial = Vec::with_capacity(def.dial.len());
+        for spanned in &def.dial {
+            let addr = canonical(self.socket_addr(spanned, "dial")?);
+            if let Some(&other) = policy.by_dial.get(&addr) {
+                return Err(self.error(
+                    spanned,
+                    format!(
+                        "`{addr}` is dialed for backend `{}` already",
+                        policy.backends[other].name
+                    ),
+                ));
+            }
+            if dial.contains(&addr) {
+                return Err(self.error(spanned, format!("`{addr}` is listed twice")));
+            }
+            dial.push(addr);
+        }
+        let upstream = self.socket_addr(&def.upstream, "upstream")?;
+        let credentials = match &def.credentials {
+            Some(reference) => Some(self.name(reference, "credential")?),
+            None => None,
+        };
+        Ok(Backend {
+            name,
+            protocol: def.protocol,
+            dial,
+            upstream,
+            credentials,
+            tls: def.tls.as_ref().map(|tls| Tls {
+                server_name: tls.server_name.clone(),
+                ca_file: tls.ca_file.clone(),
+            }),
+        })
+    }
+
+    fn rule(&self, n: usize, def: &RuleDef, policy: &Policy) -> Result<Rule, PolicyError> {
+        let name = match &def.name {
+            Some(name) => self.name(name, "rule")?,
+            None => format!("rule #{}", n + 1),
+        };
+        if def.skills.is_empty() && def.groups.is_empty() {
+            return Err(self.error(
+                &def.backend,
+                format!("{name} names no skills and no groups: add `skills` or `groups`"),
+            ));
+        }
+        let mut skills = Vec::new();
+        for skill in &def.skills {
+            let i = policy.skill_index(skill.get_ref()).ok_or_else(|| {
+                self.error(
+                    skill,
+                    format!("{name} names unknown skill `{}`", skill.get_ref()),
+                )
+            })?;
+            skills.push(i);
+        }
+        let mut groups = Vec::new();
+        for group in &def.groups {
+            if !policy.groups.contains(group.get_ref()) {
+                return Err(self.error(
+                    group,
+                    format!(
+                        "{name} names unknown group `{}`: list it in a skill's `groups` or in \
+                         the top-level `groups`",
+                        group.get_ref()
+                    ),
+                ));
+            }
+            groups.push(group.get_ref().clone());
+        }
+        let backend = policy.backend_index(def.backend.get_ref()).ok_or_else(|| {
+            self.error(
+                &def.backend,
+                format!("{name} names unknown backend `{}`", def.backend.get_ref()),
+            )
+        })?;
+        let protocol = policy.backends[backend].protocol;
+        let effect = *def.effect.get_ref();
+        let op = match (&def.sql, &def.http, protocol) {
+            (Some(_), Some(http), _) => {
+                return Err(self.error(http, format!("{name} has both `sql` and `http`")));
+            }
+            (Some(sql), None, Protocol::Postgres) => RuleOp::Sql(self.sql_op(&name, sql)?),
+            (None, Some(http), Protocol::Http) => RuleOp::Http(self.http_op(&name, http)?),
+            (Some(sql), None, _) => {
+                return Err(self.error(
+                    sql,
+                    format!(
+                        "{name}: `sql` needs a postgres backend, `{}` is {}",
+                        def.backend.get_ref(),
+                        protocol.as_str()
+                    ),
+                ));
+            }
+            (None, Some(http), _) => {
+                return Err(self.error(
+                    http,
+                    format!(
+                        "{name}: `http` needs an http backend, `{}` is {}",
+                        def.backend.get_ref(),
+                        protocol.as_str()
+                    ),
+                ));
+            }
+            (None, None, Protocol::Http | Protocol::Postgres) if effect != Effect::Deny => {
+                let hint = if protocol == Protocol::Http {
+                    "an `http` operation (paths = [\"/**\"] grants every path)"
+                } else {
+                    "a `sql` operation (kinds and objects)"
+                };
+                return Err(self.error(
+                    &def.effect,
+                    format!(
+                        "{name} on {} backend `{}` needs {hint}",
+                        protocol.as_str(),
+                        def.backend.get_ref()
+                    ),
+                ));
+            }
+            (None, None, _) => RuleOp::Any,
+        };
+        let mask = match (&def.mask, effect) {
+            (Some(mask), Effect::Mask) => {
+                let mask = mask.get_ref();
+                let mask = Mask {
+                    columns: mask.columns.clone(),
+                    fields: mask.fields.clone(),
+                    detectors: mask.detectors.clone(),
+                };
+                if mask.is_empty() {
+                    return Err(self.error(
+                        &def.effect,
+                        format!("{name}: `mask` names no columns, fields or detectors"),
+                    ));
+                }
+                mask
+            }
+            (Some(mask), _) => {
+                return Err(self.error(
+                    mask,
+                    format!("{name}: a `mask` section needs effect = \"mask\""),
+                ));
+            }
+            (None, Effect::Mask) => {
+                return Err(self.error(
+                    &def.effect,
+                    format!("{name}: effect \"mask\" needs a `mask` section (columns, fields, detectors)"),
+                ));
+            }
+            (None, _) => Mask::default(),
+        };
+        if effect == Effect::Mask && !matches!(protocol, Protocol::Http | Protocol::Postgres) {
+            return Err(self.error(
+                &def.effect,
+                format!("{name}: masking needs an http or postgres backend"),
+            ));
+        }
+        let (line, _) = line_column(self.text, def.backend.span().start);
+        Ok(Rule {
+            id: n,
+            name,
+            line,
+            skills,
+            groups,
+            backend,
+            effect,
+            mode: def.mode.unwrap_or_default(),
+            op,
+            mask,
+        })
+    }
+
+    fn sql_op(&self, rule: &str, sql: &Spanned<SqlDef>) -> Result<SqlOp, PolicyError> {
+        let def = sql.get_ref();
+        let mut kinds = def.kinds.clone();
+        if kinds.is_empty() && def.functions.is_empty() {
+            return Err(self.error(sql, format!("{rule}: `sql.kinds` is empty")));
+        }
+        if !def.functions.is_empty() && !kinds.contains(&SqlKind::Function) {
+            kinds.push(SqlKind::Function);
+        }
+        let needs_objects = kinds.iter().any(|k| {
+            matches!(
+                k,
+                SqlKind::Select
+                    | SqlKind::Insert
+                    | SqlKind::Update
+                    | SqlKind::Delete
+                    | SqlKind::Merge
+                    | SqlKind::Ddl
+                    | SqlKind::Copy
+                    | SqlKind::CopyServer
+            )
+        });
+        if needs_objects && def.objects.is_empty() {
+            return Err(self.error(
+                sql,
+                format!("{rule}: name the tables or views in `sql.objects` (\"*\" for all)"),
+            ));
+        }
+        let mut objects = Vec::new();
+        for object in &def.objects {
+            objects.push(self.object(object)?);
+        }
+        Ok(SqlOp {
+            kinds,
+            objects,
+            functions: def.functions.iter().map(|f| f.to_lowercase()).collect(),
+        })
+    }
+
+    fn object(&self, object: &Spanned<String>) -> Result<ObjectPattern, PolicyError> {
+        let value = object.get_ref();
+        let parts: Vec<&str> = value.split('.').collect();
+        let ident = |s: &str| !s.is_empty() && !s.contains(['*', ' ', '"']);
+        let pattern = match parts.as_slice() {
+            ["*"] => Some(ObjectPattern::Any),
+            [schema, "*"] if ident(schema) => Some(ObjectPattern::Schema((*schema).to_owned())),
+            [schema, name] if ident(schema) && ident(name) => {
+                Some(ObjectPattern::Exact(format!("{schema}.{name}")))
+            }
+            [name] if ident(name) && name.starts_with("pg_") => {
+                Some(ObjectPattern::Exact(format!("pg_catalog.{name}")))
+            }
+            [name] if ident(name) => Some(ObjectPattern::Exact(format!("public.{name}"))),
+            _ => None,
+        };
+        pattern.ok_or_else(|| {
+            self.error(
+                object,
+                format!("object `{value}` must be `table`, `schema.table`, `schema.*` or `*`"),
+            )
+        })
+    }
+
+    fn http_op(&self, rule: &str, http: &Spanned<HttpDef>) -> Result<HttpOp, PolicyError> {
+        let def = http.get_ref();
+        if def.methods.is_empty() || def.paths.is_empty() {
+            return Err(self.error(http, format!("{rule}: `http` needs `methods` and `paths`")));
+        }
+        let mut methods = Vec::new();
+        for method in &def.methods {
+            let value = method.get_ref();
+            let token = !value.is_empty() && value.chars().all(|c| c.is_ascii_uppercase());
+            if value != "*" && !token {
+                return Err(self.error(
+                    method,
+                    format!(
+                        "method `{value}` must be upper case (methods are case-sensitive) or `*`"
+                    ),
+                ));
+            }
+            methods.push(value.clone());
+        }
+        let mut paths = Vec::new();
+        for path in &def.paths {
+            paths.push(
+                PathPattern::parse(path.get_ref())
+                    .map_err(|why| self.error(path, format!("{rule}: {why}")))?,
+            );
+        }
+        Ok(HttpOp {
+            methods,
+            paths,
+            query: def
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            headers: def
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        })
+    }
+
+    fn name(&self, name: &Spanned<String>, what: &str) -> Result<String, PolicyError> {
+        let value = name.get_ref();
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !value.starts_with('.');
+        if ok {
+            Ok(value.clone())
+        } else {
+            Err(self.error(
+                name,
+                format!(
+                    "{what} name `{value}` must be 1-64 characters of letters, digits, `-`, `_`, \
+                     `.`, not starting with `.`"
+                ),
+            ))
+        }
+    }
+
+    fn cgroup_path(&self, path: &Spanned<String>) -> Result<String, PolicyError> {
+        let value = path.get_ref();
+        let ok = !value.is_empty()
+            && value.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && !part.chars().any(|c| c.is_control())
+            });
+        if ok {
+            Ok(value.clone())
+        } else {
+            Err(self.error(
+                path,
+                format!(
+                    "cgroup `{value}` must be a path relative to the skills cgroup, \
+                     like `reporter` or `reporter.scope`, with no empty, `.` or `..` parts"
+                ),
+            ))
+        }
+    }
+
+    fn socket_addr(&self, addr: &Spanned<String>, field: &str) -> Result<SocketAddr, PolicyError> {
+        addr.get_ref().parse().map_err(|_| {
+            self.error(
+                addr,
+                format!(
+                    "`{field}` address `{}` is not `ip:port` (e.g. `127.0.0.2:5432`, \
+                     `[::1]:443`)",
+                    addr.get_ref()
+                ),
+            )
+        })
+    }
+}
+
+fn sorted<T: Clone + Ord>(items: &[T]) -> Vec<T> {
+    let mut items = items.to_vec();
+    items.sort();
+    items
+}
+
+/// Builds the (skill, backend) and (group, backend) indexes.
+fn index(policy: &mut Policy) {
+    for rule in &policy.rules {
+        let mut skills = rule.skills.clone();
+        for (i, skill) in policy.skills.iter().enumerate() {
+            if skill.groups.iter().any(|g| rule.groups.contains(g)) {
+                skills.push(i);
+            }
+        }
+        skills.sort_unstable();
+        skills.dedup();
+        for skill in skills {
+            policy
+                .by_skill
+                .entry((skill, rule.backend))
+                .or_default()
+                .push(rule.id);
+        }
+        for group in &rule.groups {
+            policy
+                .by_group
+                .entry((group.clone(), rule.backend))
+                .or_default()
+                .push(rule.id);
+        }
+    }
+    // The indexes hold rule ids, which are positions: keep them in file order.
+    for rules in policy
+        .by_skill
+        .values_mut()
+        .chain(policy.by_group.values_mut())
+    {
+        rules.sort_unstable();
+        rules.dedup();
+    }
+}

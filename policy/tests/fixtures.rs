@@ -1,0 +1,154 @@
+//! The fixture corpus: `fixtures/NAME.policy.toml` with `fixtures/NAME.cases.toml`, each case a
+//! request and the decision the policy must give.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use skillgate_policy::{Decision, Policy};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cases {
+    #[serde(rename = "case")]
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    skill: String,
+    backend: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    /// A SQL string, an HTTP `METHOD /target`, or neither (a connection, by dial address).
+    sql: Option<String>,
+    http: Option<String>,
+    dial: Option<String>,
+    /// allow | approve | deny
+    expect: String,
+    /// The deciding rule's name.
+    rule: Option<String>,
+    /// Text the reason must contain.
+    reason: Option<String>,
+    /// Columns that must be masked.
+    #[serde(default)]
+    mask_columns: Vec<String>,
+    /// What observe-only rules would have decided.
+    observed: Option<String>,
+}
+
+fn run<'p>(policy: &'p Policy, case: &Case) -> Decision<'p> {
+    let what = (&case.sql, &case.http, &case.dial);
+    match what {
+        (Some(sql), None, None) => {
+            policy
+                .decide_sql(&case.skill, &case.groups, &case.backend, sql)
+                .decision
+        }
+        (None, Some(http), None) => {
+            let (method, target) = http.split_once(' ').expect("http = \"METHOD /target\"");
+            policy
+                .decide_http(
+                    &case.skill,
+                    &case.groups,
+                    &case.backend,
+                    method,
+                    target,
+                    &[],
+                )
+                .decision
+        }
+        (None, None, Some(dial)) => {
+            let cgroup = policy.skill(&case.skill).map(|s| s.cgroup.clone());
+            policy.decide_connect(&skillgate_policy::ConnectRequest {
+                cgroup: cgroup.as_deref(),
+                destination: dial.parse().expect("dial = \"ip:port\""),
+            })
+        }
+        _ => panic!("a case needs exactly one of sql, http, dial"),
+    }
+}
+
+#[test]
+fn fixture_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut total = 0;
+    let mut failures = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".policy.toml") else {
+            continue;
+        };
+        let policy_path = entry.path();
+        let text = std::fs::read_to_string(&policy_path).unwrap();
+        let policy = Policy::parse(&name, &text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let cases_path = dir.join(format!("{stem}.cases.toml"));
+        let cases: Cases = toml::from_str(&std::fs::read_to_string(&cases_path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", cases_path.display()));
+        for (i, case) in cases.cases.iter().enumerate() {
+            total += 1;
+            let d = run(&policy, case);
+            let label = format!(
+                "{stem} case #{} ({} on {}: {})",
+                i + 1,
+                case.skill,
+                case.backend,
+                case.sql
+                    .as_deref()
+                    .or(case.http.as_deref())
+                    .or(case.dial.as_deref())
+                    .unwrap_or("")
+            );
+            let mut problems = Vec::new();
+            if d.effect.as_str() != case.expect {
+                problems.push(format!(
+                    "expected {}, got {}",
+                    case.expect,
+                    d.effect.as_str()
+                ));
+            }
+            if let Some(rule) = &case.rule
+                && d.rule != Some(rule.as_str())
+            {
+                problems.push(format!("expected rule {rule}, got {:?}", d.rule));
+            }
+            if let Some(reason) = &case.reason
+                && !d.reason.contains(reason.as_str())
+            {
+                problems.push(format!("reason lacks `{reason}`"));
+            }
+            for column in &case.mask_columns {
+                if !d.mask.columns.contains(column) {
+                    problems.push(format!("column {column} not masked"));
+                }
+            }
+            if let Some(observed) = &case.observed
+                && d.observed.map(|e| e.as_str()) != Some(observed.as_str())
+            {
+                problems.push(format!(
+                    "expected observed {observed}, got {:?}",
+                    d.observed
+                ));
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{label}: {} (reason: {})",
+                    problems.join("; "),
+                    d.reason
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        total >= 150,
+        "the corpus has {total} cases; keep at least 150"
+    );
+}
