@@ -6,6 +6,7 @@ mod dns;
 mod enforce;
 mod exec;
 mod host;
+mod policy_cli;
 mod proxy;
 mod run;
 mod stats;
@@ -60,10 +61,45 @@ enum Command {
     },
     /// Remove enforcement: unpin the eBPF links and maps, giving skills direct network access.
     Detach,
+    /// Check a policy file, or explain what it decides for a request.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show what the eBPF programs did: connections redirected and attempts refused, by kind,
     /// in total and per skill. Reads the pinned maps, so it works with the agent stopped too.
     Stats {
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file: every error with its file:line:column; exit non-zero if any.
+    Check {
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the decision for one SQL string or HTTP request, the deciding rule and, for SQL,
+    /// the classification.
+    Explain {
+        file: PathBuf,
+        #[arg(long)]
+        skill: String,
+        #[arg(long)]
+        backend: String,
+        /// Groups a token would grant (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A SQL string (PostgreSQL backends).
+        #[arg(long, conflicts_with = "http")]
+        sql: Option<String>,
+        /// An HTTP request line without the version: "METHOD /path?query".
+        #[arg(long)]
+        http: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -81,6 +117,26 @@ fn main() -> ExitCode {
         } => exec::exec(&cli.config, &skill, user.as_deref(), &command),
         Command::Detach => run::detach(&cli.config),
         Command::Stats { json } => stats::stats(&cli.config, json),
+        Command::Policy(PolicyCommand::Check { file, json }) => policy_cli::check(&file, json),
+        Command::Policy(PolicyCommand::Explain {
+            file,
+            skill,
+            backend,
+            groups,
+            sql,
+            http,
+            json,
+        }) => policy_cli::explain(
+            &file,
+            &policy_cli::ExplainArgs {
+                skill: &skill,
+                backend: &backend,
+                groups: &groups,
+                sql: sql.as_deref(),
+                http: http.as_deref(),
+                json,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -266,11 +266,11 @@ impl Policy {
         }
         if effect != Effect::Approve {
             let names: Vec<&str> = deciding.iter().map(|r| r.name.as_str()).collect();
-            reason = format!(
-                "rule `{}` allows {}",
-                names.join("`, `"),
-                on(&units_summary(&units))
-            );
+            let who = match names.as_slice() {
+                [one] => format!("rule `{one}` allows"),
+                many => format!("rules `{}` allow", many.join("`, `")),
+            };
+            reason = format!("{who} {}", on(&units_summary(&units)));
         }
         deciding.sort_by_key(|r| r.id);
         Decision {

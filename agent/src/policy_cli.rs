@@ -1,0 +1,186 @@
+//! `skillgate policy check` and `skillgate policy explain`: the policy engine from the command
+//! line, for reviews and CI. Neither needs root or a running agent.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use skillgate_policy::{Decision, Policy, PolicyError};
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy `{}`", path.display()))
+}
+
+/// Validates a policy file. Invalid: the error is printed and the command fails.
+pub fn check(path: &Path, json: bool) -> Result<()> {
+    let text = read(path)?;
+    match Policy::parse(&path.display().to_string(), &text) {
+        Ok(policy) => {
+            if json {
+                let report = json!({
+                    "ok": true,
+                    "file": path.display().to_string(),
+                    "skills": policy.skills.len(),
+                    "backends": policy.backends.len(),
+                    "rules": policy.rules.len(),
+                });
+                println!("{report}");
+            } else {
+                println!(
+                    "{}: ok ({} skills, {} backends, {} rules)",
+                    path.display(),
+                    policy.skills.len(),
+                    policy.backends.len(),
+                    policy.rules.len()
+                );
+            }
+            Ok(())
+        }
+        Err(err) => {
+            if json {
+                let (line, column, message) = match &err {
+                    PolicyError::Syntax {
+                        line,
+                        column,
+                        message,
+                        ..
+                    }
+                    | PolicyError::Invalid {
+                        line,
+                        column,
+                        message,
+                        ..
+                    } => (*line, *column, message.clone()),
+                };
+                let report = json!({
+                    "ok": false,
+                    "file": path.display().to_string(),
+                    "line": line,
+                    "column": column,
+                    "message": message,
+                });
+                println!("{report}");
+                bail!("invalid policy");
+            }
+            bail!("invalid policy {err}");
+        }
+    }
+}
+
+/// What a policy decides for one SQL string or HTTP request, and why.
+pub struct ExplainArgs<'a> {
+    pub skill: &'a str,
+    pub backend: &'a str,
+    pub groups: &'a [String],
+    pub sql: Option<&'a str>,
+    pub http: Option<&'a str>,
+    pub json: bool,
+}
+
+pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
+    let text = read(path)?;
+    let policy = Policy::parse(&path.display().to_string(), &text)
+        .map_err(|err| anyhow::anyhow!("invalid policy {err}"))?;
+    let (decision, detail) = match (args.sql, args.http) {
+        (Some(sql), None) => {
+            let answer = policy.decide_sql(args.skill, args.groups, args.backend, sql);
+            let detail = match &answer.statements {
+                Ok(statements) => json!(statements
+                    .iter()
+                    .map(|s| json!({
+                        "kind": s.kind.as_str(),
+                        "accesses": s.accesses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    }))
+                    .collect::<Vec<_>>()),
+                Err(err) => json!({ "error": err.to_string() }),
+            };
+            (answer.decision, json!({ "statements": detail }))
+        }
+        (None, Some(http)) => {
+            let (method, target) = http
+                .split_once(' ')
+                .context("--http takes \"METHOD /path?query\", e.g. \"GET /orders/1\"")?;
+            let answer =
+                policy.decide_http(args.skill, args.groups, args.backend, method, target, &[]);
+            let detail = match &answer.target {
+                Ok(target) => json!({ "normalised_path": target.path() }),
+                Err(err) => json!({ "error": err.to_string() }),
+            };
+            (answer.decision, detail)
+        }
+        _ => bail!("give exactly one of --sql \"...\" or --http \"METHOD /path\""),
+    };
+    print_decision(&decision, &detail, args.json);
+    Ok(())
+}
+
+fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: bool) {
+    let rules: Vec<serde_json::Value> = decision
+        .rules
+        .iter()
+        .map(|r| json!({ "name": r.name, "location": r.location }))
+        .collect();
+    if as_json {
+        let report = json!({
+            "effect": decision.effect.as_str(),
+            "rules": rules,
+            "reason": decision.reason,
+            "mask": {
+                "columns": decision.mask.columns,
+                "fields": decision.mask.fields,
+                "detectors": decision.mask.detectors.iter().map(|d| format!("{d:?}").to_lowercase()).collect::<Vec<_>>(),
+            },
+            "observed": decision.observed.map(|e| e.as_str()),
+            "input": detail,
+        });
+        println!("{report}");
+        return;
+    }
+    println!("decision: {}", decision.effect.as_str());
+    println!("reason:   {}", decision.reason);
+    for rule in &decision.rules {
+        println!("rule:     {} ({})", rule.name, rule.location);
+    }
+    if !decision.mask.is_empty() {
+        println!(
+            "mask:     columns [{}] fields [{}] detectors [{}]",
+            decision.mask.columns.join(", "),
+            decision.mask.fields.join(", "),
+            decision
+                .mask
+                .detectors
+                .iter()
+                .map(|d| format!("{d:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(observed) = decision.observed {
+        println!(
+            "observed: {} (observe-only rules, not enforced)",
+            observed.as_str()
+        );
+    }
+    if let Some(statements) = detail["statements"].as_array() {
+        for (i, s) in statements.iter().enumerate() {
+            let accesses: Vec<&str> = s["accesses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "statement {}: {} [{}]",
+                i + 1,
+                s["kind"].as_str().unwrap_or("?"),
+                accesses.join(", ")
+            );
+        }
+    } else if let Some(error) = detail["statements"]["error"]
+        .as_str()
+        .or(detail["error"].as_str())
+    {
+        println!("input:    {error}");
+    } else if let Some(path) = detail["normalised_path"].as_str() {
+        println!("path:     {path}");
+    }
+}
