@@ -2,7 +2,7 @@
 //! connection, asks the policy, and carries the decision out.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -21,7 +21,8 @@ const MAX_METADATA_AGE: Duration = Duration::from_secs(30);
 pub struct Proxy {
     pub enforcement: Enforcement,
     pub skills: SkillsCgroup,
-    pub policy: Policy,
+    /// The policy in force; `skillgate run` swaps it on SIGHUP.
+    pub policy: RwLock<Arc<Policy>>,
     pub port: u16,
     pub upstream_connect_timeout: Duration,
 }
@@ -88,7 +89,8 @@ impl Proxy {
                 return reset(stream);
             }
             let cgroup = self.skills.resolve(meta.cgroup_id);
-            let decision = self.policy.decide_connect(&ConnectRequest {
+            let policy = Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()));
+            let decision = policy.decide_connect(&ConnectRequest {
                 cgroup: cgroup.as_deref(),
                 destination: origin,
             });

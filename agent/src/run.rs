@@ -1,12 +1,12 @@
 //! `skillgate run` and `skillgate detach`.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cgroup::SkillsCgroup;
 use crate::config::{AgentConfig, Config};
@@ -59,7 +59,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let proxy = Arc::new(Proxy {
         enforcement,
         skills,
-        policy: config.policy,
+        policy: RwLock::new(Arc::new(config.policy)),
         port: agent.proxy_port,
         upstream_connect_timeout: Duration::from_millis(agent.upstream_connect_timeout_ms),
     });
@@ -82,9 +82,13 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let signal = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let signal = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => reload(&proxy, &config.policy_path),
+        }
     };
     let totals = proxy.enforcement.counters.totals();
     info!(signal, counters = %enforce::describe(&totals), "stopping");
@@ -94,6 +98,28 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
          `skillgate detach` removes it"
     );
     Ok(())
+}
+
+/// Replaces the policy in force with the file's current contents. A policy that does not
+/// load is rejected with its errors, and the one in force stays: never open, never deny-all.
+fn reload(proxy: &Proxy, path: &Path) {
+    match crate::config::load_policy(path) {
+        Ok(policy) => {
+            info!(
+                policy = %path.display(),
+                skills = policy.skills.len(),
+                backends = policy.backends.len(),
+                rules = policy.rules.len(),
+                "policy reloaded"
+            );
+            *proxy.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        }
+        Err(err) => error!(
+            policy = %path.display(),
+            error = %format!("{err:#}"),
+            "policy reload rejected; the previous policy stays in force"
+        ),
+    }
 }
 
 async fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
