@@ -163,6 +163,10 @@ impl Policy {
     ) -> Decision<'_> {
         let candidates = self.candidates(skill, token_groups, backend);
         let rules: Vec<&Rule> = candidates.iter().map(|&i| &self.rules[i]).collect();
+        let observing = self.mode == Mode::Observe || rules.iter().any(|r| r.mode == Mode::Observe);
+        if !observing {
+            return self.evaluate(skill, backend, &rules, operation);
+        }
         let enforced = |r: &&Rule| r.mode == Mode::Enforce && self.mode == Mode::Enforce;
         let enforced_rules: Vec<&Rule> = rules.iter().copied().filter(enforced).collect();
         let mut decision = self.evaluate(skill, backend, &enforced_rules, operation);

@@ -207,6 +207,8 @@ pub struct Policy {
     /// Every group known: skills' groups and the file's `groups`.
     pub groups: Vec<String>,
     by_dial: HashMap<SocketAddr, usize>,
+    skill_ids: HashMap<String, usize>,
+    backend_ids: HashMap<String, usize>,
     /// (skill, backend) → rules naming the skill or one of its groups, in file order.
     by_skill: HashMap<(usize, usize), Vec<usize>>,
     /// (group, backend) → rules naming the group, for groups that tokens grant.
@@ -242,21 +244,33 @@ impl Policy {
     }
 
     pub fn skill(&self, name: &str) -> Option<&Skill> {
-        self.skills.iter().find(|skill| skill.name == name)
+        self.skill_index(name).map(|i| &self.skills[i])
     }
 
     pub(crate) fn skill_index(&self, name: &str) -> Option<usize> {
-        self.skills.iter().position(|skill| skill.name == name)
+        self.skill_ids.get(name).copied()
     }
 
     pub fn backend(&self, name: &str) -> Option<&Backend> {
-        self.backends.iter().find(|backend| backend.name == name)
+        self.backend_index(name).map(|i| &self.backends[i])
     }
 
     pub(crate) fn backend_index(&self, name: &str) -> Option<usize> {
-        self.backends
-            .iter()
-            .position(|backend| backend.name == name)
+        self.backend_ids.get(name).copied()
+    }
+
+    pub(crate) fn add_skill(&mut self, skill: Skill) {
+        self.skill_ids.insert(skill.name.clone(), self.skills.len());
+        self.skills.push(skill);
+    }
+
+    pub(crate) fn add_backend(&mut self, backend: Backend) {
+        let index = self.backends.len();
+        self.backend_ids.insert(backend.name.clone(), index);
+        for addr in &backend.dial {
+            self.by_dial.insert(*addr, index);
+        }
+        self.backends.push(backend);
     }
 
     /// The backend a skill reaches by dialing `addr` (IPv4-mapped IPv6 counts as IPv4).
@@ -266,22 +280,28 @@ impl Policy {
     }
 
     /// Rules that may apply to `skill` (plus token `groups`) on `backend`, in file order.
-    pub(crate) fn candidates(&self, skill: usize, groups: &[String], backend: usize) -> Vec<usize> {
-        let mut rules = self
+    pub(crate) fn candidates(
+        &self,
+        skill: usize,
+        groups: &[String],
+        backend: usize,
+    ) -> std::borrow::Cow<'_, [usize]> {
+        let own = self
             .by_skill
             .get(&(skill, backend))
-            .cloned()
-            .unwrap_or_default();
+            .map_or(&[][..], Vec::as_slice);
+        if groups.is_empty() {
+            return std::borrow::Cow::Borrowed(own);
+        }
+        let mut rules = own.to_vec();
         for group in groups {
             if let Some(more) = self.by_group.get(&(group.clone(), backend)) {
                 rules.extend(more);
             }
         }
-        if !groups.is_empty() {
-            rules.sort_unstable();
-            rules.dedup();
-        }
-        rules
+        rules.sort_unstable();
+        rules.dedup();
+        std::borrow::Cow::Owned(rules)
     }
 }
 

@@ -11,7 +11,9 @@
 //! Unqualified names resolve to `public`, except `pg_*` names, which PostgreSQL resolves in
 //! `pg_catalog` first. Names are compared as the parser folds them (unquoted: lowercase).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -144,6 +146,35 @@ const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "pg_notify",
     "txid_current",
 ];
+
+/// Classifications of recently seen SQL texts, so a statement sent again (a prepared
+/// statement, a polling query) is not parsed again. Keyed by the exact text; bounded: when
+/// full it starts over, which keeps memory flat whatever the skills send.
+pub struct Cache {
+    entries: HashMap<String, Arc<Result<Vec<Statement>, SqlError>>>,
+    capacity: usize,
+}
+
+impl Cache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::with_capacity(capacity.min(1024)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn classify(&mut self, sql: &str) -> Arc<Result<Vec<Statement>, SqlError>> {
+        if let Some(hit) = self.entries.get(sql) {
+            return Arc::clone(hit);
+        }
+        if self.entries.len() >= self.capacity {
+            self.entries.clear();
+        }
+        let result = Arc::new(classify(sql));
+        self.entries.insert(sql.to_owned(), Arc::clone(&result));
+        result
+    }
+}
 
 /// Classifies every statement of `sql`.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {

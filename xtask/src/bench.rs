@@ -152,8 +152,77 @@ pub fn ebpf(root: &Path) -> Result<()> {
         ));
     }
     println!("{table}");
-    write_benchmarks(root, &table)?;
-    Ok(())
+    write_section(
+        root,
+        "eBPF connect path",
+        &format!(
+            "Machine: {}. Command: `cargo xtask bench ebpf` (root).\n\n\
+             The same loop runs from a cgroup without programs and from a skill cgroup with them, \
+             dialing the proxy port itself so the redirect does not change the route; the \
+             difference is the programs' cost plus the proxy's metadata lookup and decision for a \
+             skill connection (an upper bound on the programs alone). Program times are the \
+             kernel's (kernel.bpf_stats_enabled=1), which include about 100 ns of accounting and \
+             entry cost per run on this machine (an empty-path sock_create shows it).\n\n{table}",
+            machine()
+        ),
+    )
+}
+
+/// `cargo xtask bench policy`: criterion's medians for decisions and SQL classification.
+pub fn policy(root: &Path) -> Result<()> {
+    crate::cargo(&[
+        "bench",
+        "--package",
+        "skillgate-policy",
+        "--bench",
+        "decide",
+        "--",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        "5",
+    ])?;
+    let median = |id: &str| -> Result<f64> {
+        let path = root
+            .join("target/criterion")
+            .join(id)
+            .join("new/estimates.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("no criterion estimates at {}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)?;
+        json["median"]["point_estimate"]
+            .as_f64()
+            .context("estimates.json has no median")
+    };
+    let mut table = String::from("| measurement | median | target |\n|---|---|---|\n");
+    for rules in [10, 100, 1_000, 10_000] {
+        let target = if rules == 1_000 { "<= 1 us" } else { "" };
+        table.push_str(&format!(
+            "| decision, {rules} rules | {:.0} ns | {target} |\n",
+            median(&format!("decide/{rules}"))?
+        ));
+    }
+    table.push_str(&format!(
+        "| SQL classification, uncached | {:.1} us | <= 15 us |\n",
+        median("classify/uncached")? / 1000.0
+    ));
+    table.push_str(&format!(
+        "| SQL classification, cached | {:.0} ns | <= 1 us |\n",
+        median("classify/cached")?
+    ));
+    println!("{table}");
+    write_section(
+        root,
+        "Policy decisions",
+        &format!(
+            "Machine: {}. Command: `cargo xtask bench policy` (criterion, `policy/benches/decide.rs`).\n\n\
+             A decision is a SQL statement's accesses checked against a policy of N rules over up \
+             to 100 skills and 50 PostgreSQL backends. Classification parses \
+             `SELECT id, total FROM public.orders WHERE customer_id = $1 ORDER BY id LIMIT 10` \
+             with libpg_query and walks its whole tree; cached means the same text again.\n\n{table}",
+            machine()
+        ),
+    )
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -161,37 +230,33 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Replaces the eBPF section of BENCHMARKS.md with this run's table.
-fn write_benchmarks(root: &Path, table: &str) -> Result<()> {
-    let path = root.join("BENCHMARKS.md");
-    let machine = format!(
+fn machine() -> String {
+    format!(
         "{} cores, kernel {}",
         std::thread::available_parallelism().map_or(0, usize::from),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
-    );
-    let section = format!(
-        "## eBPF connect path\n\nMachine: {machine}. Command: `cargo xtask bench ebpf` (root).\n\n\
-         The same loop runs from a cgroup without programs and from a skill cgroup with them, \
-         dialing the proxy port itself so the redirect does not change the route; the \
-         difference is the programs' cost plus the proxy's metadata lookup and decision for a \
-         skill connection (an upper bound on the programs alone). Program times are the \
-         kernel's (kernel.bpf_stats_enabled=1), which include about 100 ns of accounting and \
-         entry cost per run on this machine (an empty-path sock_create shows it).\n\n{table}"
-    );
+    )
+}
+
+/// Replaces (or adds) the section `## title` of BENCHMARKS.md.
+fn write_section(root: &Path, title: &str, body: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let heading = format!("## {title}");
+    let section = format!("{heading}\n\n{body}");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         "# Benchmarks\n\nLatest results of `cargo xtask bench`; each suite rewrites its own section.\n\n"
             .to_owned()
     });
-    let new = match old.find("## eBPF connect path") {
+    let new = match old.find(&heading) {
         Some(start) => {
             let end = old[start + 3..]
                 .find("\n## ")
                 .map_or(old.len(), |i| start + 3 + i + 1);
             format!("{}{section}{}", &old[..start], &old[end..])
         }
-        None => format!("{old}{section}"),
+        None => format!("{}\n\n{section}", old.trim_end()),
     };
     std::fs::write(&path, new)?;
     eprintln!("xtask: wrote {}", path.display());

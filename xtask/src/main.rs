@@ -45,6 +45,8 @@ enum Task {
 enum Suite {
     /// connect() overhead of the eBPF programs and their run time.
     Ebpf,
+    /// Policy decision latency and SQL classification cost.
+    Policy,
     /// Every suite.
     All,
 }
@@ -53,12 +55,16 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test => test(),
-        Task::Bench {
-            suite: Suite::Ebpf | Suite::All,
-        } => {
+        Task::Bench { suite } => {
             setup::setup()?;
-            cargo(&["build", "--release", "--package", "skillgate"])?;
-            bench::ebpf(&workspace_root())
+            if matches!(suite, Suite::Policy | Suite::All) {
+                bench::policy(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Ebpf | Suite::All) {
+                cargo(&["build", "--release", "--package", "skillgate"])?;
+                bench::ebpf(&workspace_root())?;
+            }
+            Ok(())
         }
         Task::BenchClient { addr, count } => bench::client(addr, count),
         Task::Demo => {

@@ -44,15 +44,11 @@ impl Builder<'_> {
                     policy.groups.push(group.clone());
                 }
             }
-            policy.skills.push(skill);
+            policy.add_skill(skill);
         }
         for def in &file.backends {
             let backend = self.backend(def, &policy)?;
-            let index = policy.backends.len();
-            for addr in &backend.dial {
-                policy.by_dial.insert(*addr, index);
-            }
-            policy.backends.push(backend);
+            policy.add_backend(backend);
         }
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut shapes: HashMap<String, (Effect, String)> = HashMap::new();

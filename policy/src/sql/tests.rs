@@ -173,3 +173,14 @@ fn unparseable_sql_is_an_error_with_the_parser_message() {
     }
     assert!(classify("SELEC 1").unwrap_err().0.contains("syntax error"));
 }
+
+#[test]
+fn the_cache_returns_the_same_classification_and_stays_bounded() {
+    let mut cache = super::Cache::new(2);
+    let first = cache.classify("SELECT * FROM orders");
+    let again = cache.classify("SELECT * FROM orders");
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    assert!(cache.classify("SELEC").is_err());
+    cache.classify("SELECT 2");
+    assert!(cache.entries.len() <= 2);
+}
