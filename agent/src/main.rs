@@ -38,8 +38,9 @@ enum Command {
     ///
     /// Enforcement is pinned in bpffs and outlives the agent: after SIGTERM skills get
     /// "connection refused" until an agent runs again (it adopts the pinned programs) or
-    /// `skillgate detach` removes enforcement. SIGHUP reloads the policy file (a policy
-    /// with errors is rejected and the one in force stays). Logs go to stderr; set
+    /// `skillgate detach` removes enforcement. SIGHUP, or a change to the policy file
+    /// (checked every 2 s), reloads the policy; a policy with errors is rejected and the one
+    /// in force stays. Logs go to stderr; set
     /// SKILLGATE_LOG (e.g. `debug`, `skillgate=trace`) to change the level.
     Run,
     /// Run a command as a skill: inside the skill's cgroup, below the skills cgroup.

@@ -83,11 +83,25 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    // The policy file is also watched: a change (new modification time or size) reloads it.
+    let mut watch = tokio::time::interval(POLICY_WATCH_INTERVAL);
+    let mut seen = file_stamp(&config.policy_path);
     let signal = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => reload(&proxy, &config.policy_path),
+            _ = hup.recv() => {
+                seen = file_stamp(&config.policy_path);
+                reload(&proxy, &config.policy_path);
+            }
+            _ = watch.tick() => {
+                let now = file_stamp(&config.policy_path);
+                if now != seen {
+                    seen = now;
+                    info!(policy = %config.policy_path.display(), "policy file changed");
+                    reload(&proxy, &config.policy_path);
+                }
+            }
         }
     };
     let totals = proxy.enforcement.counters.totals();
@@ -98,6 +112,15 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
          `skillgate detach` removes it"
     );
     Ok(())
+}
+
+/// How often the policy file is checked for changes.
+const POLICY_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What tells a file changed: modification time and size.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// Replaces the policy in force with the file's current contents. A policy that does not

@@ -65,3 +65,27 @@ fn sighup_reloads_good_policies_and_rejects_bad_ones() {
     );
     assert_eq!(backend.peers().len(), 3);
 }
+
+#[test]
+fn a_changed_policy_file_is_reloaded_without_a_signal() {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let env = Env::new("watch", &policy(dial, backend.addr, "allow"));
+    let agent = env.start_agent();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    // A different size, so the change shows even within one mtime tick.
+    std::fs::write(
+        env.dir.join("policy.toml"),
+        format!("# now denied\n{}", policy(dial, backend.addr, "deny")),
+    )
+    .unwrap();
+    agent.wait_for_log("policy reloaded", Duration::from_secs(10));
+    assert!(
+        agent.log().contains("policy file changed"),
+        "{}",
+        agent.log()
+    );
+    assert!(!env.dial_as_skill("reporter", &[dial]).get(0).ok);
+}
