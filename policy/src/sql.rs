@@ -2,7 +2,7 @@
 //!
 //! Each statement of a (possibly multi-statement) string becomes a list of accesses: a kind
 //! (select, insert, ..., ddl, unknown) and the object it touches. The whole parse tree is walked
-//! generically (every node of every field, through the parse tree's serde form), so a table or a
+//! generically (every node of every field, through the parse tree's `Serialize`), so a table or a
 //! write hidden anywhere (a CTE, a subquery in any clause, EXPLAIN ANALYZE, SELECT INTO,
 //! CREATE VIEW ... AS SELECT) is seen. Statements the classifier does not know are `unknown`,
 //! which no rule allows unless it names `unknown`. Functions with side effects outside the
@@ -16,7 +16,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::Value;
 
 /// What a statement does to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -184,9 +183,13 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
         let Some(node) = raw.stmt.as_ref() else {
             continue;
         };
-        let tree =
-            serde_json::to_value(node).map_err(|err| SqlError(format!("parse tree: {err}")))?;
-        statements.push(classify_node(&tree));
+        let (kind, mut accesses) = walk::walk(node);
+        if !accesses.iter().any(|a| a.kind == kind) {
+            accesses.push(Access { kind, object: None });
+        }
+        accesses.sort();
+        accesses.dedup();
+        statements.push(Statement { kind, accesses });
     }
     if statements.is_empty() {
         return Err(SqlError("no statement".to_owned()));
@@ -194,50 +197,22 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
     Ok(statements)
 }
 
-fn classify_node(node: &Value) -> Statement {
-    let mut walker = Walker::default();
-    collect_cte_names(node, &mut walker.ctes);
-    let kind = match node_variant(node) {
-        Some((name, body)) => {
-            let kind = statement_kind(name, body);
-            walker.statement(name, body, kind);
-            kind
-        }
-        None => SqlKind::Unknown,
-    };
-    let mut accesses = walker.accesses;
-    if !accesses.iter().any(|a| a.kind == kind) {
-        accesses.push(Access { kind, object: None });
-    }
-    accesses.sort();
-    accesses.dedup();
-    Statement { kind, accesses }
-}
-
-/// `{"node": {"Variant": body}}` → (`Variant`, body).
-fn node_variant(node: &Value) -> Option<(&str, &Value)> {
-    let inner = node.get("node")?.as_object()?;
-    let (name, body) = inner.iter().next()?;
-    Some((name.as_str(), body))
-}
-
-fn statement_kind(name: &str, body: &Value) -> SqlKind {
+/// A statement node's kind, from its type and the flags that change it.
+fn statement_kind_of(name: &str, into: bool, is_program: bool, filename: &str) -> SqlKind {
     match name {
-        "SelectStmt" if !body["into_clause"].is_null() => SqlKind::Ddl,
-        "SelectStmt" | "DeclareCursorStmt" => SqlKind::Select,
+        "SelectStmt" if into => SqlKind::Ddl,
+        "SelectStmt" | "DeclareCursorStmt" | "ExplainStmt" => SqlKind::Select,
         "InsertStmt" => SqlKind::Insert,
         "UpdateStmt" => SqlKind::Update,
         "DeleteStmt" => SqlKind::Delete,
         "MergeStmt" => SqlKind::Merge,
-        "CopyStmt" if body["is_program"].as_bool() == Some(true) => SqlKind::CopyServer,
-        "CopyStmt" if !body["filename"].as_str().unwrap_or("").is_empty() => SqlKind::CopyServer,
+        "CopyStmt" if is_program || !filename.is_empty() => SqlKind::CopyServer,
         "CopyStmt" => SqlKind::Copy,
         "CallStmt" => SqlKind::Call,
         "DoStmt" => SqlKind::Do,
         "VariableSetStmt" => SqlKind::Set,
         "VariableShowStmt" => SqlKind::Show,
         "TransactionStmt" => SqlKind::Transaction,
-        "ExplainStmt" => SqlKind::Select,
         name if is_ddl(name) => SqlKind::Ddl,
         _ => SqlKind::Unknown,
     }
@@ -267,179 +242,6 @@ fn is_ddl(name: &str) -> bool {
         && name.ends_with("Stmt")
 }
 
-#[derive(Default)]
-struct Walker {
-    accesses: Vec<Access>,
-    /// Names of common table expressions: unqualified references to them are not relations.
-    ctes: Vec<String>,
-}
-
-fn collect_cte_names(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(name) = map
-                .get("CommonTableExpr")
-                .and_then(|c| c["ctename"].as_str())
-            {
-                out.push(name.to_owned());
-            }
-            map.values().for_each(|child| collect_cte_names(child, out));
-        }
-        Value::Array(items) => items.iter().for_each(|i| collect_cte_names(i, out)),
-        _ => {}
-    }
-}
-
-impl Walker {
-    /// A statement node: its target relations get the statement's kind; everything else in
-    /// it is walked for reads, nested statements and function calls.
-    fn statement(&mut self, name: &str, body: &Value, kind: SqlKind) {
-        let Some(fields) = body.as_object() else {
-            return;
-        };
-        for (field, value) in fields {
-            let target = match (name, field.as_str()) {
-                ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", "relation") => true,
-                ("CopyStmt", "relation") => true,
-                ("SelectStmt", "into_clause") => true,
-                (_, "relation" | "relations" | "objects" | "view" | "into") => kind == SqlKind::Ddl,
-                _ => false,
-            };
-            if target {
-                self.relations(value, kind);
-            } else {
-                self.walk(value);
-            }
-        }
-        match name {
-            "CallStmt" => {
-                if let Some(function) = body["funccall"]
-                    .get("funcname")
-                    .map(qualified_function_name)
-                {
-                    self.accesses.push(Access {
-                        kind: SqlKind::Call,
-                        object: Some(function),
-                    });
-                }
-            }
-            "VariableSetStmt" | "VariableShowStmt" => {
-                if let Some(setting) = body["name"].as_str().filter(|s| !s.is_empty()) {
-                    self.accesses.push(Access {
-                        kind,
-                        object: Some(setting.to_owned()),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Every relation named anywhere below `value` is a target of `kind`.
-    fn relations(&mut self, value: &Value, kind: SqlKind) {
-        match value {
-            Value::Object(map) => {
-                if let Some(range_var) = map.get("RangeVar") {
-                    self.accesses.push(Access {
-                        kind,
-                        object: Some(relation_name(range_var)),
-                    });
-                    return;
-                }
-                if let Some(rel) = map.get("rel") {
-                    // IntoClause { rel: RangeVar }
-                    self.accesses.push(Access {
-                        kind,
-                        object: Some(relation_name(rel)),
-                    });
-                    return;
-                }
-                if let Some(items) = map.get("List").and_then(|l| l["items"].as_array()) {
-                    // DROP's objects: a list of name parts.
-                    let parts: Vec<&str> = items
-                        .iter()
-                        .filter_map(|i| i["node"]["String"]["sval"].as_str())
-                        .collect();
-                    if !parts.is_empty() && parts.len() == items.len() {
-                        let (schema, name) = match parts.as_slice() {
-                            [name] => ("", *name),
-                            [.., schema, name] => (*schema, *name),
-                            [] => ("", ""),
-                        };
-                        self.accesses.push(Access {
-                            kind,
-                            object: Some(qualify(schema, name)),
-                        });
-                        return;
-                    }
-                }
-                if map.contains_key("schemaname") && map.contains_key("relname") {
-                    self.accesses.push(Access {
-                        kind,
-                        object: Some(relation_name(value)),
-                    });
-                    return;
-                }
-                for child in map.values() {
-                    self.relations(child, kind);
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|i| self.relations(i, kind)),
-            _ => {}
-        }
-    }
-
-    fn walk(&mut self, value: &Value) {
-        match value {
-            Value::Object(map) => {
-                for (key, child) in map {
-                    match key.as_str() {
-                        "RangeVar" => {
-                            let unqualified = child["schemaname"].as_str().unwrap_or("").is_empty();
-                            let name = child["relname"].as_str().unwrap_or("");
-                            if !(unqualified && self.ctes.iter().any(|c| c == name)) {
-                                self.accesses.push(Access {
-                                    kind: SqlKind::Select,
-                                    object: Some(relation_name(child)),
-                                });
-                            }
-                        }
-                        "FuncCall" => {
-                            if let Some(name) = child.get("funcname").map(qualified_function_name) {
-                                let bare = name.rsplit('.').next().unwrap_or(&name);
-                                if SIDE_EFFECT_FUNCTIONS.contains(&bare) {
-                                    self.accesses.push(Access {
-                                        kind: SqlKind::Function,
-                                        object: Some(bare.to_owned()),
-                                    });
-                                }
-                            }
-                            self.walk(child);
-                        }
-                        name if name.ends_with("Stmt") && name != "RawStmt" => {
-                            let kind = statement_kind(name, child);
-                            if kind != SqlKind::Select {
-                                self.accesses.push(Access { kind, object: None });
-                            }
-                            self.statement(name, child, kind);
-                        }
-                        _ => self.walk(child),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|i| self.walk(i)),
-            _ => {}
-        }
-    }
-}
-
-fn relation_name(range_var: &Value) -> String {
-    qualify(
-        range_var["schemaname"].as_str().unwrap_or(""),
-        range_var["relname"].as_str().unwrap_or(""),
-    )
-}
-
 fn qualify(schema: &str, name: &str) -> String {
     if !schema.is_empty() {
         format!("{schema}.{name}")
@@ -450,19 +252,7 @@ fn qualify(schema: &str, name: &str) -> String {
     }
 }
 
-/// `[{"node": {"String": {"sval": "a"}}}, ...]` → `a.b`.
-fn qualified_function_name(funcname: &Value) -> String {
-    funcname
-        .as_array()
-        .map(|parts| {
-            parts
-                .iter()
-                .filter_map(|p| p["node"]["String"]["sval"].as_str())
-                .collect::<Vec<_>>()
-                .join(".")
-        })
-        .unwrap_or_default()
-}
+mod walk;
 
 #[cfg(test)]
 mod tests;
