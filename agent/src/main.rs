@@ -10,6 +10,7 @@ mod policy_cli;
 mod proxy;
 mod run;
 mod stats;
+mod status;
 mod sys;
 
 use std::path::PathBuf;
@@ -63,6 +64,13 @@ enum Command {
     },
     /// Remove enforcement: unpin the eBPF links and maps, giving skills direct network access.
     Detach,
+    /// Is enforcement on? Attached programs, open layers, proxy and DNS listeners, policy.
+    /// Works with the agent stopped.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a policy file, or explain what it decides for a request.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -119,6 +127,7 @@ fn main() -> ExitCode {
         } => exec::exec(&cli.config, &skill, user.as_deref(), &command),
         Command::Detach => run::detach(&cli.config),
         Command::Stats { json } => stats::stats(&cli.config, json),
+        Command::Status { json } => status::status(&cli.config, json),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cli::check(&file, json),
         Command::Policy(PolicyCommand::Explain {
             file,

@@ -36,8 +36,9 @@ fn program_reports(pin_dir: &Path) -> Vec<ProgramReport> {
     let loaded: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .collect();
-    enforce::attached_programs(pin_dir)
+    enforce::pinned_programs(pin_dir)
         .into_iter()
+        .filter_map(|(spec, link)| Some((spec.name, link?.prog_id)))
         .map(|(name, id)| {
             let info = loaded.iter().find(|p| p.id() == id);
             let run_count = info.map_or(0, aya::programs::ProgramInfo::run_count);

@@ -25,7 +25,7 @@ use skillgate_common::{ConnMeta, ProxyConfig, TupleKey, ip_words, map_names, pro
 use self::attach::{RawProgram, load_and_attach};
 pub use self::counters::{Counters, Counts, describe};
 use self::pins::{PinLayout, remove_other_map_layouts, remove_unknown_links};
-pub use self::pins::{attached_programs, check_enforced, detach};
+pub use self::pins::{check_enforced, detach, pinned_programs};
 use self::raw::RawSpec;
 use crate::cgroup::SkillsCgroup;
 use crate::host;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{MAP_LAYOUT_VERSION, PROGRAMS};
+use super::{MAP_LAYOUT_VERSION, PROGRAMS, ProgramSpec};
 use crate::sys;
 
 /// ```text
@@ -89,14 +89,17 @@ pub fn check_enforced(pin_dir: &Path, cgroup_id: u64) -> Result<()> {
     Ok(())
 }
 
-/// The programs on the pinned links: (name, program id).
-pub fn attached_programs(pin_dir: &Path) -> Vec<(&'static str, u32)> {
+/// Every program skillgate knows, with what the kernel says about its pinned link (`None`:
+/// not pinned, so not enforcing).
+pub fn pinned_programs(pin_dir: &Path) -> Vec<(&'static ProgramSpec, Option<sys::LinkInfo>)> {
     let layout = PinLayout::new(pin_dir);
     PROGRAMS
         .iter()
-        .filter_map(|program| {
-            let link = sys::obj_get(&layout.link(program.name)).ok()?;
-            Some((program.name, sys::link_info(&link).ok()?.prog_id))
+        .map(|program| {
+            let info = sys::obj_get(&layout.link(program.name))
+                .ok()
+                .and_then(|link| sys::link_info(&link).ok());
+            (program, info)
         })
         .collect()
 }

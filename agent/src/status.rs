@@ -1,0 +1,126 @@
+//! `skillgate status`: is enforcement on, which layers are open, is the agent serving, is the
+//! policy valid. Read from the kernel (pinned links), /proc/net and the files; works with the
+//! agent stopped.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cgroup::SkillsCgroup;
+use crate::config::{AgentConfig, load_policy};
+use crate::{enforce, host};
+
+/// Whether something listens on 127.0.0.1:`port` (TCP or UDP), from /proc/net.
+fn listening(table: &str, port: u16, udp: bool) -> bool {
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    text.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // TCP: state 0A is LISTEN; UDP sockets bound to the port are in state 07.
+        let state_ok = if udp {
+            fields.get(3) == Some(&"07")
+        } else {
+            fields.get(3) == Some(&"0A")
+        };
+        fields.get(1) == Some(&local.as_str()) && state_ok
+    })
+}
+
+pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
+    let agent = AgentConfig::load(config_path)?;
+    host::require_root("skillgate status")?;
+    let skills = SkillsCgroup::locate(&agent.skills_cgroup)?;
+    let cgroup_id = skills.id().ok();
+    let programs = enforce::pinned_programs(&agent.bpf_pin_dir);
+    let on_cgroup = |info: &Option<crate::sys::LinkInfo>| {
+        info.as_ref()
+            .is_some_and(|i| Some(i.cgroup_id) == cgroup_id)
+    };
+    let required_attached = programs
+        .iter()
+        .filter(|(spec, _)| spec.required)
+        .all(|(_, info)| on_cgroup(info));
+    // Layers only count as open where enforcement is on at all.
+    let open: Vec<(&str, &str)> = programs
+        .iter()
+        .filter(|(spec, info)| required_attached && !spec.required && !on_cgroup(info))
+        .map(|(spec, _)| (spec.name, spec.without))
+        .collect();
+    let proxy = listening("/proc/net/tcp", agent.proxy_port, false);
+    let dns = listening("/proc/net/udp", agent.dns_port, true);
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let policy_path = base.join(&agent.policy);
+    let policy = load_policy(&policy_path);
+    let enforcement = match (required_attached, proxy) {
+        (true, true) => "enforcing",
+        (true, false) => {
+            "fail-closed: programs attached, agent not serving (skills get connection refused)"
+        }
+        (false, _) if programs.iter().any(|(_, info)| info.is_some()) => {
+            "PARTIAL: some required programs are not attached; run `skillgate run`"
+        }
+        (false, _) => "not attached: skills in the cgroup have direct network access",
+    };
+    if as_json {
+        let report = json!({
+            "enforcement": enforcement,
+            "skills_cgroup": skills.dir.display().to_string(),
+            "cgroup_id": cgroup_id,
+            "pin_dir": agent.bpf_pin_dir.display().to_string(),
+            "programs": programs.iter().map(|(spec, info)| json!({
+                "name": spec.name,
+                "required": spec.required,
+                "attached": on_cgroup(info),
+                "program_id": info.as_ref().map(|i| i.prog_id),
+            })).collect::<Vec<_>>(),
+            "open_layers": open.iter().map(|(name, without)| json!({"program": name, "open": without})).collect::<Vec<_>>(),
+            "proxy": { "port": agent.proxy_port, "listening": proxy },
+            "dns": { "port": agent.dns_port, "listening": dns },
+            "policy": match &policy {
+                Ok(p) => json!({"file": policy_path.display().to_string(), "valid": true, "skills": p.skills.len(), "backends": p.backends.len(), "rules": p.rules.len()}),
+                Err(err) => json!({"file": policy_path.display().to_string(), "valid": false, "error": format!("{err:#}")}),
+            },
+        });
+        println!("{report:#}");
+        return Ok(());
+    }
+    println!("enforcement: {enforcement}");
+    println!(
+        "skills cgroup: {} (id {})",
+        skills.dir.display(),
+        cgroup_id.map_or("-".to_owned(), |i| i.to_string())
+    );
+    let attached = programs.iter().filter(|(_, info)| on_cgroup(info)).count();
+    println!(
+        "programs: {attached} of {} attached (pins in {})",
+        programs.len(),
+        agent.bpf_pin_dir.display()
+    );
+    for (name, without) in &open {
+        println!("OPEN LAYER {name}: {without}");
+    }
+    println!(
+        "proxy: 127.0.0.1:{} {}",
+        agent.proxy_port,
+        if proxy { "listening" } else { "not listening" }
+    );
+    println!(
+        "dns forwarder: 127.0.0.1:{} {}",
+        agent.dns_port,
+        if dns { "listening" } else { "not listening" }
+    );
+    match &policy {
+        Ok(p) => println!(
+            "policy: {} valid ({} skills, {} backends, {} rules)",
+            policy_path.display(),
+            p.skills.len(),
+            p.backends.len(),
+            p.rules.len()
+        ),
+        Err(err) => println!("policy: INVALID {err:#}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! `skillgate status` follows the agent's life: enforcing, fail-closed, detached.
+
+use skillgate_tests::Env;
+
+fn status(env: &Env) -> serde_json::Value {
+    let out = env.skillgate().args(["status", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_reports_enforcement_open_layers_and_listeners() {
+    let env = Env::new("status", "[[skill]]\nname = \"reporter\"\n");
+    let agent = env.start_agent();
+    let s = status(&env);
+    assert_eq!(s["enforcement"], "enforcing", "{s:#}");
+    assert_eq!(s["proxy"]["listening"], true);
+    assert_eq!(s["dns"]["listening"], true);
+    assert_eq!(s["policy"]["valid"], true);
+    // Every layer the agent reported missing is listed as open, and only those.
+    let open: Vec<String> = s["open_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["program"].as_str().unwrap().to_owned())
+        .collect();
+    for program in s["programs"].as_array().unwrap() {
+        let name = program["name"].as_str().unwrap();
+        let reported_missing = agent.log().contains(&format!("program=\"{name}\""));
+        assert_eq!(program["attached"], !reported_missing, "{name}");
+        assert_eq!(open.contains(&name.to_owned()), reported_missing, "{name}");
+    }
+
+    let (stopped, _) = agent.stop();
+    assert!(stopped.success());
+    let s = status(&env);
+    assert!(
+        s["enforcement"]
+            .as_str()
+            .unwrap()
+            .starts_with("fail-closed"),
+        "{s:#}"
+    );
+    assert_eq!(s["proxy"]["listening"], false);
+
+    let out = env.skillgate().arg("detach").output().unwrap();
+    assert!(out.status.success());
+    let s = status(&env);
+    assert!(
+        s["enforcement"]
+            .as_str()
+            .unwrap()
+            .starts_with("not attached"),
+        "{s:#}"
+    );
+}
