@@ -116,12 +116,14 @@ fn undeclared_destinations_and_skills_are_refused() {
         .parse()
         .unwrap();
     let upstream = s.backend.addr;
+    let canary6 = Server::start("canary6", "[::1]:0");
 
-    // A declared skill dialing an undeclared address (even the backend's real one).
+    // A declared skill dialing an undeclared address (even the backend's real one), over
+    // IPv4, IPv4-mapped IPv6 and IPv6 loopback.
     let dialed = s
         .env
-        .dial_as_skill("reporter", &[canary, canary_mapped, upstream]);
-    for i in 0..3 {
+        .dial_as_skill("reporter", &[canary, canary_mapped, upstream, canary6.addr]);
+    for i in 0..4 {
         let dial = dialed.get(i);
         assert!(
             !dial.ok,
@@ -136,7 +138,8 @@ fn undeclared_destinations_and_skills_are_refused() {
         "decision=\"deny\"",
         "is not a declared backend address",
     ]);
-    assert_eq!(denied.len(), 3, "agent log:\n{}", agent.log());
+    assert_eq!(denied.len(), 4, "agent log:\n{}", agent.log());
+    assert_eq!(canary6.peers(), vec![], "the IPv6 canary was reached");
 
     // A declared skill with no rule for the backend, and a cgroup no skill is declared for.
     let intruder = s.env.dial_as_skill("intruder", &[s.dial4]);
