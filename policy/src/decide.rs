@@ -368,17 +368,9 @@ fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation
             op.kinds.contains(&access.kind)
                 && match (&access.kind, &access.object) {
                     (SqlKind::Function, Some(function)) => op.functions.contains(function),
-                    (
-                        SqlKind::Select
-                        | SqlKind::Insert
-                        | SqlKind::Update
-                        | SqlKind::Delete
-                        | SqlKind::Merge
-                        | SqlKind::Ddl
-                        | SqlKind::Copy
-                        | SqlKind::CopyServer,
-                        Some(object),
-                    ) => op.objects.iter().any(|p| p.matches(object)),
+                    (kind, Some(object)) if kind.acts_on_relations() => {
+                        op.objects.iter().any(|p| p.matches(object))
+                    }
                     // A statement that touches no relation (`SELECT 1`): any grant of the kind
                     // covers it, while a deny covers it only if it denies every object.
                     (_, None) if rule.effect == Effect::Deny => {

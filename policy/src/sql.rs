@@ -43,6 +43,21 @@ pub enum SqlKind {
 }
 
 impl SqlKind {
+    /// Kinds whose accesses name relations, which rules must list in `objects`.
+    pub fn acts_on_relations(self) -> bool {
+        matches!(
+            self,
+            Self::Select
+                | Self::Insert
+                | Self::Update
+                | Self::Delete
+                | Self::Merge
+                | Self::Ddl
+                | Self::Copy
+                | Self::CopyServer
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Select => "select",

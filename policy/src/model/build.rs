@@ -357,19 +357,7 @@ impl Builder<'_> {
         if !def.functions.is_empty() && !kinds.contains(&SqlKind::Function) {
             kinds.push(SqlKind::Function);
         }
-        let needs_objects = kinds.iter().any(|k| {
-            matches!(
-                k,
-                SqlKind::Select
-                    | SqlKind::Insert
-                    | SqlKind::Update
-                    | SqlKind::Delete
-                    | SqlKind::Merge
-                    | SqlKind::Ddl
-                    | SqlKind::Copy
-                    | SqlKind::CopyServer
-            )
-        });
+        let needs_objects = kinds.iter().any(|k| k.acts_on_relations());
         if needs_objects && def.objects.is_empty() {
             return Err(self.error(
                 sql,
