@@ -13,9 +13,13 @@ use tracing::{debug, warn};
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest DNS message over UDP (EDNS allows up to 64 KiB).
 const MAX_MESSAGE: usize = 65_535;
+/// Queries in flight at once; beyond that new queries are dropped (the client retries), so a
+/// skill flooding DNS cannot exhaust the agent's sockets or memory.
+const MAX_IN_FLIGHT: usize = 256;
 
 pub struct Forwarder {
     upstream: Vec<SocketAddr>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The nameservers of a resolv.conf text, at port 53.
@@ -46,7 +50,10 @@ impl Forwarder {
                  nameserver and dns_upstream is empty): skills' DNS lookups will fail"
             );
         }
-        Self { upstream }
+        Self {
+            upstream,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        }
     }
 
     pub fn upstream(&self) -> &[SocketAddr] {
@@ -80,10 +87,15 @@ impl Forwarder {
                     continue;
                 }
             };
+            let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                debug!(%client, "DNS query dropped: {MAX_IN_FLIGHT} queries already in flight");
+                continue;
+            };
             let query = buf[..len].to_vec();
             let forwarder = Arc::clone(&self);
             let socket = Arc::clone(&socket);
             tokio::spawn(async move {
+                let _permit = permit;
                 match forwarder.resolve(&query).await {
                     Ok(answer) => {
                         if let Err(err) = socket.send_to(&answer, client).await {
