@@ -36,6 +36,9 @@ pub struct AgentConfig {
     /// Resolvers the forwarder asks (`ip:port`); empty: the nameservers of /etc/resolv.conf.
     #[serde(default)]
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// The session store (SQLite), relative to this file's directory unless absolute.
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
 }
 
 fn default_skills_cgroup() -> String {
@@ -50,6 +53,9 @@ fn default_pin_dir() -> PathBuf {
 fn default_connect_timeout_ms() -> u64 {
     5_000
 }
+fn default_store() -> PathBuf {
+    PathBuf::from("/var/lib/skillgate/sessions.db")
+}
 fn default_dns_port() -> u16 {
     DEFAULT_DNS_PORT
 }
@@ -61,6 +67,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub policy_path: PathBuf,
     pub policy: Policy,
+    pub store_path: PathBuf,
 }
 
 impl Config {
@@ -69,11 +76,13 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let policy_path = base.join(&agent.policy);
         let policy = load_policy(&policy_path)?;
+        let store_path = agent.store_path(path);
         Ok(Self {
             path: path.to_owned(),
             agent,
             policy_path,
             policy,
+            store_path,
         })
     }
 }
@@ -107,6 +116,14 @@ impl AgentConfig {
         })?;
         agent.validate(path)?;
         Ok(agent)
+    }
+
+    /// The store's path, resolved against the config file's directory.
+    pub fn store_path(&self, config_path: &Path) -> PathBuf {
+        config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.store)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {

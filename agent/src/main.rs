@@ -8,7 +8,9 @@ mod exec;
 mod host;
 mod policy_cli;
 mod proxy;
+mod record;
 mod run;
+mod sessions_cli;
 mod stats;
 mod status;
 mod sys;
@@ -64,6 +66,32 @@ enum Command {
     },
     /// Remove enforcement: unpin the eBPF links and maps, giving skills direct network access.
     Detach,
+    /// List recorded sessions, newest first.
+    Sessions {
+        #[arg(long)]
+        skill: Option<String>,
+        /// Only sessions started within this long: 90s, 30m, 1h, 2d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions that ended so: closed, denied, error, "backend unreachable", ...
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one session and its events in order, with timing and decisions.
+    Replay {
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the session store's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Is enforcement on? Attached programs, open layers, proxy and DNS listeners, policy.
     /// Works with the agent stopped.
     Status {
@@ -81,6 +109,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the chain of recorded events and report the first broken link.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +162,24 @@ fn main() -> ExitCode {
         Command::Detach => run::detach(&cli.config),
         Command::Stats { json } => stats::stats(&cli.config, json),
         Command::Status { json } => status::status(&cli.config, json),
+        Command::Sessions {
+            skill,
+            since,
+            outcome,
+            limit,
+            json,
+        } => sessions_cli::sessions(
+            &cli.config,
+            &sessions_cli::SessionsArgs {
+                skill: skill.as_deref(),
+                since: since.as_deref(),
+                outcome: outcome.as_deref(),
+                limit,
+                json,
+            },
+        ),
+        Command::Replay { id, json } => sessions_cli::replay(&cli.config, id, json),
+        Command::Audit(AuditCommand::Verify) => sessions_cli::audit_verify(&cli.config),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cli::check(&file, json),
         Command::Policy(PolicyCommand::Explain {
             file,

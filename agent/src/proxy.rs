@@ -9,10 +9,11 @@ use anyhow::{Context as _, Result};
 use skillgate_common::{ConnMeta, TupleKey, ip_words};
 use skillgate_policy::{ConnectRequest, Effect, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument as _, info, info_span, warn};
+use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::cgroup::SkillsCgroup;
 use crate::enforce::Enforcement;
+use crate::record::{self, Event, Recorder, Session};
 use crate::sys;
 
 /// Metadata older than this when its connection is accepted is refused as stale.
@@ -25,6 +26,7 @@ pub struct Proxy {
     pub policy: RwLock<Arc<Policy>>,
     pub port: u16,
     pub upstream_connect_timeout: Duration,
+    pub recorder: Recorder,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -97,42 +99,96 @@ impl Proxy {
             let skill = decision.skill.map_or("-", |s| s.name.as_str());
             let backend = decision.backend.map_or("-", |b| b.name.as_str());
             let rule = decision.rule.unwrap_or("-");
-            let cgroup = cgroup.as_deref().unwrap_or("-");
-            match (decision.effect, decision.backend) {
+            let cgroup_name = cgroup.as_deref().unwrap_or("-");
+            let (verdict, reason, upstream) = match (decision.effect, decision.backend) {
                 // Until the HTTP and PostgreSQL layers land, forwarding their bytes would skip
                 // the per-request and per-statement policy: refuse instead.
-                (Effect::Allow, Some(backend_def))
-                    if !matches!(backend_def.protocol, Protocol::Tcp | Protocol::Tls) =>
-                {
-                    warn!(skill, uid = meta.uid, cgroup, backend, decision = "deny", reason = %format!("protocol `{}` is not served by this agent yet", backend_def.protocol.as_str()), "connection refused");
+                (Effect::Allow, Some(b)) if !matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => (
+                    "deny",
+                    format!("protocol `{}` is not served by this agent yet", b.protocol.as_str()),
+                    None,
+                ),
+                (Effect::Allow, Some(b)) => ("allow", decision.reason.clone(), Some(b.upstream)),
+                (Effect::Approve, _) => (
+                    "deny",
+                    format!("{} (approvals for whole connections are not supported)", decision.reason),
+                    None,
+                ),
+                _ => ("deny", decision.reason.clone(), None),
+            };
+            info!(skill, uid = meta.uid, cgroup = cgroup_name, backend, rule, decision = verdict, reason = %reason, "connection decided");
+            // The record is committed before the decision takes effect; no record, no access.
+            let (exe, cmdline) = process_info(meta.pid);
+            let session = Session {
+                started_ns: record::now_ns(),
+                skill: decision.skill.map(|s| s.name.clone()),
+                pid: meta.pid,
+                uid: meta.uid,
+                gid: meta.gid,
+                exe,
+                cmdline,
+                cgroup: cgroup.clone(),
+                origin: origin.to_string(),
+                backend: decision.backend.map(|b| b.name.clone()),
+            };
+            let event = Event {
+                at_ns: session.started_ns,
+                kind: "connect".to_owned(),
+                operation: origin.to_string(),
+                decision: verdict.to_owned(),
+                rule: decision.rule.map(str::to_owned),
+                reason: reason.clone(),
+            };
+            let id = match self.recorder.open(session, event).await {
+                Ok(id) => id,
+                Err(err) => {
+                    error!(error = %format!("{err:#}"), decision = "deny", "cannot record the session: refusing the connection");
+                    return reset(stream);
+                }
+            };
+            let (outcome, bytes) = match upstream {
+                Some(upstream) => self.forward(stream, upstream).await,
+                None => {
                     reset(stream);
+                    ("denied", (0, 0))
                 }
-                (Effect::Allow, Some(backend_def)) => {
-                    info!(skill, uid = meta.uid, cgroup, backend, rule, decision = "allow", reason = %decision.reason, "connection allowed");
-                    self.forward(stream, backend_def.upstream).await;
-                }
-                _ => {
-                    info!(skill, uid = meta.uid, cgroup, backend, rule, decision = "deny", reason = %decision.reason, "connection refused");
-                    reset(stream);
-                }
+            };
+            let end = Event {
+                at_ns: record::now_ns(),
+                kind: "close".to_owned(),
+                operation: origin.to_string(),
+                decision: outcome.to_owned(),
+                rule: None,
+                reason: format!("{} bytes to the backend, {} to the skill", bytes.0, bytes.1),
+            };
+            if let Err(err) = self.recorder.close(id, outcome, bytes, end).await {
+                error!(session = id, error = %format!("{err:#}"), "cannot record the end of the session");
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn forward(&self, mut client: TcpStream, upstream: SocketAddr) {
+    /// Relays until either side closes; returns the outcome and the bytes moved
+    /// (to the backend, to the skill).
+    async fn forward(
+        &self,
+        mut client: TcpStream,
+        upstream: SocketAddr,
+    ) -> (&'static str, (u64, u64)) {
         let connect =
             tokio::time::timeout(self.upstream_connect_timeout, TcpStream::connect(upstream));
         let mut server = match connect.await {
             Ok(Ok(server)) => server,
             Ok(Err(err)) => {
                 warn!(%upstream, error = %err, "backend unreachable");
-                return reset(client);
+                reset(client);
+                return ("backend unreachable", (0, 0));
             }
             Err(_) => {
                 warn!(%upstream, timeout_ms = self.upstream_connect_timeout.as_millis() as u64, "backend did not accept in time");
-                return reset(client);
+                reset(client);
+                return ("backend timeout", (0, 0));
             }
         };
         let upstream_local = server
@@ -146,10 +202,31 @@ impl Proxy {
                     bytes_to_skill = to_skill,
                     "connection closed"
                 );
+                ("closed", (to_backend, to_skill))
             }
-            Err(err) => info!(error = %err, "connection ended with an error"),
+            Err(err) => {
+                info!(error = %err, "connection ended with an error");
+                ("error", (0, 0))
+            }
         }
     }
+}
+
+/// The executable and command line of `pid`, if it still exists.
+fn process_info(pid: u32) -> (Option<String>, Option<String>) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+    (exe, cmdline)
 }
 
 /// Closes with RST so the skill sees "connection reset", not a clean end of stream.

@@ -39,6 +39,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         proxy: agent.proxy_port,
         dns: agent.dns_port,
     };
+    let recorder = crate::record::Recorder::start(&config.store_path)?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));
@@ -52,6 +53,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         skills_cgroup = %skills.dir.display(),
         cgroup_id = enforcement.cgroup_id,
         pin_dir = %agent.bpf_pin_dir.display(),
+        store = %config.store_path.display(),
         attachment = ?enforcement.attachment,
         missing_layers = ?enforcement.missing_layers,
         "enforcement attached"
@@ -62,6 +64,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         policy: RwLock::new(Arc::new(config.policy)),
         port: agent.proxy_port,
         upstream_connect_timeout: Duration::from_millis(agent.upstream_connect_timeout_ms),
+        recorder,
     });
     for listener in listeners {
         let addr = listener.local_addr()?;

@@ -127,7 +127,8 @@ impl Env {
             &config,
             format!(
                 "skills_cgroup = \"{skills_cgroup}\"\nproxy_port = {proxy_port}\n\
-                 dns_port = {dns_port}\nbpf_pin_dir = \"{}\"\npolicy = \"policy.toml\"\n{extra}\n",
+                 dns_port = {dns_port}\nbpf_pin_dir = \"{}\"\npolicy = \"policy.toml\"\n\
+                 store = \"sessions.db\"\n{extra}\n",
                 pin_dir.display()
             ),
         )

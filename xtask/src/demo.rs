@@ -105,7 +105,23 @@ pub fn demo(root: &Path) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    println!("\n`skillgate detach` removed enforcement; demo done.");
+    println!("\n`skillgate detach` removed enforcement.");
+    let sessions = cleanup
+        .skillgate()
+        .args(["sessions", "--limit", "2"])
+        .output()?;
+    let verify = cleanup.skillgate().args(["audit", "verify"]).output()?;
+    if !sessions.status.success() || !verify.status.success() {
+        bail!(
+            "the session store is not readable: {}{}",
+            String::from_utf8_lossy(&sessions.stderr),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+    println!("\nrecorded sessions (`skillgate sessions`, newest first):");
+    print!("{}", String::from_utf8_lossy(&sessions.stdout));
+    print!("{}", String::from_utf8_lossy(&verify.stdout));
+    println!("demo done.");
     Ok(())
 }
 

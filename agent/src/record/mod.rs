@@ -1,0 +1,186 @@
+//! Session recording: every skill connection is a session, every decision an event, written
+//! to the store (and committed) before the decision takes effect.
+//!
+//! A dedicated thread owns the SQLite connection; the proxy's tasks send it records and wait
+//! for the commit. Records that arrive together are committed in one transaction (group
+//! commit), so durability costs one fsync per batch, not per record.
+
+pub mod query;
+mod store;
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::sync::oneshot;
+
+pub use store::verify;
+use store::{Store, Write};
+
+/// Who connected, as the kernel and /proc said at accept time.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub started_ns: i64,
+    pub skill: Option<String>,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    /// The address the skill dialed.
+    pub origin: String,
+    pub backend: Option<String>,
+}
+
+/// One decision (or the end of a session).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at_ns: i64,
+    /// `connect`, `close`, later `sql` and `http`.
+    pub kind: String,
+    /// What was asked (an address, a statement, a request line), masked.
+    pub operation: String,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+enum Job {
+    Open(Session, Event, oneshot::Sender<Result<i64, String>>),
+    Close {
+        session: i64,
+        outcome: String,
+        bytes_to_backend: u64,
+        bytes_to_skill: u64,
+        event: Event,
+        done: oneshot::Sender<Result<i64, String>>,
+    },
+}
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone)]
+pub struct Recorder {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Recorder {
+    /// Opens the store (errors now, not at the first connection) and starts the writer.
+    pub fn start(path: &Path) -> Result<Self> {
+        let mut store = Store::open(path)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("skillgate-recorder".to_owned())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    commit(&mut store, batch);
+                }
+            })
+            .context("cannot start the recorder thread")?;
+        Ok(Self { jobs })
+    }
+
+    /// Records a new session and its first decision; returns the session id once committed.
+    pub async fn open(&self, session: Session, event: Event) -> Result<i64> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job::Open(session, event, done))
+            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        wait.await
+            .map_err(|_| anyhow!("the recorder has stopped"))?
+            .map_err(|err| anyhow!("cannot record the session: {err}"))
+    }
+
+    /// Records the end of a session.
+    pub async fn close(
+        &self,
+        session: i64,
+        outcome: &str,
+        bytes: (u64, u64),
+        event: Event,
+    ) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job::Close {
+                session,
+                outcome: outcome.to_owned(),
+                bytes_to_backend: bytes.0,
+                bytes_to_skill: bytes.1,
+                event,
+                done,
+            })
+            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        wait.await
+            .map_err(|_| anyhow!("the recorder has stopped"))?
+            .map(drop)
+            .map_err(|err| anyhow!("cannot record the end of session {session}: {err}"))
+    }
+}
+
+fn commit(store: &mut Store, batch: Vec<Job>) {
+    let writes: Vec<Write<'_>> = batch
+        .iter()
+        .map(|job| match job {
+            Job::Open(session, event, _) => Write::Open(session, event),
+            Job::Close {
+                session,
+                outcome,
+                bytes_to_backend,
+                bytes_to_skill,
+                event,
+                ..
+            } => Write::Close {
+                session: *session,
+                ended_ns: event.at_ns,
+                outcome,
+                bytes_to_backend: *bytes_to_backend,
+                bytes_to_skill: *bytes_to_skill,
+                event,
+            },
+        })
+        .collect();
+    let result = store.write(&writes);
+    drop(writes);
+    match result {
+        Ok(ids) => {
+            let mut ids = ids.into_iter();
+            for job in batch {
+                match job {
+                    Job::Open(_, _, done) => {
+                        let _ = done.send(ids.next().ok_or_else(|| "no session id".to_owned()));
+                    }
+                    Job::Close { session, done, .. } => {
+                        let _ = done.send(Ok(session));
+                    }
+                }
+            }
+        }
+        Err(err) => {
+            // Fail closed: every waiting decision is refused.
+            let message = format!("{err:#}");
+            tracing::error!(error = %message, "session store write failed");
+            for job in batch {
+                let done = match job {
+                    Job::Open(_, _, done) | Job::Close { done, .. } => done,
+                };
+                let _ = done.send(Err(message.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Reading the store for `skillgate sessions` and `skillgate replay`.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct SessionRow {
+    pub id: i64,
+    pub started_ns: i64,
+    pub ended_ns: Option<i64>,
+    pub skill: Option<String>,
+    pub pid: u32,
+    pub uid: u32,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    pub origin: String,
+    pub backend: Option<String>,
+    pub outcome: Option<String>,
+    pub bytes_to_backend: Option<i64>,
+    pub bytes_to_skill: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at_ns: i64,
+    pub kind: String,
+    pub operation: String,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+pub struct Filter<'a> {
+    pub skill: Option<&'a str>,
+    pub since_ns: Option<i64>,
+    pub outcome: Option<&'a str>,
+    pub limit: u32,
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        bail!(
+            "no session store at {} (has the agent run with this config?)",
+            path.display()
+        );
+    }
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("cannot open the session store {}", path.display()))
+}
+
+const SESSION_COLUMNS: &str = "id, started_ns, ended_ns, skill, pid, uid, exe, cmdline, cgroup, \
+                               origin, backend, outcome, bytes_to_backend, bytes_to_skill";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.get(0)?,
+        started_ns: r.get(1)?,
+        ended_ns: r.get(2)?,
+        skill: r.get(3)?,
+        pid: r.get(4)?,
+        uid: r.get(5)?,
+        exe: r.get(6)?,
+        cmdline: r.get(7)?,
+        cgroup: r.get(8)?,
+        origin: r.get(9)?,
+        backend: r.get(10)?,
+        outcome: r.get(11)?,
+        bytes_to_backend: r.get(12)?,
+        bytes_to_skill: r.get(13)?,
+    })
+}
+
+/// Newest first.
+pub fn sessions(path: &Path, filter: &Filter<'_>) -> Result<Vec<SessionRow>> {
+    let conn = open(path)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions \
+         WHERE (?1 IS NULL OR skill = ?1) AND (?2 IS NULL OR started_ns >= ?2) \
+         AND (?3 IS NULL OR outcome = ?3) ORDER BY id DESC LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(
+        params![filter.skill, filter.since_ns, filter.outcome, filter.limit],
+        session_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
+    let conn = open(path)?;
+    let session = conn
+        .query_row(
+            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+            [id],
+            session_row,
+        )
+        .with_context(|| format!("no session {id}"))?;
+    let mut stmt = conn.prepare(
+        "SELECT id, at_ns, kind, operation, decision, rule, reason FROM events \
+         WHERE session_id = ?1 ORDER BY id",
+    )?;
+    let events = stmt
+        .query_map([id], |r| {
+            Ok(EventRow {
+                id: r.get(0)?,
+                at_ns: r.get(1)?,
+                kind: r.get(2)?,
+                operation: r.get(3)?,
+                decision: r.get(4)?,
+                rule: r.get(5)?,
+                reason: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((session, events))
+}

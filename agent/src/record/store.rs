@@ -1,0 +1,227 @@
+//! The session store: SQLite in WAL mode, one hash chain over every event.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use sha2::{Digest as _, Sha256};
+
+use super::{Event, Session};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    started_ns INTEGER NOT NULL,
+    ended_ns INTEGER,
+    skill TEXT,
+    pid INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    exe TEXT,
+    cmdline TEXT,
+    cgroup TEXT,
+    origin TEXT NOT NULL,
+    backend TEXT,
+    outcome TEXT,
+    bytes_to_backend INTEGER,
+    bytes_to_skill INTEGER
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_ns);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions (id),
+    at_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    rule TEXT,
+    reason TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events (session_id, id);
+";
+
+pub struct Store {
+    conn: Connection,
+    /// Hash of the newest event (all zeroes for an empty store).
+    head: [u8; 32],
+}
+
+/// What a session record is made of, for writing.
+pub enum Write<'a> {
+    Open(&'a Session, &'a Event),
+    Close {
+        session: i64,
+        ended_ns: i64,
+        outcome: &'a str,
+        bytes_to_backend: u64,
+        bytes_to_skill: u64,
+        event: &'a Event,
+    },
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create the store's directory {}", dir.display())
+            })?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open the session store {}", path.display()))?;
+        // WAL with full sync: a committed record survives a crash of the agent or the host.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)
+            .context("cannot create the session store's tables")?;
+        let head: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT hash FROM events ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let head = match head {
+            Some(hash) => hash
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the newest event's hash is not 32 bytes"))?,
+            None => [0; 32],
+        };
+        Ok(Self { conn, head })
+    }
+
+    /// Writes a batch in one transaction (group commit); returns the ids of opened sessions
+    /// in order.
+    pub fn write(&mut self, batch: &[Write<'_>]) -> Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut head = self.head;
+        let mut opened = Vec::new();
+        for write in batch {
+            let (session, event) = match write {
+                Write::Open(session, event) => {
+                    tx.execute(
+                        "INSERT INTO sessions (started_ns, skill, pid, uid, gid, exe, cmdline, \
+                         cgroup, origin, backend) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        params![
+                            session.started_ns,
+                            session.skill,
+                            session.pid,
+                            session.uid,
+                            session.gid,
+                            session.exe,
+                            session.cmdline,
+                            session.cgroup,
+                            session.origin,
+                            session.backend,
+                        ],
+                    )?;
+                    let id = tx.last_insert_rowid();
+                    opened.push(id);
+                    (id, *event)
+                }
+                Write::Close {
+                    session,
+                    ended_ns,
+                    outcome,
+                    bytes_to_backend,
+                    bytes_to_skill,
+                    event,
+                } => {
+                    tx.execute(
+                        "UPDATE sessions SET ended_ns = ?2, outcome = ?3, bytes_to_backend = ?4, \
+                         bytes_to_skill = ?5 WHERE id = ?1",
+                        params![
+                            session,
+                            ended_ns,
+                            outcome,
+                            *bytes_to_backend as i64,
+                            *bytes_to_skill as i64
+                        ],
+                    )?;
+                    (*session, *event)
+                }
+            };
+            let hash = chain(&head, session, event);
+            tx.execute(
+                "INSERT INTO events (session_id, at_ns, kind, operation, decision, rule, reason, \
+                 prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    session,
+                    event.at_ns,
+                    event.kind,
+                    event.operation,
+                    event.decision,
+                    event.rule,
+                    event.reason,
+                    &head[..],
+                    &hash[..],
+                ],
+            )?;
+            head = hash;
+        }
+        tx.commit().context("cannot commit to the session store")?;
+        self.head = head;
+        Ok(opened)
+    }
+}
+
+/// The hash of an event: SHA-256 over the previous hash and every recorded field, each
+/// length-prefixed so that no two different events hash alike.
+pub fn chain(prev: &[u8; 32], session: i64, event: &Event) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(session.to_le_bytes());
+    hasher.update(event.at_ns.to_le_bytes());
+    for field in [
+        event.kind.as_str(),
+        event.operation.as_str(),
+        event.decision.as_str(),
+        event.rule.as_deref().unwrap_or(""),
+        event.reason.as_str(),
+    ] {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// Walks the chain from the first event; returns the number of events, or the first broken
+/// link.
+pub fn verify(path: &Path) -> Result<u64> {
+    if !path.exists() {
+        bail!("no session store at {}", path.display());
+    }
+    let conn = Connection::open(path)?;
+    let mut stmt = conn.prepare(
+        "SELECT id, session_id, at_ns, kind, operation, decision, rule, reason, prev_hash, hash \
+         FROM events ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut head = [0u8; 32];
+    let mut count = 0;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let event = Event {
+            at_ns: row.get(2)?,
+            kind: row.get(3)?,
+            operation: row.get(4)?,
+            decision: row.get(5)?,
+            rule: row.get(6)?,
+            reason: row.get(7)?,
+        };
+        let prev: Vec<u8> = row.get(8)?;
+        let hash: Vec<u8> = row.get(9)?;
+        if prev != head {
+            bail!(
+                "chain broken at event {id}: it does not follow the event before it (an event was removed or inserted)"
+            );
+        }
+        if hash != chain(&head, row.get(1)?, &event) {
+            bail!("chain broken at event {id}: its contents were changed after it was recorded");
+        }
+        head = chain(&head, row.get(1)?, &event);
+        count += 1;
+    }
+    Ok(count)
+}

@@ -1,0 +1,169 @@
+//! `skillgate sessions`, `skillgate replay ID` and `skillgate audit verify`: reading the
+//! session store. They open it read-only and work whether or not the agent runs.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use crate::config::AgentConfig;
+use crate::host;
+use crate::record::{self, query};
+
+/// `90s`, `30m`, `1h`, `2d` → nanoseconds.
+fn parse_duration(text: &str) -> Result<i64> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = number.parse().with_context(|| {
+        format!("duration `{text}` must be a number and a unit: 90s, 30m, 1h, 2d")
+    })?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => bail!("duration `{text}` must end in s, m, h or d"),
+    };
+    Ok(n.saturating_mul(seconds).saturating_mul(1_000_000_000))
+}
+
+/// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn timestamp(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let millis = ns.rem_euclid(1_000_000_000) / 1_000_000;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+fn store(config_path: &Path, what: &str) -> Result<std::path::PathBuf> {
+    let agent = AgentConfig::load(config_path)?;
+    host::require_root(what)?;
+    Ok(agent.store_path(config_path))
+}
+
+pub struct SessionsArgs<'a> {
+    pub skill: Option<&'a str>,
+    pub since: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+    pub limit: u32,
+    pub json: bool,
+}
+
+pub fn sessions(config_path: &Path, args: &SessionsArgs<'_>) -> Result<()> {
+    let path = store(config_path, "skillgate sessions")?;
+    let since_ns = match args.since {
+        Some(since) => Some(record::now_ns() - parse_duration(since)?),
+        None => None,
+    };
+    let rows = query::sessions(
+        &path,
+        &query::Filter {
+            skill: args.skill,
+            since_ns,
+            outcome: args.outcome,
+            limit: args.limit,
+        },
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for s in &rows {
+        println!(
+            "{:>6}  {}  skill={} pid={} uid={} origin={} backend={} outcome={} bytes={}/{}",
+            s.id,
+            timestamp(s.started_ns),
+            s.skill.as_deref().unwrap_or("-"),
+            s.pid,
+            s.uid,
+            s.origin,
+            s.backend.as_deref().unwrap_or("-"),
+            s.outcome.as_deref().unwrap_or("open"),
+            s.bytes_to_backend.unwrap_or(0),
+            s.bytes_to_skill.unwrap_or(0),
+        );
+    }
+    if rows.is_empty() {
+        println!("no sessions match");
+    }
+    Ok(())
+}
+
+pub fn replay(config_path: &Path, id: i64, as_json: bool) -> Result<()> {
+    let path = store(config_path, "skillgate replay")?;
+    let (session, events) = query::session(&path, id)?;
+    if as_json {
+        println!("{:#}", json!({ "session": session, "events": events }));
+        return Ok(());
+    }
+    println!(
+        "session {} skill={} pid={} uid={} exe={} cmdline={:?} cgroup={} origin={} backend={}",
+        session.id,
+        session.skill.as_deref().unwrap_or("-"),
+        session.pid,
+        session.uid,
+        session.exe.as_deref().unwrap_or("-"),
+        session.cmdline.as_deref().unwrap_or(""),
+        session.cgroup.as_deref().unwrap_or("-"),
+        session.origin,
+        session.backend.as_deref().unwrap_or("-"),
+    );
+    for event in &events {
+        let offset_ms = (event.at_ns - session.started_ns) as f64 / 1e6;
+        println!(
+            "  +{offset_ms:9.3} ms  {:<8} {:<7} {}  rule={}  {}",
+            event.kind,
+            event.decision,
+            event.operation,
+            event.rule.as_deref().unwrap_or("-"),
+            event.reason
+        );
+    }
+    Ok(())
+}
+
+pub fn audit_verify(config_path: &Path) -> Result<()> {
+    let path = store(config_path, "skillgate audit verify")?;
+    let count = record::verify(&path)?;
+    println!("chain intact: {count} events in {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_duration, timestamp};
+
+    #[test]
+    fn durations_and_timestamps() {
+        assert_eq!(parse_duration("90s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("2h").unwrap(), 7_200_000_000_000);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(1_795_392_000_123_000_000),
+            "2026-11-23T00:00:00.123Z"
+        );
+        assert_eq!(
+            timestamp(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

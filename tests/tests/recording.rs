@@ -1,0 +1,139 @@
+//! Recording: every skill connection is a session in the store, committed before the
+//! decision takes effect, tamper-evident, and still there after a kill -9.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use skillgate_tests::{Env, Server, unused_port};
+
+fn json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let out = env.skillgate().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn setup(name: &str) -> (Env, Server, SocketAddr, Server) {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let canary = Server::start("canary", "127.0.0.3:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"orders\"\nprotocol = \"tcp\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{}\"\n[[rule]]\nname = \"reporter-orders\"\n\
+         skills = [\"reporter\"]\nbackend = \"orders\"\neffect = \"allow\"\n",
+        backend.addr
+    );
+    (Env::new(name, &policy), backend, dial, canary)
+}
+
+#[test]
+fn sessions_are_recorded_replayable_and_tamper_evident() {
+    let (env, _backend, dial, canary) = setup("record");
+    let _agent = env.start_agent();
+    let dialed = env.dial_as_skill("reporter", &[dial, canary.addr]);
+    assert!(dialed.get(0).ok && !dialed.get(1).ok);
+
+    let sessions = json(&env, &["sessions", "--skill", "reporter", "--json"]);
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    // Newest first: the refused canary dial, then the allowed one.
+    let (denied, allowed) = (&sessions[0], &sessions[1]);
+    for s in [denied, allowed] {
+        assert_eq!(s["pid"], dialed.pid);
+        assert_eq!(s["uid"], 0);
+        assert_eq!(s["cgroup"], "reporter");
+        assert!(s["exe"].as_str().unwrap().contains("python3"), "{s}");
+        let cmdline = s["cmdline"].as_str().unwrap();
+        assert!(
+            cmdline.contains("python3") && cmdline.contains(" -c "),
+            "{s}"
+        );
+    }
+    assert_eq!(allowed["origin"], dial.to_string());
+    assert_eq!(allowed["backend"], "orders");
+    assert_eq!(allowed["outcome"], "closed");
+    assert_eq!(allowed["bytes_to_backend"], 5); // "ping\n"
+    assert_eq!(denied["origin"], canary.addr.to_string());
+    assert_eq!(denied["outcome"], "denied");
+    let only_denied = json(
+        &env,
+        &["sessions", "--outcome", "denied", "--since", "1h", "--json"],
+    );
+    assert_eq!(only_denied.as_array().unwrap().len(), 1);
+
+    let id = allowed["id"].as_i64().unwrap().to_string();
+    let replay = json(&env, &["replay", &id, "--json"]);
+    let events = replay["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{replay:#}");
+    assert_eq!(events[0]["kind"], "connect");
+    assert_eq!(events[0]["decision"], "allow");
+    assert_eq!(events[0]["rule"], "reporter-orders");
+    assert_eq!(events[1]["kind"], "close");
+    assert!(events[0]["at_ns"].as_i64() <= events[1]["at_ns"].as_i64());
+
+    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact: 4 events"));
+
+    // Edit one stored event by hand: verify fails at that event.
+    let target = events[0]["id"].as_i64().unwrap();
+    let store = env.dir.join("sessions.db");
+    let edit = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute(\"UPDATE events SET decision = 'deny' WHERE id = ?\", (int(sys.argv[2]),)); c.commit()",
+            &store.display().to_string(),
+            &target.to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(edit.success());
+    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
+    assert!(!verify.status.success());
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "chain broken at event {target}: its contents were changed"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_session_survives_kill_9_right_after_the_backend_answered() {
+    let (env, backend, dial, _canary) = setup("recordkill");
+    let agent = env.start_agent();
+    let dialed = env.dial_as_skill("reporter", &[dial]);
+    assert!(dialed.get(0).ok, "{:?}", dialed.get(0));
+    assert_eq!(backend.peers().len(), 1);
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(100));
+
+    let _again = env.start_agent();
+    let sessions = json(&env, &["sessions", "--json"]);
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    assert_eq!(sessions[0]["pid"], dialed.pid);
+    let id = sessions[0]["id"].as_i64().unwrap().to_string();
+    let replay = json(&env, &["replay", &id, "--json"]);
+    assert_eq!(replay["events"][0]["decision"], "allow");
+    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
