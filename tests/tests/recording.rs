@@ -137,3 +137,54 @@ fn a_session_survives_kill_9_right_after_the_backend_answered() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+#[test]
+fn a_full_disk_fails_closed() {
+    let (env, backend, dial, _canary) = setup("recordfull");
+    // The store on a tiny filesystem of its own.
+    let small = env.dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs for the store");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        config.replace("store = \"sessions.db\"", "store = \"small/sessions.db\""),
+    )
+    .unwrap();
+    let agent = env.start_agent();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    let before = backend.peers().len();
+
+    // Fill the filesystem: the next decision cannot be recorded, so it is refused.
+    let filler = small.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 1024 * 1024]);
+    let refused = env.dial_as_skill("reporter", &[dial]);
+    assert!(
+        !refused.get(0).ok,
+        "a connection went through unrecorded: {:?}",
+        refused.get(0)
+    );
+    assert_eq!(
+        backend.peers().len(),
+        before,
+        "the backend was reached without a record"
+    );
+    let line = agent.wait_for_log("cannot record the session", Duration::from_secs(5));
+    assert!(line.contains("decision=\"deny\""), "{line}");
+
+    // Space again: recording, and access, resume.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+}
