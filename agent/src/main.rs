@@ -66,8 +66,11 @@ enum Command {
     },
     /// Remove enforcement: unpin the eBPF links and maps, giving skills direct network access.
     Detach,
-    /// List recorded sessions, newest first.
+    /// List recorded sessions, newest first; `sessions export` streams events as JSON lines.
+    #[command(args_conflicts_with_subcommands = true)]
     Sessions {
+        #[command(subcommand)]
+        export: Option<SessionsCommand>,
         #[arg(long)]
         skill: Option<String>,
         /// Only sessions started within this long: 90s, 30m, 1h, 2d.
@@ -108,6 +111,17 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// Every recorded event with its session's facts, one JSON object per line, oldest first
+    /// (for shipping to a central log pipeline).
+    Export {
+        /// Only events within this long: 90s, 30m, 1h, 2d.
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -163,6 +177,11 @@ fn main() -> ExitCode {
         Command::Stats { json } => stats::stats(&cli.config, json),
         Command::Status { json } => status::status(&cli.config, json),
         Command::Sessions {
+            export: Some(SessionsCommand::Export { since }),
+            ..
+        } => sessions_cli::export(&cli.config, since.as_deref()),
+        Command::Sessions {
+            export: None,
             skill,
             since,
             outcome,

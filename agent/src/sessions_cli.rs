@@ -106,6 +106,19 @@ pub fn sessions(config_path: &Path, args: &SessionsArgs<'_>) -> Result<()> {
     Ok(())
 }
 
+pub fn export(config_path: &Path, since: Option<&str>) -> Result<()> {
+    let path = store(config_path, "skillgate sessions export")?;
+    let since_ns = match since {
+        Some(since) => Some(record::now_ns() - parse_duration(since)?),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    query::export(&path, since_ns, &mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
 pub fn replay(config_path: &Path, id: i64, as_json: bool) -> Result<()> {
     let path = store(config_path, "skillgate replay")?;
     let (session, events) = query::session(&path, id)?;

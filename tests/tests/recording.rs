@@ -85,6 +85,47 @@ fn sessions_are_recorded_replayable_and_tamper_evident() {
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact: 4 events"));
 
+    // Export: every event as a JSON line, oldest first, with its session's facts.
+    let export = env
+        .skillgate()
+        .args(["sessions", "export", "--since", "1h"])
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["skill"] == "reporter" && l["pid"] == dialed.pid)
+    );
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["event_id"].as_i64() < w[1]["event_id"].as_i64())
+    );
+    // Sessions may interleave; within each, connect comes before close.
+    for session in [&allowed["id"], &denied["id"]] {
+        let kinds: Vec<&str> = lines
+            .iter()
+            .filter(|l| &l["session_id"] == session)
+            .map(|l| l["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["connect", "close"], "session {session}");
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["hash"].as_str().unwrap().len() == 64)
+    );
+
     // Edit one stored event by hand: verify fails at that event.
     let target = events[0]["id"].as_i64().unwrap();
     let store = env.dir.join("sessions.db");

@@ -118,3 +118,43 @@ pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
         .collect::<rusqlite::Result<_>>()?;
     Ok((session, events))
 }
+
+/// Every event since `since_ns` (all if `None`), in order, with its session's facts, one JSON
+/// object per line: the format central log pipelines ingest.
+pub fn export(path: &Path, since_ns: Option<i64>, out: &mut impl std::io::Write) -> Result<u64> {
+    let conn = open(path)?;
+    let mut stmt = conn.prepare(
+        "SELECT e.id, e.session_id, e.at_ns, e.kind, e.operation, e.decision, e.rule, e.reason, \
+         e.hash, s.skill, s.pid, s.uid, s.gid, s.exe, s.cmdline, s.cgroup, s.origin, s.backend \
+         FROM events e JOIN sessions s ON s.id = e.session_id \
+         WHERE ?1 IS NULL OR e.at_ns >= ?1 ORDER BY e.id",
+    )?;
+    let mut rows = stmt.query([since_ns])?;
+    let mut count = 0;
+    while let Some(r) = rows.next()? {
+        let hash: Vec<u8> = r.get(8)?;
+        let line = serde_json::json!({
+            "event_id": r.get::<_, i64>(0)?,
+            "session_id": r.get::<_, i64>(1)?,
+            "at_ns": r.get::<_, i64>(2)?,
+            "kind": r.get::<_, String>(3)?,
+            "operation": r.get::<_, String>(4)?,
+            "decision": r.get::<_, String>(5)?,
+            "rule": r.get::<_, Option<String>>(6)?,
+            "reason": r.get::<_, String>(7)?,
+            "hash": hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "skill": r.get::<_, Option<String>>(9)?,
+            "pid": r.get::<_, u32>(10)?,
+            "uid": r.get::<_, u32>(11)?,
+            "gid": r.get::<_, u32>(12)?,
+            "exe": r.get::<_, Option<String>>(13)?,
+            "cmdline": r.get::<_, Option<String>>(14)?,
+            "cgroup": r.get::<_, Option<String>>(15)?,
+            "origin": r.get::<_, String>(16)?,
+            "backend": r.get::<_, Option<String>>(17)?,
+        });
+        writeln!(out, "{line}")?;
+        count += 1;
+    }
+    Ok(count)
+}
