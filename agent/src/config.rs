@@ -39,6 +39,9 @@ pub struct AgentConfig {
     /// The session store (SQLite), relative to this file's directory unless absolute.
     #[serde(default = "default_store")]
     pub store: PathBuf,
+    /// How long recorded events are kept: 90s, 30m, 12h, 30d.
+    #[serde(default = "default_retention")]
+    pub retention: String,
 }
 
 fn default_skills_cgroup() -> String {
@@ -52,6 +55,9 @@ fn default_pin_dir() -> PathBuf {
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+fn default_retention() -> String {
+    "30d".to_owned()
 }
 fn default_store() -> PathBuf {
     PathBuf::from("/var/lib/skillgate/sessions.db")
@@ -87,6 +93,25 @@ impl Config {
     }
 }
 
+/// `90s`, `30m`, `1h`, `2d` → nanoseconds.
+pub fn parse_duration(text: &str) -> Result<i64> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = number.parse().with_context(|| {
+        format!("duration `{text}` must be a number and a unit: 90s, 30m, 1h, 2d")
+    })?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => bail!("duration `{text}` must end in s, m, h or d"),
+    };
+    Ok(n.saturating_mul(seconds).saturating_mul(1_000_000_000))
+}
+
 pub fn load_policy(path: &Path) -> Result<Policy> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy `{}`", path.display()))?;
@@ -118,6 +143,11 @@ impl AgentConfig {
         Ok(agent)
     }
 
+    /// How long recorded events are kept, in nanoseconds (validated at load).
+    pub fn retention_ns(&self) -> i64 {
+        parse_duration(&self.retention).unwrap_or(30 * 86_400 * 1_000_000_000)
+    }
+
     /// The store's path, resolved against the config file's directory.
     pub fn store_path(&self, config_path: &Path) -> PathBuf {
         config_path
@@ -144,6 +174,14 @@ impl AgentConfig {
             bail!(
                 "invalid config `{}`: proxy_port and dns_port must be two different fixed ports \
                  (1-65535)",
+                path.display()
+            );
+        }
+        let retention = parse_duration(&self.retention)
+            .with_context(|| format!("invalid config `{}`: retention", path.display()))?;
+        if retention <= 0 {
+            bail!(
+                "invalid config `{}`: retention must be longer than 0s",
                 path.display()
             );
         }
@@ -176,5 +214,20 @@ mod tests {
         );
         let demo = Config::load(&deploy.join("demo/skillgate.toml")).expect("deploy/demo");
         assert_eq!(demo.policy.rules.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("2h").unwrap(), 7_200_000_000_000);
+        assert_eq!(parse_duration("30d").unwrap(), 2_592_000_000_000_000);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

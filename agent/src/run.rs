@@ -39,7 +39,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         proxy: agent.proxy_port,
         dns: agent.dns_port,
     };
-    let recorder = crate::record::Recorder::start(&config.store_path)?;
+    let recorder = crate::record::Recorder::start(&config.store_path, agent.retention_ns())?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));

@@ -229,3 +229,38 @@ fn a_full_disk_fails_closed() {
     std::fs::remove_file(&filler).unwrap();
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
 }
+
+#[test]
+fn events_past_retention_are_pruned_and_the_chain_still_verifies() {
+    let (env, _backend, dial, _canary) = setup("retention");
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}retention = \"2s\"\n")).unwrap();
+    let agent = env.start_agent();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    let first = json(&env, &["sessions", "--json"]);
+    let old_id = first[0]["id"].clone();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    agent.wait_for_log("pruned events past retention", Duration::from_secs(5));
+    // Give the newest session's close a moment to land, then look.
+    std::thread::sleep(Duration::from_millis(200));
+    let sessions = json(&env, &["sessions", "--json"]);
+    let ids: Vec<&serde_json::Value> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["id"])
+        .collect();
+    assert!(
+        !ids.contains(&&old_id),
+        "session {old_id} outlived retention: {sessions:#}"
+    );
+    assert_eq!(ids.len(), 1, "{sessions:#}");
+    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact: 2 events"));
+}

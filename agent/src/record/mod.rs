@@ -10,6 +10,7 @@ mod store;
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use tokio::sync::oneshot;
@@ -74,22 +75,43 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens the store (errors now, not at the first connection) and starts the writer.
-    pub fn start(path: &Path) -> Result<Self> {
+    /// Opens the store (errors now, not at the first connection) and starts the writer,
+    /// which also prunes events older than `retention_ns`.
+    pub fn start(path: &Path, retention_ns: i64) -> Result<Self> {
         let mut store = Store::open(path)?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        // Prune about twice per retention period, at most hourly, at least every second.
+        let prune_every = Duration::from_nanos((retention_ns / 2).max(0) as u64)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3_600));
         std::thread::Builder::new()
             .name("skillgate-recorder".to_owned())
             .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
+                let mut last_prune: Option<Instant> = None;
+                loop {
+                    match queue.recv_timeout(prune_every) {
+                        Ok(first) => {
+                            let mut batch = vec![first];
+                            while batch.len() < MAX_BATCH {
+                                match queue.try_recv() {
+                                    Ok(job) => batch.push(job),
+                                    Err(_) => break,
+                                }
+                            }
+                            commit(&mut store, batch);
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
+                        last_prune = Some(Instant::now());
+                        match store.prune(now_ns() - retention_ns) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(events = n, "pruned events past retention"),
+                            Err(err) => {
+                                tracing::warn!(error = %format!("{err:#}"), "cannot prune the session store");
+                            }
                         }
                     }
-                    commit(&mut store, batch);
                 }
             })
             .context("cannot start the recorder thread")?;

@@ -10,7 +10,7 @@ use super::{Event, Session};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_ns INTEGER NOT NULL,
     ended_ns INTEGER,
     skill TEXT,
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_ns);
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id INTEGER NOT NULL REFERENCES sessions (id),
     at_ns INTEGER NOT NULL,
     kind TEXT NOT NULL,
@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS events (
     hash BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id, id);
+CREATE INDEX IF NOT EXISTS events_at ON events (at_ns);
+-- Where the chain starts once old events are pruned: the last pruned event's id and hash.
+CREATE TABLE IF NOT EXISTS anchor (
+    id INTEGER NOT NULL,
+    hash BLOB NOT NULL
+);
 ";
 
 pub struct Store {
@@ -166,6 +172,46 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes the oldest events, up to the first one at or after `cutoff_ns` (always a prefix
+    /// of the chain, so what remains still verifies from the recorded anchor), and sessions
+    /// left with no events. Returns how many events went.
+    pub fn prune(&mut self, cutoff_ns: i64) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        let keep_from: Option<i64> = tx.query_row(
+            "SELECT min(id) FROM events WHERE at_ns >= ?1",
+            [cutoff_ns],
+            |r| r.get(0),
+        )?;
+        let last: Option<i64> = tx.query_row("SELECT max(id) FROM events", [], |r| r.get(0))?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let anchor_id = keep_from.map_or(last, |id| id - 1);
+        let anchor_hash: Option<Vec<u8>> = tx
+            .query_row("SELECT hash FROM events WHERE id = ?1", [anchor_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(anchor_hash) = anchor_hash else {
+            return Ok(0);
+        };
+        let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [anchor_id])?;
+        tx.execute(
+            "DELETE FROM sessions WHERE ended_ns IS NOT NULL AND started_ns < ?1 \
+             AND id NOT IN (SELECT DISTINCT session_id FROM events)",
+            [cutoff_ns],
+        )?;
+        tx.execute("DELETE FROM anchor", [])?;
+        tx.execute(
+            "INSERT INTO anchor (id, hash) VALUES (?1, ?2)",
+            params![anchor_id, anchor_hash],
+        )?;
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+}
+
 /// The hash of an event: SHA-256 over the previous hash and every recorded field, each
 /// length-prefixed so that no two different events hash alike.
 pub fn chain(prev: &[u8; 32], session: i64, event: &Event) -> [u8; 32] {
@@ -198,7 +244,16 @@ pub fn verify(path: &Path) -> Result<u64> {
          FROM events ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
-    let mut head = [0u8; 32];
+    // Pruned stores start from the anchor the last pruning left.
+    let anchor: Option<Vec<u8>> = conn
+        .query_row("SELECT hash FROM anchor", [], |r| r.get(0))
+        .optional()?;
+    let mut head: [u8; 32] = match anchor {
+        Some(hash) => hash
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the chain anchor is not 32 bytes"))?,
+        None => [0; 32],
+    };
     let mut count = 0;
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
