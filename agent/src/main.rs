@@ -88,6 +88,9 @@ enum Command {
     /// Print one session and its events in order, with timing and decisions.
     Replay {
         id: i64,
+        /// Print the events as fast as they happened (text output).
+        #[arg(long, conflicts_with = "json")]
+        pace: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -197,7 +200,7 @@ fn main() -> ExitCode {
                 json,
             },
         ),
-        Command::Replay { id, json } => sessions_cli::replay(&cli.config, id, json),
+        Command::Replay { id, pace, json } => sessions_cli::replay(&cli.config, id, json, pace),
         Command::Audit(AuditCommand::Verify) => sessions_cli::audit_verify(&cli.config),
         Command::Policy(PolicyCommand::Check { file, json }) => policy_cli::check(&file, json),
         Command::Policy(PolicyCommand::Explain {

@@ -100,7 +100,7 @@ pub fn export(config_path: &Path, since: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub fn replay(config_path: &Path, id: i64, as_json: bool) -> Result<()> {
+pub fn replay(config_path: &Path, id: i64, as_json: bool, pace: bool) -> Result<()> {
     let path = store(config_path, "skillgate replay")?;
     let (session, events) = query::session(&path, id)?;
     if as_json {
@@ -119,7 +119,14 @@ pub fn replay(config_path: &Path, id: i64, as_json: bool) -> Result<()> {
         session.origin,
         session.backend.as_deref().unwrap_or("-"),
     );
+    let mut previous_ns = session.started_ns;
     for event in &events {
+        if pace {
+            // Replay in real time: wait as long as the session did between events.
+            let gap = event.at_ns.saturating_sub(previous_ns).max(0) as u64;
+            std::thread::sleep(std::time::Duration::from_nanos(gap));
+            previous_ns = event.at_ns;
+        }
         let offset_ms = (event.at_ns - session.started_ns) as f64 / 1e6;
         println!(
             "  +{offset_ms:9.3} ms  {:<8} {:<7} {}  rule={}  {}",
