@@ -262,3 +262,145 @@ fn write_section(root: &Path, title: &str, body: &str) -> Result<()> {
     eprintln!("xtask: wrote {}", path.display());
     Ok(())
 }
+
+/// Fills a store the agent created with `sessions` sessions of two events each.
+const FILL_STORE_PY: &str = r#"
+import sqlite3, sys, time, os
+path, sessions = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(path)
+now = time.time_ns()
+skills = ["reporter", "janitor", "analyst", "billing", "crawler"]
+def rows():
+    for i in range(sessions):
+        at = now - (sessions - i) * 1_000_000
+        yield (at, at + 500_000, skills[i % 5], 1000 + i % 50000, 0, 0, "/usr/bin/python3",
+               "python3 skill.py", skills[i % 5], "127.0.0.2:5432", "orders", "closed", 100, 200)
+c.executemany("INSERT INTO sessions (started_ns, ended_ns, skill, pid, uid, gid, exe, cmdline, "
+              "cgroup, origin, backend, outcome, bytes_to_backend, bytes_to_skill) "
+              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+def events():
+    h = bytes(32)
+    for (sid, at) in c.execute("SELECT id, started_ns FROM sessions ORDER BY id"):
+        for kind, dt, decision in (("connect", 0, "allow"), ("close", 500_000, "closed")):
+            yield (sid, at + dt, kind, "127.0.0.2:5432", decision, "rule", "reason", h, os.urandom(32))
+c.executemany("INSERT INTO events (session_id, at_ns, kind, operation, decision, rule, reason, "
+              "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)", list(events()))
+c.commit()
+"#;
+
+/// The peer: the same listing query through Python's sqlite3, timed in-process.
+const QUERY_PY: &str = r#"
+import sqlite3, sys, time
+c = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+start = time.perf_counter()
+rows = c.execute("SELECT id, started_ns, ended_ns, skill, pid, uid, exe, cmdline, cgroup, origin, "
+                 "backend, outcome, bytes_to_backend, bytes_to_skill FROM sessions "
+                 "WHERE skill = ? ORDER BY id DESC LIMIT 100", (sys.argv[2],)).fetchall()
+print((time.perf_counter() - start) * 1000)
+"#;
+
+/// `cargo xtask bench store`: `skillgate sessions` and `replay` over a store of a million
+/// events, against the same query run directly (Python's sqlite3) in the same run.
+pub fn store(root: &Path) -> Result<()> {
+    let bin = root.join("target/release/skillgate");
+    let dir = root.join("target/bench-store");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (proxy_port, dns_port) = (free_port()?, free_port()?);
+    let config = dir.join("skillgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "skills_cgroup = \"skillgate-bench-store.slice\"\nproxy_port = {proxy_port}\n\
+             dns_port = {dns_port}\nbpf_pin_dir = \"/sys/fs/bpf/skillgate-bench-store\"\n\
+             policy = \"policy.toml\"\ndns_upstream = [\"127.0.0.1:9\"]\nstore = \"sessions.db\"\n"
+        ),
+    )?;
+    std::fs::write(dir.join("policy.toml"), "")?;
+    // The agent creates the store with its schema; then it is filled directly.
+    {
+        let mut agent = Teardown {
+            bin: bin.clone(),
+            config: config.clone(),
+            children: Vec::new(),
+        };
+        let child = agent.skillgate().arg("run").stderr(Stdio::null()).spawn()?;
+        agent.children.push(child);
+        let store = dir.join("sessions.db");
+        let start = Instant::now();
+        while !store.exists() {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("the agent did not create its store");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let store = dir.join("sessions.db");
+    let sessions = 500_000;
+    crate::run(
+        Command::new("python3")
+            .args(["-c", FILL_STORE_PY])
+            .arg(&store)
+            .arg(sessions.to_string()),
+    )?;
+    let skillgate_ms = |args: &[&str]| -> Result<f64> {
+        let start = Instant::now();
+        let out = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdout(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "skillgate {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(start.elapsed().as_secs_f64() * 1000.0)
+    };
+    let peer_ms = || -> Result<f64> {
+        let out = Command::new("python3")
+            .args(["-c", QUERY_PY])
+            .arg(&store)
+            .arg("janitor")
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    let (mut list, mut skill, mut replay, mut peer) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        list.push(skillgate_ms(&["sessions"])?);
+        skill.push(skillgate_ms(&[
+            "sessions", "--skill", "janitor", "--since", "1d",
+        ])?);
+        replay.push(skillgate_ms(&["replay", "250000"])?);
+        peer.push(peer_ms()?);
+    }
+    let (list, skill, replay, peer) = (
+        median(&mut list),
+        median(&mut skill),
+        median(&mut replay),
+        median(&mut peer),
+    );
+    let table = format!(
+        "| command (median of 7, whole process) | ms | target |\n|---|---|---|\n\
+         | `skillgate sessions` (newest 100) | {list:.1} | <= 200 |\n\
+         | `skillgate sessions --skill janitor --since 1d` | {skill:.1} | <= 200 |\n\
+         | `skillgate replay 250000` | {replay:.1} | |\n\
+         | peer: the same filtered query in Python's sqlite3 (query only) | {peer:.2} | |\n"
+    );
+    println!("{table}");
+    write_section(
+        root,
+        "Session store",
+        &format!(
+            "Machine: {}. Command: `cargo xtask bench store` (root). A store the agent created, \
+             filled with {sessions} sessions and {} events; times are whole `skillgate` \
+             processes (start-up included).\n\n{table}",
+            machine(),
+            sessions * 2
+        ),
+    )
+}

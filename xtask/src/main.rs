@@ -47,6 +47,8 @@ enum Suite {
     Ebpf,
     /// Policy decision latency and SQL classification cost.
     Policy,
+    /// Session store queries over a million events.
+    Store,
     /// Every suite.
     All,
 }
@@ -60,9 +62,14 @@ fn main() -> Result<()> {
             if matches!(suite, Suite::Policy | Suite::All) {
                 bench::policy(&workspace_root())?;
             }
-            if matches!(suite, Suite::Ebpf | Suite::All) {
+            if matches!(suite, Suite::Ebpf | Suite::Store | Suite::All) {
                 cargo(&["build", "--release", "--package", "skillgate"])?;
+            }
+            if matches!(suite, Suite::Ebpf | Suite::All) {
                 bench::ebpf(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Store | Suite::All) {
+                bench::store(&workspace_root())?;
             }
             Ok(())
         }

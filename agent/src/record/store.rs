@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     bytes_to_skill INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_ns);
+CREATE INDEX IF NOT EXISTS sessions_skill ON sessions (skill, id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id INTEGER NOT NULL REFERENCES sessions (id),
