@@ -39,6 +39,10 @@ pub struct AgentConfig {
     /// The session store (SQLite), relative to this file's directory unless absolute.
     #[serde(default = "default_store")]
     pub store: PathBuf,
+    /// Only for observe-mode policies: when the store cannot record a connection, let it
+    /// through anyway (logged) instead of refusing it. Enforcing policies always refuse.
+    #[serde(default)]
+    pub allow_unrecorded_in_observe_mode: bool,
     /// How long recorded events are kept: 90s, 30m, 12h, 30d.
     #[serde(default = "default_retention")]
     pub retention: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use skillgate_common::{ConnMeta, TupleKey, ip_words};
-use skillgate_policy::{ConnectRequest, Effect, Policy, Protocol};
+use skillgate_policy::{ConnectRequest, Effect, Mode, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
@@ -27,6 +27,8 @@ pub struct Proxy {
     pub port: u16,
     pub upstream_connect_timeout: Duration,
     pub recorder: Recorder,
+    /// With an observe-mode policy, forward connections the store could not record.
+    pub unrecorded_in_observe: bool,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -140,7 +142,12 @@ impl Proxy {
                 reason: reason.clone(),
             };
             let id = match self.recorder.open(session, event).await {
-                Ok(id) => id,
+                Ok(id) => Some(id),
+                // Observe-only roll-outs may choose availability over the record.
+                Err(err) if self.unrecorded_in_observe && policy.mode == Mode::Observe => {
+                    error!(error = %format!("{err:#}"), "cannot record the session: going ahead unrecorded (observe mode, allow_unrecorded_in_observe_mode)");
+                    None
+                }
                 Err(err) => {
                     error!(error = %format!("{err:#}"), decision = "deny", "cannot record the session: refusing the connection");
                     return reset(stream);
@@ -161,7 +168,9 @@ impl Proxy {
                 rule: None,
                 reason: format!("{} bytes to the backend, {} to the skill", bytes.0, bytes.1),
             };
-            if let Err(err) = self.recorder.close(id, outcome, bytes, end).await {
+            if let Some(id) = id
+                && let Err(err) = self.recorder.close(id, outcome, bytes, end).await
+            {
                 error!(session = id, error = %format!("{err:#}"), "cannot record the end of the session");
             }
         }

@@ -65,6 +65,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         port: agent.proxy_port,
         upstream_connect_timeout: Duration::from_millis(agent.upstream_connect_timeout_ms),
         recorder,
+        unrecorded_in_observe: agent.allow_unrecorded_in_observe_mode,
     });
     for listener in listeners {
         let addr = listener.local_addr()?;

@@ -179,10 +179,17 @@ fn a_session_survives_kill_9_right_after_the_backend_answered() {
     );
 }
 
-#[test]
-fn a_full_disk_fails_closed() {
-    let (env, backend, dial, _canary) = setup("recordfull");
-    // The store on a tiny filesystem of its own.
+/// Unmounts a test filesystem when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Puts the environment's store on a 256 KiB tmpfs of its own.
+fn small_store(env: &Env) -> (std::path::PathBuf, Unmount) {
     let small = env.dir.join("small");
     std::fs::create_dir_all(&small).unwrap();
     let mounted = Command::new("mount")
@@ -191,19 +198,20 @@ fn a_full_disk_fails_closed() {
         .status()
         .unwrap();
     assert!(mounted.success(), "cannot mount a tmpfs for the store");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
     let config = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
         config.replace("store = \"sessions.db\"", "store = \"small/sessions.db\""),
     )
     .unwrap();
+    let unmount = Unmount(small.clone());
+    (small, unmount)
+}
+
+#[test]
+fn a_full_disk_fails_closed() {
+    let (env, backend, dial, _canary) = setup("recordfull");
+    let (small, _unmount) = small_store(&env);
     let agent = env.start_agent();
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
     let before = backend.peers().len();
@@ -263,4 +271,29 @@ fn events_past_retention_are_pruned_and_the_chain_still_verifies() {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact: 2 events"));
+}
+
+#[test]
+fn observe_mode_may_opt_to_go_ahead_unrecorded() {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let policy = format!(
+        "mode = \"observe\"\n[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"orders\"\n\
+         protocol = \"tcp\"\ndial = [\"{dial}\"]\nupstream = \"{}\"\n",
+        backend.addr
+    );
+    let env = Env::with_config(
+        "observefull",
+        &policy,
+        "allow_unrecorded_in_observe_mode = true",
+    );
+    let (small, _unmount) = small_store(&env);
+    let agent = env.start_agent();
+    let _ = std::fs::write(small.join("filler"), vec![0u8; 1024 * 1024]);
+    // Observe mode allows (no rule would), the store is full, the exception is on: through.
+    let dialed = env.dial_as_skill("reporter", &[dial]);
+    assert!(dialed.get(0).ok, "{:?}", dialed.get(0));
+    agent.wait_for_log("going ahead unrecorded", Duration::from_secs(5));
 }
