@@ -43,6 +43,13 @@ pub struct AgentConfig {
     /// through anyway (logged) instead of refusing it. Enforcing policies always refuse.
     #[serde(default)]
     pub allow_unrecorded_in_observe_mode: bool,
+    /// The admin API's Unix socket (root only), relative to this file's directory unless
+    /// absolute.
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    /// How long an operation that needs approval is held before it is refused as expired.
+    #[serde(default = "default_approval_wait_ms")]
+    pub approval_wait_ms: u64,
     /// How long recorded events are kept: 90s, 30m, 12h, 30d.
     #[serde(default = "default_retention")]
     pub retention: String,
@@ -59,6 +66,12 @@ fn default_pin_dir() -> PathBuf {
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/skillgate/admin.sock")
+}
+fn default_approval_wait_ms() -> u64 {
+    60_000
 }
 fn default_retention() -> String {
     "30d".to_owned()
@@ -150,6 +163,14 @@ impl AgentConfig {
     /// How long recorded events are kept, in nanoseconds (validated at load).
     pub fn retention_ns(&self) -> i64 {
         parse_duration(&self.retention).unwrap_or(30 * 86_400 * 1_000_000_000)
+    }
+
+    /// The admin socket's path, resolved against the config file's directory.
+    pub fn admin_socket_path(&self, config_path: &Path) -> PathBuf {
+        config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.admin_socket)
     }
 
     /// The store's path, resolved against the config file's directory.

@@ -1,5 +1,7 @@
 //! `skillgate`: host-level enforcement agent for AI skills.
 
+mod admin;
+mod approvals_cli;
 mod cgroup;
 mod config;
 mod dns;
@@ -98,6 +100,24 @@ enum Command {
     /// Check the session store's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// List the operations held for approval.
+    Approvals {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held operation go ahead (recorded with your uid).
+    Approve {
+        id: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Refuse a held operation (recorded with your uid and the reason).
+    Deny {
+        id: u64,
+        #[arg(long)]
+        reason: String,
+    },
     /// Is enforcement on? Attached programs, open layers, proxy and DNS listeners, policy.
     /// Works with the agent stopped.
     Status {
@@ -179,6 +199,9 @@ fn main() -> ExitCode {
         Command::Detach => run::detach(&cli.config),
         Command::Stats { json } => stats::stats(&cli.config, json),
         Command::Status { json } => status::status(&cli.config, json),
+        Command::Approvals { json } => approvals_cli::list(&cli.config, json),
+        Command::Approve { id, reason } => approvals_cli::approve(&cli.config, id, reason),
+        Command::Deny { id, reason } => approvals_cli::deny(&cli.config, id, reason),
         Command::Sessions {
             export: Some(SessionsCommand::Export { since }),
             ..

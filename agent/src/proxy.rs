@@ -11,6 +11,7 @@ use skillgate_policy::{ConnectRequest, Effect, Mode, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
+use crate::admin::{Approvals, PendingView, Verdict};
 use crate::cgroup::SkillsCgroup;
 use crate::enforce::Enforcement;
 use crate::record::{self, Event, Recorder, Session};
@@ -29,6 +30,9 @@ pub struct Proxy {
     pub recorder: Recorder,
     /// With an observe-mode policy, forward connections the store could not record.
     pub unrecorded_in_observe: bool,
+    /// Operations held for a human.
+    pub approvals: Arc<Approvals>,
+    pub approval_wait: Duration,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -111,11 +115,9 @@ impl Proxy {
                     None,
                 ),
                 (Effect::Allow, Some(b)) => ("allow", decision.reason.clone(), Some(b.upstream)),
-                (Effect::Approve, _) => (
-                    "deny",
-                    format!("{} (approvals for whole connections are not supported)", decision.reason),
-                    None,
-                ),
+                (Effect::Approve, Some(b)) if matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => {
+                    ("approve", decision.reason.clone(), Some(b.upstream))
+                }
                 _ => ("deny", decision.reason.clone(), None),
             };
             info!(skill, uid = meta.uid, cgroup = cgroup_name, backend, rule, decision = verdict, reason = %reason, "connection decided");
@@ -152,6 +154,43 @@ impl Proxy {
                     error!(error = %format!("{err:#}"), decision = "deny", "cannot record the session: refusing the connection");
                     return reset(stream);
                 }
+            };
+            let upstream = match (verdict, upstream, id) {
+                ("approve", Some(upstream), Some(id)) => {
+                    let view = PendingView {
+                        id: 0,
+                        skill: skill.to_owned(),
+                        backend: backend.to_owned(),
+                        operation: format!("connect {origin}"),
+                        rule: decision.rule.map(str::to_owned),
+                        requested_ns: 0,
+                        expires_ns: 0,
+                    };
+                    let answer = self.approvals.request(view, self.approval_wait).await;
+                    let (decided, reason, go) = match answer {
+                        Verdict::Approved { uid, reason } => ("approved", format!("approved by uid {uid}: {reason}"), true),
+                        Verdict::Denied { uid, reason } => ("denied", format!("denied by uid {uid}: {reason}"), false),
+                        Verdict::Expired => ("expired", format!("no approval within {} ms", self.approval_wait.as_millis()), false),
+                    };
+                    info!(decision = decided, reason = %reason, "approval answered");
+                    let event = Event {
+                        at_ns: record::now_ns(),
+                        kind: "approval".to_owned(),
+                        operation: format!("connect {origin}"),
+                        decision: decided.to_owned(),
+                        rule: decision.rule.map(str::to_owned),
+                        reason,
+                    };
+                    if let Err(err) = self.recorder.event(id, event).await {
+                        error!(error = %format!("{err:#}"), "cannot record the approval: refusing the connection");
+                        None
+                    } else {
+                        go.then_some(upstream)
+                    }
+                }
+                // Held operations need a record to hang the approval on.
+                ("approve", _, _) => None,
+                (_, upstream, _) => upstream,
             };
             let (outcome, bytes) = match upstream {
                 Some(upstream) => self.forward(stream, upstream).await,

@@ -40,6 +40,13 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         dns: agent.dns_port,
     };
     let recorder = crate::record::Recorder::start(&config.store_path, agent.retention_ns())?;
+    let approvals = Arc::new(crate::admin::Approvals::default());
+    crate::admin::serve(
+        agent.admin_socket_path(&config.path),
+        Arc::clone(&approvals),
+        agent.skills_cgroup.clone(),
+    )
+    .await?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));
@@ -66,6 +73,8 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         upstream_connect_timeout: Duration::from_millis(agent.upstream_connect_timeout_ms),
         recorder,
         unrecorded_in_observe: agent.allow_unrecorded_in_observe_mode,
+        approvals,
+        approval_wait: Duration::from_millis(agent.approval_wait_ms),
     });
     for listener in listeners {
         let addr = listener.local_addr()?;

@@ -128,7 +128,7 @@ impl Env {
             format!(
                 "skills_cgroup = \"{skills_cgroup}\"\nproxy_port = {proxy_port}\n\
                  dns_port = {dns_port}\nbpf_pin_dir = \"{}\"\npolicy = \"policy.toml\"\n\
-                 store = \"sessions.db\"\n{extra}\n",
+                 store = \"sessions.db\"\nadmin_socket = \"admin.sock\"\n{extra}\n",
                 pin_dir.display()
             ),
         )

@@ -56,6 +56,7 @@ pub fn now_ns() -> i64 {
 
 enum Job {
     Open(Session, Event, oneshot::Sender<Result<i64, String>>),
+    Event(i64, Event, oneshot::Sender<Result<i64, String>>),
     Close {
         session: i64,
         outcome: String,
@@ -129,6 +130,18 @@ impl Recorder {
             .map_err(|err| anyhow!("cannot record the session: {err}"))
     }
 
+    /// Records one more decision in a session.
+    pub async fn event(&self, session: i64, event: Event) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job::Event(session, event, done))
+            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        wait.await
+            .map_err(|_| anyhow!("the recorder has stopped"))?
+            .map(drop)
+            .map_err(|err| anyhow!("cannot record an event of session {session}: {err}"))
+    }
+
     /// Records the end of a session.
     pub async fn close(
         &self,
@@ -160,6 +173,7 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
         .iter()
         .map(|job| match job {
             Job::Open(session, event, _) => Write::Open(session, event),
+            Job::Event(session, event, _) => Write::Event(*session, event),
             Job::Close {
                 session,
                 outcome,
@@ -187,7 +201,7 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
                     Job::Open(_, _, done) => {
                         let _ = done.send(ids.next().ok_or_else(|| "no session id".to_owned()));
                     }
-                    Job::Close { session, done, .. } => {
+                    Job::Event(session, _, done) | Job::Close { session, done, .. } => {
                         let _ = done.send(Ok(session));
                     }
                 }
@@ -199,7 +213,9 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
             tracing::error!(error = %message, "session store write failed");
             for job in batch {
                 let done = match job {
-                    Job::Open(_, _, done) | Job::Close { done, .. } => done,
+                    Job::Open(_, _, done) | Job::Event(_, _, done) | Job::Close { done, .. } => {
+                        done
+                    }
                 };
                 let _ = done.send(Err(message.clone()));
             }

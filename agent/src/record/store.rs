@@ -58,6 +58,7 @@ pub struct Store {
 /// What a session record is made of, for writing.
 pub enum Write<'a> {
     Open(&'a Session, &'a Event),
+    Event(i64, &'a Event),
     Close {
         session: i64,
         ended_ns: i64,
@@ -127,6 +128,7 @@ impl Store {
                     opened.push(id);
                     (id, *event)
                 }
+                Write::Event(session, event) => (*session, *event),
                 Write::Close {
                     session,
                     ended_ns,

@@ -1,0 +1,247 @@
+//! The admin API: a root-only Unix socket for SREs (never for skills), and the approvals it
+//! serves. One JSON request per connection, one JSON answer.
+//!
+//! Callers are identified by the kernel (SO_PEERCRED): they must be root, and a caller whose
+//! process is inside the skills cgroup is refused whatever its uid, so a skill can never approve
+//! its own request or read what is pending.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::record;
+
+/// What a human decided about a held operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Approved { uid: u32, reason: String },
+    Denied { uid: u32, reason: String },
+    Expired,
+}
+
+/// A held operation, as listed to approvers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingView {
+    pub id: u64,
+    pub skill: String,
+    pub backend: String,
+    pub operation: String,
+    pub rule: Option<String>,
+    pub requested_ns: i64,
+    pub expires_ns: i64,
+}
+
+struct Pending {
+    view: PendingView,
+    answer: oneshot::Sender<Verdict>,
+}
+
+/// Operations waiting for a human.
+#[derive(Default)]
+pub struct Approvals {
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+}
+
+impl Approvals {
+    /// Holds an operation until someone approves or denies it, or `wait` passes.
+    pub async fn request(&self, mut view: PendingView, wait: Duration) -> Verdict {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        view.id = id;
+        view.requested_ns = record::now_ns();
+        view.expires_ns = view.requested_ns + wait.as_nanos() as i64;
+        let (answer, verdict) = oneshot::channel();
+        info!(approval = id, skill = %view.skill, backend = %view.backend, operation = %view.operation, "approval requested");
+        self.lock().insert(id, Pending { view, answer });
+        let verdict = tokio::time::timeout(wait, verdict).await;
+        self.lock().remove(&id);
+        match verdict {
+            Ok(Ok(verdict)) => verdict,
+            _ => Verdict::Expired,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn list(&self) -> Vec<PendingView> {
+        let mut views: Vec<PendingView> = self.lock().values().map(|p| p.view.clone()).collect();
+        views.sort_by_key(|v| v.id);
+        views
+    }
+
+    fn answer(&self, id: u64, verdict: Verdict) -> Result<()> {
+        let pending = self.lock().remove(&id).with_context(|| {
+            format!("no pending approval {id} (answered, expired, or never asked)")
+        })?;
+        pending
+            .answer
+            .send(verdict)
+            .map_err(|_| anyhow::anyhow!("approval {id} is no longer waiting"))
+    }
+}
+
+/// A request to the admin API.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AdminRequest {
+    List,
+    Approve { id: u64, reason: String },
+    Deny { id: u64, reason: String },
+}
+
+/// The answer: `ok` with the pending list where asked, or an error.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct AdminResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingView>,
+}
+
+/// Serves the admin socket at `path` (created root-only).
+pub async fn serve(path: PathBuf, approvals: Arc<Approvals>, skills_cgroup: String) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale admin socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on the admin socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %path.display(), "admin API listening");
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let approvals = Arc::clone(&approvals);
+                    let skills = skills_cgroup.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = handle(stream, &approvals, &skills).await {
+                            warn!(error = %format!("{err:#}"), "admin request failed");
+                        }
+                    });
+                }
+                Err(err) => {
+                    warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Whether process `pid` runs inside the skills cgroup (`/skills`, relative to the mount).
+fn in_skills_cgroup(pid: i32, skills_cgroup: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        // Cannot tell: treat as inside (refuse).
+        return true;
+    };
+    let skills = format!("/{skills_cgroup}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .any(|path| path == skills || path.starts_with(&format!("{skills}/")))
+}
+
+async fn handle(stream: UnixStream, approvals: &Approvals, skills_cgroup: &str) -> Result<()> {
+    let cred = stream
+        .peer_cred()
+        .context("cannot read the caller's credentials")?;
+    let pid = cred.pid().unwrap_or(0);
+    let (read, mut write) = stream.into_split();
+    let refuse = |why: String| AdminResponse {
+        ok: false,
+        error: Some(why),
+        ..AdminResponse::default()
+    };
+    let response = if cred.uid() != 0 {
+        refuse("the admin API is for root".to_owned())
+    } else if pid == 0 || in_skills_cgroup(pid, skills_cgroup) {
+        warn!(pid, "admin request from inside the skills cgroup refused");
+        refuse("callers inside the skills cgroup are refused".to_owned())
+    } else {
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await?;
+        match serde_json::from_str::<AdminRequest>(&line) {
+            Err(err) => refuse(format!("bad request: {err}")),
+            Ok(AdminRequest::List) => AdminResponse {
+                ok: true,
+                pending: approvals.list(),
+                ..AdminResponse::default()
+            },
+            Ok(AdminRequest::Approve { id, reason }) => {
+                info!(approval = id, approver_uid = cred.uid(), %reason, "approved");
+                match approvals.answer(
+                    id,
+                    Verdict::Approved {
+                        uid: cred.uid(),
+                        reason,
+                    },
+                ) {
+                    Ok(()) => AdminResponse {
+                        ok: true,
+                        ..AdminResponse::default()
+                    },
+                    Err(err) => refuse(format!("{err:#}")),
+                }
+            }
+            Ok(AdminRequest::Deny { id, reason }) => {
+                info!(approval = id, approver_uid = cred.uid(), %reason, "denied");
+                match approvals.answer(
+                    id,
+                    Verdict::Denied {
+                        uid: cred.uid(),
+                        reason,
+                    },
+                ) {
+                    Ok(()) => AdminResponse {
+                        ok: true,
+                        ..AdminResponse::default()
+                    },
+                    Err(err) => refuse(format!("{err:#}")),
+                }
+            }
+        }
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+/// Sends one request to the agent's admin socket (the CLI side).
+pub fn call(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the agent's admin socket {} (is `skillgate run` running?)",
+            socket.display()
+        )
+    })?;
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    let response: AdminResponse =
+        serde_json::from_str(&line).context("the agent's answer is not JSON")?;
+    if !response.ok {
+        bail!("{}", response.error.unwrap_or_else(|| "refused".to_owned()));
+    }
+    Ok(response)
+}

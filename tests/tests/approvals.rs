@@ -1,0 +1,187 @@
+//! Approvals: a connection a rule holds for a human waits until `skillgate approve` (then it
+//! goes through), `skillgate deny` or the wait runs out (then it is refused), and all of it is
+//! recorded. Skills cannot use the admin API.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use skillgate_tests::{Env, Server, unused_port};
+
+fn pending(env: &Env) -> Vec<serde_json::Value> {
+    let out = env
+        .skillgate()
+        .args(["approvals", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+fn wait_for_pending(env: &Env) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(p) = pending(env).into_iter().next() {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nothing was held for approval"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn held_connections_wait_for_approve_deny_or_expiry() {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"vault\"\nprotocol = \"tcp\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{}\"\n[[rule]]\nname = \"vault-needs-approval\"\n\
+         skills = [\"reporter\"]\nbackend = \"vault\"\neffect = \"approve\"\n",
+        backend.addr
+    );
+    let env = Env::with_config("approvals", &policy, "approval_wait_ms = 4000");
+    let _agent = env.start_agent();
+
+    // Approved: the held connection goes through.
+    let approved = std::thread::scope(|scope| {
+        let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
+        let p = wait_for_pending(&env);
+        assert_eq!(p["skill"], "reporter");
+        assert_eq!(p["backend"], "vault");
+        assert_eq!(p["rule"], "vault-needs-approval");
+        assert_eq!(p["operation"], format!("connect {dial}"));
+        let id = p["id"].to_string();
+        let out = env
+            .skillgate()
+            .args(["approve", &id, "--reason", "ticket 42"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        skill.join().unwrap()
+    });
+    assert!(approved.get(0).ok, "{:?}", approved.get(0));
+    assert_eq!(backend.peers().len(), 1);
+
+    // Denied: refused, the backend sees nothing.
+    let denied = std::thread::scope(|scope| {
+        let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
+        let id = wait_for_pending(&env)["id"].to_string();
+        let out = env
+            .skillgate()
+            .args(["deny", &id, "--reason", "not today"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        skill.join().unwrap()
+    });
+    assert!(!denied.get(0).ok, "{:?}", denied.get(0));
+
+    // Nobody answers: expired after the wait, refused.
+    let start = Instant::now();
+    let expired = env.dial_as_skill("reporter", &[dial]);
+    assert!(!expired.get(0).ok);
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "refused before the wait ran out"
+    );
+    assert_eq!(
+        backend.peers().len(),
+        1,
+        "the backend was reached without approval"
+    );
+
+    // Everything is recorded, with the approver's uid.
+    let out = env
+        .skillgate()
+        .args(["sessions", "--json"])
+        .output()
+        .unwrap();
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let approvals: Vec<String> = sessions
+        .iter()
+        .rev()
+        .map(|s| {
+            let out = env
+                .skillgate()
+                .args(["replay", &s["id"].to_string(), "--json"])
+                .output()
+                .unwrap();
+            let replay: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let event = replay["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["kind"] == "approval")
+                .cloned()
+                .unwrap_or_default();
+            format!(
+                "{} {}",
+                event["decision"].as_str().unwrap_or("-"),
+                event["reason"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(approvals.len(), 3, "{approvals:?}");
+    assert!(
+        approvals[0].starts_with("approved approved by uid 0: ticket 42"),
+        "{approvals:?}"
+    );
+    assert!(
+        approvals[1].starts_with("denied denied by uid 0: not today"),
+        "{approvals:?}"
+    );
+    assert!(
+        approvals[2].starts_with("expired no approval within 4000 ms"),
+        "{approvals:?}"
+    );
+}
+
+#[test]
+fn skills_cannot_use_the_admin_api() {
+    let env = Env::new("adminskill", "[[skill]]\nname = \"reporter\"\n");
+    let _agent = env.start_agent();
+    // The CLI itself, run from inside the skills cgroup.
+    let dir = env.skills_dir().join("reporter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec '{}' --config '{}' approvals",
+        dir.display(),
+        skillgate_tests::skillgate_bin().display(),
+        env.config.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a skill reached the admin API");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The unix-socket hook refuses the connect; where it is missing, SO_PEERCRED does.
+    assert!(
+        stderr.contains("Operation not permitted")
+            || stderr.contains("callers inside the skills cgroup are refused"),
+        "{stderr}"
+    );
+    // From outside, root gets an answer.
+    let out = env.skillgate().arg("approvals").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
