@@ -33,8 +33,17 @@ struct Cli {
     /// Agent configuration file.
     #[arg(long, short, global = true, env = "SKILLGATE_CONFIG", default_value = config::DEFAULT_CONFIG)]
     config: PathBuf,
+    /// Log lines as plain text (journald-friendly) or as JSON objects.
+    #[arg(long, global = true, env = "SKILLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,7 +197,7 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run => run::run(&cli.config),
         Command::Exec {
@@ -256,19 +265,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::util::SubscriberInitExt as _;
     // aya warns, at length, that the kernel refuses the object's BTF (bpf-linker 0.10 emits a
     // type name the kernel rejects); the programs need no BTF, so that warning is noise.
     let filter = EnvFilter::try_from_env("SKILLGATE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,aya::bpf=error"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .finish()
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().init(),
+    }
 }

@@ -157,8 +157,14 @@ impl Env {
 
     /// Starts `skillgate run` and waits until it says it is ready.
     pub fn start_agent(&self) -> Agent {
+        self.start_agent_with(&[])
+    }
+
+    /// Like `start_agent`, with extra global arguments (e.g. `--log-format json`).
+    pub fn start_agent_with(&self, args: &[&str]) -> Agent {
         let mut child = self
             .skillgate()
+            .args(args)
             .arg("run")
             .env("SKILLGATE_LOG", "info")
             .stdin(Stdio::null())

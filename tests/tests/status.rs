@@ -58,3 +58,18 @@ fn status_reports_enforcement_open_layers_and_listeners() {
         "{s:#}"
     );
 }
+
+#[test]
+fn json_logs_carry_the_decision_fields() {
+    let env = Env::new("jsonlog", "[[skill]]\nname = \"reporter\"\n");
+    let agent = env.start_agent_with(&["--log-format", "json"]);
+    let canary: std::net::SocketAddr = "127.0.0.3:9".parse().unwrap();
+    let dialed = env.dial_as_skill("reporter", &[canary]);
+    assert!(!dialed.get(0).ok);
+    let line = agent.wait_for_log("\"connection decided\"", std::time::Duration::from_secs(5));
+    let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(record["level"], "INFO");
+    assert_eq!(record["skill"], "reporter");
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["span"]["pid"], dialed.pid);
+}
