@@ -50,6 +50,8 @@ pub struct AgentConfig {
     /// How long an operation that needs approval is held before it is refused as expired.
     #[serde(default = "default_approval_wait_ms")]
     pub approval_wait_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics; a loopback address only. Off if unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// How long recorded events are kept: 90s, 30m, 12h, 30d.
     #[serde(default = "default_retention")]
     pub retention: String,
@@ -199,6 +201,15 @@ impl AgentConfig {
             bail!(
                 "invalid config `{}`: proxy_port and dns_port must be two different fixed ports \
                  (1-65535)",
+                path.display()
+            );
+        }
+        if let Some(addr) = self.metrics_listen
+            && !addr.ip().is_loopback()
+        {
+            bail!(
+                "invalid config `{}`: metrics_listen `{addr}` must be a loopback address such as \
+                 127.0.0.1:9915 (metrics name skills and backends)",
                 path.display()
             );
         }

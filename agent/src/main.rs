@@ -8,6 +8,7 @@ mod dns;
 mod enforce;
 mod exec;
 mod host;
+mod metrics;
 mod policy_cli;
 mod proxy;
 mod record;

@@ -14,6 +14,7 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use crate::admin::{Approvals, PendingView, Verdict};
 use crate::cgroup::SkillsCgroup;
 use crate::enforce::Enforcement;
+use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::record::{self, Event, Recorder, Session};
 use crate::sys;
 
@@ -33,6 +34,7 @@ pub struct Proxy {
     /// Operations held for a human.
     pub approvals: Arc<Approvals>,
     pub approval_wait: Duration,
+    pub metrics: Metrics,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -73,6 +75,7 @@ impl Proxy {
     }
 
     async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+        let accepted = std::time::Instant::now();
         let local = match stream.local_addr() {
             Ok(local) => local,
             Err(err) => {
@@ -121,6 +124,14 @@ impl Proxy {
                 _ => ("deny", decision.reason.clone(), None),
             };
             info!(skill, uid = meta.uid, cgroup = cgroup_name, backend, rule, decision = verdict, reason = %reason, "connection decided");
+            self.metrics
+                .connections
+                .get_or_create(&ConnectionLabels {
+                    skill: skill.to_owned(),
+                    backend: backend.to_owned(),
+                    decision: verdict.to_owned(),
+                })
+                .inc();
             // The record is committed before the decision takes effect; no record, no access.
             let (exe, cmdline) = process_info(meta.pid);
             let session = Session {
@@ -192,6 +203,12 @@ impl Proxy {
                 ("approve", _, _) => None,
                 (_, upstream, _) => upstream,
             };
+            self.metrics
+                .decision_seconds
+                .get_or_create(&SkillLabels {
+                    skill: skill.to_owned(),
+                })
+                .observe(accepted.elapsed().as_secs_f64());
             let (outcome, bytes) = match upstream {
                 Some(upstream) => self.forward(stream, upstream).await,
                 None => {

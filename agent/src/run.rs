@@ -75,7 +75,11 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         unrecorded_in_observe: agent.allow_unrecorded_in_observe_mode,
         approvals,
         approval_wait: Duration::from_millis(agent.approval_wait_ms),
+        metrics: crate::metrics::Metrics::default(),
     });
+    if let Some(addr) = agent.metrics_listen {
+        crate::metrics::serve(addr, Arc::clone(&proxy)).await?;
+    }
     for listener in listeners {
         let addr = listener.local_addr()?;
         info!(%addr, "proxy listening");

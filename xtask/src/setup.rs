@@ -19,10 +19,14 @@ const COMMANDS: &[(&str, &str)] = &[
     ("kill", "procps"),
 ];
 
+/// Python packages the tests use, from PyPI: the Prometheus project's metrics parser.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client==0.26.0")];
+
 pub fn setup() -> Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     system_packages()?;
+    python_packages()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -117,4 +121,13 @@ fn system_packages() -> Result<()> {
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn python_packages() -> Result<()> {
+    for (module, requirement) in PYTHON_PACKAGES {
+        if !succeeds("python3", &["-c", &format!("import {module}")]) {
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", requirement]))?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,147 @@
+//! Prometheus metrics on a loopback HTTP listener (off unless `metrics_listen` is set).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use skillgate_common::counter;
+use tracing::{info, warn};
+
+use crate::proxy::Proxy;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub skill: String,
+    pub backend: String,
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkillLabels {
+    pub skill: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Skill connections decided, by skill, backend and decision.
+    pub connections: Family<ConnectionLabels, Counter>,
+    /// Time from accept to decision (metadata, identity, policy, record), by skill.
+    pub decision_seconds: Family<SkillLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("skillgate");
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Skill connections decided by the proxy",
+            connections.clone(),
+        );
+        let decision_seconds = Family::<SkillLabels, Histogram>::new_with_constructor(|| {
+            // 10 us to ~5 s.
+            Histogram::new(exponential_buckets(0.000_01, 4.0, 10))
+        });
+        registry.register(
+            "decision_seconds",
+            "Time from accepting a skill connection to carrying out its decision",
+            decision_seconds.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            decision_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    /// The registry's metrics, then the eBPF programs' per-skill counters.
+    fn render(&self, proxy: &Proxy) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            warn!("cannot encode metrics");
+        }
+        let policy = proxy
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP skillgate_ebpf_events Socket events the eBPF programs saw, by skill and kind\n\
+             # TYPE skillgate_ebpf_events counter"
+        );
+        for (cgroup_id, counts) in proxy.enforcement.counters.per_cgroup() {
+            let skill = proxy
+                .skills
+                .resolve(cgroup_id)
+                .and_then(|c| policy.skill_for_cgroup(&c).map(|s| s.name.clone()))
+                .unwrap_or_else(|| "unknown".to_owned());
+            for (name, value) in counter::NAMES.iter().zip(counts) {
+                if value > 0 {
+                    let _ = writeln!(
+                        out,
+                        "skillgate_ebpf_events_total{{skill=\"{skill}\",kind=\"{name}\"}} {value}"
+                    );
+                }
+            }
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+        out
+    }
+}
+
+/// Serves `/metrics` on `addr` (validated to be a loopback address).
+pub async fn serve(addr: SocketAddr, proxy: Arc<Proxy>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr} (metrics_listen)"))?;
+    info!(%addr, "metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let proxy = Arc::clone(&proxy);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let proxy = Arc::clone(&proxy);
+                        async move { Ok::<_, Infallible>(answer(&request, &proxy)) }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn answer(request: &Request<hyper::body::Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
+    if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"only GET /metrics\n")));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
+    }
+    let mut response = Response::new(Full::new(Bytes::from(proxy.metrics.render(proxy))));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    response
+}
