@@ -185,3 +185,76 @@ fn skills_cannot_use_the_admin_api() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_pending_approval_is_answered_as_expired_after_the_agent_dies() {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"vault\"\nprotocol = \"tcp\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{}\"\n[[rule]]\nskills = [\"reporter\"]\n\
+         backend = \"vault\"\neffect = \"approve\"\n",
+        backend.addr
+    );
+    let env = Env::with_config("approvalkill", &policy, "approval_wait_ms = 30000");
+    let agent = env.start_agent();
+    let dialed = std::thread::scope(|scope| {
+        let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
+        wait_for_pending(&env);
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+        skill.join().unwrap()
+    });
+    assert!(!dialed.get(0).ok, "{:?}", dialed.get(0));
+    drop(agent);
+    assert_eq!(backend.peers(), vec![]);
+
+    let again = env.start_agent();
+    let line = again.wait_for_log(
+        "closed the sessions a previous agent left open",
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("approvals_expired=1"), "{line}");
+    let out = env
+        .skillgate()
+        .args(["sessions", "--json"])
+        .output()
+        .unwrap();
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sessions[0]["outcome"], "interrupted");
+    let out = env
+        .skillgate()
+        .args(["replay", &sessions[0]["id"].to_string(), "--json"])
+        .output()
+        .unwrap();
+    let replay: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(String, String)> = replay["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("connect", "approve"),
+        ("approval", "expired"),
+        ("close", "interrupted"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, d)| ((*k).to_owned(), (*d).to_owned()))
+        .collect();
+    assert_eq!(kinds, expected);
+    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -80,6 +80,14 @@ impl Recorder {
     /// which also prunes events older than `retention_ns`.
     pub fn start(path: &Path, retention_ns: i64) -> Result<Self> {
         let mut store = Store::open(path)?;
+        let (closed, expired) = store.recover(now_ns())?;
+        if closed > 0 {
+            tracing::warn!(
+                sessions = closed,
+                approvals_expired = expired,
+                "closed the sessions a previous agent left open"
+            );
+        }
         let (jobs, queue) = mpsc::channel::<Job>();
         // Prune about twice per retention period, at most hourly, at least every second.
         let prune_every = Duration::from_nanos((retention_ns / 2).max(0) as u64)

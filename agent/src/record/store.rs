@@ -176,6 +176,70 @@ impl Store {
 }
 
 impl Store {
+    /// Closes the sessions a previous agent left open (it was killed or crashed): a pending
+    /// approval is answered as expired, and every such session gets a close event, so nothing
+    /// the store saw begin is left without an end. Returns (sessions closed, approvals expired).
+    pub fn recover(&mut self, now_ns: i64) -> Result<(u64, u64)> {
+        let open: Vec<(i64, Option<String>, Option<String>, String)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT s.id, \
+                   (SELECT decision FROM events e WHERE e.session_id = s.id ORDER BY e.id DESC LIMIT 1), \
+                   (SELECT rule FROM events e WHERE e.session_id = s.id ORDER BY e.id LIMIT 1), \
+                   s.origin \
+                 FROM sessions s WHERE s.ended_ns IS NULL ORDER BY s.id",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut events = Vec::new();
+        let mut expired = 0;
+        for (id, last, rule, origin) in &open {
+            if last.as_deref() == Some("approve") {
+                expired += 1;
+                events.push((
+                    *id,
+                    None,
+                    Event {
+                        at_ns: now_ns,
+                        kind: "approval".to_owned(),
+                        operation: format!("connect {origin}"),
+                        decision: "expired".to_owned(),
+                        rule: rule.clone(),
+                        reason: "the agent stopped while the approval was pending".to_owned(),
+                    },
+                ));
+            }
+            events.push((
+                *id,
+                Some("interrupted"),
+                Event {
+                    at_ns: now_ns,
+                    kind: "close".to_owned(),
+                    operation: origin.clone(),
+                    decision: "interrupted".to_owned(),
+                    rule: None,
+                    reason: "the agent stopped before the session ended".to_owned(),
+                },
+            ));
+        }
+        let writes: Vec<Write<'_>> = events
+            .iter()
+            .map(|(id, outcome, event)| match outcome {
+                Some(outcome) => Write::Close {
+                    session: *id,
+                    ended_ns: now_ns,
+                    outcome,
+                    bytes_to_backend: 0,
+                    bytes_to_skill: 0,
+                    event,
+                },
+                None => Write::Event(*id, event),
+            })
+            .collect();
+        self.write(&writes)?;
+        Ok((open.len() as u64, expired))
+    }
+
     /// Deletes the oldest events, up to the first one at or after `cutoff_ns` (always a prefix
     /// of the chain, so what remains still verifies from the recorded anchor), and sessions
     /// left with no events. Returns how many events went.
