@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::json;
 
 use crate::cgroup::SkillsCgroup;
@@ -54,6 +54,15 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
     let base = config_path.parent().unwrap_or(Path::new("."));
     let policy_path = base.join(&agent.policy);
     let policy = load_policy(&policy_path);
+    let policy_sha256 = std::fs::read(&policy_path).ok().map(|bytes| {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
+    let store_path = agent.store_path(config_path);
+    let store = store_health(&store_path);
     let enforcement = match (required_attached, proxy) {
         (true, true) => "enforcing",
         (true, false) => {
@@ -79,9 +88,14 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
             "open_layers": open.iter().map(|(name, without)| json!({"program": name, "open": without})).collect::<Vec<_>>(),
             "proxy": { "port": agent.proxy_port, "listening": proxy },
             "dns": { "port": agent.dns_port, "listening": dns },
+            "version": env!("CARGO_PKG_VERSION"),
             "policy": match &policy {
-                Ok(p) => json!({"file": policy_path.display().to_string(), "valid": true, "skills": p.skills.len(), "backends": p.backends.len(), "rules": p.rules.len()}),
-                Err(err) => json!({"file": policy_path.display().to_string(), "valid": false, "error": format!("{err:#}")}),
+                Ok(p) => json!({"file": policy_path.display().to_string(), "sha256": policy_sha256, "valid": true, "skills": p.skills.len(), "backends": p.backends.len(), "rules": p.rules.len()}),
+                Err(err) => json!({"file": policy_path.display().to_string(), "sha256": policy_sha256, "valid": false, "error": format!("{err:#}")}),
+            },
+            "store": match &store {
+                Ok((sessions, events, bytes)) => json!({"file": store_path.display().to_string(), "ok": true, "sessions": sessions, "events": events, "bytes": bytes}),
+                Err(err) => json!({"file": store_path.display().to_string(), "ok": false, "error": format!("{err:#}")}),
             },
         });
         println!("{report:#}");
@@ -122,5 +136,28 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
         ),
         Err(err) => println!("policy: INVALID {err:#}"),
     }
+    if let Some(hash) = &policy_sha256 {
+        println!("policy sha256: {hash}");
+    }
+    match &store {
+        Ok((sessions, events, bytes)) => println!(
+            "store: {} ({sessions} sessions, {events} events, {bytes} bytes)",
+            store_path.display()
+        ),
+        Err(err) => println!("store: UNAVAILABLE {err:#}"),
+    }
+    println!("version: {}", env!("CARGO_PKG_VERSION"));
     Ok(())
+}
+
+/// Sessions, events and file size of the store, read-only.
+fn store_health(path: &Path) -> Result<(i64, i64, u64)> {
+    let bytes = std::fs::metadata(path)
+        .with_context(|| format!("no session store at {}", path.display()))?
+        .len();
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let sessions = conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))?;
+    let events = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    Ok((sessions, events, bytes))
 }

@@ -21,6 +21,9 @@ fn status_reports_enforcement_open_layers_and_listeners() {
     assert_eq!(s["proxy"]["listening"], true);
     assert_eq!(s["dns"]["listening"], true);
     assert_eq!(s["policy"]["valid"], true);
+    assert_eq!(s["policy"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(s["store"]["ok"], true, "{s:#}");
+    assert!(s["version"].is_string());
     // Every layer the agent reported missing is listed as open, and only those.
     let open: Vec<String> = s["open_layers"]
         .as_array()
