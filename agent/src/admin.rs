@@ -185,36 +185,18 @@ async fn handle(stream: UnixStream, approvals: &Approvals, skills_cgroup: &str) 
                 ..AdminResponse::default()
             },
             Ok(AdminRequest::Approve { id, reason }) => {
-                info!(approval = id, approver_uid = cred.uid(), %reason, "approved");
-                match approvals.answer(
-                    id,
-                    Verdict::Approved {
-                        uid: cred.uid(),
-                        reason,
-                    },
-                ) {
-                    Ok(()) => AdminResponse {
-                        ok: true,
-                        ..AdminResponse::default()
-                    },
-                    Err(err) => refuse(format!("{err:#}")),
-                }
+                let verdict = Verdict::Approved {
+                    uid: cred.uid(),
+                    reason,
+                };
+                answer(approvals, id, verdict)
             }
             Ok(AdminRequest::Deny { id, reason }) => {
-                info!(approval = id, approver_uid = cred.uid(), %reason, "denied");
-                match approvals.answer(
-                    id,
-                    Verdict::Denied {
-                        uid: cred.uid(),
-                        reason,
-                    },
-                ) {
-                    Ok(()) => AdminResponse {
-                        ok: true,
-                        ..AdminResponse::default()
-                    },
-                    Err(err) => refuse(format!("{err:#}")),
-                }
+                let verdict = Verdict::Denied {
+                    uid: cred.uid(),
+                    reason,
+                };
+                answer(approvals, id, verdict)
             }
         }
     };
@@ -222,6 +204,22 @@ async fn handle(stream: UnixStream, approvals: &Approvals, skills_cgroup: &str) 
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+/// Hands an approver's verdict to the held operation.
+fn answer(approvals: &Approvals, id: u64, verdict: Verdict) -> AdminResponse {
+    info!(approval = id, verdict = ?verdict, "approval answered by an approver");
+    match approvals.answer(id, verdict) {
+        Ok(()) => AdminResponse {
+            ok: true,
+            ..AdminResponse::default()
+        },
+        Err(err) => AdminResponse {
+            ok: false,
+            error: Some(format!("{err:#}")),
+            ..AdminResponse::default()
+        },
+    }
 }
 
 /// Sends one request to the agent's admin socket (the CLI side).

@@ -21,6 +21,15 @@ fn pending(env: &Env) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
 }
 
+/// reporter may reach `vault` only with approval (rule `vault-needs-approval`).
+fn vault_policy(dial: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"vault\"\nprotocol = \"tcp\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{upstream}\"\n[[rule]]\nname = \"vault-needs-approval\"\n\
+         skills = [\"reporter\"]\nbackend = \"vault\"\neffect = \"approve\"\n"
+    )
+}
+
 fn wait_for_pending(env: &Env) -> serde_json::Value {
     let start = Instant::now();
     loop {
@@ -35,61 +44,53 @@ fn wait_for_pending(env: &Env) -> serde_json::Value {
     }
 }
 
+/// Dials `dial` as reporter and answers the approval it causes with
+/// `skillgate VERB ID --reason REASON`; returns the dial and what was pending.
+fn dial_and_answer(
+    env: &Env,
+    dial: SocketAddr,
+    verb: &str,
+    reason: &str,
+) -> (skillgate_tests::Dialed, serde_json::Value) {
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
+        let held = wait_for_pending(env);
+        let id = held["id"].to_string();
+        let out = env
+            .skillgate()
+            .args([verb, &id, "--reason", reason])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (skill.join().unwrap(), held)
+    })
+}
+
 #[test]
 fn held_connections_wait_for_approve_deny_or_expiry() {
     let backend = Server::start("backend", "127.0.0.1:0");
     let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
         .parse()
         .unwrap();
-    let policy = format!(
-        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"vault\"\nprotocol = \"tcp\"\n\
-         dial = [\"{dial}\"]\nupstream = \"{}\"\n[[rule]]\nname = \"vault-needs-approval\"\n\
-         skills = [\"reporter\"]\nbackend = \"vault\"\neffect = \"approve\"\n",
-        backend.addr
-    );
+    let policy = vault_policy(dial, backend.addr);
     let env = Env::with_config("approvals", &policy, "approval_wait_ms = 4000");
     let _agent = env.start_agent();
 
     // Approved: the held connection goes through.
-    let approved = std::thread::scope(|scope| {
-        let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
-        let p = wait_for_pending(&env);
-        assert_eq!(p["skill"], "reporter");
-        assert_eq!(p["backend"], "vault");
-        assert_eq!(p["rule"], "vault-needs-approval");
-        assert_eq!(p["operation"], format!("connect {dial}"));
-        let id = p["id"].to_string();
-        let out = env
-            .skillgate()
-            .args(["approve", &id, "--reason", "ticket 42"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        skill.join().unwrap()
-    });
+    let (approved, held) = dial_and_answer(&env, dial, "approve", "ticket 42");
+    assert_eq!(held["skill"], "reporter");
+    assert_eq!(held["backend"], "vault");
+    assert_eq!(held["rule"], "vault-needs-approval");
+    assert_eq!(held["operation"], format!("connect {dial}"));
     assert!(approved.get(0).ok, "{:?}", approved.get(0));
     assert_eq!(backend.peers().len(), 1);
 
     // Denied: refused, the backend sees nothing.
-    let denied = std::thread::scope(|scope| {
-        let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
-        let id = wait_for_pending(&env)["id"].to_string();
-        let out = env
-            .skillgate()
-            .args(["deny", &id, "--reason", "not today"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        skill.join().unwrap()
-    });
+    let (denied, _) = dial_and_answer(&env, dial, "deny", "not today");
     assert!(!denied.get(0).ok, "{:?}", denied.get(0));
 
     // Nobody answers: expired after the wait, refused.
@@ -192,12 +193,7 @@ fn a_pending_approval_is_answered_as_expired_after_the_agent_dies() {
     let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
         .parse()
         .unwrap();
-    let policy = format!(
-        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"vault\"\nprotocol = \"tcp\"\n\
-         dial = [\"{dial}\"]\nupstream = \"{}\"\n[[rule]]\nskills = [\"reporter\"]\n\
-         backend = \"vault\"\neffect = \"approve\"\n",
-        backend.addr
-    );
+    let policy = vault_policy(dial, backend.addr);
     let env = Env::with_config("approvalkill", &policy, "approval_wait_ms = 30000");
     let agent = env.start_agent();
     let dialed = std::thread::scope(|scope| {
