@@ -46,16 +46,39 @@ struct Pending {
     answer: oneshot::Sender<Verdict>,
 }
 
-/// Operations waiting for a human.
+/// Just-in-time access: an approver let the same skill repeat the same operation on the same
+/// backend until `expires_ns`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: u64,
+    pub skill: String,
+    pub backend: String,
+    pub operation: String,
+    pub approver_uid: u32,
+    pub reason: String,
+    pub expires_ns: i64,
+}
+
+/// Operations waiting for a human, and the grants humans gave.
 #[derive(Default)]
 pub struct Approvals {
     pending: Mutex<HashMap<u64, Pending>>,
+    grants: Mutex<Vec<Grant>>,
     next: AtomicU64,
 }
 
 impl Approvals {
     /// Holds an operation until someone approves or denies it, or `wait` passes.
     pub async fn request(&self, mut view: PendingView, wait: Duration) -> Verdict {
+        if let Some(grant) = self.active_grant(&view) {
+            return Verdict::Approved {
+                uid: grant.approver_uid,
+                reason: format!(
+                    "grant {} until {} ns: {}",
+                    grant.id, grant.expires_ns, grant.reason
+                ),
+            };
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         view.id = id;
         view.requested_ns = record::now_ns();
@@ -69,6 +92,57 @@ impl Approvals {
             Ok(Ok(verdict)) => verdict,
             _ => Verdict::Expired,
         }
+    }
+
+    /// The grants still valid (expired ones are dropped on the way).
+    fn grants(&self) -> Vec<Grant> {
+        let now = record::now_ns();
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        grants.retain(|g| g.expires_ns > now);
+        grants.clone()
+    }
+
+    fn active_grant(&self, view: &PendingView) -> Option<Grant> {
+        self.grants().into_iter().find(|g| {
+            g.skill == view.skill && g.backend == view.backend && g.operation == view.operation
+        })
+    }
+
+    /// Approves pending `id` and lets the same operation through until `for_ns` from now.
+    fn grant(&self, id: u64, uid: u32, reason: &str, for_ns: i64) -> Result<Grant> {
+        let view = self
+            .lock()
+            .get(&id)
+            .map(|p| p.view.clone())
+            .with_context(|| {
+                format!("no pending approval {id} (answered, expired, or never asked)")
+            })?;
+        let grant = Grant {
+            id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            skill: view.skill,
+            backend: view.backend,
+            operation: view.operation,
+            approver_uid: uid,
+            reason: reason.to_owned(),
+            expires_ns: record::now_ns() + for_ns,
+        };
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(grant.clone());
+        info!(grant = grant.id, skill = %grant.skill, backend = %grant.backend, operation = %grant.operation, approver_uid = uid, "grant created");
+        Ok(grant)
+    }
+
+    fn revoke(&self, id: u64) -> Result<()> {
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let before = grants.len();
+        grants.retain(|g| g.id != id);
+        if grants.len() == before {
+            bail!("no active grant {id}");
+        }
+        info!(grant = id, "grant revoked");
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
@@ -97,8 +171,21 @@ impl Approvals {
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AdminRequest {
     List,
-    Approve { id: u64, reason: String },
-    Deny { id: u64, reason: String },
+    /// `for_ns`: also grant the same operation for this long.
+    Approve {
+        id: u64,
+        reason: String,
+        #[serde(default)]
+        for_ns: Option<i64>,
+    },
+    Deny {
+        id: u64,
+        reason: String,
+    },
+    Grants,
+    Revoke {
+        id: u64,
+    },
 }
 
 /// The answer: `ok` with the pending list where asked, or an error.
@@ -109,6 +196,8 @@ pub struct AdminResponse {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
 }
 
 /// Serves the admin socket at `path` (created root-only).
@@ -184,13 +273,44 @@ async fn handle(stream: UnixStream, approvals: &Approvals, skills_cgroup: &str) 
                 pending: approvals.list(),
                 ..AdminResponse::default()
             },
-            Ok(AdminRequest::Approve { id, reason }) => {
-                let verdict = Verdict::Approved {
-                    uid: cred.uid(),
-                    reason,
+            Ok(AdminRequest::Approve {
+                id,
+                mut reason,
+                for_ns,
+            }) => {
+                let granted = match for_ns {
+                    Some(for_ns) if for_ns > 0 => {
+                        approvals.grant(id, cred.uid(), &reason, for_ns).map(Some)
+                    }
+                    Some(_) => Err(anyhow::anyhow!("--for must be longer than 0s")),
+                    None => Ok(None),
                 };
-                answer(approvals, id, verdict)
+                match granted {
+                    Err(err) => refuse(format!("{err:#}")),
+                    Ok(grant) => {
+                        if let Some(grant) = grant {
+                            reason = format!("{reason} (grant {} created)", grant.id);
+                        }
+                        let verdict = Verdict::Approved {
+                            uid: cred.uid(),
+                            reason,
+                        };
+                        answer(approvals, id, verdict)
+                    }
+                }
             }
+            Ok(AdminRequest::Grants) => AdminResponse {
+                ok: true,
+                grants: approvals.grants(),
+                ..AdminResponse::default()
+            },
+            Ok(AdminRequest::Revoke { id }) => match approvals.revoke(id) {
+                Ok(()) => AdminResponse {
+                    ok: true,
+                    ..AdminResponse::default()
+                },
+                Err(err) => refuse(format!("{err:#}")),
+            },
             Ok(AdminRequest::Deny { id, reason }) => {
                 let verdict = Verdict::Denied {
                     uid: cred.uid(),

@@ -121,7 +121,19 @@ enum Command {
         id: u64,
         #[arg(long, default_value = "")]
         reason: String,
+        /// Also let the same skill repeat the same operation on the same backend for this
+        /// long without asking (just-in-time access): 90s, 30m, 1h.
+        #[arg(long = "for", value_name = "DURATION")]
+        grant_for: Option<String>,
     },
+    /// List the active time-bounded grants.
+    Grants {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a grant before it expires.
+    Revoke { id: u64 },
     /// Refuse a held operation (recorded with your uid and the reason).
     Deny {
         id: u64,
@@ -210,7 +222,13 @@ fn main() -> ExitCode {
         Command::Stats { json } => stats::stats(&cli.config, json),
         Command::Status { json } => status::status(&cli.config, json),
         Command::Approvals { json } => approvals_cli::list(&cli.config, json),
-        Command::Approve { id, reason } => approvals_cli::approve(&cli.config, id, reason),
+        Command::Approve {
+            id,
+            reason,
+            grant_for,
+        } => approvals_cli::approve(&cli.config, id, reason, grant_for.as_deref()),
+        Command::Grants { json } => approvals_cli::grants(&cli.config, json),
+        Command::Revoke { id } => approvals_cli::revoke(&cli.config, id),
         Command::Deny { id, reason } => approvals_cli::deny(&cli.config, id, reason),
         Command::Sessions {
             export: Some(SessionsCommand::Export { since }),

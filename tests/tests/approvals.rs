@@ -45,12 +45,13 @@ fn wait_for_pending(env: &Env) -> serde_json::Value {
 }
 
 /// Dials `dial` as reporter and answers the approval it causes with
-/// `skillgate VERB ID --reason REASON`; returns the dial and what was pending.
+/// `skillgate VERB ID --reason REASON [EXTRA...]`; returns the dial and what was pending.
 fn dial_and_answer(
     env: &Env,
     dial: SocketAddr,
     verb: &str,
     reason: &str,
+    extra: &[&str],
 ) -> (skillgate_tests::Dialed, serde_json::Value) {
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
@@ -59,6 +60,7 @@ fn dial_and_answer(
         let out = env
             .skillgate()
             .args([verb, &id, "--reason", reason])
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -81,7 +83,7 @@ fn held_connections_wait_for_approve_deny_or_expiry() {
     let _agent = env.start_agent();
 
     // Approved: the held connection goes through.
-    let (approved, held) = dial_and_answer(&env, dial, "approve", "ticket 42");
+    let (approved, held) = dial_and_answer(&env, dial, "approve", "ticket 42", &[]);
     assert_eq!(held["skill"], "reporter");
     assert_eq!(held["backend"], "vault");
     assert_eq!(held["rule"], "vault-needs-approval");
@@ -90,7 +92,7 @@ fn held_connections_wait_for_approve_deny_or_expiry() {
     assert_eq!(backend.peers().len(), 1);
 
     // Denied: refused, the backend sees nothing.
-    let (denied, _) = dial_and_answer(&env, dial, "deny", "not today");
+    let (denied, _) = dial_and_answer(&env, dial, "deny", "not today", &[]);
     assert!(!denied.get(0).ok, "{:?}", denied.get(0));
 
     // Nobody answers: expired after the wait, refused.
@@ -253,4 +255,56 @@ fn a_pending_approval_is_answered_as_expired_after_the_agent_dies() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+#[test]
+fn a_grant_lets_the_same_operation_through_until_revoked_or_expired() {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let env = Env::with_config(
+        "grants",
+        &vault_policy(dial, backend.addr),
+        "approval_wait_ms = 4000",
+    );
+    let _agent = env.start_agent();
+
+    let (first, _) = dial_and_answer(&env, dial, "approve", "incident 7", &["--for", "1h"]);
+    assert!(first.get(0).ok, "{:?}", first.get(0));
+    // The same operation again: through at once, nothing held.
+    let start = Instant::now();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the grant did not apply"
+    );
+    assert!(pending(&env).is_empty());
+    let out = env.skillgate().args(["grants", "--json"]).output().unwrap();
+    let grants: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["skill"], "reporter");
+    assert_eq!(grants[0]["approver_uid"], 0);
+
+    // Revoked: held again.
+    let out = env
+        .skillgate()
+        .args(["revoke", &grants[0]["id"].to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (held, _) = dial_and_answer(&env, dial, "deny", "revoked", &[]);
+    assert!(!held.get(0).ok);
+
+    // A short grant expires by itself.
+    let (short, _) = dial_and_answer(&env, dial, "approve", "brief", &["--for", "1s"]);
+    assert!(short.get(0).ok);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (again, _) = dial_and_answer(&env, dial, "deny", "expired grant", &[]);
+    assert!(!again.get(0).ok);
+    assert_eq!(backend.peers().len(), 3);
 }
