@@ -65,9 +65,18 @@ pub struct Approvals {
     pending: Mutex<HashMap<u64, Pending>>,
     grants: Mutex<Vec<Grant>>,
     next: AtomicU64,
+    /// Where to POST each new pending request (`http://host:port/path`), if anywhere.
+    webhook: Option<hyper::Uri>,
 }
 
 impl Approvals {
+    pub fn with_webhook(webhook: Option<hyper::Uri>) -> Self {
+        Self {
+            webhook,
+            ..Self::default()
+        }
+    }
+
     /// Holds an operation until someone approves or denies it, or `wait` passes.
     pub async fn request(&self, mut view: PendingView, wait: Duration) -> Verdict {
         if let Some(grant) = self.active_grant(&view) {
@@ -85,6 +94,9 @@ impl Approvals {
         view.expires_ns = view.requested_ns + wait.as_nanos() as i64;
         let (answer, verdict) = oneshot::channel();
         info!(approval = id, skill = %view.skill, backend = %view.backend, operation = %view.operation, "approval requested");
+        if let Some(webhook) = &self.webhook {
+            tokio::spawn(notify(webhook.clone(), view.clone()));
+        }
         self.lock().insert(id, Pending { view, answer });
         let verdict = tokio::time::timeout(wait, verdict).await;
         self.lock().remove(&id);
@@ -164,6 +176,36 @@ impl Approvals {
             .send(verdict)
             .map_err(|_| anyhow::anyhow!("approval {id} is no longer waiting"))
     }
+}
+
+/// POSTs a pending request as JSON to the webhook; failures are logged, never block the hold.
+async fn notify(webhook: hyper::Uri, view: PendingView) {
+    let result = tokio::time::timeout(Duration::from_secs(5), post(&webhook, &view)).await;
+    match result {
+        Ok(Ok(status)) if status.is_success() => {
+            info!(approval = view.id, %webhook, "approval webhook notified");
+        }
+        Ok(Ok(status)) => warn!(approval = view.id, %webhook, %status, "approval webhook refused"),
+        Ok(Err(err)) => {
+            warn!(approval = view.id, %webhook, error = %format!("{err:#}"), "approval webhook failed")
+        }
+        Err(_) => warn!(approval = view.id, %webhook, "approval webhook timed out"),
+    }
+}
+
+async fn post(webhook: &hyper::Uri, view: &PendingView) -> Result<hyper::StatusCode> {
+    let host = webhook.host().context("webhook URL has no host")?;
+    let port = webhook.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let body = serde_json::to_vec(view)?;
+    let request = hyper::Request::post(webhook.path_and_query().map_or("/", |p| p.as_str()))
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))?;
+    Ok(sender.send_request(request).await?.status())
 }
 
 /// A request to the admin API.

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// absolute.
     #[serde(default = "default_admin_socket")]
     pub admin_socket: PathBuf,
+    /// POST each new pending approval as JSON to this `http://` URL (e.g. a chat bridge).
+    pub approval_webhook: Option<String>,
     /// How long an operation that needs approval is held before it is refused as expired.
     #[serde(default = "default_approval_wait_ms")]
     pub approval_wait_ms: u64,
@@ -167,6 +169,13 @@ impl AgentConfig {
         parse_duration(&self.retention).unwrap_or(30 * 86_400 * 1_000_000_000)
     }
 
+    /// The approval webhook, validated at load.
+    pub fn approval_webhook_uri(&self) -> Option<hyper::Uri> {
+        self.approval_webhook
+            .as_deref()
+            .and_then(|u| u.parse().ok())
+    }
+
     /// The admin socket's path, resolved against the config file's directory.
     pub fn admin_socket_path(&self, config_path: &Path) -> PathBuf {
         config_path
@@ -212,6 +221,21 @@ impl AgentConfig {
                  127.0.0.1:9915 (metrics name skills and backends)",
                 path.display()
             );
+        }
+        if let Some(url) = &self.approval_webhook {
+            let uri: hyper::Uri = url.parse().with_context(|| {
+                format!(
+                    "invalid config `{}`: approval_webhook `{url}` is not a URL",
+                    path.display()
+                )
+            })?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                bail!(
+                    "invalid config `{}`: approval_webhook `{url}` must be an http://host[:port]/path \
+                     URL (https is not supported yet)",
+                    path.display()
+                );
+            }
         }
         let retention = parse_duration(&self.retention)
             .with_context(|| format!("invalid config `{}`: retention", path.display()))?;

@@ -40,7 +40,9 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         dns: agent.dns_port,
     };
     let recorder = crate::record::Recorder::start(&config.store_path, agent.retention_ns())?;
-    let approvals = Arc::new(crate::admin::Approvals::default());
+    let approvals = Arc::new(crate::admin::Approvals::with_webhook(
+        agent.approval_webhook_uri(),
+    ));
     crate::admin::serve(
         agent.admin_socket_path(&config.path),
         Arc::clone(&approvals),

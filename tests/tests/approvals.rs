@@ -308,3 +308,72 @@ fn a_grant_lets_the_same_operation_through_until_revoked_or_expired() {
     assert!(!again.get(0).ok);
     assert_eq!(backend.peers().len(), 3);
 }
+
+const WEBHOOK_PY: &str = r#"
+import http.server, sys
+out = open(sys.argv[1], "ab")
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        out.write(self.path.encode() + b" " + body + b"\n"); out.flush()
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn pending_approvals_are_posted_to_the_webhook() {
+    use std::io::BufRead as _;
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("skillgate-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let received = dir.join("received");
+    let mut hook = std::process::Command::new("python3")
+        .args(["-c", WEBHOOK_PY])
+        .arg(&received)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(hook.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let env = Env::with_config(
+        "webhook",
+        &vault_policy(dial, backend.addr),
+        &format!(
+            "approval_wait_ms = 4000\napproval_webhook = \"http://127.0.0.1:{}/hook\"",
+            port.trim()
+        ),
+    );
+    let _agent = env.start_agent();
+    let (denied, held) = dial_and_answer(&env, dial, "deny", "seen in chat", &[]);
+    assert!(!denied.get(0).ok);
+    let start = Instant::now();
+    let body = loop {
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break line.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the webhook got nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = hook.kill();
+    let _ = hook.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (path, json) = body.split_once(' ').unwrap();
+    assert_eq!(path, "/hook");
+    let posted: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(posted["id"], held["id"]);
+    assert_eq!(posted["skill"], "reporter");
+    assert_eq!(posted["backend"], "vault");
+    assert_eq!(posted["operation"], format!("connect {dial}"));
+}
