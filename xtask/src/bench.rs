@@ -50,6 +50,25 @@ impl Drop for StatsSysctl {
     }
 }
 
+/// Writes a benchmark's agent config (own cgroup `NAME.slice`, pins, ports, store) and policy
+/// into `dir`; returns the config path and the proxy port.
+fn bench_config(dir: &Path, name: &str, policy: &str) -> Result<(std::path::PathBuf, u16)> {
+    std::fs::create_dir_all(dir)?;
+    let (proxy_port, dns_port) = (free_port()?, free_port()?);
+    let config = dir.join("skillgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "skills_cgroup = \"{name}.slice\"\nproxy_port = {proxy_port}\ndns_port = {dns_port}\n\
+             bpf_pin_dir = \"/sys/fs/bpf/{name}\"\npolicy = \"policy.toml\"\n\
+             dns_upstream = [\"127.0.0.1:9\"]\nstore = \"sessions.db\"\n\
+             admin_socket = \"admin.sock\"\n"
+        ),
+    )?;
+    std::fs::write(dir.join("policy.toml"), policy)?;
+    Ok((config, proxy_port))
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -57,18 +76,8 @@ fn free_port() -> Result<u16> {
 pub fn ebpf(root: &Path) -> Result<()> {
     let bin = root.join("target/release/skillgate");
     let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let (proxy_port, dns_port) = (free_port()?, free_port()?);
-    let config = dir.join("skillgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "skills_cgroup = \"skillgate-bench.slice\"\nproxy_port = {proxy_port}\n\
-             dns_port = {dns_port}\nbpf_pin_dir = \"/sys/fs/bpf/skillgate-bench\"\n\
-             policy = \"policy.toml\"\ndns_upstream = [\"127.0.0.1:9\"]\n"
-        ),
-    )?;
-    std::fs::write(dir.join("policy.toml"), "[[skill]]\nname = \"bench\"\n")?;
+    let (config, proxy_port) =
+        bench_config(&dir, "skillgate-bench", "[[skill]]\nname = \"bench\"\n")?;
 
     let _sysctl = StatsSysctl(std::fs::read_to_string(STATS_SYSCTL).unwrap_or_else(|_| "0".into()));
     std::fs::write(STATS_SYSCTL, "1").context("cannot enable kernel.bpf_stats_enabled")?;
@@ -305,18 +314,7 @@ pub fn store(root: &Path) -> Result<()> {
     let bin = root.join("target/release/skillgate");
     let dir = root.join("target/bench-store");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let (proxy_port, dns_port) = (free_port()?, free_port()?);
-    let config = dir.join("skillgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "skills_cgroup = \"skillgate-bench-store.slice\"\nproxy_port = {proxy_port}\n\
-             dns_port = {dns_port}\nbpf_pin_dir = \"/sys/fs/bpf/skillgate-bench-store\"\n\
-             policy = \"policy.toml\"\ndns_upstream = [\"127.0.0.1:9\"]\nstore = \"sessions.db\"\n"
-        ),
-    )?;
-    std::fs::write(dir.join("policy.toml"), "")?;
+    let (config, _) = bench_config(&dir, "skillgate-bench-store", "")?;
     // The agent creates the store with its schema; then it is filled directly.
     {
         let mut agent = Teardown {
