@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::decide::Effect;
-use crate::model::{Detector, Mode, Protocol};
+use crate::model::{Detector, Mode, Protocol, Strategy};
 use crate::sql::SqlKind;
 
 #[derive(Debug, Deserialize)]
@@ -115,4 +115,7 @@ pub(crate) struct MaskDef {
     pub fields: Vec<String>,
     #[serde(default)]
     pub detectors: Vec<Detector>,
+    /// redact (default), partial (last 4 kept) or hash.
+    #[serde(default)]
+    pub strategy: Strategy,
 }

@@ -14,6 +14,7 @@ mod decide;
 mod error;
 mod file;
 pub mod http;
+pub mod mask;
 mod model;
 pub mod sql;
 
@@ -22,5 +23,5 @@ pub use decide::{ConnectRequest, Decision, Effect, Operation, Request, RuleRef};
 pub use error::{PolicyError, line_column};
 pub use model::{
     Backend, Detector, HttpOp, Mask, Mode, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp,
-    Skill, SqlOp, Tls,
+    Skill, SqlOp, Strategy, Tls,
 };

@@ -55,7 +55,10 @@ pub enum Detector {
     Email,
     /// Card numbers (Luhn-checked).
     Card,
+    /// US social security numbers (shape-checked, impossible ranges excluded).
     NationalId,
+    /// IBANs (mod-97 checked).
+    Iban,
     Phone,
     /// API keys, tokens, private keys.
     Secret,
@@ -94,14 +97,29 @@ pub struct Backend {
     pub tls: Option<Tls>,
 }
 
+/// How a masked value is replaced. Ordered from most to least revealing: when several rules
+/// mask the same response, the least revealing strategy applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Keep the last 4 characters, star the rest.
+    Partial,
+    /// A stable keyed hash (same value, same hash, per host salt): joins still work.
+    Hash,
+    /// Replace the value with a label.
+    #[default]
+    Redact,
+}
+
 /// What masking a rule asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mask {
     /// SQL column names.
     pub columns: Vec<String>,
-    /// JSON paths / key names.
+    /// JSON key names (anywhere) or dotted paths from the root (`*` is any key).
     pub fields: Vec<String>,
     pub detectors: Vec<Detector>,
+    pub strategy: Strategy,
 }
 
 impl Mask {
@@ -125,6 +143,7 @@ impl Mask {
                 self.detectors.push(*detector);
             }
         }
+        self.strategy = self.strategy.max(other.strategy);
     }
 }
 

@@ -304,6 +304,7 @@ impl Builder<'_> {
                     columns: mask.columns.clone(),
                     fields: mask.fields.clone(),
                     detectors: mask.detectors.clone(),
+                    strategy: mask.strategy,
                 };
                 if mask.is_empty() {
                     return Err(self.error(

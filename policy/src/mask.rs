@@ -1,0 +1,403 @@
+//! Masking what a backend returns: JSON fields by name or path, and sensitive values found by
+//! detectors anywhere in a string. Pure: the caller passes the salt for hashed values.
+//!
+//! Masking fails closed: a body that must be masked but is not JSON is an error, never passed
+//! through.
+//!
+//! Field rules: a name without a dot (`email`) masks that key at any depth; a dotted path
+//! (`customer.card`, `items.*.ssn`) is matched from the root, `*` matching any key, and
+//! arrays are transparent (a path applies to each element). A masked object or array is
+//! replaced as a whole.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::model::{Detector, Mask, Strategy};
+
+/// Why a body could not be masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskError(pub String);
+
+impl fmt::Display for MaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Masks a JSON body; returns the masked body and how many values were masked.
+pub fn mask_json(body: &[u8], mask: &Mask, salt: &[u8]) -> Result<(Vec<u8>, usize), MaskError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|err| MaskError(format!("the response is not valid JSON ({err})")))?;
+    let masker = Masker { mask, salt };
+    let fields: Vec<Vec<&str>> = mask.fields.iter().map(|f| f.split('.').collect()).collect();
+    let mut count = 0;
+    masker.walk(&mut value, &mut Vec::new(), &fields, &mut count);
+    let out = serde_json::to_vec(&value)
+        .map_err(|err| MaskError(format!("cannot encode the masked response ({err})")))?;
+    Ok((out, count))
+}
+
+/// Masks what the detectors find in one text value (a SQL cell, a header); returns the masked
+/// text and the number of hits.
+pub fn mask_text(text: &str, mask: &Mask, salt: &[u8]) -> (String, usize) {
+    Masker { mask, salt }.detect(text)
+}
+
+/// Replaces a whole value by the mask's strategy.
+pub fn replace(value: &str, label: &str, strategy: Strategy, salt: &[u8]) -> String {
+    match strategy {
+        Strategy::Redact => format!("[{label}]"),
+        Strategy::Partial => {
+            let chars: Vec<char> = value.chars().collect();
+            // Short values would be revealed whole: star them all.
+            let keep = if chars.len() > 8 { 4 } else { 0 };
+            let starred = chars.len() - keep;
+            std::iter::repeat_n('*', starred)
+                .chain(chars[starred..].iter().copied())
+                .collect()
+        }
+        Strategy::Hash => {
+            let mut hasher = Sha256::new();
+            hasher.update((salt.len() as u64).to_le_bytes());
+            hasher.update(salt);
+            hasher.update(value.as_bytes());
+            let digest = hasher.finalize();
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("hash:{hex}")
+        }
+    }
+}
+
+struct Masker<'a> {
+    mask: &'a Mask,
+    salt: &'a [u8],
+}
+
+impl Masker<'_> {
+    fn walk(
+        &self,
+        value: &mut Value,
+        path: &mut Vec<String>,
+        fields: &[Vec<&str>],
+        count: &mut usize,
+    ) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    path.push(key.clone());
+                    if field_matches(fields, path) {
+                        let text = match &*child {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        *child =
+                            Value::String(replace(&text, "masked", self.mask.strategy, self.salt));
+                        *count += 1;
+                    } else {
+                        self.walk(child, path, fields, count);
+                    }
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.walk(item, path, fields, count);
+                }
+            }
+            Value::String(text) => {
+                let (masked, hits) = self.detect(text);
+                if hits > 0 {
+                    *text = masked;
+                    *count += hits;
+                }
+            }
+            Value::Number(number) => {
+                // Card and phone numbers are often sent as JSON numbers.
+                let text = number.to_string();
+                let (masked, hits) = self.detect(&text);
+                if hits > 0 {
+                    *value = Value::String(masked);
+                    *count += hits;
+                }
+            }
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
+
+    fn detect(&self, text: &str) -> (String, usize) {
+        let mut text = std::borrow::Cow::Borrowed(text);
+        let mut hits = 0;
+        // Secrets first: tokens contain digit runs other detectors would split.
+        for detector in ORDER {
+            if !self.mask.detectors.contains(&detector) {
+                continue;
+            }
+            let (regex, label) = pattern(detector);
+            let mut out = String::new();
+            let mut last = 0;
+            for found in regex.find_iter(&text) {
+                if !valid(detector, found.as_str()) {
+                    continue;
+                }
+                out.push_str(&text[last..found.start()]);
+                out.push_str(&replace(
+                    found.as_str(),
+                    label,
+                    self.mask.strategy,
+                    self.salt,
+                ));
+                last = found.end();
+                hits += 1;
+            }
+            if last > 0 {
+                out.push_str(&text[last..]);
+                text = std::borrow::Cow::Owned(out);
+            }
+        }
+        (text.into_owned(), hits)
+    }
+}
+
+const ORDER: [Detector; 6] = [
+    Detector::Secret,
+    Detector::Email,
+    Detector::Iban,
+    Detector::Card,
+    Detector::NationalId,
+    Detector::Phone,
+];
+
+/// Whether the key path (from the root) is one the mask names.
+fn field_matches(fields: &[Vec<&str>], path: &[String]) -> bool {
+    fields.iter().any(|field| match field.as_slice() {
+        [name] => path.last().is_some_and(|key| key == name),
+        steps => {
+            steps.len() == path.len()
+                && steps
+                    .iter()
+                    .zip(path)
+                    .all(|(step, key)| *step == "*" || step == key)
+        }
+    })
+}
+
+fn pattern(detector: Detector) -> (&'static Regex, &'static str) {
+    static SECRET: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(concat!(
+            r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*", // JWT
+            r"|\bAKIA[0-9A-Z]{16}\b",                                   // AWS access key id
+            r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b",                         // GitHub tokens
+            r"|\bxox[abposr]-[A-Za-z0-9-]{10,}",                        // Slack tokens
+            r"|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b",               // Stripe keys
+            r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+        ))
+        .expect("secret pattern")
+    });
+    static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+            .expect("email pattern")
+    });
+    static IBAN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b").expect("iban pattern")
+    });
+    static CARD: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").expect("card pattern"));
+    static NATIONAL_ID: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b").expect("ssn pattern"));
+    static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(concat!(
+            r"\+[0-9](?:[ .-]?[0-9]){7,14}\b", // international
+            r"|(?:\b|\()[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b", // North American
+        ))
+        .expect("phone pattern")
+    });
+    match detector {
+        Detector::Secret => (&SECRET, "secret"),
+        Detector::Email => (&EMAIL, "email"),
+        Detector::Iban => (&IBAN, "iban"),
+        Detector::Card => (&CARD, "card"),
+        Detector::NationalId => (&NATIONAL_ID, "national_id"),
+        Detector::Phone => (&PHONE, "phone"),
+    }
+}
+
+/// The checks a regular expression cannot make.
+fn valid(detector: Detector, found: &str) -> bool {
+    match detector {
+        Detector::Card => luhn(found),
+        Detector::Iban => iban_mod97(found),
+        Detector::NationalId => ssn_possible(found),
+        _ => true,
+    }
+}
+
+fn luhn(text: &str) -> bool {
+    let digits: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| match i % 2 {
+            0 => d,
+            _ if d * 2 > 9 => d * 2 - 9,
+            _ => d * 2,
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+fn iban_mod97(text: &str) -> bool {
+    let compact: Vec<char> = text.chars().filter(|c| *c != ' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let rearranged = compact[4..].iter().chain(&compact[..4]);
+    let mut remainder: u32 = 0;
+    for c in rearranged {
+        let n = match c.to_digit(36) {
+            Some(n) => n,
+            None => return false,
+        };
+        remainder = if n < 10 {
+            (remainder * 10 + n) % 97
+        } else {
+            (remainder * 100 + n) % 97
+        };
+    }
+    remainder == 1
+}
+
+/// SSNs never issued: area 000, 666 or 900-999, group 00, serial 0000.
+fn ssn_possible(text: &str) -> bool {
+    let mut parts = text.split('-');
+    let (Some(area), Some(group), Some(serial)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(fields: &[&str], detectors: &[Detector], strategy: Strategy) -> Mask {
+        Mask {
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            detectors: detectors.to_vec(),
+            strategy,
+            ..Mask::default()
+        }
+    }
+
+    fn masked(body: &str, mask: &Mask) -> (String, usize) {
+        let (out, n) = mask_json(body.as_bytes(), mask, b"salt").unwrap();
+        (String::from_utf8(out).unwrap(), n)
+    }
+
+    #[test]
+    fn fields_by_name_and_path() {
+        let m = mask(
+            &["email", "customer.card", "items.ssn", "accounts.*.iban"],
+            &[],
+            Strategy::Redact,
+        );
+        let (out, n) = masked(
+            r#"{"id":1,"email":"a@b.co","customer":{"card":"4111","email":"c@d.co","name":"x"},"items":[{"row":{"ssn":"1"}},{"ssn":"2"}],"accounts":{"main":{"iban":"x"},"iban":"y"},"card":"kept"}"#,
+            &m,
+        );
+        assert_eq!(
+            out,
+            r#"{"id":1,"email":"[masked]","customer":{"card":"[masked]","email":"[masked]","name":"x"},"items":[{"row":{"ssn":"1"}},{"ssn":"[masked]"}],"accounts":{"main":{"iban":"[masked]"},"iban":"y"},"card":"kept"}"#
+        );
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn whole_objects_are_replaced() {
+        let m = mask(&["secret"], &[], Strategy::Redact);
+        assert_eq!(
+            masked(r#"[{"secret":{"a":[1,2]}}]"#, &m).0,
+            r#"[{"secret":"[masked]"}]"#
+        );
+    }
+
+    #[test]
+    fn detectors_find_values_inside_text() {
+        let all = [
+            Detector::Email,
+            Detector::Card,
+            Detector::Iban,
+            Detector::Phone,
+            Detector::NationalId,
+            Detector::Secret,
+        ];
+        let m = mask(&[], &all, Strategy::Redact);
+        let cases = [
+            ("mail alice@example.com now", "mail [email] now"),
+            ("card 4111 1111 1111 1111.", "card [card]."),
+            ("card 4111-1111-1111-1112", "card 4111-1111-1111-1112"), // fails Luhn
+            ("iban GB82 WEST 1234 5698 7654 32", "iban [iban]"),
+            ("iban GB82WEST12345698765433", "iban GB82WEST12345698765433"), // bad mod-97
+            ("ssn 123-45-6789", "ssn [national_id]"),
+            (
+                "ssn 666-45-6789 900-12-3456 123-00-4567",
+                "ssn 666-45-6789 900-12-3456 123-00-4567",
+            ),
+            ("call +44 20 7946 0958", "call [phone]"),
+            ("call (415) 555-0134", "call [phone]"),
+            ("key AKIAIOSFODNN7EXAMPLE", "key [secret]"),
+            (
+                "bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                "bearer [secret]",
+            ),
+            ("order 12345 shipped", "order 12345 shipped"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(mask_text(input, &m, b"s").0, expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn numbers_can_be_card_numbers() {
+        let m = mask(&[], &[Detector::Card], Strategy::Partial);
+        assert_eq!(
+            masked(r#"{"n":4111111111111111,"qty":3}"#, &m).0,
+            r#"{"n":"************1111","qty":3}"#
+        );
+    }
+
+    #[test]
+    fn strategies() {
+        assert_eq!(
+            replace("4111111111111111", "card", Strategy::Partial, b""),
+            "************1111"
+        );
+        assert_eq!(replace("short", "x", Strategy::Partial, b""), "*****");
+        assert_eq!(replace("v", "x", Strategy::Redact, b""), "[x]");
+        let a = replace("alice@example.com", "email", Strategy::Hash, b"one");
+        assert_eq!(
+            a,
+            replace("alice@example.com", "email", Strategy::Hash, b"one")
+        );
+        assert_ne!(
+            a,
+            replace("alice@example.com", "email", Strategy::Hash, b"two")
+        );
+        assert!(a.starts_with("hash:") && a.len() == 21);
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_fail_closed() {
+        let m = mask(&["email"], &[], Strategy::Redact);
+        for body in ["", "not json", "{\"email\":", "{\"a\":1} trailing"] {
+            assert!(mask_json(body.as_bytes(), &m, b"").is_err(), "{body}");
+        }
+    }
+}
