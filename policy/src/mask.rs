@@ -250,7 +250,7 @@ fn luhn(text: &str) -> bool {
             _ => d * 2,
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn iban_mod97(text: &str) -> bool {
