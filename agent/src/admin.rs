@@ -78,15 +78,23 @@ impl Approvals {
     }
 
     /// Holds an operation until someone approves or denies it, or `wait` passes.
-    pub async fn request(&self, mut view: PendingView, wait: Duration) -> Verdict {
+    pub async fn request(&self, view: PendingView, wait: Duration) -> Verdict {
+        self.request_with_id(view, wait).await.1
+    }
+
+    /// Like [`Self::request`], also returning the approval's id (0 when a grant answered).
+    pub async fn request_with_id(&self, mut view: PendingView, wait: Duration) -> (u64, Verdict) {
         if let Some(grant) = self.active_grant(&view) {
-            return Verdict::Approved {
-                uid: grant.approver_uid,
-                reason: format!(
-                    "grant {} until {} ns: {}",
-                    grant.id, grant.expires_ns, grant.reason
-                ),
-            };
+            return (
+                0,
+                Verdict::Approved {
+                    uid: grant.approver_uid,
+                    reason: format!(
+                        "grant {} until {} ns: {}",
+                        grant.id, grant.expires_ns, grant.reason
+                    ),
+                },
+            );
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         view.id = id;
@@ -101,8 +109,8 @@ impl Approvals {
         let verdict = tokio::time::timeout(wait, verdict).await;
         self.lock().remove(&id);
         match verdict {
-            Ok(Ok(verdict)) => verdict,
-            _ => Verdict::Expired,
+            Ok(Ok(verdict)) => (id, verdict),
+            _ => (id, Verdict::Expired),
         }
     }
 

@@ -57,6 +57,29 @@ pub struct AgentConfig {
     /// How long recorded events are kept: 90s, 30m, 12h, 30d.
     #[serde(default = "default_retention")]
     pub retention: String,
+    /// How long the proxy waits for an HTTP backend's response head, in milliseconds.
+    #[serde(default = "default_response_timeout_ms")]
+    pub upstream_response_timeout_ms: u64,
+    /// Largest response body the agent reads whole to mask it; a larger one is withheld (502).
+    #[serde(default = "default_mask_body_limit")]
+    pub mask_body_limit: usize,
+    /// Salt of `hash` masking (created with random bytes if missing, mode 0600), relative to
+    /// this file's directory unless absolute.
+    #[serde(default = "default_mask_salt")]
+    pub mask_salt_file: PathBuf,
+    /// Backend credentials the agent injects; see `credentials.rs` for the format.
+    #[serde(default)]
+    pub credentials: std::collections::BTreeMap<String, crate::credentials::CredentialDef>,
+}
+
+fn default_response_timeout_ms() -> u64 {
+    30_000
+}
+fn default_mask_body_limit() -> usize {
+    8 * 1024 * 1024
+}
+fn default_mask_salt() -> PathBuf {
+    PathBuf::from("/var/lib/skillgate/mask.salt")
 }
 
 fn default_skills_cgroup() -> String {
@@ -182,6 +205,48 @@ impl AgentConfig {
             .parent()
             .unwrap_or(Path::new("."))
             .join(&self.admin_socket)
+    }
+
+    /// The credentials the config declares, loaded (secrets read now).
+    pub fn load_credentials(&self, config_path: &Path) -> Result<crate::credentials::Credentials> {
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        crate::credentials::Credentials::load(&self.credentials, base)
+            .with_context(|| format!("invalid config `{}`", config_path.display()))
+    }
+
+    /// The salt of hashed masks: read, or created (random, 0600) on first use.
+    pub fn mask_salt(&self, config_path: &Path) -> Result<Vec<u8>> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.mask_salt_file);
+        match std::fs::read(&path) {
+            Ok(salt) if salt.len() >= 16 => return Ok(salt),
+            Ok(_) => bail!("mask salt {} is shorter than 16 bytes", path.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot read mask salt {}", path.display()));
+            }
+        }
+        let mut salt = vec![0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt))
+            .context("cannot read /dev/urandom for the mask salt")?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&salt))
+            .with_context(|| format!("cannot create mask salt {}", path.display()))?;
+        Ok(salt)
     }
 
     /// The store's path, resolved against the config file's directory.

@@ -13,7 +13,9 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::admin::{Approvals, PendingView, Verdict};
 use crate::cgroup::SkillsCgroup;
+use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
+use crate::http::HttpConn;
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::record::{self, Event, Recorder, Session};
 use crate::sys;
@@ -35,6 +37,11 @@ pub struct Proxy {
     pub approvals: Arc<Approvals>,
     pub approval_wait: Duration,
     pub metrics: Metrics,
+    /// Backend credentials (swapped on reload with the policy).
+    pub credentials: RwLock<Arc<Credentials>>,
+    pub upstream_response_timeout: Duration,
+    pub mask_body_limit: usize,
+    pub mask_salt: Vec<u8>,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -58,6 +65,14 @@ pub async fn bind(port: u16) -> Result<Vec<TcpListener>> {
 }
 
 impl Proxy {
+    pub fn current_policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.credentials.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             match listener.accept().await {
@@ -74,7 +89,7 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let accepted = std::time::Instant::now();
         let local = match stream.local_addr() {
             Ok(local) => local,
@@ -100,7 +115,7 @@ impl Proxy {
                 return reset(stream);
             }
             let cgroup = self.skills.resolve(meta.cgroup_id);
-            let policy = Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()));
+            let policy = self.current_policy();
             let decision = policy.decide_connect(&ConnectRequest {
                 cgroup: cgroup.as_deref(),
                 destination: origin,
@@ -110,9 +125,13 @@ impl Proxy {
             let rule = decision.rule.unwrap_or("-");
             let cgroup_name = cgroup.as_deref().unwrap_or("-");
             let (verdict, reason, upstream) = match (decision.effect, decision.backend) {
-                // Until the HTTP and PostgreSQL layers land, forwarding their bytes would skip
-                // the per-request and per-statement policy: refuse instead.
-                (Effect::Allow, Some(b)) if !matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => (
+                // Requests are decided (and held for approval) one by one.
+                (Effect::Allow | Effect::Approve, Some(b)) if b.protocol == Protocol::Http => {
+                    ("allow", decision.reason.clone(), Some(b.upstream))
+                }
+                // Until the PostgreSQL layer lands, forwarding its bytes would skip the
+                // per-statement policy: refuse instead.
+                (Effect::Allow, Some(b)) if b.protocol == Protocol::Postgres => (
                     "deny",
                     format!("protocol `{}` is not served by this agent yet", b.protocol.as_str()),
                     None,
@@ -209,7 +228,12 @@ impl Proxy {
                     skill: skill.to_owned(),
                 })
                 .observe(accepted.elapsed().as_secs_f64());
+            let http = decision.backend.is_some_and(|b| b.protocol == Protocol::Http);
             let (outcome, bytes) = match upstream {
+                Some(upstream) if http => {
+                    let conn = HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream);
+                    Arc::new(conn).serve(stream).await
+                }
                 Some(upstream) => self.forward(stream, upstream).await,
                 None => {
                     reset(stream);

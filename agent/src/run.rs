@@ -39,6 +39,23 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         proxy: agent.proxy_port,
         dns: agent.dns_port,
     };
+    let credentials = agent.load_credentials(&config.path)?;
+    let missing = credentials.missing(
+        config
+            .policy
+            .backends
+            .iter()
+            .filter_map(|b| b.credentials.as_deref()),
+    );
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the policy's backends name credentials the config does not declare: {} (add \
+             [credentials.NAME] to {})",
+            missing.join(", "),
+            config.path.display()
+        );
+    }
+    let mask_salt = agent.mask_salt(&config.path)?;
     let recorder = crate::record::Recorder::start(&config.store_path, agent.retention_ns())?;
     let approvals = Arc::new(crate::admin::Approvals::with_webhook(
         agent.approval_webhook_uri(),
@@ -78,6 +95,10 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         approvals,
         approval_wait: Duration::from_millis(agent.approval_wait_ms),
         metrics: crate::metrics::Metrics::default(),
+        credentials: RwLock::new(Arc::new(credentials)),
+        upstream_response_timeout: Duration::from_millis(agent.upstream_response_timeout_ms),
+        mask_body_limit: agent.mask_body_limit,
+        mask_salt,
     });
     if let Some(addr) = agent.metrics_listen {
         crate::metrics::serve(addr, Arc::clone(&proxy)).await?;

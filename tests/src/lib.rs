@@ -531,3 +531,58 @@ impl Probe {
         line.split_once(' ').map_or("", |(_, rest)| rest)
     }
 }
+
+/// The test HTTP backend (`http_backend.py`, Python's http.server): JSON routes with personal
+/// data, an echo route, a broken-JSON route and a large chunked one.
+pub const HTTP_BACKEND_PY: &str = include_str!("http_backend.py");
+
+/// A real HTTP/1.1 server on loopback that logs every request it gets.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl HttpBackend {
+    pub fn start() -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "skillgate-test-backend-{}-{port}.jsonl",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new("python3")
+            .args(["-c", HTTP_BACKEND_PY, &port.to_string()])
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the HTTP backend (python3)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .expect("HTTP backend output");
+        assert_eq!(ready.trim(), "ready", "the HTTP backend did not start");
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            log,
+        }
+    }
+
+    /// Every request the backend got: `{method, path, headers, body}`.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("backend log line"))
+            .collect()
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

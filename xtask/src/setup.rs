@@ -17,10 +17,15 @@ const COMMANDS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("setpriv", "util-linux"),
     ("kill", "procps"),
+    ("curl", "curl"),
 ];
 
-/// Python packages the tests use, from PyPI: the Prometheus project's metrics parser.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client==0.26.0")];
+/// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
+/// requests (an HTTP client skills commonly use).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("prometheus_client", "prometheus-client==0.26.0"),
+    ("requests", "requests==2.34.2"),
+];
 
 pub fn setup() -> Result<()> {
     nightly_with_rust_src()?;

@@ -150,6 +150,15 @@ impl Recorder {
             .map_err(|err| anyhow!("cannot record an event of session {session}: {err}"))
     }
 
+    /// Records one more event without waiting for the commit: for what follows a decision
+    /// already recorded (a response's status and size). Failures are logged by the writer.
+    pub fn event_detached(&self, session: i64, event: Event) {
+        let (done, _) = oneshot::channel();
+        if self.jobs.send(Job::Event(session, event, done)).is_err() {
+            tracing::error!(session, "the recorder has stopped: an event is lost");
+        }
+    }
+
     /// Records the end of a session.
     pub async fn close(
         &self,

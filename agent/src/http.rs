@@ -1,0 +1,820 @@
+//! HTTP/1.1 backends: every request a skill sends is decided by the policy, recorded, sent
+//! upstream with the backend's credential instead of the skill's, and its response masked
+//! as the deciding rules say.
+//!
+//! hyper parses both legs. The skill's request is never forwarded as bytes: the upstream
+//! request is rebuilt from the parsed one (normalised path, hop-by-hop headers dropped,
+//! credentials replaced), so what the policy saw is what the backend gets. hyper refuses
+//! malformed heads, obs-fold, oversized or too many headers with a 4xx before any of this
+//! runs; a request with both Content-Length and Transfer-Encoding is read by its chunked
+//! framing only (RFC 9112 §6.3) and the connection is closed after it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use skillgate_policy::{Effect, Mask};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::admin::{PendingView, Verdict};
+use crate::proxy::Proxy;
+use crate::record::{self, Event};
+
+/// Largest request head accepted from a skill; larger heads get 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// A skill must send a whole request head within this time (slowloris).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// One skill connection to an `http` backend.
+pub struct HttpConn {
+    pub proxy: Arc<Proxy>,
+    pub skill: String,
+    pub backend: String,
+    pub session: Option<i64>,
+    pub upstream: SocketAddr,
+    sender: tokio::sync::Mutex<Option<SendRequest<Relay<Incoming>>>>,
+    requests: AtomicU64,
+    to_backend: Arc<AtomicU64>,
+    to_skill: Arc<AtomicU64>,
+}
+
+/// What the policy said about one request, as recorded.
+struct Decided {
+    id: String,
+    line: String,
+}
+
+impl HttpConn {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        skill: String,
+        backend: String,
+        session: Option<i64>,
+        upstream: SocketAddr,
+    ) -> Self {
+        Self {
+            proxy,
+            skill,
+            backend,
+            session,
+            upstream,
+            sender: tokio::sync::Mutex::new(None),
+            requests: AtomicU64::new(0),
+            to_backend: Arc::default(),
+            to_skill: Arc::default(),
+        }
+    }
+
+    /// Serves the skill's connection until it closes; returns the outcome and the bytes
+    /// moved (to the backend, to the skill).
+    pub async fn serve(self: Arc<Self>, client: TcpStream) -> (&'static str, (u64, u64)) {
+        let conn = Arc::clone(&self);
+        let service = hyper::service::service_fn(move |request| {
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, std::convert::Infallible>(conn.request(request).await) }
+        });
+        let result = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES.max(8192))
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .serve_connection(TokioIo::new(client), service)
+            .await;
+        let bytes = (
+            self.to_backend.load(Ordering::Relaxed),
+            self.to_skill.load(Ordering::Relaxed),
+        );
+        match result {
+            Ok(()) => ("closed", bytes),
+            Err(err) => {
+                info!(error = %err, "http connection ended with an error");
+                ("error", bytes)
+            }
+        }
+    }
+
+    async fn request(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = match self.session {
+            Some(session) => format!("{session}.{n}"),
+            None => format!("unrecorded.{n}"),
+        };
+        let policy = self.proxy.current_policy();
+        let method = request.method().clone();
+        let raw_target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        if request.uri().authority().is_some() || method == Method::CONNECT {
+            let reason = "only origin-form request targets (/path?query) are accepted".to_owned();
+            return self
+                .refuse(
+                    &id,
+                    &format!("{method} {}", request.uri()),
+                    StatusCode::BAD_REQUEST,
+                    reason,
+                    None,
+                )
+                .await;
+        }
+        if request.headers().contains_key(header::UPGRADE) {
+            let reason = "protocol upgrades (websocket, h2c) are not allowed".to_owned();
+            return self
+                .refuse(
+                    &id,
+                    &format!("{method} {raw_target}"),
+                    StatusCode::FORBIDDEN,
+                    reason,
+                    None,
+                )
+                .await;
+        }
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        let answer = policy.decide_http(
+            &self.skill,
+            &[],
+            &self.backend,
+            method.as_str(),
+            &raw_target,
+            &headers,
+        );
+        let target = match &answer.target {
+            Ok(target) => target,
+            Err(bad) => {
+                let reason = format!("bad request target: {bad}");
+                return self
+                    .refuse(
+                        &id,
+                        &format!("{method} {raw_target}"),
+                        StatusCode::BAD_REQUEST,
+                        reason,
+                        None,
+                    )
+                    .await;
+            }
+        };
+        let mut path = target.path();
+        if !target.query.is_empty() {
+            path.push('?');
+            path.push_str(&encode_query(&target.query));
+        }
+        let line = format!("{method} {path}");
+        let decision = &answer.decision;
+        let verdict = match decision.effect {
+            Effect::Deny => "deny",
+            Effect::Approve => "approve",
+            Effect::Allow | Effect::Mask => "allow",
+        };
+        info!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
+        let event = Event {
+            at_ns: record::now_ns(),
+            kind: "http".to_owned(),
+            operation: line.clone(),
+            decision: verdict.to_owned(),
+            rule: decision.rule.map(str::to_owned),
+            reason: format!("{} [{id}]", decision.reason),
+        };
+        if let Err(response) = self.record(event).await {
+            return response;
+        }
+        let decided = Decided { id, line };
+        match decision.effect {
+            Effect::Deny => {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    &json!({
+                        "error": "forbidden",
+                        "reason": decision.reason,
+                        "rule": decision.rule,
+                        "decision_id": decided.id,
+                    }),
+                );
+            }
+            Effect::Approve => {
+                if let Some(response) = self.hold(&decided, decision.rule).await {
+                    return response;
+                }
+            }
+            Effect::Allow | Effect::Mask => {}
+        }
+        let mask = decision.mask.clone();
+        let credential_name = decision.backend.and_then(|b| b.credentials.clone());
+        let host = decision
+            .backend
+            .and_then(|b| b.tls.as_ref()?.server_name.clone())
+            .unwrap_or_else(|| self.upstream.to_string());
+        drop(answer);
+        let response = self
+            .forward(
+                request,
+                &decided,
+                &path,
+                &host,
+                credential_name.as_deref(),
+                &mask,
+            )
+            .await;
+        let status = response.status();
+        info!(request = %decided.id, status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request answered");
+        response
+    }
+
+    /// Holds a request for a human; `None` when approved (go ahead), else the refusal.
+    async fn hold(&self, decided: &Decided, rule: Option<&str>) -> Option<Response<ProxyBody>> {
+        let Some(session) = self.session else {
+            return Some(json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "approval required", "reason": "held requests need a recorded session", "rule": rule, "decision_id": decided.id}),
+            ));
+        };
+        let view = PendingView {
+            id: 0,
+            skill: self.skill.clone(),
+            backend: self.backend.clone(),
+            operation: decided.line.clone(),
+            rule: rule.map(str::to_owned),
+            requested_ns: 0,
+            expires_ns: 0,
+        };
+        let (approval, verdict) = self
+            .proxy
+            .approvals
+            .request_with_id(view, self.proxy.approval_wait)
+            .await;
+        let (answer, reason, go) = match verdict {
+            Verdict::Approved { uid, reason } => {
+                ("approved", format!("approved by uid {uid}: {reason}"), true)
+            }
+            Verdict::Denied { uid, reason } => {
+                ("denied", format!("denied by uid {uid}: {reason}"), false)
+            }
+            Verdict::Expired => (
+                "expired",
+                format!(
+                    "no approval within {} ms",
+                    self.proxy.approval_wait.as_millis()
+                ),
+                false,
+            ),
+        };
+        info!(request = %decided.id, approval, decision = answer, reason = %reason, "approval answered");
+        let event = Event {
+            at_ns: record::now_ns(),
+            kind: "approval".to_owned(),
+            operation: decided.line.clone(),
+            decision: answer.to_owned(),
+            rule: rule.map(str::to_owned),
+            reason: format!("{reason} [{} approval {approval}]", decided.id),
+        };
+        if let Err(err) = self.proxy.recorder.event(session, event).await {
+            warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the request");
+            return Some(store_failure(&decided.id));
+        }
+        if go {
+            return None;
+        }
+        Some(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({
+                "error": "approval required",
+                "reason": reason,
+                "rule": rule,
+                "approval_id": approval,
+                "decision_id": decided.id,
+            }),
+        ))
+    }
+
+    /// Sends the request upstream and relays (or masks) the response.
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        decided: &Decided,
+        path: &str,
+        host: &str,
+        credential: Option<&str>,
+        mask: &Mask,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let credentials = self.proxy.credentials();
+        let credential = match credential {
+            Some(name) => match credentials.get(name) {
+                Some(credential) => Some(credential),
+                None => {
+                    warn!(
+                        credential = name,
+                        "the backend's credential is not configured"
+                    );
+                    return self
+                        .answered(
+                            decided,
+                            error_response(
+                                StatusCode::BAD_GATEWAY,
+                                &decided.id,
+                                &format!("credential `{name}` is not configured on this host"),
+                            ),
+                            started,
+                            0,
+                        )
+                        .await;
+                }
+            },
+            None => None,
+        };
+        let (parts, body) = request.into_parts();
+        let mut upstream = Request::builder()
+            .method(parts.method)
+            .uri(path)
+            .version(hyper::Version::HTTP_11);
+        let headers = upstream.headers_mut().expect("a fresh builder has headers");
+        copy_end_to_end(&parts.headers, headers);
+        for name in [
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::HOST,
+        ] {
+            headers.remove(name);
+        }
+        if let Ok(host) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, host);
+        }
+        if let Some(credential) = credential {
+            headers.insert(credential.header.clone(), credential.value.clone());
+        }
+        if !mask.is_empty() {
+            // A compressed body could not be masked.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        let body = Relay::new(body, Arc::clone(&self.to_backend), Vec::new());
+        let upstream = match upstream.body(body) {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &decided.id,
+                    &format!("cannot rebuild the request: {err}"),
+                );
+            }
+        };
+        let response = match self.send(upstream).await {
+            Ok(response) => response,
+            Err(reason) => {
+                warn!(request = %decided.id, upstream = %self.upstream, %reason, "backend failed");
+                let response = error_response(StatusCode::BAD_GATEWAY, &decided.id, &reason);
+                return self.answered(decided, response, started, 0).await;
+            }
+        };
+        let secrets: Vec<Vec<u8>> = credential.map(|c| c.secrets.clone()).unwrap_or_default();
+        let (mut parts, body) = response.into_parts();
+        let mut headers = HeaderMap::new();
+        copy_end_to_end(&parts.headers, &mut headers);
+        scrub_headers(&mut headers, &secrets);
+        parts.headers = headers;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let response = error_response(
+                StatusCode::BAD_GATEWAY,
+                &decided.id,
+                "the backend switched protocols; upgrades are not allowed",
+            );
+            return self.answered(decided, response, started, 0).await;
+        }
+        if mask.is_empty() {
+            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets).boxed();
+            let response = Response::from_parts(parts, body);
+            return self.answered(decided, response, started, 0).await;
+        }
+        match self.mask(&parts.headers, body, mask, &secrets).await {
+            Ok((masked, count)) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+                self.to_skill
+                    .fetch_add(masked.len() as u64, Ordering::Relaxed);
+                let body = Full::new(Bytes::from(masked))
+                    .map_err(|never| match never {})
+                    .boxed();
+                self.answered(decided, Response::from_parts(parts, body), started, count)
+                    .await
+            }
+            Err(reason) => {
+                warn!(request = %decided.id, %reason, "response withheld: it cannot be masked");
+                let response = error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &decided.id,
+                    &format!("the response cannot be masked, so it is withheld: {reason}"),
+                );
+                self.answered(decided, response, started, 0).await
+            }
+        }
+    }
+
+    /// Reads a whole response within the bound and masks it.
+    async fn mask(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        mask: &Mask,
+        secrets: &[Vec<u8>],
+    ) -> Result<(Vec<u8>, usize), String> {
+        if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+            && encoding.as_bytes() != b"identity"
+        {
+            return Err(format!(
+                "it is encoded ({})",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ));
+        }
+        let limit = self.proxy.mask_body_limit;
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(
+                |err| match err.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => format!("it is larger than mask_body_limit ({limit} bytes)"),
+                    Err(err) => format!("the backend failed while sending it ({err})"),
+                },
+            )?
+            .to_bytes();
+        if body.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let (mut masked, count) =
+            skillgate_policy::mask::mask_json(&body, mask, &self.proxy.mask_salt)
+                .map_err(|err| err.to_string())?;
+        scrub(&mut masked, secrets);
+        Ok((masked, count))
+    }
+
+    /// Sends on the connection to the backend, opening it first if needed.
+    async fn send(&self, request: Request<Relay<Incoming>>) -> Result<Response<Incoming>, String> {
+        let mut sender = self.sender.lock().await;
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            *sender = Some(self.connect().await?);
+        }
+        let ready = sender.as_mut().expect("just connected");
+        if ready.ready().await.is_err() {
+            *sender = Some(self.connect().await?);
+        }
+        let ready = sender.as_mut().expect("connected");
+        let timeout = self.proxy.upstream_response_timeout;
+        match tokio::time::timeout(timeout, ready.send_request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => {
+                *sender = None;
+                Err(format!("the backend failed: {err}"))
+            }
+            Err(_) => {
+                *sender = None;
+                Err(format!(
+                    "the backend did not answer within {} ms",
+                    timeout.as_millis()
+                ))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Relay<Incoming>>, String> {
+        let timeout = self.proxy.upstream_connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.upstream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return Err(format!("the backend is unreachable: {err}")),
+            Err(_) => {
+                return Err(format!(
+                    "the backend did not accept within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let upstream_local = stream
+            .local_addr()
+            .map_or_else(|_| "-".to_owned(), |a| a.to_string());
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| format!("cannot speak HTTP to the backend: {err}"))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                info!(error = %err, "backend connection ended with an error");
+            }
+        });
+        info!(upstream = %self.upstream, %upstream_local, "upstream connected");
+        Ok(sender)
+    }
+
+    /// Records the answer (without waiting: the decision was recorded before it took effect).
+    async fn answered(
+        &self,
+        decided: &Decided,
+        response: Response<ProxyBody>,
+        started: Instant,
+        masked: usize,
+    ) -> Response<ProxyBody> {
+        if let Some(session) = self.session {
+            let length = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("streamed");
+            let event = Event {
+                at_ns: record::now_ns(),
+                kind: "response".to_owned(),
+                operation: decided.line.clone(),
+                decision: response.status().as_u16().to_string(),
+                rule: None,
+                reason: format!(
+                    "{length} bytes, {} us, {masked} values masked [{}]",
+                    started.elapsed().as_micros(),
+                    decided.id
+                ),
+            };
+            self.proxy.recorder.event_detached(session, event);
+        }
+        response
+    }
+
+    /// Refuses a request before the policy could decide it (malformed, upgrade), recorded.
+    async fn refuse(
+        &self,
+        id: &str,
+        line: &str,
+        status: StatusCode,
+        reason: String,
+        rule: Option<&str>,
+    ) -> Response<ProxyBody> {
+        info!(request = %id, %line, decision = "deny", %reason, "request refused");
+        let event = Event {
+            at_ns: record::now_ns(),
+            kind: "http".to_owned(),
+            operation: line.to_owned(),
+            decision: "deny".to_owned(),
+            rule: rule.map(str::to_owned),
+            reason: format!("{reason} [{id}]"),
+        };
+        if let Err(response) = self.record(event).await {
+            return response;
+        }
+        json_response(
+            status,
+            &json!({"error": status.canonical_reason().unwrap_or("refused").to_lowercase(), "reason": reason, "rule": rule, "decision_id": id}),
+        )
+    }
+
+    /// Commits a decision before it takes effect; a store failure refuses the request.
+    async fn record(&self, event: Event) -> Result<(), Response<ProxyBody>> {
+        let Some(session) = self.session else {
+            return Ok(());
+        };
+        self.proxy.recorder.event(session, event).await.map_err(|err| {
+            warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the request: refusing it");
+            store_failure("-")
+        })
+    }
+}
+
+fn store_failure(id: &str) -> Response<ProxyBody> {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id,
+        "the session store cannot record this request, so it is refused",
+    )
+}
+
+fn error_response(status: StatusCode, id: &str, reason: &str) -> Response<ProxyBody> {
+    json_response(
+        status,
+        &json!({"error": status.canonical_reason().unwrap_or("error").to_lowercase(), "reason": reason, "decision_id": id}),
+    )
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+    let body = Bytes::from(body.to_string());
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Copies the end-to-end headers: hop-by-hop ones (and those `Connection` names) stay behind.
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for (name, value) in from {
+        let hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        );
+        if !hop && !named.contains(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Query parameters re-encoded from their decoded form: the backend gets what the policy saw.
+fn encode_query(query: &[(String, String)]) -> String {
+    let encode = |text: &str| {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
+    };
+    query
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Replaces a response header that carries a secret.
+fn scrub_headers(headers: &mut HeaderMap, secrets: &[Vec<u8>]) {
+    for value in headers.values_mut() {
+        let bytes = value.as_bytes();
+        if secrets
+            .iter()
+            .any(|s| memchr::memmem::find(bytes, s).is_some())
+        {
+            *value = HeaderValue::from_static("[scrubbed]");
+        }
+    }
+}
+
+/// Stars out every occurrence of a secret, keeping the length.
+fn scrub(buf: &mut [u8], secrets: &[Vec<u8>]) {
+    for secret in secrets {
+        let mut at = 0;
+        while let Some(found) = memchr::memmem::find(&buf[at..], secret) {
+            let start = at + found;
+            buf[start..start + secret.len()].fill(b'*');
+            at = start + secret.len();
+        }
+    }
+}
+
+/// A body relayed between the legs: counts its bytes and stars out secrets, holding back
+/// the tail of each chunk that could be the start of a secret split across chunks.
+pub struct Relay<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+    secrets: Vec<Vec<u8>>,
+    held: BytesMut,
+    done: bool,
+}
+
+impl<B> Relay<B> {
+    fn new(inner: B, count: Arc<AtomicU64>, secrets: Vec<Vec<u8>>) -> Self {
+        Self {
+            inner,
+            count,
+            secrets,
+            held: BytesMut::new(),
+            done: false,
+        }
+    }
+}
+
+impl<B> Body for Relay<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    match frame.into_data() {
+                        Ok(data) => {
+                            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if this.secrets.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
+                            this.held.extend_from_slice(&data);
+                            scrub(&mut this.held, &this.secrets);
+                            let keep = this.secrets.iter().map(Vec::len).max().unwrap_or(1) - 1;
+                            if this.held.len() <= keep {
+                                continue;
+                            }
+                            let out = this.held.split_to(this.held.len() - keep).freeze();
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        // Trailers are not relayed: they are not covered by the policy.
+                        Err(_trailers) => continue,
+                    };
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => {
+                    this.done = true;
+                    if this.held.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    let out = this.held.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.held.is_empty() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // Scrubbing keeps lengths, so the inner hint holds.
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_starred_in_place() {
+        let mut buf = b"token=abc123; again abc123".to_vec();
+        scrub(&mut buf, &[b"abc123".to_vec()]);
+        assert_eq!(buf, b"token=******; again ******");
+    }
+
+    #[test]
+    fn queries_are_re_encoded() {
+        let query = vec![
+            ("a b".to_owned(), "x&y=z".to_owned()),
+            ("q".to_owned(), String::new()),
+        ];
+        assert_eq!(encode_query(&query), "a%20b=x%26y%3Dz&q=");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut from = HeaderMap::new();
+        from.insert("connection", HeaderValue::from_static("close, x-private"));
+        from.insert("x-private", HeaderValue::from_static("1"));
+        from.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        from.insert("accept", HeaderValue::from_static("*/*"));
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to);
+        assert_eq!(to.len(), 1);
+        assert!(to.contains_key("accept"));
+    }
+}

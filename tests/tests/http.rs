@@ -1,0 +1,424 @@
+//! HTTP backends: real skills (curl, Python urllib and requests, raw sockets) in a real cgroup,
+//! a real HTTP server behind the agent. Every request is decided by the policy, the backend's
+//! credential replaces the skill's, responses are masked, and bad input never reaches the
+//! backend.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use skillgate_tests::{Env, HttpBackend, unused_port};
+
+const SECRET: &str = "s3cret-token-for-orders";
+
+fn policy(dial: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[[skill]]
+name = "reporter"
+
+[[backend]]
+name = "orders-api"
+protocol = "http"
+dial = ["{dial}"]
+upstream = "{upstream}"
+credentials = "orders-token"
+
+[[rule]]
+name = "read-orders"
+skills = ["reporter"]
+backend = "orders-api"
+effect = "mask"
+http = {{ methods = ["GET"], paths = ["/orders/*"] }}
+mask = {{ fields = ["customer.email"], detectors = ["card", "email", "phone"] }}
+
+[[rule]]
+name = "echo-and-download"
+skills = ["reporter"]
+backend = "orders-api"
+effect = "allow"
+http = {{ methods = ["GET", "POST"], paths = ["/echo", "/big"] }}
+
+[[rule]]
+name = "broken-is-masked"
+skills = ["reporter"]
+backend = "orders-api"
+effect = "mask"
+http = {{ methods = ["GET"], paths = ["/broken"] }}
+mask = {{ detectors = ["email"] }}
+
+[[rule]]
+name = "refunds-need-approval"
+skills = ["reporter"]
+backend = "orders-api"
+effect = "approve"
+http = {{ methods = ["POST"], paths = ["/refunds"] }}
+"#
+    )
+}
+
+struct Setup {
+    env: Env,
+    backend: HttpBackend,
+    dial: SocketAddr,
+}
+
+fn setup(name: &str, extra: &str) -> Setup {
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let backend = HttpBackend::start();
+    let env = Env::with_config(
+        name,
+        &policy(dial, backend.addr),
+        &format!(
+            "mask_salt_file = \"mask.salt\"\n{extra}\n[credentials.orders-token]\nkind = \"bearer\"\nfile = \"orders.token\"\n"
+        ),
+    );
+    let token = env.dir.join("orders.token");
+    std::fs::write(&token, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    Setup { env, backend, dial }
+}
+
+fn exec(env: &Env, program: &[&str]) -> Output {
+    env.skillgate()
+        .args(["exec", "--skill", "reporter", "--"])
+        .args(program)
+        .output()
+        .expect("run skillgate exec")
+}
+
+/// `curl -sS -D - URL ...` as the skill: (status, headers, body) of the last response.
+fn curl(env: &Env, args: &[&str]) -> (u16, String, String) {
+    let mut program = vec!["curl", "-sS", "--max-time", "20", "-D", "-"];
+    program.extend_from_slice(args);
+    let out = exec(env, &program);
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text
+        .rsplit_once("\r\n\r\n")
+        .expect("curl printed a response");
+    let head = head.rsplit("HTTP/1.1 ").next().unwrap().to_owned();
+    let status = head[..3].parse().unwrap();
+    (status, head, body.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
+    let s = setup("http-allow", "");
+    let agent = s.env.start_agent();
+    let url = format!("http://{}/orders/7", s.dial);
+    let (status, _, body) = curl(
+        &s.env,
+        &["-H", "Authorization: Bearer skill-own-token", &url],
+    );
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    let order = json(&body);
+    assert_eq!(order["id"], "7");
+    assert_eq!(order["total"], 42);
+    assert_eq!(order["customer"]["name"], "Alice");
+    assert_eq!(order["customer"]["email"], "[masked]");
+    assert_eq!(order["card"], "[card]");
+    assert_eq!(order["note"], "call [phone] or mail [email]");
+    // The backend got the agent's credential, never the skill's.
+    let seen = s.backend.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {SECRET}")
+    );
+    assert_eq!(seen[0]["path"], "/orders/7");
+
+    // A backend that echoes the credential back cannot show it to the skill.
+    let (status, head, body) = curl(&s.env, &[&format!("http://{}/echo", s.dial)]);
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains(SECRET) && !head.contains(SECRET),
+        "{head}\n{body}"
+    );
+    assert!(
+        head.to_lowercase()
+            .contains("x-seen-authorization: [scrubbed]"),
+        "{head}"
+    );
+    assert!(body.contains(&"*".repeat(SECRET.len())), "{body}");
+
+    // Python's urllib, with a body: allowed, recorded, and the backend gets the body.
+    let script = format!(
+        "import urllib.request, json\n\
+         r = urllib.request.urlopen(urllib.request.Request('http://{}/echo', data=b'hello', method='POST'))\n\
+         print(r.status, json.load(r)['body'])",
+        s.dial
+    );
+    let out = exec(&s.env, &["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200 hello",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A 5 MB chunked download streams through whole.
+    let out = exec(
+        &s.env,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            &format!("http://{}/big?n=5000000", s.dial),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 5000002");
+
+    // Every request is recorded: the decision before it took effect, then the answer.
+    let export = s
+        .env
+        .skillgate()
+        .args(["sessions", "export"])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(json)
+        .collect();
+    let http: Vec<_> = events.iter().filter(|e| e["kind"] == "http").collect();
+    assert_eq!(http.len(), 4, "{events:#?}");
+    assert_eq!(http[0]["operation"], "GET /orders/7");
+    assert_eq!(http[0]["decision"], "allow");
+    assert_eq!(http[0]["rule"], "read-orders");
+    let responses: Vec<_> = events.iter().filter(|e| e["kind"] == "response").collect();
+    assert!(
+        responses
+            .iter()
+            .any(|e| e["decision"] == "200"
+                && e["reason"].as_str().unwrap().contains("4 values masked")),
+        "{responses:#?}"
+    );
+    assert!(!String::from_utf8_lossy(&export.stdout).contains(SECRET));
+}
+
+#[test]
+fn denied_requests_get_a_json_403_and_the_connection_stays_usable() {
+    let s = setup("http-deny", "");
+    let _agent = s.env.start_agent();
+    let base = format!("http://{}", s.dial);
+    let (status, _, body) = curl(&s.env, &["-X", "DELETE", &format!("{base}/orders/7")]);
+    assert_eq!(status, 403);
+    let refusal = json(&body);
+    assert_eq!(refusal["error"], "forbidden");
+    assert!(
+        refusal["reason"].as_str().unwrap().contains("default deny"),
+        "{refusal}"
+    );
+    assert!(
+        refusal["decision_id"].as_str().unwrap().contains('.'),
+        "{refusal}"
+    );
+
+    // Same connection: a denied request, then an allowed one (curl reuses the connection).
+    let out = exec(
+        &s.env,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &format!("{base}/admin"),
+            &format!("{base}/orders/1"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403 1\n200 0\n");
+
+    // Path tricks: refused (400 when the target is ambiguous, 403 when it normalises to a
+    // path no rule allows), never reaching the backend as anything but an allowed path.
+    for trick in [
+        "/orders/1/../../admin",
+        "/orders/%2e%2e/%2e%2e/admin",
+        "/orders/7%2f..%2f..%2fadmin",
+        "/orders/7;jsessionid=1",
+        "/orders/7%00",
+        "/orders/%252e%252e/admin",
+        "/ORDERS/7",
+    ] {
+        let (status, _, body) = curl(&s.env, &["--path-as-is", &format!("{base}{trick}")]);
+        assert!(status == 400 || status == 403, "{trick}: {status} {body}");
+        assert!(json(&body)["reason"].is_string(), "{trick}: {body}");
+    }
+    let paths: Vec<String> = s
+        .backend
+        .requests()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/orders/1"],
+        "only the allowed request reached the backend"
+    );
+}
+
+#[test]
+fn a_response_that_cannot_be_masked_is_withheld() {
+    let s = setup("http-mask-fail", "mask_body_limit = 1000\n");
+    let _agent = s.env.start_agent();
+    let (status, _, body) = curl(&s.env, &[&format!("http://{}/broken", s.dial)]);
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.contains("alice@example.com"), "{body}");
+    assert!(
+        json(&body)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{body}"
+    );
+}
+
+/// Raw bytes a skill sends; what it got back (the status line, or the error).
+fn raw(env: &Env, dial: SocketAddr, request: &[u8]) -> String {
+    let script = "import socket, sys\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+        s.sendall(bytes.fromhex(sys.argv[3]))\n\
+        data = b''\n\
+        try:\n\
+        \x20   while True:\n\
+        \x20       chunk = s.recv(65536)\n\
+        \x20       if not chunk: break\n\
+        \x20       data += chunk\n\
+        except Exception as e:\n\
+        \x20   pass\n\
+        print(data.decode('latin-1'))";
+    let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
+    let out = exec(
+        env,
+        &[
+            "python3",
+            "-c",
+            script,
+            &dial.ip().to_string(),
+            &dial.port().to_string(),
+            &hex,
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn malformed_requests_get_a_4xx_and_never_reach_the_backend() {
+    let s = setup("http-bad-input", "");
+    let _agent = s.env.start_agent();
+    let flood: String = (0..100).map(|i| format!("X-Flood-{i}: 1\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("obs-fold", b"GET /echo HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n".to_vec()),
+        ("oversized header", format!("GET /echo HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000)).into_bytes()),
+        ("header flood", format!("GET /echo HTTP/1.1\r\nHost: a\r\n{flood}\r\n").into_bytes()),
+        ("bad content-length", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello".to_vec()),
+        ("two content-lengths", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec()),
+        ("non-chunked transfer-encoding", b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec()),
+        ("space before colon", b"GET /echo HTTP/1.1\r\nHost : a\r\n\r\n".to_vec()),
+        ("absolute-form target", b"GET http://example.com/echo HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec()),
+        ("upgrade", b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec()),
+    ];
+    for (what, request) in &cases {
+        let answer = raw(&s.env, s.dial, request);
+        let status: u16 = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!((400..500).contains(&status), "{what}: {answer:?}");
+    }
+    assert!(
+        s.backend.requests().is_empty(),
+        "{:?}",
+        s.backend.requests()
+    );
+
+    // Smuggling: Content-Length and Transfer-Encoding together. The chunked framing alone is
+    // used and the connection is closed after the answer, so the hidden request never runs.
+    let smuggle = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /orders/666 HTTP/1.1\r\nHost: a\r\n\r\n";
+    let answer = raw(&s.env, s.dial, smuggle);
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    let paths: Vec<String> = s
+        .backend
+        .requests()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!paths.contains(&"/orders/666".to_owned()), "{paths:?}");
+}
+
+#[test]
+fn held_requests_go_ahead_when_approved_and_fail_with_the_approval_id_when_not() {
+    let s = setup("http-approve", "approval_wait_ms = 1500\n");
+    let _agent = s.env.start_agent();
+    let script = format!(
+        "import requests\n\
+         r = requests.post('http://{}/refunds', json={{'order': 7}}, timeout=30)\n\
+         print(r.status_code, r.text)",
+        s.dial
+    );
+    // Nobody answers: refused with the approval's id.
+    let out = exec(&s.env, &["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, body) = text.trim().split_once(' ').unwrap();
+    assert_eq!(status, "403", "{text}");
+    let refusal = json(body);
+    assert_eq!(refusal["error"], "approval required");
+    assert!(refusal["approval_id"].as_u64().unwrap() > 0, "{refusal}");
+    assert_eq!(refusal["rule"], "refunds-need-approval");
+    assert!(s.backend.requests().is_empty());
+
+    // Approved while held: the request reaches the backend.
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| exec(&s.env, &["python3", "-c", &script]));
+        let start = Instant::now();
+        let id = loop {
+            let out = s
+                .env
+                .skillgate()
+                .args(["approvals", "--json"])
+                .output()
+                .unwrap();
+            let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(p) = pending.first() {
+                assert_eq!(p["operation"], "POST /refunds");
+                break p["id"].to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "nothing held");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = s
+            .env
+            .skillgate()
+            .args(["approve", &id, "--reason", "refund ok"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = skill.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("404 "),
+            "the backend answered (it has no /refunds): {text}"
+        );
+    });
+    let seen = s.backend.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["path"], "/refunds");
+    assert_eq!(seen[0]["body"], "{\"order\": 7}");
+}
