@@ -52,7 +52,11 @@ impl Drop for StatsSysctl {
 
 /// Writes a benchmark's agent config (own cgroup `NAME.slice`, pins, ports, store) and policy
 /// into `dir`; returns the config path and the proxy port.
-fn bench_config(dir: &Path, name: &str, policy: &str) -> Result<(std::path::PathBuf, u16)> {
+pub(crate) fn bench_config(
+    dir: &Path,
+    name: &str,
+    policy: &str,
+) -> Result<(std::path::PathBuf, u16)> {
     std::fs::create_dir_all(dir)?;
     let (proxy_port, dns_port) = (free_port()?, free_port()?);
     let config = dir.join("skillgate.toml");
@@ -69,7 +73,7 @@ fn bench_config(dir: &Path, name: &str, policy: &str) -> Result<(std::path::Path
     Ok((config, proxy_port))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -234,12 +238,12 @@ pub fn policy(root: &Path) -> Result<()> {
     )
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     format!(
         "{} cores, kernel {}",
         std::thread::available_parallelism().map_or(0, usize::from),
@@ -250,7 +254,7 @@ fn machine() -> String {
 }
 
 /// Replaces (or adds) the section `## title` of BENCHMARKS.md.
-fn write_section(root: &Path, title: &str, body: &str) -> Result<()> {
+pub(crate) fn write_section(root: &Path, title: &str, body: &str) -> Result<()> {
     let path = root.join("BENCHMARKS.md");
     let heading = format!("## {title}");
     let section = format!("{heading}\n\n{body}");

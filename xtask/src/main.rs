@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, tests and the demo, so a newcomer types only the README's commands.
 
 mod bench;
+mod bench_http;
 mod demo;
 mod setup;
 
@@ -49,6 +50,8 @@ enum Suite {
     Policy,
     /// Session store queries over a million events.
     Store,
+    /// HTTP requests/s and p99 through skillgate vs nginx (wrk).
+    Http,
     /// Every suite.
     All,
 }
@@ -62,7 +65,7 @@ fn main() -> Result<()> {
             if matches!(suite, Suite::Policy | Suite::All) {
                 bench::policy(&workspace_root())?;
             }
-            if matches!(suite, Suite::Ebpf | Suite::Store | Suite::All) {
+            if matches!(suite, Suite::Ebpf | Suite::Store | Suite::Http | Suite::All) {
                 cargo(&["build", "--release", "--package", "skillgate"])?;
             }
             if matches!(suite, Suite::Ebpf | Suite::All) {
@@ -70,6 +73,9 @@ fn main() -> Result<()> {
             }
             if matches!(suite, Suite::Store | Suite::All) {
                 bench::store(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Http | Suite::All) {
+                bench_http::http(&workspace_root())?;
             }
             Ok(())
         }

@@ -18,6 +18,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("kill", "procps"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
 ];
 
 /// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
@@ -100,12 +101,18 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn system_packages() -> Result<()> {
-    let mut missing: Vec<&str> = COMMANDS
+    ensure_packages(COMMANDS, LIBRARIES)
+}
+
+/// Installs (with apt-get, as root) the Debian packages providing the missing `commands`
+/// (command, package) and `libraries` (packages); says what to install otherwise.
+pub fn ensure_packages(commands: &[(&str, &str)], libraries: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = commands
         .iter()
         .filter(|(cmd, _)| !succeeds("sh", &["-c", &format!("command -v {cmd}")]))
         .map(|(_, package)| *package)
         .collect();
-    missing.extend(LIBRARIES.iter().copied().filter(|package| {
+    missing.extend(libraries.iter().copied().filter(|package| {
         !stdout("dpkg-query", &["-W", "-f=${Status}", package]).contains("install ok installed")
     }));
     missing.sort_unstable();

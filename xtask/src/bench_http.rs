@@ -1,0 +1,271 @@
+//! `cargo xtask bench http`: requests/s and p99 latency with wrk on loopback, side by side in
+//! one run: straight to the backend, through nginx as a reverse proxy, and through skillgate
+//! (policy and recording on, then masking too). The backend is nginx serving fixed bodies, so
+//! the proxies are what differs.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::Teardown;
+use crate::bench::{bench_config, free_port, machine, median, write_section};
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 4;
+const SMALL: &str = r#"{"id":7,"name":"Alice","email":"alice@example.com","card":"4111 1111 1111 1111","total":42}"#;
+
+struct Config {
+    name: &'static str,
+    /// wrk runs inside the skill cgroup (through skillgate exec).
+    skill: bool,
+    addr: SocketAddr,
+}
+
+/// One wrk run's requests/s and p99 latency (ms).
+fn wrk(agent: &Teardown, config: &Config, path: &str, connections: u32) -> Result<(f64, f64)> {
+    let url = format!("http://{}{path}", config.addr);
+    let threads = connections.min(2).to_string();
+    let args = [
+        "-t",
+        &threads,
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{SECONDS}s"),
+        "--latency",
+        &url,
+    ];
+    let mut cmd = if config.skill {
+        let mut cmd = agent.skillgate();
+        cmd.args(["exec", "--skill", "bench", "--", "wrk"]);
+        cmd
+    } else {
+        Command::new("wrk")
+    };
+    let out = cmd.args(args).output().context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!(
+            "wrk against {} failed:\n{text}{}",
+            config.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .context("wrk printed no Requests/sec")?
+        .trim()
+        .parse()?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .context("wrk printed no 99% latency")?
+        .trim();
+    Ok((rps, millis(p99)?))
+}
+
+/// wrk's `1.23ms`, `850.00us`, `1.02s` → milliseconds.
+fn millis(text: &str) -> Result<f64> {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .context("latency unit")?;
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => bail!("unknown latency unit in `{text}`"),
+    })
+}
+
+fn nginx(dir: &Path, name: &str, server: &str) -> Result<std::process::Child> {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
+             fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
+             {server}\n}}\n"
+        ),
+    )?;
+    Command::new("nginx")
+        .args(["-g", "daemon off;", "-c"])
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start nginx")
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("nothing listens on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub fn http(root: &Path) -> Result<()> {
+    crate::setup::ensure_packages(&[("nginx", "nginx"), ("wrk", "wrk")], &[])?;
+    let dir = root.join("target/bench-http");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("www"))?;
+    let big = format!("{{\"data\":\"{}\"}}", "x".repeat(64 * 1024 - 11));
+    std::fs::write(dir.join("www/big.json"), &big)?;
+
+    let backend: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let proxy: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let (plain_dial, masked_dial): (SocketAddr, SocketAddr) = (
+        ([127, 0, 0, 3], free_port()?).into(),
+        ([127, 0, 0, 3], free_port()?).into(),
+    );
+    let policy = format!(
+        "[[skill]]\nname = \"bench\"\n\
+         [[backend]]\nname = \"api\"\nprotocol = \"http\"\ndial = [\"{plain_dial}\"]\nupstream = \"{backend}\"\n\
+         [[backend]]\nname = \"api-masked\"\nprotocol = \"http\"\ndial = [\"{masked_dial}\"]\nupstream = \"{backend}\"\n\
+         [[rule]]\nname = \"read\"\nskills = [\"bench\"]\nbackend = \"api\"\neffect = \"allow\"\n\
+         http = {{ methods = [\"GET\"], paths = [\"/small\", \"/big\"] }}\n\
+         [[rule]]\nname = \"read-masked\"\nskills = [\"bench\"]\nbackend = \"api-masked\"\neffect = \"mask\"\n\
+         http = {{ methods = [\"GET\"], paths = [\"/small\", \"/big\"] }}\n\
+         mask = {{ fields = [\"email\"], detectors = [\"card\", \"email\"] }}\n"
+    );
+    let (config, proxy_port) = bench_config(&dir.join("agent"), "skillgate-bench-http", &policy)?;
+    let mut agent = Teardown {
+        bin: root.join("target/release/skillgate"),
+        config,
+        children: Vec::new(),
+    };
+    let www = dir.join("www");
+    agent.children.push(nginx(
+        &dir,
+        "backend",
+        &format!(
+            "server {{ listen {backend}; default_type application/json;\n\
+             location = /small {{ return 200 '{SMALL}'; }}\n\
+             location = /big {{ root {}; try_files /big.json =404; }} }}",
+            www.display()
+        ),
+    )?);
+    agent.children.push(nginx(
+        &dir,
+        "proxy",
+        &format!(
+            "upstream backend {{ server {backend}; keepalive 128; }}\n\
+             server {{ listen {proxy}; location / {{ proxy_pass http://backend; \
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+    )?);
+    let child = agent
+        .skillgate()
+        .arg("run")
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the agent")?;
+    agent.children.push(child);
+    for addr in [backend, proxy, ([127, 0, 0, 1], proxy_port).into()] {
+        wait_listening(addr)?;
+    }
+
+    let configs = [
+        Config {
+            name: "direct",
+            skill: false,
+            addr: backend,
+        },
+        Config {
+            name: "nginx (reverse proxy)",
+            skill: false,
+            addr: proxy,
+        },
+        Config {
+            name: "skillgate (policy, recording)",
+            skill: true,
+            addr: plain_dial,
+        },
+        Config {
+            name: "skillgate (policy, recording, masking)",
+            skill: true,
+            addr: masked_dial,
+        },
+    ];
+    let cases = [("/small", 1), ("/small", 64), ("/big", 1), ("/big", 64)];
+    // results[case][config] = (rps runs, p99 runs)
+    let mut results = vec![vec![(Vec::new(), Vec::new()); configs.len()]; cases.len()];
+    for config in &configs {
+        wrk(&agent, config, "/small", 8)?; // warm-up, and proof that every path works
+    }
+    for _ in 0..ROUNDS {
+        for (c, (path, connections)) in cases.iter().enumerate() {
+            for (k, config) in configs.iter().enumerate() {
+                let (rps, p99) = wrk(&agent, config, path, *connections)?;
+                results[c][k].0.push(rps);
+                results[c][k].1.push(p99);
+            }
+        }
+    }
+    let mut table = String::from(
+        "| response | connections | path | requests/s | p99 (ms) | throughput vs nginx | p99 vs nginx |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for (c, (path, connections)) in cases.iter().enumerate() {
+        let medians: Vec<(f64, f64)> = results[c]
+            .iter_mut()
+            .map(|(rps, p99)| (median(rps), median(p99)))
+            .collect();
+        let (nginx_rps, nginx_p99) = medians[1];
+        let what = if *path == "/small" {
+            "small JSON (95 B)"
+        } else {
+            "64 KiB JSON"
+        };
+        for (k, config) in configs.iter().enumerate() {
+            let (rps, p99) = medians[k];
+            table.push_str(&format!(
+                "| {what} | {connections} | {} | {rps:.0} | {p99:.2} | {:.2}x | {:.2}x |\n",
+                config.name,
+                rps / nginx_rps,
+                p99 / nginx_p99
+            ));
+        }
+    }
+    println!("{table}");
+    write_section(
+        root,
+        "HTTP proxying",
+        &format!(
+            "Machine: {}. Command: `cargo xtask bench http` (root; installs nginx and wrk).\n\n\
+             wrk ({SECONDS} s per run, 1 thread for 1 connection, 2 threads for 64) against an \
+             nginx backend serving fixed JSON bodies; each configuration runs alternately, \
+             {ROUNDS} rounds, medians shown. nginx (the peer) proxies with upstream keep-alive. \
+             skillgate runs with the shipped defaults (info logs, every request decided by the \
+             policy and recorded — committed to SQLite before it is forwarded); for skillgate, \
+             wrk runs inside a skill cgroup (`skillgate exec`) and dials an address that only \
+             the eBPF redirect reaches. Masking: `email` fields plus the card and email \
+             detectors over the whole body.\n\n{table}",
+            machine()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_latencies() {
+        assert_eq!(super::millis("850.00us").unwrap(), 0.85);
+        assert_eq!(super::millis("1.50ms").unwrap(), 1.5);
+        assert_eq!(super::millis("2.00s").unwrap(), 2000.0);
+    }
+}
