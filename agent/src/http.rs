@@ -41,6 +41,28 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// How the agent reaches an `http` backend over TLS.
+pub struct UpstreamTls {
+    /// The name the certificate must carry (and the SNI sent).
+    pub server_name: String,
+    /// Trust only this CA (PEM); `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl UpstreamTls {
+    /// From the policy's `tls` table: the server name defaults to the upstream's IP address,
+    /// a relative `ca_file` is relative to the policy file.
+    pub fn resolve(tls: skillgate_policy::Tls, upstream: SocketAddr, policy_origin: &str) -> Self {
+        let base = std::path::Path::new(policy_origin)
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        Self {
+            server_name: tls.server_name.unwrap_or_else(|| upstream.ip().to_string()),
+            ca_file: tls.ca_file.map(|f| base.join(f)),
+        }
+    }
+}
+
 /// One skill connection to an `http` backend.
 pub struct HttpConn {
     pub proxy: Arc<Proxy>,
@@ -48,6 +70,7 @@ pub struct HttpConn {
     pub backend: String,
     pub session: Option<i64>,
     pub upstream: SocketAddr,
+    tls: Option<UpstreamTls>,
     sender: tokio::sync::Mutex<Option<SendRequest<Relay<Incoming>>>>,
     requests: AtomicU64,
     to_backend: Arc<AtomicU64>,
@@ -67,6 +90,7 @@ impl HttpConn {
         backend: String,
         session: Option<i64>,
         upstream: SocketAddr,
+        tls: Option<UpstreamTls>,
     ) -> Self {
         Self {
             proxy,
@@ -74,6 +98,7 @@ impl HttpConn {
             backend,
             session,
             upstream,
+            tls,
             sender: tokio::sync::Mutex::new(None),
             requests: AtomicU64::new(0),
             to_backend: Arc::default(),
@@ -84,6 +109,11 @@ impl HttpConn {
     /// Serves the skill's connection until it closes; returns the outcome and the bytes
     /// moved (to the backend, to the skill).
     pub async fn serve(self: Arc<Self>, client: TcpStream) -> (&'static str, (u64, u64)) {
+        // Responses are written in pieces (head, then streamed body): without this, Nagle's
+        // algorithm and the client's delayed ACK add 40 ms to each streamed response.
+        if let Err(err) = client.set_nodelay(true) {
+            warn!(error = %err, "cannot set TCP_NODELAY on the skill's connection");
+        }
         let conn = Arc::clone(&self);
         let service = hyper::service::service_fn(move |request| {
             let conn = Arc::clone(&conn);
@@ -224,10 +254,10 @@ impl HttpConn {
         }
         let mask = decision.mask.clone();
         let credential_name = decision.backend.and_then(|b| b.credentials.clone());
-        let host = decision
-            .backend
-            .and_then(|b| b.tls.as_ref()?.server_name.clone())
-            .unwrap_or_else(|| self.upstream.to_string());
+        let host = match &self.tls {
+            Some(tls) => tls.server_name.clone(),
+            None => self.upstream.to_string(),
+        };
         drop(answer);
         let response = self
             .forward(
@@ -519,15 +549,19 @@ impl HttpConn {
         let upstream_local = stream
             .local_addr()
             .map_or_else(|_| "-".to_owned(), |a| a.to_string());
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| format!("cannot speak HTTP to the backend: {err}"))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                info!(error = %err, "backend connection ended with an error");
+        let sender = match &self.tls {
+            None => handshake(stream).await?,
+            Some(tls) => {
+                let stream = self
+                    .proxy
+                    .tls
+                    .connect(stream, &tls.server_name, tls.ca_file.as_deref())
+                    .await
+                    .map_err(|err| format!("{err:#}"))?;
+                handshake(stream).await?
             }
-        });
-        info!(upstream = %self.upstream, %upstream_local, "upstream connected");
+        };
+        info!(upstream = %self.upstream, %upstream_local, tls = self.tls.is_some(), "upstream connected");
         Ok(sender)
     }
 
@@ -599,6 +633,22 @@ impl HttpConn {
             store_failure("-")
         })
     }
+}
+
+/// Speaks HTTP/1.1 over `io`; the connection is driven by its own task.
+async fn handshake<T>(io: T) -> Result<SendRequest<Relay<Incoming>>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|err| format!("cannot speak HTTP to the backend: {err}"))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            info!(error = %err, "backend connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 fn store_failure(id: &str) -> Response<ProxyBody> {

@@ -19,6 +19,7 @@ mod sessions_cli;
 mod stats;
 mod status;
 mod sys;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

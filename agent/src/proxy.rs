@@ -15,7 +15,7 @@ use crate::admin::{Approvals, PendingView, Verdict};
 use crate::cgroup::SkillsCgroup;
 use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
-use crate::http::HttpConn;
+use crate::http::{HttpConn, UpstreamTls};
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::record::{self, Event, Recorder, Session};
 use crate::sys;
@@ -42,6 +42,8 @@ pub struct Proxy {
     pub upstream_response_timeout: Duration,
     pub mask_body_limit: usize,
     pub mask_salt: Vec<u8>,
+    /// TLS client configurations for backends reached over TLS.
+    pub tls: crate::tls::Connectors,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -228,13 +230,26 @@ impl Proxy {
                     skill: skill.to_owned(),
                 })
                 .observe(accepted.elapsed().as_secs_f64());
-            let http = decision.backend.is_some_and(|b| b.protocol == Protocol::Http);
+            let protocol = decision.backend.map(|b| b.protocol);
+            let tls = decision.backend.and_then(|b| b.tls.clone());
             let (outcome, bytes) = match upstream {
-                Some(upstream) if http => {
-                    let conn = HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream);
+                Some(upstream) if protocol == Some(Protocol::Http) => {
+                    let tls = tls.map(|t| UpstreamTls::resolve(t, upstream, &policy.origin));
+                    let conn = HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream, tls);
                     Arc::new(conn).serve(stream).await
                 }
-                Some(upstream) => self.forward(stream, upstream).await,
+                Some(upstream) if protocol == Some(Protocol::Tls) => {
+                    let mut stream = stream;
+                    let server_name = tls.and_then(|t| t.server_name);
+                    match self.sni_gate(&mut stream, server_name.as_deref(), id).await {
+                        Some(hello) => self.forward(stream, upstream, &hello).await,
+                        None => {
+                            reset(stream);
+                            ("denied", (0, 0))
+                        }
+                    }
+                }
+                Some(upstream) => self.forward(stream, upstream, &[]).await,
                 None => {
                     reset(stream);
                     ("denied", (0, 0))
@@ -258,12 +273,64 @@ impl Proxy {
         .await
     }
 
-    /// Relays until either side closes; returns the outcome and the bytes moved
-    /// (to the backend, to the skill).
+    /// Reads the skill's TLS ClientHello and checks the server name it asks for against the
+    /// backend's `tls.server_name` (when the backend names one); records the decision. Returns
+    /// the bytes read (to replay upstream) when the connection may go on.
+    async fn sni_gate(
+        &self,
+        stream: &mut TcpStream,
+        server_name: Option<&str>,
+        session: Option<i64>,
+    ) -> Option<Vec<u8>> {
+        let (hello, sni, allowed, reason) = match crate::tls::read_client_hello(stream).await {
+            Ok((hello, sni)) => {
+                let (allowed, reason) = match (server_name, sni.as_deref()) {
+                    (Some(want), Some(got)) if want.eq_ignore_ascii_case(got) => {
+                        (true, format!("SNI `{got}` is the backend's server name"))
+                    }
+                    (Some(want), Some(got)) => (
+                        false,
+                        format!("SNI `{got}` is not the backend's server name `{want}`"),
+                    ),
+                    (Some(want), None) => (
+                        false,
+                        format!("the ClientHello names no server (the backend is `{want}`)"),
+                    ),
+                    (None, _) => (
+                        true,
+                        "the backend names no server_name: SNI not checked".to_owned(),
+                    ),
+                };
+                (hello, sni, allowed, reason)
+            }
+            Err(reason) => (Vec::new(), None, false, reason),
+        };
+        let verdict = if allowed { "allow" } else { "deny" };
+        info!(sni = sni.as_deref().unwrap_or("-"), decision = verdict, reason = %reason, "TLS server name decided");
+        if let Some(session) = session {
+            let event = Event {
+                at_ns: record::now_ns(),
+                kind: "tls".to_owned(),
+                operation: format!("sni {}", sni.as_deref().unwrap_or("-")),
+                decision: verdict.to_owned(),
+                rule: None,
+                reason,
+            };
+            if let Err(err) = self.recorder.event(session, event).await {
+                error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
+                return None;
+            }
+        }
+        allowed.then_some(hello)
+    }
+
+    /// Relays until either side closes, after sending `prefix` (bytes already read from the
+    /// skill) upstream; returns the outcome and the bytes moved (to the backend, to the skill).
     async fn forward(
         &self,
         mut client: TcpStream,
         upstream: SocketAddr,
+        prefix: &[u8],
     ) -> (&'static str, (u64, u64)) {
         let connect =
             tokio::time::timeout(self.upstream_connect_timeout, TcpStream::connect(upstream));
@@ -284,8 +351,14 @@ impl Proxy {
             .local_addr()
             .map_or_else(|_| "-".to_owned(), |a| a.to_string());
         info!(%upstream, %upstream_local, "upstream connected");
+        if let Err(err) = tokio::io::AsyncWriteExt::write_all(&mut server, prefix).await {
+            info!(error = %err, "backend closed at once");
+            reset(client);
+            return ("error", (0, 0));
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut server).await {
             Ok((to_backend, to_skill)) => {
+                let to_backend = to_backend + prefix.len() as u64;
                 info!(
                     bytes_to_backend = to_backend,
                     bytes_to_skill = to_skill,

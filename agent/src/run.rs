@@ -99,6 +99,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         upstream_response_timeout: Duration::from_millis(agent.upstream_response_timeout_ms),
         mask_body_limit: agent.mask_body_limit,
         mask_salt,
+        tls: crate::tls::Connectors::default(),
     });
     if let Some(addr) = agent.metrics_listen {
         crate::metrics::serve(addr, Arc::clone(&proxy)).await?;

@@ -1,5 +1,5 @@
 # A real HTTP/1.1 backend for the tests (Python's http.server, keep-alive on).
-# argv: PORT LOGFILE. Each request it gets is appended to LOGFILE as one JSON line
+# argv: PORT LOGFILE [CERT KEY] (with CERT and KEY it serves HTTPS). Each request it gets is appended to LOGFILE as one JSON line
 # {method, path, headers, body}, so tests can assert what reached the backend.
 # Routes: /orders/N (JSON with personal data), /echo (the request back as JSON, and its
 # Authorization header in X-Seen-Authorization), /broken (invalid JSON), /big?n=BYTES
@@ -84,5 +84,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 4:
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print("ready", flush=True)
 server.serve_forever()

@@ -545,6 +545,15 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// The same backend over HTTPS, with the certificate and key of [`TestCerts`].
+    pub fn start_tls(certs: &TestCerts) -> Self {
+        Self::start_with(&[&certs.server_cert, &certs.server_key])
+    }
+
+    fn start_with(tls: &[&Path]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!(
             "skillgate-test-backend-{}-{port}.jsonl",
@@ -554,6 +563,7 @@ impl HttpBackend {
         let mut child = Command::new("python3")
             .args(["-c", HTTP_BACKEND_PY, &port.to_string()])
             .arg(&log)
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the HTTP backend (python3)");
@@ -584,5 +594,40 @@ impl Drop for HttpBackend {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A throwaway CA and a server certificate it signed for `orders.internal` (openssl CLI).
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn create(dir: &Path) -> Self {
+        let script = "set -e\n\
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+              -keyout ca.key -out ca.pem -days 2 -subj /CN=skillgate-test-ca 2>/dev/null\n\
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+              -keyout server.key -out server.csr -subj /CN=orders.internal 2>/dev/null\n\
+            printf 'subjectAltName=DNS:orders.internal\\nbasicConstraints=CA:FALSE\\n' > ext.cnf\n\
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+              -out server.pem -days 2 -extfile ext.cnf 2>/dev/null\n";
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
     }
 }

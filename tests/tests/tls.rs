@@ -1,0 +1,195 @@
+//! TLS: the agent reaches HTTPS backends with rustls, verifying their certificates, and
+//! `tls` backends are allowed or refused by the server name in the skill's ClientHello.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+
+use skillgate_tests::{Env, HttpBackend, TestCerts, unused_port};
+
+fn certs_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "skillgate-test-certs-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn dial() -> SocketAddr {
+    format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap()
+}
+
+fn exec(env: &Env, program: &[&str]) -> Output {
+    env.skillgate()
+        .args(["exec", "--skill", "reporter", "--"])
+        .args(program)
+        .output()
+        .expect("run skillgate exec")
+}
+
+/// `curl -sS URL` as the skill: (status code, body); status 0 when curl failed.
+fn curl(env: &Env, args: &[&str]) -> (u16, String) {
+    let mut program = vec!["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"];
+    program.extend_from_slice(args);
+    let out = exec(env, &program);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn http_backend(name: &str, dial: SocketAddr, upstream: SocketAddr, tls: &str) -> String {
+    format!(
+        "[[backend]]\nname = \"{name}\"\nprotocol = \"http\"\ndial = [\"{dial}\"]\n\
+         upstream = \"{upstream}\"\ntls = {{ {tls} }}\n\
+         [[rule]]\nskills = [\"reporter\"]\nbackend = \"{name}\"\neffect = \"allow\"\n\
+         http = {{ methods = [\"GET\"], paths = [\"/echo\"] }}\n"
+    )
+}
+
+#[test]
+fn https_backends_are_verified_against_their_ca() {
+    let dir = certs_dir("https");
+    let certs = TestCerts::create(&dir);
+    let stranger = TestCerts::create(&certs_dir("stranger"));
+    let backend = HttpBackend::start_tls(&certs);
+    let (good, wrong_ca, wrong_name) = (dial(), dial(), dial());
+    let ca = certs.ca.display();
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n{}{}{}",
+        http_backend(
+            "orders",
+            good,
+            backend.addr,
+            &format!("server_name = \"orders.internal\", ca_file = \"{ca}\"")
+        ),
+        http_backend(
+            "orders-wrong-ca",
+            wrong_ca,
+            backend.addr,
+            &format!(
+                "server_name = \"orders.internal\", ca_file = \"{}\"",
+                stranger.ca.display()
+            )
+        ),
+        http_backend(
+            "orders-wrong-name",
+            wrong_name,
+            backend.addr,
+            &format!("server_name = \"billing.internal\", ca_file = \"{ca}\"")
+        ),
+    );
+    let env = Env::new("tls-upstream", &policy);
+    let agent = env.start_agent();
+
+    let (status, body) = curl(&env, &[&format!("http://{good}/echo")]);
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["host"], "orders.internal");
+
+    for (addr, why) in [
+        (wrong_ca, "invalid peer certificate"),
+        (wrong_name, "not valid for name"),
+    ] {
+        let (status, body) = curl(&env, &[&format!("http://{addr}/echo")]);
+        assert_eq!(status, 502, "{body}");
+        let reason = serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            reason.contains("TLS handshake") && reason.contains(why),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "only the verified connection sent a request"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_backends_are_allowed_only_for_their_server_name() {
+    let dir = certs_dir("sni");
+    let certs = TestCerts::create(&dir);
+    let backend = HttpBackend::start_tls(&certs);
+    let dial = dial();
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"orders-tls\"\nprotocol = \"tls\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{}\"\ntls = {{ server_name = \"orders.internal\" }}\n\
+         [[rule]]\nskills = [\"reporter\"]\nbackend = \"orders-tls\"\neffect = \"allow\"\n",
+        backend.addr
+    );
+    let env = Env::new("tls-sni", &policy);
+    let agent = env.start_agent();
+    let port = dial.port();
+    let ca = certs.ca.display().to_string();
+
+    // The right name: end-to-end TLS from the skill to the backend, never decrypted.
+    let resolve = format!("orders.internal:{port}:127.0.0.2");
+    let (status, body) = curl(
+        &env,
+        &[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            &format!("https://orders.internal:{port}/echo"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+
+    // Another name at the same address, no TLS at all: refused before the backend.
+    let resolve = format!("billing.internal:{port}:127.0.0.2");
+    let (status, _) = curl(
+        &env,
+        &[
+            "-k",
+            "--resolve",
+            &resolve,
+            &format!("https://billing.internal:{port}/echo"),
+        ],
+    );
+    assert_eq!(
+        status, 0,
+        "a ClientHello for billing.internal must be refused"
+    );
+    let (status, _) = curl(&env, &[&format!("http://{dial}/echo")]);
+    assert_eq!(status, 0, "plain HTTP to a tls backend must be refused");
+    assert_eq!(backend.requests().len(), 1);
+
+    let export = env
+        .skillgate()
+        .args(["sessions", "export"])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["kind"] == "tls")
+        .collect();
+    let decisions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("sni orders.internal", "allow"),
+            ("sni billing.internal", "deny"),
+            ("sni -", "deny")
+        ],
+        "{events:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
