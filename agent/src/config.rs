@@ -57,6 +57,11 @@ pub struct AgentConfig {
     /// How long recorded events are kept: 90s, 30m, 12h, 30d.
     #[serde(default = "default_retention")]
     pub retention: String,
+    /// `full` (default): every commit is fsynced, so a record survives a host crash. `normal`:
+    /// a record survives an agent crash (kill -9) but the last ones may be lost if the host
+    /// loses power; much cheaper per request with few concurrent requests.
+    #[serde(default)]
+    pub store_sync: StoreSync,
     /// How long the proxy waits for an HTTP backend's response head, in milliseconds.
     #[serde(default = "default_response_timeout_ms")]
     pub upstream_response_timeout_ms: u64,
@@ -70,6 +75,14 @@ pub struct AgentConfig {
     /// Backend credentials the agent injects; see `credentials.rs` for the format.
     #[serde(default)]
     pub credentials: std::collections::BTreeMap<String, crate::credentials::CredentialDef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreSync {
+    #[default]
+    Full,
+    Normal,
 }
 
 fn default_response_timeout_ms() -> u64 {

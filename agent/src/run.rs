@@ -56,7 +56,11 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         );
     }
     let mask_salt = agent.mask_salt(&config.path)?;
-    let recorder = crate::record::Recorder::start(&config.store_path, agent.retention_ns())?;
+    let recorder = crate::record::Recorder::start(
+        &config.store_path,
+        agent.retention_ns(),
+        agent.store_sync == crate::config::StoreSync::Full,
+    )?;
     let approvals = Arc::new(crate::admin::Approvals::with_webhook(
         agent.approval_webhook_uri(),
     ));

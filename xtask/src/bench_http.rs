@@ -17,15 +17,15 @@ const ROUNDS: usize = 3;
 const SECONDS: u32 = 4;
 const SMALL: &str = r#"{"id":7,"name":"Alice","email":"alice@example.com","card":"4111 1111 1111 1111","total":42}"#;
 
-struct Config {
+struct Config<'a> {
     name: &'static str,
-    /// wrk runs inside the skill cgroup (through skillgate exec).
-    skill: bool,
+    /// The agent whose skill cgroup wrk runs in (through skillgate exec), if any.
+    agent: Option<&'a Teardown>,
     addr: SocketAddr,
 }
 
 /// One wrk run's requests/s and p99 latency (ms).
-fn wrk(agent: &Teardown, config: &Config, path: &str, connections: u32) -> Result<(f64, f64)> {
+fn wrk(config: &Config<'_>, path: &str, connections: u32) -> Result<(f64, f64)> {
     let url = format!("http://{}{path}", config.addr);
     let threads = connections.min(2).to_string();
     let args = [
@@ -38,7 +38,7 @@ fn wrk(agent: &Teardown, config: &Config, path: &str, connections: u32) -> Resul
         "--latency",
         &url,
     ];
-    let mut cmd = if config.skill {
+    let mut cmd = if let Some(agent) = config.agent {
         let mut cmd = agent.skillgate();
         cmd.args(["exec", "--skill", "bench", "--", "wrk"]);
         cmd
@@ -142,14 +142,31 @@ pub fn http(root: &Path) -> Result<()> {
          http = {{ methods = [\"GET\"], paths = [\"/small\", \"/big\"] }}\n\
          mask = {{ fields = [\"email\"], detectors = [\"card\", \"email\"] }}\n"
     );
-    let (config, proxy_port) = bench_config(&dir.join("agent"), "skillgate-bench-http", &policy)?;
-    let mut agent = Teardown {
+    // Two agents, one per store_sync setting, each with its own skills cgroup.
+    let mut agents = Vec::new();
+    let mut ports = Vec::new();
+    for (name, sync) in [
+        ("skillgate-bench-http", "full"),
+        ("skillgate-bench-http-normal", "normal"),
+    ] {
+        let (config, proxy_port) = bench_config(&dir.join(name), name, &policy)?;
+        let mut text = std::fs::read_to_string(&config)?;
+        text.push_str(&format!("store_sync = \"{sync}\"\n"));
+        std::fs::write(&config, text)?;
+        agents.push(Teardown {
+            bin: root.join("target/release/skillgate"),
+            config,
+            children: Vec::new(),
+        });
+        ports.push(proxy_port);
+    }
+    let mut servers = Teardown {
         bin: root.join("target/release/skillgate"),
-        config,
+        config: agents[0].config.clone(),
         children: Vec::new(),
     };
     let www = dir.join("www");
-    agent.children.push(nginx(
+    servers.children.push(nginx(
         &dir,
         "backend",
         &format!(
@@ -159,7 +176,7 @@ pub fn http(root: &Path) -> Result<()> {
             www.display()
         ),
     )?);
-    agent.children.push(nginx(
+    servers.children.push(nginx(
         &dir,
         "proxy",
         &format!(
@@ -168,36 +185,47 @@ pub fn http(root: &Path) -> Result<()> {
              proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
         ),
     )?);
-    let child = agent
-        .skillgate()
-        .arg("run")
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start the agent")?;
-    agent.children.push(child);
-    for addr in [backend, proxy, ([127, 0, 0, 1], proxy_port).into()] {
+    for agent in &mut agents {
+        let child = agent
+            .skillgate()
+            .arg("run")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the agent")?;
+        agent.children.push(child);
+    }
+    for addr in [backend, proxy] {
         wait_listening(addr)?;
     }
+    for port in ports {
+        wait_listening(([127, 0, 0, 1], port).into())?;
+    }
 
+    let (full, normal) = (Some(&agents[0]), Some(&agents[1]));
     let configs = [
         Config {
             name: "direct",
-            skill: false,
+            agent: None,
             addr: backend,
         },
         Config {
             name: "nginx (reverse proxy)",
-            skill: false,
+            agent: None,
             addr: proxy,
         },
         Config {
-            name: "skillgate (policy, recording)",
-            skill: true,
+            name: "skillgate (policy, recording, store_sync=full)",
+            agent: full,
             addr: plain_dial,
         },
         Config {
-            name: "skillgate (policy, recording, masking)",
-            skill: true,
+            name: "skillgate (policy, recording, store_sync=normal)",
+            agent: normal,
+            addr: plain_dial,
+        },
+        Config {
+            name: "skillgate (policy, recording, masking, store_sync=normal)",
+            agent: normal,
             addr: masked_dial,
         },
     ];
@@ -205,12 +233,12 @@ pub fn http(root: &Path) -> Result<()> {
     // results[case][config] = (rps runs, p99 runs)
     let mut results = vec![vec![(Vec::new(), Vec::new()); configs.len()]; cases.len()];
     for config in &configs {
-        wrk(&agent, config, "/small", 8)?; // warm-up, and proof that every path works
+        wrk(config, "/small", 8)?; // warm-up, and proof that every path works
     }
     for _ in 0..ROUNDS {
         for (c, (path, connections)) in cases.iter().enumerate() {
             for (k, config) in configs.iter().enumerate() {
-                let (rps, p99) = wrk(&agent, config, path, *connections)?;
+                let (rps, p99) = wrk(config, path, *connections)?;
                 results[c][k].0.push(rps);
                 results[c][k].1.push(p99);
             }
@@ -251,7 +279,8 @@ pub fn http(root: &Path) -> Result<()> {
              nginx backend serving fixed JSON bodies; each configuration runs alternately, \
              {ROUNDS} rounds, medians shown. nginx (the peer) proxies with upstream keep-alive. \
              skillgate runs with the shipped defaults (info logs, every request decided by the \
-             policy and recorded — committed to SQLite before it is forwarded); for skillgate, \
+             policy and recorded — committed to SQLite before it is forwarded, fsynced with \
+             store_sync=full, written to the WAL without fsync with store_sync=normal); for skillgate, \
              wrk runs inside a skill cgroup (`skillgate exec`) and dials an address that only \
              the eBPF redirect reaches. Masking: `email` fields plus the card and email \
              detectors over the whole body.\n\n{table}",

@@ -78,8 +78,8 @@ pub struct Recorder {
 impl Recorder {
     /// Opens the store (errors now, not at the first connection) and starts the writer,
     /// which also prunes events older than `retention_ns`.
-    pub fn start(path: &Path, retention_ns: i64) -> Result<Self> {
-        let mut store = Store::open(path)?;
+    pub fn start(path: &Path, retention_ns: i64, sync_full: bool) -> Result<Self> {
+        let mut store = Store::open(path, sync_full)?;
         let (closed, expired) = store.recover(now_ns())?;
         if closed > 0 {
             tracing::warn!(

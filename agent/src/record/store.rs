@@ -70,7 +70,9 @@ pub enum Write<'a> {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating) the store. `sync_full`: each commit is fsynced (survives a host
+    /// crash); otherwise commits survive an agent crash and are fsynced at checkpoints.
+    pub fn open(path: &Path, sync_full: bool) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!("cannot create the store's directory {}", dir.display())
@@ -78,9 +80,14 @@ impl Store {
         }
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open the session store {}", path.display()))?;
-        // WAL with full sync: a committed record survives a crash of the agent or the host.
+        // WAL; with full sync a committed record survives a crash of the agent or the host,
+        // with normal sync a crash of the agent (the WAL is written before the commit returns).
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if sync_full { "FULL" } else { "NORMAL" },
+        )?;
         conn.execute_batch(SCHEMA)
             .context("cannot create the session store's tables")?;
         let head: Option<Vec<u8>> = conn
@@ -108,22 +115,23 @@ impl Store {
         for write in batch {
             let (session, event) = match write {
                 Write::Open(session, event) => {
-                    tx.execute(
+                    // Cached statements: preparing costs more than the insert itself.
+                    tx.prepare_cached(
                         "INSERT INTO sessions (started_ns, skill, pid, uid, gid, exe, cmdline, \
                          cgroup, origin, backend) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                        params![
-                            session.started_ns,
-                            session.skill,
-                            session.pid,
-                            session.uid,
-                            session.gid,
-                            session.exe,
-                            session.cmdline,
-                            session.cgroup,
-                            session.origin,
-                            session.backend,
-                        ],
-                    )?;
+                    )?
+                    .execute(params![
+                        session.started_ns,
+                        session.skill,
+                        session.pid,
+                        session.uid,
+                        session.gid,
+                        session.exe,
+                        session.cmdline,
+                        session.cgroup,
+                        session.origin,
+                        session.backend,
+                    ])?;
                     let id = tx.last_insert_rowid();
                     opened.push(id);
                     (id, *event)
@@ -137,36 +145,36 @@ impl Store {
                     bytes_to_skill,
                     event,
                 } => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE sessions SET ended_ns = ?2, outcome = ?3, bytes_to_backend = ?4, \
                          bytes_to_skill = ?5 WHERE id = ?1",
-                        params![
-                            session,
-                            ended_ns,
-                            outcome,
-                            *bytes_to_backend as i64,
-                            *bytes_to_skill as i64
-                        ],
-                    )?;
+                    )?
+                    .execute(params![
+                        session,
+                        ended_ns,
+                        outcome,
+                        *bytes_to_backend as i64,
+                        *bytes_to_skill as i64
+                    ])?;
                     (*session, *event)
                 }
             };
             let hash = chain(&head, session, event);
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO events (session_id, at_ns, kind, operation, decision, rule, reason, \
                  prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    session,
-                    event.at_ns,
-                    event.kind,
-                    event.operation,
-                    event.decision,
-                    event.rule,
-                    event.reason,
-                    &head[..],
-                    &hash[..],
-                ],
-            )?;
+            )?
+            .execute(params![
+                session,
+                event.at_ns,
+                event.kind,
+                event.operation,
+                event.decision,
+                event.rule,
+                event.reason,
+                &head[..],
+                &hash[..],
+            ])?;
             head = hash;
         }
         tx.commit().context("cannot commit to the session store")?;
