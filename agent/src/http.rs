@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use skillgate_policy::{Effect, Mask};
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::{PendingView, Verdict};
 use crate::proxy::Proxy;
@@ -220,7 +220,12 @@ impl HttpConn {
             Effect::Approve => "approve",
             Effect::Allow | Effect::Mask => "allow",
         };
-        info!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
+        // Every request is in the store; the log says why for what was not simply allowed.
+        if decision.effect == Effect::Allow {
+            debug!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
+        } else {
+            info!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
+        }
         let event = Event {
             at_ns: record::now_ns(),
             kind: "http".to_owned(),
@@ -270,7 +275,7 @@ impl HttpConn {
             )
             .await;
         let status = response.status();
-        info!(request = %decided.id, status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request answered");
+        debug!(request = %decided.id, status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request answered");
         response
     }
 

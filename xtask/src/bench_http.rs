@@ -84,7 +84,20 @@ fn millis(text: &str) -> Result<f64> {
     })
 }
 
-fn nginx(dir: &Path, name: &str, server: &str) -> Result<std::process::Child> {
+/// An nginx master: stopped with SIGTERM (which takes its workers down; SIGKILL would orphan
+/// them, still listening).
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
     let dir = dir.join(name);
     std::fs::create_dir_all(dir.join("tmp"))?;
     let d = dir.display();
@@ -104,6 +117,7 @@ fn nginx(dir: &Path, name: &str, server: &str) -> Result<std::process::Child> {
         .arg(&conf)
         .stderr(Stdio::null())
         .spawn()
+        .map(Nginx)
         .context("cannot start nginx")
 }
 
@@ -160,13 +174,9 @@ pub fn http(root: &Path) -> Result<()> {
         });
         ports.push(proxy_port);
     }
-    let mut servers = Teardown {
-        bin: root.join("target/release/skillgate"),
-        config: agents[0].config.clone(),
-        children: Vec::new(),
-    };
+    let mut servers = Vec::new();
     let www = dir.join("www");
-    servers.children.push(nginx(
+    servers.push(nginx(
         &dir,
         "backend",
         &format!(
@@ -176,7 +186,7 @@ pub fn http(root: &Path) -> Result<()> {
             www.display()
         ),
     )?);
-    servers.children.push(nginx(
+    servers.push(nginx(
         &dir,
         "proxy",
         &format!(
