@@ -41,6 +41,10 @@ pub struct CredentialDef {
     pub file: Option<PathBuf>,
     pub env: Option<String>,
     pub systemd: Option<String>,
+    /// PostgreSQL only: let the agent answer md5 or cleartext password requests (SCRAM-SHA-256
+    /// otherwise; a backend asking for less is refused).
+    #[serde(default)]
+    pub allow_weak_auth: bool,
 }
 
 /// A loaded credential: the header to inject, and the forms of the secret to scrub from
@@ -49,6 +53,9 @@ pub struct Credential {
     pub header: HeaderName,
     pub value: HeaderValue,
     pub secrets: Vec<Vec<u8>>,
+    /// User and password of a `basic` credential (how PostgreSQL backends log in).
+    pub login: Option<(String, String)>,
+    pub allow_weak_auth: bool,
 }
 
 impl std::fmt::Debug for Credential {
@@ -131,10 +138,18 @@ fn load_one(def: &CredentialDef, base: &Path) -> Result<Credential> {
         secrets.push(password.as_bytes().to_vec());
     }
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let login = match def.kind {
+        Kind::Basic => secret
+            .split_once(':')
+            .map(|(user, password)| (user.to_owned(), password.to_owned())),
+        _ => None,
+    };
     Ok(Credential {
         header,
         value,
         secrets,
+        login,
+        allow_weak_auth: def.allow_weak_auth,
     })
 }
 
@@ -164,6 +179,7 @@ mod tests {
             file: None,
             env: Some(env.to_owned()),
             systemd: None,
+            allow_weak_auth: false,
         }
     }
 

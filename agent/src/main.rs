@@ -11,6 +11,7 @@ mod exec;
 mod host;
 mod http;
 mod metrics;
+mod pg;
 mod policy_cli;
 mod proxy;
 mod record;

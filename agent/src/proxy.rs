@@ -17,6 +17,7 @@ use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
 use crate::http::{HttpConn, UpstreamTls};
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
+use crate::pg::PgConn;
 use crate::record::{self, Event, Recorder, Session};
 use crate::sys;
 
@@ -44,6 +45,10 @@ pub struct Proxy {
     pub mask_salt: Vec<u8>,
     /// TLS client configurations for backends reached over TLS.
     pub tls: crate::tls::Connectors,
+    /// PostgreSQL sessions' cancel keys → their backends.
+    pub pg_cancel: crate::pg::CancelKeys,
+    /// SQL classifications of recent statement texts.
+    pub sql_cache: std::sync::Mutex<skillgate_policy::sql::Cache>,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -69,6 +74,17 @@ pub async fn bind(port: u16) -> Result<Vec<TcpListener>> {
 impl Proxy {
     pub fn current_policy(&self) -> Arc<Policy> {
         Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Classifies SQL through the shared cache (a repeated statement is not parsed again).
+    pub fn classify(
+        &self,
+        sql: &str,
+    ) -> Arc<Result<Vec<skillgate_policy::sql::Statement>, skillgate_policy::sql::SqlError>> {
+        self.sql_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .classify(sql)
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
@@ -128,16 +144,11 @@ impl Proxy {
             let cgroup_name = cgroup.as_deref().unwrap_or("-");
             let (verdict, reason, upstream) = match (decision.effect, decision.backend) {
                 // Requests are decided (and held for approval) one by one.
-                (Effect::Allow | Effect::Approve, Some(b)) if b.protocol == Protocol::Http => {
+                (Effect::Allow | Effect::Approve, Some(b))
+                    if matches!(b.protocol, Protocol::Http | Protocol::Postgres) =>
+                {
                     ("allow", decision.reason.clone(), Some(b.upstream))
                 }
-                // Until the PostgreSQL layer lands, forwarding its bytes would skip the
-                // per-statement policy: refuse instead.
-                (Effect::Allow, Some(b)) if b.protocol == Protocol::Postgres => (
-                    "deny",
-                    format!("protocol `{}` is not served by this agent yet", b.protocol.as_str()),
-                    None,
-                ),
                 (Effect::Allow, Some(b)) => ("allow", decision.reason.clone(), Some(b.upstream)),
                 (Effect::Approve, Some(b)) if matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => {
                     ("approve", decision.reason.clone(), Some(b.upstream))
@@ -236,6 +247,10 @@ impl Proxy {
                 Some(upstream) if protocol == Some(Protocol::Http) => {
                     let tls = tls.map(|t| UpstreamTls::resolve(t, upstream, &policy.origin));
                     let conn = HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream, tls);
+                    Arc::new(conn).serve(stream).await
+                }
+                Some(upstream) if protocol == Some(Protocol::Postgres) => {
+                    let conn = PgConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream);
                     Arc::new(conn).serve(stream).await
                 }
                 Some(upstream) if protocol == Some(Protocol::Tls) => {

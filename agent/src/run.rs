@@ -104,6 +104,8 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         mask_body_limit: agent.mask_body_limit,
         mask_salt,
         tls: crate::tls::Connectors::default(),
+        pg_cancel: crate::pg::CancelKeys::default(),
+        sql_cache: std::sync::Mutex::new(skillgate_policy::sql::Cache::new(10_000)),
     });
     if let Some(addr) = agent.metrics_listen {
         crate::metrics::serve(addr, Arc::clone(&proxy)).await?;

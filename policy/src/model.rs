@@ -127,7 +127,8 @@ impl Mask {
         self.columns.is_empty() && self.fields.is_empty() && self.detectors.is_empty()
     }
 
-    pub(crate) fn extend(&mut self, other: &Self) {
+    /// Adds what `other` masks (the least revealing strategy wins).
+    pub fn extend(&mut self, other: &Self) {
         for (dst, src) in [
             (&mut self.columns, &other.columns),
             (&mut self.fields, &other.fields),

@@ -631,3 +631,132 @@ impl TestCerts {
         }
     }
 }
+
+/// A throwaway PostgreSQL server (initdb into a temp dir, SCRAM-SHA-256 logins, loopback on a
+/// free port), stopped and removed when dropped.
+pub struct PgServer {
+    pub port: u16,
+    pub password: String,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PgServer {
+    /// Starts a server with database `shop`: customers (with emails and card numbers), orders
+    /// and refunds.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql (cargo xtask setup installs them)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("skillgate-test-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = format!("pw-{}-{port}-secret", std::process::id());
+        std::fs::write(dir.join("pwfile"), &password).unwrap();
+        let owned = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(owned.success());
+        let server = Self {
+            port,
+            password,
+            dir,
+            bin,
+        };
+        server.as_postgres(&[
+            "initdb",
+            "-D",
+            "data",
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            "--pwfile=pwfile",
+            "-E",
+            "UTF8",
+        ]);
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            server.dir.display()
+        );
+        server.as_postgres(&[
+            "pg_ctl", "-D", "data", "-l", "log", "-w", "-o", &options, "start",
+        ]);
+        server.psql_admin("postgres", "CREATE DATABASE shop");
+        server.psql_admin(
+            "shop",
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text, note text);\
+             INSERT INTO customers VALUES (1, 'Alice', 'alice@example.com', '4111 1111 1111 1111', 'mail bob@example.org'),\
+             (2, 'Bob', 'bob@example.org', '5500 0000 0000 0004', 'vip');\
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int, total numeric);\
+             INSERT INTO orders SELECT g, 1 + g % 2, g * 10 FROM generate_series(1, 20) g;\
+             CREATE TABLE refunds (order_id int, amount numeric);",
+        );
+        server
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let program = self.bin.join(args[0]);
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(program)
+            .args(&args[1..])
+            .current_dir(&self.dir)
+            .output()
+            .expect("runuser");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs SQL as the superuser, straight to the server (not through skillgate).
+    pub fn psql_admin(&self, database: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let program = self.bin.join("pg_ctl");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(program)
+            .args(["-D", "data", "-m", "immediate", "stop"])
+            .current_dir(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

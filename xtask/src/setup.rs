@@ -8,8 +8,9 @@ use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.10.1";
 
-/// Libraries the build needs, as Debian packages: libclang for pg_query's bindgen.
-const LIBRARIES: &[&str] = &["libclang-dev"];
+/// Packages checked by name (no command tells): libclang for pg_query's bindgen, and the
+/// PostgreSQL server the tests start their own instances of (initdb, pg_ctl).
+const LIBRARIES: &[&str] = &["libclang-dev", "postgresql"];
 
 /// Commands the build, the tests and the demo run, with the Debian package providing each.
 const COMMANDS: &[(&str, &str)] = &[
@@ -19,13 +20,17 @@ const COMMANDS: &[(&str, &str)] = &[
     ("kill", "procps"),
     ("curl", "curl"),
     ("openssl", "openssl"),
+    ("psql", "postgresql-client"),
+    ("pgbench", "postgresql-client"),
+    ("runuser", "util-linux"),
 ];
 
 /// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
-/// requests (an HTTP client skills commonly use).
+/// clients skills commonly use (requests for HTTP, psycopg2 for PostgreSQL).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("prometheus_client", "prometheus-client==0.26.0"),
     ("requests", "requests==2.34.2"),
+    ("psycopg2", "psycopg2-binary==2.9.13"),
 ];
 
 pub fn setup() -> Result<()> {

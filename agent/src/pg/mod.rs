@@ -1,0 +1,1146 @@
+//! PostgreSQL backends: a v3 wire-protocol proxy that decides every statement, authenticates
+//! upstream with credentials only the agent holds, and masks result rows.
+//!
+//! A skill connects with any user name and gets `AuthenticationOk` once the agent has logged in
+//! upstream (SCRAM-SHA-256; md5 or cleartext only where the credential allows it). From then
+//! on every Query and Parse is classified (PostgreSQL's parser, cached) and decided:
+//!
+//! - allowed statements are forwarded as they are;
+//! - denied ones are replaced by a statement that fails to parse upstream, carrying a nonce;
+//!   the backend answers it with an error in its proper place in the stream (after the
+//!   responses to everything sent before, with the transaction and extended-protocol error
+//!   state PostgreSQL itself keeps), and the agent rewrites that error into SQLSTATE 42501 with
+//!   the reason and the rule. No denied statement reaches the backend's executor.
+//! - statements an `approve` rule covers are held until approved (forwarded) or not (denied).
+//!
+//! Masking: a statement decided with a mask marks its response cycle (up to ReadyForQuery).
+//! Columns are identified by the RowDescription's table oid and column number against a
+//! catalog snapshot taken at login (so an alias does not unmask a column), by name, and
+//! computed columns are masked when the statement mentions a masked column. A row that must be
+//! masked but cannot be (no RowDescription for it, a binary-format masked column) ends the
+//! session with an error: an unmasked value is never sent.
+
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut as _, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use skillgate_policy::{Decision, Effect, Mask, Operation, Request};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::admin::{PendingView, Verdict};
+use crate::proxy::Proxy;
+use crate::record::{self, Event};
+use wire::{Column, Startup};
+
+/// Startup parameters passed upstream; everything else (notably `options`, which could set
+/// search_path or session settings behind the policy's back) is dropped.
+const PASSED_PARAMETERS: &[&str] = &[
+    "database",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "IntervalStyle",
+];
+
+/// Text-like type oids whose binary form is their text (detectors can read them).
+const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 3802];
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Where each live session's cancel key leads: skills may cancel only their own queries.
+#[derive(Default)]
+pub struct CancelKeys(Mutex<HashMap<(i32, i32), SocketAddr>>);
+
+impl CancelKeys {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), SocketAddr>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A denied statement in flight: the nonce its stand-in carries and the error to give.
+struct Poison {
+    nonce: String,
+    message: String,
+    detail: String,
+}
+
+/// Everything between two ReadyForQuery messages.
+#[derive(Default)]
+struct Cycle {
+    mask: Option<Mask>,
+    /// Lower-cased statement texts of the cycle (to spot computed columns from masked ones).
+    texts: Vec<String>,
+    poisons: Vec<Poison>,
+    /// From the latest RowDescription: what to do with each column.
+    columns: Option<Vec<ColumnMask>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnMask {
+    Keep,
+    /// Detectors only (a text column).
+    Scan,
+    /// The whole value (a masked column).
+    Whole,
+    /// Must be masked but cannot be (binary format).
+    Impossible,
+}
+
+struct Shared {
+    cycles: VecDeque<Cycle>,
+    /// Whether the last cycle is an extended-protocol batch still open (no Sync yet).
+    batch_open: bool,
+}
+
+/// One skill connection to a `postgres` backend.
+pub struct PgConn {
+    pub proxy: Arc<Proxy>,
+    pub skill: String,
+    pub backend: String,
+    pub session: Option<i64>,
+    pub upstream: SocketAddr,
+    statements: AtomicU64,
+    to_backend: AtomicU64,
+    to_skill: AtomicU64,
+}
+
+impl PgConn {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        skill: String,
+        backend: String,
+        session: Option<i64>,
+        upstream: SocketAddr,
+    ) -> Self {
+        Self {
+            proxy,
+            skill,
+            backend,
+            session,
+            upstream,
+            statements: AtomicU64::new(0),
+            to_backend: AtomicU64::new(0),
+            to_skill: AtomicU64::new(0),
+        }
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.to_backend.load(Ordering::Relaxed),
+            self.to_skill.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Serves the skill's connection; returns the outcome and the bytes moved.
+    pub async fn serve(self: Arc<Self>, mut client: TcpStream) -> (&'static str, (u64, u64)) {
+        let _ = client.set_nodelay(true);
+        let params = match wire::read_startup(&mut client).await {
+            Ok(Startup::Session(params)) => params,
+            Ok(Startup::Cancel { pid, secret }) => {
+                self.cancel(pid, secret).await;
+                return ("cancel", (0, 0));
+            }
+            Err(reason) => {
+                self.fatal(&mut client, "08P01", &format!("skillgate: {reason}"))
+                    .await;
+                return ("error", (0, 0));
+            }
+        };
+        let skill_user = param(&params, "user").unwrap_or("-").to_owned();
+        if param(&params, "replication").is_some() {
+            self.fatal(
+                &mut client,
+                "28000",
+                "skillgate: replication connections are not allowed",
+            )
+            .await;
+            return ("denied", (0, 0));
+        }
+        let (mut server, greeting, key) = match self.login(&params).await {
+            Ok(login) => login,
+            Err(reason) => {
+                warn!(skill_user = %skill_user, %reason, "cannot log in to the PostgreSQL backend");
+                self.fatal(&mut client, "08006", &format!("skillgate: {reason}"))
+                    .await;
+                return ("backend unreachable", (0, 0));
+            }
+        };
+        // The catalog snapshot is taken before the skill gets the connection.
+        let catalog = match self.catalog(&mut server).await {
+            Ok(catalog) => catalog,
+            Err(reason) => {
+                self.fatal(&mut client, "08006", &format!("skillgate: {reason}"))
+                    .await;
+                return ("error", self.bytes());
+            }
+        };
+        if let Some(key) = key {
+            self.proxy.pg_cancel.lock().insert(key, self.upstream);
+        }
+        let mut hello = BytesMut::new();
+        wire::put_message(&mut hello, b'R', &0i32.to_be_bytes());
+        hello.extend_from_slice(&greeting);
+        if client.write_all(&hello).await.is_err() {
+            return ("closed", (0, 0));
+        }
+        info!(skill_user = %skill_user, database = param(&params, "database").unwrap_or("-"), "PostgreSQL session started");
+        let shared = Mutex::new(Shared {
+            cycles: VecDeque::new(),
+            batch_open: false,
+        });
+        let (client_read, client_write) = tokio::io::split(client);
+        let (server_read, server_write) = tokio::io::split(server);
+        let writer = tokio::sync::Mutex::new(client_write);
+        let outcome = tokio::select! {
+            outcome = self.frontend(client_read, server_write, &writer, &shared) => outcome,
+            outcome = self.backend_loop(server_read, &writer, &shared, &catalog) => outcome,
+        };
+        if let Some(key) = key {
+            self.proxy.pg_cancel.lock().remove(&key);
+        }
+        (outcome, self.bytes())
+    }
+
+    async fn fatal<W: AsyncWrite + Unpin>(&self, client: &mut W, code: &str, message: &str) {
+        let mut out = BytesMut::new();
+        wire::error_response(&mut out, "FATAL", code, message, None, None);
+        let _ = client.write_all(&out).await;
+    }
+
+    /// Forwards a cancel request whose key belongs to a live session of this agent.
+    async fn cancel(&self, pid: i32, secret: i32) {
+        let target = self.proxy.pg_cancel.lock().get(&(pid, secret)).copied();
+        let Some(upstream) = target else {
+            warn!(pid, "cancel request for an unknown session: ignored");
+            return;
+        };
+        let mut buf = BytesMut::new();
+        frontend::cancel_request(pid, secret, &mut buf);
+        match TcpStream::connect(upstream).await {
+            Ok(mut stream) => {
+                let _ = stream.write_all(&buf).await;
+                info!(pid, %upstream, "cancel request forwarded");
+            }
+            Err(err) => warn!(%upstream, error = %err, "cannot forward a cancel request"),
+        }
+    }
+
+    /// Connects and authenticates upstream with the backend's credential.
+    /// Connects and authenticates upstream with the backend's credential; returns the
+    /// connection, the backend's greeting after AuthenticationOk (ParameterStatus,
+    /// BackendKeyData, ReadyForQuery) for the skill, and the session's cancel key.
+    async fn login(&self, params: &[(String, String)]) -> Result<Login, String> {
+        let policy = self.proxy.current_policy();
+        let backend = policy
+            .backend(&self.backend)
+            .ok_or("the backend is no longer in the policy")?;
+        let name = backend.credentials.clone().ok_or_else(|| {
+            format!(
+                "backend `{}` names no credentials; the agent cannot log in",
+                self.backend
+            )
+        })?;
+        let tls = backend.tls.clone();
+        let credentials = self.proxy.credentials();
+        let credential = credentials
+            .get(&name)
+            .ok_or_else(|| format!("credential `{name}` is not configured on this host"))?;
+        let (user, password) = credential.login.clone().ok_or_else(|| {
+            format!("credential `{name}` must be kind = \"basic\" (user:password) for PostgreSQL")
+        })?;
+        let timeout = self.proxy.upstream_connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.upstream))
+            .await
+            .map_err(|_| {
+                format!(
+                    "the backend did not accept within {} ms",
+                    timeout.as_millis()
+                )
+            })?
+            .map_err(|err| format!("the backend is unreachable: {err}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut server: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let mut tcp = tcp;
+                let mut buf = BytesMut::new();
+                frontend::ssl_request(&mut buf);
+                tcp.write_all(&buf).await.map_err(|e| e.to_string())?;
+                let mut answer = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
+                    .await
+                    .map_err(|e| format!("no answer to SSLRequest: {e}"))?;
+                if answer[0] != b'S' {
+                    return Err("the backend does not offer TLS".to_owned());
+                }
+                let server_name = tls
+                    .server_name
+                    .unwrap_or_else(|| self.upstream.ip().to_string());
+                let base = std::path::Path::new(&policy.origin)
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."));
+                let ca = tls.ca_file.map(|f| base.join(f));
+                let stream = self
+                    .proxy
+                    .tls
+                    .connect(tcp, &server_name, ca.as_deref())
+                    .await
+                    .map_err(|err| format!("{err:#}"))?;
+                Box::new(stream)
+            }
+        };
+        let database = param(params, "database").unwrap_or(&user).to_owned();
+        let mut startup: Vec<(&str, &str)> = vec![("user", &user), ("database", &database)];
+        for (name, value) in params {
+            if name != "database" && PASSED_PARAMETERS.contains(&name.as_str()) {
+                startup.push((name, value));
+            }
+        }
+        let mut buf = BytesMut::new();
+        frontend::startup_message(startup.iter().copied(), &mut buf).map_err(|e| e.to_string())?;
+        server.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let mut inbox = BytesMut::new();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let message = next(&mut server, &mut inbox).await?;
+            let body = wire::body(&message);
+            match message[0] {
+                b'R' if body.len() >= 4 => {
+                    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let data = &body[4..];
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => return greet(server, inbox).await,
+                        3 if credential.allow_weak_auth => {
+                            frontend::password_message(password.as_bytes(), &mut out)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        5 if credential.allow_weak_auth && data.len() == 4 => {
+                            let salt = [data[0], data[1], data[2], data[3]];
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut out)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        3 | 5 => {
+                            return Err(format!(
+                                "the backend asks for {} authentication; only SCRAM-SHA-256 is \
+                                 used unless credential `{name}` sets allow_weak_auth = true",
+                                if code == 3 { "cleartext" } else { "md5" }
+                            ));
+                        }
+                        10 => {
+                            let mut rest = data;
+                            let mut mechanisms = Vec::new();
+                            while let Some(m) = wire::cstr(&mut rest).filter(|m| !m.is_empty()) {
+                                mechanisms.push(m);
+                            }
+                            if !mechanisms.contains(&SCRAM_SHA_256) {
+                                return Err(format!(
+                                    "the backend offers SASL {mechanisms:?}, not SCRAM-SHA-256"
+                                ));
+                            }
+                            let state = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response(
+                                SCRAM_SHA_256,
+                                state.message(),
+                                &mut out,
+                            )
+                            .map_err(|e| e.to_string())?;
+                            scram = Some(state);
+                        }
+                        11 => {
+                            let state = scram.as_mut().ok_or("unexpected SASLContinue")?;
+                            state
+                                .update(data)
+                                .map_err(|e| format!("SCRAM exchange failed: {e}"))?;
+                            frontend::sasl_response(state.message(), &mut out)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        12 => {
+                            let state = scram.as_mut().ok_or("unexpected SASLFinal")?;
+                            // Verifies the server's signature: a fake backend cannot pass.
+                            state.finish(data).map_err(|e| {
+                                format!("the backend's SCRAM signature is wrong: {e}")
+                            })?;
+                        }
+                        other => {
+                            return Err(format!("unsupported authentication request {other}"));
+                        }
+                    }
+                    if !out.is_empty() {
+                        server.write_all(&out).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                b'E' => {
+                    return Err(format!(
+                        "the backend refused the agent's login: {}",
+                        wire::error_message(body).unwrap_or("(no message)")
+                    ));
+                }
+                b'N' => {}
+                other => {
+                    return Err(format!(
+                        "unexpected message `{}` during login",
+                        char::from(other).escape_default()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The catalog entries of every column a mask rule on this backend names, read as the
+    /// agent before the skill gets the session: (table oid, column number) → (schema, table,
+    /// column).
+    async fn catalog(&self, server: &mut Box<dyn Stream>) -> Result<Catalog, String> {
+        let policy = self.proxy.current_policy();
+        let mut names: Vec<String> = policy
+            .rules
+            .iter()
+            .filter(|r| policy.backends[r.backend].name == self.backend)
+            .flat_map(|r| r.mask.columns.iter())
+            .map(|c| c.rsplit('.').next().unwrap_or(c).to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut catalog = Catalog::new();
+        if names.is_empty() {
+            return Ok(catalog);
+        }
+        let list = names
+            .iter()
+            .map(|n| format!("'{}'", n.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attname IN ({list})"
+        );
+        let mut out = BytesMut::new();
+        frontend::query(&sql, &mut out).map_err(|e| e.to_string())?;
+        server.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut inbox = BytesMut::new();
+        loop {
+            let message = next(server, &mut inbox).await?;
+            let body = wire::body(&message);
+            match message[0] {
+                b'D' => {
+                    let row = wire::data_row(body).ok_or("bad catalog row")?;
+                    let text = |i: usize| {
+                        row.get(i)
+                            .copied()
+                            .flatten()
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .ok_or("bad catalog row")
+                    };
+                    let oid: u32 = text(0)?.parse().map_err(|_| "bad catalog oid")?;
+                    let attnum: i16 = text(1)?.parse().map_err(|_| "bad catalog attnum")?;
+                    catalog.insert(
+                        (oid, attnum),
+                        [
+                            text(2)?.to_owned(),
+                            text(3)?.to_owned(),
+                            text(4)?.to_owned(),
+                        ],
+                    );
+                }
+                b'E' => {
+                    return Err(format!(
+                        "cannot read the backend's catalog for masking: {}",
+                        wire::error_message(body).unwrap_or("(no message)")
+                    ));
+                }
+                b'Z' => {
+                    if !inbox.is_empty() {
+                        return Err("the backend sent more than asked".to_owned());
+                    }
+                    return Ok(catalog);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// (table oid, column number) → [schema, table, column] of masked columns.
+type Catalog = HashMap<(u32, i16), [String; 3]>;
+
+type Login = (Box<dyn Stream>, BytesMut, Option<(i32, i32)>);
+
+/// After AuthenticationOk: collects what the backend sends up to its first ReadyForQuery.
+async fn greet(mut server: Box<dyn Stream>, mut inbox: BytesMut) -> Result<Login, String> {
+    let mut greeting = BytesMut::new();
+    let mut key = None;
+    loop {
+        let message = next(&mut server, &mut inbox).await?;
+        let body = wire::body(&message);
+        match message[0] {
+            b'K' if body.len() == 8 => {
+                key = Some((
+                    i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                ));
+                greeting.extend_from_slice(&message);
+            }
+            b'S' | b'N' => greeting.extend_from_slice(&message),
+            b'Z' => {
+                greeting.extend_from_slice(&message);
+                if !inbox.is_empty() {
+                    return Err("the backend sent more than its greeting".to_owned());
+                }
+                return Ok((server, greeting, key));
+            }
+            b'E' => {
+                return Err(format!(
+                    "the backend refused the session: {}",
+                    wire::error_message(body).unwrap_or("(no message)")
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "unexpected message `{}` after login",
+                    char::from(other).escape_default()
+                ));
+            }
+        }
+    }
+}
+
+/// Whether mask column `pattern` (`column`, `table.column` or `schema.table.column`) is
+/// the catalog column `[schema, table, column]`.
+fn column_matches(pattern: &str, [schema, table, column]: &[String; 3]) -> bool {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    match parts.as_slice() {
+        [c] => c == column,
+        [t, c] => t == table && c == column,
+        [s, t, c] => s == schema && t == table && c == column,
+        _ => false,
+    }
+}
+
+/// What to do with each column of a RowDescription under `mask`.
+fn plan_columns(
+    columns: &[Column],
+    mask: &Mask,
+    texts: &[String],
+    catalog: &Catalog,
+) -> Vec<ColumnMask> {
+    let names: Vec<&str> = mask
+        .columns
+        .iter()
+        .map(|c| c.rsplit('.').next().unwrap_or(c))
+        .collect();
+    let mentioned = names
+        .iter()
+        .any(|name| texts.iter().any(|t| mentions(t, name)));
+    columns
+        .iter()
+        .map(|column| {
+            let whole = match catalog.get(&(column.table_oid, column.attnum)) {
+                Some(entry) => mask.columns.iter().any(|p| column_matches(p, entry)),
+                // Not a masked table column: masked if it bears a masked name, or if it is
+                // computed and the statement reads a masked column (lower(email) is email).
+                None => {
+                    names.contains(&column.name.as_str()) || (column.table_oid == 0 && mentioned)
+                }
+            };
+            let binary = column.format != 0;
+            match (whole, binary) {
+                (true, false) => ColumnMask::Whole,
+                (true, true) => ColumnMask::Impossible,
+                (false, _) if mask.detectors.is_empty() => ColumnMask::Keep,
+                (false, false) => ColumnMask::Scan,
+                (false, true) if TEXT_TYPES.contains(&column.type_oid) => ColumnMask::Scan,
+                (false, true) => ColumnMask::Keep,
+            }
+        })
+        .collect()
+}
+
+/// Whether lower-cased SQL `text` has `word` as a whole identifier.
+fn mentions(text: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The next whole backend message.
+async fn next<S: AsyncRead + Unpin>(
+    server: &mut S,
+    inbox: &mut BytesMut,
+) -> Result<BytesMut, String> {
+    loop {
+        if let Some(message) = wire::frame(inbox, wire::MAX_BACKEND_MESSAGE)? {
+            return Ok(message);
+        }
+        if !wire::fill(server, inbox)
+            .await
+            .map_err(|e| format!("the backend connection failed: {e}"))?
+        {
+            return Err("the backend closed the connection".to_owned());
+        }
+    }
+}
+
+/// How the agent answers one statement.
+enum Answer {
+    Allow(Mask),
+    Deny { message: String, detail: String },
+}
+
+type ClientWriter<W> = tokio::sync::Mutex<W>;
+
+impl PgConn {
+    /// Classifies, decides (holding for approval if a rule says so) and records a statement.
+    async fn decide(&self, text: &str) -> Answer {
+        let n = self.statements.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = match self.session {
+            Some(session) => format!("{session}.{n}"),
+            None => format!("unrecorded.{n}"),
+        };
+        let policy = self.proxy.current_policy();
+        let statements = self.proxy.classify(text);
+        let decision = match statements.as_ref() {
+            Ok(statements) => policy.decide(&Request {
+                skill: &self.skill,
+                token_groups: &[],
+                backend: &self.backend,
+                operation: Operation::Sql(statements),
+            }),
+            Err(err) => Decision {
+                effect: Effect::Deny,
+                skill: None,
+                backend: None,
+                rule: None,
+                rules: Vec::new(),
+                mask: Mask::default(),
+                reason: format!("the statement cannot be classified: {err}"),
+                observed: None,
+            },
+        };
+        let verdict = match decision.effect {
+            Effect::Deny => "deny",
+            Effect::Approve => "approve",
+            Effect::Allow | Effect::Mask => "allow",
+        };
+        let shown = statement_text(text);
+        if decision.effect == Effect::Allow {
+            debug!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
+        } else {
+            info!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
+        }
+        let rule = decision.rule.map(str::to_owned);
+        let event = Event {
+            at_ns: record::now_ns(),
+            kind: "sql".to_owned(),
+            operation: shown.clone(),
+            decision: verdict.to_owned(),
+            rule: rule.clone(),
+            reason: format!("{} [{id}]", decision.reason),
+        };
+        if let Some(session) = self.session
+            && let Err(err) = self.proxy.recorder.event(session, event).await
+        {
+            warn!(error = %format!("{err:#}"), "cannot record the statement: refusing it");
+            return Answer::Deny {
+                message:
+                    "skillgate: the session store cannot record this statement, so it is refused"
+                        .to_owned(),
+                detail: format!("decision {id}"),
+            };
+        }
+        let rule_text = rule.as_deref().unwrap_or("none (default deny)");
+        match decision.effect {
+            Effect::Allow | Effect::Mask => Answer::Allow(decision.mask),
+            Effect::Deny => Answer::Deny {
+                message: format!("skillgate: permission denied: {}", decision.reason),
+                detail: format!("rule: {rule_text}; decision {id}"),
+            },
+            Effect::Approve => {
+                self.hold(&id, &shown, rule.as_deref(), decision.reason)
+                    .await
+            }
+        }
+    }
+
+    async fn hold(&self, id: &str, shown: &str, rule: Option<&str>, reason: String) -> Answer {
+        let Some(session) = self.session else {
+            return Answer::Deny {
+                message: format!("skillgate: approval required: {reason}"),
+                detail: "held statements need a recorded session".to_owned(),
+            };
+        };
+        let view = PendingView {
+            id: 0,
+            skill: self.skill.clone(),
+            backend: self.backend.clone(),
+            operation: shown.to_owned(),
+            rule: rule.map(str::to_owned),
+            requested_ns: 0,
+            expires_ns: 0,
+        };
+        let wait = self.proxy.approval_wait;
+        let (approval, verdict) = self.proxy.approvals.request_with_id(view, wait).await;
+        let (answer, why, go) = match verdict {
+            Verdict::Approved { uid, reason } => {
+                ("approved", format!("approved by uid {uid}: {reason}"), true)
+            }
+            Verdict::Denied { uid, reason } => {
+                ("denied", format!("denied by uid {uid}: {reason}"), false)
+            }
+            Verdict::Expired => (
+                "expired",
+                format!("no approval within {} ms", wait.as_millis()),
+                false,
+            ),
+        };
+        info!(statement = %id, approval, decision = answer, reason = %why, "approval answered");
+        let event = Event {
+            at_ns: record::now_ns(),
+            kind: "approval".to_owned(),
+            operation: shown.to_owned(),
+            decision: answer.to_owned(),
+            rule: rule.map(str::to_owned),
+            reason: format!("{why} [{id} approval {approval}]"),
+        };
+        if let Err(err) = self.proxy.recorder.event(session, event).await {
+            warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the statement");
+            return Answer::Deny {
+                message: "skillgate: the session store cannot record this approval".to_owned(),
+                detail: format!("decision {id}"),
+            };
+        }
+        if go {
+            return Answer::Allow(Mask::default());
+        }
+        Answer::Deny {
+            message: format!("skillgate: approval required ({answer}): {reason}"),
+            detail: format!("approval {approval}; {why}; decision {id}"),
+        }
+    }
+
+    /// Skill → backend: every statement decided before it is forwarded.
+    async fn frontend<R, S, W>(
+        &self,
+        mut client: R,
+        mut server: S,
+        writer: &ClientWriter<W>,
+        shared: &Mutex<Shared>,
+    ) -> &'static str
+    where
+        R: AsyncRead + Unpin,
+        S: AsyncWrite + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut inbox = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::new();
+        // Named statements' masks (and texts), for the Binds that use them later.
+        let mut prepared: HashMap<String, (Mask, String)> = HashMap::new();
+        let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            loop {
+                let message = match wire::frame(&mut inbox, wire::MAX_FRONTEND_MESSAGE) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(reason) => return self.violation(writer, &reason).await,
+                };
+                let tag = message[0];
+                let body = wire::body(&message);
+                match tag {
+                    b'Q' | b'F' => {
+                        let text = if tag == b'Q' {
+                            match query_text(body) {
+                                Some(text) => text.to_owned(),
+                                None => return self.violation(writer, "malformed Query").await,
+                            }
+                        } else {
+                            String::new()
+                        };
+                        let answer = if tag == b'F' {
+                            Answer::Deny {
+                                message: "skillgate: the function call protocol is not allowed; use a query".to_owned(),
+                                detail: "FunctionCall message".to_owned(),
+                            }
+                        } else {
+                            self.decide(&text).await
+                        };
+                        let mut state = lock();
+                        if !state.batch_open {
+                            state.cycles.push_back(Cycle::default());
+                        }
+                        state.batch_open = false;
+                        let cycle = state.cycles.back_mut().expect("just pushed");
+                        match answer {
+                            Answer::Allow(mask) => {
+                                note_mask(cycle, mask, &text);
+                                out.extend_from_slice(&message);
+                            }
+                            Answer::Deny { message: m, detail } => {
+                                let nonce = poison(cycle, m, detail);
+                                frontend::query(&nonce, &mut out).expect("a query message");
+                            }
+                        }
+                    }
+                    b'P' => {
+                        let Some((name, text, rest)) = parse_message(body) else {
+                            return self.violation(writer, "malformed Parse").await;
+                        };
+                        let answer = self.decide(text).await;
+                        let mut state = lock();
+                        let cycle = open_batch(&mut state);
+                        match answer {
+                            Answer::Allow(mask) => {
+                                prepared
+                                    .insert(name.to_owned(), (mask.clone(), text.to_lowercase()));
+                                note_mask(cycle, mask, text);
+                                out.extend_from_slice(&message);
+                            }
+                            Answer::Deny { message: m, detail } => {
+                                prepared.remove(name);
+                                let nonce = poison(cycle, m, detail);
+                                let mut body = BytesMut::new();
+                                body.put_slice(name.as_bytes());
+                                body.put_u8(0);
+                                body.put_slice(nonce.as_bytes());
+                                body.put_u8(0);
+                                body.put_slice(rest);
+                                wire::put_message(&mut out, b'P', &body);
+                            }
+                        }
+                    }
+                    b'B' => {
+                        let mut rest = body;
+                        let (Some(_portal), Some(statement)) =
+                            (wire::cstr(&mut rest), wire::cstr(&mut rest))
+                        else {
+                            return self.violation(writer, "malformed Bind").await;
+                        };
+                        let mut state = lock();
+                        let cycle = open_batch(&mut state);
+                        if let Some((mask, text)) = prepared.get(statement) {
+                            note_mask(cycle, mask.clone(), text);
+                        }
+                        out.extend_from_slice(&message);
+                    }
+                    b'S' => {
+                        let mut state = lock();
+                        open_batch(&mut state);
+                        state.batch_open = false;
+                        out.extend_from_slice(&message);
+                    }
+                    b'E' | b'D' | b'C' | b'H' => {
+                        open_batch(&mut lock());
+                        out.extend_from_slice(&message);
+                    }
+                    // COPY FROM STDIN data, after a COPY the policy allowed.
+                    b'd' | b'c' | b'f' => out.extend_from_slice(&message),
+                    b'X' => {
+                        out.extend_from_slice(&message);
+                        let _ = server.write_all(&out).await;
+                        return "closed";
+                    }
+                    other => {
+                        let reason = format!(
+                            "unexpected message `{}`",
+                            char::from(other).escape_default()
+                        );
+                        return self.violation(writer, &reason).await;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if server.write_all(&out).await.is_err() {
+                    return "error";
+                }
+                self.to_backend
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+                out.clear();
+            }
+            match wire::fill(&mut client, &mut inbox).await {
+                Ok(true) => {}
+                Ok(false) if inbox.is_empty() => return "closed",
+                Ok(false) => {
+                    return self
+                        .violation(writer, "the connection ended inside a message")
+                        .await;
+                }
+                Err(_) => return "error",
+            }
+        }
+    }
+
+    /// Ends the session on a protocol violation, nothing of it forwarded.
+    async fn violation<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &ClientWriter<W>,
+        reason: &str,
+    ) -> &'static str {
+        warn!(%reason, "PostgreSQL protocol violation: ending the session");
+        let mut out = BytesMut::new();
+        wire::error_response(
+            &mut out,
+            "FATAL",
+            "08P01",
+            &format!("skillgate: protocol violation: {reason}"),
+            None,
+            None,
+        );
+        let _ = writer.lock().await.write_all(&out).await;
+        "protocol violation"
+    }
+
+    /// Backend → skill: denied statements' errors rewritten, masked rows masked.
+    async fn backend_loop<R, W>(
+        &self,
+        mut server: R,
+        writer: &ClientWriter<W>,
+        shared: &Mutex<Shared>,
+        catalog: &Catalog,
+    ) -> &'static str
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut inbox = BytesMut::with_capacity(64 * 1024);
+        let mut out = BytesMut::new();
+        let salt = &self.proxy.mask_salt;
+        loop {
+            let mut failed = None;
+            {
+                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    let message = match wire::frame(&mut inbox, wire::MAX_BACKEND_MESSAGE) {
+                        Ok(Some(message)) => message,
+                        Ok(None) => break,
+                        Err(reason) => {
+                            warn!(%reason, "malformed message from the backend: ending the session");
+                            return "error";
+                        }
+                    };
+                    let body = wire::body(&message);
+                    let cycle = state.cycles.front_mut();
+                    match (message[0], cycle) {
+                        (b'E', Some(cycle)) if !cycle.poisons.is_empty() => {
+                            let found = wire::error_message(body).and_then(|m| {
+                                cycle.poisons.iter().position(|p| m.contains(&p.nonce))
+                            });
+                            match found {
+                                Some(at) => {
+                                    let p = cycle.poisons.remove(at);
+                                    wire::error_response(
+                                        &mut out,
+                                        "ERROR",
+                                        "42501",
+                                        &p.message,
+                                        Some(&p.detail),
+                                        None,
+                                    );
+                                }
+                                None => out.extend_from_slice(&message),
+                            }
+                        }
+                        (b'T', Some(cycle)) if cycle.mask.is_some() => {
+                            let Some(columns) = wire::row_description(body) else {
+                                return "error";
+                            };
+                            let mask = cycle.mask.as_ref().expect("checked");
+                            cycle.columns =
+                                Some(plan_columns(&columns, mask, &cycle.texts, catalog));
+                            out.extend_from_slice(&message);
+                        }
+                        (b'D', Some(cycle)) if cycle.mask.is_some() => {
+                            let mask = cycle.mask.as_ref().expect("checked");
+                            match mask_row(body, cycle.columns.as_deref(), mask, salt) {
+                                Ok(None) => out.extend_from_slice(&message),
+                                Ok(Some(values)) => wire::put_data_row(&mut out, &values),
+                                Err(reason) => {
+                                    failed = Some(reason);
+                                    break;
+                                }
+                            }
+                        }
+                        (b'Z', _) => {
+                            state.cycles.pop_front();
+                            out.extend_from_slice(&message);
+                        }
+                        _ => out.extend_from_slice(&message),
+                    }
+                }
+            }
+            if let Some(reason) = failed {
+                warn!(%reason, "a row cannot be masked: ending the session");
+                wire::error_response(
+                    &mut out,
+                    "FATAL",
+                    "42501",
+                    &format!(
+                        "skillgate: a result row cannot be masked, so the session ends: {reason}"
+                    ),
+                    None,
+                    None,
+                );
+                let _ = writer.lock().await.write_all(&out).await;
+                return "masking failed";
+            }
+            if !out.is_empty() {
+                if writer.lock().await.write_all(&out).await.is_err() {
+                    return "error";
+                }
+                self.to_skill.fetch_add(out.len() as u64, Ordering::Relaxed);
+                out.clear();
+            }
+            match wire::fill(&mut server, &mut inbox).await {
+                Ok(true) => {}
+                Ok(false) => return "backend closed",
+                Err(_) => return "error",
+            }
+        }
+    }
+}
+
+/// The statement as recorded and logged (bounded).
+fn statement_text(text: &str) -> String {
+    const MAX: usize = 4096;
+    let text = text.trim();
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
+fn query_text(body: &[u8]) -> Option<&str> {
+    let mut rest = body;
+    let text = wire::cstr(&mut rest)?;
+    rest.is_empty().then_some(text)
+}
+
+/// A Parse body: statement name, query text, and the parameter types as they are.
+fn parse_message(body: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let mut rest = body;
+    let name = wire::cstr(&mut rest)?;
+    let text = wire::cstr(&mut rest)?;
+    if rest.len() < 2 {
+        return None;
+    }
+    let n = i16::from_be_bytes([rest[0], rest[1]]);
+    (n >= 0 && rest.len() == 2 + 4 * n as usize).then_some((name, text, rest))
+}
+
+fn open_batch(state: &mut Shared) -> &mut Cycle {
+    if !state.batch_open {
+        state.cycles.push_back(Cycle::default());
+        state.batch_open = true;
+    }
+    state.cycles.back_mut().expect("a cycle is open")
+}
+
+fn note_mask(cycle: &mut Cycle, mask: Mask, text: &str) {
+    if mask.is_empty() {
+        return;
+    }
+    cycle.texts.push(text.to_lowercase());
+    match &mut cycle.mask {
+        Some(existing) => existing.extend(&mask),
+        None => cycle.mask = Some(mask),
+    }
+}
+
+/// Registers a denied statement; returns the stand-in text the backend will fail to parse.
+fn poison(cycle: &mut Cycle, message: String, detail: String) -> String {
+    let mut nonce = [0u8; 12];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce));
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let text = format!("skillgate_denied_{nonce}");
+    cycle.poisons.push(Poison {
+        nonce: text.clone(),
+        message,
+        detail,
+    });
+    text
+}
+
+/// A DataRow's values, some rewritten (`None` is SQL NULL).
+type Row<'a> = Vec<Option<std::borrow::Cow<'a, [u8]>>>;
+
+/// Masks one DataRow; `Ok(None)` when nothing changed.
+fn mask_row<'a>(
+    body: &'a [u8],
+    plan: Option<&[ColumnMask]>,
+    mask: &Mask,
+    salt: &[u8],
+) -> Result<Option<Row<'a>>, String> {
+    let plan = plan.ok_or("rows of a masked statement arrived without a row description")?;
+    let values = wire::data_row(body).ok_or("malformed DataRow from the backend")?;
+    if values.len() != plan.len() {
+        return Err("a row does not match its row description".to_owned());
+    }
+    let mut changed = false;
+    let mut out = Vec::with_capacity(values.len());
+    for (value, how) in values.into_iter().zip(plan) {
+        let Some(value) = value else {
+            out.push(None);
+            continue;
+        };
+        let masked = match how {
+            ColumnMask::Keep => None,
+            ColumnMask::Impossible => return Err("a masked column is in binary format".to_owned()),
+            ColumnMask::Whole => {
+                let text = std::str::from_utf8(value).map_err(|_| "a masked value is not UTF-8")?;
+                Some(skillgate_policy::mask::replace(
+                    text,
+                    "masked",
+                    mask.strategy,
+                    salt,
+                ))
+            }
+            ColumnMask::Scan => {
+                let text =
+                    std::str::from_utf8(value).map_err(|_| "a scanned value is not UTF-8")?;
+                let (masked, hits) = skillgate_policy::mask::mask_text(text, mask, salt);
+                (hits > 0).then_some(masked)
+            }
+        };
+        match masked {
+            Some(masked) => {
+                changed = true;
+                out.push(Some(std::borrow::Cow::Owned(masked.into_bytes())));
+            }
+            None => out.push(Some(std::borrow::Cow::Borrowed(value))),
+        }
+    }
+    Ok(changed.then_some(out))
+}

@@ -1,0 +1,428 @@
+//! PostgreSQL backends: real skills (psql, Python psycopg2, pgbench, raw sockets) in a real
+//! cgroup, a real PostgreSQL behind the agent. Every statement is decided, denied ones fail
+//! with 42501 and the session goes on, masked columns come back masked, and the skill never
+//! holds the backend's password.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use skillgate_tests::{Env, PgServer, unused_port};
+
+struct Setup {
+    env: Env,
+    pg: PgServer,
+    dial: SocketAddr,
+}
+
+fn setup(name: &str, extra: &str) -> Setup {
+    let pg = PgServer::start();
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let policy = format!(
+        r#"
+[[skill]]
+name = "reporter"
+
+[[backend]]
+name = "shop-db"
+protocol = "postgres"
+dial = ["{dial}"]
+upstream = "{}"
+credentials = "shop-db"
+
+[[rule]]
+name = "read-customers-masked"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "mask"
+sql = {{ kinds = ["select"], objects = ["public.customers"] }}
+mask = {{ columns = ["email", "customers.card"], detectors = ["email"] }}
+
+[[rule]]
+name = "read-orders"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = {{ kinds = ["select"], objects = ["public.orders", "public.pgbench_accounts", "public.pgbench_branches"] }}
+
+[[rule]]
+name = "session"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = {{ kinds = ["transaction", "show"] }}
+
+[[rule]]
+name = "refunds-need-approval"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "approve"
+sql = {{ kinds = ["insert"], objects = ["public.refunds"] }}
+"#,
+        pg.addr()
+    );
+    let env = Env::with_config(
+        name,
+        &policy,
+        &format!(
+            "mask_salt_file = \"mask.salt\"\n{extra}\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n"
+        ),
+    );
+    Setup { env, pg, dial }
+}
+
+impl Setup {
+    fn start_agent(&self) -> skillgate_tests::Agent {
+        // The agent reads the credential from its environment.
+        // SAFETY: tests run on one thread (--test-threads=1); nothing reads the environment concurrently.
+        unsafe {
+            std::env::set_var(
+                "SKILLGATE_TEST_PG_LOGIN",
+                format!("postgres:{}", self.pg.password),
+            )
+        };
+        self.env.start_agent()
+    }
+
+    fn exec(&self, program: &[&str]) -> Output {
+        self.env
+            .skillgate()
+            .args(["exec", "--skill", "reporter", "--"])
+            .args(program)
+            .env_remove("SKILLGATE_TEST_PG_LOGIN")
+            .output()
+            .expect("run skillgate exec")
+    }
+
+    /// psql as the skill, any user name, no password; each `-c` runs on the same session.
+    fn psql(&self, commands: &[&str]) -> (String, String) {
+        let port = self.dial.port().to_string();
+        let host = self.dial.ip().to_string();
+        let mut program = vec![
+            "psql", "-h", &host, "-p", &port, "-U", "whoever", "-d", "shop", "-At", "-w",
+        ];
+        for command in commands {
+            program.extend_from_slice(&["-c", command]);
+        }
+        let out = self.exec(&program);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
+    let s = setup("pg-policy", "");
+    let agent = s.start_agent();
+    let (out, err) = s.psql(&["SELECT id, name, email, card, note FROM customers ORDER BY id"]);
+    assert_eq!(
+        out,
+        "1|Alice|[masked]|[masked]|mail [email]\n2|Bob|[masked]|[masked]|vip\n",
+        "{err}\n{}",
+        agent.log()
+    );
+    // Aliases and expressions do not unmask a column.
+    let (out, err) = s
+        .psql(&["SELECT email AS e, upper(email) AS u, c.card AS x FROM customers c WHERE id = 1"]);
+    assert_eq!(out, "[masked]|[masked]|[masked]\n", "{err}");
+    // Unmasked tables are untouched.
+    let (out, _) = s.psql(&["SELECT count(*), sum(total) FROM orders"]);
+    assert_eq!(out, "20|2100\n");
+
+    // Denied statements: 42501 with the reason, and the session goes on.
+    for denied in [
+        "DELETE FROM orders",
+        "UPDATE customers SET email = 'x'",
+        "INSERT INTO orders VALUES (99, 1, 1)",
+        "DROP TABLE orders",
+        "WITH gone AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM gone",
+        "COPY orders TO PROGRAM 'id'",
+        "SELECT * FROM pg_authid",
+        "SELECT 1; DELETE FROM orders",
+    ] {
+        let (out, err) = s.psql(&[denied, "SELECT count(*) FROM orders"]);
+        assert!(
+            err.contains("skillgate: permission denied"),
+            "{denied}: {err}"
+        );
+        assert_eq!(
+            out, "20\n",
+            "{denied}: the session continues and nothing changed"
+        );
+    }
+    // The server agrees nothing changed.
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM orders"),
+        "20\n"
+    );
+    assert_eq!(
+        s.pg.psql_admin(
+            "shop",
+            "SELECT count(*) FROM customers WHERE email LIKE '%@%'"
+        ),
+        "2\n"
+    );
+
+    // Inside a transaction a denial aborts it, as a real permission error would.
+    let (out, err) = s.psql(&[
+        "BEGIN",
+        "DELETE FROM orders",
+        "SELECT 1",
+        "ROLLBACK",
+        "SELECT count(*) FROM orders",
+    ]);
+    assert!(err.contains("current transaction is aborted"), "{err}");
+    assert!(out.ends_with("20\n"), "{out}");
+
+    // Each statement is recorded with its decision.
+    let export = s
+        .env
+        .skillgate()
+        .args(["sessions", "export"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        text.contains("\"operation\":\"DELETE FROM orders\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&s.pg.password),
+        "the backend password is never recorded"
+    );
+}
+
+#[test]
+fn python_and_pgbench_through_the_extended_protocol_obey_the_policy() {
+    let s = setup("pg-drivers", "");
+    let _agent = s.start_agent();
+    let script = format!(
+        "import psycopg2, psycopg2.errors\n\
+         c = psycopg2.connect(host='{}', port={}, user='skill', password='wrong-and-ignored', dbname='shop')\n\
+         cur = c.cursor()\n\
+         cur.execute('SELECT name, email FROM customers WHERE id = %s', (2,))\n\
+         print(cur.fetchall())\n\
+         try:\n\
+         \x20   cur.execute('DELETE FROM customers')\n\
+         except psycopg2.errors.InsufficientPrivilege as e:\n\
+         \x20   print('denied', e.pgcode)\n\
+         c.rollback()\n\
+         cur.execute('SELECT count(*) FROM orders')\n\
+         print(cur.fetchone()[0])",
+        s.dial.ip(),
+        s.dial.port()
+    );
+    let out = s.exec(&["python3", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[('Bob', '[masked]')]\ndenied 42501\n20\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // pgbench: tables made by the admin, select-only run by the skill with prepared statements
+    // (Parse/Bind/Execute, pipelined by pgbench).
+    s.pg.psql_admin("shop", "SELECT 1");
+    let init = std::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.pg.port.to_string(),
+            "-U",
+            "postgres",
+            "shop",
+        ])
+        .env("PGPASSWORD", &s.pg.password)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = s.dial.port().to_string();
+    let host = s.dial.ip().to_string();
+    for mode in ["simple", "extended", "prepared"] {
+        let out = s.exec(&[
+            "pgbench", "-n", "-S", "-M", mode, "-c", "2", "-t", "200", "-h", &host, "-p", &port,
+            "-U", "x", "shop",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && text.contains("number of transactions actually processed: 400/400"),
+            "{mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The TPC-B-like script writes: denied under this read-only policy, in every mode.
+    for mode in ["simple", "prepared"] {
+        let out = s.exec(&[
+            "pgbench", "-n", "-M", mode, "-c", "1", "-t", "5", "-h", &host, "-p", &port, "-U", "x",
+            "shop",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("permission denied"),
+            "{mode}: {err}"
+        );
+    }
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT sum(abalance) FROM pgbench_accounts"),
+        "0\n"
+    );
+}
+
+#[test]
+fn held_statements_run_only_when_approved() {
+    let s = setup("pg-approve", "approval_wait_ms = 20000\n");
+    let _agent = s.start_agent();
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.psql(&["INSERT INTO refunds VALUES (7, 70)"]));
+        let start = Instant::now();
+        let id = loop {
+            let out = s
+                .env
+                .skillgate()
+                .args(["approvals", "--json"])
+                .output()
+                .unwrap();
+            let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(p) = pending.first() {
+                assert_eq!(p["operation"], "INSERT INTO refunds VALUES (7, 70)");
+                break p["id"].to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "nothing held");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            s.pg.psql_admin("shop", "SELECT count(*) FROM refunds"),
+            "0\n",
+            "held, not run"
+        );
+        let out = s
+            .env
+            .skillgate()
+            .args(["approve", &id, "--reason", "ticket 7"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (out, err) = skill.join().unwrap();
+        assert_eq!(out, "INSERT 0 1\n", "{err}");
+    });
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM refunds"),
+        "1\n"
+    );
+}
+
+/// Raw bytes a skill sends; what came back.
+fn raw(s: &Setup, bytes: &[u8]) -> Vec<u8> {
+    let script = "import socket, sys\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+        s.sendall(bytes.fromhex(sys.argv[3]))\n\
+        data = b''\n\
+        try:\n\
+        \x20   while True:\n\
+        \x20       chunk = s.recv(65536)\n\
+        \x20       if not chunk: break\n\
+        \x20       data += chunk\n\
+        except Exception:\n\
+        \x20   pass\n\
+        sys.stdout.write(data.hex())";
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let out = s.exec(&[
+        "python3",
+        "-c",
+        script,
+        &s.dial.ip().to_string(),
+        &s.dial.port().to_string(),
+        &hex,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn startup() -> Vec<u8> {
+    let body = b"\0\x03\0\0user\0x\0database\0shop\0\0";
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn malformed_messages_end_the_session_and_never_reach_the_backend() {
+    let s = setup("pg-bad-input", "");
+    let agent = s.start_agent();
+    let query = |sql: &str| {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "absurd startup length",
+            vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+        ),
+        ("unknown protocol", vec![0, 0, 0, 8, 0, 2, 0, 0]),
+        (
+            "absurd message length",
+            [startup(), vec![b'Q', 0x7f, 0xff, 0xff, 0xff]].concat(),
+        ),
+        (
+            "length below 4",
+            [startup(), vec![b'Q', 0, 0, 0, 2]].concat(),
+        ),
+        (
+            "unknown message",
+            [startup(), vec![b'?', 0, 0, 0, 4]].concat(),
+        ),
+        (
+            "password out of turn",
+            [startup(), vec![b'p', 0, 0, 0, 5, 0]].concat(),
+        ),
+        (
+            "query without NUL",
+            [startup(), vec![b'Q', 0, 0, 0, 8, b'a', b'b', b'c', b'd']].concat(),
+        ),
+        (
+            "denied then garbage",
+            [
+                startup(),
+                query("DELETE FROM orders"),
+                vec![b'Q', 0xff, 0, 0, 0],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, bytes) in &cases {
+        let answer = raw(&s, bytes);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.contains("FATAL") || text.contains("42501"),
+            "{what}: no error in {text:?}"
+        );
+    }
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM orders"),
+        "20\n"
+    );
+    // A flood of startup packets: every one answered or closed, the agent still serves.
+    for _ in 0..50 {
+        raw(&s, &[0, 0, 0, 8, 0, 2, 0, 0]);
+    }
+    let (out, err) = s.psql(&["SELECT count(*) FROM orders"]);
+    assert_eq!(out, "20\n", "{err}\n{}", agent.log());
+}
