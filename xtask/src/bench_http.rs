@@ -121,7 +121,7 @@ fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
         .context("cannot start nginx")
 }
 
-fn wait_listening(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     let start = Instant::now();
     while TcpStream::connect(addr).is_err() {
         if start.elapsed() > Duration::from_secs(20) {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_pg;
 mod demo;
 mod setup;
 
@@ -52,6 +53,8 @@ enum Suite {
     Store,
     /// HTTP requests/s and p99 through skillgate vs nginx (wrk).
     Http,
+    /// pgbench TPS through skillgate vs PgBouncer and direct.
+    Postgres,
     /// Every suite.
     All,
 }
@@ -65,7 +68,7 @@ fn main() -> Result<()> {
             if matches!(suite, Suite::Policy | Suite::All) {
                 bench::policy(&workspace_root())?;
             }
-            if matches!(suite, Suite::Ebpf | Suite::Store | Suite::Http | Suite::All) {
+            if !matches!(suite, Suite::Policy) {
                 cargo(&["build", "--release", "--package", "skillgate"])?;
             }
             if matches!(suite, Suite::Ebpf | Suite::All) {
@@ -76,6 +79,9 @@ fn main() -> Result<()> {
             }
             if matches!(suite, Suite::Http | Suite::All) {
                 bench_http::http(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Postgres | Suite::All) {
+                bench_pg::postgres(&workspace_root())?;
             }
             Ok(())
         }

@@ -1,0 +1,265 @@
+//! `cargo xtask bench postgres`: pgbench select-only TPS side by side in one run: straight to
+//! PostgreSQL, through PgBouncer (session pooling) and through skillgate (every statement
+//! classified, decided and recorded; a mask rule on the table so rows are scanned).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use skillgate_tests::PgServer;
+
+use crate::Teardown;
+use crate::bench::{bench_config, free_port, machine, median, write_section};
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 5;
+
+struct Config<'a> {
+    name: &'static str,
+    agent: Option<&'a Teardown>,
+    addr: SocketAddr,
+}
+
+fn pgbench(config: &Config<'_>, clients: u32, mode: &str, password: &str) -> Result<f64> {
+    let args = [
+        "-n",
+        "-S",
+        "-M",
+        mode,
+        "-c",
+        &clients.to_string(),
+        "-j",
+        &clients.min(2).to_string(),
+        "-T",
+        &SECONDS.to_string(),
+        "-h",
+        &config.addr.ip().to_string(),
+        "-p",
+        &config.addr.port().to_string(),
+        "-U",
+        "postgres",
+        "shop",
+    ];
+    let mut cmd = match config.agent {
+        Some(agent) => {
+            let mut cmd = agent.skillgate();
+            cmd.args(["exec", "--skill", "bench", "--", "pgbench"]);
+            cmd
+        }
+        None => Command::new("pgbench"),
+    };
+    let out = cmd
+        .args(args)
+        .env("PGPASSWORD", password)
+        .output()
+        .context("cannot run pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench against {} failed:\n{text}{}",
+            config.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("pgbench printed no tps")?
+        .parse()
+        .context("tps")
+}
+
+/// PgBouncer (session pooling) in front of `pg`, run as the postgres user (it refuses root).
+struct Bouncer(std::process::Child);
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pgbouncer(dir: &Path, pg: &PgServer, port: u16) -> Result<Bouncer> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("userlist.txt"),
+        format!("\"postgres\" \"{}\"\n", pg.password),
+    )?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("pgbouncer.ini"),
+        format!(
+            "[databases]\nshop = host=127.0.0.1 port={} dbname=shop\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = scram-sha-256\n\
+             auth_file = {d}/userlist.txt\npool_mode = session\nmax_client_conn = 200\n\
+             default_pool_size = 32\nunix_socket_dir =\nlogfile = {d}/pgbouncer.log\n",
+            pg.port
+        ),
+    )?;
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()?;
+    if !status.success() {
+        bail!("cannot chown {d}");
+    }
+    let child = Command::new("runuser")
+        .args(["-u", "postgres", "--", "pgbouncer"])
+        .arg(dir.join("pgbouncer.ini"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start pgbouncer")?;
+    Ok(Bouncer(child))
+}
+
+pub fn postgres(root: &Path) -> Result<()> {
+    crate::setup::ensure_packages(&[("pgbouncer", "pgbouncer")], &[])?;
+    let dir = root.join("target/bench-postgres");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let pg = PgServer::start();
+    let init = Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+        ])
+        .args(["-U", "postgres", "shop"])
+        .env("PGPASSWORD", &pg.password)
+        .output()?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let bouncer_port = free_port()?;
+    let _bouncer = pgbouncer(&dir.join("pgbouncer"), &pg, bouncer_port)?;
+
+    let dial: SocketAddr = ([127, 0, 0, 3], free_port()?).into();
+    let policy = format!(
+        "[[skill]]\nname = \"bench\"\n\
+         [[backend]]\nname = \"bench-db\"\nprotocol = \"postgres\"\ndial = [\"{dial}\"]\n\
+         upstream = \"{}\"\ncredentials = \"bench-db\"\n\
+         [[rule]]\nname = \"read-accounts\"\nskills = [\"bench\"]\nbackend = \"bench-db\"\n\
+         effect = \"mask\"\nsql = {{ kinds = [\"select\"], objects = [\"public.pgbench_accounts\"] }}\n\
+         mask = {{ columns = [\"pgbench_accounts.filler\"], detectors = [\"email\", \"card\"] }}\n\
+         [[rule]]\nname = \"count-branches\"\nskills = [\"bench\"]\nbackend = \"bench-db\"\n\
+         effect = \"allow\"\nsql = {{ kinds = [\"select\"], objects = [\"public.pgbench_branches\"] }}\n",
+        pg.addr()
+    );
+    let mut agents = Vec::new();
+    let mut ports = Vec::new();
+    for (name, sync) in [
+        ("skillgate-bench-pg", "full"),
+        ("skillgate-bench-pg-normal", "normal"),
+    ] {
+        let (config, proxy_port) = bench_config(&dir.join(name), name, &policy)?;
+        let mut text = std::fs::read_to_string(&config)?;
+        text.push_str(&format!(
+            "store_sync = \"{sync}\"\nmask_salt_file = \"mask.salt\"\n\
+             [credentials.bench-db]\nkind = \"basic\"\nenv = \"SKILLGATE_BENCH_PG_LOGIN\"\n"
+        ));
+        std::fs::write(&config, text)?;
+        let mut agent = Teardown {
+            bin: root.join("target/release/skillgate"),
+            config,
+            children: Vec::new(),
+        };
+        let child = agent
+            .skillgate()
+            .arg("run")
+            .env(
+                "SKILLGATE_BENCH_PG_LOGIN",
+                format!("postgres:{}", pg.password),
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the agent")?;
+        agent.children.push(child);
+        agents.push(agent);
+        ports.push(proxy_port);
+    }
+    for port in ports.into_iter().chain([bouncer_port]) {
+        crate::bench_http::wait_listening(([127, 0, 0, 1], port).into())?;
+    }
+
+    let (full, normal) = (Some(&agents[0]), Some(&agents[1]));
+    let configs = [
+        Config {
+            name: "direct",
+            agent: None,
+            addr: pg.addr(),
+        },
+        Config {
+            name: "PgBouncer (session pooling)",
+            agent: None,
+            addr: ([127, 0, 0, 1], bouncer_port).into(),
+        },
+        Config {
+            name: "skillgate (policy, masking, recording, store_sync=full)",
+            agent: full,
+            addr: dial,
+        },
+        Config {
+            name: "skillgate (policy, masking, recording, store_sync=normal)",
+            agent: normal,
+            addr: dial,
+        },
+    ];
+    let cases = [
+        (1, "simple"),
+        (1, "prepared"),
+        (16, "simple"),
+        (16, "prepared"),
+    ];
+    let mut results = vec![vec![Vec::new(); configs.len()]; cases.len()];
+    for config in &configs {
+        pgbench(config, 2, "simple", &pg.password)?; // warm-up, and proof every path works
+    }
+    for _ in 0..ROUNDS {
+        for (c, (clients, mode)) in cases.iter().enumerate() {
+            for (k, config) in configs.iter().enumerate() {
+                results[c][k].push(pgbench(config, *clients, mode, &pg.password)?);
+            }
+        }
+    }
+    let mut table = String::from(
+        "| clients | protocol | path | TPS | vs PgBouncer | vs direct |\n|---|---|---|---|---|---|\n",
+    );
+    for (c, (clients, mode)) in cases.iter().enumerate() {
+        let tps: Vec<f64> = results[c].iter_mut().map(|runs| median(runs)).collect();
+        for (k, config) in configs.iter().enumerate() {
+            table.push_str(&format!(
+                "| {clients} | {mode} | {} | {:.0} | {:.2}x | {:.2}x |\n",
+                config.name,
+                tps[k],
+                tps[k] / tps[1],
+                tps[k] / tps[0]
+            ));
+        }
+    }
+    println!("{table}");
+    write_section(
+        root,
+        "PostgreSQL proxying",
+        &format!(
+            "Machine: {}. Command: `cargo xtask bench postgres` (root; installs PgBouncer).\n\n\
+             `pgbench -S` (select-only, scale 10) for {SECONDS} s per run against a throwaway \
+             PostgreSQL 15 (fsync off), each configuration alternately, {ROUNDS} rounds, medians \
+             shown. PgBouncer (the peer) pools in session mode. Through skillgate pgbench runs \
+             in a skill cgroup and dials an address only the eBPF redirect reaches; every \
+             statement is classified (cached), decided, masked (a mask rule on \
+             pgbench_accounts: a column plus the email and card detectors over every text \
+             value) and recorded before it is forwarded.\n\n{table}",
+            machine()
+        ),
+    )
+}
