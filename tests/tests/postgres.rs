@@ -194,6 +194,34 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
         !text.contains(&s.pg.password),
         "the backend password is never recorded"
     );
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let results: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter(|e| e["kind"] == "result")
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+                e["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // How each statement ended is recorded after it: rows, values masked, SQLSTATE.
+    assert!(
+        results[0].0 == "SELECT 2" && results[0].2.starts_with("5 values masked"),
+        "{results:?}"
+    );
+    assert!(
+        results.iter().any(|r| r.0 == "denied" && r.1 == "42501"),
+        "{results:?}"
+    );
+    assert!(
+        results.iter().any(|r| r.0 == "error" && r.1 == "25P02"),
+        "{results:?}"
+    );
 }
 
 #[test]

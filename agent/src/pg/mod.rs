@@ -26,6 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{BufMut as _, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -76,14 +77,30 @@ struct Poison {
 }
 
 /// Everything between two ReadyForQuery messages.
-#[derive(Default)]
 struct Cycle {
+    /// When its first statement was sent (durations in the record).
+    started: std::time::Instant,
+    /// Values masked since the last recorded result.
+    masked: usize,
     mask: Option<Mask>,
     /// Lower-cased statement texts of the cycle (to spot computed columns from masked ones).
     texts: Vec<String>,
     poisons: Vec<Poison>,
     /// From the latest RowDescription: what to do with each column.
     columns: Option<Vec<ColumnMask>>,
+}
+
+impl Default for Cycle {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            masked: 0,
+            mask: None,
+            texts: Vec::new(),
+            poisons: Vec::new(),
+            columns: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -778,7 +795,7 @@ impl PgConn {
                 match tag {
                     b'Q' | b'F' => {
                         let text = if tag == b'Q' {
-                            match query_text(body) {
+                            match wire::query_text(body) {
                                 Some(text) => text.to_owned(),
                                 None => return self.violation(writer, "malformed Query").await,
                             }
@@ -956,6 +973,7 @@ impl PgConn {
                             match found {
                                 Some(at) => {
                                     let p = cycle.poisons.remove(at);
+                                    self.result("denied", "42501", p.detail.clone());
                                     wire::error_response(
                                         &mut out,
                                         "ERROR",
@@ -965,7 +983,12 @@ impl PgConn {
                                         None,
                                     );
                                 }
-                                None => out.extend_from_slice(&message),
+                                None => {
+                                    let code = wire::error_field(body, b'C').unwrap_or("?");
+                                    let text = wire::error_message(body).unwrap_or("");
+                                    self.result("error", code, text.to_owned());
+                                    out.extend_from_slice(&message);
+                                }
                             }
                         }
                         (b'T', Some(cycle)) if cycle.mask.is_some() => {
@@ -981,12 +1004,41 @@ impl PgConn {
                             let mask = cycle.mask.as_ref().expect("checked");
                             match mask_row(body, cycle.columns.as_deref(), mask, salt) {
                                 Ok(None) => out.extend_from_slice(&message),
-                                Ok(Some(values)) => wire::put_data_row(&mut out, &values),
+                                Ok(Some((values, masked))) => {
+                                    cycle.masked += masked;
+                                    wire::put_data_row(&mut out, &values);
+                                }
                                 Err(reason) => {
                                     failed = Some(reason);
                                     break;
                                 }
                             }
+                        }
+                        (b'C', cycle) => {
+                            let tag = wire::query_text(body).unwrap_or("?");
+                            let (masked, since) = match cycle {
+                                Some(cycle) => {
+                                    (std::mem::take(&mut cycle.masked), cycle.started.elapsed())
+                                }
+                                None => (0, Duration::ZERO),
+                            };
+                            self.result(
+                                tag,
+                                "ok",
+                                format!("{masked} values masked, {} us", since.as_micros()),
+                            );
+                            out.extend_from_slice(&message);
+                        }
+                        (b'E', cycle) => {
+                            let code = wire::error_field(body, b'C').unwrap_or("?");
+                            let since = cycle.map_or(Duration::ZERO, |c| c.started.elapsed());
+                            let message_text = wire::error_message(body).unwrap_or("");
+                            self.result(
+                                "error",
+                                code,
+                                format!("{message_text} ({} us)", since.as_micros()),
+                            );
+                            out.extend_from_slice(&message);
                         }
                         (b'Z', _) => {
                             state.cycles.pop_front();
@@ -1027,6 +1079,25 @@ impl PgConn {
     }
 }
 
+impl PgConn {
+    /// Records how a statement ended (not waited for: its decision is already recorded).
+    fn result(&self, operation: &str, decision: &str, reason: String) {
+        if let Some(session) = self.session {
+            self.proxy.recorder.event_detached(
+                session,
+                Event {
+                    at_ns: record::now_ns(),
+                    kind: "result".to_owned(),
+                    operation: operation.to_owned(),
+                    decision: decision.to_owned(),
+                    rule: None,
+                    reason,
+                },
+            );
+        }
+    }
+}
+
 /// The statement as recorded and logged (bounded).
 fn statement_text(text: &str) -> String {
     const MAX: usize = 4096;
@@ -1039,12 +1110,6 @@ fn statement_text(text: &str) -> String {
         end -= 1;
     }
     format!("{}... ({} bytes)", &text[..end], text.len())
-}
-
-fn query_text(body: &[u8]) -> Option<&str> {
-    let mut rest = body;
-    let text = wire::cstr(&mut rest)?;
-    rest.is_empty().then_some(text)
 }
 
 /// A Parse body: statement name, query text, and the parameter types as they are.
@@ -1102,13 +1167,13 @@ fn mask_row<'a>(
     plan: Option<&[ColumnMask]>,
     mask: &Mask,
     salt: &[u8],
-) -> Result<Option<Row<'a>>, String> {
+) -> Result<Option<(Row<'a>, usize)>, String> {
     let plan = plan.ok_or("rows of a masked statement arrived without a row description")?;
     let values = wire::data_row(body).ok_or("malformed DataRow from the backend")?;
     if values.len() != plan.len() {
         return Err("a row does not match its row description".to_owned());
     }
-    let mut changed = false;
+    let mut changed = 0;
     let mut out = Vec::with_capacity(values.len());
     for (value, how) in values.into_iter().zip(plan) {
         let Some(value) = value else {
@@ -1136,11 +1201,11 @@ fn mask_row<'a>(
         };
         match masked {
             Some(masked) => {
-                changed = true;
+                changed += 1;
                 out.push(Some(std::borrow::Cow::Owned(masked.into_bytes())));
             }
             None => out.push(Some(std::borrow::Cow::Borrowed(value))),
         }
     }
-    Ok(changed.then_some(out))
+    Ok((changed > 0).then_some((out, changed)))
 }

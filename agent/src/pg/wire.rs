@@ -86,6 +86,13 @@ fn parse_parameters(mut body: &[u8]) -> Result<Vec<(String, String)>, String> {
     Ok(params)
 }
 
+/// A body that is exactly one NUL-terminated string (Query, CommandComplete).
+pub fn query_text(body: &[u8]) -> Option<&str> {
+    let mut rest = body;
+    let text = cstr(&mut rest)?;
+    rest.is_empty().then_some(text)
+}
+
 /// Reads a NUL-terminated UTF-8 string off the front of `buf`.
 pub fn cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
     let end = memchr::memchr(0, buf)?;
@@ -156,14 +163,19 @@ pub fn error_response(
 }
 
 /// The message text (`M` field) of an ErrorResponse body.
-pub fn error_message(mut body: &[u8]) -> Option<&str> {
+pub fn error_message(body: &[u8]) -> Option<&str> {
+    error_field(body, b'M')
+}
+
+/// One field of an ErrorResponse body (`C` is the SQLSTATE).
+pub fn error_field(mut body: &[u8], field: u8) -> Option<&str> {
     while let Some((&tag, rest)) = body.split_first() {
         if tag == 0 {
             return None;
         }
         body = rest;
         let value = cstr(&mut body)?;
-        if tag == b'M' {
+        if tag == field {
             return Some(value);
         }
     }
