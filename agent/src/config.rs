@@ -72,6 +72,13 @@ pub struct AgentConfig {
     /// this file's directory unless absolute.
     #[serde(default = "default_mask_salt")]
     pub mask_salt_file: PathBuf,
+    /// Trusted OIDC issuers (`[[oidc]]`): where their keys are, which algorithms, which claim
+    /// carries groups. Skills whose policy entry has an `oidc` table must present a token.
+    #[serde(default)]
+    pub oidc: Vec<crate::identity::IssuerDef>,
+    /// The header HTTP skills carry their token in (`authorization`: `Bearer TOKEN`).
+    #[serde(default = "default_token_header")]
+    pub oidc_token_header: String,
     /// Backend credentials the agent injects; see `credentials.rs` for the format.
     #[serde(default)]
     pub credentials: std::collections::BTreeMap<String, crate::credentials::CredentialDef>,
@@ -83,6 +90,10 @@ pub enum StoreSync {
     #[default]
     Full,
     Normal,
+}
+
+fn default_token_header() -> String {
+    "authorization".to_owned()
 }
 
 fn default_response_timeout_ms() -> u64 {

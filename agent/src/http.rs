@@ -178,16 +178,40 @@ impl HttpConn {
                 )
                 .await;
         }
+        // Skills with an OIDC requirement must show their token on every request.
+        let mut token_groups = Vec::new();
+        if let Some(skill) = policy.skill(&self.skill)
+            && skill.oidc.is_some()
+        {
+            let line = format!("{method} {raw_target}");
+            let identity =
+                match crate::identity::bearer(request.headers(), &self.proxy.token_header) {
+                    None => Err(crate::identity::Refused(
+                        "missing token: this skill must present its OIDC token".to_owned(),
+                    )),
+                    Some(token) => self.proxy.identities.validate(skill, &token).await,
+                };
+            match identity {
+                Ok(identity) => token_groups = identity.groups,
+                Err(why) => {
+                    let reason = format!("token refused: {why}");
+                    return self
+                        .refuse(&id, &line, StatusCode::UNAUTHORIZED, reason, None)
+                        .await;
+                }
+            }
+        }
         let headers: Vec<(String, String)> = request
             .headers()
             .iter()
+            .filter(|(name, _)| **name != self.proxy.token_header)
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect();
         let answer = policy.decide_http(
             &self.skill,
-            &[],
+            &token_groups,
             &self.backend,
             method.as_str(),
             &raw_target,

@@ -10,6 +10,7 @@ mod enforce;
 mod exec;
 mod host;
 mod http;
+mod identity;
 mod metrics;
 mod pg;
 mod policy_cli;

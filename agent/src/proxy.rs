@@ -44,7 +44,11 @@ pub struct Proxy {
     pub mask_body_limit: usize,
     pub mask_salt: Vec<u8>,
     /// TLS client configurations for backends reached over TLS.
-    pub tls: crate::tls::Connectors,
+    pub tls: Arc<crate::tls::Connectors>,
+    /// Trusted OIDC issuers, for skills whose policy requires a token.
+    pub identities: crate::identity::Identities,
+    /// Where HTTP skills put their token (`authorization`: a Bearer token).
+    pub token_header: hyper::header::HeaderName,
     /// PostgreSQL sessions' cancel keys → their backends.
     pub pg_cancel: crate::pg::CancelKeys,
     /// SQL classifications of recent statement texts.

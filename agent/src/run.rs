@@ -56,6 +56,20 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         );
     }
     let mask_salt = agent.mask_salt(&config.path)?;
+    let tls = Arc::new(crate::tls::Connectors::default());
+    let identities = crate::identity::Identities::new(
+        &agent.oidc,
+        config.path.parent().unwrap_or(Path::new(".")).to_owned(),
+        Arc::clone(&tls),
+    )
+    .with_context(|| format!("invalid config `{}`", config.path.display()))?;
+    let token_header = hyper::header::HeaderName::try_from(agent.oidc_token_header.as_str())
+        .with_context(|| {
+            format!(
+                "oidc_token_header `{}` is not a header name",
+                agent.oidc_token_header
+            )
+        })?;
     let recorder = crate::record::Recorder::start(
         &config.store_path,
         agent.retention_ns(),
@@ -103,7 +117,9 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         upstream_response_timeout: Duration::from_millis(agent.upstream_response_timeout_ms),
         mask_body_limit: agent.mask_body_limit,
         mask_salt,
-        tls: crate::tls::Connectors::default(),
+        tls,
+        identities,
+        token_header,
         pg_cancel: crate::pg::CancelKeys::default(),
         sql_cache: std::sync::Mutex::new(skillgate_policy::sql::Cache::new(10_000)),
     });

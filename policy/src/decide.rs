@@ -132,7 +132,20 @@ impl Policy {
             let reason = format!("`{destination}` is not a declared backend address");
             return Decision::deny(Some(&self.skills[skill]), None, reason);
         };
-        self.decide_indexed(skill, &[], backend, Operation::Connect)
+        // A skill bound to a token may hold any group a token grants; on http and postgres
+        // backends each request or statement is then decided with the token's real groups, so
+        // the connection is let through if some group could be granted something. (tcp and
+        // tls carry no token: only the skill's own rules count.)
+        let per_operation = matches!(
+            self.backends[backend].protocol,
+            Protocol::Http | Protocol::Postgres
+        );
+        let groups: &[String] = if self.skills[skill].oidc.is_some() && per_operation {
+            &self.groups
+        } else {
+            &[]
+        };
+        self.decide_indexed(skill, groups, backend, Operation::Connect)
     }
 
     /// Decides a request. Never fails: anything unknown is denied, with the reason.

@@ -760,3 +760,104 @@ impl Drop for PgServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Keys and tokens for identity tests (`mint.py`: PyJWT and cryptography).
+pub const MINT_PY: &str = include_str!("mint.py");
+
+/// Test signing keys in a directory, their JWKS, and tokens minted with them.
+pub struct Minter {
+    pub dir: PathBuf,
+}
+
+impl Minter {
+    /// RSA keys `rsa1`, `rsa2` and EC key `ec1`; the JWKS starts with `rsa1` and `ec1`.
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let minter = Self {
+            dir: dir.to_owned(),
+        };
+        minter.run(&["keys"]);
+        minter.publish(&["rsa1", "ec1"]);
+        minter
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("python3")
+            .args(["-c", MINT_PY, args[0]])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .output()
+            .expect("python3 mint.py");
+        assert!(
+            out.status.success(),
+            "mint.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Rewrites `jwks.json` with the public keys `kids`.
+    pub fn publish(&self, kids: &[&str]) {
+        let mut args = vec!["jwks"];
+        args.extend_from_slice(kids);
+        self.run(&args);
+    }
+
+    pub fn jwks_path(&self) -> PathBuf {
+        self.dir.join("jwks.json")
+    }
+
+    /// A token of `kind` (see mint.py) for `sub` with `groups`.
+    pub fn token(&self, kind: &str, iss: &str, aud: &str, sub: &str, groups: &[&str]) -> String {
+        let mut args = vec!["token", kind, iss, aud, sub];
+        args.extend_from_slice(groups);
+        self.run(&args)
+    }
+}
+
+/// Serves the files of a directory over HTTP on loopback (Python's http.server).
+pub struct FileServer {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl FileServer {
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "http.server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { addr, child }
+    }
+
+    /// Stops serving (the address then refuses connections).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

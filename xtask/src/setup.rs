@@ -26,11 +26,13 @@ const COMMANDS: &[(&str, &str)] = &[
 ];
 
 /// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
-/// clients skills commonly use (requests for HTTP, psycopg2 for PostgreSQL).
+/// clients skills commonly use (requests for HTTP, psycopg2 for PostgreSQL), and PyJWT
+/// (with cryptography) to mint the identity tests' tokens.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("prometheus_client", "prometheus-client==0.26.0"),
     ("requests", "requests==2.34.2"),
     ("psycopg2", "psycopg2-binary==2.9.13"),
+    ("jwt", "pyjwt[crypto]==2.15.1"),
 ];
 
 pub fn setup() -> Result<()> {

@@ -128,6 +128,8 @@ pub struct PgConn {
     pub session: Option<i64>,
     pub upstream: SocketAddr,
     statements: AtomicU64,
+    /// Groups the skill's token grants (set once it is validated).
+    token_groups: std::sync::OnceLock<Vec<String>>,
     to_backend: AtomicU64,
     to_skill: AtomicU64,
 }
@@ -147,6 +149,7 @@ impl PgConn {
             session,
             upstream,
             statements: AtomicU64::new(0),
+            token_groups: std::sync::OnceLock::new(),
             to_backend: AtomicU64::new(0),
             to_skill: AtomicU64::new(0),
         }
@@ -183,6 +186,22 @@ impl PgConn {
             )
             .await;
             return ("denied", (0, 0));
+        }
+        match self.authenticate_skill(&mut client).await {
+            Ok(groups) => {
+                let _ = self.token_groups.set(groups);
+            }
+            Err(reason) => {
+                warn!(skill_user = %skill_user, %reason, "PostgreSQL session refused: token");
+                self.result("identity", "denied", reason.clone());
+                self.fatal(
+                    &mut client,
+                    "28000",
+                    &format!("skillgate: token refused: {reason}"),
+                )
+                .await;
+                return ("denied", (0, 0));
+            }
         }
         let (mut server, greeting, key) = match self.login(&params).await {
             Ok(login) => login,
@@ -227,6 +246,45 @@ impl PgConn {
             self.proxy.pg_cancel.lock().remove(&key);
         }
         (outcome, self.bytes())
+    }
+
+    /// A skill whose policy requires an OIDC token sends it as its password; returns the
+    /// groups it grants (none for skills without the requirement).
+    async fn authenticate_skill(&self, client: &mut TcpStream) -> Result<Vec<String>, String> {
+        let policy = self.proxy.current_policy();
+        let Some(skill) = policy.skill(&self.skill).filter(|s| s.oidc.is_some()) else {
+            return Ok(Vec::new());
+        };
+        let mut ask = BytesMut::new();
+        wire::put_message(&mut ask, b'R', &3i32.to_be_bytes());
+        client.write_all(&ask).await.map_err(|e| e.to_string())?;
+        let mut inbox = BytesMut::new();
+        let message = loop {
+            if let Some(message) = wire::frame(&mut inbox, 16 * 1024)? {
+                break message;
+            }
+            if !wire::fill(client, &mut inbox)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err("missing token: the connection ended before a password".to_owned());
+            }
+        };
+        if message[0] != b'p' {
+            return Err("missing token: expected a password message".to_owned());
+        }
+        let token = wire::query_text(wire::body(&message)).ok_or("malformed password message")?;
+        if token.is_empty() {
+            return Err("missing token: the password is empty".to_owned());
+        }
+        let identity = self
+            .proxy
+            .identities
+            .validate(skill, token)
+            .await
+            .map_err(|why| why.to_string())?;
+        info!(subject = %identity.subject, groups = ?identity.groups, "skill token accepted");
+        Ok(identity.groups)
     }
 
     async fn fatal<W: AsyncWrite + Unpin>(&self, client: &mut W, code: &str, message: &str) {
@@ -649,7 +707,7 @@ impl PgConn {
         let decision = match statements.as_ref() {
             Ok(statements) => policy.decide(&Request {
                 skill: &self.skill,
-                token_groups: &[],
+                token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
                 backend: &self.backend,
                 operation: Operation::Sql(statements),
             }),
