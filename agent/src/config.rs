@@ -362,7 +362,7 @@ mod tests {
             "the default policy grants nothing"
         );
         let demo = Config::load(&deploy.join("demo/skillgate.toml")).expect("deploy/demo");
-        assert_eq!(demo.policy.rules.len(), 1);
+        assert_eq!(demo.policy.rules.len(), 4);
     }
 }
 

@@ -145,7 +145,17 @@ impl Policy {
         } else {
             &[]
         };
-        self.decide_indexed(skill, groups, backend, Operation::Connect)
+        let mut decision = self.decide_indexed(skill, groups, backend, Operation::Connect);
+        // An approve rule holds operations, not the connection that carries them.
+        if per_operation && decision.effect == Effect::Approve {
+            decision.effect = Effect::Allow;
+            decision.reason = format!(
+                "skill `{}` may connect to backend `{}`: rules grant it operations there, each \
+                 decided (or held for approval) on its own",
+                self.skills[skill].name, self.backends[backend].name
+            );
+        }
+        decision
     }
 
     /// Decides a request. Never fails: anything unknown is denied, with the reason.

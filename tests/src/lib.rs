@@ -643,15 +643,19 @@ pub struct PgServer {
 
 impl PgServer {
     /// Starts a server with database `shop`: customers (with emails and card numbers), orders
-    /// and refunds.
+    /// and refunds, on a free port.
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Like [`Self::start`], on `port`.
+    pub fn start_on(port: u16) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql (cargo xtask setup installs them)")
             .flatten()
             .map(|e| e.path().join("bin"))
             .find(|p| p.join("initdb").exists())
             .expect("initdb");
-        let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("skillgate-test-pg-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
