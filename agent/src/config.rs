@@ -76,6 +76,10 @@ pub struct AgentConfig {
     /// carries groups. Skills whose policy entry has an `oidc` table must present a token.
     #[serde(default)]
     pub oidc: Vec<crate::identity::IssuerDef>,
+    /// Tokens the agent reads itself for skills that cannot send one: skill name → file
+    /// (relative to this file), read on each use so a rotated token is picked up.
+    #[serde(default)]
+    pub oidc_token_files: std::collections::BTreeMap<String, PathBuf>,
     /// The header HTTP skills carry their token in (`authorization`: `Bearer TOKEN`).
     #[serde(default = "default_token_header")]
     pub oidc_token_header: String,

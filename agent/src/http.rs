@@ -184,13 +184,16 @@ impl HttpConn {
             && skill.oidc.is_some()
         {
             let line = format!("{method} {raw_target}");
-            let identity =
-                match crate::identity::bearer(request.headers(), &self.proxy.token_header) {
-                    None => Err(crate::identity::Refused(
-                        "missing token: this skill must present its OIDC token".to_owned(),
-                    )),
-                    Some(token) => self.proxy.identities.validate(skill, &token).await,
-                };
+            let presented = crate::identity::bearer(request.headers(), &self.proxy.token_header)
+                .map(Ok)
+                .or_else(|| self.proxy.token_file(&self.skill));
+            let identity = match presented {
+                None => Err(crate::identity::Refused(
+                    "missing token: this skill must present its OIDC token".to_owned(),
+                )),
+                Some(Err(why)) => Err(crate::identity::Refused(why)),
+                Some(Ok(token)) => self.proxy.identities.validate(skill, &token).await,
+            };
             match identity {
                 Ok(identity) => token_groups = identity.groups,
                 Err(why) => {

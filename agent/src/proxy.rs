@@ -49,6 +49,8 @@ pub struct Proxy {
     pub identities: crate::identity::Identities,
     /// Where HTTP skills put their token (`authorization`: a Bearer token).
     pub token_header: hyper::header::HeaderName,
+    /// Token files the agent reads for skills that cannot send a token (skill → path).
+    pub token_files: std::collections::BTreeMap<String, std::path::PathBuf>,
     /// PostgreSQL sessions' cancel keys → their backends.
     pub pg_cancel: crate::pg::CancelKeys,
     /// SQL classifications of recent statement texts.
@@ -89,6 +91,16 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .classify(sql)
+    }
+
+    /// The token the agent holds for `skill`, if its config names a token file.
+    pub fn token_file(&self, skill: &str) -> Option<Result<String, String>> {
+        let path = self.token_files.get(skill)?;
+        Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display())),
+        )
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
@@ -169,7 +181,11 @@ impl Proxy {
                 })
                 .inc();
             // The record is committed before the decision takes effect; no record, no access.
-            let (exe, cmdline) = process_info(meta.pid);
+            let expected = match cgroup.as_deref() {
+                Some("") | None => format!("/{}", self.skills.relative),
+                Some(sub) => format!("/{}/{sub}", self.skills.relative),
+            };
+            let (exe, cmdline) = process_info(meta.pid, &expected);
             let session = Session {
                 started_ns: record::now_ns(),
                 skill: decision.skill.map(|s| s.name.clone()),
@@ -393,8 +409,22 @@ impl Proxy {
     }
 }
 
-/// The executable and command line of `pid`, if it still exists.
-fn process_info(pid: u32) -> (Option<String>, Option<String>) {
+/// The executable and command line of `pid`, if it still exists and is still the process that
+/// connected: a pid reused by a process in another cgroup is not attributed.
+fn process_info(pid: u32, cgroup: &str) -> (Option<String>, Option<String>) {
+    let current = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let same = current
+        .lines()
+        .filter_map(|line| line.strip_prefix("0::"))
+        .any(|path| path == cgroup);
+    if !same {
+        tracing::debug!(
+            pid,
+            cgroup,
+            "the process is gone or in another cgroup: exe and command line unknown"
+        );
+        return (None, None);
+    }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.display().to_string());

@@ -120,6 +120,14 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         tls,
         identities,
         token_header,
+        token_files: agent
+            .oidc_token_files
+            .iter()
+            .map(|(skill, path)| {
+                let base = config.path.parent().unwrap_or(Path::new("."));
+                (skill.clone(), base.join(path))
+            })
+            .collect(),
         pg_cancel: crate::pg::CancelKeys::default(),
         sql_cache: std::sync::Mutex::new(skillgate_policy::sql::Cache::new(10_000)),
     });

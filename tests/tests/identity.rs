@@ -28,7 +28,7 @@ fn keys_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn setup(name: &str) -> Setup {
+fn setup(name: &str, extra: &str) -> Setup {
     let minter = Minter::new(&keys_dir(name));
     let jwks = FileServer::start(&minter.dir);
     let backend = HttpBackend::start();
@@ -88,7 +88,7 @@ sql = {{ kinds = ["select"], objects = ["public.orders"] }}
         name,
         &policy,
         &format!(
-            "[[oidc]]\nissuer = \"{ISS}\"\njwks_uri = \"http://{}/jwks.json\"\nalgorithms = [\"RS256\", \"ES256\"]\n\
+            "{extra}\n[[oidc]]\nissuer = \"{ISS}\"\njwks_uri = \"http://{}/jwks.json\"\nalgorithms = [\"RS256\", \"ES256\"]\n\
              refresh_min_s = 0\n\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n",
             jwks.addr
         ),
@@ -149,7 +149,7 @@ impl Setup {
 
 #[test]
 fn tokens_bind_skills_and_grant_groups_and_bad_ones_are_refused_with_a_reason() {
-    let s = setup("identity");
+    let s = setup("identity", "");
     let agent = s.env.start_agent();
 
     let rsa = s.token("rsa", "reporter-svc", &[]);
@@ -233,7 +233,7 @@ fn tokens_bind_skills_and_grant_groups_and_bad_ones_are_refused_with_a_reason() 
 
 #[test]
 fn a_rotated_key_is_picked_up_without_a_restart_and_postgres_takes_the_token_as_password() {
-    let mut s = setup("identity-rotation");
+    let mut s = setup("identity-rotation", "");
     let agent = s.env.start_agent();
     let rotated = s.token("unknown-kid", "reporter-svc", &[]);
     assert_eq!(
@@ -294,4 +294,25 @@ fn a_rotated_key_is_picked_up_without_a_restart_and_postgres_takes_the_token_as_
     let (status, _) = s.get("/orders/1", Some(&s.token("ec", "reporter-svc", &[])));
     assert_eq!(status, 200);
     let _ = std::fs::remove_dir_all(&s.minter.dir);
+}
+
+#[test]
+fn the_agent_can_hold_the_token_for_a_skill_that_cannot_send_one() {
+    let s = setup(
+        "identity-file",
+        "oidc_token_files = { reporter = \"reporter.jwt\" }",
+    );
+    let file = s.env.dir.join("reporter.jwt");
+    std::fs::write(&file, s.token("rsa", "reporter-svc", &["analysts"])).unwrap();
+    let _agent = s.env.start_agent();
+    let (status, body) = s.get("/echo", None);
+    assert_eq!(
+        status, 200,
+        "the file's token (with its group) is used: {body}"
+    );
+    // Read on each use: a replaced token takes effect at once.
+    std::fs::write(&file, s.token("rsa", "other-svc", &[])).unwrap();
+    let (status, body) = s.get("/orders/1", None);
+    assert_eq!(status, 401);
+    assert!(body.contains("identity mismatch"), "{body}");
 }
