@@ -236,6 +236,8 @@ pub enum AdminRequest {
     Revoke {
         id: u64,
     },
+    /// Requests and statements per skill, and the agent's start time.
+    Stats,
 }
 
 /// The answer: `ok` with the pending list where asked, or an error.
@@ -248,10 +250,26 @@ pub struct AdminResponse {
     pub pending: Vec<PendingView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<Grant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<crate::opstats::OpReport>>,
+    /// When the agent started (ns since the epoch), with Stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ns: Option<i64>,
+}
+
+/// What the admin API serves besides approvals.
+pub struct AgentFacts {
+    pub ops: Arc<crate::opstats::OpStats>,
+    pub started_ns: i64,
 }
 
 /// Serves the admin socket at `path` (created root-only).
-pub async fn serve(path: PathBuf, approvals: Arc<Approvals>, skills_cgroup: String) -> Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    approvals: Arc<Approvals>,
+    skills_cgroup: String,
+    facts: Arc<AgentFacts>,
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -269,8 +287,9 @@ pub async fn serve(path: PathBuf, approvals: Arc<Approvals>, skills_cgroup: Stri
                 Ok((stream, _)) => {
                     let approvals = Arc::clone(&approvals);
                     let skills = skills_cgroup.clone();
+                    let facts = Arc::clone(&facts);
                     tokio::spawn(async move {
-                        if let Err(err) = handle(stream, &approvals, &skills).await {
+                        if let Err(err) = handle(stream, &approvals, &skills, &facts).await {
                             warn!(error = %format!("{err:#}"), "admin request failed");
                         }
                     });
@@ -297,7 +316,12 @@ fn in_skills_cgroup(pid: i32, skills_cgroup: &str) -> bool {
         .any(|path| path == skills || path.starts_with(&format!("{skills}/")))
 }
 
-async fn handle(stream: UnixStream, approvals: &Approvals, skills_cgroup: &str) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    approvals: &Approvals,
+    skills_cgroup: &str,
+    facts: &AgentFacts,
+) -> Result<()> {
     let cred = stream
         .peer_cred()
         .context("cannot read the caller's credentials")?;
@@ -321,6 +345,12 @@ async fn handle(stream: UnixStream, approvals: &Approvals, skills_cgroup: &str) 
             Ok(AdminRequest::List) => AdminResponse {
                 ok: true,
                 pending: approvals.list(),
+                ..AdminResponse::default()
+            },
+            Ok(AdminRequest::Stats) => AdminResponse {
+                ok: true,
+                operations: Some(facts.ops.report()),
+                started_ns: Some(facts.started_ns),
                 ..AdminResponse::default()
             },
             Ok(AdminRequest::Approve {
@@ -393,6 +423,18 @@ fn answer(approvals: &Approvals, id: u64, verdict: Verdict) -> AdminResponse {
 }
 
 /// Sends one request to the agent's admin socket (the CLI side).
+/// The running agent's operation counts and start time, or why they cannot be had.
+pub fn agent_stats(
+    config_path: &Path,
+    agent: &crate::config::AgentConfig,
+) -> Result<(Vec<crate::opstats::OpReport>, i64)> {
+    let response = call(&agent.admin_socket_path(config_path), &AdminRequest::Stats)?;
+    Ok((
+        response.operations.unwrap_or_default(),
+        response.started_ns.unwrap_or_default(),
+    ))
+}
+
 pub fn call(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {
     use std::io::{BufRead as _, Write as _};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {

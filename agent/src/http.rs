@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::admin::{PendingView, Verdict};
+use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event};
 
@@ -247,6 +248,16 @@ impl HttpConn {
             Effect::Approve => "approve",
             Effect::Allow | Effect::Mask => "allow",
         };
+        self.proxy.ops.decided(
+            &self.skill,
+            &self.backend,
+            "http",
+            match decision.effect {
+                Effect::Deny => Outcome::Denied,
+                Effect::Approve => Outcome::Held,
+                Effect::Allow | Effect::Mask => Outcome::Allowed,
+            },
+        );
         // Every request is in the store; the log says why for what was not simply allowed.
         if decision.effect == Effect::Allow {
             debug!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
@@ -605,6 +616,13 @@ impl HttpConn {
         started: Instant,
         masked: usize,
     ) -> Response<ProxyBody> {
+        self.proxy.ops.answered(
+            &self.skill,
+            &self.backend,
+            "http",
+            started.elapsed(),
+            masked,
+        );
         if let Some(session) = self.session {
             let length = response
                 .headers()
@@ -638,6 +656,9 @@ impl HttpConn {
         rule: Option<&str>,
     ) -> Response<ProxyBody> {
         info!(request = %id, %line, decision = "deny", %reason, "request refused");
+        self.proxy
+            .ops
+            .decided(&self.skill, &self.backend, "http", Outcome::Denied);
         let event = Event {
             at_ns: record::now_ns(),
             kind: "http".to_owned(),

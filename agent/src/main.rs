@@ -12,6 +12,7 @@ mod host;
 mod http;
 mod identity;
 mod metrics;
+mod opstats;
 mod pg;
 mod policy_cli;
 mod proxy;

@@ -98,6 +98,7 @@ impl Metrics {
                 }
             }
         }
+        proxy.ops.render_prometheus(&mut out);
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }

@@ -45,6 +45,8 @@ pub struct Proxy {
     pub mask_salt: Vec<u8>,
     /// TLS client configurations for backends reached over TLS.
     pub tls: Arc<crate::tls::Connectors>,
+    /// Requests and statements per skill, for `skillgate stats` and /metrics.
+    pub ops: Arc<crate::opstats::OpStats>,
     /// Trusted OIDC issuers, for skills whose policy requires a token.
     pub identities: crate::identity::Identities,
     /// Where HTTP skills put their token (`authorization`: a Bearer token).

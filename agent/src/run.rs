@@ -78,10 +78,16 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let approvals = Arc::new(crate::admin::Approvals::with_webhook(
         agent.approval_webhook_uri(),
     ));
+    let ops = Arc::new(crate::opstats::OpStats::default());
+    let facts = Arc::new(crate::admin::AgentFacts {
+        ops: Arc::clone(&ops),
+        started_ns: crate::record::now_ns(),
+    });
     crate::admin::serve(
         agent.admin_socket_path(&config.path),
         Arc::clone(&approvals),
         agent.skills_cgroup.clone(),
+        facts,
     )
     .await?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
@@ -118,6 +124,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         mask_body_limit: agent.mask_body_limit,
         mask_salt,
         tls,
+        ops,
         identities,
         token_header,
         token_files: agent

@@ -19,6 +19,8 @@ struct Report {
     /// Whether the kernel measures program run time (sysctl kernel.bpf_stats_enabled).
     bpf_stats_enabled: bool,
     programs: Vec<ProgramReport>,
+    /// Requests and statements per skill (from the running agent; `None` if it is not).
+    operations: Option<Vec<crate::opstats::OpReport>>,
 }
 
 /// Run counts and time of one attached program, as the kernel measures them.
@@ -92,6 +94,7 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
     let skills = SkillsCgroup::locate(&config.agent.skills_cgroup)?;
     let totals = counters.totals();
     let per_cgroup = counters.per_cgroup();
+    let operations = crate::admin::agent_stats(config_path, &config.agent).map(|(ops, _)| ops);
     if json {
         let report = Report {
             total: Named::new(&totals),
@@ -112,6 +115,7 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
                 })
                 .collect(),
             bpf_stats_enabled: bpf_stats_enabled(),
+            operations: operations.as_ref().ok().cloned(),
             programs: program_reports(&config.agent.bpf_pin_dir),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -140,6 +144,30 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
         }
     } else {
         println!("program run times: off (sysctl -w kernel.bpf_stats_enabled=1 to measure)");
+    }
+    match &operations {
+        Ok(ops) if ops.is_empty() => println!("requests and statements: none yet"),
+        Ok(ops) => {
+            for op in ops {
+                let us = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} us"));
+                println!(
+                    "skill {} on {} ({}): {} allowed, {} denied, {} held, {} values masked; \
+                     latency p50 {} p90 {} p99 {} ({} answered)",
+                    op.key.skill,
+                    op.key.backend,
+                    op.key.kind,
+                    op.allowed,
+                    op.denied,
+                    op.held,
+                    op.masked_values,
+                    us(op.p50_us),
+                    us(op.p90_us),
+                    us(op.p99_us),
+                    op.answered
+                );
+            }
+        }
+        Err(err) => println!("requests and statements: unavailable ({err:#})"),
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ fn listening(table: &str, port: u16, udp: bool) -> bool {
 pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
     let agent = AgentConfig::load(config_path)?;
     host::require_root("skillgate status")?;
+    let running = crate::admin::agent_stats(config_path, &agent);
     let skills = SkillsCgroup::locate(&agent.skills_cgroup)?;
     let cgroup_id = skills.id().ok();
     let programs = enforce::pinned_programs(&agent.bpf_pin_dir);
@@ -89,6 +90,10 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
             "proxy": { "port": agent.proxy_port, "listening": proxy },
             "dns": { "port": agent.dns_port, "listening": dns },
             "version": env!("CARGO_PKG_VERSION"),
+            "agent": match &running {
+                Ok((_, started_ns)) => json!({"running": true, "started_ns": started_ns, "uptime_s": (crate::record::now_ns() - started_ns) / 1_000_000_000}),
+                Err(err) => json!({"running": false, "error": format!("{err:#}")}),
+            },
             "policy": match &policy {
                 Ok(p) => json!({"file": policy_path.display().to_string(), "sha256": policy_sha256, "valid": true, "skills": p.skills.len(), "backends": p.backends.len(), "rules": p.rules.len()}),
                 Err(err) => json!({"file": policy_path.display().to_string(), "sha256": policy_sha256, "valid": false, "error": format!("{err:#}")}),
@@ -145,6 +150,18 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
             store_path.display()
         ),
         Err(err) => println!("store: UNAVAILABLE {err:#}"),
+    }
+    match &running {
+        Ok((_, started_ns)) => {
+            let secs = (crate::record::now_ns() - started_ns) / 1_000_000_000;
+            println!(
+                "agent: running, up {}h{:02}m{:02}s",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            );
+        }
+        Err(err) => println!("agent: not reachable ({err:#})"),
     }
     println!("version: {}", env!("CARGO_PKG_VERSION"));
     Ok(())

@@ -222,6 +222,29 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
         results.iter().any(|r| r.0 == "error" && r.1 == "25P02"),
         "{results:?}"
     );
+
+    // `skillgate stats` counts what the skill did, from the running agent.
+    let stats = s
+        .env
+        .skillgate()
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let sql = stats["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["skill"] == "reporter" && o["backend"] == "shop-db" && o["kind"] == "sql")
+        .cloned()
+        .unwrap_or_default();
+    // 3 selects + 8 denied shapes with a count each + the transaction (BEGIN, DELETE, SELECT 1, ROLLBACK, count).
+    assert_eq!(sql["denied"], 9, "{stats:#}");
+    assert_eq!(sql["allowed"], 3 + 8 + 4, "{stats:#}");
+    assert_eq!(sql["masked_values"], 5 + 3, "{stats:#}");
+    assert!(sql["p50_us"].as_u64().is_some(), "{stats:#}");
+    let status = s.env.skillgate().arg("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("agent: running, up"));
 }
 
 #[test]

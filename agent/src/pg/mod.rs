@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::admin::{PendingView, Verdict};
+use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event};
 use wire::{Column, Startup};
@@ -732,6 +733,16 @@ impl PgConn {
             Effect::Approve => "approve",
             Effect::Allow | Effect::Mask => "allow",
         };
+        self.proxy.ops.decided(
+            &self.skill,
+            &self.backend,
+            "sql",
+            match decision.effect {
+                Effect::Deny => Outcome::Denied,
+                Effect::Approve => Outcome::Held,
+                Effect::Allow | Effect::Mask => Outcome::Allowed,
+            },
+        );
         let shown = statement_text(text);
         if decision.effect == Effect::Allow {
             debug!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
@@ -1085,6 +1096,13 @@ impl PgConn {
                                 }
                                 None => (0, Duration::ZERO),
                             };
+                            self.proxy.ops.answered(
+                                &self.skill,
+                                &self.backend,
+                                "sql",
+                                since,
+                                masked,
+                            );
                             self.result(
                                 tag,
                                 "ok",
