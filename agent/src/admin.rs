@@ -67,12 +67,14 @@ pub struct Approvals {
     next: AtomicU64,
     /// Where to POST each new pending request (`http://host:port/path`), if anywhere.
     webhook: Option<hyper::Uri>,
+    tls: Arc<crate::tls::Connectors>,
 }
 
 impl Approvals {
-    pub fn with_webhook(webhook: Option<hyper::Uri>) -> Self {
+    pub fn with_webhook(webhook: Option<hyper::Uri>, tls: Arc<crate::tls::Connectors>) -> Self {
         Self {
             webhook,
+            tls,
             ..Self::default()
         }
     }
@@ -103,7 +105,7 @@ impl Approvals {
         let (answer, verdict) = oneshot::channel();
         info!(approval = id, skill = %view.skill, backend = %view.backend, operation = %view.operation, "approval requested");
         if let Some(webhook) = &self.webhook {
-            tokio::spawn(notify(webhook.clone(), view.clone()));
+            tokio::spawn(notify(Arc::clone(&self.tls), webhook.clone(), view.clone()));
         }
         self.lock().insert(id, Pending { view, answer });
         let verdict = tokio::time::timeout(wait, verdict).await;
@@ -187,8 +189,8 @@ impl Approvals {
 }
 
 /// POSTs a pending request as JSON to the webhook; failures are logged, never block the hold.
-async fn notify(webhook: hyper::Uri, view: PendingView) {
-    let result = tokio::time::timeout(Duration::from_secs(5), post(&webhook, &view)).await;
+async fn notify(tls: Arc<crate::tls::Connectors>, webhook: hyper::Uri, view: PendingView) {
+    let result = tokio::time::timeout(Duration::from_secs(5), post(&tls, &webhook, &view)).await;
     match result {
         Ok(Ok(status)) if status.is_success() => {
             info!(approval = view.id, %webhook, "approval webhook notified");
@@ -201,19 +203,21 @@ async fn notify(webhook: hyper::Uri, view: PendingView) {
     }
 }
 
-async fn post(webhook: &hyper::Uri, view: &PendingView) -> Result<hyper::StatusCode> {
-    let host = webhook.host().context("webhook URL has no host")?;
-    let port = webhook.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host, port)).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
+async fn post(
+    tls: &crate::tls::Connectors,
+    webhook: &hyper::Uri,
+    view: &PendingView,
+) -> Result<hyper::StatusCode> {
     let body = serde_json::to_vec(view)?;
-    let request = hyper::Request::post(webhook.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))?;
-    Ok(sender.send_request(request).await?.status())
+    let (status, _) = crate::client::request(
+        tls,
+        hyper::Method::POST,
+        webhook,
+        Some(("application/json", body)),
+        64 * 1024,
+    )
+    .await?;
+    Ok(status)
 }
 
 /// A request to the admin API.

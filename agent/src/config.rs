@@ -322,10 +322,10 @@ impl AgentConfig {
                     path.display()
                 )
             })?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                 bail!(
-                    "invalid config `{}`: approval_webhook `{url}` must be an http://host[:port]/path \
-                     URL (https is not supported yet)",
+                    "invalid config `{}`: approval_webhook `{url}` must be an http(s)://host[:port]/path \
+                     URL (https is verified against the system's CA roots)",
                     path.display()
                 );
             }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Empty};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -361,39 +360,13 @@ impl Identities {
 
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
         let uri: hyper::Uri = uri.parse()?;
-        let host = uri.host().context("no host")?.to_owned();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(hyper::header::HOST, host.as_str())
-            .body(Empty::<bytes::Bytes>::new())?;
-        let response = if https {
-            let tls = self.tls.connect(tcp, &host, None).await?;
-            send(tls, request).await?
-        } else {
-            send(tcp, request).await?
-        };
-        Ok(response)
+        let (status, body) =
+            crate::client::request(&self.tls, hyper::Method::GET, &uri, None, MAX_JWKS).await?;
+        if !status.is_success() {
+            bail!("HTTP {status}");
+        }
+        Ok(body)
     }
-}
-
-async fn send<T>(io: T, request: hyper::Request<Empty<bytes::Bytes>>) -> Result<Vec<u8>>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    if !response.status().is_success() {
-        bail!("HTTP {}", response.status());
-    }
-    let body = http_body_util::Limited::new(response.into_body(), MAX_JWKS)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(body.to_bytes().to_vec())
 }
 
 /// Groups from the claim at `path` (dots walk into objects): an array of strings, or one

@@ -3,6 +3,7 @@
 mod admin;
 mod approvals_cli;
 mod cgroup;
+mod client;
 mod config;
 mod credentials;
 mod dns;

@@ -77,6 +77,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     )?;
     let approvals = Arc::new(crate::admin::Approvals::with_webhook(
         agent.approval_webhook_uri(),
+        Arc::clone(&tls),
     ));
     let ops = Arc::new(crate::opstats::OpStats::default());
     let facts = Arc::new(crate::admin::AgentFacts {
