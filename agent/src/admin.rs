@@ -68,6 +68,8 @@ pub struct Approvals {
     /// Where to POST each new pending request (`http://host:port/path`), if anywhere.
     webhook: Option<hyper::Uri>,
     tls: Arc<crate::tls::Connectors>,
+    /// Where grants are kept so they survive a restart (JSON, root-only).
+    grants_file: Option<PathBuf>,
 }
 
 impl Approvals {
@@ -116,6 +118,54 @@ impl Approvals {
         }
     }
 
+    /// Keeps grants in `path` (loading those still valid), so a restart does not drop them.
+    pub fn with_grants_file(mut self, path: PathBuf) -> Result<Self> {
+        let grants: Vec<Grant> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("cannot read grants from {}", path.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let now = record::now_ns();
+        let live: Vec<Grant> = grants.into_iter().filter(|g| g.expires_ns > now).collect();
+        if !live.is_empty() {
+            info!(grants = live.len(), file = %path.display(), "grants restored");
+        }
+        let highest = live.iter().map(|g| g.id).max().unwrap_or(0);
+        self.next = AtomicU64::new(highest);
+        self.grants = Mutex::new(live);
+        self.grants_file = Some(path);
+        Ok(self)
+    }
+
+    /// Writes the grants to the grants file (atomically: a crash leaves the old or the new).
+    fn save_grants(&self, grants: &[Grant]) {
+        let Some(path) = &self.grants_file else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let result = serde_json::to_vec(grants)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(err) = result {
+            warn!(file = %path.display(), error = %err, "cannot save grants: they will not survive a restart");
+        }
+    }
+
     /// The grants still valid (expired ones are dropped on the way).
     fn grants(&self) -> Vec<Grant> {
         let now = record::now_ns();
@@ -148,10 +198,10 @@ impl Approvals {
             reason: reason.to_owned(),
             expires_ns: record::now_ns() + for_ns,
         };
-        self.grants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(grant.clone());
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        grants.push(grant.clone());
+        self.save_grants(&grants);
+        drop(grants);
         info!(grant = grant.id, skill = %grant.skill, backend = %grant.backend, operation = %grant.operation, approver_uid = uid, "grant created");
         Ok(grant)
     }
@@ -163,6 +213,7 @@ impl Approvals {
         if grants.len() == before {
             bail!("no active grant {id}");
         }
+        self.save_grants(&grants);
         info!(grant = id, "grant revoked");
         Ok(())
     }
@@ -259,12 +310,17 @@ pub struct AdminResponse {
     /// When the agent started (ns since the epoch), with Stats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ns: Option<i64>,
+    /// When the policy in force was loaded, with Stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_loaded_ns: Option<i64>,
 }
 
 /// What the admin API serves besides approvals.
 pub struct AgentFacts {
     pub ops: Arc<crate::opstats::OpStats>,
     pub started_ns: i64,
+    /// When the policy in force was loaded.
+    pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Serves the admin socket at `path` (created root-only).
@@ -355,6 +411,7 @@ async fn handle(
                 ok: true,
                 operations: Some(facts.ops.report()),
                 started_ns: Some(facts.started_ns),
+                policy_loaded_ns: Some(facts.policy_loaded_ns.load(Ordering::Relaxed)),
                 ..AdminResponse::default()
             },
             Ok(AdminRequest::Approve {
@@ -431,11 +488,12 @@ fn answer(approvals: &Approvals, id: u64, verdict: Verdict) -> AdminResponse {
 pub fn agent_stats(
     config_path: &Path,
     agent: &crate::config::AgentConfig,
-) -> Result<(Vec<crate::opstats::OpReport>, i64)> {
+) -> Result<(Vec<crate::opstats::OpReport>, i64, i64)> {
     let response = call(&agent.admin_socket_path(config_path), &AdminRequest::Stats)?;
     Ok((
         response.operations.unwrap_or_default(),
         response.started_ns.unwrap_or_default(),
+        response.policy_loaded_ns.unwrap_or_default(),
     ))
 }
 

@@ -45,6 +45,8 @@ pub struct Proxy {
     pub mask_salt: Vec<u8>,
     /// TLS client configurations for backends reached over TLS.
     pub tls: Arc<crate::tls::Connectors>,
+    /// When the policy in force was loaded (`skillgate status`).
+    pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
     /// Requests and statements per skill, for `skillgate stats` and /metrics.
     pub ops: Arc<crate::opstats::OpStats>,
     /// Trusted OIDC issuers, for skills whose policy requires a token.

@@ -75,14 +75,16 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         agent.retention_ns(),
         agent.store_sync == crate::config::StoreSync::Full,
     )?;
-    let approvals = Arc::new(crate::admin::Approvals::with_webhook(
-        agent.approval_webhook_uri(),
-        Arc::clone(&tls),
-    ));
+    let approvals = Arc::new(
+        crate::admin::Approvals::with_webhook(agent.approval_webhook_uri(), Arc::clone(&tls))
+            .with_grants_file(config.store_path.with_file_name("grants.json"))?,
+    );
     let ops = Arc::new(crate::opstats::OpStats::default());
+    let policy_loaded_ns = Arc::new(std::sync::atomic::AtomicI64::new(crate::record::now_ns()));
     let facts = Arc::new(crate::admin::AgentFacts {
         ops: Arc::clone(&ops),
         started_ns: crate::record::now_ns(),
+        policy_loaded_ns: Arc::clone(&policy_loaded_ns),
     });
     crate::admin::serve(
         agent.admin_socket_path(&config.path),
@@ -126,6 +128,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         mask_salt,
         tls,
         ops,
+        policy_loaded_ns,
         identities,
         token_header,
         token_files: agent
@@ -215,6 +218,10 @@ fn reload(proxy: &Proxy, path: &Path) {
                 "policy reloaded"
             );
             *proxy.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+            proxy.policy_loaded_ns.store(
+                crate::record::now_ns(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         Err(err) => error!(
             policy = %path.display(),

@@ -11,7 +11,7 @@ use crate::host;
 use crate::record::{self, query};
 
 /// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn timestamp(ns: i64) -> String {
+pub fn timestamp(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let millis = ns.rem_euclid(1_000_000_000) / 1_000_000;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

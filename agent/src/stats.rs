@@ -94,7 +94,7 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
     let skills = SkillsCgroup::locate(&config.agent.skills_cgroup)?;
     let totals = counters.totals();
     let per_cgroup = counters.per_cgroup();
-    let operations = crate::admin::agent_stats(config_path, &config.agent).map(|(ops, _)| ops);
+    let operations = crate::admin::agent_stats(config_path, &config.agent).map(|(ops, _, _)| ops);
     if json {
         let report = Report {
             total: Named::new(&totals),

@@ -91,7 +91,7 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
             "dns": { "port": agent.dns_port, "listening": dns },
             "version": env!("CARGO_PKG_VERSION"),
             "agent": match &running {
-                Ok((_, started_ns)) => json!({"running": true, "started_ns": started_ns, "uptime_s": (crate::record::now_ns() - started_ns) / 1_000_000_000}),
+                Ok((_, started_ns, policy_loaded_ns)) => json!({"running": true, "started_ns": started_ns, "uptime_s": (crate::record::now_ns() - started_ns) / 1_000_000_000, "policy_loaded_ns": policy_loaded_ns}),
                 Err(err) => json!({"running": false, "error": format!("{err:#}")}),
             },
             "policy": match &policy {
@@ -152,13 +152,14 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
         Err(err) => println!("store: UNAVAILABLE {err:#}"),
     }
     match &running {
-        Ok((_, started_ns)) => {
+        Ok((_, started_ns, policy_loaded_ns)) => {
             let secs = (crate::record::now_ns() - started_ns) / 1_000_000_000;
             println!(
-                "agent: running, up {}h{:02}m{:02}s",
+                "agent: running, up {}h{:02}m{:02}s; policy in force loaded {}",
                 secs / 3600,
                 secs / 60 % 60,
-                secs % 60
+                secs % 60,
+                crate::sessions_cli::timestamp(*policy_loaded_ns)
             );
         }
         Err(err) => println!("agent: not reachable ({err:#})"),

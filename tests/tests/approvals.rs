@@ -268,10 +268,13 @@ fn a_grant_lets_the_same_operation_through_until_revoked_or_expired() {
         &vault_policy(dial, backend.addr),
         "approval_wait_ms = 4000",
     );
-    let _agent = env.start_agent();
+    let agent = env.start_agent();
 
     let (first, _) = dial_and_answer(&env, dial, "approve", "incident 7", &["--for", "1h"]);
     assert!(first.get(0).ok, "{:?}", first.get(0));
+    // The grant survives a restart of the agent.
+    agent.stop();
+    let _agent = env.start_agent();
     // The same operation again: through at once, nothing held.
     let start = Instant::now();
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
@@ -307,6 +310,11 @@ fn a_grant_lets_the_same_operation_through_until_revoked_or_expired() {
     let (again, _) = dial_and_answer(&env, dial, "deny", "expired grant", &[]);
     assert!(!again.get(0).ok);
     assert_eq!(backend.peers().len(), 3);
+    let saved = std::fs::metadata(env.dir.join("grants.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&saved.permissions()) & 0o777,
+        0o600
+    );
 }
 
 const WEBHOOK_PY: &str = r#"

@@ -373,6 +373,44 @@ fn held_statements_run_only_when_approved() {
         s.pg.psql_admin("shop", "SELECT count(*) FROM refunds"),
         "1\n"
     );
+
+    // Denied from the CLI: the statement fails with the approver's reason, nothing runs.
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.psql(&["INSERT INTO refunds VALUES (8, 80)"]));
+        let start = Instant::now();
+        let id = loop {
+            let out = s
+                .env
+                .skillgate()
+                .args(["approvals", "--json"])
+                .output()
+                .unwrap();
+            let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(p) = pending.first() {
+                break p["id"].to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "nothing held");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = s
+            .env
+            .skillgate()
+            .args(["deny", &id, "--reason", "not this order"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (out, err) = skill.join().unwrap();
+        assert!(
+            out.is_empty()
+                && err.contains("approval required (denied)")
+                && err.contains("not this order"),
+            "{err}"
+        );
+    });
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM refunds"),
+        "1\n"
+    );
 }
 
 /// Raw bytes a skill sends; what came back.
