@@ -29,6 +29,26 @@ pub enum Verdict {
     Expired,
 }
 
+impl Verdict {
+    /// The answer as recorded (`approved`, `denied`, `expired`), why, and whether the held
+    /// operation goes ahead. `wait` is how long it was held.
+    pub fn describe(&self, wait: Duration) -> (&'static str, String, bool) {
+        match self {
+            Self::Approved { uid, reason } => {
+                ("approved", format!("approved by uid {uid}: {reason}"), true)
+            }
+            Self::Denied { uid, reason } => {
+                ("denied", format!("denied by uid {uid}: {reason}"), false)
+            }
+            Self::Expired => (
+                "expired",
+                format!("no approval within {} ms", wait.as_millis()),
+                false,
+            ),
+        }
+    }
+}
+
 /// A held operation, as listed to approvers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingView {

@@ -29,7 +29,7 @@ use skillgate_policy::{Effect, Mask};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::admin::{PendingView, Verdict};
+use crate::admin::PendingView;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event};
@@ -243,21 +243,11 @@ impl HttpConn {
         }
         let line = format!("{method} {path}");
         let decision = &answer.decision;
-        let verdict = match decision.effect {
-            Effect::Deny => "deny",
-            Effect::Approve => "approve",
-            Effect::Allow | Effect::Mask => "allow",
-        };
-        self.proxy.ops.decided(
-            &self.skill,
-            &self.backend,
-            "http",
-            match decision.effect {
-                Effect::Deny => Outcome::Denied,
-                Effect::Approve => Outcome::Held,
-                Effect::Allow | Effect::Mask => Outcome::Allowed,
-            },
-        );
+        let outcome = Outcome::of(decision.effect);
+        let verdict = outcome.verdict();
+        self.proxy
+            .ops
+            .decided(&self.skill, &self.backend, "http", outcome);
         // Every request is in the store; the log says why for what was not simply allowed.
         if decision.effect == Effect::Allow {
             debug!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
@@ -339,22 +329,7 @@ impl HttpConn {
             .approvals
             .request_with_id(view, self.proxy.approval_wait)
             .await;
-        let (answer, reason, go) = match verdict {
-            Verdict::Approved { uid, reason } => {
-                ("approved", format!("approved by uid {uid}: {reason}"), true)
-            }
-            Verdict::Denied { uid, reason } => {
-                ("denied", format!("denied by uid {uid}: {reason}"), false)
-            }
-            Verdict::Expired => (
-                "expired",
-                format!(
-                    "no approval within {} ms",
-                    self.proxy.approval_wait.as_millis()
-                ),
-                false,
-            ),
-        };
+        let (answer, reason, go) = verdict.describe(self.proxy.approval_wait);
         info!(request = %decided.id, approval, decision = answer, reason = %reason, "approval answered");
         let event = Event {
             at_ns: record::now_ns(),

@@ -69,6 +69,27 @@ pub enum Outcome {
     Held,
 }
 
+impl Outcome {
+    /// How the policy's effect is carried out (a mask is an allow).
+    pub fn of(effect: skillgate_policy::Effect) -> Self {
+        use skillgate_policy::Effect;
+        match effect {
+            Effect::Deny => Self::Denied,
+            Effect::Approve => Self::Held,
+            Effect::Allow | Effect::Mask => Self::Allowed,
+        }
+    }
+
+    /// The decision as logged and recorded.
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Self::Allowed => "allow",
+            Self::Denied => "deny",
+            Self::Held => "approve",
+        }
+    }
+}
+
 impl OpStats {
     fn with(&self, skill: &str, backend: &str, kind: &str, f: impl FnOnce(&mut Counts)) {
         let key = Key {

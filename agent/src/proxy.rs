@@ -11,7 +11,7 @@ use skillgate_policy::{ConnectRequest, Effect, Mode, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
-use crate::admin::{Approvals, PendingView, Verdict};
+use crate::admin::{Approvals, PendingView};
 use crate::cgroup::SkillsCgroup;
 use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
@@ -234,11 +234,7 @@ impl Proxy {
                         expires_ns: 0,
                     };
                     let answer = self.approvals.request(view, self.approval_wait).await;
-                    let (decided, reason, go) = match answer {
-                        Verdict::Approved { uid, reason } => ("approved", format!("approved by uid {uid}: {reason}"), true),
-                        Verdict::Denied { uid, reason } => ("denied", format!("denied by uid {uid}: {reason}"), false),
-                        Verdict::Expired => ("expired", format!("no approval within {} ms", self.approval_wait.as_millis()), false),
-                    };
+                    let (decided, reason, go) = answer.describe(self.approval_wait);
                     info!(decision = decided, reason = %reason, "approval answered");
                     let event = Event {
                         at_ns: record::now_ns(),

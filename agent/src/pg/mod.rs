@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::admin::{PendingView, Verdict};
+use crate::admin::PendingView;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event};
@@ -728,21 +728,11 @@ impl PgConn {
                 observed: None,
             },
         };
-        let verdict = match decision.effect {
-            Effect::Deny => "deny",
-            Effect::Approve => "approve",
-            Effect::Allow | Effect::Mask => "allow",
-        };
-        self.proxy.ops.decided(
-            &self.skill,
-            &self.backend,
-            "sql",
-            match decision.effect {
-                Effect::Deny => Outcome::Denied,
-                Effect::Approve => Outcome::Held,
-                Effect::Allow | Effect::Mask => Outcome::Allowed,
-            },
-        );
+        let outcome = Outcome::of(decision.effect);
+        let verdict = outcome.verdict();
+        self.proxy
+            .ops
+            .decided(&self.skill, &self.backend, "sql", outcome);
         let shown = statement_text(text);
         if decision.effect == Effect::Allow {
             debug!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
@@ -801,19 +791,7 @@ impl PgConn {
         };
         let wait = self.proxy.approval_wait;
         let (approval, verdict) = self.proxy.approvals.request_with_id(view, wait).await;
-        let (answer, why, go) = match verdict {
-            Verdict::Approved { uid, reason } => {
-                ("approved", format!("approved by uid {uid}: {reason}"), true)
-            }
-            Verdict::Denied { uid, reason } => {
-                ("denied", format!("denied by uid {uid}: {reason}"), false)
-            }
-            Verdict::Expired => (
-                "expired",
-                format!("no approval within {} ms", wait.as_millis()),
-                false,
-            ),
-        };
+        let (answer, why, go) = verdict.describe(wait);
         info!(statement = %id, approval, decision = answer, reason = %why, "approval answered");
         let event = Event {
             at_ns: record::now_ns(),
