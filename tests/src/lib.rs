@@ -247,6 +247,36 @@ impl Env {
         Probe::from_output(out)
     }
 
+    /// What is held for approval (`skillgate approvals --json`).
+    pub fn pending(&self) -> Vec<serde_json::Value> {
+        let out = self
+            .skillgate()
+            .args(["approvals", "--json"])
+            .output()
+            .expect("run skillgate approvals");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("approvals JSON")
+    }
+
+    /// Waits (up to 10 s) until something is held for approval; returns the oldest.
+    pub fn wait_for_pending(&self) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(held) = self.pending().into_iter().next() {
+                return held;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nothing was held for approval"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Dials each target from inside skill `skill` (via `skillgate exec`).
     pub fn dial_as_skill(&self, skill: &str, targets: &[SocketAddr]) -> Dialed {
         Dialed::from_output(self.exec_python(skill, DIAL_PY, &target_args(targets)))

@@ -7,20 +7,6 @@ use std::time::{Duration, Instant};
 
 use skillgate_tests::{Env, Server, unused_port};
 
-fn pending(env: &Env) -> Vec<serde_json::Value> {
-    let out = env
-        .skillgate()
-        .args(["approvals", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
-}
-
 /// reporter may reach `vault` only with approval (rule `vault-needs-approval`).
 fn vault_policy(dial: SocketAddr, upstream: SocketAddr) -> String {
     format!(
@@ -28,20 +14,6 @@ fn vault_policy(dial: SocketAddr, upstream: SocketAddr) -> String {
          dial = [\"{dial}\"]\nupstream = \"{upstream}\"\n[[rule]]\nname = \"vault-needs-approval\"\n\
          skills = [\"reporter\"]\nbackend = \"vault\"\neffect = \"approve\"\n"
     )
-}
-
-fn wait_for_pending(env: &Env) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if let Some(p) = pending(env).into_iter().next() {
-            return p;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "nothing was held for approval"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Dials `dial` as reporter and answers the approval it causes with
@@ -55,7 +27,7 @@ fn dial_and_answer(
 ) -> (skillgate_tests::Dialed, serde_json::Value) {
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
-        let held = wait_for_pending(env);
+        let held = env.wait_for_pending();
         let id = held["id"].to_string();
         let out = env
             .skillgate()
@@ -200,7 +172,7 @@ fn a_pending_approval_is_answered_as_expired_after_the_agent_dies() {
     let agent = env.start_agent();
     let dialed = std::thread::scope(|scope| {
         let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
-        wait_for_pending(&env);
+        env.wait_for_pending();
         // SAFETY: kill with a pid we own and a valid signal number.
         unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
         skill.join().unwrap()
@@ -282,7 +254,7 @@ fn a_grant_lets_the_same_operation_through_until_revoked_or_expired() {
         start.elapsed() < Duration::from_secs(3),
         "the grant did not apply"
     );
-    assert!(pending(&env).is_empty());
+    assert!(env.pending().is_empty());
     let out = env.skillgate().args(["grants", "--json"]).output().unwrap();
     let grants: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(grants.len(), 1, "{grants:?}");

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use skillgate_tests::{Env, HttpBackend, unused_port};
 
@@ -383,22 +382,9 @@ fn held_requests_go_ahead_when_approved_and_fail_with_the_approval_id_when_not()
     // Approved while held: the request reaches the backend.
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| exec(&s.env, &["python3", "-c", &script]));
-        let start = Instant::now();
-        let id = loop {
-            let out = s
-                .env
-                .skillgate()
-                .args(["approvals", "--json"])
-                .output()
-                .unwrap();
-            let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-            if let Some(p) = pending.first() {
-                assert_eq!(p["operation"], "POST /refunds");
-                break p["id"].to_string();
-            }
-            assert!(start.elapsed() < Duration::from_secs(5), "nothing held");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let p = s.env.wait_for_pending();
+        assert_eq!(p["operation"], "POST /refunds");
+        let id = p["id"].to_string();
         let out = s
             .env
             .skillgate()

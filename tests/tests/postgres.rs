@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use skillgate_tests::{Env, PgServer, unused_port};
 
@@ -338,22 +337,9 @@ fn held_statements_run_only_when_approved() {
     let _agent = s.start_agent();
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| s.psql(&["INSERT INTO refunds VALUES (7, 70)"]));
-        let start = Instant::now();
-        let id = loop {
-            let out = s
-                .env
-                .skillgate()
-                .args(["approvals", "--json"])
-                .output()
-                .unwrap();
-            let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-            if let Some(p) = pending.first() {
-                assert_eq!(p["operation"], "INSERT INTO refunds VALUES (7, 70)");
-                break p["id"].to_string();
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "nothing held");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let p = s.env.wait_for_pending();
+        assert_eq!(p["operation"], "INSERT INTO refunds VALUES (7, 70)");
+        let id = p["id"].to_string();
         assert_eq!(
             s.pg.psql_admin("shop", "SELECT count(*) FROM refunds"),
             "0\n",
@@ -377,21 +363,8 @@ fn held_statements_run_only_when_approved() {
     // Denied from the CLI: the statement fails with the approver's reason, nothing runs.
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| s.psql(&["INSERT INTO refunds VALUES (8, 80)"]));
-        let start = Instant::now();
-        let id = loop {
-            let out = s
-                .env
-                .skillgate()
-                .args(["approvals", "--json"])
-                .output()
-                .unwrap();
-            let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-            if let Some(p) = pending.first() {
-                break p["id"].to_string();
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "nothing held");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let p = s.env.wait_for_pending();
+        let id = p["id"].to_string();
         let out = s
             .env
             .skillgate()
