@@ -164,6 +164,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a completion script for SHELL to standard output, e.g.
+    /// `skillgate completions bash > /usr/share/bash-completion/completions/skillgate`
+    /// (the Debian package installs those for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +233,15 @@ fn main() -> ExitCode {
             command,
         } => exec::exec(&cli.config, &skill, user.as_deref(), &command),
         Command::Detach => run::detach(&cli.config),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "skillgate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Stats { json } => stats::stats(&cli.config, json),
         Command::Status { json } => status::status(&cli.config, json),
         Command::Approvals { json } => approvals_cli::list(&cli.config, json),

@@ -104,13 +104,15 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         backends = config.policy.backends.len(),
         rules = config.policy.rules.len(),
         skills_cgroup = %skills.dir.display(),
-        cgroup_id = enforcement.cgroup_id,
+        cgroup_id = enforcement.cgroup_id(),
         pin_dir = %agent.bpf_pin_dir.display(),
         store = %config.store_path.display(),
         attachment = ?enforcement.attachment,
         missing_layers = ?enforcement.missing_layers,
         "enforcement attached"
     );
+    let (skills_declared, backends_declared) =
+        (config.policy.skills.len(), config.policy.backends.len());
     let proxy = Arc::new(Proxy {
         enforcement,
         skills,
@@ -161,6 +163,25 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         tokio::spawn(Arc::clone(&forwarder).serve(socket));
     }
     info!("skillgate ready");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "enforcing on {} ({} skills, {} backends)",
+            proxy.skills.dir.display(),
+            skills_declared,
+            backends_declared
+        )),
+    ]);
+    // Under a systemd watchdog (WatchdogSec=), the main loop pings it at half the interval.
+    let mut watchdog_usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let tick = if watchdog {
+        CGROUP_WATCH_INTERVAL.min(Duration::from_micros(watchdog_usec / 2))
+    } else {
+        CGROUP_WATCH_INTERVAL
+    };
+    let mut cgroup_watch = tokio::time::interval(tick);
+    let mut cgroup_frozen = false;
 
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -184,8 +205,15 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
                     reload(&proxy, &config.policy_path);
                 }
             }
+            _ = cgroup_watch.tick() => {
+                watch_cgroup(&proxy, &mut cgroup_frozen);
+                if watchdog {
+                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
         }
     };
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let totals = proxy.enforcement.counters.totals();
     info!(signal, counters = %enforce::describe(&totals), "stopping");
     warn!(
@@ -198,6 +226,67 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
 
 /// How often the policy file is checked for changes.
 const POLICY_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the agent checks that the skills cgroup is the one its programs are on.
+const CGROUP_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Tells systemd (Type=notify) about the agent's state; a no-op outside systemd.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(false, state) {
+        warn!(error = %err, "cannot notify systemd");
+    }
+}
+
+/// Puts enforcement back when the skills cgroup was removed and created again (a stopped and
+/// restarted systemd slice): the kernel drops the links of a removed cgroup, so the new one
+/// would start bare. A missing cgroup is created at once, enforced, before anything else can
+/// put a skill there. If the programs cannot be attached, the cgroup is frozen (`frozen`): its
+/// processes stop rather than reach the network directly, until a retry succeeds.
+fn watch_cgroup(proxy: &Proxy, frozen: &mut bool) {
+    let attached = proxy.enforcement.cgroup_id();
+    match proxy.skills.id() {
+        Ok(id) if id == attached => return,
+        Ok(id) => warn!(
+            old_cgroup_id = attached,
+            new_cgroup_id = id,
+            skills_cgroup = %proxy.skills.dir.display(),
+            "the skills cgroup was recreated: re-attaching enforcement"
+        ),
+        Err(_) => {
+            warn!(
+                skills_cgroup = %proxy.skills.dir.display(),
+                "the skills cgroup was removed: creating it again, enforced"
+            );
+            if let Err(err) = proxy.skills.create() {
+                error!(error = %format!("{err:#}"), "cannot create the skills cgroup");
+                return;
+            }
+        }
+    }
+    let freeze = proxy.skills.dir.join("cgroup.freeze");
+    match proxy.enforcement.reattach(&proxy.skills) {
+        Ok(id) => {
+            info!(
+                cgroup_id = id,
+                "enforcement re-attached to the skills cgroup"
+            );
+            if *frozen {
+                match std::fs::write(&freeze, "0") {
+                    Ok(()) => *frozen = false,
+                    Err(err) => error!(error = %err, "cannot thaw the skills cgroup"),
+                }
+            }
+        }
+        Err(err) => {
+            *frozen = std::fs::write(&freeze, "1").is_ok();
+            error!(
+                error = %format!("{err:#}"),
+                frozen = *frozen,
+                "CANNOT RE-ATTACH ENFORCEMENT to the recreated skills cgroup: its processes are \
+                 frozen (retrying)"
+            );
+        }
+    }
+}
 
 /// What tells a file changed: modification time and size.
 fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {

@@ -157,16 +157,18 @@ impl Env {
 
     /// Starts `skillgate run` and waits until it says it is ready.
     pub fn start_agent(&self) -> Agent {
-        self.start_agent_with(&[])
+        self.start_agent_with(&[], &[])
     }
 
-    /// Like `start_agent`, with extra global arguments (e.g. `--log-format json`).
-    pub fn start_agent_with(&self, args: &[&str]) -> Agent {
+    /// Like `start_agent`, with extra global arguments (e.g. `--log-format json`) and
+    /// environment variables.
+    pub fn start_agent_with(&self, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = self
             .skillgate()
             .args(args)
             .arg("run")
             .env("SKILLGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -65,7 +65,7 @@ fn status_reports_enforcement_open_layers_and_listeners() {
 #[test]
 fn json_logs_carry_the_decision_fields() {
     let env = Env::new("jsonlog", "[[skill]]\nname = \"reporter\"\n");
-    let agent = env.start_agent_with(&["--log-format", "json"]);
+    let agent = env.start_agent_with(&["--log-format", "json"], &[]);
     let canary: std::net::SocketAddr = "127.0.0.3:9".parse().unwrap();
     let dialed = env.dial_as_skill("reporter", &[canary]);
     assert!(!dialed.get(0).ok);

@@ -91,18 +91,22 @@ impl CgroupProgram for RawProgram {
     }
 }
 
-/// Loads `program` and puts it on the hook: into the pinned link if one exists for this
-/// cgroup (returns `false`: adopted), else through a new pinned link (returns `true`).
-pub fn load_and_attach(
-    program: &mut impl CgroupProgram,
+/// Puts `program` (loading it first when `load`) on the hook: into the pinned link if one
+/// exists for this cgroup (returns `false`: adopted), else through a new pinned link (returns
+/// `true`).
+pub fn put_on_hook(
+    program: &mut dyn CgroupProgram,
     name: &str,
     cgroup: &File,
     link_path: &Path,
     cgroup_id: u64,
+    load: bool,
 ) -> Result<bool> {
-    program
-        .load()
-        .with_context(|| format!("the kernel refused to load program {name}"))?;
+    if load {
+        program
+            .load()
+            .with_context(|| format!("the kernel refused to load program {name}"))?;
+    }
     let pinned = match sys::obj_get(link_path) {
         Ok(link) => Some(link),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
@@ -128,11 +132,13 @@ pub fn load_and_attach(
             program = name,
             old_cgroup_id = attached_to,
             new_cgroup_id = cgroup_id,
-            "pinned link is on another cgroup (skills_cgroup changed): moving enforcement"
+            "pinned link is on another cgroup (skills_cgroup changed or recreated): moving \
+             enforcement"
         );
         // Unpin the old link only once the new one holds the hook; the old link detaches
         // when `pinned` is dropped.
-        let staging = link_path.with_extension("new");
+        // bpffs refuses dots in names.
+        let staging = link_path.with_file_name(format!("{name}_new"));
         program
             .attach_pinned(cgroup, &staging)
             .with_context(|| format!("cannot attach {name} to the skills cgroup"))?;

@@ -14,6 +14,7 @@ mod raw;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, MapData};
@@ -22,7 +23,7 @@ use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use skillgate_common::{ConnMeta, ProxyConfig, TupleKey, ip_words, map_names, program_names};
 
-use self::attach::{RawProgram, load_and_attach};
+use self::attach::{CgroupProgram, RawProgram, put_on_hook};
 pub use self::counters::{Counters, Counts, describe};
 use self::pins::{PinLayout, remove_other_map_layouts, remove_unknown_links};
 pub use self::pins::{check_enforced, detach, pinned_programs};
@@ -125,12 +126,14 @@ pub enum Attachment {
 
 /// The loaded programs, the maps the proxy reads, and how they were attached.
 pub struct Enforcement {
-    /// Keeps the programs and the log ring buffer alive for the agent's lifetime.
-    _ebpf: Ebpf,
+    /// Keeps the programs and the log ring buffer alive for the agent's lifetime; used again
+    /// to re-attach them.
+    ebpf: Mutex<Ebpf>,
+    layout: PinLayout,
     conns: Mutex<HashMap<MapData, TupleKey, ConnMeta>>,
     pub counters: Counters,
     pub attachment: Attachment,
-    pub cgroup_id: u64,
+    cgroup_id: AtomicU64,
     /// Optional programs this kernel could not run.
     pub missing_layers: Vec<&'static str>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -166,50 +169,7 @@ impl Enforcement {
             .context("cannot write the proxy address into SG_CONFIG")?;
 
         let cgroup_id = skills.id()?;
-        let cgroup = File::open(&skills.dir)
-            .with_context(|| format!("cannot open cgroup {}", skills.dir.display()))?;
-        let mut attachment = Attachment::Attached;
-        let mut missing_layers = Vec::new();
-        for spec in &PROGRAMS {
-            let link_path = layout.link(spec.name);
-            let result = match spec.raw {
-                Some(raw) => {
-                    let mut program = RawProgram::new(raw, spec.name);
-                    load_and_attach(&mut program, spec.name, &cgroup, &link_path, cgroup_id)
-                }
-                None => match ebpf.program_mut(spec.name) {
-                    Some(Program::CgroupSockAddr(p)) => {
-                        load_and_attach(p, spec.name, &cgroup, &link_path, cgroup_id)
-                    }
-                    Some(Program::CgroupSock(p)) => {
-                        load_and_attach(p, spec.name, &cgroup, &link_path, cgroup_id)
-                    }
-                    Some(Program::SockOps(p)) => {
-                        load_and_attach(p, spec.name, &cgroup, &link_path, cgroup_id)
-                    }
-                    Some(other) => bail!(
-                        "program {} has unexpected type {:?}",
-                        spec.name,
-                        other.prog_type()
-                    ),
-                    None => bail!("program {} is missing from the object", spec.name),
-                },
-            };
-            match result {
-                Ok(true) => {}
-                Ok(false) => attachment = Attachment::Adopted,
-                Err(err) if !spec.required => {
-                    tracing::error!(
-                        program = spec.name,
-                        open = spec.without,
-                        error = %format!("{err:#}"),
-                        "ENFORCEMENT LAYER MISSING: this kernel cannot run it"
-                    );
-                    missing_layers.push(spec.name);
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let (attachment, missing_layers) = attach_all(&mut ebpf, skills, &layout, cgroup_id, true)?;
         remove_unknown_links(&layout);
         remove_other_map_layouts(pin_dir, &layout.maps());
 
@@ -219,14 +179,31 @@ impl Enforcement {
             take_map(&mut ebpf, map_names::SKILL_COUNTERS)?,
         )?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf: Mutex::new(ebpf),
+            layout,
             conns: Mutex::new(conns),
             counters,
             attachment,
-            cgroup_id,
+            cgroup_id: AtomicU64::new(cgroup_id),
             missing_layers,
             logger,
         })
+    }
+
+    /// The id of the cgroup the programs are on.
+    pub fn cgroup_id(&self) -> u64 {
+        self.cgroup_id.load(Ordering::Relaxed)
+    }
+
+    /// Puts the loaded programs on the skills cgroup again, after it was removed and created
+    /// anew (a stopped and restarted systemd slice): the kernel detaches links from a removed
+    /// cgroup, so the new one starts bare. Returns the new cgroup id.
+    pub fn reattach(&self, skills: &SkillsCgroup) -> Result<u64> {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let cgroup_id = skills.id()?;
+        attach_all(&mut ebpf, skills, &self.layout, cgroup_id, false)?;
+        self.cgroup_id.store(cgroup_id, Ordering::Relaxed);
+        Ok(cgroup_id)
     }
 
     /// Takes the metadata the programs recorded for the connection `key`. Each entry is
@@ -239,6 +216,57 @@ impl Enforcement {
         }
         Some(meta)
     }
+}
+
+/// Puts every program on the skills cgroup (loading it first when `load`), adopting pinned
+/// links. Returns how they came to be there and which optional layers are missing.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    skills: &SkillsCgroup,
+    layout: &PinLayout,
+    cgroup_id: u64,
+    load: bool,
+) -> Result<(Attachment, Vec<&'static str>)> {
+    let cgroup = File::open(&skills.dir)
+        .with_context(|| format!("cannot open cgroup {}", skills.dir.display()))?;
+    let mut attachment = Attachment::Attached;
+    let mut missing_layers = Vec::new();
+    for spec in &PROGRAMS {
+        let link_path = layout.link(spec.name);
+        let put = |program: &mut dyn CgroupProgram, load: bool| {
+            put_on_hook(program, spec.name, &cgroup, &link_path, cgroup_id, load)
+        };
+        let result = match spec.raw {
+            // Hand-assembled programs are not kept: loaded anew each time.
+            Some(raw) => put(&mut RawProgram::new(raw, spec.name), true),
+            None => match ebpf.program_mut(spec.name) {
+                Some(Program::CgroupSockAddr(p)) => put(p, load),
+                Some(Program::CgroupSock(p)) => put(p, load),
+                Some(Program::SockOps(p)) => put(p, load),
+                Some(other) => bail!(
+                    "program {} has unexpected type {:?}",
+                    spec.name,
+                    other.prog_type()
+                ),
+                None => bail!("program {} is missing from the object", spec.name),
+            },
+        };
+        match result {
+            Ok(true) => {}
+            Ok(false) => attachment = Attachment::Adopted,
+            Err(err) if !spec.required => {
+                tracing::error!(
+                    program = spec.name,
+                    open = spec.without,
+                    error = %format!("{err:#}"),
+                    "ENFORCEMENT LAYER MISSING: this kernel cannot run it"
+                );
+                missing_layers.push(spec.name);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((attachment, missing_layers))
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
