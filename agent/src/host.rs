@@ -107,6 +107,18 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
             pin_dir.display()
         );
     }
+    // A BPF filesystem is one instance per mount: mounted inside a private mount namespace
+    // (systemd's ProtectSystem= and friends make one), it and the pins in it would go when
+    // the namespace goes, and enforcement with them.
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    if namespace("self") != namespace("1") {
+        bail!(
+            "no BPF filesystem at {DEFAULT_BPFFS}, and this process runs in a private mount \
+             namespace, where a mount (and the pinned enforcement in it) would not outlive it: \
+             mount one on the host first (`mount -t bpf bpf {DEFAULT_BPFFS}`; the skillgate \
+             unit's ExecStartPre does)"
+        );
+    }
     std::fs::create_dir_all(default)
         .with_context(|| format!("cannot create {DEFAULT_BPFFS} to mount a BPF filesystem"))?;
     sys::mount_bpffs(default).with_context(|| {

@@ -144,6 +144,11 @@ impl Env {
         }
     }
 
+    /// Runs `bin` instead of the binary under test from now on (e.g. an installed one).
+    pub fn set_binary(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
     pub fn skills_dir(&self) -> PathBuf {
         cgroup2_mount().join(&self.skills_cgroup)
     }

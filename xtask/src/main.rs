@@ -4,6 +4,7 @@ mod bench;
 mod bench_http;
 mod bench_pg;
 mod demo;
+mod package;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,14 @@ enum Task {
     /// Set up, then run the agent on the demo config with a sample API and a demo skill that
     /// is allowed once and refused once (root).
     Demo,
+    /// Build the Debian package (target/debian/skillgate_VERSION_ARCH.deb): the release
+    /// binary, the systemd unit and slice, the default config and policy in /etc/skillgate,
+    /// state in /var/lib/skillgate, shell completions.
+    Package {
+        /// Package the debug build instead of building the release one (what the tests do).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Run a benchmark suite (root) and write its figures to BENCHMARKS.md.
     Bench {
         #[arg(value_enum, default_value_t = Suite::All)]
@@ -86,6 +95,18 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::BenchClient { addr, count } => bench::client(addr, count),
+        Task::Package { debug } => {
+            let profile = if debug {
+                cargo(&["build", "--package", "skillgate"])?;
+                "debug"
+            } else {
+                cargo(&["build", "--release", "--package", "skillgate"])?;
+                "release"
+            };
+            let root = workspace_root();
+            package::package(&root, &root.join("target").join(profile).join("skillgate"))?;
+            Ok(())
+        }
         Task::Demo => {
             setup::setup()?;
             cargo(&["build", "--package", "skillgate"])?;
@@ -100,9 +121,12 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&["build", "--package", "skillgate"])?;
     let bin = workspace_root().join("target/debug/skillgate");
+    // The package test installs what `cargo xtask package` builds (here from the debug build).
+    let deb = package::package(&workspace_root(), &bin)?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--", "--test-threads=1"])
         .env("SKILLGATE_BIN", &bin)
+        .env("SKILLGATE_DEB", &deb)
         .current_dir(workspace_root())
         .status()
         .context("cannot run cargo test")?;

@@ -23,6 +23,11 @@ const COMMANDS: &[(&str, &str)] = &[
     ("psql", "postgresql-client"),
     ("pgbench", "postgresql-client"),
     ("runuser", "util-linux"),
+    // `cargo xtask package` and its test.
+    ("dpkg-deb", "dpkg"),
+    ("objdump", "binutils"),
+    ("strip", "binutils"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
