@@ -378,17 +378,9 @@ impl HttpConn {
                         credential = name,
                         "the backend's credential is not configured"
                     );
+                    let reason = format!("credential `{name}` is not configured on this host");
                     return self
-                        .answered(
-                            decided,
-                            error_response(
-                                StatusCode::BAD_GATEWAY,
-                                &decided.id,
-                                &format!("credential `{name}` is not configured on this host"),
-                            ),
-                            started,
-                            0,
-                        )
+                        .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
                         .await;
                 }
             },
@@ -434,10 +426,9 @@ impl HttpConn {
         };
         let response = match self.send(upstream).await {
             Ok(response) => response,
-            Err(reason) => {
+            Err((status, reason)) => {
                 warn!(request = %decided.id, upstream = %self.upstream, %reason, "backend failed");
-                let response = error_response(StatusCode::BAD_GATEWAY, &decided.id, &reason);
-                return self.answered(decided, response, started, 0).await;
+                return self.failed(decided, status, &reason, started).await;
             }
         };
         let secrets: Vec<Vec<u8>> = credential.map(|c| c.secrets.clone()).unwrap_or_default();
@@ -447,17 +438,15 @@ impl HttpConn {
         scrub_headers(&mut headers, &secrets);
         parts.headers = headers;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            let response = error_response(
-                StatusCode::BAD_GATEWAY,
-                &decided.id,
-                "the backend switched protocols; upgrades are not allowed",
-            );
-            return self.answered(decided, response, started, 0).await;
+            let reason = "the backend switched protocols; upgrades are not allowed";
+            return self
+                .failed(decided, StatusCode::BAD_GATEWAY, reason, started)
+                .await;
         }
         if mask.is_empty() {
             let body = Relay::new(body, Arc::clone(&self.to_skill), secrets).boxed();
             let response = Response::from_parts(parts, body);
-            return self.answered(decided, response, started, 0).await;
+            return self.answered(decided, response, started, 0, None).await;
         }
         match self.mask(&parts.headers, body, mask, &secrets).await {
             Ok((masked, count)) => {
@@ -471,17 +460,14 @@ impl HttpConn {
                 let body = Full::new(Bytes::from(masked))
                     .map_err(|never| match never {})
                     .boxed();
-                self.answered(decided, Response::from_parts(parts, body), started, count)
-                    .await
+                let response = Response::from_parts(parts, body);
+                self.answered(decided, response, started, count, None).await
             }
             Err(reason) => {
                 warn!(request = %decided.id, %reason, "response withheld: it cannot be masked");
-                let response = error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &decided.id,
-                    &format!("the response cannot be masked, so it is withheld: {reason}"),
-                );
-                self.answered(decided, response, started, 0).await
+                let reason = format!("the response cannot be masked, so it is withheld: {reason}");
+                self.failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                    .await
             }
         }
     }
@@ -523,15 +509,21 @@ impl HttpConn {
         Ok((masked, count))
     }
 
-    /// Sends on the connection to the backend, opening it first if needed.
-    async fn send(&self, request: Request<Relay<Incoming>>) -> Result<Response<Incoming>, String> {
+    /// Sends `request` on the skill connection's upstream connection (opened on first use):
+    /// a backend that cannot be reached or fails gives 502, one that does not answer within
+    /// `upstream_response_timeout_ms` 504.
+    async fn send(
+        &self,
+        request: Request<Relay<Incoming>>,
+    ) -> Result<Response<Incoming>, (StatusCode, String)> {
+        let unreachable = |reason| (StatusCode::BAD_GATEWAY, reason);
         let mut sender = self.sender.lock().await;
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
-            *sender = Some(self.connect().await?);
+            *sender = Some(self.connect().await.map_err(unreachable)?);
         }
         let ready = sender.as_mut().expect("just connected");
         if ready.ready().await.is_err() {
-            *sender = Some(self.connect().await?);
+            *sender = Some(self.connect().await.map_err(unreachable)?);
         }
         let ready = sender.as_mut().expect("connected");
         let timeout = self.proxy.upstream_response_timeout;
@@ -539,13 +531,16 @@ impl HttpConn {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => {
                 *sender = None;
-                Err(format!("the backend failed: {err}"))
+                Err(unreachable(format!("the backend failed: {err}")))
             }
             Err(_) => {
                 *sender = None;
-                Err(format!(
-                    "the backend did not answer within {} ms",
-                    timeout.as_millis()
+                Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the backend did not answer within {} ms",
+                        timeout.as_millis()
+                    ),
                 ))
             }
         }
@@ -590,6 +585,7 @@ impl HttpConn {
         response: Response<ProxyBody>,
         started: Instant,
         masked: usize,
+        failure: Option<&str>,
     ) -> Response<ProxyBody> {
         self.proxy.ops.answered(
             &self.skill,
@@ -610,15 +606,36 @@ impl HttpConn {
                 operation: decided.line.clone(),
                 decision: response.status().as_u16().to_string(),
                 rule: None,
-                reason: format!(
-                    "{length} bytes, {} us, {masked} values masked [{}]",
-                    started.elapsed().as_micros(),
-                    decided.id
-                ),
+                reason: match failure {
+                    Some(failure) => format!(
+                        "{failure} ({} us) [{}]",
+                        started.elapsed().as_micros(),
+                        decided.id
+                    ),
+                    None => format!(
+                        "{length} bytes, {} us, {masked} values masked [{}]",
+                        started.elapsed().as_micros(),
+                        decided.id
+                    ),
+                },
             };
             self.proxy.recorder.event_detached(session, event);
         }
         response
+    }
+
+    /// Answers with an error of the agent's own (the backend failed, or its answer cannot be
+    /// passed on), recorded with the reason.
+    async fn failed(
+        &self,
+        decided: &Decided,
+        status: StatusCode,
+        reason: &str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let response = error_response(status, &decided.id, reason);
+        self.answered(decided, response, started, 0, Some(reason))
+            .await
     }
 
     /// Refuses a request before the policy could decide it (malformed, upgrade), recorded.

@@ -3,10 +3,12 @@
 # {method, path, headers, body}, so tests can assert what reached the backend.
 # Routes: /orders/N (JSON with personal data), /echo (the request back as JSON, and its
 # Authorization header in X-Seen-Authorization), /broken (invalid JSON), /big?n=BYTES
-# (a JSON string of that many bytes, chunked), anything else 404 JSON.
+# (a JSON string of that many bytes, chunked), /stall?s=SECONDS (answers after that long),
+# /cut (promises 1000 bytes, sends 10, closes), anything else 404 JSON.
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
@@ -65,6 +67,18 @@ class Handler(BaseHTTPRequestHandler):
                 part = payload[i:i + 65536]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
+        elif path == "/stall":
+            time.sleep(float(self.path.split("s=")[1]))
+            self.send_json(200, {"late": True})
+        elif path == "/cut":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"partial"')
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
         else:
             self.send_json(404, {"error": "no such route"})
 

@@ -194,6 +194,30 @@ impl Env {
         agent
     }
 
+    /// Runs `program` as skill `skill` through `skillgate exec`.
+    pub fn exec_as(&self, skill: &str, program: &[&str]) -> Output {
+        self.skillgate()
+            .args(["exec", "--skill", skill, "--"])
+            .args(program)
+            .output()
+            .expect("run skillgate exec")
+    }
+
+    /// `curl -sS ARGS` as skill `skill` (20 s at most).
+    pub fn curl_as(&self, skill: &str, args: &[&str]) -> Curl {
+        let mut program = vec!["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}"];
+        program.extend_from_slice(args);
+        let out = self.exec_as(skill, &program);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        Curl {
+            exit: out.status.code().unwrap_or(-1),
+            status: code.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Runs `script` (Python) as skill `skill` through `skillgate exec`.
     pub fn exec_python(&self, skill: &str, script: &str, args: &[String]) -> Output {
         self.skillgate()
@@ -382,6 +406,15 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What curl did: its exit code (0: a whole response), the HTTP status (0: none) and body.
+#[derive(Debug)]
+pub struct Curl {
+    pub exit: i32,
+    pub status: u16,
+    pub body: String,
+    pub stderr: String,
 }
 
 /// The result of one dial from the Python skill.

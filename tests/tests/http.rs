@@ -81,11 +81,7 @@ fn setup(name: &str, extra: &str) -> Setup {
 }
 
 fn exec(env: &Env, program: &[&str]) -> Output {
-    env.skillgate()
-        .args(["exec", "--skill", "reporter", "--"])
-        .args(program)
-        .output()
-        .expect("run skillgate exec")
+    env.exec_as("reporter", program)
 }
 
 /// `curl -sS -D - URL ...` as the skill: (status, headers, body) of the last response.

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Output;
 
 use skillgate_tests::{Env, HttpBackend, TestCerts, unused_port};
 
@@ -23,22 +22,10 @@ fn dial() -> SocketAddr {
         .unwrap()
 }
 
-fn exec(env: &Env, program: &[&str]) -> Output {
-    env.skillgate()
-        .args(["exec", "--skill", "reporter", "--"])
-        .args(program)
-        .output()
-        .expect("run skillgate exec")
-}
-
 /// `curl -sS URL` as the skill: (status code, body); status 0 when curl failed.
 fn curl(env: &Env, args: &[&str]) -> (u16, String) {
-    let mut program = vec!["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"];
-    program.extend_from_slice(args);
-    let out = exec(env, &program);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    let curl = env.curl_as("reporter", args);
+    (curl.status, curl.body)
 }
 
 fn http_backend(name: &str, dial: SocketAddr, upstream: SocketAddr, tls: &str) -> String {
