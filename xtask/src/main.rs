@@ -4,6 +4,7 @@ mod bench;
 mod bench_http;
 mod bench_pg;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 
@@ -31,6 +32,16 @@ enum Task {
     /// Set up, then run the agent on the demo config with a sample API and a demo skill that
     /// is allowed once and refused once (root).
     Demo,
+    /// Run the fuzz targets (cargo fuzz, libFuzzer) with the committed seed corpora; a crash
+    /// fails the task and names the input. Targets: policy_file, sql_classify, http_target,
+    /// mask, pg_wire.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Build the Debian package (target/debian/skillgate_VERSION_ARCH.deb): the release
     /// binary, the systemd unit and slice, the default config and policy in /etc/skillgate,
     /// state in /var/lib/skillgate, shell completions.
@@ -95,6 +106,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::BenchClient { addr, count } => bench::client(addr, count),
+        Task::Fuzz { time, targets } => {
+            setup::setup()?;
+            let targets = if targets.is_empty() {
+                fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect()
+            } else {
+                targets
+            };
+            fuzz::fuzz(&workspace_root(), time, &targets)
+        }
         Task::Package { debug } => {
             let profile = if debug {
                 cargo(&["build", "--package", "skillgate"])?;
@@ -118,6 +138,7 @@ fn main() -> Result<()> {
 fn test() -> Result<()> {
     setup::setup()?;
     cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&["build", "--package", "skillgate"])?;
     let bin = workspace_root().join("target/debug/skillgate");
@@ -133,8 +154,14 @@ fn test() -> Result<()> {
     if !status.success() {
         bail!("tests failed ({status})");
     }
-    Ok(())
+    // A short run of every fuzz target: the seeds and what libFuzzer finds in a few seconds
+    // must not crash (`cargo xtask fuzz --time N` for long runs).
+    let targets: Vec<String> = fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    fuzz::fuzz(&workspace_root(), CI_FUZZ_SECONDS, &targets)
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const CI_FUZZ_SECONDS: u64 = 20;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

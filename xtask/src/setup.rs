@@ -112,6 +112,22 @@ fn bpf_linker() -> Result<()> {
     ]))
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz run of `cargo xtask test`).
+pub fn cargo_fuzz() -> Result<()> {
+    let version = stdout("cargo-fuzz", &["--version"]);
+    if version.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    run(Command::new(env!("CARGO")).args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 fn system_packages() -> Result<()> {
     ensure_packages(COMMANDS, LIBRARIES)
 }

@@ -1,0 +1,1 @@
+SELECT (SELECT email FROM customers LIMIT 1) AS e, upper(c.card) FROM customers c

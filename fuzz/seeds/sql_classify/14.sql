@@ -1,0 +1,1 @@
+CALL proc(1); VACUUM FULL; LISTEN x; NOTIFY x

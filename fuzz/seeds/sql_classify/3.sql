@@ -1,0 +1,1 @@
+INSERT INTO refunds (order_id, amount) VALUES (1, 2.5) ON CONFLICT DO NOTHING

@@ -1,0 +1,1 @@
+SELECT nextval('s'), pg_sleep(1), set_config('search_path', 'x', false)
