@@ -9,6 +9,32 @@ use crate::sys;
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
+/// Raises the open-file limit to its hard maximum: every skill connection holds two
+/// descriptors (skill and backend legs), and the usual soft limit of 1,024 would refuse
+/// connections past about 500. Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid resource and a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 pub fn require_root(what: &str) -> Result<()> {
     if !sys::is_root() {
         bail!(

@@ -22,6 +22,14 @@ pub fn run(config_path: &Path) -> Result<()> {
     let skills = SkillsCgroup::locate(&config.agent.skills_cgroup)?;
     skills.refuse_if_inside("skillgate run")?;
     skills.create()?;
+    let fds = host::raise_fd_limit();
+    if fds < 4096 {
+        warn!(
+            limit = fds,
+            "the open-file limit is low: each skill connection needs two descriptors (raise the \
+             hard limit, e.g. LimitNOFILE= in the unit)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

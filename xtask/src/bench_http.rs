@@ -86,7 +86,7 @@ fn millis(text: &str) -> Result<f64> {
 
 /// An nginx master: stopped with SIGTERM (which takes its workers down; SIGKILL would orphan
 /// them, still listening).
-struct Nginx(std::process::Child);
+pub(crate) struct Nginx(std::process::Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -97,7 +97,7 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
+pub(crate) fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
     let dir = dir.join(name);
     std::fs::create_dir_all(dir.join("tmp"))?;
     let d = dir.display();

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod package;
 mod setup;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +42,19 @@ enum Task {
         time: u64,
         /// Only these targets (default: all).
         targets: Vec<String>,
+    },
+    /// Soak the agent (root; installs nginx and wrk): HTTP and PostgreSQL skill connections
+    /// at once for N minutes, its memory and descriptors sampled to target/soak/samples.tsv;
+    /// fails on errors other than policy denials, leaked descriptors or unrecorded requests.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Concurrent HTTP connections (wrk).
+        #[arg(long, default_value_t = 910)]
+        http: u32,
+        /// Concurrent PostgreSQL connections (pgbench; the test server allows 100).
+        #[arg(long, default_value_t = 90)]
+        postgres: u32,
     },
     /// Build the Debian package (target/debian/skillgate_VERSION_ARCH.deb): the release
     /// binary, the systemd unit and slice, the default config and policy in /etc/skillgate,
@@ -114,6 +128,15 @@ fn main() -> Result<()> {
                 targets
             };
             fuzz::fuzz(&workspace_root(), time, &targets)
+        }
+        Task::Soak {
+            minutes,
+            http,
+            postgres,
+        } => {
+            setup::setup()?;
+            cargo(&["build", "--release", "--package", "skillgate"])?;
+            soak::soak(&workspace_root(), minutes, http, postgres)
         }
         Task::Package { debug } => {
             let profile = if debug {
