@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use skillgate_policy::Skill;
 use tracing::{info, warn};
+
+mod token;
 
 /// Tokens larger than this are refused unread.
 const MAX_TOKEN: usize = 8 * 1024;
@@ -187,37 +188,7 @@ impl Identities {
                 oidc.issuer
             ))
         })?;
-        // The header, read by hand first so `alg: none` gets its own reason.
-        let raw_header = token.split('.').next().unwrap_or("");
-        let header_json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(raw_header)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .ok_or_else(|| refused("garbage: not a JWT"))?;
-        if header_json["alg"]
-            .as_str()
-            .is_some_and(|a| a.eq_ignore_ascii_case("none"))
-        {
-            return Err(refused("alg none refused"));
-        }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| refused(format!("garbage: {e}")))?;
-        // Time claims of the wrong type are refused by name (never read as absent).
-        let payload = token
-            .split('.')
-            .nth(1)
-            .and_then(|p| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(p)
-                    .ok()
-            })
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .ok_or_else(|| refused("garbage: the payload is not JSON"))?;
-        for claim in ["exp", "nbf", "iat"] {
-            if payload.get(claim).is_some_and(|v| !v.is_number()) {
-                return Err(refused(format!("claim `{claim}` has the wrong type")));
-            }
-        }
+        let header = token::inspect(token).map_err(refused)?;
         if !issuer.def.algorithms.contains(&header.alg) {
             return Err(refused(format!(
                 "algorithm {:?} is not allowed for issuer `{}`",
@@ -278,7 +249,7 @@ impl Identities {
         bound.map_err(refused)?;
         Ok(Identity {
             subject,
-            groups: groups(&claims, &issuer.def.groups_claim),
+            groups: token::groups(&claims, &issuer.def.groups_claim),
         })
     }
 
@@ -369,23 +340,6 @@ impl Identities {
     }
 }
 
-/// Groups from the claim at `path` (dots walk into objects): an array of strings, or one
-/// space-separated string.
-fn groups(claims: &serde_json::Value, path: &str) -> Vec<String> {
-    let mut value = claims;
-    for step in path.split('.') {
-        value = &value[step];
-    }
-    match value {
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        serde_json::Value::String(text) => text.split_whitespace().map(str::to_owned).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The token in an HTTP request: `Authorization: Bearer T` (or the raw value of another
 /// configured header).
 pub fn bearer(headers: &hyper::HeaderMap, header: &hyper::header::HeaderName) -> Option<String> {
@@ -397,19 +351,5 @@ pub fn bearer(headers: &hyper::HeaderMap, header: &hyper::header::HeaderName) ->
             .then(|| token.trim().to_owned())
     } else {
         Some(value.to_owned())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::groups;
-
-    #[test]
-    fn group_claims_nest_and_split() {
-        let claims = serde_json::json!({"groups": ["a", "b"], "realm": {"roles": "x y"}, "n": 3});
-        assert_eq!(groups(&claims, "groups"), ["a", "b"]);
-        assert_eq!(groups(&claims, "realm.roles"), ["x", "y"]);
-        assert!(groups(&claims, "n").is_empty());
-        assert!(groups(&claims, "missing.path").is_empty());
     }
 }
