@@ -11,12 +11,13 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "policy_file",
     "sql_classify",
     "http_target",
     "mask",
     "pg_wire",
+    "jwt",
 ];
 
 const FLAGS: [&str; 4] = ["--release", "--debug-assertions", "--sanitizer", "none"];

@@ -35,7 +35,7 @@ enum Task {
     Demo,
     /// Run the fuzz targets (cargo fuzz, libFuzzer) with the committed seed corpora; a crash
     /// fails the task and names the input. Targets: policy_file, sql_classify, http_target,
-    /// mask, pg_wire.
+    /// mask, pg_wire, jwt.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
