@@ -22,9 +22,18 @@ pub fn raise_fd_limit() -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 0;
         }
-        if limit.rlim_cur < limit.rlim_max {
+        // An unlimited hard limit cannot be set as the soft one: the kernel's ceiling can.
+        let ceiling = if limit.rlim_max == libc::RLIM_INFINITY {
+            std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(limit.rlim_cur)
+        } else {
+            limit.rlim_max
+        };
+        if limit.rlim_cur < ceiling {
             let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
+                rlim_cur: ceiling,
                 rlim_max: limit.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {

@@ -153,6 +153,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Exit non-zero unless enforcement is on the skills cgroup (agent serving, or
+        /// stopped with enforcement pinned): the gate skills.slice waits for.
+        #[arg(long)]
+        require_enforcement: bool,
     },
     /// Check a policy file, or explain what it decides for a request.
     #[command(subcommand)]
@@ -243,7 +247,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Stats { json } => stats::stats(&cli.config, json),
-        Command::Status { json } => status::status(&cli.config, json),
+        Command::Status {
+            json,
+            require_enforcement,
+        } => status::status(&cli.config, json, require_enforcement),
         Command::Approvals { json } => approvals_cli::list(&cli.config, json),
         Command::Approve {
             id,

@@ -102,6 +102,16 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     )
     .await?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
+    // An agent that could not re-attach froze the cgroup; with the programs on it, thaw it.
+    let freeze = skills.dir.join("cgroup.freeze");
+    if std::fs::read_to_string(&freeze).is_ok_and(|f| f.trim() == "1") {
+        match std::fs::write(&freeze, "0") {
+            Ok(()) => {
+                warn!("the skills cgroup was frozen (an earlier agent could not re-attach): thawed")
+            }
+            Err(err) => error!(error = %err, "the skills cgroup is frozen and cannot be thawed"),
+        }
+    }
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
@@ -251,14 +261,19 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 /// processes stop rather than reach the network directly, until a retry succeeds.
 fn watch_cgroup(proxy: &Proxy, frozen: &mut bool) {
     let attached = proxy.enforcement.cgroup_id();
+    // Recreated by someone else (systemd): processes may have entered it, unenforced.
+    let mut recreated = false;
     match proxy.skills.id() {
         Ok(id) if id == attached => return,
-        Ok(id) => warn!(
-            old_cgroup_id = attached,
-            new_cgroup_id = id,
-            skills_cgroup = %proxy.skills.dir.display(),
-            "the skills cgroup was recreated: re-attaching enforcement"
-        ),
+        Ok(id) => {
+            recreated = true;
+            warn!(
+                old_cgroup_id = attached,
+                new_cgroup_id = id,
+                skills_cgroup = %proxy.skills.dir.display(),
+                "the skills cgroup was recreated: re-attaching enforcement"
+            );
+        }
         Err(_) => {
             warn!(
                 skills_cgroup = %proxy.skills.dir.display(),
@@ -277,6 +292,17 @@ fn watch_cgroup(proxy: &Proxy, frozen: &mut bool) {
                 cgroup_id = id,
                 "enforcement re-attached to the skills cgroup"
             );
+            // Whoever got in before the programs did may have connected directly: such
+            // connections cannot be told apart or taken back, so their processes go.
+            let events = std::fs::read_to_string(proxy.skills.dir.join("cgroup.events"));
+            if recreated && events.is_ok_and(|e| e.lines().any(|l| l == "populated 1")) {
+                let killed = std::fs::write(proxy.skills.dir.join("cgroup.kill"), "1");
+                error!(
+                    killed = killed.is_ok(),
+                    "processes entered the recreated skills cgroup before enforcement was back \
+                     on it: killed, since they may have connected directly"
+                );
+            }
             if *frozen {
                 match std::fs::write(&freeze, "0") {
                     Ok(()) => *frozen = false,

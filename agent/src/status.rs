@@ -29,7 +29,10 @@ fn listening(table: &str, port: u16, udp: bool) -> bool {
     })
 }
 
-pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
+/// Prints the status; with `require_enforcement`, fails unless the required programs are on
+/// the skills cgroup (the agent serving, or stopped with enforcement pinned: either way no
+/// skill gets direct access). skills.slice's gate unit runs it before any skill starts.
+pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> Result<()> {
     let agent = AgentConfig::load(config_path)?;
     host::require_root("skillgate status")?;
     let running = crate::admin::agent_stats(config_path, &agent);
@@ -74,6 +77,14 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
         }
         (false, _) => "not attached: skills in the cgroup have direct network access",
     };
+    let verdict = if require_enforcement && !required_attached {
+        Err(anyhow::anyhow!(
+            "enforcement is not on the skills cgroup {} ({enforcement})",
+            skills.dir.display()
+        ))
+    } else {
+        Ok(())
+    };
     if as_json {
         let report = json!({
             "enforcement": enforcement,
@@ -104,7 +115,7 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
             },
         });
         println!("{report:#}");
-        return Ok(());
+        return verdict;
     }
     println!("enforcement: {enforcement}");
     println!(
@@ -165,7 +176,7 @@ pub fn status(config_path: &Path, as_json: bool) -> Result<()> {
         Err(err) => println!("agent: not reachable ({err:#})"),
     }
     println!("version: {}", env!("CARGO_PKG_VERSION"));
-    Ok(())
+    verdict
 }
 
 /// Sessions, events and file size of the store, read-only.

@@ -20,19 +20,47 @@ fn a_recreated_skills_cgroup_is_enforced_again() {
     // What systemd does when the slice is stopped and started: the directory goes (the
     // kernel drops its links), then a new one with another id appears.
     let old_id = cgroup_id(&env);
+    let mut early = KillOnDrop(Command::new("sleep").arg("30").spawn().unwrap());
     remove_tree(&env.skills_dir());
-    std::fs::create_dir(env.skills_dir())
-        .or_else(|e| match e.kind() {
-            // The agent was quicker and created it (enforced) itself.
-            std::io::ErrorKind::AlreadyExists => Ok(()),
-            _ => Err(e),
-        })
-        .unwrap();
+    // A process lands in the new cgroup at once, before the agent can have re-attached.
+    let agent_was_first = match std::fs::create_dir(env.skills_dir()) {
+        Ok(()) => false,
+        // The agent was quicker and created it, enforced, itself.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
+        Err(e) => panic!("{e}"),
+    };
+    std::fs::write(
+        env.skills_dir().join("cgroup.procs"),
+        early.0.id().to_string(),
+    )
+    .unwrap();
     assert_ne!(cgroup_id(&env), old_id);
     agent.wait_for_log(
         "enforcement re-attached to the skills cgroup",
         Duration::from_secs(5),
     );
+    if agent_was_first {
+        assert!(
+            early.0.try_wait().unwrap().is_none(),
+            "an enforced skill was killed"
+        );
+    } else {
+        // It may have connected directly in the gap: the agent kills it.
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = early.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "a process from before the re-attach still runs:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
 
     let after = env.dial_in_cgroup("reporter", &[direct.addr]);
     assert!(!after.get(0).ok, "{:?}", after.get(0));

@@ -60,6 +60,7 @@ fn the_installed_package_has_its_files_and_enforces() {
         .args(["Package", "Depends"]));
     assert!(fields.contains("Package: skillgate"), "{fields}");
     assert!(fields.contains("libc6 (>= 2."), "{fields}");
+    assert!(fields.contains("mount"), "{fields}");
     let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
     assert_eq!(
         conffiles,
@@ -76,6 +77,7 @@ fn the_installed_package_has_its_files_and_enforces() {
         ("usr/bin/skillgate", 0o755),
         ("lib/systemd/system/skillgate.service", 0o644),
         ("lib/systemd/system/skills.slice", 0o644),
+        ("lib/systemd/system/skillgate-enforcing.service", 0o644),
         ("etc/skillgate/skillgate.toml", 0o644),
         ("etc/skillgate/policy.toml", 0o644),
         ("var/lib/skillgate", 0o700),
@@ -107,15 +109,19 @@ fn the_installed_package_has_its_files_and_enforces() {
     // Unit syntax, with the commands pointed into the scratch root.
     let units = env.dir.join("units");
     std::fs::create_dir_all(&units).unwrap();
-    for unit in ["skillgate.service", "skills.slice"] {
+    let unit_files = [
+        "skillgate.service",
+        "skillgate-enforcing.service",
+        "skills.slice",
+    ];
+    for unit in unit_files {
         let text = std::fs::read_to_string(root.join("lib/systemd/system").join(unit)).unwrap();
         let text = text.replace("/usr/bin/skillgate", bin.to_str().unwrap());
         std::fs::write(units.join(unit), text).unwrap();
     }
     let verify = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(units.join("skillgate.service"))
-        .arg(units.join("skills.slice"))
+        .args(unit_files.map(|u| units.join(u)))
         .output()
         .expect("systemd-analyze (Debian package systemd; `cargo xtask setup` installs it)");
     assert!(

@@ -50,8 +50,25 @@ fn status_reports_enforcement_open_layers_and_listeners() {
     );
     assert_eq!(s["proxy"]["listening"], false);
 
+    // skills.slice's gate: stopped with enforcement pinned still counts as enforced.
+    let gate = || {
+        env.skillgate()
+            .args(["status", "--require-enforcement"])
+            .output()
+            .unwrap()
+    };
+    assert!(gate().status.success());
+
     let out = env.skillgate().arg("detach").output().unwrap();
     assert!(out.status.success());
+    let refused = gate();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("enforcement is not on the skills cgroup"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let s = status(&env);
     assert!(
         s["enforcement"]

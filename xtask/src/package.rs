@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! /usr/bin/skillgate
-//! /lib/systemd/system/skillgate.service, skills.slice
+//! /lib/systemd/system/skillgate.service, skillgate-enforcing.service, skills.slice
 //! /etc/skillgate/skillgate.toml, policy.toml              (conffiles)
 //! /var/lib/skillgate/                                     (state, 0700)
 //! /usr/share/bash-completion/completions/skillgate, zsh, fish completions
@@ -15,6 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
+
+/// The systemd units, from deploy/systemd/.
+pub const UNITS: [&str; 3] = [
+    "skillgate.service",
+    "skillgate-enforcing.service",
+    "skills.slice",
+];
 
 /// Builds the package from the binary `bin` and returns its path (in `target/debian/`).
 pub fn package(root: &Path, bin: &Path) -> Result<PathBuf> {
@@ -31,7 +38,7 @@ pub fn package(root: &Path, bin: &Path) -> Result<PathBuf> {
     install(bin, &usr_bin, 0o755)?;
     // The package carries no debug info: the unstripped binary stays in target/.
     crate::run(Command::new("strip").arg("--strip-debug").arg(&usr_bin))?;
-    for unit in ["skillgate.service", "skills.slice"] {
+    for unit in UNITS {
         install(
             &root.join("deploy/systemd").join(unit),
             &stage.join("lib/systemd/system").join(unit),
@@ -145,6 +152,8 @@ fn depends(bin: &Path) -> Result<String> {
         })
         .max_by(|a, b| a.0.cmp(&b.0))
         .map(|(_, v)| v.to_owned());
+    // The unit's ExecStartPre mounts bpffs where it is missing.
+    depends.push("mount");
     Ok(depends
         .iter()
         .map(|&p| match (p, &glibc) {
@@ -206,14 +215,22 @@ License: Apache-2.0
  /usr/share/common-licenses/Apache-2.0.
 ";
 
-/// Enables and starts the agent where systemd runs (elsewhere: `skillgate run` in the
-/// foreground, see the README).
+/// Enables the agent on first install (an upgrade keeps the admin's choice) and (re)starts it
+/// where systemd runs, the way debhelper's snippets do; a failed start leaves the package
+/// configured and says so (elsewhere: `skillgate run` in the foreground, see the README).
 const POSTINST: &str = r#"#!/bin/sh
 set -e
-if [ "$1" = "configure" ] && [ -d /run/systemd/system ]; then
-    systemctl daemon-reload
-    systemctl enable skillgate.service
-    systemctl restart skillgate.service
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ]; then
+    if [ -z "$2" ] || deb-systemd-helper --quiet was-enabled skillgate.service; then
+        deb-systemd-helper enable skillgate.service >/dev/null || true
+    else
+        deb-systemd-helper update-state skillgate.service >/dev/null || true
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        deb-systemd-invoke restart skillgate.service >/dev/null || \
+            echo "skillgate: the agent did not start: journalctl -u skillgate" >&2
+    fi
 fi
 "#;
 
@@ -223,8 +240,7 @@ const PRERM: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = "remove" ]; then
     if [ -d /run/systemd/system ]; then
-        systemctl stop skillgate.service || true
-        systemctl disable skillgate.service || true
+        deb-systemd-invoke stop skillgate.service >/dev/null || true
     fi
     if [ -e /sys/fs/bpf/skillgate ]; then
         echo "skillgate: enforcement stays on skills.slice (its skills are refused every" >&2
@@ -240,7 +256,10 @@ set -e
 if [ "$1" = "purge" ]; then
     rm -rf /var/lib/skillgate
 fi
+if [ "$1" = "purge" ] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper purge skillgate.service >/dev/null || true
+fi
 if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
+    systemctl --system daemon-reload >/dev/null || true
 fi
 "#;

@@ -139,6 +139,16 @@ pub fn put_on_hook(
         // when `pinned` is dropped.
         // bpffs refuses dots in names.
         let staging = link_path.with_file_name(format!("{name}_new"));
+        // A staging link left by a failed earlier attempt would make the pin fail.
+        match std::fs::remove_file(&staging) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("cannot remove the stale staging link {}", staging.display())
+                });
+            }
+        }
         program
             .attach_pinned(cgroup, &staging)
             .with_context(|| format!("cannot attach {name} to the skills cgroup"))?;
