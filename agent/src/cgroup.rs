@@ -66,6 +66,29 @@ impl SkillsCgroup {
         known.get(&id).cloned()
     }
 
+    /// Freezes (or thaws) every process below the skills cgroup.
+    pub fn set_frozen(&self, frozen: bool) -> std::io::Result<()> {
+        std::fs::write(
+            self.dir.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.freeze")).is_ok_and(|f| f.trim() == "1")
+    }
+
+    /// Whether any process is below the skills cgroup.
+    pub fn populated(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+    }
+
+    /// SIGKILLs every process below the skills cgroup.
+    pub fn kill_all(&self) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("cgroup.kill"), "1")
+    }
+
     /// Moves process `pid` into the skill cgroup `skill_cgroup` (relative), creating it.
     pub fn enter(&self, skill_cgroup: &str, pid: u32) -> Result<PathBuf> {
         let dir = self.dir.join(skill_cgroup);

@@ -102,16 +102,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     )
     .await?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
-    // An agent that could not re-attach froze the cgroup; with the programs on it, thaw it.
-    let freeze = skills.dir.join("cgroup.freeze");
-    if std::fs::read_to_string(&freeze).is_ok_and(|f| f.trim() == "1") {
-        match std::fs::write(&freeze, "0") {
-            Ok(()) => {
-                warn!("the skills cgroup was frozen (an earlier agent could not re-attach): thawed")
-            }
-            Err(err) => error!(error = %err, "the skills cgroup is frozen and cannot be thawed"),
-        }
-    }
+    thaw(&skills);
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
@@ -199,7 +190,6 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         CGROUP_WATCH_INTERVAL
     };
     let mut cgroup_watch = tokio::time::interval(tick);
-    let mut cgroup_frozen = false;
 
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -224,7 +214,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
                 }
             }
             _ = cgroup_watch.tick() => {
-                watch_cgroup(&proxy, &mut cgroup_frozen);
+                watch_cgroup(&proxy);
                 if watchdog {
                     notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -257,9 +247,9 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 /// Puts enforcement back when the skills cgroup was removed and created again (a stopped and
 /// restarted systemd slice): the kernel drops the links of a removed cgroup, so the new one
 /// would start bare. A missing cgroup is created at once, enforced, before anything else can
-/// put a skill there. If the programs cannot be attached, the cgroup is frozen (`frozen`): its
-/// processes stop rather than reach the network directly, until a retry succeeds.
-fn watch_cgroup(proxy: &Proxy, frozen: &mut bool) {
+/// put a skill there. If the programs cannot be attached, the cgroup is frozen: its processes
+/// stop rather than reach the network directly, until a retry (or the next agent) succeeds.
+fn watch_cgroup(proxy: &Proxy) {
     let attached = proxy.enforcement.cgroup_id();
     // Recreated by someone else (systemd): processes may have entered it, unenforced.
     let mut recreated = false;
@@ -285,7 +275,6 @@ fn watch_cgroup(proxy: &Proxy, frozen: &mut bool) {
             }
         }
     }
-    let freeze = proxy.skills.dir.join("cgroup.freeze");
     match proxy.enforcement.reattach(&proxy.skills) {
         Ok(id) => {
             info!(
@@ -294,30 +283,35 @@ fn watch_cgroup(proxy: &Proxy, frozen: &mut bool) {
             );
             // Whoever got in before the programs did may have connected directly: such
             // connections cannot be told apart or taken back, so their processes go.
-            let events = std::fs::read_to_string(proxy.skills.dir.join("cgroup.events"));
-            if recreated && events.is_ok_and(|e| e.lines().any(|l| l == "populated 1")) {
-                let killed = std::fs::write(proxy.skills.dir.join("cgroup.kill"), "1");
+            if recreated && proxy.skills.populated() {
+                let killed = proxy.skills.kill_all();
                 error!(
                     killed = killed.is_ok(),
                     "processes entered the recreated skills cgroup before enforcement was back \
                      on it: killed, since they may have connected directly"
                 );
             }
-            if *frozen {
-                match std::fs::write(&freeze, "0") {
-                    Ok(()) => *frozen = false,
-                    Err(err) => error!(error = %err, "cannot thaw the skills cgroup"),
-                }
-            }
+            thaw(&proxy.skills);
         }
         Err(err) => {
-            *frozen = std::fs::write(&freeze, "1").is_ok();
+            let frozen = proxy.skills.set_frozen(true);
             error!(
                 error = %format!("{err:#}"),
-                frozen = *frozen,
+                frozen = frozen.is_ok(),
                 "CANNOT RE-ATTACH ENFORCEMENT to the recreated skills cgroup: its processes are \
                  frozen (retrying)"
             );
+        }
+    }
+}
+
+/// Thaws the skills cgroup once enforcement is on it: an agent that could not re-attach froze
+/// it (this one, or one before a restart).
+fn thaw(skills: &SkillsCgroup) {
+    if skills.is_frozen() {
+        match skills.set_frozen(false) {
+            Ok(()) => warn!("the skills cgroup was frozen while enforcement was off it: thawed"),
+            Err(err) => error!(error = %err, "the skills cgroup is frozen and cannot be thawed"),
         }
     }
 }

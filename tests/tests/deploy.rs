@@ -77,8 +77,7 @@ fn a_recreated_skills_cgroup_is_enforced_again() {
         "{}",
         agent.log()
     );
-    let status = env.skillgate().args(["status", "--json"]).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = env.cli_json(&["status", "--json"]);
     assert_eq!(status["enforcement"], "enforcing", "{status:#}");
 }
 
@@ -180,4 +179,21 @@ fn no_bpf_filesystem_is_mounted_inside_a_private_mount_namespace() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("private mount"), "{stderr}");
     assert!(stderr.contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
+}
+
+#[test]
+fn a_skills_cgroup_left_frozen_is_thawed_once_enforced() {
+    // What an agent that could not re-attach leaves behind: the cgroup frozen.
+    let env = Env::new("thaw", POLICY);
+    std::fs::create_dir_all(env.skills_dir()).unwrap();
+    std::fs::write(env.skills_dir().join("cgroup.freeze"), "1").unwrap();
+    let agent = env.start_agent();
+    agent.wait_for_log("thawed", Duration::from_secs(5));
+    let freeze = std::fs::read_to_string(env.skills_dir().join("cgroup.freeze")).unwrap();
+    assert_eq!(freeze.trim(), "0");
+    // Skills run again, and are enforced.
+    let direct = Server::start("direct", "127.0.0.1:0");
+    let dialed = env.dial_in_cgroup("reporter", &[direct.addr]);
+    assert!(!dialed.get(0).ok, "{:?}", dialed.get(0));
+    assert!(direct.peers().is_empty());
 }
