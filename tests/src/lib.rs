@@ -196,11 +196,33 @@ impl Env {
 
     /// Runs `program` as skill `skill` through `skillgate exec`.
     pub fn exec_as(&self, skill: &str, program: &[&str]) -> Output {
-        self.skillgate()
-            .args(["exec", "--skill", skill, "--"])
-            .args(program)
+        self.exec_command(skill, program)
             .output()
             .expect("run skillgate exec")
+    }
+
+    /// The command `skillgate exec --skill SKILL -- PROGRAM...`, to spawn or add to.
+    pub fn exec_command(&self, skill: &str, program: &[&str]) -> Command {
+        let mut cmd = self.skillgate();
+        cmd.args(["exec", "--skill", skill, "--"]).args(program);
+        cmd
+    }
+
+    /// Runs `skillgate ARGS`, which must succeed, and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.skillgate().args(args).output().expect("run skillgate");
+        assert!(
+            out.status.success(),
+            "skillgate {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like `cli`, for commands that print one JSON document (`--json`).
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.cli(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
     }
 
     /// `curl -sS ARGS` as skill `skill` (20 s at most).

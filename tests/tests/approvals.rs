@@ -29,17 +29,7 @@ fn dial_and_answer(
         let skill = scope.spawn(|| env.dial_as_skill("reporter", &[dial]));
         let held = env.wait_for_pending();
         let id = held["id"].to_string();
-        let out = env
-            .skillgate()
-            .args([verb, &id, "--reason", reason])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        env.cli(&[&[verb, id.as_str(), "--reason", reason], extra].concat());
         (skill.join().unwrap(), held)
     })
 }
@@ -82,22 +72,13 @@ fn held_connections_wait_for_approve_deny_or_expiry() {
     );
 
     // Everything is recorded, with the approver's uid.
-    let out = env
-        .skillgate()
-        .args(["sessions", "--json"])
-        .output()
-        .unwrap();
-    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = env.cli_json(&["sessions", "--json"]);
+    let sessions = sessions.as_array().unwrap();
     let approvals: Vec<String> = sessions
         .iter()
         .rev()
         .map(|s| {
-            let out = env
-                .skillgate()
-                .args(["replay", &s["id"].to_string(), "--json"])
-                .output()
-                .unwrap();
-            let replay: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let replay = env.cli_json(&["replay", &s["id"].to_string(), "--json"]);
             let event = replay["events"]
                 .as_array()
                 .unwrap()
@@ -187,19 +168,9 @@ fn a_pending_approval_is_answered_as_expired_after_the_agent_dies() {
         Duration::from_secs(5),
     );
     assert!(line.contains("approvals_expired=1"), "{line}");
-    let out = env
-        .skillgate()
-        .args(["sessions", "--json"])
-        .output()
-        .unwrap();
-    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = env.cli_json(&["sessions", "--json"]);
     assert_eq!(sessions[0]["outcome"], "interrupted");
-    let out = env
-        .skillgate()
-        .args(["replay", &sessions[0]["id"].to_string(), "--json"])
-        .output()
-        .unwrap();
-    let replay: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replay = env.cli_json(&["replay", &sessions[0]["id"].to_string(), "--json"]);
     let kinds: Vec<(String, String)> = replay["events"]
         .as_array()
         .unwrap()
@@ -221,12 +192,7 @@ fn a_pending_approval_is_answered_as_expired_after_the_agent_dies() {
         .map(|(k, d)| ((*k).to_owned(), (*d).to_owned()))
         .collect();
     assert_eq!(kinds, expected);
-    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    env.cli(&["audit", "verify"]);
 }
 
 #[test]
@@ -255,23 +221,14 @@ fn a_grant_lets_the_same_operation_through_until_revoked_or_expired() {
         "the grant did not apply"
     );
     assert!(env.pending().is_empty());
-    let out = env.skillgate().args(["grants", "--json"]).output().unwrap();
-    let grants: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let grants = env.cli_json(&["grants", "--json"]);
+    let grants = grants.as_array().unwrap();
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0]["skill"], "reporter");
     assert_eq!(grants[0]["approver_uid"], 0);
 
     // Revoked: held again.
-    let out = env
-        .skillgate()
-        .args(["revoke", &grants[0]["id"].to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.cli(&["revoke", &grants[0]["id"].to_string()]);
     let (held, _) = dial_and_answer(&env, dial, "deny", "revoked", &[]);
     assert!(!held.get(0).ok);
 

@@ -51,17 +51,7 @@ fn setup(name: &str) -> Setup {
 
 /// Every recorded event, oldest first.
 fn events(env: &Env) -> Vec<serde_json::Value> {
-    let out = env
-        .skillgate()
-        .args(["sessions", "export"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    env.cli(&["sessions", "export"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -130,19 +120,10 @@ print(round(time.monotonic() - start), data[:12].decode(errors="replace"))
 fn a_client_that_never_finishes_its_request_is_cut_off_and_others_are_served() {
     let s = setup("faults-slowloris");
     let _agent = s.env.start_agent();
+    let (ip, port) = (s.live.ip().to_string(), s.live.port().to_string());
     let slow = s
         .env
-        .skillgate()
-        .args([
-            "exec",
-            "--skill",
-            "reporter",
-            "--",
-            "python3",
-            "-c",
-            SLOW_CLIENT,
-        ])
-        .args([s.live.ip().to_string(), s.live.port().to_string()])
+        .exec_command("reporter", &["python3", "-c", SLOW_CLIENT, &ip, &port])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -198,10 +179,7 @@ fn kill_9_under_load_fails_closed_keeps_every_record_and_the_restart_adopts() {
     let url = format!("http://{}/echo", s.live);
     let load = s
         .env
-        .skillgate()
-        .args([
-            "exec", "--skill", "reporter", "--", "python3", "-c", LOAD, &url, "4",
-        ])
+        .exec_command("reporter", &["python3", "-c", LOAD, &url, "4"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -255,15 +233,5 @@ fn kill_9_under_load_fails_closed_keeps_every_record_and_the_restart_adopts() {
         "{decided} recorded decisions for {} requests that reached the backend",
         reached + 1
     );
-    let verify = s
-        .env
-        .skillgate()
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    s.env.cli(&["audit", "verify"]);
 }

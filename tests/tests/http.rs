@@ -178,16 +178,8 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200 5000002");
 
     // Every request is recorded: the decision before it took effect, then the answer.
-    let export = s
-        .env
-        .skillgate()
-        .args(["sessions", "export"])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(json)
-        .collect();
+    let export = s.env.cli(&["sessions", "export"]);
+    let events: Vec<serde_json::Value> = export.lines().map(json).collect();
     let http: Vec<_> = events.iter().filter(|e| e["kind"] == "http").collect();
     assert_eq!(http.len(), 4, "{events:#?}");
     assert_eq!(http[0]["operation"], "GET /orders/7");
@@ -201,7 +193,7 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
                 && e["reason"].as_str().unwrap().contains("4 values masked")),
         "{responses:#?}"
     );
-    assert!(!String::from_utf8_lossy(&export.stdout).contains(SECRET));
+    assert!(!export.contains(SECRET));
 }
 
 #[test]
@@ -381,17 +373,7 @@ fn held_requests_go_ahead_when_approved_and_fail_with_the_approval_id_when_not()
         let p = s.env.wait_for_pending();
         assert_eq!(p["operation"], "POST /refunds");
         let id = p["id"].to_string();
-        let out = s
-            .env
-            .skillgate()
-            .args(["approve", &id, "--reason", "refund ok"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        s.env.cli(&["approve", &id, "--reason", "refund ok"]);
         let out = skill.join().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -200,8 +200,7 @@ fn the_installed_package_has_its_files_and_enforces() {
         "{}",
         agent.log()
     );
-    let status = run(env.skillgate().args(["status", "--json"]));
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = env.cli_json(&["status", "--json"]);
     assert_eq!(status["enforcement"], "enforcing", "{status:#}");
     assert!(state.join("sessions.db").exists());
     let (stopped, log) = agent.stop();

@@ -7,16 +7,6 @@ use std::time::Duration;
 
 use skillgate_tests::{Env, Server, unused_port};
 
-fn json(env: &Env, args: &[&str]) -> serde_json::Value {
-    let out = env.skillgate().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn setup(name: &str) -> (Env, Server, SocketAddr, Server) {
     let backend = Server::start("backend", "127.0.0.1:0");
     let canary = Server::start("canary", "127.0.0.3:0");
@@ -39,7 +29,7 @@ fn sessions_are_recorded_replayable_and_tamper_evident() {
     let dialed = env.dial_as_skill("reporter", &[dial, canary.addr]);
     assert!(dialed.get(0).ok && !dialed.get(1).ok);
 
-    let sessions = json(&env, &["sessions", "--skill", "reporter", "--json"]);
+    let sessions = env.cli_json(&["sessions", "--skill", "reporter", "--json"]);
     let sessions = sessions.as_array().unwrap();
     assert_eq!(sessions.len(), 2, "{sessions:#?}");
     // Newest first: the refused canary dial, then the allowed one.
@@ -61,14 +51,11 @@ fn sessions_are_recorded_replayable_and_tamper_evident() {
     assert_eq!(allowed["bytes_to_backend"], 5); // "ping\n"
     assert_eq!(denied["origin"], canary.addr.to_string());
     assert_eq!(denied["outcome"], "denied");
-    let only_denied = json(
-        &env,
-        &["sessions", "--outcome", "denied", "--since", "1h", "--json"],
-    );
+    let only_denied = env.cli_json(&["sessions", "--outcome", "denied", "--since", "1h", "--json"]);
     assert_eq!(only_denied.as_array().unwrap().len(), 1);
 
     let id = allowed["id"].as_i64().unwrap().to_string();
-    let replay = json(&env, &["replay", &id, "--json"]);
+    let replay = env.cli_json(&["replay", &id, "--json"]);
     let events = replay["events"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{replay:#}");
     assert_eq!(events[0]["kind"], "connect");
@@ -77,26 +64,12 @@ fn sessions_are_recorded_replayable_and_tamper_evident() {
     assert_eq!(events[1]["kind"], "close");
     assert!(events[0]["at_ns"].as_i64() <= events[1]["at_ns"].as_i64());
 
-    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact: 4 events"));
+    let verify = env.cli(&["audit", "verify"]);
+    assert!(verify.contains("chain intact: 4 events"), "{verify}");
 
     // Export: every event as a JSON line, oldest first, with its session's facts.
-    let export = env
-        .skillgate()
-        .args(["sessions", "export", "--since", "1h"])
-        .output()
-        .unwrap();
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+    let lines: Vec<serde_json::Value> = env
+        .cli(&["sessions", "export", "--since", "1h"])
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
@@ -164,19 +137,14 @@ fn a_session_survives_kill_9_right_after_the_backend_answered() {
     std::thread::sleep(Duration::from_millis(100));
 
     let _again = env.start_agent();
-    let sessions = json(&env, &["sessions", "--json"]);
+    let sessions = env.cli_json(&["sessions", "--json"]);
     let sessions = sessions.as_array().unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
     assert_eq!(sessions[0]["pid"], dialed.pid);
     let id = sessions[0]["id"].as_i64().unwrap().to_string();
-    let replay = json(&env, &["replay", &id, "--json"]);
+    let replay = env.cli_json(&["replay", &id, "--json"]);
     assert_eq!(replay["events"][0]["decision"], "allow");
-    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    env.cli(&["audit", "verify"]);
 }
 
 /// Unmounts a test filesystem when dropped.
@@ -245,14 +213,14 @@ fn events_past_retention_are_pruned_and_the_chain_still_verifies() {
     std::fs::write(&env.config, format!("{config}retention = \"2s\"\n")).unwrap();
     let agent = env.start_agent();
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
-    let first = json(&env, &["sessions", "--json"]);
+    let first = env.cli_json(&["sessions", "--json"]);
     let old_id = first[0]["id"].clone();
     std::thread::sleep(Duration::from_secs(3));
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
     agent.wait_for_log("pruned events past retention", Duration::from_secs(5));
     // Give the newest session's close a moment to land, then look.
     std::thread::sleep(Duration::from_millis(200));
-    let sessions = json(&env, &["sessions", "--json"]);
+    let sessions = env.cli_json(&["sessions", "--json"]);
     let ids: Vec<&serde_json::Value> = sessions
         .as_array()
         .unwrap()
@@ -264,13 +232,8 @@ fn events_past_retention_are_pruned_and_the_chain_still_verifies() {
         "session {old_id} outlived retention: {sessions:#}"
     );
     assert_eq!(ids.len(), 1, "{sessions:#}");
-    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact: 2 events"));
+    let verify = env.cli(&["audit", "verify"]);
+    assert!(verify.contains("chain intact: 2 events"), "{verify}");
 }
 
 #[test]

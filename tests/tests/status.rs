@@ -3,13 +3,7 @@
 use skillgate_tests::Env;
 
 fn status(env: &Env) -> serde_json::Value {
-    let out = env.skillgate().args(["status", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    env.cli_json(&["status", "--json"])
 }
 
 #[test]
