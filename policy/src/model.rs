@@ -240,7 +240,7 @@ impl Policy {
     pub fn parse(origin: &str, text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile =
             toml::from_str(text).map_err(|err| PolicyError::syntax(origin, text, &err))?;
-        build::Builder { origin, text }.build(file)
+        build::Builder::new(origin, text).build(file)
     }
 
     /// The skill a cgroup belongs to: the declared skill whose cgroup is `cgroup` or its

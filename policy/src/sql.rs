@@ -192,9 +192,9 @@ impl Cache {
 
 /// Classifies every statement of `sql`.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
-    let parsed = pg_query::parse(sql, 0).map_err(|err| SqlError(err.to_string()))?;
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
-    for raw in &parsed.protobuf.stmts {
+    let parsed = parse::parse(sql)?;
+    let mut statements = Vec::with_capacity(parsed.stmts.len());
+    for raw in &parsed.stmts {
         let Some(node) = raw.stmt.as_ref() else {
             continue;
         };
@@ -267,6 +267,7 @@ fn qualify(schema: &str, name: &str) -> String {
     }
 }
 
+mod parse;
 mod walk;
 
 #[cfg(test)]

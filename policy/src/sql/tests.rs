@@ -164,6 +164,7 @@ fn unparseable_sql_is_an_error_with_the_parser_message() {
         "",
         ";",
         "DELETE FROM orders WHERE (",
+        "SELECT 1\0; DROP TABLE orders",
     ] {
         let err = classify(sql).expect_err(sql);
         assert!(
