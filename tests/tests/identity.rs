@@ -28,7 +28,8 @@ fn keys_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn setup(name: &str, extra: &str) -> Setup {
+/// `extra` goes before the `[[oidc]]` table, `oidc` inside it.
+fn setup(name: &str, extra: &str, oidc: &str) -> Setup {
     let minter = Minter::new(&keys_dir(name));
     let jwks = FileServer::start(&minter.dir);
     let backend = HttpBackend::start();
@@ -89,7 +90,7 @@ sql = {{ kinds = ["select"], objects = ["public.orders"] }}
         &policy,
         &format!(
             "{extra}\n[[oidc]]\nissuer = \"{ISS}\"\njwks_uri = \"http://{}/jwks.json\"\nalgorithms = [\"RS256\", \"ES256\"]\n\
-             refresh_min_s = 0\n\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n",
+             refresh_min_s = 0\n{oidc}\n\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n",
             jwks.addr
         ),
     );
@@ -149,7 +150,7 @@ impl Setup {
 
 #[test]
 fn tokens_bind_skills_and_grant_groups_and_bad_ones_are_refused_with_a_reason() {
-    let s = setup("identity", "");
+    let s = setup("identity", "", "");
     let agent = s.env.start_agent();
 
     let rsa = s.token("rsa", "reporter-svc", &[]);
@@ -233,7 +234,7 @@ fn tokens_bind_skills_and_grant_groups_and_bad_ones_are_refused_with_a_reason() 
 
 #[test]
 fn a_rotated_key_is_picked_up_without_a_restart_and_postgres_takes_the_token_as_password() {
-    let mut s = setup("identity-rotation", "");
+    let mut s = setup("identity-rotation", "", "refresh_s = 1\nmax_stale_s = 5");
     let agent = s.env.start_agent();
     let rotated = s.token("unknown-kid", "reporter-svc", &[]);
     assert_eq!(
@@ -289,10 +290,20 @@ fn a_rotated_key_is_picked_up_without_a_restart_and_postgres_takes_the_token_as_
     let (_, err) = psql("not-a-token");
     assert!(err.contains("token refused: garbage"), "{err}");
 
-    // The JWKS endpoint goes away: keys already fetched keep working (bounded by max_stale_s).
+    // The JWKS endpoint goes away: keys fetched (refresh_s = 1) just before keep working,
+    // for max_stale_s = 5; then tokens are refused.
+    let token = s.token("ec", "reporter-svc", &[]);
+    assert_eq!(s.get("/orders/1", Some(&token)).0, 200);
     s.jwks.stop();
-    let (status, _) = s.get("/orders/1", Some(&s.token("ec", "reporter-svc", &[])));
-    assert_eq!(status, 200);
+    let (status, body) = s.get("/orders/1", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let (status, body) = s.get("/orders/1", Some(&token));
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("older than max_stale_s"),
+        "the refusal says why: {body}"
+    );
     let _ = std::fs::remove_dir_all(&s.minter.dir);
 }
 
@@ -301,6 +312,7 @@ fn the_agent_can_hold_the_token_for_a_skill_that_cannot_send_one() {
     let s = setup(
         "identity-file",
         "oidc_token_files = { reporter = \"reporter.jwt\" }",
+        "",
     );
     let file = s.env.dir.join("reporter.jwt");
     std::fs::write(&file, s.token("rsa", "reporter-svc", &["analysts"])).unwrap();

@@ -47,6 +47,13 @@ effect = "allow"
 sql = {{ kinds = ["select"], objects = ["public.orders", "public.pgbench_accounts", "public.pgbench_branches"] }}
 
 [[rule]]
+name = "export-customers"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = {{ kinds = ["copy"], objects = ["public.customers"] }}
+
+[[rule]]
 name = "session"
 skills = ["reporter"]
 backend = "shop-db"
@@ -487,4 +494,65 @@ fn malformed_messages_end_the_session_and_never_reach_the_backend() {
     }
     let (out, err) = s.psql(&["SELECT count(*) FROM orders"]);
     assert_eq!(out, "20\n", "{err}\n{}", agent.log());
+}
+
+/// A frontend message: tag, length, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
+    let s = setup("pg-mask-gaps", "");
+    let agent = s.start_agent();
+    // COPY output of a masked query is not rows the agent can mask: the session ends.
+    let (out, err) = s.psql(&["COPY (SELECT email FROM customers) TO STDOUT"]);
+    assert!(!out.contains('@'), "{out}");
+    assert!(
+        err.contains("a masked statement's COPY output cannot be masked"),
+        "{err}\n{}",
+        agent.log()
+    );
+
+    // One batch, two masked statements: the first is described, the second is not. The
+    // first statement's row description must not be applied to the second one's rows
+    // (its card column would land where the plan says "scan for emails").
+    let parse = |name: &str, sql: &str| {
+        message(
+            b'P',
+            &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
+        )
+    };
+    let bind = |statement: &str| {
+        message(
+            b'B',
+            &[b"\0", statement.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),
+        )
+    };
+    let batch = [
+        startup(),
+        parse("a", "SELECT id, card FROM customers WHERE id = 1"),
+        bind("a"),
+        message(b'D', b"P\0"),
+        message(b'E', b"\0\0\0\0\0"),
+        parse("b", "SELECT card, id FROM customers WHERE id = 1"),
+        bind("b"),
+        message(b'E', b"\0\0\0\0\0"),
+        message(b'S', b""),
+    ]
+    .concat();
+    let answer = String::from_utf8_lossy(&raw(&s, &batch)).into_owned();
+    assert!(
+        answer.contains("[masked]"),
+        "the described statement is masked: {answer:?}"
+    );
+    assert!(!answer.contains("4111"), "no card number: {answer:?}");
+    assert!(
+        answer.contains("without a row description"),
+        "{answer:?}\n{}",
+        agent.log()
+    );
 }

@@ -20,15 +20,15 @@
 //! masked but cannot be (no RowDescription for it, a binary-format masked column) ends the
 //! session with an error: an unmasked value is never sent.
 
+mod session;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
 use skillgate_policy::{Decision, Effect, Mask, Operation, Request};
@@ -40,7 +40,8 @@ use crate::admin::PendingView;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event};
-use wire::{Column, Startup};
+use session::{Answer, Catalog, Ended, Noted, Session};
+use wire::Startup;
 
 /// Startup parameters passed upstream; everything else (notably `options`, which could set
 /// search_path or session settings behind the policy's back) is dropped.
@@ -54,9 +55,6 @@ const PASSED_PARAMETERS: &[&str] = &[
     "IntervalStyle",
 ];
 
-/// Text-like type oids whose binary form is their text (detectors can read them).
-const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 3802];
-
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -68,57 +66,6 @@ impl CancelKeys {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), SocketAddr>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// A denied statement in flight: the nonce its stand-in carries and the error to give.
-struct Poison {
-    nonce: String,
-    message: String,
-    detail: String,
-}
-
-/// Everything between two ReadyForQuery messages.
-struct Cycle {
-    /// When its first statement was sent (durations in the record).
-    started: std::time::Instant,
-    /// Values masked since the last recorded result.
-    masked: usize,
-    mask: Option<Mask>,
-    /// Lower-cased statement texts of the cycle (to spot computed columns from masked ones).
-    texts: Vec<String>,
-    poisons: Vec<Poison>,
-    /// From the latest RowDescription: what to do with each column.
-    columns: Option<Vec<ColumnMask>>,
-}
-
-impl Default for Cycle {
-    fn default() -> Self {
-        Self {
-            started: std::time::Instant::now(),
-            masked: 0,
-            mask: None,
-            texts: Vec::new(),
-            poisons: Vec::new(),
-            columns: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ColumnMask {
-    Keep,
-    /// Detectors only (a text column).
-    Scan,
-    /// The whole value (a masked column).
-    Whole,
-    /// Must be masked but cannot be (binary format).
-    Impossible,
-}
-
-struct Shared {
-    cycles: VecDeque<Cycle>,
-    /// Whether the last cycle is an extended-protocol batch still open (no Sync yet).
-    batch_open: bool,
 }
 
 /// One skill connection to a `postgres` backend.
@@ -232,16 +179,13 @@ impl PgConn {
             return ("closed", (0, 0));
         }
         info!(skill_user = %skill_user, database = param(&params, "database").unwrap_or("-"), "PostgreSQL session started");
-        let shared = Mutex::new(Shared {
-            cycles: VecDeque::new(),
-            batch_open: false,
-        });
+        let session = Mutex::new(Session::default());
         let (client_read, client_write) = tokio::io::split(client);
         let (server_read, server_write) = tokio::io::split(server);
         let writer = tokio::sync::Mutex::new(client_write);
         let outcome = tokio::select! {
-            outcome = self.frontend(client_read, server_write, &writer, &shared) => outcome,
-            outcome = self.backend_loop(server_read, &writer, &shared, &catalog) => outcome,
+            outcome = self.frontend(client_read, server_write, &writer, &session) => outcome,
+            outcome = self.backend_loop(server_read, &writer, &session, &catalog) => outcome,
         };
         if let Some(key) = key {
             self.proxy.pg_cancel.lock().remove(&key);
@@ -562,9 +506,6 @@ impl PgConn {
     }
 }
 
-/// (table oid, column number) → [schema, table, column] of masked columns.
-type Catalog = HashMap<(u32, i16), [String; 3]>;
-
 type Login = (Box<dyn Stream>, BytesMut, Option<(i32, i32)>);
 
 /// After AuthenticationOk: collects what the backend sends up to its first ReadyForQuery.
@@ -606,67 +547,6 @@ async fn greet(mut server: Box<dyn Stream>, mut inbox: BytesMut) -> Result<Login
     }
 }
 
-/// Whether mask column `pattern` (`column`, `table.column` or `schema.table.column`) is
-/// the catalog column `[schema, table, column]`.
-fn column_matches(pattern: &str, [schema, table, column]: &[String; 3]) -> bool {
-    let parts: Vec<&str> = pattern.split('.').collect();
-    match parts.as_slice() {
-        [c] => c == column,
-        [t, c] => t == table && c == column,
-        [s, t, c] => s == schema && t == table && c == column,
-        _ => false,
-    }
-}
-
-/// What to do with each column of a RowDescription under `mask`.
-fn plan_columns(
-    columns: &[Column],
-    mask: &Mask,
-    texts: &[String],
-    catalog: &Catalog,
-) -> Vec<ColumnMask> {
-    let names: Vec<&str> = mask
-        .columns
-        .iter()
-        .map(|c| c.rsplit('.').next().unwrap_or(c))
-        .collect();
-    let mentioned = names
-        .iter()
-        .any(|name| texts.iter().any(|t| mentions(t, name)));
-    columns
-        .iter()
-        .map(|column| {
-            let whole = match catalog.get(&(column.table_oid, column.attnum)) {
-                Some(entry) => mask.columns.iter().any(|p| column_matches(p, entry)),
-                // Not a masked table column: masked if it bears a masked name, or if it is
-                // computed and the statement reads a masked column (lower(email) is email).
-                None => {
-                    names.contains(&column.name.as_str()) || (column.table_oid == 0 && mentioned)
-                }
-            };
-            let binary = column.format != 0;
-            match (whole, binary) {
-                (true, false) => ColumnMask::Whole,
-                (true, true) => ColumnMask::Impossible,
-                (false, _) if mask.detectors.is_empty() => ColumnMask::Keep,
-                (false, false) => ColumnMask::Scan,
-                (false, true) if TEXT_TYPES.contains(&column.type_oid) => ColumnMask::Scan,
-                (false, true) => ColumnMask::Keep,
-            }
-        })
-        .collect()
-}
-
-/// Whether lower-cased SQL `text` has `word` as a whole identifier.
-fn mentions(text: &str, word: &str) -> bool {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
-    text.match_indices(word).any(|(at, _)| {
-        let before = text[..at].chars().next_back();
-        let after = text[at + word.len()..].chars().next();
-        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
-    })
-}
-
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -690,12 +570,6 @@ async fn next<S: AsyncRead + Unpin>(
             return Err("the backend closed the connection".to_owned());
         }
     }
-}
-
-/// How the agent answers one statement.
-enum Answer {
-    Allow(Mask),
-    Deny { message: String, detail: String },
 }
 
 type ClientWriter<W> = tokio::sync::Mutex<W>;
@@ -823,7 +697,7 @@ impl PgConn {
         mut client: R,
         mut server: S,
         writer: &ClientWriter<W>,
-        shared: &Mutex<Shared>,
+        session: &Mutex<Session>,
     ) -> &'static str
     where
         R: AsyncRead + Unpin,
@@ -832,9 +706,6 @@ impl PgConn {
     {
         let mut inbox = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::new();
-        // Named statements' masks (and texts), for the Binds that use them later.
-        let mut prepared: HashMap<String, (Mask, String)> = HashMap::new();
-        let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             loop {
                 let message = match wire::frame(&mut inbox, wire::MAX_FRONTEND_MESSAGE) {
@@ -842,108 +713,22 @@ impl PgConn {
                     Ok(None) => break,
                     Err(reason) => return self.violation(writer, &reason).await,
                 };
-                let tag = message[0];
-                let body = wire::body(&message);
-                match tag {
-                    b'Q' | b'F' => {
-                        let text = if tag == b'Q' {
-                            match wire::query_text(body) {
-                                Some(text) => text.to_owned(),
-                                None => return self.violation(writer, "malformed Query").await,
-                            }
-                        } else {
-                            String::new()
-                        };
-                        let answer = if tag == b'F' {
-                            Answer::Deny {
-                                message: "skillgate: the function call protocol is not allowed; use a query".to_owned(),
-                                detail: "FunctionCall message".to_owned(),
-                            }
-                        } else {
-                            self.decide(&text).await
-                        };
-                        let mut state = lock();
-                        if !state.batch_open {
-                            state.cycles.push_back(Cycle::default());
-                        }
-                        state.batch_open = false;
-                        let cycle = state.cycles.back_mut().expect("just pushed");
-                        match answer {
-                            Answer::Allow(mask) => {
-                                note_mask(cycle, mask, &text);
-                                out.extend_from_slice(&message);
-                            }
-                            Answer::Deny { message: m, detail } => {
-                                let nonce = poison(cycle, m, detail);
-                                frontend::query(&nonce, &mut out).expect("a query message");
-                            }
-                        }
-                    }
-                    b'P' => {
-                        let Some((name, text, rest)) = parse_message(body) else {
-                            return self.violation(writer, "malformed Parse").await;
-                        };
-                        let answer = self.decide(text).await;
-                        let mut state = lock();
-                        let cycle = open_batch(&mut state);
-                        match answer {
-                            Answer::Allow(mask) => {
-                                prepared
-                                    .insert(name.to_owned(), (mask.clone(), text.to_lowercase()));
-                                note_mask(cycle, mask, text);
-                                out.extend_from_slice(&message);
-                            }
-                            Answer::Deny { message: m, detail } => {
-                                prepared.remove(name);
-                                let nonce = poison(cycle, m, detail);
-                                let mut body = BytesMut::new();
-                                body.put_slice(name.as_bytes());
-                                body.put_u8(0);
-                                body.put_slice(nonce.as_bytes());
-                                body.put_u8(0);
-                                body.put_slice(rest);
-                                wire::put_message(&mut out, b'P', &body);
-                            }
-                        }
-                    }
-                    b'B' => {
-                        let mut rest = body;
-                        let (Some(_portal), Some(statement)) =
-                            (wire::cstr(&mut rest), wire::cstr(&mut rest))
-                        else {
-                            return self.violation(writer, "malformed Bind").await;
-                        };
-                        let mut state = lock();
-                        let cycle = open_batch(&mut state);
-                        if let Some((mask, text)) = prepared.get(statement) {
-                            note_mask(cycle, mask.clone(), text);
-                        }
-                        out.extend_from_slice(&message);
-                    }
-                    b'S' => {
-                        let mut state = lock();
-                        open_batch(&mut state);
-                        state.batch_open = false;
-                        out.extend_from_slice(&message);
-                    }
-                    b'E' | b'D' | b'C' | b'H' => {
-                        open_batch(&mut lock());
-                        out.extend_from_slice(&message);
-                    }
-                    // COPY FROM STDIN data, after a COPY the policy allowed.
-                    b'd' | b'c' | b'f' => out.extend_from_slice(&message),
-                    b'X' => {
-                        out.extend_from_slice(&message);
+                let answer = match session::statement(&message) {
+                    Ok(Some(text)) => Some(self.decide(text).await),
+                    Ok(None) => None,
+                    Err(reason) => return self.violation(writer, &reason).await,
+                };
+                let taken = session
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .client(&message, answer, &mut out);
+                match taken {
+                    Ok(false) => {}
+                    Ok(true) => {
                         let _ = server.write_all(&out).await;
                         return "closed";
                     }
-                    other => {
-                        let reason = format!(
-                            "unexpected message `{}`",
-                            char::from(other).escape_default()
-                        );
-                        return self.violation(writer, &reason).await;
-                    }
+                    Err(reason) => return self.violation(writer, &reason).await,
                 }
             }
             if !out.is_empty() {
@@ -992,7 +777,7 @@ impl PgConn {
         &self,
         mut server: R,
         writer: &ClientWriter<W>,
-        shared: &Mutex<Shared>,
+        session: &Mutex<Session>,
         catalog: &Catalog,
     ) -> &'static str
     where
@@ -1005,122 +790,45 @@ impl PgConn {
         loop {
             let mut failed = None;
             {
-                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     let message = match wire::frame(&mut inbox, wire::MAX_BACKEND_MESSAGE) {
                         Ok(Some(message)) => message,
                         Ok(None) => break,
                         Err(reason) => {
-                            warn!(%reason, "malformed message from the backend: ending the session");
-                            return "error";
+                            failed = Some(Ended {
+                                code: "08P01",
+                                reason: format!("malformed message from the backend: {reason}"),
+                            });
+                            break;
                         }
                     };
-                    let body = wire::body(&message);
-                    let cycle = state.cycles.front_mut();
-                    match (message[0], cycle) {
-                        (b'E', Some(cycle)) if !cycle.poisons.is_empty() => {
-                            let found = wire::error_message(body).and_then(|m| {
-                                cycle.poisons.iter().position(|p| m.contains(&p.nonce))
-                            });
-                            match found {
-                                Some(at) => {
-                                    let p = cycle.poisons.remove(at);
-                                    self.result("denied", "42501", p.detail.clone());
-                                    wire::error_response(
-                                        &mut out,
-                                        "ERROR",
-                                        "42501",
-                                        &p.message,
-                                        Some(&p.detail),
-                                        None,
-                                    );
-                                }
-                                None => {
-                                    let code = wire::error_field(body, b'C').unwrap_or("?");
-                                    let text = wire::error_message(body).unwrap_or("");
-                                    self.result("error", code, text.to_owned());
-                                    out.extend_from_slice(&message);
-                                }
-                            }
+                    match session.server(&message, catalog, salt, &mut out) {
+                        Ok(Some(noted)) => self.noted(noted),
+                        Ok(None) => {}
+                        Err(end) => {
+                            failed = Some(end);
+                            break;
                         }
-                        (b'T', Some(cycle)) if cycle.mask.is_some() => {
-                            let Some(columns) = wire::row_description(body) else {
-                                return "error";
-                            };
-                            let mask = cycle.mask.as_ref().expect("checked");
-                            cycle.columns =
-                                Some(plan_columns(&columns, mask, &cycle.texts, catalog));
-                            out.extend_from_slice(&message);
-                        }
-                        (b'D', Some(cycle)) if cycle.mask.is_some() => {
-                            let mask = cycle.mask.as_ref().expect("checked");
-                            match mask_row(body, cycle.columns.as_deref(), mask, salt) {
-                                Ok(None) => out.extend_from_slice(&message),
-                                Ok(Some((values, masked))) => {
-                                    cycle.masked += masked;
-                                    wire::put_data_row(&mut out, &values);
-                                }
-                                Err(reason) => {
-                                    failed = Some(reason);
-                                    break;
-                                }
-                            }
-                        }
-                        (b'C', cycle) => {
-                            let tag = wire::query_text(body).unwrap_or("?");
-                            let (masked, since) = match cycle {
-                                Some(cycle) => {
-                                    (std::mem::take(&mut cycle.masked), cycle.started.elapsed())
-                                }
-                                None => (0, Duration::ZERO),
-                            };
-                            self.proxy.ops.answered(
-                                &self.skill,
-                                &self.backend,
-                                "sql",
-                                since,
-                                masked,
-                            );
-                            self.result(
-                                tag,
-                                "ok",
-                                format!("{masked} values masked, {} us", since.as_micros()),
-                            );
-                            out.extend_from_slice(&message);
-                        }
-                        (b'E', cycle) => {
-                            let code = wire::error_field(body, b'C').unwrap_or("?");
-                            let since = cycle.map_or(Duration::ZERO, |c| c.started.elapsed());
-                            let message_text = wire::error_message(body).unwrap_or("");
-                            self.result(
-                                "error",
-                                code,
-                                format!("{message_text} ({} us)", since.as_micros()),
-                            );
-                            out.extend_from_slice(&message);
-                        }
-                        (b'Z', _) => {
-                            state.cycles.pop_front();
-                            out.extend_from_slice(&message);
-                        }
-                        _ => out.extend_from_slice(&message),
                     }
                 }
             }
-            if let Some(reason) = failed {
-                warn!(%reason, "a row cannot be masked: ending the session");
+            if let Some(Ended { code, reason }) = failed {
+                warn!(%reason, "ending the PostgreSQL session");
                 wire::error_response(
                     &mut out,
                     "FATAL",
-                    "42501",
-                    &format!(
-                        "skillgate: a result row cannot be masked, so the session ends: {reason}"
-                    ),
+                    code,
+                    &format!("skillgate: the session ends: {reason}"),
                     None,
                     None,
                 );
                 let _ = writer.lock().await.write_all(&out).await;
-                return "masking failed";
+                return if code == "42501" {
+                    "masking failed"
+                } else {
+                    "error"
+                };
             }
             if !out.is_empty() {
                 if writer.lock().await.write_all(&out).await.is_err() {
@@ -1133,6 +841,32 @@ impl PgConn {
                 Ok(true) => {}
                 Ok(false) => return "backend closed",
                 Err(_) => return "error",
+            }
+        }
+    }
+
+    /// Records (and counts) how a statement ended.
+    fn noted(&self, noted: Noted) {
+        match noted {
+            Noted::Denied { detail } => self.result("denied", "42501", detail),
+            Noted::Failed {
+                code,
+                message,
+                took,
+            } => self.result(
+                "error",
+                &code,
+                format!("{message} ({} us)", took.as_micros()),
+            ),
+            Noted::Completed { tag, masked, took } => {
+                self.proxy
+                    .ops
+                    .answered(&self.skill, &self.backend, "sql", took, masked);
+                self.result(
+                    &tag,
+                    "ok",
+                    format!("{masked} values masked, {} us", took.as_micros()),
+                );
             }
         }
     }
@@ -1169,102 +903,4 @@ fn statement_text(text: &str) -> String {
         end -= 1;
     }
     format!("{}... ({} bytes)", &text[..end], text.len())
-}
-
-/// A Parse body: statement name, query text, and the parameter types as they are.
-fn parse_message(body: &[u8]) -> Option<(&str, &str, &[u8])> {
-    let mut rest = body;
-    let name = wire::cstr(&mut rest)?;
-    let text = wire::cstr(&mut rest)?;
-    if rest.len() < 2 {
-        return None;
-    }
-    let n = i16::from_be_bytes([rest[0], rest[1]]);
-    (n >= 0 && rest.len() == 2 + 4 * n as usize).then_some((name, text, rest))
-}
-
-fn open_batch(state: &mut Shared) -> &mut Cycle {
-    if !state.batch_open {
-        state.cycles.push_back(Cycle::default());
-        state.batch_open = true;
-    }
-    state.cycles.back_mut().expect("a cycle is open")
-}
-
-fn note_mask(cycle: &mut Cycle, mask: Mask, text: &str) {
-    if mask.is_empty() {
-        return;
-    }
-    cycle.texts.push(text.to_lowercase());
-    match &mut cycle.mask {
-        Some(existing) => existing.extend(&mask),
-        None => cycle.mask = Some(mask),
-    }
-}
-
-/// Registers a denied statement; returns the stand-in text the backend will fail to parse.
-fn poison(cycle: &mut Cycle, message: String, detail: String) -> String {
-    let mut nonce = [0u8; 12];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce));
-    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let text = format!("skillgate_denied_{nonce}");
-    cycle.poisons.push(Poison {
-        nonce: text.clone(),
-        message,
-        detail,
-    });
-    text
-}
-
-/// A DataRow's values, some rewritten (`None` is SQL NULL).
-type Row<'a> = Vec<Option<std::borrow::Cow<'a, [u8]>>>;
-
-/// Masks one DataRow; `Ok(None)` when nothing changed.
-fn mask_row<'a>(
-    body: &'a [u8],
-    plan: Option<&[ColumnMask]>,
-    mask: &Mask,
-    salt: &[u8],
-) -> Result<Option<(Row<'a>, usize)>, String> {
-    let plan = plan.ok_or("rows of a masked statement arrived without a row description")?;
-    let values = wire::data_row(body).ok_or("malformed DataRow from the backend")?;
-    if values.len() != plan.len() {
-        return Err("a row does not match its row description".to_owned());
-    }
-    let mut changed = 0;
-    let mut out = Vec::with_capacity(values.len());
-    for (value, how) in values.into_iter().zip(plan) {
-        let Some(value) = value else {
-            out.push(None);
-            continue;
-        };
-        let masked = match how {
-            ColumnMask::Keep => None,
-            ColumnMask::Impossible => return Err("a masked column is in binary format".to_owned()),
-            ColumnMask::Whole => {
-                let text = std::str::from_utf8(value).map_err(|_| "a masked value is not UTF-8")?;
-                Some(skillgate_policy::mask::replace(
-                    text,
-                    "masked",
-                    mask.strategy,
-                    salt,
-                ))
-            }
-            ColumnMask::Scan => {
-                let text =
-                    std::str::from_utf8(value).map_err(|_| "a scanned value is not UTF-8")?;
-                let (masked, hits) = skillgate_policy::mask::mask_text(text, mask, salt);
-                (hits > 0).then_some(masked)
-            }
-        };
-        match masked {
-            Some(masked) => {
-                changed += 1;
-                out.push(Some(std::borrow::Cow::Owned(masked.into_bytes())));
-            }
-            None => out.push(Some(std::borrow::Cow::Borrowed(value))),
-        }
-    }
-    Ok((changed > 0).then_some((out, changed)))
 }

@@ -1,0 +1,517 @@
+//! One PostgreSQL session's state, with no I/O: which statements are in flight, which of them
+//! were denied (and the nonce their stand-in carries), which responses must be masked, and
+//! what each message in either direction becomes. The proxy loops in `pg/mod.rs` frame the
+//! bytes, ask the policy and do the writing; the fuzz target `pg_session` drives this file
+//! with any interleaving of client and backend messages.
+//!
+//! Fail closed: a backend message that would carry row data outside a statement the session
+//! knows of, or row data of a masked statement that cannot be masked (no row description of
+//! its own statement, a binary-format masked column, COPY output), ends the session instead
+//! of going through.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut as _, BytesMut};
+use skillgate_policy::Mask;
+
+use super::wire::{self, Column};
+
+/// Text-like type oids whose binary form is their text (detectors can read them).
+const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 3802];
+
+/// (table oid, column number) → [schema, table, column] of masked columns.
+pub type Catalog = HashMap<(u32, i16), [String; 3]>;
+
+/// How the agent answers one statement.
+pub enum Answer {
+    Allow(Mask),
+    Deny { message: String, detail: String },
+}
+
+/// What a backend message leaves to record.
+pub enum Noted {
+    /// A denied statement's stand-in failed upstream; the skill got the denial.
+    Denied { detail: String },
+    /// A statement failed upstream.
+    Failed {
+        code: String,
+        message: String,
+        took: Duration,
+    },
+    /// A statement completed (`tag` as PostgreSQL gives it).
+    Completed {
+        tag: String,
+        masked: usize,
+        took: Duration,
+    },
+}
+
+/// Why the session must end now; the skill gets a FATAL with this code and reason.
+#[derive(Debug)]
+pub struct Ended {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+fn ended(code: &'static str, reason: impl Into<String>) -> Ended {
+    Ended {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// A denied statement in flight: the nonce its stand-in carries and the error to give.
+struct Poison {
+    nonce: String,
+    message: String,
+    detail: String,
+}
+
+/// Everything between two ReadyForQuery messages.
+struct Cycle {
+    /// When its first statement was sent (durations in the record).
+    started: Instant,
+    /// Values masked since the last recorded result.
+    masked: usize,
+    mask: Option<Mask>,
+    /// Lower-cased statement texts of the cycle (to spot computed columns from masked ones).
+    texts: Vec<String>,
+    poisons: Vec<Poison>,
+    /// From the latest RowDescription: what to do with each column.
+    columns: Option<Vec<ColumnMask>>,
+}
+
+impl Default for Cycle {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            masked: 0,
+            mask: None,
+            texts: Vec::new(),
+            poisons: Vec::new(),
+            columns: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnMask {
+    Keep,
+    /// Detectors only (a text column).
+    Scan,
+    /// The whole value (a masked column).
+    Whole,
+    /// Must be masked but cannot be (binary format).
+    Impossible,
+}
+
+/// The state both directions of one session share.
+#[derive(Default)]
+pub struct Session {
+    cycles: VecDeque<Cycle>,
+    /// Whether the last cycle is an extended-protocol batch still open (no Sync yet).
+    batch_open: bool,
+    /// Named statements' masks (and texts), for the Binds that use them later.
+    prepared: HashMap<String, (Mask, String)>,
+}
+
+/// The statement a client message asks to run, which the policy must answer before
+/// [`Session::client`] takes the message (Query and Parse); `Err` is a protocol violation.
+pub fn statement(message: &[u8]) -> Result<Option<&str>, String> {
+    let body = wire::body(message);
+    match message.first() {
+        Some(b'Q') => wire::query_text(body)
+            .map(Some)
+            .ok_or_else(|| "malformed Query".to_owned()),
+        Some(b'P') => parse_message(body)
+            .map(|(_, text, _)| Some(text))
+            .ok_or_else(|| "malformed Parse".to_owned()),
+        _ => Ok(None),
+    }
+}
+
+impl Session {
+    /// Takes one whole client message and the policy's answer for its statement (if it has
+    /// one), appending what the backend gets to `out`. `Ok(true)`: the client said goodbye.
+    /// `Err`: a protocol violation; nothing of the message was added.
+    pub fn client(
+        &mut self,
+        message: &[u8],
+        answer: Option<Answer>,
+        out: &mut BytesMut,
+    ) -> Result<bool, String> {
+        let Some(&tag) = message.first() else {
+            return Err("empty message".to_owned());
+        };
+        let body = wire::body(message);
+        // A statement message without an answer is denied: nothing runs undecided.
+        let answer = || {
+            answer.unwrap_or_else(|| Answer::Deny {
+                message: "skillgate: permission denied: the statement was not decided".to_owned(),
+                detail: "no decision".to_owned(),
+            })
+        };
+        match tag {
+            b'Q' | b'F' => {
+                let (text, answer) = if tag == b'Q' {
+                    let text = wire::query_text(body).ok_or("malformed Query")?;
+                    (text, answer())
+                } else {
+                    let deny = Answer::Deny {
+                        message:
+                            "skillgate: the function call protocol is not allowed; use a query"
+                                .to_owned(),
+                        detail: "FunctionCall message".to_owned(),
+                    };
+                    ("", deny)
+                };
+                if !self.batch_open {
+                    self.cycles.push_back(Cycle::default());
+                }
+                self.batch_open = false;
+                let cycle = self.cycles.back_mut().expect("just pushed");
+                match answer {
+                    Answer::Allow(mask) => {
+                        note_mask(cycle, mask, text);
+                        out.extend_from_slice(message);
+                    }
+                    Answer::Deny { message, detail } => {
+                        let nonce = poison(cycle, message, detail);
+                        let mut body = BytesMut::with_capacity(nonce.len() + 1);
+                        body.put_slice(nonce.as_bytes());
+                        body.put_u8(0);
+                        wire::put_message(out, b'Q', &body);
+                    }
+                }
+            }
+            b'P' => {
+                let (name, text, rest) = parse_message(body).ok_or("malformed Parse")?;
+                let answer = answer();
+                let cycle = self.open_batch();
+                match answer {
+                    Answer::Allow(mask) => {
+                        note_mask(cycle, mask.clone(), text);
+                        self.prepared
+                            .insert(name.to_owned(), (mask, text.to_lowercase()));
+                        out.extend_from_slice(message);
+                    }
+                    Answer::Deny { message, detail } => {
+                        let nonce = poison(cycle, message, detail);
+                        self.prepared.remove(name);
+                        let mut body = BytesMut::new();
+                        body.put_slice(name.as_bytes());
+                        body.put_u8(0);
+                        body.put_slice(nonce.as_bytes());
+                        body.put_u8(0);
+                        body.put_slice(rest);
+                        wire::put_message(out, b'P', &body);
+                    }
+                }
+            }
+            b'B' => {
+                let mut rest = body;
+                let (Some(_portal), Some(statement)) =
+                    (wire::cstr(&mut rest), wire::cstr(&mut rest))
+                else {
+                    return Err("malformed Bind".to_owned());
+                };
+                let used = self.prepared.get(statement).cloned();
+                let cycle = self.open_batch();
+                if let Some((mask, text)) = used {
+                    note_mask(cycle, mask, &text);
+                }
+                out.extend_from_slice(message);
+            }
+            b'S' => {
+                self.open_batch();
+                self.batch_open = false;
+                out.extend_from_slice(message);
+            }
+            b'E' | b'D' | b'C' | b'H' => {
+                self.open_batch();
+                out.extend_from_slice(message);
+            }
+            // COPY FROM STDIN data, after a COPY the policy allowed.
+            b'd' | b'c' | b'f' => out.extend_from_slice(message),
+            b'X' => {
+                out.extend_from_slice(message);
+                return Ok(true);
+            }
+            other => {
+                return Err(format!(
+                    "unexpected message `{}`",
+                    char::from(other).escape_default()
+                ));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Takes one whole backend message, appending what the skill gets to `out` (denials
+    /// rewritten, masked rows masked); returns what to record. `Err`: the session must end,
+    /// and nothing of this message was added.
+    pub fn server(
+        &mut self,
+        message: &[u8],
+        catalog: &Catalog,
+        salt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Option<Noted>, Ended> {
+        let Some(&tag) = message.first() else {
+            return Err(ended("08P01", "an empty message from the backend"));
+        };
+        let body = wire::body(message);
+        let mut cycle = self.cycles.front_mut();
+        // A row description holds until its statement ends (completes, fails, returns
+        // nothing or is suspended): rows after that need a description of their own, so one
+        // statement's plan can never be applied to another statement's rows.
+        if matches!(tag, b'C' | b'E' | b'I' | b's')
+            && let Some(cycle) = cycle.as_deref_mut()
+        {
+            cycle.columns = None;
+        }
+        let noted = match (tag, cycle) {
+            // Row data (and COPY output) only answers a statement the session sent.
+            (b'T' | b'D' | b'H' | b'W' | b'd', None) => {
+                return Err(ended(
+                    "08P01",
+                    format!(
+                        "the backend sent `{}` with no statement in flight",
+                        char::from(tag).escape_default()
+                    ),
+                ));
+            }
+            (b'H' | b'W', Some(cycle)) if cycle.mask.is_some() => {
+                return Err(ended(
+                    "42501",
+                    "a masked statement's COPY output cannot be masked",
+                ));
+            }
+            (b'E', Some(cycle)) if !cycle.poisons.is_empty() => {
+                let found = wire::error_message(body)
+                    .and_then(|m| cycle.poisons.iter().position(|p| m.contains(&p.nonce)));
+                match found {
+                    Some(at) => {
+                        let p = cycle.poisons.remove(at);
+                        wire::error_response(
+                            out,
+                            "ERROR",
+                            "42501",
+                            &p.message,
+                            Some(&p.detail),
+                            None,
+                        );
+                        return Ok(Some(Noted::Denied { detail: p.detail }));
+                    }
+                    None => Some(Noted::Failed {
+                        code: wire::error_field(body, b'C').unwrap_or("?").to_owned(),
+                        message: wire::error_message(body).unwrap_or("").to_owned(),
+                        took: cycle.started.elapsed(),
+                    }),
+                }
+            }
+            (b'T', Some(cycle)) => {
+                if let Some(mask) = &cycle.mask {
+                    let columns = wire::row_description(body)
+                        .ok_or_else(|| ended("08P01", "malformed RowDescription"))?;
+                    cycle.columns = Some(plan_columns(&columns, mask, &cycle.texts, catalog));
+                }
+                None
+            }
+            (b'D', Some(cycle)) if cycle.mask.is_some() => {
+                let mask = cycle.mask.as_ref().expect("checked");
+                let masked = mask_row(body, cycle.columns.as_deref(), mask, salt)
+                    .map_err(|reason| ended("42501", reason))?;
+                if let Some((values, n)) = masked {
+                    cycle.masked += n;
+                    wire::put_data_row(out, &values);
+                    return Ok(None);
+                }
+                None
+            }
+            (b'C', cycle) => {
+                let (masked, took) = match cycle {
+                    Some(cycle) => (std::mem::take(&mut cycle.masked), cycle.started.elapsed()),
+                    None => (0, Duration::ZERO),
+                };
+                Some(Noted::Completed {
+                    tag: wire::query_text(body).unwrap_or("?").to_owned(),
+                    masked,
+                    took,
+                })
+            }
+            (b'E', cycle) => Some(Noted::Failed {
+                code: wire::error_field(body, b'C').unwrap_or("?").to_owned(),
+                message: wire::error_message(body).unwrap_or("").to_owned(),
+                took: cycle.map_or(Duration::ZERO, |c| c.started.elapsed()),
+            }),
+            (b'Z', _) => {
+                self.cycles.pop_front();
+                None
+            }
+            _ => None,
+        };
+        out.extend_from_slice(message);
+        Ok(noted)
+    }
+
+    fn open_batch(&mut self) -> &mut Cycle {
+        if !self.batch_open {
+            self.cycles.push_back(Cycle::default());
+            self.batch_open = true;
+        }
+        self.cycles.back_mut().expect("a cycle is open")
+    }
+}
+
+/// A Parse body: statement name, query text, and the parameter types as they are.
+fn parse_message(body: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let mut rest = body;
+    let name = wire::cstr(&mut rest)?;
+    let text = wire::cstr(&mut rest)?;
+    if rest.len() < 2 {
+        return None;
+    }
+    let n = i16::from_be_bytes([rest[0], rest[1]]);
+    (n >= 0 && rest.len() == 2 + 4 * n as usize).then_some((name, text, rest))
+}
+
+fn note_mask(cycle: &mut Cycle, mask: Mask, text: &str) {
+    if mask.is_empty() {
+        return;
+    }
+    cycle.texts.push(text.to_lowercase());
+    match &mut cycle.mask {
+        Some(existing) => existing.extend(&mask),
+        None => cycle.mask = Some(mask),
+    }
+}
+
+/// Registers a denied statement; returns the stand-in text the backend will fail to parse.
+fn poison(cycle: &mut Cycle, message: String, detail: String) -> String {
+    let mut nonce = [0u8; 12];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce));
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let text = format!("skillgate_denied_{nonce}");
+    cycle.poisons.push(Poison {
+        nonce: text.clone(),
+        message,
+        detail,
+    });
+    text
+}
+
+/// Whether mask column `pattern` (`column`, `table.column` or `schema.table.column`) is
+/// the catalog column `[schema, table, column]`.
+fn column_matches(pattern: &str, [schema, table, column]: &[String; 3]) -> bool {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    match parts.as_slice() {
+        [c] => c == column,
+        [t, c] => t == table && c == column,
+        [s, t, c] => s == schema && t == table && c == column,
+        _ => false,
+    }
+}
+
+/// What to do with each column of a RowDescription under `mask`.
+fn plan_columns(
+    columns: &[Column],
+    mask: &Mask,
+    texts: &[String],
+    catalog: &Catalog,
+) -> Vec<ColumnMask> {
+    let names: Vec<&str> = mask
+        .columns
+        .iter()
+        .map(|c| c.rsplit('.').next().unwrap_or(c))
+        .collect();
+    let mentioned = names
+        .iter()
+        .any(|name| texts.iter().any(|t| mentions(t, name)));
+    columns
+        .iter()
+        .map(|column| {
+            let whole = match catalog.get(&(column.table_oid, column.attnum)) {
+                Some(entry) => mask.columns.iter().any(|p| column_matches(p, entry)),
+                // Not a masked table column: masked if it bears a masked name, or if it is
+                // computed and the statement reads a masked column (lower(email) is email).
+                None => {
+                    names.contains(&column.name.as_str()) || (column.table_oid == 0 && mentioned)
+                }
+            };
+            let binary = column.format != 0;
+            match (whole, binary) {
+                (true, false) => ColumnMask::Whole,
+                (true, true) => ColumnMask::Impossible,
+                (false, _) if mask.detectors.is_empty() => ColumnMask::Keep,
+                (false, false) => ColumnMask::Scan,
+                (false, true) if TEXT_TYPES.contains(&column.type_oid) => ColumnMask::Scan,
+                (false, true) => ColumnMask::Keep,
+            }
+        })
+        .collect()
+}
+
+/// Whether lower-cased SQL `text` has `word` as a whole identifier.
+fn mentions(text: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+/// A DataRow's values, some rewritten (`None` is SQL NULL).
+type Row<'a> = Vec<Option<std::borrow::Cow<'a, [u8]>>>;
+
+/// Masks one DataRow; `Ok(None)` when nothing changed.
+fn mask_row<'a>(
+    body: &'a [u8],
+    plan: Option<&[ColumnMask]>,
+    mask: &Mask,
+    salt: &[u8],
+) -> Result<Option<(Row<'a>, usize)>, String> {
+    let plan = plan.ok_or("rows of a masked statement arrived without a row description")?;
+    let values = wire::data_row(body).ok_or("malformed DataRow from the backend")?;
+    if values.len() != plan.len() {
+        return Err("a row does not match its row description".to_owned());
+    }
+    let mut changed = 0;
+    let mut out = Vec::with_capacity(values.len());
+    for (value, how) in values.into_iter().zip(plan) {
+        let Some(value) = value else {
+            out.push(None);
+            continue;
+        };
+        let masked = match how {
+            ColumnMask::Keep => None,
+            ColumnMask::Impossible => return Err("a masked column is in binary format".to_owned()),
+            ColumnMask::Whole => {
+                let text = std::str::from_utf8(value).map_err(|_| "a masked value is not UTF-8")?;
+                Some(skillgate_policy::mask::replace(
+                    text,
+                    "masked",
+                    mask.strategy,
+                    salt,
+                ))
+            }
+            ColumnMask::Scan => {
+                let text =
+                    std::str::from_utf8(value).map_err(|_| "a scanned value is not UTF-8")?;
+                let (masked, hits) = skillgate_policy::mask::mask_text(text, mask, salt);
+                (hits > 0).then_some(masked)
+            }
+        };
+        match masked {
+            Some(masked) => {
+                changed += 1;
+                out.push(Some(std::borrow::Cow::Owned(masked.into_bytes())));
+            }
+            None => out.push(Some(std::borrow::Cow::Borrowed(value))),
+        }
+    }
+    Ok((changed > 0).then_some((out, changed)))
+}
