@@ -555,4 +555,29 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         "{answer:?}\n{}",
         agent.log()
     );
+
+    // Inside a transaction a portal outlives its Sync: executing it in a later batch (with
+    // nothing but Describe and Execute) still masks what its statement masks.
+    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());
+    let portal = |statement: &str| {
+        message(
+            b'B',
+            &[b"p\0", statement.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),
+        )
+    };
+    let later = [
+        startup(),
+        query("BEGIN"),
+        parse("a", "SELECT id, email FROM customers WHERE id = 1"),
+        portal("a"),
+        message(b'S', b""),
+        message(b'D', b"Pp\0"),
+        message(b'E', b"p\0\0\0\0\0"),
+        message(b'S', b""),
+        message(b'X', b""),
+    ]
+    .concat();
+    let answer = String::from_utf8_lossy(&raw(&s, &later)).into_owned();
+    assert!(!answer.contains("alice@"), "{answer:?}\n{}", agent.log());
+    assert!(answer.contains("[masked]"), "{answer:?}");
 }

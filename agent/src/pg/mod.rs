@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -183,9 +184,20 @@ impl PgConn {
         let (client_read, client_write) = tokio::io::split(client);
         let (server_read, server_write) = tokio::io::split(server);
         let writer = tokio::sync::Mutex::new(client_write);
+        let frontend = self.frontend(client_read, server_write, &writer, &session);
+        let backend = self.backend_loop(server_read, &writer, &session, &catalog);
+        tokio::pin!(frontend, backend);
         let outcome = tokio::select! {
-            outcome = self.frontend(client_read, server_write, &writer, &session) => outcome,
-            outcome = self.backend_loop(server_read, &writer, &session, &catalog) => outcome,
+            outcome = &mut frontend => outcome,
+            outcome = &mut backend => outcome,
+        };
+        let outcome = if outcome == "terminated" {
+            // The skill said goodbye after pipelining messages: the backend's answers to them
+            // still go to it, until the backend closes (as it does after Terminate).
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut backend).await;
+            "closed"
+        } else {
+            outcome
         };
         if let Some(key) = key {
             self.proxy.pg_cancel.lock().remove(&key);
@@ -726,7 +738,7 @@ impl PgConn {
                     Ok(false) => {}
                     Ok(true) => {
                         let _ = server.write_all(&out).await;
-                        return "closed";
+                        return "terminated";
                     }
                     Err(reason) => return self.violation(writer, &reason).await,
                 }

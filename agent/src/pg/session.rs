@@ -114,6 +114,9 @@ pub struct Session {
     batch_open: bool,
     /// Named statements' masks (and texts), for the Binds that use them later.
     prepared: HashMap<String, (Mask, String)>,
+    /// Portals' masks (and texts), from the statement they were bound to, for the Executes
+    /// that run them later (a portal outlives its Sync inside a transaction).
+    portals: HashMap<String, (Mask, String)>,
 }
 
 /// The statement a client message asks to run, which the policy must answer before
@@ -211,12 +214,26 @@ impl Session {
             }
             b'B' => {
                 let mut rest = body;
-                let (Some(_portal), Some(statement)) =
+                let (Some(portal), Some(statement)) =
                     (wire::cstr(&mut rest), wire::cstr(&mut rest))
                 else {
                     return Err("malformed Bind".to_owned());
                 };
                 let used = self.prepared.get(statement).cloned();
+                match &used {
+                    Some(used) => self.portals.insert(portal.to_owned(), used.clone()),
+                    None => self.portals.remove(portal),
+                };
+                let cycle = self.open_batch();
+                if let Some((mask, text)) = used {
+                    note_mask(cycle, mask, &text);
+                }
+                out.extend_from_slice(message);
+            }
+            b'E' => {
+                let mut rest = body;
+                let portal = wire::cstr(&mut rest).ok_or("malformed Execute")?;
+                let used = self.portals.get(portal).cloned();
                 let cycle = self.open_batch();
                 if let Some((mask, text)) = used {
                     note_mask(cycle, mask, &text);
@@ -228,7 +245,7 @@ impl Session {
                 self.batch_open = false;
                 out.extend_from_slice(message);
             }
-            b'E' | b'D' | b'C' | b'H' => {
+            b'D' | b'C' | b'H' => {
                 self.open_batch();
                 out.extend_from_slice(message);
             }
@@ -282,7 +299,7 @@ impl Session {
                     ),
                 ));
             }
-            (b'H' | b'W', Some(cycle)) if cycle.mask.is_some() => {
+            (b'H' | b'W' | b'd', Some(cycle)) if cycle.mask.is_some() => {
                 return Err(ended(
                     "42501",
                     "a masked statement's COPY output cannot be masked",
