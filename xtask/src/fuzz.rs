@@ -11,12 +11,13 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "policy_file",
     "sql_classify",
     "http_target",
     "mask",
     "pg_wire",
+    "pg_session",
     "jwt",
 ];
 

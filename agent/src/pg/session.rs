@@ -363,7 +363,14 @@ impl Session {
                 message: wire::error_message(body).unwrap_or("").to_owned(),
                 took: cycle.map_or(Duration::ZERO, |c| c.started.elapsed()),
             }),
-            (b'Z', _) => {
+            // ReadyForQuery ends the oldest cycle, which a Sync or a Query must have closed.
+            (b'Z', cycle) => {
+                if cycle.is_none() || (self.batch_open && self.cycles.len() == 1) {
+                    return Err(ended(
+                        "08P01",
+                        "the backend sent ReadyForQuery for a batch the skill has not ended",
+                    ));
+                }
                 self.cycles.pop_front();
                 None
             }
@@ -531,4 +538,40 @@ fn mask_row<'a>(
         }
     }
     Ok((changed > 0).then_some((out, changed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        wire::put_message(&mut out, tag, body);
+        out.to_vec()
+    }
+
+    /// Found by the pg_session fuzz target: a ReadyForQuery while the skill's batch was still
+    /// open emptied the cycle queue, and the next Query panicked on it.
+    #[test]
+    fn ready_for_query_for_an_open_batch_ends_the_session() {
+        let mut session = Session::default();
+        let mut out = BytesMut::new();
+        let parse = message(b'P', b"a\0SELECT 1\0\0\0");
+        let answer = Some(Answer::Allow(Mask::default()));
+        assert!(!session.client(&parse, answer, &mut out).unwrap());
+        let ready = session.server(&message(b'Z', b"I"), &Catalog::new(), b"", &mut out);
+        assert!(matches!(ready, Err(Ended { code: "08P01", .. })));
+        let query = message(b'Q', b"SELECT 1\0");
+        let answer = Some(Answer::Allow(Mask::default()));
+        assert!(!session.client(&query, answer, &mut out).unwrap());
+    }
+
+    #[test]
+    fn rows_with_no_statement_in_flight_end_the_session() {
+        let mut session = Session::default();
+        let mut out = BytesMut::new();
+        let row = message(b'D', b"\0\x01\0\0\0\x01x");
+        assert!(session.server(&row, &Catalog::new(), b"", &mut out).is_err());
+        assert!(out.is_empty());
+    }
 }
