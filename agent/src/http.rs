@@ -14,16 +14,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use skillgate_policy::{Effect, Mask};
 use tokio::net::TcpStream;
@@ -34,11 +34,7 @@ use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event};
 
-/// Largest request head accepted from a skill; larger heads get 431.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
-/// A skill must send a whole request head within this time (slowloris).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+mod head;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -120,12 +116,7 @@ impl HttpConn {
             let conn = Arc::clone(&conn);
             async move { Ok::<_, std::convert::Infallible>(conn.request(request).await) }
         });
-        let result = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES.max(8192))
-            .max_header_size(MAX_HEAD_BYTES)
-            .max_headers(MAX_HEADERS)
+        let result = head::server()
             .serve_connection(TokioIo::new(client), service)
             .await;
         let bytes = (
@@ -155,28 +146,10 @@ impl HttpConn {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
-        if request.uri().authority().is_some() || method == Method::CONNECT {
-            let reason = "only origin-form request targets (/path?query) are accepted".to_owned();
+        if let Some((status, reason)) = head::refusal(&request) {
+            let line = format!("{method} {}", request.uri());
             return self
-                .refuse(
-                    &id,
-                    &format!("{method} {}", request.uri()),
-                    StatusCode::BAD_REQUEST,
-                    reason,
-                    None,
-                )
-                .await;
-        }
-        if request.headers().contains_key(header::UPGRADE) {
-            let reason = "protocol upgrades (websocket, h2c) are not allowed".to_owned();
-            return self
-                .refuse(
-                    &id,
-                    &format!("{method} {raw_target}"),
-                    StatusCode::FORBIDDEN,
-                    reason,
-                    None,
-                )
+                .refuse(&id, &line, status, reason.to_owned(), None)
                 .await;
         }
         // Skills with an OIDC requirement must show their token on every request.
@@ -236,11 +209,7 @@ impl HttpConn {
                     .await;
             }
         };
-        let mut path = target.path();
-        if !target.query.is_empty() {
-            path.push('?');
-            path.push_str(&encode_query(&target.query));
-        }
+        let path = head::upstream_target(target);
         let line = format!("{method} {path}");
         let decision = &answer.decision;
         let outcome = Outcome::of(decision.effect);
@@ -391,28 +360,13 @@ impl HttpConn {
             .method(parts.method)
             .uri(path)
             .version(hyper::Version::HTTP_11);
-        let headers = upstream.headers_mut().expect("a fresh builder has headers");
-        copy_end_to_end(&parts.headers, headers);
-        for name in [
-            header::AUTHORIZATION,
-            header::PROXY_AUTHORIZATION,
-            header::HOST,
-        ] {
-            headers.remove(name);
-        }
-        if let Ok(host) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, host);
-        }
-        if let Some(credential) = credential {
-            headers.insert(credential.header.clone(), credential.value.clone());
-        }
-        if !mask.is_empty() {
-            // A compressed body could not be masked.
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-        }
+        *upstream.headers_mut().expect("a fresh builder has headers") = head::upstream_headers(
+            &parts.headers,
+            &self.proxy.token_header,
+            host,
+            credential.map(|c| (&c.header, &c.value)),
+            !mask.is_empty(),
+        );
         let body = Relay::new(body, Arc::clone(&self.to_backend), Vec::new());
         let upstream = match upstream.body(body) {
             Ok(upstream) => upstream,
@@ -434,7 +388,7 @@ impl HttpConn {
         let secrets: Vec<Vec<u8>> = credential.map(|c| c.secrets.clone()).unwrap_or_default();
         let (mut parts, body) = response.into_parts();
         let mut headers = HeaderMap::new();
-        copy_end_to_end(&parts.headers, &mut headers);
+        head::copy_end_to_end(&parts.headers, &mut headers);
         scrub_headers(&mut headers, &secrets);
         parts.headers = headers;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -722,53 +676,6 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Proxy
     response
 }
 
-/// Copies the end-to-end headers: hop-by-hop ones (and those `Connection` names) stay behind.
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    let named: Vec<HeaderName> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for (name, value) in from {
-        let hop = matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-        );
-        if !hop && !named.contains(name) {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Query parameters re-encoded from their decoded form: the backend gets what the policy saw.
-fn encode_query(query: &[(String, String)]) -> String {
-    let encode = |text: &str| {
-        let mut out = String::new();
-        for byte in text.bytes() {
-            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                out.push(byte as char);
-            } else {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        }
-        out
-    };
-    query
-        .iter()
-        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// Replaces a response header that carries a secret.
 fn scrub_headers(headers: &mut HeaderMap, secrets: &[Vec<u8>]) {
     for value in headers.values_mut() {
@@ -889,27 +796,5 @@ mod tests {
         let mut buf = b"token=abc123; again abc123".to_vec();
         scrub(&mut buf, &[b"abc123".to_vec()]);
         assert_eq!(buf, b"token=******; again ******");
-    }
-
-    #[test]
-    fn queries_are_re_encoded() {
-        let query = vec![
-            ("a b".to_owned(), "x&y=z".to_owned()),
-            ("q".to_owned(), String::new()),
-        ];
-        assert_eq!(encode_query(&query), "a%20b=x%26y%3Dz&q=");
-    }
-
-    #[test]
-    fn hop_by_hop_headers_stay_behind() {
-        let mut from = HeaderMap::new();
-        from.insert("connection", HeaderValue::from_static("close, x-private"));
-        from.insert("x-private", HeaderValue::from_static("1"));
-        from.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        from.insert("accept", HeaderValue::from_static("*/*"));
-        let mut to = HeaderMap::new();
-        copy_end_to_end(&from, &mut to);
-        assert_eq!(to.len(), 1);
-        assert!(to.contains_key("accept"));
     }
 }
