@@ -91,6 +91,9 @@ pub fn normalize(target: &str) -> Result<Target, BadTarget> {
             _ => segments.push(segment),
         }
     }
+    if query.contains('\\') {
+        return bad("query: contains a backslash");
+    }
     let mut params = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -263,6 +266,7 @@ mod tests {
             ("/a#frag", "fragment"),
             ("/a\tb", "control character"),
             ("/a?x=%2", "query"),
+            ("/a?x=\\\\y", "query: contains a backslash"),
         ];
         for (input, why) in refused {
             let err = normalize(input).expect_err(input);

@@ -11,10 +11,11 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "policy_file",
     "sql_classify",
     "http_target",
+    "http_head",
     "mask",
     "pg_wire",
     "pg_session",

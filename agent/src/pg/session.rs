@@ -571,7 +571,11 @@ mod tests {
         let mut session = Session::default();
         let mut out = BytesMut::new();
         let row = message(b'D', b"\0\x01\0\0\0\x01x");
-        assert!(session.server(&row, &Catalog::new(), b"", &mut out).is_err());
+        assert!(
+            session
+                .server(&row, &Catalog::new(), b"", &mut out)
+                .is_err()
+        );
         assert!(out.is_empty());
     }
 }
