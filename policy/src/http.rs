@@ -44,16 +44,23 @@ impl Target {
         let mut out = String::new();
         for segment in &self.segments {
             out.push('/');
-            for byte in segment.bytes() {
-                if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&byte) {
-                    out.push(byte as char);
-                } else {
-                    out.push_str(&format!("%{byte:02X}"));
-                }
-            }
+            out.push_str(&percent_encode(segment, b"-._~!$&'()*+,=:@"));
         }
         out
     }
+}
+
+/// `text` with every byte escaped but ASCII letters, digits and those in `keep`.
+pub fn percent_encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || keep.contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Normalises a request target (`/path?query`).

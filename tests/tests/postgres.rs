@@ -526,12 +526,11 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
             &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
         )
     };
-    let bind = |statement: &str| {
-        message(
-            b'B',
-            &[b"\0", statement.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),
-        )
+    let bind_portal = |portal: &str, statement: &str| {
+        let names = [portal.as_bytes(), b"\0", statement.as_bytes(), b"\0"].concat();
+        message(b'B', &[&names[..], b"\0\0\0\0\0\0"].concat())
     };
+    let bind = |statement: &str| bind_portal("", statement);
     let batch = [
         startup(),
         parse("a", "SELECT id, card FROM customers WHERE id = 1"),
@@ -559,17 +558,11 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     // Inside a transaction a portal outlives its Sync: executing it in a later batch (with
     // nothing but Describe and Execute) still masks what its statement masks.
     let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());
-    let portal = |statement: &str| {
-        message(
-            b'B',
-            &[b"p\0", statement.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),
-        )
-    };
     let later = [
         startup(),
         query("BEGIN"),
         parse("a", "SELECT id, email FROM customers WHERE id = 1"),
-        portal("a"),
+        bind_portal("p", "a"),
         message(b'S', b""),
         message(b'D', b"Pp\0"),
         message(b'E', b"p\0\0\0\0\0"),

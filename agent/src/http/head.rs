@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioTimer;
-use skillgate_policy::http::Target;
+use skillgate_policy::http::{Target, percent_encode};
 
 /// Largest request head accepted from a skill; larger heads get 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -60,20 +60,9 @@ pub fn upstream_target(target: &Target) -> String {
 }
 
 fn encode_query(query: &[(String, String)]) -> String {
-    let encode = |text: &str| {
-        let mut out = String::new();
-        for byte in text.bytes() {
-            // `/` is allowed in a query as it is (RFC 3986 §3.4); encoded, the policy would
-            // refuse it (an encoded slash), so the backend would get a target the policy
-            // never accepts.
-            if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-                out.push(byte as char);
-            } else {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        }
-        out
-    };
+    // `/` is allowed in a query as it is (RFC 3986 §3.4); encoded, the policy would refuse it
+    // (an encoded slash), so the backend would get a target the policy never accepts.
+    let encode = |text: &str| percent_encode(text, b"-._~/");
     query
         .iter()
         .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
