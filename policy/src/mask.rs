@@ -47,6 +47,24 @@ pub fn mask_text(text: &str, mask: &Mask, salt: &[u8]) -> (String, usize) {
     Masker { mask, salt }.detect(text)
 }
 
+/// `text` with every value any detector finds replaced by its label: what logs and the
+/// session store keep of a statement or a request line, so that no recognisable sensitive
+/// value (an email, a card or account number, an id, a secret) is ever stored.
+pub fn scrub(text: &str) -> String {
+    static EVERYTHING: LazyLock<Mask> = LazyLock::new(|| Mask {
+        detectors: vec![
+            Detector::Email,
+            Detector::Card,
+            Detector::NationalId,
+            Detector::Iban,
+            Detector::Phone,
+            Detector::Secret,
+        ],
+        ..Mask::default()
+    });
+    mask_text(text, &EVERYTHING, b"").0
+}
+
 /// Replaces a whole value by the mask's strategy.
 pub fn replace(value: &str, label: &str, strategy: Strategy, salt: &[u8]) -> String {
     match strategy {
@@ -194,11 +212,13 @@ fn pattern(detector: Detector) -> (&'static Regex, &'static str) {
             r"|\bxox[abposr]-[A-Za-z0-9-]{10,}",                        // Slack tokens
             r"|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b",               // Stripe keys
             r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            r"|(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}", // HTTP credentials
         ))
         .expect("secret pattern")
     });
     static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+        // `%40` too: an address in a URL or a form body.
+        Regex::new(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
             .expect("email pattern")
     });
     static IBAN: LazyLock<Regex> = LazyLock::new(|| {
@@ -355,8 +375,13 @@ mod tests {
             ("key AKIAIOSFODNN7EXAMPLE", "key [secret]"),
             (
                 "bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-                "bearer [secret]",
+                "[secret]",
             ),
+            (
+                "-H Authorization: Bearer skill-own-token",
+                "-H Authorization: [secret]",
+            ),
+            ("?contact=alice%40example.com&x=1", "?contact=[email]&x=1"),
             ("order 12345 shipped", "order 12345 shipped"),
         ];
         for (input, expected) in cases {

@@ -161,11 +161,19 @@ const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "txid_current",
 ];
 
+/// A SQL text as classified, and as logs and the session store may keep it.
+#[derive(Debug)]
+pub struct Classified {
+    pub statements: Result<Vec<Statement>, SqlError>,
+    /// The text with what the detectors find replaced (see [`crate::mask::scrub`]).
+    pub scrubbed: String,
+}
+
 /// Classifications of recently seen SQL texts, so a statement sent again (a prepared
-/// statement, a polling query) is not parsed again. Keyed by the exact text; bounded: when
-/// full it starts over, which keeps memory flat whatever the skills send.
+/// statement, a polling query) is not parsed (or scrubbed) again. Keyed by the exact text;
+/// bounded: when full it starts over, which keeps memory flat whatever the skills send.
 pub struct Cache {
-    entries: HashMap<String, Arc<Result<Vec<Statement>, SqlError>>>,
+    entries: HashMap<String, Arc<Classified>>,
     capacity: usize,
 }
 
@@ -177,14 +185,17 @@ impl Cache {
         }
     }
 
-    pub fn classify(&mut self, sql: &str) -> Arc<Result<Vec<Statement>, SqlError>> {
+    pub fn classify(&mut self, sql: &str) -> Arc<Classified> {
         if let Some(hit) = self.entries.get(sql) {
             return Arc::clone(hit);
         }
         if self.entries.len() >= self.capacity {
             self.entries.clear();
         }
-        let result = Arc::new(classify(sql));
+        let result = Arc::new(Classified {
+            statements: classify(sql),
+            scrubbed: crate::mask::scrub(sql),
+        });
         self.entries.insert(sql.to_owned(), Arc::clone(&result));
         result
     }

@@ -181,7 +181,20 @@ fn the_cache_returns_the_same_classification_and_stays_bounded() {
     let first = cache.classify("SELECT * FROM orders");
     let again = cache.classify("SELECT * FROM orders");
     assert!(std::sync::Arc::ptr_eq(&first, &again));
-    assert!(cache.classify("SELEC").is_err());
+    assert!(cache.classify("SELEC").statements.is_err());
     cache.classify("SELECT 2");
     assert!(cache.entries.len() <= 2);
+}
+
+#[test]
+fn what_is_kept_of_a_statement_has_no_recognisable_sensitive_value() {
+    let mut cache = super::Cache::new(8);
+    let sql = "UPDATE customers SET email = 'alice@example.com', card = '4111 1111 1111 1111' \
+               WHERE id = 7 AND note = 'AKIAIOSFODNN7EXAMPLE'";
+    let kept = &cache.classify(sql).scrubbed;
+    assert!(!kept.contains("alice@"), "{kept}");
+    assert!(!kept.contains("4111"), "{kept}");
+    assert!(!kept.contains("AKIA"), "{kept}");
+    assert!(kept.starts_with("UPDATE customers SET email = '"), "{kept}");
+    assert!(kept.contains("WHERE id = 7"), "{kept}");
 }
