@@ -210,7 +210,7 @@ impl HttpConn {
             }
         };
         let path = head::upstream_target(target);
-        let line = format!("{method} {path}");
+        let line = shown_line(&method, target);
         let decision = &answer.decision;
         let outcome = Outcome::of(decision.effect);
         let verdict = outcome.verdict();
@@ -601,17 +601,20 @@ impl HttpConn {
         reason: String,
         rule: Option<&str>,
     ) -> Response<ProxyBody> {
-        info!(request = %id, %line, decision = "deny", %reason, "request refused");
+        // What is logged and stored has sensitive values masked; the skill gets its own.
+        let line = skillgate_policy::mask::scrub(&lossy_decode(line));
+        let kept = skillgate_policy::mask::scrub(&lossy_decode(&reason));
+        info!(request = %id, %line, decision = "deny", reason = %kept, "request refused");
         self.proxy
             .ops
             .decided(&self.skill, &self.backend, "http", Outcome::Denied);
         let event = Event {
             at_ns: record::now_ns(),
             kind: "http".to_owned(),
-            operation: line.to_owned(),
+            operation: line,
             decision: "deny".to_owned(),
             rule: rule.map(str::to_owned),
-            reason: format!("{reason} [{id}]"),
+            reason: format!("{kept} [{id}]"),
         };
         if let Err(response) = self.record(event).await {
             return response;
@@ -674,6 +677,44 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Proxy
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The request line as logs, the store and approvers see it: the target as the policy read
+/// it (decoded), with the values any detector finds masked.
+fn shown_line(method: &hyper::Method, target: &skillgate_policy::http::Target) -> String {
+    let mut line = format!("{method} /{}", target.segments.join("/"));
+    for (i, (name, value)) in target.query.iter().enumerate() {
+        line.push(if i == 0 { '?' } else { '&' });
+        line.push_str(name);
+        line.push('=');
+        line.push_str(value);
+    }
+    skillgate_policy::mask::scrub(&line)
+}
+
+/// Percent-escapes decoded where they are valid (for masking what a refused target carries).
+fn lossy_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Replaces a response header that carries a secret.

@@ -87,10 +87,7 @@ impl Proxy {
     }
 
     /// Classifies SQL through the shared cache (a repeated statement is not parsed again).
-    pub fn classify(
-        &self,
-        sql: &str,
-    ) -> Arc<Result<Vec<skillgate_policy::sql::Statement>, skillgate_policy::sql::SqlError>> {
+    pub fn classify(&self, sql: &str) -> Arc<skillgate_policy::sql::Classified> {
         self.sql_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -436,7 +433,9 @@ fn process_info(pid: u32, cgroup: &str) -> (Option<String>, Option<String>) {
                 .map(String::from_utf8_lossy)
                 .collect::<Vec<_>>()
                 .join(" ")
-        });
+        })
+        // A command line can carry what the skill will send (psql -c "..."), or a secret.
+        .map(|line| skillgate_policy::mask::scrub(&line));
     (exe, cmdline)
 }
 

@@ -134,7 +134,13 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
     assert_eq!(seen[0]["path"], "/orders/7");
 
     // A backend that echoes the credential back cannot show it to the skill.
-    let (status, head, body) = curl(&s.env, &[&format!("http://{}/echo", s.dial)]);
+    let (status, head, body) = curl(
+        &s.env,
+        &[&format!(
+            "http://{}/echo?contact=alice%40example.com",
+            s.dial
+        )],
+    );
     assert_eq!(status, 200);
     assert!(
         !body.contains(SECRET) && !head.contains(SECRET),
@@ -194,6 +200,11 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
         "{responses:#?}"
     );
     assert!(!export.contains(SECRET));
+    // What the store keeps of a request line has sensitive values masked.
+    assert!(
+        export.contains("GET /echo?contact=[email]") && !export.contains("alice"),
+        "{export}"
+    );
 }
 
 #[test]

@@ -573,4 +573,12 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     let answer = String::from_utf8_lossy(&raw(&s, &later)).into_owned();
     assert!(!answer.contains("alice@"), "{answer:?}\n{}", agent.log());
     assert!(answer.contains("[masked]"), "{answer:?}");
+
+    // What the store keeps of a statement (and of the skill's command line, which here
+    // carries it too) has its sensitive values masked.
+    let (out, err) = s.psql(&["SELECT id FROM customers WHERE email = 'alice@example.com'"]);
+    assert_eq!(out, "1\n", "{err}");
+    let export = s.env.cli(&["sessions", "export"]);
+    assert!(!export.contains("alice@example.com"), "{export}");
+    assert!(export.contains("WHERE email = '[email]'"), "{export}");
 }

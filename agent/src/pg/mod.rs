@@ -595,8 +595,8 @@ impl PgConn {
             None => format!("unrecorded.{n}"),
         };
         let policy = self.proxy.current_policy();
-        let statements = self.proxy.classify(text);
-        let decision = match statements.as_ref() {
+        let classified = self.proxy.classify(text);
+        let decision = match &classified.statements {
             Ok(statements) => policy.decide(&Request {
                 skill: &self.skill,
                 token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
@@ -610,7 +610,10 @@ impl PgConn {
                 rule: None,
                 rules: Vec::new(),
                 mask: Mask::default(),
-                reason: format!("the statement cannot be classified: {err}"),
+                // The parser's message may quote part of the statement.
+                reason: skillgate_policy::mask::scrub(&format!(
+                    "the statement cannot be classified: {err}"
+                )),
                 observed: None,
             },
         };
@@ -619,7 +622,8 @@ impl PgConn {
         self.proxy
             .ops
             .decided(&self.skill, &self.backend, "sql", outcome);
-        let shown = statement_text(text);
+        // Logs, the store and approvers see the statement with sensitive values masked.
+        let shown = statement_text(&classified.scrubbed);
         if decision.effect == Effect::Allow {
             debug!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
         } else {
@@ -868,7 +872,12 @@ impl PgConn {
             } => self.result(
                 "error",
                 &code,
-                format!("{message} ({} us)", took.as_micros()),
+                // A backend's message can quote values (a unique key that already exists).
+                format!(
+                    "{} ({} us)",
+                    skillgate_policy::mask::scrub(&message),
+                    took.as_micros()
+                ),
             ),
             Noted::Completed { tag, masked, took } => {
                 self.proxy
