@@ -153,8 +153,13 @@ fuzz_target!(|data: &[u8]| {
                     )
                 }
                 3 => {
-                    let portal = script.name();
-                    message(b'D', &cstrs(&[b"P", portal.as_bytes()]))
+                    let what = if script.byte().unwrap_or(0) & 1 == 0 {
+                        b'P'
+                    } else {
+                        b'S'
+                    };
+                    let name = script.name();
+                    message(b'D', &[&[what][..], &cstrs(&[name.as_bytes()])].concat())
                 }
                 4 => {
                     let portal = script.name();

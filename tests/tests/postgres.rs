@@ -555,6 +555,27 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         agent.log()
     );
 
+    // A Describe of one portal followed by the Execute of another: the description before
+    // the rows is not theirs.
+    let swapped = [
+        startup(),
+        parse("a", "SELECT id, card FROM customers WHERE id = 1"),
+        bind_portal("pa", "a"),
+        parse("b", "SELECT card, id FROM customers WHERE id = 1"),
+        bind_portal("pb", "b"),
+        message(b'D', b"Ppa\0"),
+        message(b'E', b"pb\0\0\0\0\0"),
+        message(b'S', b""),
+    ]
+    .concat();
+    let answer = String::from_utf8_lossy(&raw(&s, &swapped)).into_owned();
+    assert!(!answer.contains("4111"), "no card number: {answer:?}");
+    assert!(
+        answer.contains("without its own row description"),
+        "{answer:?}\n{}",
+        agent.log()
+    );
+
     // Inside a transaction a portal outlives its Sync: executing it in a later batch (with
     // nothing but Describe and Execute) still masks what its statement masks.
     let query = |sql: &str| message(b'Q', &[sql.as_bytes(), b"\0"].concat());

@@ -80,6 +80,19 @@ struct Cycle {
     poisons: Vec<Poison>,
     /// From the latest RowDescription: what to do with each column.
     columns: Option<Vec<ColumnMask>>,
+    /// The latest Describe not yet followed by an Execute: the RowDescription the next
+    /// Execute's rows will follow is this one's.
+    described: Option<Described>,
+    /// An Execute followed a Describe of something else: the description before its rows is
+    /// not theirs, so masked rows in this cycle cannot be trusted to be masked right.
+    mismatched: bool,
+}
+
+/// What a Describe message asked about.
+#[derive(Clone, PartialEq, Eq)]
+enum Described {
+    Statement(String),
+    Portal(String),
 }
 
 impl Default for Cycle {
@@ -91,6 +104,8 @@ impl Default for Cycle {
             texts: Vec::new(),
             poisons: Vec::new(),
             columns: None,
+            described: None,
+            mismatched: false,
         }
     }
 }
@@ -117,6 +132,8 @@ pub struct Session {
     /// Portals' masks (and texts), from the statement they were bound to, for the Executes
     /// that run them later (a portal outlives its Sync inside a transaction).
     portals: HashMap<String, (Mask, String)>,
+    /// Which statement each portal was bound to.
+    bound: HashMap<String, String>,
 }
 
 /// The statement a client message asks to run, which the policy must answer before
@@ -174,6 +191,7 @@ impl Session {
                 }
                 self.batch_open = false;
                 let cycle = self.cycles.back_mut().expect("just pushed");
+                cycle.described = None;
                 match answer {
                     Answer::Allow(mask) => {
                         note_mask(cycle, mask, text);
@@ -224,6 +242,7 @@ impl Session {
                     Some(used) => self.portals.insert(portal.to_owned(), used.clone()),
                     None => self.portals.remove(portal),
                 };
+                self.bound.insert(portal.to_owned(), statement.to_owned());
                 let cycle = self.open_batch();
                 if let Some((mask, text)) = used {
                     note_mask(cycle, mask, &text);
@@ -234,10 +253,28 @@ impl Session {
                 let mut rest = body;
                 let portal = wire::cstr(&mut rest).ok_or("malformed Execute")?;
                 let used = self.portals.get(portal).cloned();
+                let statement = self.bound.get(portal).cloned();
                 let cycle = self.open_batch();
                 if let Some((mask, text)) = used {
                     note_mask(cycle, mask, &text);
                 }
+                let own = match cycle.described.take() {
+                    None => true,
+                    Some(Described::Portal(name)) => name == portal,
+                    Some(Described::Statement(name)) => statement.as_deref() == Some(&*name),
+                };
+                cycle.mismatched |= !own;
+                out.extend_from_slice(message);
+            }
+            b'D' => {
+                let name = |mut rest: &[u8]| wire::cstr(&mut rest).map(str::to_owned);
+                let described = match body.split_first() {
+                    Some((b'S', rest)) => name(rest).map(Described::Statement),
+                    Some((b'P', rest)) => name(rest).map(Described::Portal),
+                    _ => None,
+                }
+                .ok_or("malformed Describe")?;
+                self.open_batch().described = Some(described);
                 out.extend_from_slice(message);
             }
             b'S' => {
@@ -245,7 +282,7 @@ impl Session {
                 self.batch_open = false;
                 out.extend_from_slice(message);
             }
-            b'D' | b'C' | b'H' => {
+            b'C' | b'H' => {
                 self.open_batch();
                 out.extend_from_slice(message);
             }
@@ -337,6 +374,12 @@ impl Session {
                 None
             }
             (b'D', Some(cycle)) if cycle.mask.is_some() => {
+                if cycle.mismatched {
+                    return Err(ended(
+                        "42501",
+                        "rows of a masked statement executed without its own row description",
+                    ));
+                }
                 let mask = cycle.mask.as_ref().expect("checked");
                 let masked = mask_row(body, cycle.columns.as_deref(), mask, salt)
                     .map_err(|reason| ended("42501", reason))?;
