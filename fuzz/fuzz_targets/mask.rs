@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skillgate_policy::mask::{mask_json, mask_text};
-use skillgate_policy::{Detector, Mask, Strategy};
+use skillgate_policy::mask::{DETECTORS, mask_json, mask_text};
+use skillgate_policy::{Mask, Strategy};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
@@ -22,14 +22,7 @@ fuzz_target!(|data: &[u8]| {
             "customer.card".to_owned(),
             "*.ssn".to_owned(),
         ],
-        detectors: vec![
-            Detector::Email,
-            Detector::Card,
-            Detector::NationalId,
-            Detector::Iban,
-            Detector::Phone,
-            Detector::Secret,
-        ],
+        detectors: DETECTORS.to_vec(),
         strategy,
     };
     if let Ok((masked, _)) = mask_json(body, &mask, b"salt") {
