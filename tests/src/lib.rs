@@ -339,6 +339,27 @@ impl Env {
     pub fn dial_in_cgroup(&self, cgroup: &str, targets: &[SocketAddr]) -> Dialed {
         Dialed::from_output(self.run_in_cgroup(cgroup, DIAL_PY, &target_args(targets)))
     }
+
+    /// Asserts that a process in cgroup `cgroup` cannot reach `direct`, that it was `agent`'s
+    /// proxy that refused it, and that `skillgate status` reports enforcement.
+    pub fn assert_enforced(&self, agent: &Agent, cgroup: &str, direct: &Server) {
+        let dialed = self.dial_in_cgroup(cgroup, &[direct.addr]);
+        assert!(!dialed.get(0).ok, "{:?}", dialed.get(0));
+        assert!(
+            direct.peers().is_empty(),
+            "a skill reached {} directly: {:?}",
+            direct.addr,
+            direct.peers()
+        );
+        let pid = format!("pid={}", dialed.pid);
+        assert!(
+            !agent.lines_with(&["connection decided", &pid]).is_empty(),
+            "the agent did not decide the connection:\n{}",
+            agent.log()
+        );
+        let status = self.cli_json(&["status", "--json"]);
+        assert_eq!(status["enforcement"], "enforcing", "{status:#}");
+    }
 }
 
 impl Drop for Env {

@@ -62,23 +62,7 @@ fn a_recreated_skills_cgroup_is_enforced_again() {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }
 
-    let after = env.dial_in_cgroup("reporter", &[direct.addr]);
-    assert!(!after.get(0).ok, "{:?}", after.get(0));
-    assert!(
-        direct.peers().is_empty(),
-        "a skill reached {} directly: {:?}",
-        direct.addr,
-        direct.peers()
-    );
-    // It was the proxy that refused it: the agent decided the connection.
-    let pid = format!("pid={}", after.pid);
-    assert!(
-        !agent.lines_with(&["connection decided", &pid]).is_empty(),
-        "{}",
-        agent.log()
-    );
-    let status = env.cli_json(&["status", "--json"]);
-    assert_eq!(status["enforcement"], "enforcing", "{status:#}");
+    env.assert_enforced(&agent, "reporter", &direct);
 }
 
 #[test]

@@ -187,21 +187,7 @@ fn the_installed_package_has_its_files_and_enforces() {
 
     let agent = env.start_agent();
     let direct = Server::start("direct", "127.0.0.1:0");
-    let dialed = env.dial_in_cgroup("some-skill", &[direct.addr]);
-    assert!(!dialed.get(0).ok, "{:?}", dialed.get(0));
-    assert!(
-        direct.peers().is_empty(),
-        "reached directly: {:?}",
-        direct.peers()
-    );
-    let pid = format!("pid={}", dialed.pid);
-    assert!(
-        !agent.lines_with(&["connection decided", &pid]).is_empty(),
-        "{}",
-        agent.log()
-    );
-    let status = env.cli_json(&["status", "--json"]);
-    assert_eq!(status["enforcement"], "enforcing", "{status:#}");
+    env.assert_enforced(&agent, "some-skill", &direct);
     assert!(state.join("sessions.db").exists());
     let (stopped, log) = agent.stop();
     assert!(stopped.success(), "{log}");
