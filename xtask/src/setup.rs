@@ -99,28 +99,24 @@ fn nightly_with_rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let version = stdout("bpf-linker", &["--version"]);
-    if version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION) {
-        return Ok(());
-    }
     // 0.10.x links with rustc's own LLVM; newer releases need a system LLVM Debian lacks.
-    run(Command::new(env!("CARGO")).args([
-        "install",
-        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-        "--locked",
-        "--force",
-    ]))
+    cargo_tool("bpf-linker", BPF_LINKER_VERSION)
 }
 
 /// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz run of `cargo xtask test`).
 pub fn cargo_fuzz() -> Result<()> {
-    let version = stdout("cargo-fuzz", &["--version"]);
-    if version.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)
+}
+
+/// Installs `tool` at exactly `version` with cargo, unless that version is there already.
+fn cargo_tool(tool: &str, version: &str) -> Result<()> {
+    let installed = stdout(tool, &["--version"]);
+    if installed.split_whitespace().nth(1) == Some(version) {
         return Ok(());
     }
     run(Command::new(env!("CARGO")).args([
         "install",
-        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        &format!("{tool}@{version}"),
         "--locked",
         "--force",
     ]))
