@@ -342,28 +342,12 @@ impl Session {
                     "a masked statement's COPY output cannot be masked",
                 ));
             }
-            (b'E', Some(cycle)) if !cycle.poisons.is_empty() => {
-                let found = wire::error_message(body)
-                    .and_then(|m| cycle.poisons.iter().position(|p| m.contains(&p.nonce)));
-                match found {
-                    Some(at) => {
-                        let p = cycle.poisons.remove(at);
-                        wire::error_response(
-                            out,
-                            "ERROR",
-                            "42501",
-                            &p.message,
-                            Some(&p.detail),
-                            None,
-                        );
-                        return Ok(Some(Noted::Denied { detail: p.detail }));
-                    }
-                    None => Some(Noted::Failed {
-                        code: wire::error_field(body, b'C').unwrap_or("?").to_owned(),
-                        message: wire::error_message(body).unwrap_or("").to_owned(),
-                        took: cycle.started.elapsed(),
-                    }),
-                }
+            // The backend's error for a denied statement's stand-in: the skill gets the denial.
+            (b'E', Some(cycle)) if stand_in(cycle, body).is_some() => {
+                let at = stand_in(cycle, body).expect("checked");
+                let p = cycle.poisons.remove(at);
+                wire::error_response(out, "ERROR", "42501", &p.message, Some(&p.detail), None);
+                return Ok(Some(Noted::Denied { detail: p.detail }));
             }
             (b'T', Some(cycle)) => {
                 if let Some(mask) = &cycle.mask {
@@ -430,6 +414,15 @@ impl Session {
         }
         self.cycles.back_mut().expect("a cycle is open")
     }
+}
+
+/// Which of the cycle's denied statements an ErrorResponse is the backend's answer to.
+fn stand_in(cycle: &Cycle, body: &[u8]) -> Option<usize> {
+    let message = wire::error_message(body)?;
+    cycle
+        .poisons
+        .iter()
+        .position(|p| message.contains(&p.nonce))
 }
 
 /// A Parse body: statement name, query text, and the parameter types as they are.
