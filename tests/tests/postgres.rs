@@ -595,6 +595,26 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     assert!(!answer.contains("alice@"), "{answer:?}\n{}", agent.log());
     assert!(answer.contains("[masked]"), "{answer:?}");
 
+    // A cursor declared in SQL is a portal the protocol can execute by name, with no Bind
+    // the agent saw: its rows cannot be matched to their statement's mask.
+    let cursor = [
+        startup(),
+        query("BEGIN"),
+        query("DECLARE c CURSOR FOR SELECT id, email FROM customers"),
+        message(b'D', b"Pc\0"),
+        message(b'E', b"c\0\0\0\0\0"),
+        message(b'S', b""),
+        message(b'X', b""),
+    ]
+    .concat();
+    let answer = String::from_utf8_lossy(&raw(&s, &cursor)).into_owned();
+    assert!(!answer.contains("alice@"), "{answer:?}\n{}", agent.log());
+    assert!(
+        answer.contains("a portal the agent did not see bound"),
+        "{answer:?}\n{}",
+        agent.log()
+    );
+
     // What the store keeps of a statement (and of the skill's command line, which here
     // carries it too) has its sensitive values masked.
     let (out, err) = s.psql(&["SELECT id FROM customers WHERE email = 'alice@example.com'"]);

@@ -86,6 +86,11 @@ struct Cycle {
     /// An Execute followed a Describe of something else: the description before its rows is
     /// not theirs, so masked rows in this cycle cannot be trusted to be masked right.
     mismatched: bool,
+    /// A Query or an Execute was sent: only then may rows come.
+    runs: bool,
+    /// An Execute ran a portal the session did not see bound to a statement it saw parsed (a
+    /// cursor or statement declared in SQL), in a session where masks apply: its rows cannot be matched to their statement's mask.
+    unattributed: bool,
 }
 
 /// What a Describe message asked about.
@@ -106,6 +111,8 @@ impl Default for Cycle {
             columns: None,
             described: None,
             mismatched: false,
+            runs: false,
+            unattributed: false,
         }
     }
 }
@@ -134,6 +141,8 @@ pub struct Session {
     portals: HashMap<String, (Mask, String)>,
     /// Which statement each portal was bound to.
     bound: HashMap<String, String>,
+    /// Some statement of the session was allowed with a mask.
+    masking: bool,
 }
 
 /// The statement a client message asks to run, which the policy must answer before
@@ -186,12 +195,16 @@ impl Session {
                     };
                     ("", deny)
                 };
+                if let Answer::Allow(mask) = &answer {
+                    self.masking |= !mask.is_empty();
+                }
                 if !self.batch_open {
                     self.cycles.push_back(Cycle::default());
                 }
                 self.batch_open = false;
                 let cycle = self.cycles.back_mut().expect("just pushed");
                 cycle.described = None;
+                cycle.runs = true;
                 match answer {
                     Answer::Allow(mask) => {
                         note_mask(cycle, mask, text);
@@ -209,6 +222,9 @@ impl Session {
             b'P' => {
                 let (name, text, rest) = parse_message(body).ok_or("malformed Parse")?;
                 let answer = answer();
+                if let Answer::Allow(mask) = &answer {
+                    self.masking |= !mask.is_empty();
+                }
                 let cycle = self.open_batch();
                 match answer {
                     Answer::Allow(mask) => {
@@ -254,9 +270,12 @@ impl Session {
                 let portal = wire::cstr(&mut rest).ok_or("malformed Execute")?;
                 let used = self.portals.get(portal).cloned();
                 let statement = self.bound.get(portal).cloned();
+                let masking = self.masking;
                 let cycle = self.open_batch();
-                if let Some((mask, text)) = used {
-                    note_mask(cycle, mask, &text);
+                cycle.runs = true;
+                match used {
+                    Some((mask, text)) => note_mask(cycle, mask, &text),
+                    None => cycle.unattributed |= masking,
                 }
                 let own = match cycle.described.take() {
                     None => true,
@@ -336,6 +355,22 @@ impl Session {
                     ),
                 ));
             }
+            (b'D' | b'H' | b'W' | b'd', Some(cycle)) if !cycle.runs => {
+                return Err(ended(
+                    "08P01",
+                    format!(
+                        "the backend sent `{}` for a batch that ran nothing",
+                        char::from(tag).escape_default()
+                    ),
+                ));
+            }
+            (b'D' | b'H' | b'W' | b'd', Some(cycle)) if cycle.unattributed => {
+                return Err(ended(
+                    "42501",
+                    "rows of a portal the agent did not see bound to a statement it saw \
+                     prepared (a cursor or statement declared in SQL) cannot be masked",
+                ));
+            }
             (b'H' | b'W' | b'd', Some(cycle)) if cycle.mask.is_some() => {
                 return Err(ended(
                     "42501",
@@ -392,6 +427,9 @@ impl Session {
             }),
             // ReadyForQuery ends the oldest cycle, which a Sync or a Query must have closed.
             (b'Z', cycle) => {
+                if !matches!(body, [b'I' | b'T' | b'E']) {
+                    return Err(ended("08P01", "malformed ReadyForQuery"));
+                }
                 if cycle.is_none() || (self.batch_open && self.cycles.len() == 1) {
                     return Err(ended(
                         "08P01",
@@ -612,6 +650,25 @@ mod tests {
                 .server(&row, &Catalog::new(), b"", &mut out)
                 .is_err()
         );
+        assert!(out.is_empty());
+    }
+
+    /// Found by the pg_session fuzz target: a ReadyForQuery the backend made up moved the
+    /// session to a batch that only bound a portal, and COPY data "for" it went through.
+    #[test]
+    fn rows_for_a_batch_that_ran_nothing_end_the_session() {
+        let mut session = Session::default();
+        let mut out = BytesMut::new();
+        let bind = message(b'B', b"\0\0\0\0\0\0\0\0");
+        assert!(!session.client(&bind, None, &mut out).unwrap());
+        assert!(!session.client(&message(b'S', b""), None, &mut out).unwrap());
+        out.clear();
+        for tag in [b'D', b'd', b'H', b'W'] {
+            let ended = session.server(&message(tag, b"\0\0\0"), &Catalog::new(), b"", &mut out);
+            assert!(matches!(ended, Err(Ended { code: "08P01", .. })), "{tag}");
+        }
+        let ready = session.server(&message(b'Z', b"I\0"), &Catalog::new(), b"", &mut out);
+        assert!(matches!(ready, Err(Ended { code: "08P01", .. })));
         assert!(out.is_empty());
     }
 }
