@@ -228,6 +228,11 @@ fuzz_target!(|data: &[u8]| {
                     );
                 }
                 nonces.push(nonce);
+            } else if msg[0] == b'E' && out.len() > msg.len() {
+                // A masked portal's Execute goes with a Describe of it that the agent added.
+                let portal = first_name(&msg);
+                let describe = message(b'D', &[&b"P"[..], &cstrs(&[portal.as_bytes()])].concat());
+                assert_eq!(&out[..], &[describe, msg.clone()].concat()[..]);
             } else {
                 assert_eq!(&out[..], &msg[..], "allowed messages go as they are");
             }

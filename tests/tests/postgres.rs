@@ -254,9 +254,24 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
 }
 
 #[test]
-fn python_and_pgbench_through_the_extended_protocol_obey_the_policy() {
+fn rust_python_and_pgbench_through_the_extended_protocol_obey_the_policy() {
     let s = setup("pg-drivers", "");
-    let _agent = s.start_agent();
+    let agent = s.start_agent();
+    // The Rust driver describes each statement once and then only binds and executes it, with
+    // binary results: the masked text columns come back masked all the same.
+    let out = s.exec(&[
+        env!("CARGO_BIN_EXE_pg_driver"),
+        &s.dial.ip().to_string(),
+        &s.dial.port().to_string(),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1|Alice|[masked]|[masked]\n2|Bob|[masked]|[masked]\ndenied 42501\n20\n[masked]\n[masked]\n",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+
     let script = format!(
         "import psycopg2, psycopg2.errors\n\
          c = psycopg2.connect(host='{}', port={}, user='skill', password='wrong-and-ignored', dbname='shop')\n\
@@ -497,6 +512,21 @@ fn malformed_messages_end_the_session_and_never_reach_the_backend() {
 }
 
 /// A frontend message: tag, length, body.
+/// The tags of the backend messages after the startup's ReadyForQuery, space-separated.
+fn tags_after_auth(mut answer: &[u8]) -> String {
+    let mut tags = Vec::new();
+    let mut ready = false;
+    while answer.len() >= 5 {
+        let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
+        if ready {
+            tags.push(char::from(answer[0]).to_string());
+        }
+        ready |= answer[0] == b'Z';
+        answer = &answer[(1 + len).min(answer.len())..];
+    }
+    tags.join(" ")
+}
+
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
@@ -518,8 +548,9 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     );
 
     // One batch, two masked statements: the first is described, the second is not. The
-    // first statement's row description must not be applied to the second one's rows
-    // (its card column would land where the plan says "scan for emails").
+    // first statement's row description must not be applied to the second one's rows (its
+    // card column would land where the plan says "scan for emails"): the agent describes the
+    // second itself, and the skill sees only the description it asked for.
     let parse = |name: &str, sql: &str| {
         message(
             b'P',
@@ -541,22 +572,22 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         bind("b"),
         message(b'E', b"\0\0\0\0\0"),
         message(b'S', b""),
+        message(b'X', b""),
     ]
     .concat();
-    let answer = String::from_utf8_lossy(&raw(&s, &batch)).into_owned();
-    assert!(
-        answer.contains("[masked]"),
-        "the described statement is masked: {answer:?}"
-    );
-    assert!(!answer.contains("4111"), "no card number: {answer:?}");
-    assert!(
-        answer.contains("without a row description"),
-        "{answer:?}\n{}",
+    let answer = raw(&s, &batch);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(!text.contains("4111"), "no card number: {text:?}");
+    assert_eq!(
+        tags_after_auth(&answer),
+        "1 2 T D C 1 2 D C Z",
+        "{text:?}\n{}",
         agent.log()
     );
+    assert_eq!(text.matches("[masked]").count(), 2, "{text:?}");
 
     // A Describe of one portal followed by the Execute of another: the description before
-    // the rows is not theirs.
+    // the rows is not theirs; the agent asks for theirs.
     let swapped = [
         startup(),
         parse("a", "SELECT id, card FROM customers WHERE id = 1"),
@@ -566,15 +597,14 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         message(b'D', b"Ppa\0"),
         message(b'E', b"pb\0\0\0\0\0"),
         message(b'S', b""),
+        message(b'X', b""),
     ]
     .concat();
-    let answer = String::from_utf8_lossy(&raw(&s, &swapped)).into_owned();
-    assert!(!answer.contains("4111"), "no card number: {answer:?}");
-    assert!(
-        answer.contains("without its own row description"),
-        "{answer:?}\n{}",
-        agent.log()
-    );
+    let answer = raw(&s, &swapped);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(!text.contains("4111"), "no card number: {text:?}");
+    assert_eq!(tags_after_auth(&answer), "1 2 1 2 T D C Z", "{text:?}");
+    assert!(text.contains("[masked]"), "{text:?}");
 
     // Inside a transaction a portal outlives its Sync: executing it in a later batch (with
     // nothing but Describe and Execute) still masks what its statement masks.

@@ -4,10 +4,15 @@
 //! bytes, ask the policy and do the writing; the fuzz target `pg_session` drives this file
 //! with any interleaving of client and backend messages.
 //!
+//! Masked rows are masked by the description of their own portal: when the skill executes a
+//! masked portal without describing it first (drivers that describe a statement once and
+//! then only bind and execute it), the session sends the Describe itself and keeps the answer
+//! from the skill.
+//!
 //! Fail closed: a backend message that would carry row data outside a statement the session
-//! knows of, or row data of a masked statement that cannot be masked (no row description of
-//! its own statement, a binary-format masked column, COPY output), ends the session instead
-//! of going through.
+//! knows of, or row data of a masked statement that cannot be masked (no row description, a
+//! masked column in a binary form that is not its text, COPY output, a cursor declared in
+//! SQL), ends the session instead of going through.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,8 +22,11 @@ use skillgate_policy::Mask;
 
 use super::wire::{self, Column};
 
-/// Text-like type oids whose binary form is their text (detectors can read them).
+/// Text-like type oids whose binary form holds their text (detectors can read them).
 const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114, 3802];
+/// Of those, the ones whose binary form is nothing but the text: text, varchar, bpchar, name
+/// and json (a masked value replaces it whole; jsonb's form carries a version byte).
+const RAW_TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 114];
 
 /// (table oid, column number) → [schema, table, column] of masked columns.
 pub type Catalog = HashMap<(u32, i16), [String; 3]>;
@@ -80,24 +88,17 @@ struct Cycle {
     poisons: Vec<Poison>,
     /// From the latest RowDescription: what to do with each column.
     columns: Option<Vec<ColumnMask>>,
-    /// The latest Describe not yet followed by an Execute: the RowDescription the next
-    /// Execute's rows will follow is this one's.
-    described: Option<Described>,
-    /// An Execute followed a Describe of something else: the description before its rows is
-    /// not theirs, so masked rows in this cycle cannot be trusted to be masked right.
-    mismatched: bool,
+    /// The latest Describe of a portal, if no Bind or Execute came after it: an Execute of
+    /// that portal has its own description right before its rows.
+    described: Option<String>,
+    /// The Describes sent and not yet answered (RowDescription or NoData), in order; `true`
+    /// for one the agent added, whose answer the skill does not get.
+    describes: VecDeque<bool>,
     /// A Query or an Execute was sent: only then may rows come.
     runs: bool,
     /// An Execute ran a portal the session did not see bound to a statement it saw parsed (a
     /// cursor or statement declared in SQL), in a session where masks apply: its rows cannot be matched to their statement's mask.
     unattributed: bool,
-}
-
-/// What a Describe message asked about.
-#[derive(Clone, PartialEq, Eq)]
-enum Described {
-    Statement(String),
-    Portal(String),
 }
 
 impl Default for Cycle {
@@ -110,7 +111,7 @@ impl Default for Cycle {
             poisons: Vec::new(),
             columns: None,
             described: None,
-            mismatched: false,
+            describes: VecDeque::new(),
             runs: false,
             unattributed: false,
         }
@@ -139,8 +140,6 @@ pub struct Session {
     /// Portals' masks (and texts), from the statement they were bound to, for the Executes
     /// that run them later (a portal outlives its Sync inside a transaction).
     portals: HashMap<String, (Mask, String)>,
-    /// Which statement each portal was bound to.
-    bound: HashMap<String, String>,
     /// Some statement of the session was allowed with a mask.
     masking: bool,
 }
@@ -258,8 +257,9 @@ impl Session {
                     Some(used) => self.portals.insert(portal.to_owned(), used.clone()),
                     None => self.portals.remove(portal),
                 };
-                self.bound.insert(portal.to_owned(), statement.to_owned());
                 let cycle = self.open_batch();
+                // A Describe of the portal before it was bound again described what it was.
+                cycle.described = None;
                 if let Some((mask, text)) = used {
                     note_mask(cycle, mask, &text);
                 }
@@ -269,31 +269,41 @@ impl Session {
                 let mut rest = body;
                 let portal = wire::cstr(&mut rest).ok_or("malformed Execute")?;
                 let used = self.portals.get(portal).cloned();
-                let statement = self.bound.get(portal).cloned();
                 let masking = self.masking;
                 let cycle = self.open_batch();
                 cycle.runs = true;
+                let described = cycle.described.take().is_some_and(|d| d == portal);
                 match used {
-                    Some((mask, text)) => note_mask(cycle, mask, &text),
+                    Some((mask, text)) if !mask.is_empty() => {
+                        note_mask(cycle, mask, &text);
+                        // Masked rows follow a description of their own portal, with the
+                        // formats its Bind chose: if the skill did not just ask for one (a
+                        // driver that described the statement in an earlier batch, or not
+                        // at all), the agent does, and keeps the answer to itself.
+                        if !described {
+                            let mut body = BytesMut::with_capacity(portal.len() + 2);
+                            body.put_u8(b'P');
+                            body.put_slice(portal.as_bytes());
+                            body.put_u8(0);
+                            wire::put_message(out, b'D', &body);
+                            cycle.describes.push_back(true);
+                        }
+                    }
+                    Some(_) => {}
                     None => cycle.unattributed |= masking,
                 }
-                let own = match cycle.described.take() {
-                    None => true,
-                    Some(Described::Portal(name)) => name == portal,
-                    Some(Described::Statement(name)) => statement.as_deref() == Some(&*name),
-                };
-                cycle.mismatched |= !own;
                 out.extend_from_slice(message);
             }
             b'D' => {
-                let name = |mut rest: &[u8]| wire::cstr(&mut rest).map(str::to_owned);
-                let described = match body.split_first() {
-                    Some((b'S', rest)) => name(rest).map(Described::Statement),
-                    Some((b'P', rest)) => name(rest).map(Described::Portal),
+                let portal = match body.split_first() {
+                    Some((b'S', mut rest)) => wire::cstr(&mut rest).map(|_| None),
+                    Some((b'P', mut rest)) => wire::cstr(&mut rest).map(|p| Some(p.to_owned())),
                     _ => None,
                 }
                 .ok_or("malformed Describe")?;
-                self.open_batch().described = Some(described);
+                let cycle = self.open_batch();
+                cycle.described = portal;
+                cycle.describes.push_back(false);
                 out.extend_from_slice(message);
             }
             b'S' => {
@@ -343,6 +353,10 @@ impl Session {
             && let Some(cycle) = cycle.as_deref_mut()
         {
             cycle.columns = None;
+            // After an error the backend skips the batch up to its Sync, Describes included.
+            if tag == b'E' {
+                cycle.describes.clear();
+            }
         }
         let noted = match (tag, cycle) {
             // Row data (and COPY output) only answers a statement the session sent.
@@ -390,15 +404,19 @@ impl Session {
                         .ok_or_else(|| ended("08P01", "malformed RowDescription"))?;
                     cycle.columns = Some(plan_columns(&columns, mask, &cycle.texts, catalog));
                 }
+                // The answer to a Describe the agent added is the agent's alone.
+                if cycle.describes.pop_front() == Some(true) {
+                    return Ok(None);
+                }
+                None
+            }
+            (b'n', Some(cycle)) => {
+                if cycle.describes.pop_front() == Some(true) {
+                    return Ok(None);
+                }
                 None
             }
             (b'D', Some(cycle)) if cycle.mask.is_some() => {
-                if cycle.mismatched {
-                    return Err(ended(
-                        "42501",
-                        "rows of a masked statement executed without its own row description",
-                    ));
-                }
                 let mask = cycle.mask.as_ref().expect("checked");
                 let masked = mask_row(body, cycle.columns.as_deref(), mask, salt)
                     .map_err(|reason| ended("42501", reason))?;
@@ -542,6 +560,7 @@ fn plan_columns(
             let binary = column.format != 0;
             match (whole, binary) {
                 (true, false) => ColumnMask::Whole,
+                (true, true) if RAW_TEXT_TYPES.contains(&column.type_oid) => ColumnMask::Whole,
                 (true, true) => ColumnMask::Impossible,
                 (false, _) if mask.detectors.is_empty() => ColumnMask::Keep,
                 (false, false) => ColumnMask::Scan,
@@ -670,5 +689,53 @@ mod tests {
         let ready = session.server(&message(b'Z', b"I\0"), &Catalog::new(), b"", &mut out);
         assert!(matches!(ready, Err(Ended { code: "08P01", .. })));
         assert!(out.is_empty());
+    }
+
+    /// A driver that described its statement in an earlier batch executes it with no
+    /// Describe: the agent adds one, masks the rows by its answer, and keeps the answer from
+    /// the skill (which did not ask).
+    #[test]
+    fn an_execute_without_its_describe_gets_one_from_the_agent() {
+        let mask = Mask {
+            columns: vec!["email".to_owned()],
+            ..Mask::default()
+        };
+        let catalog = Catalog::new();
+        let mut session = Session::default();
+        let mut out = BytesMut::new();
+        let parse = message(b'P', b"s1\0SELECT email FROM customers\0\0\0");
+        let allow = Some(Answer::Allow(mask));
+        assert!(!session.client(&parse, allow, &mut out).unwrap());
+        let bind = message(b'B', b"\0s1\0\0\0\0\0\0\x01\0\x01");
+        let execute = message(b'E', b"\0\0\0\0\0");
+        for m in [&bind, &execute, &message(b'S', b"")] {
+            assert!(!session.client(m, None, &mut out).unwrap());
+        }
+        let sent = [
+            parse,
+            bind,
+            message(b'D', b"P\0"),
+            execute,
+            message(b'S', b""),
+        ]
+        .concat();
+        assert_eq!(&out[..], &sent[..]);
+        out.clear();
+        // email: text (oid 25) in binary format.
+        let description = message(
+            b'T',
+            b"\0\x01email\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\x01",
+        );
+        let row = message(b'D', b"\0\x01\0\0\0\x03a@b");
+        for m in [&message(b'1', b""), &message(b'2', b""), &description, &row] {
+            session.server(m, &catalog, b"", &mut out).unwrap();
+        }
+        let masked = [
+            message(b'1', b""),
+            message(b'2', b""),
+            message(b'D', b"\0\x01\0\0\0\x08[masked]"),
+        ]
+        .concat();
+        assert_eq!(&out[..], &masked[..]);
     }
 }
