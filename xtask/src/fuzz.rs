@@ -64,10 +64,16 @@ pub fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<()> {
                 .lines()
                 .find(|l| l.contains("Test unit written to"))
                 .unwrap_or("(no input saved)");
-            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            // The panic (what broke) and libFuzzer's report (how to reproduce it).
+            let lines: Vec<&str> = stderr.lines().collect();
+            let panic = lines
+                .iter()
+                .position(|l| l.contains("panicked at"))
+                .map_or(&[][..], |at| &lines[at..lines.len().min(at + 3)]);
+            let tail = &lines[lines.len().saturating_sub(30)..];
             bail!(
-                "fuzz target {target} failed: {artifact}\n{}",
+                "fuzz target {target} failed: {artifact}\n{}\n...\n{}",
+                panic.join("\n"),
                 tail.join("\n")
             );
         }
