@@ -174,6 +174,18 @@ impl Policy {
                 format!("`{}` is not a declared backend", request.backend),
             );
         };
+        if let Operation::Sql(statements) = request.operation
+            && let Some(setting) = reading_setting(statements)
+        {
+            return Decision::deny(
+                Some(&self.skills[skill]),
+                Some(&self.backends[backend]),
+                format!(
+                    "changing `{setting}` is never allowed: the server would read later \
+                     statements differently from how the policy classifies them"
+                ),
+            );
+        }
         self.decide_indexed(skill, request.token_groups, backend, request.operation)
     }
 
@@ -404,4 +416,22 @@ fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation
         }
         _ => false,
     }
+}
+
+/// Settings that change how the server splits a statement into tokens (which bytes are
+/// quotes, which escape them). The classifier reads every statement as UTF-8 with
+/// standard-conforming strings; with `client_encoding` SJIS, for one, the UTF-8 text
+/// `E'Á\'; DROP TABLE t; --'` is one string literal to the classifier and a DROP TABLE to the
+/// server (SJIS reads the second byte of `Á` and the backslash as one character).
+/// No rule can allow a statement that sets them.
+const READING_SETTINGS: &[&str] = &["client_encoding", "standard_conforming_strings"];
+
+/// The first reading setting that `statements` set or reset, if any.
+fn reading_setting(statements: &[Statement]) -> Option<&str> {
+    statements
+        .iter()
+        .flat_map(|s| &s.accesses)
+        .filter(|a| a.kind == SqlKind::Set)
+        .filter_map(|a| a.object.as_deref())
+        .find(|o| READING_SETTINGS.iter().any(|r| r.eq_ignore_ascii_case(o)))
 }

@@ -653,3 +653,91 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     assert!(!export.contains("alice@example.com"), "{export}");
     assert!(export.contains("WHERE email = '[email]'"), "{export}");
 }
+
+/// With client_encoding SJIS the server reads the UTF-8 bytes of `Á\` as one character: the
+/// string literal the classifier sees (`E'Á\'; DROP TABLE victim; --'`, one SELECT) ends
+/// earlier on the server, which then runs the DROP TABLE. Found by review; the agent now only
+/// lets the server read statements as UTF-8 with standard-conforming strings.
+#[test]
+fn the_server_reads_statements_as_the_classifier_does() {
+    let s = setup("pg-encoding", "");
+    let agent = s.start_agent();
+    s.pg.psql_admin("shop", "CREATE TABLE victim (x int)");
+    let startup_with = |extra: &[u8]| {
+        let body = [&b"\0\x03\0\0user\0x\0database\0shop\0"[..], extra, b"\0"].concat();
+        let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    };
+    let evil = "SELECT E'\u{c1}\\'; DROP TABLE victim; --'";
+    let query = message(b'Q', &[evil.as_bytes(), b"\0"].concat());
+    let exit = message(b'X', b"");
+
+    let answer = raw(
+        &s,
+        &[startup_with(b"client_encoding\0SJIS\0"), query.clone()].concat(),
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains("client_encoding SJIS is not supported"),
+        "{answer:?}\n{}",
+        agent.log()
+    );
+    // Spelled as PostgreSQL allows.
+    let answer = raw(
+        &s,
+        &[startup_with(b"client_encoding\0s-jis\0"), query.clone()].concat(),
+    );
+    assert!(String::from_utf8_lossy(&answer).contains("is not supported"));
+
+    // A database whose default encoding for clients is SJIS (the skill sends none).
+    s.pg.psql_admin("shop", "ALTER DATABASE shop SET client_encoding = 'SJIS'");
+    let answer = raw(
+        &s,
+        &[startup_with(b""), query.clone(), exit.clone()].concat(),
+    );
+    s.pg.psql_admin("shop", "ALTER DATABASE shop RESET client_encoding");
+    assert!(
+        String::from_utf8_lossy(&answer).contains("the server reads statements as SJIS"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    s.pg.psql_admin(
+        "shop",
+        "ALTER DATABASE shop SET standard_conforming_strings = off",
+    );
+    let answer = raw(
+        &s,
+        &[startup_with(b""), query.clone(), exit.clone()].concat(),
+    );
+    s.pg.psql_admin(
+        "shop",
+        "ALTER DATABASE shop RESET standard_conforming_strings",
+    );
+    assert!(
+        String::from_utf8_lossy(&answer).contains("standard_conforming_strings = off"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT to_regclass('victim') IS NOT NULL")
+            .trim(),
+        "t"
+    );
+
+    // UTF8 (the statement is then one SELECT of a string, for the server too).
+    let answer = raw(
+        &s,
+        &[startup_with(b"client_encoding\0UTF8\0"), query, exit].concat(),
+    );
+    assert!(
+        String::from_utf8_lossy(&answer).contains("\u{c1}'; DROP TABLE victim; --"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT to_regclass('victim') IS NOT NULL")
+            .trim(),
+        "t"
+    );
+}

@@ -136,6 +136,18 @@ impl PgConn {
             .await;
             return ("denied", (0, 0));
         }
+        if let Some(encoding) = param(&params, "client_encoding")
+            && !wire::reads_as_utf8(encoding)
+        {
+            let reason = format!(
+                "client_encoding {encoding} is not supported: the agent reads statements as \
+                 UTF-8 (use UTF8)"
+            );
+            warn!(skill_user = %skill_user, %reason, "PostgreSQL session refused");
+            self.fatal(&mut client, "22023", &format!("skillgate: {reason}"))
+                .await;
+            return ("denied", (0, 0));
+        }
         match self.authenticate_skill(&mut client).await {
             Ok(groups) => {
                 let _ = self.token_groups.set(groups);
@@ -535,7 +547,11 @@ async fn greet(mut server: Box<dyn Stream>, mut inbox: BytesMut) -> Result<Login
                 ));
                 greeting.extend_from_slice(&message);
             }
-            b'S' | b'N' => greeting.extend_from_slice(&message),
+            b'S' => {
+                wire::parameter_status_safe(body)?;
+                greeting.extend_from_slice(&message);
+            }
+            b'N' => greeting.extend_from_slice(&message),
             b'Z' => {
                 greeting.extend_from_slice(&message);
                 if !inbox.is_empty() {

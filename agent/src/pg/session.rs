@@ -427,6 +427,12 @@ impl Session {
                 }
                 None
             }
+            // A setting changed under which the server reads statements differently from
+            // the classifier (a SET the policy could not see, in a function, say).
+            (b'S', _) => {
+                wire::parameter_status_safe(body).map_err(|reason| ended("42501", reason))?;
+                None
+            }
             (b'C', cycle) => {
                 let (masked, took) = match cycle {
                     Some(cycle) => (std::mem::take(&mut cycle.masked), cycle.started.elapsed()),
@@ -737,5 +743,33 @@ mod tests {
         ]
         .concat();
         assert_eq!(&out[..], &masked[..]);
+    }
+
+    /// A setting that makes the server read statements differently from the classifier
+    /// (changed where the policy could not see it, inside a function) ends the session.
+    #[test]
+    fn a_server_reading_statements_differently_ends_the_session() {
+        let mut session = Session::default();
+        let mut out = BytesMut::new();
+        let catalog = Catalog::new();
+        let status =
+            |name: &str, value: &str| message(b'S', format!("{name}\0{value}\0").as_bytes());
+        for (name, value) in [
+            ("client_encoding", "UTF8"),
+            ("standard_conforming_strings", "on"),
+        ] {
+            assert!(
+                session
+                    .server(&status(name, value), &catalog, b"", &mut out)
+                    .is_ok()
+            );
+        }
+        for (name, value) in [
+            ("client_encoding", "SJIS"),
+            ("standard_conforming_strings", "off"),
+        ] {
+            let ended = session.server(&status(name, value), &catalog, b"", &mut out);
+            assert!(matches!(ended, Err(Ended { code: "42501", .. })), "{name}");
+        }
     }
 }

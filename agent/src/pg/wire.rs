@@ -127,6 +127,42 @@ pub fn body(frame: &[u8]) -> &[u8] {
 }
 
 /// Appends a message with `tag` and `body`.
+/// Whether the server reads statements in `client_encoding` the way the policy's classifier
+/// does (as UTF-8 bytes, where a quote or a backslash is always its own character). Encodings
+/// such as SJIS, BIG5 or GBK read an ASCII backslash as the second byte of a character, so a
+/// string literal to the classifier can end earlier on the server: only UTF8 and SQL_ASCII
+/// (bytes as they are) are accepted. Names compare as PostgreSQL compares them.
+pub fn reads_as_utf8(client_encoding: &str) -> bool {
+    let clean: String = client_encoding
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    matches!(clean.as_str(), "utf8" | "unicode" | "sqlascii")
+}
+
+/// Checks a ParameterStatus body: `Err` names a setting under which the server would read
+/// statements differently from the classifier (see [`reads_as_utf8`]).
+pub fn parameter_status_safe(body: &[u8]) -> Result<(), String> {
+    let mut rest = body;
+    let (Some(name), Some(value)) = (cstr(&mut rest), cstr(&mut rest)) else {
+        return Err("malformed ParameterStatus".to_owned());
+    };
+    if name.eq_ignore_ascii_case("client_encoding") && !reads_as_utf8(value) {
+        return Err(format!(
+            "the server reads statements as {value}, which the policy cannot classify \
+             faithfully; only UTF8 and SQL_ASCII are supported"
+        ));
+    }
+    if name.eq_ignore_ascii_case("standard_conforming_strings") && value != "on" {
+        return Err(format!(
+            "the server reads strings with standard_conforming_strings = {value}, which the \
+             policy cannot classify faithfully"
+        ));
+    }
+    Ok(())
+}
+
 pub fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
     out.put_i32(4 + body.len() as i32);
