@@ -273,7 +273,7 @@ fuzz_target!(|data: &[u8]| {
                     oracle.open_batch();
                     oracle.batch_open = false;
                 }
-                b'D' | b'H' => {
+                b'D' | b'H' | b'C' => {
                     oracle.open_batch();
                 }
                 _ => {}

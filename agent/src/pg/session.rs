@@ -203,7 +203,8 @@ impl Session {
                 self.batch_open = false;
                 let cycle = self.cycles.back_mut().expect("just pushed");
                 cycle.described = None;
-                cycle.runs = true;
+                // A FunctionCall goes out as a stand-in that fails: it runs nothing.
+                cycle.runs |= tag == b'Q';
                 match answer {
                     Answer::Allow(mask) => {
                         note_mask(cycle, mask, text);
