@@ -3,7 +3,9 @@
 //!
 //! A dedicated thread owns the SQLite connection; the proxy's tasks send it records and wait
 //! for the commit. Records that arrive together are committed in one transaction (group
-//! commit), so durability costs one fsync per batch, not per record.
+//! commit), so durability costs one fsync per batch, not per record. Records nothing waits
+//! for (what a response was, after its decision is stored) linger up to [`LINGER`] for the
+//! next record that is waited for, so a lone skill's statement costs one commit, not two.
 
 pub mod query;
 mod store;
@@ -57,6 +59,8 @@ pub fn now_ns() -> i64 {
 enum Job {
     Open(Session, Event, oneshot::Sender<Result<i64, String>>),
     Event(i64, Event, oneshot::Sender<Result<i64, String>>),
+    /// An event nothing waits for.
+    Detached(i64, Event),
     Close {
         session: i64,
         outcome: String,
@@ -69,6 +73,15 @@ enum Job {
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How long records nothing waits for may wait for company before they are committed.
+const LINGER: Duration = Duration::from_millis(1);
+
+impl Job {
+    fn waited_for(&self) -> bool {
+        !matches!(self, Self::Detached(..))
+    }
+}
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -104,6 +117,28 @@ impl Recorder {
                                 match queue.try_recv() {
                                     Ok(job) => batch.push(job),
                                     Err(_) => break,
+                                }
+                            }
+                            if !batch.iter().any(Job::waited_for) {
+                                let until = Instant::now() + LINGER;
+                                while batch.len() < MAX_BATCH {
+                                    let left = until.saturating_duration_since(Instant::now());
+                                    match queue.recv_timeout(left) {
+                                        Ok(job) => {
+                                            let waited_for = job.waited_for();
+                                            batch.push(job);
+                                            if waited_for {
+                                                while batch.len() < MAX_BATCH {
+                                                    match queue.try_recv() {
+                                                        Ok(job) => batch.push(job),
+                                                        Err(_) => break,
+                                                    }
+                                                }
+                                                break;
+                                            }
+                                        }
+                                        Err(_) => break,
+                                    }
                                 }
                             }
                             commit(&mut store, batch);
@@ -153,8 +188,7 @@ impl Recorder {
     /// Records one more event without waiting for the commit: for what follows a decision
     /// already recorded (a response's status and size). Failures are logged by the writer.
     pub fn event_detached(&self, session: i64, event: Event) {
-        let (done, _) = oneshot::channel();
-        if self.jobs.send(Job::Event(session, event, done)).is_err() {
+        if self.jobs.send(Job::Detached(session, event)).is_err() {
             tracing::error!(session, "the recorder has stopped: an event is lost");
         }
     }
@@ -190,7 +224,9 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
         .iter()
         .map(|job| match job {
             Job::Open(session, event, _) => Write::Open(session, event),
-            Job::Event(session, event, _) => Write::Event(*session, event),
+            Job::Event(session, event, _) | Job::Detached(session, event) => {
+                Write::Event(*session, event)
+            }
             Job::Close {
                 session,
                 outcome,
@@ -221,6 +257,7 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
                     Job::Event(session, _, done) | Job::Close { session, done, .. } => {
                         let _ = done.send(Ok(session));
                     }
+                    Job::Detached(..) => {}
                 }
             }
         }
@@ -232,6 +269,10 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
                 let done = match job {
                     Job::Open(_, _, done) | Job::Event(_, _, done) | Job::Close { done, .. } => {
                         done
+                    }
+                    Job::Detached(session, event) => {
+                        tracing::error!(session, kind = %event.kind, "an event is lost: the store refused it");
+                        continue;
                     }
                 };
                 let _ = done.send(Err(message.clone()));
