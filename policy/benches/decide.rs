@@ -73,6 +73,15 @@ fn classification(c: &mut Criterion) {
     let mut cache = Cache::new(1024);
     cache.classify(sql);
     group.bench_function("cached", |b| b.iter(|| cache.classify(black_box(sql))));
+    // pgbench -S's statement: the same shape with a new constant each time.
+    let mut n = 0u64;
+    group.bench_function("same shape", |b| {
+        b.iter(|| {
+            n += 1;
+            let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n};");
+            cache.classify(black_box(&text))
+        })
+    });
     group.finish();
 }
 

@@ -170,10 +170,13 @@ pub struct Classified {
 }
 
 /// Classifications of recently seen SQL texts, so a statement sent again (a prepared
-/// statement, a polling query) is not parsed (or scrubbed) again. Keyed by the exact text;
-/// bounded: when full it starts over, which keeps memory flat whatever the skills send.
+/// statement, a polling query) is not parsed (or scrubbed) again, and one sent again with other
+/// constants (`... WHERE id = 42`) is not parsed again. Keyed by the exact text, then by its
+/// [`shape`]; bounded: when full it starts over, which keeps memory flat whatever the skills
+/// send.
 pub struct Cache {
     entries: HashMap<String, Arc<Classified>>,
+    shapes: HashMap<String, Vec<Statement>>,
     capacity: usize,
 }
 
@@ -181,6 +184,7 @@ impl Cache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::with_capacity(capacity.min(1024)),
+            shapes: HashMap::with_capacity(capacity.min(1024)),
             capacity: capacity.max(1),
         }
     }
@@ -192,13 +196,68 @@ impl Cache {
         if self.entries.len() >= self.capacity {
             self.entries.clear();
         }
+        let shape = shape(sql);
+        let statements = match shape.as_ref().and_then(|s| self.shapes.get(s)) {
+            Some(statements) => Ok(statements.clone()),
+            None => {
+                let statements = classify(sql);
+                // Only what parsed: a parse error's message names the text's own tokens.
+                if let (Some(shape), Ok(statements)) = (shape, &statements) {
+                    if self.shapes.len() >= self.capacity {
+                        self.shapes.clear();
+                    }
+                    self.shapes.insert(shape, statements.clone());
+                }
+                statements
+            }
+        };
         let result = Arc::new(Classified {
-            statements: classify(sql),
+            statements,
             scrubbed: crate::mask::scrub(sql),
         });
         self.entries.insert(sql.to_owned(), Arc::clone(&result));
         result
     }
+}
+
+/// The tokens of `sql` as PostgreSQL's scanner reads them (offsets, token and keyword kinds as
+/// `pg_query::protobuf` numbers them); `None` when it refuses the text.
+pub fn scan(sql: &str) -> Option<Vec<pg_query::protobuf::ScanToken>> {
+    parse::scan(sql)
+}
+
+/// A text's shape: its tokens as PostgreSQL's own scanner reads them, with the values of
+/// constants (strings, numbers, bit strings) left out, and comments and spacing ignored. Texts
+/// of one shape parse to the same tree but for the values of constants, which classification
+/// never reads (the `sql_classify` fuzz target checks this). `None` when the scanner refuses the
+/// text, or for Unicode-escaped strings and identifiers, whose reading depends on the value of
+/// a UESCAPE constant.
+pub fn shape(sql: &str) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let tokens = scan(sql)?;
+    let mut key = String::with_capacity(sql.len() + tokens.len());
+    for token in &tokens {
+        let constant = match Token::try_from(token.token).ok()? {
+            Token::Sconst => 's',
+            Token::Iconst => 'i',
+            Token::Fconst => 'f',
+            Token::Bconst => 'b',
+            Token::Xconst => 'x',
+            Token::Uident | Token::Usconst | Token::Uescape => return None,
+            Token::SqlComment | Token::CComment => continue,
+            _ => {
+                key.push_str(
+                    sql.get(usize::try_from(token.start).ok()?..usize::try_from(token.end).ok()?)?,
+                );
+                key.push('\0');
+                continue;
+            }
+        };
+        key.push('\u{1}');
+        key.push(constant);
+        key.push('\0');
+    }
+    Some(key)
 }
 
 /// Classifies every statement of `sql`.

@@ -198,3 +198,69 @@ fn what_is_kept_of_a_statement_has_no_recognisable_sensitive_value() {
     assert!(kept.starts_with("UPDATE customers SET email = '"), "{kept}");
     assert!(kept.contains("WHERE id = 7"), "{kept}");
 }
+
+#[test]
+fn texts_that_differ_only_in_constants_share_a_shape() {
+    use super::shape;
+    let one = "SELECT abalance FROM pgbench_accounts WHERE aid = 123;";
+    let same = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 98765;",
+        "SELECT  abalance /* why */ FROM pgbench_accounts\n WHERE aid = 1; -- note",
+    ];
+    for other in same {
+        assert_eq!(shape(one), shape(other), "{other}");
+    }
+    assert!(shape(one).is_some());
+    let different = [
+        "SELECT abalance FROM pgbench_tellers WHERE aid = 123;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1.5;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = '123';",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+        "SELECT abalance FROM \"pgbench_accounts\" WHERE aid = 123;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 123; DELETE FROM t",
+    ];
+    for other in different {
+        assert_ne!(shape(one), shape(other), "{other}");
+    }
+    // A string's end is where PostgreSQL's scanner says: what looks like SQL inside one is
+    // part of the constant, and the same text outside one is not.
+    assert_ne!(
+        shape("SELECT 'x'' ; DROP TABLE t; --'"),
+        shape("SELECT 'x' ; DROP TABLE t; --'")
+    );
+    assert_eq!(
+        shape("SELECT E'a\\' ; DROP TABLE t; --'"),
+        shape("SELECT E'b'")
+    );
+    assert_eq!(shape("SELECT $q$ ; DROP $q$"), shape("SELECT 'a'"));
+    // The value of a UESCAPE constant changes how the identifier before it reads.
+    assert_eq!(shape("SELECT * FROM U&\"d!0061ta\" UESCAPE '!'"), None);
+    assert_eq!(shape("SELECT 'unterminated"), None);
+}
+
+#[test]
+fn the_cache_classifies_a_shape_once_and_keeps_each_text_scrubbed() {
+    let mut cache = super::Cache::new(8);
+    let a = cache.classify("SELECT * FROM customers WHERE email = 'alice@example.com'");
+    let b = cache.classify("SELECT * FROM customers WHERE email = 'bob@example.org'");
+    assert_eq!(a.statements, b.statements);
+    assert_eq!(cache.shapes.len(), 1);
+    assert!(!b.scrubbed.contains("bob@"), "{}", b.scrubbed);
+    assert_ne!(a.scrubbed, "");
+    // Errors are not shared by shape: each carries its own text's message.
+    assert!(
+        cache
+            .classify("SELECT * FROM WHERE 'x'")
+            .statements
+            .is_err()
+    );
+    assert_eq!(cache.shapes.len(), 1);
+}
+
+/// Found by the sql_classify fuzz target: a text with no token (empty, or only a comment).
+#[test]
+fn a_text_with_no_token_has_an_empty_shape() {
+    assert_eq!(super::scan(""), Some(Vec::new()));
+    assert_eq!(super::shape(""), Some(String::new()));
+    assert_eq!(super::shape("  /* nothing */ -- here"), Some(String::new()));
+}
