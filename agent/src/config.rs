@@ -86,6 +86,12 @@ pub struct AgentConfig {
     /// Backend credentials the agent injects; see `credentials.rs` for the format.
     #[serde(default)]
     pub credentials: std::collections::BTreeMap<String, crate::credentials::CredentialDef>,
+    /// Certificate chain (PEM) the agent presents to PostgreSQL skills that ask for TLS
+    /// (sslmode=require and up), relative to this file's directory unless absolute. Unset:
+    /// the skill leg is plaintext (it is loopback) and SSLRequest is answered "no".
+    pub postgres_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `postgres_tls_cert`; set both or neither.
+    pub postgres_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -303,6 +309,13 @@ impl AgentConfig {
             bail!(
                 "invalid config `{}`: proxy_port and dns_port must be two different fixed ports \
                  (1-65535)",
+                path.display()
+            );
+        }
+        if self.postgres_tls_cert.is_some() != self.postgres_tls_key.is_some() {
+            bail!(
+                "invalid config `{}`: set both postgres_tls_cert and postgres_tls_key (PEM files) \
+                 for TLS to PostgreSQL skills, or neither",
                 path.display()
             );
         }

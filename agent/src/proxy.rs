@@ -45,6 +45,8 @@ pub struct Proxy {
     pub mask_salt: Vec<u8>,
     /// TLS client configurations for backends reached over TLS.
     pub tls: Arc<crate::tls::Connectors>,
+    /// TLS for PostgreSQL skills that ask for it, when a certificate is configured.
+    pub pg_tls: Option<tokio_rustls::TlsAcceptor>,
     /// When the policy in force was loaded (`skillgate status`).
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
     /// Requests and statements per skill, for `skillgate stats` and /metrics.

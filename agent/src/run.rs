@@ -65,6 +65,15 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     }
     let mask_salt = agent.mask_salt(&config.path)?;
     let tls = Arc::new(crate::tls::Connectors::default());
+    let pg_tls = match (&agent.postgres_tls_cert, &agent.postgres_tls_key) {
+        (Some(cert), Some(key)) => {
+            let base = config.path.parent().unwrap_or(Path::new("."));
+            let acceptor = crate::tls::acceptor(&base.join(cert), &base.join(key))
+                .context("cannot set up TLS for PostgreSQL skills (postgres_tls_cert/key)")?;
+            Some(acceptor)
+        }
+        _ => None,
+    };
     let identities = crate::identity::Identities::new(
         &agent.oidc,
         config.path.parent().unwrap_or(Path::new(".")).to_owned(),
@@ -138,6 +147,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         mask_body_limit: agent.mask_body_limit,
         mask_salt,
         tls,
+        pg_tls,
         ops,
         policy_loaded_ns,
         identities,

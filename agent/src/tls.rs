@@ -19,6 +19,30 @@ use tokio_rustls::client::TlsStream;
 const MAX_CLIENT_HELLO: usize = 2 * (16 * 1024 + 5);
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The agent's TLS server side for skills (PostgreSQL's SSLRequest): the certificate chain
+/// and key from PEM files, TLS 1.2 and 1.3 with rustls's default suites.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the certificate chain {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no PEM certificate", cert.display());
+    }
+    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .with_context(|| {
+            format!(
+                "{} and {} are not a usable certificate and key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Client configurations by trust anchor (`None`: the system's roots), built once each.
 #[derive(Default)]
 pub struct Connectors {

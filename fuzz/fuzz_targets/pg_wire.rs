@@ -22,8 +22,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut stream = tokio::io::join(data, tokio::io::sink());
-    let _ = runtime().block_on(wire::read_startup(&mut stream));
+    // With and without TLS on offer.
+    for offer_tls in [false, true] {
+        let mut stream = tokio::io::join(data, tokio::io::sink());
+        let _ = runtime().block_on(wire::read_startup(&mut stream, offer_tls));
+    }
 
     let mut buf = BytesMut::from(data);
     while let Ok(Some(frame)) = wire::frame(&mut buf, wire::MAX_FRONTEND_MESSAGE) {

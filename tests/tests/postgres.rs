@@ -741,3 +741,71 @@ fn the_server_reads_statements_as_the_classifier_does() {
         "t"
     );
 }
+
+#[test]
+fn skills_that_ask_for_tls_get_it_with_the_configured_certificate() {
+    let dir = std::env::temp_dir().join(format!("skillgate-pg-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=skillgate"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.2"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let s = setup(
+        "pg-tls",
+        &format!(
+            "postgres_tls_cert = \"{}\"\npostgres_tls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let agent = s.start_agent();
+    // psql checks the certificate against the CA it is given and the address it dialed.
+    let conninfo = format!(
+        "host={} port={} user=whoever dbname=shop sslmode=verify-full sslrootcert={}",
+        s.dial.ip(),
+        s.dial.port(),
+        cert.display()
+    );
+    let out = s.exec(&[
+        "psql",
+        &conninfo,
+        "-At",
+        "-c",
+        "\\conninfo",
+        "-c",
+        "SELECT email FROM customers WHERE id = 1",
+        "-c",
+        "DELETE FROM customers",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("SSL connection (protocol: TLSv1.3"),
+        "{stdout}\n{stderr}\n{}",
+        agent.log()
+    );
+    assert!(stdout.ends_with("[masked]\n"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

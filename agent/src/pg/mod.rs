@@ -44,6 +44,9 @@ use crate::record::{self, Event};
 use session::{Answer, Catalog, Ended, Noted, Session};
 use wire::Startup;
 
+/// How long a skill has to complete its TLS handshake after SSLRequest.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Startup parameters passed upstream; everything else (notably `options`, which could set
 /// search_path or session settings behind the policy's back) is dropped.
 const PASSED_PARAMETERS: &[&str] = &[
@@ -112,13 +115,40 @@ impl PgConn {
     }
 
     /// Serves the skill's connection; returns the outcome and the bytes moved.
-    pub async fn serve(self: Arc<Self>, mut client: TcpStream) -> (&'static str, (u64, u64)) {
-        let _ = client.set_nodelay(true);
-        let params = match wire::read_startup(&mut client).await {
+    pub async fn serve(self: Arc<Self>, mut tcp: TcpStream) -> (&'static str, (u64, u64)) {
+        let _ = tcp.set_nodelay(true);
+        let tls = self.proxy.pg_tls.clone();
+        let (mut client, startup): (Box<dyn Stream>, _) =
+            match wire::read_startup(&mut tcp, tls.is_some()).await {
+                Ok(Startup::Tls) => {
+                    let acceptor = tls.expect("TLS is offered only when configured");
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp));
+                    let mut client: Box<dyn Stream> = match handshake.await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(err)) => {
+                            warn!(error = %err, "PostgreSQL skill's TLS handshake failed");
+                            return ("error", (0, 0));
+                        }
+                        Err(_) => {
+                            warn!("PostgreSQL skill's TLS handshake timed out");
+                            return ("error", (0, 0));
+                        }
+                    };
+                    let startup = wire::read_startup(&mut client, false).await;
+                    (client, startup)
+                }
+                other => (Box::new(tcp), other),
+            };
+        let params = match startup {
             Ok(Startup::Session(params)) => params,
             Ok(Startup::Cancel { pid, secret }) => {
                 self.cancel(pid, secret).await;
                 return ("cancel", (0, 0));
+            }
+            Ok(Startup::Tls) => {
+                self.fatal(&mut client, "08P01", "skillgate: SSLRequest inside TLS")
+                    .await;
+                return ("error", (0, 0));
             }
             Err(reason) => {
                 self.fatal(&mut client, "08P01", &format!("skillgate: {reason}"))
@@ -219,7 +249,10 @@ impl PgConn {
 
     /// A skill whose policy requires an OIDC token sends it as its password; returns the
     /// groups it grants (none for skills without the requirement).
-    async fn authenticate_skill(&self, client: &mut TcpStream) -> Result<Vec<String>, String> {
+    async fn authenticate_skill<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut S,
+    ) -> Result<Vec<String>, String> {
         let policy = self.proxy.current_policy();
         let Some(skill) = policy.skill(&self.skill).filter(|s| s.oidc.is_some()) else {
             return Ok(Vec::new());

@@ -23,11 +23,14 @@ pub enum Startup {
     Session(Vec<(String, String)>),
     /// A cancel request for the session with this key.
     Cancel { pid: i32, secret: i32 },
+    /// An SSLRequest, answered "yes": the TLS handshake comes next, then the startup again.
+    Tls,
 }
 
-/// Reads the startup packet, answering SSLRequest and GSSENCRequest with "no" (the skill leg
-/// is loopback; the agent encrypts upstream).
-pub async fn read_startup<S>(stream: &mut S) -> Result<Startup, String>
+/// Reads the startup packet. SSLRequest is answered "yes" when `offer_tls` (and the caller
+/// then does the handshake), else "no" (the skill leg is loopback; the agent encrypts
+/// upstream); GSSENCRequest always "no".
+pub async fn read_startup<S>(stream: &mut S, offer_tls: bool) -> Result<Startup, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -47,6 +50,13 @@ where
         let mut body = Bytes::from(body);
         let code = body.get_u32();
         match code {
+            SSL_REQUEST if body.is_empty() && offer_tls => {
+                stream
+                    .write_all(b"S")
+                    .await
+                    .map_err(|err| format!("cannot answer: {err}"))?;
+                return Ok(Startup::Tls);
+            }
             SSL_REQUEST | GSSENC_REQUEST if body.is_empty() => {
                 stream
                     .write_all(b"N")
