@@ -305,6 +305,11 @@ def events():
             yield (sid, at + dt, kind, "127.0.0.2:5432", decision, "rule", "reason", h, os.urandom(32))
 c.executemany("INSERT INTO events (session_id, at_ns, kind, operation, decision, rule, reason, "
               "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)", list(events()))
+# Each session's event id range, as the agent keeps it (two events per session, in order).
+(s0,) = c.execute("SELECT min(id) FROM sessions").fetchone()
+(e0,) = c.execute("SELECT min(id) FROM events").fetchone()
+c.execute("UPDATE sessions SET first_event = ? + (id - ?) * 2, last_event = ? + (id - ?) * 2 + 1",
+          (e0, s0, e0, s0))
 c.commit()
 "#;
 

@@ -99,9 +99,12 @@ pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
             session_row,
         )
         .with_context(|| format!("no session {id}"))?;
+    // The session's id range (see the store's schema), then its rows in it.
     let mut stmt = conn.prepare(
-        "SELECT id, at_ns, kind, operation, decision, rule, reason FROM events \
-         WHERE session_id = ?1 ORDER BY id",
+        "SELECT e.id, e.at_ns, e.kind, e.operation, e.decision, e.rule, e.reason \
+         FROM sessions s JOIN events e ON e.id >= coalesce(s.first_event, 0) \
+         AND e.id <= coalesce(s.last_event, 9223372036854775807) AND e.session_id = s.id \
+         WHERE s.id = ?1 ORDER BY e.id",
     )?;
     let events = stmt
         .query_map([id], |r| {

@@ -24,7 +24,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     backend TEXT,
     outcome TEXT,
     bytes_to_backend INTEGER,
-    bytes_to_skill INTEGER
+    bytes_to_skill INTEGER,
+    -- The session's first and (once it ended) last event: its events are the rows of that id
+    -- range with its session_id. (An index on events (session_id, id) would make every commit
+    -- write one index page per active session.)
+    first_event INTEGER,
+    last_event INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_ns);
 CREATE INDEX IF NOT EXISTS sessions_skill ON sessions (skill, id);
@@ -40,7 +45,6 @@ CREATE TABLE IF NOT EXISTS events (
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_session ON events (session_id, id);
 CREATE INDEX IF NOT EXISTS events_at ON events (at_ns);
 -- Where the chain starts once old events are pruned: the last pruned event's id and hash.
 CREATE TABLE IF NOT EXISTS anchor (
@@ -90,6 +94,7 @@ impl Store {
         )?;
         conn.execute_batch(SCHEMA)
             .context("cannot create the session store's tables")?;
+        migrate(&conn).context("cannot update the session store's tables")?;
         let head: Option<Vec<u8>> = conn
             .query_row(
                 "SELECT hash FROM events ORDER BY id DESC LIMIT 1",
@@ -175,6 +180,18 @@ impl Store {
                 &head[..],
                 &hash[..],
             ])?;
+            let event_id = tx.last_insert_rowid();
+            match write {
+                Write::Open(..) => {
+                    tx.prepare_cached("UPDATE sessions SET first_event = ?2 WHERE id = ?1")?
+                        .execute(params![session, event_id])?;
+                }
+                Write::Close { .. } => {
+                    tx.prepare_cached("UPDATE sessions SET last_event = ?2 WHERE id = ?1")?
+                        .execute(params![session, event_id])?;
+                }
+                Write::Event(..) => {}
+            }
             head = hash;
         }
         tx.commit().context("cannot commit to the session store")?;
@@ -191,8 +208,10 @@ impl Store {
         let open: Vec<(i64, Option<String>, Option<String>, String)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT s.id, \
-                   (SELECT decision FROM events e WHERE e.session_id = s.id ORDER BY e.id DESC LIMIT 1), \
-                   (SELECT rule FROM events e WHERE e.session_id = s.id ORDER BY e.id LIMIT 1), \
+                   (SELECT decision FROM events e WHERE e.id >= s.first_event \
+                    AND e.session_id = s.id ORDER BY e.id DESC LIMIT 1), \
+                   (SELECT rule FROM events e WHERE e.id >= s.first_event \
+                    AND e.session_id = s.id ORDER BY e.id LIMIT 1), \
                    s.origin \
                  FROM sessions s WHERE s.ended_ns IS NULL ORDER BY s.id",
             )?;
@@ -272,11 +291,7 @@ impl Store {
             return Ok(0);
         };
         let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [anchor_id])?;
-        tx.execute(
-            "DELETE FROM sessions WHERE ended_ns IS NOT NULL AND started_ns < ?1 \
-             AND id NOT IN (SELECT DISTINCT session_id FROM events)",
-            [cutoff_ns],
-        )?;
+        tx.execute("DELETE FROM sessions WHERE last_event <= ?1", [anchor_id])?;
         tx.execute("DELETE FROM anchor", [])?;
         tx.execute(
             "INSERT INTO anchor (id, hash) VALUES (?1, ?2)",
@@ -285,6 +300,30 @@ impl Store {
         tx.commit()?;
         Ok(deleted as u64)
     }
+}
+
+/// Brings a store an earlier agent made up to this schema: sessions learn their first and
+/// last event (found with the old index, which then goes).
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_range: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('sessions') WHERE name = 'first_event'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_range {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE sessions ADD COLUMN first_event INTEGER;
+             ALTER TABLE sessions ADD COLUMN last_event INTEGER;
+             UPDATE sessions SET
+               first_event = (SELECT min(id) FROM events e WHERE e.session_id = sessions.id),
+               last_event = CASE WHEN ended_ns IS NOT NULL THEN
+                 (SELECT max(id) FROM events e WHERE e.session_id = sessions.id) END;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch("DROP INDEX IF EXISTS events_session")?;
+    Ok(())
 }
 
 /// The hash of an event: SHA-256 over the previous hash and every recorded field, each
@@ -354,4 +393,125 @@ pub fn verify(path: &Path) -> Result<u64> {
         count += 1;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_path(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("skillgate-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("sessions.db")
+    }
+
+    fn session() -> Session {
+        Session {
+            started_ns: 1,
+            skill: Some("s".to_owned()),
+            pid: 1,
+            uid: 0,
+            gid: 0,
+            exe: None,
+            cmdline: None,
+            cgroup: None,
+            origin: "127.0.0.2:5432".to_owned(),
+            backend: None,
+        }
+    }
+
+    fn event(kind: &str) -> Event {
+        Event {
+            at_ns: 2,
+            kind: kind.to_owned(),
+            operation: "op".to_owned(),
+            decision: "allow".to_owned(),
+            rule: None,
+            reason: String::new(),
+        }
+    }
+
+    fn kinds(path: &Path, id: i64) -> Vec<String> {
+        let (_, events) = super::super::query::session(path, id).unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    /// Two sessions interleaved: each one's replay is its own events, in order.
+    #[test]
+    fn a_session_is_its_events_within_its_id_range() {
+        let path = store_path("range");
+        let mut store = Store::open(&path, false).unwrap();
+        let (s, open, sql, close) = (session(), event("connect"), event("sql"), event("close"));
+        let ids = store
+            .write(&[Write::Open(&s, &open), Write::Open(&s, &open)])
+            .unwrap();
+        let closing = |id| Write::Close {
+            session: id,
+            ended_ns: 3,
+            outcome: "closed",
+            bytes_to_backend: 0,
+            bytes_to_skill: 0,
+            event: &close,
+        };
+        store
+            .write(&[
+                Write::Event(ids[0], &sql),
+                Write::Event(ids[1], &sql),
+                closing(ids[0]),
+            ])
+            .unwrap();
+        store.write(&[Write::Event(ids[1], &sql)]).unwrap();
+        assert_eq!(kinds(&path, ids[0]), ["connect", "sql", "close"]);
+        assert_eq!(kinds(&path, ids[1]), ["connect", "sql", "sql"]);
+        assert_eq!(verify(&path).unwrap(), 6);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A store an earlier agent made (an index on events by session, no id ranges) is brought
+    /// up to date when it is opened.
+    #[test]
+    fn an_earlier_store_learns_its_sessions_ranges_and_drops_the_index() {
+        let path = store_path("migrate");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sessions (id INTEGER PRIMARY KEY AUTOINCREMENT, started_ns INTEGER NOT NULL,
+               ended_ns INTEGER, skill TEXT, pid INTEGER NOT NULL, uid INTEGER NOT NULL,
+               gid INTEGER NOT NULL, exe TEXT, cmdline TEXT, cgroup TEXT, origin TEXT NOT NULL,
+               backend TEXT, outcome TEXT, bytes_to_backend INTEGER, bytes_to_skill INTEGER);
+             CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id INTEGER NOT NULL,
+               at_ns INTEGER NOT NULL, kind TEXT NOT NULL, operation TEXT NOT NULL,
+               decision TEXT NOT NULL, rule TEXT, reason TEXT NOT NULL, prev_hash BLOB NOT NULL,
+               hash BLOB NOT NULL);
+             CREATE INDEX events_session ON events (session_id, id);
+             INSERT INTO sessions (id, started_ns, ended_ns, pid, uid, gid, origin)
+               VALUES (1, 1, 5, 1, 0, 0, 'a'), (2, 1, NULL, 1, 0, 0, 'b');
+             INSERT INTO events (session_id, at_ns, kind, operation, decision, reason, prev_hash, hash)
+               VALUES (1, 1, 'connect', '', '', '', zeroblob(32), zeroblob(32)), (2, 1, 'connect', '', '', '', zeroblob(32), zeroblob(32)),
+                      (1, 2, 'close', '', '', '', zeroblob(32), zeroblob(32)), (2, 2, 'sql', '', '', '', zeroblob(32), zeroblob(32));",
+        )
+        .unwrap();
+        drop(conn);
+        drop(Store::open(&path, false).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let ranges: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT first_event, last_event FROM sessions ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(ranges, [(1, Some(3)), (2, None)]);
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'events_session'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
+        assert_eq!(kinds(&path, 2), ["connect", "sql"]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }
