@@ -93,7 +93,6 @@ impl Recorder {
     /// which also prunes events older than `retention_ns`.
     pub fn start(path: &Path, retention_ns: i64, sync_full: bool) -> Result<Self> {
         let mut store = Store::open(path, sync_full)?;
-        store::checkpoints(path)?;
         let (closed, expired) = store.recover(now_ns())?;
         if closed > 0 {
             tracing::warn!(

@@ -92,12 +92,6 @@ impl Store {
             "synchronous",
             if sync_full { "FULL" } else { "NORMAL" },
         )?;
-        // Checkpoints (copying the WAL back into the database, with an fsync of each) run on a
-        // thread of their own (see `checkpoints`), not inside whichever commit crosses the
-        // automatic threshold: that commit, and every decision waiting on it, would stall
-        // for milliseconds (the p99 of the HTTP benchmark with store_sync=normal was that).
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         conn.execute_batch(SCHEMA)
             .context("cannot create the session store's tables")?;
         migrate(&conn).context("cannot update the session store's tables")?;
@@ -204,45 +198,6 @@ impl Store {
         self.head = head;
         Ok(opened)
     }
-}
-
-/// How often the checkpointer copies the WAL back into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-/// The WAL file is cut back to this size when the writer starts it over after a checkpoint.
-const WAL_SIZE_LIMIT: i64 = 16 << 20;
-
-/// Runs the store's checkpoints from its own connection, every [`CHECKPOINT_EVERY`], until the
-/// process ends. PASSIVE: it never waits for (or blocks) the writer; frames a checkpoint
-/// could not copy are copied by the next one.
-pub fn checkpoints(path: &Path) -> Result<()> {
-    let conn = Connection::open(path)
-        .with_context(|| format!("cannot open the session store {}", path.display()))?;
-    let path = path.to_owned();
-    std::thread::Builder::new()
-        .name("skillgate-checkpt".to_owned())
-        .spawn(move || {
-            let mut failing = false;
-            loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    r.get::<_, i64>(0)
-                });
-                match result {
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!(store = %path.display(), "session store checkpoints resumed");
-                    }
-                    Ok(_) => {}
-                    Err(err) if !failing => {
-                        failing = true;
-                        tracing::warn!(store = %path.display(), error = %err, "session store checkpoint failed; the WAL grows until one succeeds");
-                    }
-                    Err(_) => {}
-                }
-            }
-        })
-        .context("cannot start the checkpoint thread")?;
-    Ok(())
 }
 
 impl Store {
@@ -557,24 +512,6 @@ mod tests {
             .unwrap();
         assert_eq!(indexes, 0);
         assert_eq!(kinds(&path, 2), ["connect", "sql"]);
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
-    }
-
-    /// With automatic checkpoints off, the database file only grows through the checkpoint
-    /// thread (the store stays open, as the agent keeps it).
-    #[test]
-    fn the_checkpoint_thread_copies_the_wal_into_the_database() {
-        let path = store_path("checkpoint");
-        let mut store = Store::open(&path, false).unwrap();
-        let empty = std::fs::metadata(&path).unwrap().len();
-        let (s, open) = (session(), event("connect"));
-        let writes: Vec<Write<'_>> = (0..500).map(|_| Write::Open(&s, &open)).collect();
-        store.write(&writes).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), empty);
-        checkpoints(&path).unwrap();
-        std::thread::sleep(CHECKPOINT_EVERY * 3);
-        assert!(std::fs::metadata(&path).unwrap().len() > empty);
-        drop(store);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
