@@ -671,74 +671,47 @@ fn the_server_reads_statements_as_the_classifier_does() {
     };
     let evil = "SELECT E'\u{c1}\\'; DROP TABLE victim; --'";
     let query = message(b'Q', &[evil.as_bytes(), b"\0"].concat());
-    let exit = message(b'X', b"");
-
-    let answer = raw(
-        &s,
-        &[startup_with(b"client_encoding\0SJIS\0"), query.clone()].concat(),
-    );
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.contains("client_encoding SJIS is not supported"),
-        "{answer:?}\n{}",
-        agent.log()
+    // Sends the statement after a startup with `extra` parameters, under a database setting
+    // (`ALTER DATABASE shop SET ...`, reset after) if any; the answer must contain `expect`.
+    let check = |extra: &[u8], setting: Option<&str>, expect: &str| {
+        if let Some(setting) = setting {
+            s.pg.psql_admin("shop", &format!("ALTER DATABASE shop SET {setting}"));
+        }
+        let bytes = [startup_with(extra), query.clone(), message(b'X', b"")].concat();
+        let answer = String::from_utf8_lossy(&raw(&s, &bytes)).into_owned();
+        if let Some(setting) = setting {
+            let name = setting.split_whitespace().next().unwrap();
+            s.pg.psql_admin("shop", &format!("ALTER DATABASE shop RESET {name}"));
+        }
+        assert!(answer.contains(expect), "{answer:?}\n{}", agent.log());
+        let victim =
+            s.pg.psql_admin("shop", "SELECT to_regclass('victim') IS NOT NULL");
+        assert_eq!(victim.trim(), "t", "the table was dropped");
+    };
+    check(
+        b"client_encoding\0SJIS\0",
+        None,
+        "client_encoding SJIS is not supported",
     );
     // Spelled as PostgreSQL allows.
-    let answer = raw(
-        &s,
-        &[startup_with(b"client_encoding\0s-jis\0"), query.clone()].concat(),
+    check(b"client_encoding\0s-jis\0", None, "is not supported");
+    // A database whose default encoding for clients is SJIS (the skill sends none), or
+    // whose strings are not standard-conforming.
+    check(
+        b"",
+        Some("client_encoding = 'SJIS'"),
+        "the server reads statements as SJIS",
     );
-    assert!(String::from_utf8_lossy(&answer).contains("is not supported"));
-
-    // A database whose default encoding for clients is SJIS (the skill sends none).
-    s.pg.psql_admin("shop", "ALTER DATABASE shop SET client_encoding = 'SJIS'");
-    let answer = raw(
-        &s,
-        &[startup_with(b""), query.clone(), exit.clone()].concat(),
+    check(
+        b"",
+        Some("standard_conforming_strings = off"),
+        "standard_conforming_strings = off",
     );
-    s.pg.psql_admin("shop", "ALTER DATABASE shop RESET client_encoding");
-    assert!(
-        String::from_utf8_lossy(&answer).contains("the server reads statements as SJIS"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    s.pg.psql_admin(
-        "shop",
-        "ALTER DATABASE shop SET standard_conforming_strings = off",
-    );
-    let answer = raw(
-        &s,
-        &[startup_with(b""), query.clone(), exit.clone()].concat(),
-    );
-    s.pg.psql_admin(
-        "shop",
-        "ALTER DATABASE shop RESET standard_conforming_strings",
-    );
-    assert!(
-        String::from_utf8_lossy(&answer).contains("standard_conforming_strings = off"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert_eq!(
-        s.pg.psql_admin("shop", "SELECT to_regclass('victim') IS NOT NULL")
-            .trim(),
-        "t"
-    );
-
-    // UTF8 (the statement is then one SELECT of a string, for the server too).
-    let answer = raw(
-        &s,
-        &[startup_with(b"client_encoding\0UTF8\0"), query, exit].concat(),
-    );
-    assert!(
-        String::from_utf8_lossy(&answer).contains("\u{c1}'; DROP TABLE victim; --"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert_eq!(
-        s.pg.psql_admin("shop", "SELECT to_regclass('victim') IS NOT NULL")
-            .trim(),
-        "t"
+    // UTF8: the statement is one SELECT of a string for the server too.
+    check(
+        b"client_encoding\0UTF8\0",
+        None,
+        "\u{c1}'; DROP TABLE victim; --",
     );
 }
 
