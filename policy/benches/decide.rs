@@ -82,6 +82,22 @@ fn classification(c: &mut Criterion) {
             cache.classify(black_box(&text))
         })
     });
+    // Its two parts: the shape (PostgreSQL's scanner), and the scrub of the text for the
+    // record.
+    group.bench_function("shape", |b| {
+        b.iter(|| {
+            n += 1;
+            let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n};");
+            skillgate_policy::sql::shape(black_box(&text))
+        })
+    });
+    group.bench_function("scrub", |b| {
+        b.iter(|| {
+            n += 1;
+            let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n};");
+            skillgate_policy::mask::scrub(black_box(&text))
+        })
+    });
     group.finish();
 }
 

@@ -3,6 +3,7 @@
 //! classified, decided and recorded; a mask rule on the table so rows are scanned).
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -104,8 +105,18 @@ fn pgbouncer(dir: &Path, pg: &PgServer, port: u16) -> Result<Bouncer> {
     if !status.success() {
         bail!("cannot chown {d}");
     }
-    let child = Command::new("runuser")
-        .args(["-u", "postgres", "--", "pgbouncer"])
+    // pgbouncer itself is the child (as the postgres user), so that killing the child stops
+    // it: through runuser, only runuser died and every run left a pgbouncer behind.
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("no postgres user")
+    };
+    let child = Command::new("pgbouncer")
+        .uid(id("-u")?)
+        .gid(id("-g")?)
         .arg(dir.join("pgbouncer.ini"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
