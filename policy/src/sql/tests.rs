@@ -264,3 +264,22 @@ fn a_text_with_no_token_has_an_empty_shape() {
     assert_eq!(super::shape(""), Some(String::new()));
     assert_eq!(super::shape("  /* nothing */ -- here"), Some(String::new()));
 }
+
+/// Found by the sql_classify fuzz target: `COPY t TO ''` classifies as a copy to the client
+/// (the parse tree cannot tell an empty file name from none), `COPY t TO '/tmp/x'` as a copy
+/// on the server; they must not share a cached classification.
+#[test]
+fn copy_is_never_classified_by_shape() {
+    assert_eq!(super::shape("COPY customers TO ''"), None);
+    let mut cache = super::Cache::new(8);
+    let _ = cache.classify("COPY customers TO ''");
+    let server = cache.classify("COPY customers TO '/tmp/x'");
+    let kinds: Vec<SqlKind> = server
+        .statements
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|s| s.kind)
+        .collect();
+    assert_eq!(kinds, [SqlKind::CopyServer]);
+}
