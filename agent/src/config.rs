@@ -92,6 +92,11 @@ pub struct AgentConfig {
     pub postgres_tls_cert: Option<PathBuf>,
     /// The private key (PEM) of `postgres_tls_cert`; set both or neither.
     pub postgres_tls_key: Option<PathBuf>,
+    /// Where the host-local CA for HTTPS interception (`intercept_tls` in the policy) lives:
+    /// `ca.key` (0600), `ca.pem`, and `bundle.pem` (system roots plus the CA) that `skillgate
+    /// exec` gives skills. Relative to this file's directory unless absolute. Default: the
+    /// directory `skills-ca` beside the store.
+    pub intercept_ca_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -281,6 +286,18 @@ impl AgentConfig {
             .and_then(|mut f| f.write_all(&salt))
             .with_context(|| format!("cannot create mask salt {}", path.display()))?;
         Ok(salt)
+    }
+
+    /// The skills CA's directory, resolved against the config file's directory.
+    pub fn intercept_ca_dir(&self, config_path: &Path) -> PathBuf {
+        match &self.intercept_ca_dir {
+            Some(dir) => config_path.parent().unwrap_or(Path::new(".")).join(dir),
+            None => self
+                .store_path(config_path)
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("skills-ca"),
+        }
     }
 
     /// The store's path, resolved against the config file's directory.

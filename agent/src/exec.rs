@@ -48,6 +48,7 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     tracing::debug!(skill, cgroup = %dir.display(), "entered skill cgroup");
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
+    trust_skills_ca(&mut cmd, &config, account.is_some());
     match account {
         // std drops supplementary groups when a root process sets a uid.
         Some(Account { uid, gid }) => {
@@ -61,6 +62,56 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run `{program}`"))
+}
+
+/// Variables TLS clients read their trusted CAs from: OpenSSL (and Python's ssl, Go), curl,
+/// Python requests, Node.js, git, pip.
+const CA_VARIABLES: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+];
+
+/// Points the skill's TLS clients at the agent's bundle: the system's roots plus the skills CA
+/// that HTTPS interception certificates come from. A value the caller set is replaced (images
+/// often set these to the system bundle, which would make interception fail); CAs to trust
+/// besides belong in the system store, which the agent copies into the bundle when it starts.
+fn trust_skills_ca(cmd: &mut std::process::Command, config: &Config, other_user: bool) {
+    let bundle = config
+        .agent
+        .intercept_ca_dir(&config.path)
+        .join(crate::intercept::BUNDLE);
+    if !bundle.is_file() {
+        tracing::debug!(bundle = %bundle.display(), "no skills CA bundle: CA variables left as they are");
+        return;
+    }
+    if other_user && let Some(closed) = not_world_readable(&bundle) {
+        tracing::warn!(
+            bundle = %bundle.display(),
+            closed = %closed.display(),
+            "the skill's user cannot read the skills CA bundle: HTTPS through interception will \
+             fail (give directories o+x, e.g. chmod 0711)"
+        );
+    }
+    for variable in CA_VARIABLES {
+        if let Some(old) = std::env::var_os(variable) {
+            tracing::debug!(variable, was = %old.to_string_lossy(), "replaced by the skills CA bundle");
+        }
+        cmd.env(variable, &bundle);
+    }
+}
+
+/// The first of `file` (which others must read) and its directories (which others must search)
+/// that another user cannot get through.
+fn not_world_readable(file: &Path) -> Option<&Path> {
+    use std::os::unix::fs::PermissionsExt as _;
+    file.ancestors().find(|path| {
+        let need = if *path == file { 0o004 } else { 0o001 };
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & need == 0)
+    })
 }
 
 struct Account {

@@ -105,12 +105,12 @@ impl HttpConn {
 
     /// Serves the skill's connection until it closes; returns the outcome and the bytes
     /// moved (to the backend, to the skill).
-    pub async fn serve(self: Arc<Self>, client: TcpStream) -> (&'static str, (u64, u64)) {
-        // Responses are written in pieces (head, then streamed body): without this, Nagle's
-        // algorithm and the client's delayed ACK add 40 ms to each streamed response.
-        if let Err(err) = client.set_nodelay(true) {
-            warn!(error = %err, "cannot set TCP_NODELAY on the skill's connection");
-        }
+    /// Serves the skill's requests on `client` (its TCP connection, or the TLS stream inside it
+    /// when the agent intercepts HTTPS) until it closes.
+    pub async fn serve<S>(self: Arc<Self>, client: S) -> (&'static str, (u64, u64))
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let conn = Arc::clone(&self);
         let service = hyper::service::service_fn(move |request| {
             let conn = Arc::clone(&conn);

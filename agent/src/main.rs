@@ -12,6 +12,7 @@ mod exec;
 mod host;
 mod http;
 mod identity;
+mod intercept;
 mod metrics;
 mod opstats;
 mod pg;

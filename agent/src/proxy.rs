@@ -16,6 +16,7 @@ use crate::cgroup::SkillsCgroup;
 use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
 use crate::http::{HttpConn, UpstreamTls};
+use crate::intercept::Handshake;
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::pg::PgConn;
 use crate::record::{self, Event, Recorder, Session};
@@ -47,6 +48,9 @@ pub struct Proxy {
     pub tls: Arc<crate::tls::Connectors>,
     /// TLS for PostgreSQL skills that ask for it, when a certificate is configured.
     pub pg_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTPS interception for `http` backends with `intercept_tls` names, or why it is
+    /// unavailable (connections that need it are refused).
+    pub intercept: std::result::Result<Arc<crate::intercept::Interceptor>, String>,
     /// When the policy in force was loaded (`skillgate status`).
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
     /// Requests and statements per skill, for `skillgate stats` and /metrics.
@@ -265,8 +269,21 @@ impl Proxy {
             let (outcome, bytes) = match upstream {
                 Some(upstream) if protocol == Some(Protocol::Http) => {
                     let tls = tls.map(|t| UpstreamTls::resolve(t, upstream, &policy.origin));
-                    let conn = HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream, tls);
-                    Arc::new(conn).serve(stream).await
+                    let conn = Arc::new(HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream, tls));
+                    // Responses are written in pieces (head, then streamed body): without this,
+                    // Nagle's algorithm and the skill's delayed ACK add 40 ms to each of them.
+                    if let Err(err) = stream.set_nodelay(true) {
+                        warn!(error = %err, "cannot set TCP_NODELAY on the skill's connection");
+                    }
+                    let names = decision.backend.map_or(&[][..], |b| &b.intercept_tls[..]);
+                    if names.is_empty() || !starts_with_tls(&stream).await {
+                        conn.serve(stream).await
+                    } else {
+                        match self.intercept(stream, names, id).await {
+                            Some(decrypted) => conn.serve(decrypted).await,
+                            None => ("denied", (0, 0)),
+                        }
+                    }
                 }
                 Some(upstream) if protocol == Some(Protocol::Postgres) => {
                     let conn = PgConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream);
@@ -356,6 +373,50 @@ impl Proxy {
             }
         }
         allowed.then_some(hello)
+    }
+
+    /// Ends the skill's TLS for an `intercept_tls` backend (a certificate for the server name
+    /// it asks for, minted from the skills CA) and records the decision. `None`: refused.
+    async fn intercept(
+        &self,
+        stream: TcpStream,
+        names: &[String],
+        session: Option<i64>,
+    ) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+        let (decrypted, sni, reason) = match &self.intercept {
+            Ok(interceptor) => match interceptor.accept(stream, names).await {
+                Handshake::Done(decrypted, name) => {
+                    let reason = format!("TLS intercepted for `{name}` (intercept_tls)");
+                    (Some(decrypted), Some(name), reason)
+                }
+                Handshake::Refused(name, reason) => (None, name, reason),
+            },
+            Err(why) => {
+                reset(stream);
+                (
+                    None,
+                    None,
+                    format!("HTTPS interception is unavailable: {why}"),
+                )
+            }
+        };
+        let verdict = if decrypted.is_some() { "allow" } else { "deny" };
+        info!(sni = sni.as_deref().unwrap_or("-"), decision = verdict, reason = %reason, "TLS interception decided");
+        if let Some(session) = session {
+            let event = Event {
+                at_ns: record::now_ns(),
+                kind: "tls".to_owned(),
+                operation: format!("intercept {}", sni.as_deref().unwrap_or("-")),
+                decision: verdict.to_owned(),
+                rule: None,
+                reason,
+            };
+            if let Err(err) = self.recorder.event(session, event).await {
+                error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
+                return None;
+            }
+        }
+        decrypted
     }
 
     /// Relays until either side closes, after sending `prefix` (bytes already read from the
@@ -480,6 +541,14 @@ fn orig_destination(meta: &ConnMeta) -> SocketAddr {
         _ => IpAddr::V6(ip),
     };
     SocketAddr::new(ip, meta.orig_port)
+}
+
+/// Whether the skill's first byte opens a TLS handshake record (HTTP starts with a method).
+/// A skill that sends nothing is handed to the HTTP server, whose timeouts deal with it.
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    let peek = tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first));
+    matches!(peek.await, Ok(Ok(1))) && first[0] == 0x16
 }
 
 #[cfg(test)]

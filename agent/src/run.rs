@@ -74,6 +74,26 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         }
         _ => None,
     };
+    let ca_dir = agent.intercept_ca_dir(&config.path);
+    let intercepting = config
+        .policy
+        .backends
+        .iter()
+        .any(|b| !b.intercept_tls.is_empty());
+    let intercept = match crate::intercept::Interceptor::open(&ca_dir) {
+        Ok(interceptor) => Ok(Arc::new(interceptor)),
+        Err(err) if intercepting => {
+            return Err(err.context(format!(
+                "the policy intercepts HTTPS (intercept_tls) but the skills CA in {} is unusable",
+                ca_dir.display()
+            )));
+        }
+        Err(err) => {
+            let why = format!("{err:#}");
+            warn!(ca_dir = %ca_dir.display(), error = %why, "no skills CA: HTTPS interception (intercept_tls) will refuse connections");
+            Err(why)
+        }
+    };
     let identities = crate::identity::Identities::new(
         &agent.oidc,
         config.path.parent().unwrap_or(Path::new(".")).to_owned(),
@@ -148,6 +168,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         mask_salt,
         tls,
         pg_tls,
+        intercept,
         ops,
         policy_loaded_ns,
         identities,

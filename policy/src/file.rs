@@ -60,6 +60,10 @@ pub(crate) struct BackendDef {
     /// Name of the credential the agent injects upstream (never the secret itself).
     pub credentials: Option<Spanned<String>>,
     pub tls: Option<TlsDef>,
+    /// `http` backends only: server names skills may reach this backend by over HTTPS; the
+    /// agent terminates their TLS with a certificate from its host-local CA.
+    #[serde(default)]
+    pub intercept_tls: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -95,6 +95,8 @@ pub struct Backend {
     pub upstream: SocketAddr,
     pub credentials: Option<String>,
     pub tls: Option<Tls>,
+    /// Server names whose TLS the agent terminates for this (`http`) backend.
+    pub intercept_tls: Vec<String>,
 }
 
 /// How a masked value is replaced. Ordered from most to least revealing: when several rules

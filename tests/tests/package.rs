@@ -80,7 +80,7 @@ fn the_installed_package_has_its_files_and_enforces() {
         ("lib/systemd/system/skillgate-enforcing.service", 0o644),
         ("etc/skillgate/skillgate.toml", 0o644),
         ("etc/skillgate/policy.toml", 0o644),
-        ("var/lib/skillgate", 0o700),
+        ("var/lib/skillgate", 0o711),
         ("usr/share/bash-completion/completions/skillgate", 0o644),
         ("usr/share/zsh/vendor-completions/_skillgate", 0o644),
         ("usr/share/fish/vendor_completions.d/skillgate.fish", 0o644),

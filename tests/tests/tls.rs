@@ -180,3 +180,127 @@ fn tls_backends_are_allowed_only_for_their_server_name() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Python skill speaking HTTPS with the default context (it trusts what SSL_CERT_FILE names):
+/// prints the status line and the body.
+const PY_HTTPS_GET: &str = r#"
+import socket, ssl, sys
+addr, port, name, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context()
+with ctx.wrap_socket(socket.create_connection((addr, port), timeout=10), server_hostname=name) as s:
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+print(data.decode(errors="replace"))
+"#;
+
+#[test]
+fn https_to_an_http_backend_is_intercepted_with_the_skills_ca() {
+    let backend = HttpBackend::start();
+    let dial = dial();
+    let port = dial.port();
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"orders\"\nprotocol = \"http\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{}\"\nintercept_tls = [\"orders.internal\"]\n\
+         [[rule]]\nskills = [\"reporter\"]\nbackend = \"orders\"\neffect = \"allow\"\n\
+         http = {{ methods = [\"GET\"], paths = [\"/echo\"] }}\n",
+        backend.addr
+    );
+    let env = Env::new("tls-intercept", &policy);
+    let agent = env.start_agent();
+    let bundle = env.dir.join("skills-ca/bundle.pem");
+    assert!(bundle.is_file(), "the agent publishes the CA bundle");
+
+    // curl trusts the bundle `skillgate exec` names in CURL_CA_BUNDLE: no -k, no --cacert.
+    let resolve = format!("orders.internal:{port}:127.0.0.2");
+    let url = |path: &str| format!("https://orders.internal:{port}{path}");
+    let (status, body) = curl(&env, &["--resolve", &resolve, &url("/echo")]);
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["path"], "/echo");
+
+    // Request-level policy applies inside the TLS session.
+    let (status, body) = curl(&env, &["--resolve", &resolve, &url("/admin")]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("decision_id"), "{body}");
+
+    // The certificate really comes from the skills CA: with only the system's roots, it fails.
+    let (status, _) = curl(
+        &env,
+        &[
+            "--cacert",
+            "/etc/ssl/certs/ca-certificates.crt",
+            "--resolve",
+            &resolve,
+            &url("/echo"),
+        ],
+    );
+    assert_eq!(
+        status, 0,
+        "the minted certificate must not chain to a public root"
+    );
+
+    // A name the backend does not list: refused before any certificate is shown.
+    let other = format!("billing.internal:{port}:127.0.0.2");
+    let (status, _) = curl(
+        &env,
+        &[
+            "-k",
+            "--resolve",
+            &other,
+            &format!("https://billing.internal:{port}/echo"),
+        ],
+    );
+    assert_eq!(status, 0, "SNI billing.internal must be refused");
+
+    // Python's ssl with its default context, as a non-root skill.
+    let out = env
+        .skillgate()
+        .args(["exec", "--skill", "reporter", "--user", "nobody", "--"])
+        .args(["python3", "-c", PY_HTTPS_GET, "127.0.0.2"])
+        .args([&port.to_string(), "orders.internal", "/echo"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Plain HTTP to the same address still works.
+    let (status, _) = curl(&env, &[&format!("http://{dial}/echo")]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        backend.requests().len(),
+        3,
+        "curl's and Python's allowed GETs over TLS, and the plain one"
+    );
+
+    let export = env.cli(&["sessions", "export"]);
+    let tls: Vec<(String, String)> = export
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "tls")
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap().to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expect = |op: &str, decision: &str| (op.to_owned(), decision.to_owned());
+    assert_eq!(
+        tls,
+        [
+            expect("intercept orders.internal", "allow"),
+            expect("intercept orders.internal", "allow"),
+            // curl trusting only public roots gave up on the certificate.
+            expect("intercept orders.internal", "deny"),
+            expect("intercept billing.internal", "deny"),
+            expect("intercept orders.internal", "allow"),
+        ],
+        "{export}"
+    );
+}

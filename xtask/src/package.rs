@@ -5,7 +5,7 @@
 //! /usr/bin/skillgate
 //! /lib/systemd/system/skillgate.service, skillgate-enforcing.service, skills.slice
 //! /etc/skillgate/skillgate.toml, policy.toml              (conffiles)
-//! /var/lib/skillgate/                                     (state, 0700)
+//! /var/lib/skillgate/                                     (state, 0711)
 //! /usr/share/bash-completion/completions/skillgate, zsh, fish completions
 //! /usr/share/doc/skillgate/README.md, copyright
 //! ```
@@ -54,7 +54,7 @@ pub fn package(root: &Path, bin: &Path) -> Result<PathBuf> {
     }
     let state = stage.join("var/lib/skillgate");
     std::fs::create_dir_all(&state)?;
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711))?;
     for (shell, path) in [
         ("bash", "usr/share/bash-completion/completions/skillgate"),
         ("zsh", "usr/share/zsh/vendor-completions/_skillgate"),

@@ -215,12 +215,33 @@ impl<'a> Builder<'a> {
             Some(reference) => Some(self.name(reference, "credential")?),
             None => None,
         };
+        let mut intercept_tls = Vec::with_capacity(def.intercept_tls.len());
+        for spanned in &def.intercept_tls {
+            let server = spanned.get_ref().to_ascii_lowercase();
+            if def.protocol != Protocol::Http {
+                return Err(self.error(
+                    spanned,
+                    format!("`intercept_tls` is for `http` backends; `{name}` is not one"),
+                ));
+            }
+            if !is_dns_name(&server) {
+                return Err(self.error(
+                    spanned,
+                    format!("`{server}` is not a DNS name (letters, digits, `-`, dots)"),
+                ));
+            }
+            if intercept_tls.contains(&server) {
+                return Err(self.error(spanned, format!("`{server}` is listed twice")));
+            }
+            intercept_tls.push(server);
+        }
         Ok(Backend {
             name,
             protocol: def.protocol,
             dial,
             upstream,
             credentials,
+            intercept_tls,
             tls: def.tls.as_ref().map(|tls| Tls {
                 server_name: tls.server_name.clone(),
                 ca_file: tls.ca_file.clone(),
@@ -557,4 +578,19 @@ fn index(policy: &mut Policy) {
         rules.sort_unstable();
         rules.dedup();
     }
+}
+
+/// A host name a certificate can be minted for: dot-separated labels of ASCII letters, digits
+/// and inner hyphens, at most 253 characters; no wildcards, no IP addresses.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

@@ -239,6 +239,31 @@ fn invalid_policies_point_at_the_problem() {
             "p.toml:9:9: `127.0.0.2:1` is dialed for backend `b` already",
         ),
         (
+            format!("{backend}intercept_tls = [\"api.internal\"]\n"),
+            "p.toml:6:18: `intercept_tls` is for `http` backends; `b` is not one",
+        ),
+        (
+            format!(
+                "{}intercept_tls = [\"*.internal\"]\n",
+                backend.replace("tcp", "http")
+            ),
+            "`*.internal` is not a DNS name",
+        ),
+        (
+            format!(
+                "{}intercept_tls = [\"10.0.0.1\"]\n",
+                backend.replace("tcp", "http")
+            ),
+            "`10.0.0.1` is not a DNS name",
+        ),
+        (
+            format!(
+                "{}intercept_tls = [\"a.b\", \"A.b\"]\n",
+                backend.replace("tcp", "http")
+            ),
+            "`a.b` is listed twice",
+        ),
+        (
             format!(
                 "{skill}{backend}[[rule]]\nskills = [\"z\"]\nbackend = \"b\"\neffect = \"allow\"\n"
             ),
