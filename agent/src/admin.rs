@@ -101,13 +101,9 @@ impl Approvals {
         }
     }
 
-    /// Holds an operation until someone approves or denies it, or `wait` passes.
-    pub async fn request(&self, view: PendingView, wait: Duration) -> Verdict {
-        self.request_with_id(view, wait).await.1
-    }
-
-    /// Like [`Self::request`], also returning the approval's id (0 when a grant answered).
-    pub async fn request_with_id(&self, mut view: PendingView, wait: Duration) -> (u64, Verdict) {
+    /// Holds an operation until someone approves or denies it, or `wait` passes; returns the
+    /// approval's id (0 when a standing grant answered) and the answer.
+    pub async fn request(&self, mut view: PendingView, wait: Duration) -> (u64, Verdict) {
         if let Some(grant) = self.active_grant(&view) {
             return (
                 0,

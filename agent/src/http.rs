@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::admin::PendingView;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
-use crate::record::{self, Event};
+use crate::record::{self, Event, Facts};
 
 mod head;
 
@@ -229,7 +229,11 @@ impl HttpConn {
             operation: line.clone(),
             decision: verdict.to_owned(),
             rule: decision.rule.map(str::to_owned),
-            reason: format!("{} [{id}]", decision.reason),
+            reason: decision.reason.clone(),
+            facts: Facts {
+                decision_id: Some(id.clone()),
+                ..Facts::default()
+            },
         };
         if let Err(response) = self.record(event).await {
             return response;
@@ -296,7 +300,7 @@ impl HttpConn {
         let (approval, verdict) = self
             .proxy
             .approvals
-            .request_with_id(view, self.proxy.approval_wait)
+            .request(view, self.proxy.approval_wait)
             .await;
         let (answer, reason, go) = verdict.describe(self.proxy.approval_wait);
         info!(request = %decided.id, approval, decision = answer, reason = %reason, "approval answered");
@@ -306,7 +310,12 @@ impl HttpConn {
             operation: decided.line.clone(),
             decision: answer.to_owned(),
             rule: rule.map(str::to_owned),
-            reason: format!("{reason} [{} approval {approval}]", decided.id),
+            reason: reason.clone(),
+            facts: Facts {
+                decision_id: Some(decided.id.clone()),
+                approval_id: crate::proxy::approval_id(approval),
+                ..Facts::default()
+            },
         };
         if let Err(err) = self.proxy.recorder.event(session, event).await {
             warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the request");
@@ -549,28 +558,30 @@ impl HttpConn {
             masked,
         );
         if let Some(session) = self.session {
-            let length = response
+            let bytes = response
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("streamed");
+                .and_then(|v| v.parse::<i64>().ok());
+            let took = started.elapsed();
             let event = Event {
                 at_ns: record::now_ns(),
                 kind: "response".to_owned(),
                 operation: decided.line.clone(),
                 decision: response.status().as_u16().to_string(),
                 rule: None,
-                reason: match failure {
-                    Some(failure) => format!(
-                        "{failure} ({} us) [{}]",
-                        started.elapsed().as_micros(),
-                        decided.id
-                    ),
-                    None => format!(
-                        "{length} bytes, {} us, {masked} values masked [{}]",
-                        started.elapsed().as_micros(),
-                        decided.id
-                    ),
+                reason: match (failure, bytes) {
+                    (Some(failure), _) => failure.to_owned(),
+                    (None, Some(bytes)) => format!("{bytes} bytes, {masked} values masked"),
+                    (None, None) => format!("streamed, {masked} values masked"),
+                },
+                facts: Facts {
+                    decision_id: Some(decided.id.clone()),
+                    status: Some(response.status().as_u16().to_string()),
+                    bytes,
+                    masked: Some(masked as i64),
+                    duration_us: Some(took.as_micros() as i64),
+                    ..Facts::default()
                 },
             };
             self.proxy.recorder.event_detached(session, event);
@@ -614,7 +625,12 @@ impl HttpConn {
             operation: line,
             decision: "deny".to_owned(),
             rule: rule.map(str::to_owned),
-            reason: format!("{kept} [{id}]"),
+            reason: kept,
+            facts: Facts {
+                decision_id: Some(id.to_owned()),
+                status: Some(status.as_u16().to_string()),
+                ..Facts::default()
+            },
         };
         if let Err(response) = self.record(event).await {
             return response;

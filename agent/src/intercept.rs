@@ -5,7 +5,7 @@
 //! The CA lives in one directory: `ca.key` (0600, never leaves the agent), `ca.pem` and
 //! `bundle.pem` (the system's roots plus this CA, 0644), which `skillgate exec` hands skills
 //! through `SSL_CERT_FILE` and friends. It is created on first start and kept across restarts,
-//! so skills keep trusting the same CA.
+//! so skills keep trusting the same CA. Nothing is created until a policy intercepts.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -36,6 +36,32 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BUNDLE: &str = "bundle.pem";
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
+
+/// The skills CA, opened (created) when first needed: at start when the policy intercepts, else
+/// on the first connection to intercept after a reload. A failure is retried on the next use.
+pub struct SkillsCa {
+    dir: PathBuf,
+    opened: Mutex<Option<Arc<Interceptor>>>,
+}
+
+impl SkillsCa {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            opened: Mutex::new(None),
+        }
+    }
+
+    pub fn get(&self) -> Result<Arc<Interceptor>> {
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(interceptor) = &*opened {
+            return Ok(Arc::clone(interceptor));
+        }
+        let interceptor = Arc::new(Interceptor::open(&self.dir)?);
+        *opened = Some(Arc::clone(&interceptor));
+        Ok(interceptor)
+    }
+}
 
 pub struct Interceptor {
     issuer: Issuer<'static, KeyPair>,

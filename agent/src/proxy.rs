@@ -19,7 +19,7 @@ use crate::http::{HttpConn, UpstreamTls};
 use crate::intercept::Handshake;
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::pg::PgConn;
-use crate::record::{self, Event, Recorder, Session};
+use crate::record::{self, Event, Facts, Recorder, Session};
 use crate::sys;
 
 /// Metadata older than this when its connection is accepted is refused as stale.
@@ -48,9 +48,8 @@ pub struct Proxy {
     pub tls: Arc<crate::tls::Connectors>,
     /// TLS for PostgreSQL skills that ask for it, when a certificate is configured.
     pub pg_tls: Option<tokio_rustls::TlsAcceptor>,
-    /// HTTPS interception for `http` backends with `intercept_tls` names, or why it is
-    /// unavailable (connections that need it are refused).
-    pub intercept: std::result::Result<Arc<crate::intercept::Interceptor>, String>,
+    /// The CA of HTTPS interception for `http` backends with `intercept_tls` names.
+    pub intercept: crate::intercept::SkillsCa,
     /// When the policy in force was loaded (`skillgate status`).
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
     /// Requests and statements per skill, for `skillgate stats` and /metrics.
@@ -212,6 +211,7 @@ impl Proxy {
                 decision: verdict.to_owned(),
                 rule: decision.rule.map(str::to_owned),
                 reason: reason.clone(),
+                facts: Facts::default(),
             };
             let id = match self.recorder.open(session, event).await {
                 Ok(id) => Some(id),
@@ -236,7 +236,7 @@ impl Proxy {
                         requested_ns: 0,
                         expires_ns: 0,
                     };
-                    let answer = self.approvals.request(view, self.approval_wait).await;
+                    let (approval, answer) = self.approvals.request(view, self.approval_wait).await;
                     let (decided, reason, go) = answer.describe(self.approval_wait);
                     info!(decision = decided, reason = %reason, "approval answered");
                     let event = Event {
@@ -246,6 +246,10 @@ impl Proxy {
                         decision: decided.to_owned(),
                         rule: decision.rule.map(str::to_owned),
                         reason,
+                        facts: Facts {
+                            approval_id: approval_id(approval),
+                            ..Facts::default()
+                        },
                     };
                     if let Err(err) = self.recorder.event(id, event).await {
                         error!(error = %format!("{err:#}"), "cannot record the approval: refusing the connection");
@@ -313,6 +317,7 @@ impl Proxy {
                 decision: outcome.to_owned(),
                 rule: None,
                 reason: format!("{} bytes to the backend, {} to the skill", bytes.0, bytes.1),
+                facts: Facts::default(),
             };
             if let Some(id) = id
                 && let Err(err) = self.recorder.close(id, outcome, bytes, end).await
@@ -366,6 +371,7 @@ impl Proxy {
                 decision: verdict.to_owned(),
                 rule: None,
                 reason,
+                facts: Facts::default(),
             };
             if let Err(err) = self.recorder.event(session, event).await {
                 error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
@@ -383,7 +389,7 @@ impl Proxy {
         names: &[String],
         session: Option<i64>,
     ) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
-        let (decrypted, sni, reason) = match &self.intercept {
+        let (decrypted, sni, reason) = match self.intercept.get() {
             Ok(interceptor) => match interceptor.accept(stream, names).await {
                 Handshake::Done(decrypted, name) => {
                     let reason = format!("TLS intercepted for `{name}` (intercept_tls)");
@@ -391,13 +397,11 @@ impl Proxy {
                 }
                 Handshake::Refused(name, reason) => (None, name, reason),
             },
-            Err(why) => {
+            Err(err) => {
                 reset(stream);
-                (
-                    None,
-                    None,
-                    format!("HTTPS interception is unavailable: {why}"),
-                )
+                let why = format!("HTTPS interception is unavailable: the skills CA: {err:#}");
+                error!(reason = %why, "cannot intercept");
+                (None, None, why)
             }
         };
         let verdict = if decrypted.is_some() { "allow" } else { "deny" };
@@ -410,6 +414,7 @@ impl Proxy {
                 decision: verdict.to_owned(),
                 rule: None,
                 reason,
+                facts: Facts::default(),
             };
             if let Err(err) = self.recorder.event(session, event).await {
                 error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
@@ -541,6 +546,11 @@ fn orig_destination(meta: &ConnMeta) -> SocketAddr {
         _ => IpAddr::V6(ip),
     };
     SocketAddr::new(ip, meta.orig_port)
+}
+
+/// An approval's id for the record; 0 (a standing grant answered, nobody was asked) is none.
+pub fn approval_id(id: u64) -> Option<i64> {
+    (id != 0).then_some(id as i64)
 }
 
 /// Whether the skill's first byte opens a TLS handshake record (HTTP starts with a method).

@@ -80,20 +80,15 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         .backends
         .iter()
         .any(|b| !b.intercept_tls.is_empty());
-    let intercept = match crate::intercept::Interceptor::open(&ca_dir) {
-        Ok(interceptor) => Ok(Arc::new(interceptor)),
-        Err(err) if intercepting => {
-            return Err(err.context(format!(
+    let intercept = crate::intercept::SkillsCa::new(ca_dir.clone());
+    if intercepting {
+        intercept.get().with_context(|| {
+            format!(
                 "the policy intercepts HTTPS (intercept_tls) but the skills CA in {} is unusable",
                 ca_dir.display()
-            )));
-        }
-        Err(err) => {
-            let why = format!("{err:#}");
-            warn!(ca_dir = %ca_dir.display(), error = %why, "no skills CA: HTTPS interception (intercept_tls) will refuse connections");
-            Err(why)
-        }
-    };
+            )
+        })?;
+    }
     let identities = crate::identity::Identities::new(
         &agent.oidc,
         config.path.parent().unwrap_or(Path::new(".")).to_owned(),

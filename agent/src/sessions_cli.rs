@@ -129,15 +129,49 @@ pub fn replay(config_path: &Path, id: i64, as_json: bool, pace: bool) -> Result<
         }
         let offset_ms = (event.at_ns - session.started_ns) as f64 / 1e6;
         println!(
-            "  +{offset_ms:9.3} ms  {:<8} {:<7} {}  rule={}  {}",
+            "  +{offset_ms:9.3} ms  {:<8} {:<7} {}  rule={}  {}{}",
             event.kind,
             event.decision,
             event.operation,
             event.rule.as_deref().unwrap_or("-"),
-            event.reason
+            event.reason,
+            facts_text(&event.facts),
         );
     }
     Ok(())
+}
+
+/// An event's facts for `replay`: ` [decision 3.1, select public.orders, status 00000, ...]`.
+fn facts_text(facts: &record::Facts) -> String {
+    let mut parts = Vec::new();
+    if let Some(id) = &facts.decision_id {
+        parts.push(format!("decision {id}"));
+    }
+    if let Some(classification) = &facts.classification {
+        parts.push(classification.clone());
+    }
+    if let Some(id) = facts.approval_id {
+        parts.push(format!("approval {id}"));
+    }
+    if let Some(status) = &facts.status {
+        parts.push(format!("status {status}"));
+    }
+    for (value, unit) in [
+        (facts.rows, "rows"),
+        (facts.bytes, "bytes"),
+        (facts.masked, "masked"),
+    ] {
+        if let Some(value) = value {
+            parts.push(format!("{value} {unit}"));
+        }
+    }
+    if let Some(us) = facts.duration_us {
+        parts.push(format!("{:.3} ms", us as f64 / 1000.0));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("  [{}]", parts.join(", "))
 }
 
 pub fn audit_verify(config_path: &Path) -> Result<()> {

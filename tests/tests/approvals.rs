@@ -86,6 +86,7 @@ fn held_connections_wait_for_approve_deny_or_expiry() {
                 .find(|e| e["kind"] == "approval")
                 .cloned()
                 .unwrap_or_default();
+            assert!(event["approval_id"].as_i64().is_some(), "{event}");
             format!(
                 "{} {}",
                 event["decision"].as_str().unwrap_or("-"),

@@ -199,6 +199,16 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
                 && e["reason"].as_str().unwrap().contains("4 values masked")),
         "{responses:#?}"
     );
+    // The answer's facts, tied to its request by the decision id.
+    let masked = responses.iter().find(|e| e["masked"] == 4).unwrap();
+    assert_eq!(masked["status"], "200");
+    assert!(masked["bytes"].as_i64().is_some_and(|b| b > 0), "{masked}");
+    assert!(masked["duration_us"].as_i64().is_some_and(|us| us > 0));
+    assert!(
+        http.iter()
+            .any(|e| e["decision_id"] == masked["decision_id"]),
+        "{masked}"
+    );
     assert!(!export.contains(SECRET));
     // What the store keeps of a request line has sensitive values masked.
     assert!(

@@ -228,6 +228,26 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
         results.iter().any(|r| r.0 == "error" && r.1 == "25P02"),
         "{results:?}"
     );
+    // The same as fields of their own: status, rows, values masked, duration.
+    let answers: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["kind"] == "result").collect();
+    assert_eq!(answers[0]["status"], "00000", "{answers:#?}");
+    assert_eq!(answers[0]["rows"], 2);
+    assert_eq!(answers[0]["masked"], 5);
+    assert!(answers[0]["duration_us"].as_i64().is_some_and(|us| us > 0));
+    assert!(answers.iter().any(|e| e["status"] == "42501"));
+    assert!(answers.iter().any(|e| e["status"] == "25P02"));
+    // Each decision carries its id and what the classifier saw.
+    let delete = events
+        .iter()
+        .find(|e| e["kind"] == "sql" && e["operation"] == "DELETE FROM orders")
+        .unwrap();
+    assert_eq!(delete["classification"], "delete public.orders", "{delete}");
+    assert!(
+        delete["decision_id"]
+            .as_str()
+            .is_some_and(|id| id.contains('.'))
+    );
 
     // `skillgate stats` counts what the skill did, from the running agent.
     let stats = s

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::admin::PendingView;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
-use crate::record::{self, Event};
+use crate::record::{self, Event, Facts};
 use session::{Answer, Catalog, Ended, Noted, Session};
 use wire::Startup;
 
@@ -184,7 +184,11 @@ impl PgConn {
             }
             Err(reason) => {
                 warn!(skill_user = %skill_user, %reason, "PostgreSQL session refused: token");
-                self.result("identity", "denied", reason.clone());
+                let facts = Facts {
+                    status: Some("28000".to_owned()),
+                    ..Facts::default()
+                };
+                self.result("identity", "denied", reason.clone(), facts);
                 self.fatal(
                     &mut client,
                     "28000",
@@ -685,7 +689,12 @@ impl PgConn {
             operation: shown.clone(),
             decision: verdict.to_owned(),
             rule: rule.clone(),
-            reason: format!("{} [{id}]", decision.reason),
+            reason: decision.reason.clone(),
+            facts: Facts {
+                decision_id: Some(id.clone()),
+                classification: classification(&classified.statements),
+                ..Facts::default()
+            },
         };
         if let Some(session) = self.session
             && let Err(err) = self.proxy.recorder.event(session, event).await
@@ -729,7 +738,7 @@ impl PgConn {
             expires_ns: 0,
         };
         let wait = self.proxy.approval_wait;
-        let (approval, verdict) = self.proxy.approvals.request_with_id(view, wait).await;
+        let (approval, verdict) = self.proxy.approvals.request(view, wait).await;
         let (answer, why, go) = verdict.describe(wait);
         info!(statement = %id, approval, decision = answer, reason = %why, "approval answered");
         let event = Event {
@@ -738,7 +747,12 @@ impl PgConn {
             operation: shown.to_owned(),
             decision: answer.to_owned(),
             rule: rule.map(str::to_owned),
-            reason: format!("{why} [{id} approval {approval}]"),
+            reason: why.clone(),
+            facts: Facts {
+                decision_id: Some(id.to_owned()),
+                approval_id: crate::proxy::approval_id(approval),
+                ..Facts::default()
+            },
         };
         if let Err(err) = self.proxy.recorder.event(session, event).await {
             warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the statement");
@@ -913,30 +927,39 @@ impl PgConn {
     /// Records (and counts) how a statement ended.
     fn noted(&self, noted: Noted) {
         match noted {
-            Noted::Denied { detail } => self.result("denied", "42501", detail),
+            Noted::Denied { detail } => {
+                let facts = Facts {
+                    status: Some("42501".to_owned()),
+                    ..Facts::default()
+                };
+                self.result("denied", "42501", detail, facts);
+            }
             Noted::Failed {
                 code,
                 message,
                 took,
-            } => self.result(
-                "error",
-                &code,
+            } => {
+                let facts = Facts {
+                    status: Some(code.clone()),
+                    duration_us: Some(took.as_micros() as i64),
+                    ..Facts::default()
+                };
                 // A backend's message can quote values (a unique key that already exists).
-                format!(
-                    "{} ({} us)",
-                    skillgate_policy::mask::scrub(&message),
-                    took.as_micros()
-                ),
-            ),
+                let message = skillgate_policy::mask::scrub(&message);
+                self.result("error", &code, message, facts);
+            }
             Noted::Completed { tag, masked, took } => {
                 self.proxy
                     .ops
                     .answered(&self.skill, &self.backend, "sql", took, masked);
-                self.result(
-                    &tag,
-                    "ok",
-                    format!("{masked} values masked, {} us", took.as_micros()),
-                );
+                let facts = Facts {
+                    status: Some("00000".to_owned()),
+                    rows: tag_rows(&tag),
+                    masked: Some(masked as i64),
+                    duration_us: Some(took.as_micros() as i64),
+                    ..Facts::default()
+                };
+                self.result(&tag, "ok", format!("{masked} values masked"), facts);
             }
         }
     }
@@ -944,7 +967,7 @@ impl PgConn {
 
 impl PgConn {
     /// Records how a statement ended (not waited for: its decision is already recorded).
-    fn result(&self, operation: &str, decision: &str, reason: String) {
+    fn result(&self, operation: &str, decision: &str, reason: String, facts: Facts) {
         if let Some(session) = self.session {
             self.proxy.recorder.event_detached(
                 session,
@@ -955,10 +978,35 @@ impl PgConn {
                     decision: decision.to_owned(),
                     rule: None,
                     reason,
+                    facts,
                 },
             );
         }
     }
+}
+
+/// What the policy saw in a statement, for the record: its accesses (`select public.orders,
+/// function nextval`), or `unparsed`.
+fn classification(
+    statements: &Result<Vec<skillgate_policy::sql::Statement>, skillgate_policy::sql::SqlError>,
+) -> Option<String> {
+    let Ok(statements) = statements else {
+        return Some("unparsed".to_owned());
+    };
+    let accesses: Vec<String> = statements
+        .iter()
+        .flat_map(|s| s.accesses.iter().map(ToString::to_string))
+        .collect();
+    (!accesses.is_empty()).then(|| accesses.join(", "))
+}
+
+/// The row count at the end of a command tag (`SELECT 10`, `INSERT 0 3`, `COPY 5`), if any.
+fn tag_rows(tag: &str) -> Option<i64> {
+    let (command, count) = tag.rsplit_once(' ')?;
+    if command.is_empty() {
+        return None;
+    }
+    count.parse().ok()
 }
 
 /// The statement as recorded and logged (bounded).

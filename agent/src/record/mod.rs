@@ -48,6 +48,29 @@ pub struct Event {
     pub decision: String,
     pub rule: Option<String>,
     pub reason: String,
+    pub facts: Facts,
+}
+
+/// What an event knows beyond its decision, each when it applies: the fields SREs filter and
+/// count by, stored as columns of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Facts {
+    /// The decision this event belongs to (`SESSION.N`): a request's or statement's decision,
+    /// approval and answer share it.
+    pub decision_id: Option<String>,
+    /// What the policy saw (SQL: statement kinds and objects).
+    pub classification: Option<String>,
+    pub approval_id: Option<i64>,
+    /// The HTTP status or the SQLSTATE (`00000` when a statement completed).
+    pub status: Option<String>,
+    /// Rows a statement returned or affected.
+    pub rows: Option<i64>,
+    /// Response body bytes sent to the skill.
+    pub bytes: Option<i64>,
+    /// Values masked in the answer.
+    pub masked: Option<i64>,
+    /// From the decision to the end of the answer, in microseconds.
+    pub duration_us: Option<i64>,
 }
 
 pub fn now_ns() -> i64 {

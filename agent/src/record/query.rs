@@ -6,6 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
+use super::Facts;
+
 #[derive(Debug, Serialize)]
 pub struct SessionRow {
     pub id: i64,
@@ -33,6 +35,26 @@ pub struct EventRow {
     pub decision: String,
     pub rule: Option<String>,
     pub reason: String,
+    #[serde(flatten)]
+    pub facts: Facts,
+}
+
+/// The events table's fact columns, in [`facts`]'s order.
+const FACT_COLUMNS: &str = "e.decision_id, e.classification, e.approval_id, e.status, e.rows, e.bytes, e.masked, \
+     e.duration_us";
+
+/// Reads the fact columns starting at column `at`.
+fn facts(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Facts> {
+    Ok(Facts {
+        decision_id: r.get(at)?,
+        classification: r.get(at + 1)?,
+        approval_id: r.get(at + 2)?,
+        status: r.get(at + 3)?,
+        rows: r.get(at + 4)?,
+        bytes: r.get(at + 5)?,
+        masked: r.get(at + 6)?,
+        duration_us: r.get(at + 7)?,
+    })
 }
 
 pub struct Filter<'a> {
@@ -100,12 +122,12 @@ pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
         )
         .with_context(|| format!("no session {id}"))?;
     // The session's id range (see the store's schema), then its rows in it.
-    let mut stmt = conn.prepare(
-        "SELECT e.id, e.at_ns, e.kind, e.operation, e.decision, e.rule, e.reason \
+    let mut stmt = conn.prepare(&format!(
+        "SELECT e.id, e.at_ns, e.kind, e.operation, e.decision, e.rule, e.reason, {FACT_COLUMNS} \
          FROM sessions s JOIN events e ON e.id >= coalesce(s.first_event, 0) \
          AND e.id <= coalesce(s.last_event, 9223372036854775807) AND e.session_id = s.id \
-         WHERE s.id = ?1 ORDER BY e.id",
-    )?;
+         WHERE s.id = ?1 ORDER BY e.id"
+    ))?;
     let events = stmt
         .query_map([id], |r| {
             Ok(EventRow {
@@ -116,6 +138,7 @@ pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
                 decision: r.get(4)?,
                 rule: r.get(5)?,
                 reason: r.get(6)?,
+                facts: facts(r, 7)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -126,17 +149,18 @@ pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
 /// object per line: the format central log pipelines ingest.
 pub fn export(path: &Path, since_ns: Option<i64>, out: &mut impl std::io::Write) -> Result<u64> {
     let conn = open(path)?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT e.id, e.session_id, e.at_ns, e.kind, e.operation, e.decision, e.rule, e.reason, \
-         e.hash, s.skill, s.pid, s.uid, s.gid, s.exe, s.cmdline, s.cgroup, s.origin, s.backend \
+         e.hash, s.skill, s.pid, s.uid, s.gid, s.exe, s.cmdline, s.cgroup, s.origin, s.backend, \
+         {FACT_COLUMNS} \
          FROM events e JOIN sessions s ON s.id = e.session_id \
-         WHERE ?1 IS NULL OR e.at_ns >= ?1 ORDER BY e.id",
-    )?;
+         WHERE ?1 IS NULL OR e.at_ns >= ?1 ORDER BY e.id"
+    ))?;
     let mut rows = stmt.query([since_ns])?;
     let mut count = 0;
     while let Some(r) = rows.next()? {
         let hash: Vec<u8> = r.get(8)?;
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "event_id": r.get::<_, i64>(0)?,
             "session_id": r.get::<_, i64>(1)?,
             "at_ns": r.get::<_, i64>(2)?,
@@ -156,6 +180,11 @@ pub fn export(path: &Path, since_ns: Option<i64>, out: &mut impl std::io::Write)
             "origin": r.get::<_, String>(16)?,
             "backend": r.get::<_, Option<String>>(17)?,
         });
+        if let (Some(line), serde_json::Value::Object(facts)) =
+            (line.as_object_mut(), serde_json::to_value(facts(r, 18)?)?)
+        {
+            line.extend(facts);
+        }
         writeln!(out, "{line}")?;
         count += 1;
     }

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use sha2::{Digest as _, Sha256};
 
-use super::{Event, Session};
+use super::{Event, Facts, Session};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -43,7 +43,15 @@ CREATE TABLE IF NOT EXISTS events (
     rule TEXT,
     reason TEXT NOT NULL,
     prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
+    hash BLOB NOT NULL,
+    decision_id TEXT,
+    classification TEXT,
+    approval_id INTEGER,
+    status TEXT,
+    rows INTEGER,
+    bytes INTEGER,
+    masked INTEGER,
+    duration_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_at ON events (at_ns);
 -- Where the chain starts once old events are pruned: the last pruned event's id and hash.
@@ -167,7 +175,9 @@ impl Store {
             let hash = chain(&head, session, event);
             tx.prepare_cached(
                 "INSERT INTO events (session_id, at_ns, kind, operation, decision, rule, reason, \
-                 prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 prev_hash, hash, decision_id, classification, approval_id, status, rows, bytes, \
+                 masked, duration_us) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
                 session,
@@ -179,6 +189,14 @@ impl Store {
                 event.reason,
                 &head[..],
                 &hash[..],
+                event.facts.decision_id,
+                event.facts.classification,
+                event.facts.approval_id,
+                event.facts.status,
+                event.facts.rows,
+                event.facts.bytes,
+                event.facts.masked,
+                event.facts.duration_us,
             ])?;
             let event_id = tx.last_insert_rowid();
             match write {
@@ -233,6 +251,7 @@ impl Store {
                         decision: "expired".to_owned(),
                         rule: rule.clone(),
                         reason: "the agent stopped while the approval was pending".to_owned(),
+                        facts: Facts::default(),
                     },
                 ));
             }
@@ -246,6 +265,7 @@ impl Store {
                     decision: "interrupted".to_owned(),
                     rule: None,
                     reason: "the agent stopped before the session ended".to_owned(),
+                    facts: Facts::default(),
                 },
             ));
         }
@@ -323,11 +343,33 @@ fn migrate(conn: &Connection) -> Result<()> {
         )?;
     }
     conn.execute_batch("DROP INDEX IF EXISTS events_session")?;
+    let has_facts: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'decision_id'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_facts {
+        // Older events have none: NULL, which their hashes (made without facts) agree with.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE events ADD COLUMN decision_id TEXT;
+             ALTER TABLE events ADD COLUMN classification TEXT;
+             ALTER TABLE events ADD COLUMN approval_id INTEGER;
+             ALTER TABLE events ADD COLUMN status TEXT;
+             ALTER TABLE events ADD COLUMN rows INTEGER;
+             ALTER TABLE events ADD COLUMN bytes INTEGER;
+             ALTER TABLE events ADD COLUMN masked INTEGER;
+             ALTER TABLE events ADD COLUMN duration_us INTEGER;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
 /// The hash of an event: SHA-256 over the previous hash and every recorded field, each
-/// length-prefixed so that no two different events hash alike.
+/// length-prefixed so that no two different events hash alike. Facts follow when there are any
+/// (each tagged present or absent), so events recorded before facts existed verify as they
+/// were made.
 pub fn chain(prev: &[u8; 32], session: i64, event: &Event) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(prev);
@@ -343,6 +385,35 @@ pub fn chain(prev: &[u8; 32], session: i64, event: &Event) -> [u8; 32] {
         hasher.update((field.len() as u64).to_le_bytes());
         hasher.update(field.as_bytes());
     }
+    let facts = &event.facts;
+    if *facts != Facts::default() {
+        hasher.update(b"facts");
+        for text in [&facts.decision_id, &facts.classification, &facts.status] {
+            match text {
+                Some(text) => {
+                    hasher.update([1]);
+                    hasher.update((text.len() as u64).to_le_bytes());
+                    hasher.update(text.as_bytes());
+                }
+                None => hasher.update([0]),
+            }
+        }
+        for number in [
+            facts.approval_id,
+            facts.rows,
+            facts.bytes,
+            facts.masked,
+            facts.duration_us,
+        ] {
+            match number {
+                Some(n) => {
+                    hasher.update([1]);
+                    hasher.update(n.to_le_bytes());
+                }
+                None => hasher.update([0]),
+            }
+        }
+    }
     hasher.finalize().into()
 }
 
@@ -354,7 +425,8 @@ pub fn verify(path: &Path) -> Result<u64> {
     }
     let conn = Connection::open(path)?;
     let mut stmt = conn.prepare(
-        "SELECT id, session_id, at_ns, kind, operation, decision, rule, reason, prev_hash, hash \
+        "SELECT id, session_id, at_ns, kind, operation, decision, rule, reason, prev_hash, hash, \
+         decision_id, classification, approval_id, status, rows, bytes, masked, duration_us \
          FROM events ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
@@ -378,6 +450,16 @@ pub fn verify(path: &Path) -> Result<u64> {
             decision: row.get(5)?,
             rule: row.get(6)?,
             reason: row.get(7)?,
+            facts: Facts {
+                decision_id: row.get(10)?,
+                classification: row.get(11)?,
+                approval_id: row.get(12)?,
+                status: row.get(13)?,
+                rows: row.get(14)?,
+                bytes: row.get(15)?,
+                masked: row.get(16)?,
+                duration_us: row.get(17)?,
+            },
         };
         let prev: Vec<u8> = row.get(8)?;
         let hash: Vec<u8> = row.get(9)?;
@@ -429,7 +511,55 @@ mod tests {
             decision: "allow".to_owned(),
             rule: None,
             reason: String::new(),
+            facts: Facts::default(),
         }
+    }
+
+    #[test]
+    fn facts_are_stored_and_chained() {
+        let path = store_path("facts");
+        let mut store = Store::open(&path, false).unwrap();
+        let mut answer = event("result");
+        answer.facts = Facts {
+            decision_id: Some("1.1".to_owned()),
+            status: Some("00000".to_owned()),
+            rows: Some(3),
+            masked: Some(2),
+            duration_us: Some(450),
+            ..Facts::default()
+        };
+        let plain = event("sql");
+        let opened = store
+            .write(&[Write::Open(&session(), &plain), Write::Event(1, &answer)])
+            .unwrap();
+        assert_eq!(opened, [1]);
+        // Without facts an event hashes as it did before facts existed.
+        let mut before = Sha256::new();
+        before.update([0u8; 32]);
+        before.update(1i64.to_le_bytes());
+        before.update(plain.at_ns.to_le_bytes());
+        for field in ["sql", "op", "allow", "", ""] {
+            before.update((field.len() as u64).to_le_bytes());
+            before.update(field.as_bytes());
+        }
+        let before: [u8; 32] = before.finalize().into();
+        assert_eq!(chain(&[0; 32], 1, &plain), before);
+        assert_eq!(verify(&path).unwrap(), 2);
+        let stored: (i64, i64, Option<i64>) = store
+            .conn
+            .query_row(
+                "SELECT rows, masked, bytes FROM events WHERE id = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(stored, (3, 2, None));
+        store
+            .conn
+            .execute("UPDATE events SET rows = 0 WHERE id = 2", [])
+            .unwrap();
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(err.contains("chain broken at event 2"), "{err}");
     }
 
     fn kinds(path: &Path, id: i64) -> Vec<String> {
