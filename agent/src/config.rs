@@ -97,6 +97,18 @@ pub struct AgentConfig {
     /// exec` gives skills. Relative to this file's directory unless absolute. Default: the
     /// directory `skills-ca` beside the store.
     pub intercept_ca_dir: Option<PathBuf>,
+    /// SQL statements in the store and the logs: `keep` their literals (values the masking
+    /// detectors find are masked either way) or `redact` every constant to `?`.
+    #[serde(default)]
+    pub sql_literals: SqlLiterals,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlLiterals {
+    #[default]
+    Keep,
+    Redact,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -50,6 +50,8 @@ pub struct Proxy {
     pub pg_tls: Option<tokio_rustls::TlsAcceptor>,
     /// The CA of HTTPS interception for `http` backends with `intercept_tls` names.
     pub intercept: crate::intercept::SkillsCa,
+    /// Whether recorded SQL keeps its literals.
+    pub sql_literals: crate::config::SqlLiterals,
     /// When the policy in force was loaded (`skillgate status`).
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
     /// Requests and statements per skill, for `skillgate stats` and /metrics.

@@ -164,6 +164,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         tls,
         pg_tls,
         intercept,
+        sql_literals: agent.sql_literals,
         ops,
         policy_loaded_ns,
         identities,

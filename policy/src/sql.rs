@@ -264,6 +264,42 @@ pub fn shape(sql: &str) -> Option<String> {
     Some(key)
 }
 
+/// `sql` with the value of every constant (strings, numbers, bit strings, dollar-quoted
+/// bodies) replaced by `?` and comments removed, as PostgreSQL's scanner reads it: what a
+/// record may keep when literals are not to be stored. `None` when the scanner refuses the
+/// text or leaves anything but spacing between its tokens (nothing is let through unread).
+pub fn redact(sql: &str) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let tokens = scan(sql)?;
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for token in &tokens {
+        let start = usize::try_from(token.start).ok()?;
+        let end = usize::try_from(token.end).ok()?;
+        let gap = sql.get(at..start)?;
+        if !gap.chars().all(char::is_whitespace) || end < start {
+            return None;
+        }
+        out.push_str(gap);
+        match Token::try_from(token.token).ok()? {
+            Token::Sconst
+            | Token::Usconst
+            | Token::Iconst
+            | Token::Fconst
+            | Token::Bconst
+            | Token::Xconst => out.push('?'),
+            Token::SqlComment | Token::CComment => {}
+            _ => out.push_str(sql.get(start..end)?),
+        }
+        at = end;
+    }
+    let rest = sql.get(at..)?;
+    if !rest.chars().all(char::is_whitespace) {
+        return None;
+    }
+    Some(out.trim().to_owned())
+}
+
 /// Classifies every statement of `sql`.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
     let parsed = parse::parse(sql)?;

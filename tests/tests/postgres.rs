@@ -802,3 +802,50 @@ fn skills_that_ask_for_tls_get_it_with_the_configured_certificate() {
     assert!(stderr.contains("permission denied"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn redacted_literals_never_reach_the_store() {
+    let s = setup("pg-redact", "sql_literals = \"redact\"");
+    let _agent = s.start_agent();
+    let (out, err) = s.psql(&[
+        "SELECT count(*) FROM orders WHERE id > 12345 AND 'needle-7f3a' <> ''",
+        "SELECT count(*) FROM orders WHERE id = 'needle-9c1d'::int",
+    ]);
+    assert_eq!(out, "0\n", "{err}");
+    assert!(
+        err.contains("needle-9c1d"),
+        "the skill still gets the backend's error: {err}"
+    );
+
+    // What the events keep (the session's command line is the process's, as the kernel has it).
+    let export = s.env.cli(&["sessions", "export"]);
+    let events: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kept: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {} {}", e["kind"], e["operation"], e["reason"]))
+        .collect();
+    assert!(
+        kept.iter()
+            .any(|k| k.contains("SELECT count(*) FROM orders WHERE id > ? AND ? <> ?")),
+        "{kept:#?}"
+    );
+    assert!(
+        kept.iter()
+            .any(|k| k.contains("SELECT count(*) FROM orders WHERE id = ?::int")),
+        "{kept:#?}"
+    );
+    assert!(
+        !kept
+            .iter()
+            .any(|k| k.contains("needle") || k.contains("12345")),
+        "{kept:#?}"
+    );
+    let failed = events
+        .iter()
+        .find(|e| e["kind"] == "result" && e["decision"] == "22P02")
+        .expect("the failed statement's answer is recorded");
+    assert_eq!(failed["status"], "22P02");
+}

@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::admin::PendingView;
+use crate::config::SqlLiterals;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
@@ -677,16 +678,25 @@ impl PgConn {
             .decided(&self.skill, &self.backend, "sql", outcome);
         // Logs, the store and approvers see the statement with sensitive values masked.
         let shown = statement_text(&classified.scrubbed);
+        // The store and the logs keep literals, or not, as the config says; an approver always
+        // sees them (detector hits masked): the values are often what is being approved.
+        let recorded = match self.proxy.sql_literals {
+            SqlLiterals::Keep => shown.clone(),
+            SqlLiterals::Redact => match skillgate_policy::sql::redact(text) {
+                Some(redacted) => statement_text(&redacted),
+                None => format!("(a statement the scanner refused, {} bytes)", text.len()),
+            },
+        };
         if decision.effect == Effect::Allow {
-            debug!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
+            debug!(statement = %id, sql = %recorded, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
         } else {
-            info!(statement = %id, sql = %shown, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
+            info!(statement = %id, sql = %recorded, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
         }
         let rule = decision.rule.map(str::to_owned);
         let event = Event {
             at_ns: record::now_ns(),
             kind: "sql".to_owned(),
-            operation: shown.clone(),
+            operation: recorded.clone(),
             decision: verdict.to_owned(),
             rule: rule.clone(),
             reason: decision.reason.clone(),
@@ -715,13 +725,21 @@ impl PgConn {
                 detail: format!("rule: {rule_text}; decision {id}"),
             },
             Effect::Approve => {
-                self.hold(&id, &shown, rule.as_deref(), decision.reason)
+                self.hold(&id, &shown, &recorded, rule.as_deref(), decision.reason)
                     .await
             }
         }
     }
 
-    async fn hold(&self, id: &str, shown: &str, rule: Option<&str>, reason: String) -> Answer {
+    /// Holds a statement for approval: approvers see `shown`, the store keeps `recorded`.
+    async fn hold(
+        &self,
+        id: &str,
+        shown: &str,
+        recorded: &str,
+        rule: Option<&str>,
+        reason: String,
+    ) -> Answer {
         let Some(session) = self.session else {
             return Answer::Deny {
                 message: format!("skillgate: approval required: {reason}"),
@@ -744,7 +762,7 @@ impl PgConn {
         let event = Event {
             at_ns: record::now_ns(),
             kind: "approval".to_owned(),
-            operation: shown.to_owned(),
+            operation: recorded.to_owned(),
             decision: answer.to_owned(),
             rule: rule.map(str::to_owned),
             reason: why.clone(),
@@ -944,8 +962,13 @@ impl PgConn {
                     duration_us: Some(took.as_micros() as i64),
                     ..Facts::default()
                 };
-                // A backend's message can quote values (a unique key that already exists).
-                let message = skillgate_policy::mask::scrub(&message);
+                // A backend's message can quote values (`invalid input syntax for type
+                // integer: "..."`): detector hits are masked, and nothing is kept of it when
+                // literals are redacted.
+                let message = match self.proxy.sql_literals {
+                    SqlLiterals::Keep => skillgate_policy::mask::scrub(&message),
+                    SqlLiterals::Redact => "(message not kept: sql_literals = redact)".to_owned(),
+                };
                 self.result("error", &code, message, facts);
             }
             Noted::Completed { tag, masked, took } => {

@@ -283,3 +283,36 @@ fn copy_is_never_classified_by_shape() {
         .collect();
     assert_eq!(kinds, [SqlKind::CopyServer]);
 }
+
+#[test]
+fn redacting_keeps_the_statement_and_drops_every_value() {
+    let cases = [
+        (
+            "SELECT name FROM customers WHERE email = 'alice@example.com' AND id > 42",
+            "SELECT name FROM customers WHERE email = ? AND id > ?",
+        ),
+        (
+            "UPDATE t SET v = E'it\\'s', n = 1.5e3, b = B'101', x = X'1F' -- alice\n WHERE k = $1",
+            "UPDATE t SET v = ?, n = ?, b = ?, x = ? \n WHERE k = $1",
+        ),
+        (
+            "/* card 4111111111111111 */ INSERT INTO t VALUES ($$secret$$, $tag$more$tag$)",
+            "INSERT INTO t VALUES (?, ?)",
+        ),
+        (
+            "CREATE ROLE r PASSWORD 'hunter2'; SET app.key = 'k'",
+            "CREATE ROLE r PASSWORD ?; SET app.key = ?",
+        ),
+        ("SELECT U&'d\\0061t' UESCAPE '!'", "SELECT ? UESCAPE ?"),
+        (
+            "SELECT \"Quoted Name\" FROM s.t",
+            "SELECT \"Quoted Name\" FROM s.t",
+        ),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(super::redact(sql).as_deref(), Some(want), "{sql}");
+    }
+    // What the scanner refuses is not kept at all.
+    assert_eq!(super::redact("SELECT 'unterminated"), None);
+    assert_eq!(super::redact(""), Some(String::new()));
+}
