@@ -101,6 +101,28 @@ pub struct AgentConfig {
     /// detectors find are masked either way) or `redact` every constant to `?`.
     #[serde(default)]
     pub sql_literals: SqlLiterals,
+    /// Ship every session and event to a central PostgreSQL (`[sink]`); off if unset.
+    pub sink: Option<SinkDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkDef {
+    /// `HOST:PORT` of the central database. The connection is plaintext: loopback, a private
+    /// network or a tunnel.
+    pub address: String,
+    pub database: String,
+    /// A `basic` credential (`user:password`) declared under `[credentials]`.
+    pub credentials: String,
+    /// This host's name in the central tables; default: the kernel's host name.
+    pub host: Option<String>,
+    /// How often the local store is checked for new events, in milliseconds.
+    #[serde(default = "default_sink_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_sink_interval_ms() -> u64 {
+    1_000
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

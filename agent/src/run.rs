@@ -37,6 +37,51 @@ pub fn run(config_path: &Path) -> Result<()> {
     runtime.block_on(serve(config, skills))
 }
 
+/// The sink's connection settings from its config and credential.
+fn sink_for(
+    def: &crate::config::SinkDef,
+    credentials: &crate::credentials::Credentials,
+) -> Result<crate::record::sink::Sink> {
+    let (host, port) = def
+        .address
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
+        .with_context(|| format!("address `{}` is not HOST:PORT", def.address))?;
+    let credential = credentials.get(&def.credentials).with_context(|| {
+        format!(
+            "credential `{}` is not declared under [credentials]",
+            def.credentials
+        )
+    })?;
+    let (user, password) = credential.login.clone().with_context(|| {
+        format!(
+            "credential `{}` must be kind = \"basic\" (user:password)",
+            def.credentials
+        )
+    })?;
+    let mut config = postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .dbname(&def.database)
+        .user(&user)
+        .password(password)
+        .application_name("skillgate-sink")
+        .connect_timeout(Duration::from_secs(10));
+    let name = match &def.host {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("cannot read the host name (set `host` in [sink])")?
+            .trim()
+            .to_owned(),
+    };
+    Ok(crate::record::sink::Sink {
+        config,
+        host: name,
+        interval: Duration::from_millis(def.interval_ms.max(10)),
+    })
+}
+
 async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let agent = &config.agent;
     // Listen before attaching, so the first redirected connect finds the proxy.
@@ -107,6 +152,12 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         agent.retention_ns(),
         agent.store_sync == crate::config::StoreSync::Full,
     )?;
+    if let Some(def) = &agent.sink {
+        let sink = sink_for(def, &credentials)
+            .with_context(|| format!("invalid [sink] in `{}`", config.path.display()))?;
+        info!(address = %def.address, database = %def.database, host = %sink.host, "shipping the store to the sink");
+        crate::record::sink::start(config.store_path.clone(), sink)?;
+    }
     let approvals = Arc::new(
         crate::admin::Approvals::with_webhook(agent.approval_webhook_uri(), Arc::clone(&tls))
             .with_grants_file(config.store_path.with_file_name("grants.json"))?,

@@ -5,9 +5,14 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use skillgate_tests::{Env, Server, unused_port};
+use skillgate_tests::{Env, PgServer, Server, unused_port};
 
 fn setup(name: &str) -> (Env, Server, SocketAddr, Server) {
+    setup_with(name, "")
+}
+
+/// `setup` with `extra` lines in the agent's config.
+fn setup_with(name: &str, extra: &str) -> (Env, Server, SocketAddr, Server) {
     let backend = Server::start("backend", "127.0.0.1:0");
     let canary = Server::start("canary", "127.0.0.3:0");
     let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
@@ -19,7 +24,12 @@ fn setup(name: &str) -> (Env, Server, SocketAddr, Server) {
          skills = [\"reporter\"]\nbackend = \"orders\"\neffect = \"allow\"\n",
         backend.addr
     );
-    (Env::new(name, &policy), backend, dial, canary)
+    (
+        Env::with_config(name, &policy, extra),
+        backend,
+        dial,
+        canary,
+    )
 }
 
 #[test]
@@ -259,4 +269,95 @@ fn observe_mode_may_opt_to_go_ahead_unrecorded() {
     let dialed = env.dial_as_skill("reporter", &[dial]);
     assert!(dialed.get(0).ok, "{:?}", dialed.get(0));
     agent.wait_for_log("going ahead unrecorded", Duration::from_secs(5));
+}
+
+/// The central copy of this host's events: (id, hex hash) in order.
+fn central_events(sink: &PgServer) -> Vec<String> {
+    sink.psql_admin(
+        "shop",
+        "SELECT id || ' ' || encode(hash, 'hex') FROM skillgate_events \
+         WHERE host = 'test-host' ORDER BY id",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The local store's events as `central_events` shows them.
+fn local_events(env: &Env) -> Vec<String> {
+    env.cli(&["sessions", "export"])
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {}", e["event_id"], e["hash"].as_str().unwrap())
+        })
+        .collect()
+}
+
+/// Waits until the sink holds exactly the local events.
+fn wait_shipped(env: &Env, sink: &PgServer) -> Vec<String> {
+    let local = local_events(env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let central = central_events(sink);
+        if central == local || std::time::Instant::now() > deadline {
+            assert_eq!(
+                central, local,
+                "the sink holds what the store holds, in order"
+            );
+            return local;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_central_postgresql_sink_gets_every_session_and_event_once() {
+    let sink = PgServer::start();
+    let extra = format!(
+        "[sink]\naddress = \"127.0.0.1:{}\"\ndatabase = \"shop\"\ncredentials = \"audit\"\n\
+         host = \"test-host\"\ninterval_ms = 50\n\
+         [credentials.audit]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_SINK_LOGIN\"\n",
+        sink.port
+    );
+    let (env, _backend, dial, canary) = setup_with("record-sink", &extra);
+    let login = format!("postgres:{}", sink.password);
+    let start = || env.start_agent_with(&[], &[("SKILLGATE_TEST_SINK_LOGIN", &login)]);
+    let agent = start();
+    let dialed = env.dial_as_skill("reporter", &[dial, canary.addr]);
+    assert!(dialed.get(0).ok && !dialed.get(1).ok);
+    let first = wait_shipped(&env, &sink);
+    assert_eq!(first.len(), 4, "connect and close for each dial: {first:?}");
+    let sessions = sink.psql_admin(
+        "shop",
+        "SELECT origin || ' ' || outcome FROM skillgate_sessions WHERE host = 'test-host' \
+         ORDER BY id",
+    );
+    assert_eq!(
+        sessions,
+        format!("{dial} closed\n{} denied\n", canary.addr),
+        "sessions arrive with how they ended"
+    );
+
+    // A restarted agent carries on after what the sink has, sending nothing twice.
+    agent.stop();
+    let _agent = start();
+    let dialed = env.dial_as_skill("reporter", &[dial]);
+    assert!(dialed.get(0).ok);
+    let second = wait_shipped(&env, &sink);
+    assert_eq!(second.len(), 6, "{second:?}");
+    assert_eq!(second[..4], first[..]);
+
+    // The sink down: skills are unaffected, and what they did arrives once it is back.
+    sink.psql_admin("postgres", "ALTER DATABASE shop ALLOW_CONNECTIONS false");
+    let terminated = sink.psql_admin(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'skillgate-sink'",
+    );
+    assert_eq!(terminated, "t\n", "the sink's connection is cut");
+    let dialed = env.dial_as_skill("reporter", &[dial]);
+    assert!(dialed.get(0).ok, "the sink never gates a skill");
+    sink.psql_admin("postgres", "ALTER DATABASE shop ALLOW_CONNECTIONS true");
+    assert_eq!(wait_shipped(&env, &sink).len(), 8);
 }

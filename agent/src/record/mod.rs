@@ -8,6 +8,7 @@
 //! next record that is waited for, so a lone skill's statement costs one commit, not two.
 
 pub mod query;
+pub mod sink;
 mod store;
 
 use std::path::Path;
