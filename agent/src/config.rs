@@ -101,6 +101,11 @@ pub struct AgentConfig {
     /// detectors find are masked either way) or `redact` every constant to `?`.
     #[serde(default)]
     pub sql_literals: SqlLiterals,
+    /// `false`: nothing is recorded (no store is opened; decisions are still enforced). For
+    /// measuring what recording costs, or trying policies where no record may be kept; the
+    /// agent warns at start and `skillgate status` says so.
+    #[serde(default = "default_true")]
+    pub record: bool,
     /// Ship every session and event to a central PostgreSQL (`[sink]`); off if unset.
     pub sink: Option<SinkDef>,
 }
@@ -119,6 +124,10 @@ pub struct SinkDef {
     /// How often the local store is checked for new events, in milliseconds.
     #[serde(default = "default_sink_interval_ms")]
     pub interval_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_sink_interval_ms() -> u64 {
@@ -360,6 +369,13 @@ impl AgentConfig {
             bail!(
                 "invalid config `{}`: proxy_port and dns_port must be two different fixed ports \
                  (1-65535)",
+                path.display()
+            );
+        }
+        if !self.record && self.sink.is_some() {
+            bail!(
+                "invalid config `{}`: record = false keeps nothing, so a [sink] has nothing to \
+                 ship; remove one of them",
                 path.display()
             );
         }

@@ -147,11 +147,16 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
                 agent.oidc_token_header
             )
         })?;
-    let recorder = crate::record::Recorder::start(
-        &config.store_path,
-        agent.retention_ns(),
-        agent.store_sync == crate::config::StoreSync::Full,
-    )?;
+    let recorder = if agent.record {
+        crate::record::Recorder::start(
+            &config.store_path,
+            agent.retention_ns(),
+            agent.store_sync == crate::config::StoreSync::Full,
+        )?
+    } else {
+        warn!(config = %config.path.display(), "RECORDING IS OFF (record = false): decisions are enforced but no session or event is kept");
+        crate::record::Recorder::off()
+    };
     if let Some(def) = &agent.sink {
         let sink = sink_for(def, &credentials)
             .with_context(|| format!("invalid [sink] in `{}`", config.path.display()))?;

@@ -109,6 +109,7 @@ pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> R
                 Ok(p) => json!({"file": policy_path.display().to_string(), "sha256": policy_sha256, "valid": true, "skills": p.skills.len(), "backends": p.backends.len(), "rules": p.rules.len()}),
                 Err(err) => json!({"file": policy_path.display().to_string(), "sha256": policy_sha256, "valid": false, "error": format!("{err:#}")}),
             },
+            "recording": agent.record,
             "store": match &store {
                 Ok((sessions, events, bytes)) => json!({"file": store_path.display().to_string(), "ok": true, "sessions": sessions, "events": events, "bytes": bytes}),
                 Err(err) => json!({"file": store_path.display().to_string(), "ok": false, "error": format!("{err:#}")}),
@@ -154,6 +155,9 @@ pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> R
     }
     if let Some(hash) = &policy_sha256 {
         println!("policy sha256: {hash}");
+    }
+    if !agent.record {
+        println!("recording: OFF (record = false): nothing is kept");
     }
     match &store {
         Ok((sessions, events, bytes)) => println!(

@@ -361,3 +361,19 @@ fn a_central_postgresql_sink_gets_every_session_and_event_once() {
     sink.psql_admin("postgres", "ALTER DATABASE shop ALLOW_CONNECTIONS true");
     assert_eq!(wait_shipped(&env, &sink).len(), 8);
 }
+
+#[test]
+fn with_recording_off_decisions_hold_and_nothing_is_kept() {
+    let (env, _backend, dial, canary) = setup_with("record-off", "record = false\n");
+    let agent = env.start_agent();
+    assert!(
+        agent.log().contains("RECORDING IS OFF"),
+        "said loudly at start: {}",
+        agent.log()
+    );
+    let dialed = env.dial_as_skill("reporter", &[dial, canary.addr]);
+    assert!(dialed.get(0).ok && !dialed.get(1).ok, "still enforced");
+    assert!(!env.dir.join("sessions.db").exists(), "no store is created");
+    let status = env.cli(&["status"]);
+    assert!(status.contains("recording: OFF"), "{status}");
+}

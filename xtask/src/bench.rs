@@ -422,3 +422,19 @@ pub fn store(root: &Path) -> Result<()> {
         ),
     )
 }
+
+/// The table of what recording costs: per case, the throughput with recording (store_sync =
+/// normal) against the same agent configured with `record = false`. Target: at most 10%.
+pub fn recording_overhead(rows: &[(String, f64, f64)], unit: &str) -> String {
+    let mut table = format!(
+        "| case | {unit} recorded (store_sync=normal) | {unit} not recorded | recording overhead |\n\
+         |---|---|---|---|\n"
+    );
+    for (case, recorded, unrecorded) in rows {
+        table.push_str(&format!(
+            "| {case} | {recorded:.0} | {unrecorded:.0} | {:.1}% |\n",
+            (1.0 - recorded / unrecorded) * 100.0
+        ));
+    }
+    table
+}

@@ -156,16 +156,18 @@ pub fn http(root: &Path) -> Result<()> {
          http = {{ methods = [\"GET\"], paths = [\"/small\", \"/big\"] }}\n\
          mask = {{ fields = [\"email\"], detectors = [\"card\", \"email\"] }}\n"
     );
-    // Two agents, one per store_sync setting, each with its own skills cgroup.
+    // One agent per store_sync setting and one that records nothing (what recording costs),
+    // each with its own skills cgroup.
     let mut agents = Vec::new();
     let mut ports = Vec::new();
-    for (name, sync) in [
-        ("skillgate-bench-http", "full"),
-        ("skillgate-bench-http-normal", "normal"),
+    for (name, recording) in [
+        ("skillgate-bench-http", "store_sync = \"full\""),
+        ("skillgate-bench-http-normal", "store_sync = \"normal\""),
+        ("skillgate-bench-http-unrecorded", "record = false"),
     ] {
         let (config, proxy_port) = bench_config(&dir.join(name), name, &policy)?;
         let mut text = std::fs::read_to_string(&config)?;
-        text.push_str(&format!("store_sync = \"{sync}\"\n"));
+        text.push_str(&format!("{recording}\n"));
         std::fs::write(&config, text)?;
         agents.push(Teardown {
             bin: root.join("target/release/skillgate"),
@@ -211,7 +213,7 @@ pub fn http(root: &Path) -> Result<()> {
         wait_listening(([127, 0, 0, 1], port).into())?;
     }
 
-    let (full, normal) = (Some(&agents[0]), Some(&agents[1]));
+    let (full, normal, unrecorded) = (Some(&agents[0]), Some(&agents[1]), Some(&agents[2]));
     let configs = [
         Config {
             name: "direct",
@@ -238,6 +240,11 @@ pub fn http(root: &Path) -> Result<()> {
             agent: normal,
             addr: masked_dial,
         },
+        Config {
+            name: "skillgate (policy, no recording)",
+            agent: unrecorded,
+            addr: plain_dial,
+        },
     ];
     let cases = [("/small", 1), ("/small", 64), ("/big", 1), ("/big", 64)];
     // results[case][config] = (rps runs, p99 runs)
@@ -258,12 +265,18 @@ pub fn http(root: &Path) -> Result<()> {
         "| response | connections | path | requests/s | p99 (ms) | throughput vs nginx | p99 vs nginx |\n\
          |---|---|---|---|---|---|---|\n",
     );
+    let mut recorded = Vec::new();
     for (c, (path, connections)) in cases.iter().enumerate() {
         let medians: Vec<(f64, f64)> = results[c]
             .iter_mut()
             .map(|(rps, p99)| (median(rps), median(p99)))
             .collect();
         let (nginx_rps, nginx_p99) = medians[1];
+        recorded.push((
+            format!("{path}, {connections} connections"),
+            medians[3].0,
+            medians[5].0,
+        ));
         let what = if *path == "/small" {
             "small JSON (95 B)"
         } else {
@@ -279,7 +292,8 @@ pub fn http(root: &Path) -> Result<()> {
             ));
         }
     }
-    println!("{table}");
+    let overhead = crate::bench::recording_overhead(&recorded, "requests/s");
+    println!("{table}\n{overhead}");
     write_section(
         root,
         "HTTP proxying",
@@ -293,7 +307,8 @@ pub fn http(root: &Path) -> Result<()> {
              store_sync=full, written to the WAL without fsync with store_sync=normal); for skillgate, \
              wrk runs inside a skill cgroup (`skillgate exec`) and dials an address that only \
              the eBPF redirect reaches. Masking: `email` fields plus the card and email \
-             detectors over the whole body.\n\n{table}",
+             detectors over the whole body. The last configuration records nothing (`record = \
+             false`), to show what recording costs.\n\n{table}\n{overhead}",
             machine()
         ),
     )

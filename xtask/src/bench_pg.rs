@@ -168,14 +168,16 @@ pub fn postgres(root: &Path) -> Result<()> {
     );
     let mut agents = Vec::new();
     let mut ports = Vec::new();
-    for (name, sync) in [
-        ("skillgate-bench-pg", "full"),
-        ("skillgate-bench-pg-normal", "normal"),
+    // One agent per store_sync setting, and one that records nothing (what recording costs).
+    for (name, recording) in [
+        ("skillgate-bench-pg", "store_sync = \"full\""),
+        ("skillgate-bench-pg-normal", "store_sync = \"normal\""),
+        ("skillgate-bench-pg-unrecorded", "record = false"),
     ] {
         let (config, proxy_port) = bench_config(&dir.join(name), name, &policy)?;
         let mut text = std::fs::read_to_string(&config)?;
         text.push_str(&format!(
-            "store_sync = \"{sync}\"\nmask_salt_file = \"mask.salt\"\n\
+            "{recording}\nmask_salt_file = \"mask.salt\"\n\
              [credentials.bench-db]\nkind = \"basic\"\nenv = \"SKILLGATE_BENCH_PG_LOGIN\"\n"
         ));
         std::fs::write(&config, text)?;
@@ -202,7 +204,7 @@ pub fn postgres(root: &Path) -> Result<()> {
         crate::bench_http::wait_listening(([127, 0, 0, 1], port).into())?;
     }
 
-    let (full, normal) = (Some(&agents[0]), Some(&agents[1]));
+    let (full, normal, unrecorded) = (Some(&agents[0]), Some(&agents[1]), Some(&agents[2]));
     let configs = [
         Config {
             name: "direct",
@@ -222,6 +224,11 @@ pub fn postgres(root: &Path) -> Result<()> {
         Config {
             name: "skillgate (policy, masking, recording, store_sync=normal)",
             agent: normal,
+            addr: dial,
+        },
+        Config {
+            name: "skillgate (policy, masking, no recording)",
+            agent: unrecorded,
             addr: dial,
         },
     ];
@@ -245,8 +252,10 @@ pub fn postgres(root: &Path) -> Result<()> {
     let mut table = String::from(
         "| clients | protocol | path | TPS | vs PgBouncer | vs direct |\n|---|---|---|---|---|---|\n",
     );
+    let mut recorded = Vec::new();
     for (c, (clients, mode)) in cases.iter().enumerate() {
         let tps: Vec<f64> = results[c].iter_mut().map(|runs| median(runs)).collect();
+        recorded.push((format!("{clients} clients, {mode}"), tps[3], tps[4]));
         for (k, config) in configs.iter().enumerate() {
             table.push_str(&format!(
                 "| {clients} | {mode} | {} | {:.0} | {:.2}x | {:.2}x |\n",
@@ -257,7 +266,8 @@ pub fn postgres(root: &Path) -> Result<()> {
             ));
         }
     }
-    println!("{table}");
+    let overhead = crate::bench::recording_overhead(&recorded, "TPS");
+    println!("{table}\n{overhead}");
     write_section(
         root,
         "PostgreSQL proxying",
@@ -269,7 +279,8 @@ pub fn postgres(root: &Path) -> Result<()> {
              in a skill cgroup and dials an address only the eBPF redirect reaches; every \
              statement is classified (cached), decided, masked (a mask rule on \
              pgbench_accounts: a column plus the email and card detectors over every text \
-             value) and recorded before it is forwarded.\n\n{table}",
+             value) and recorded before it is forwarded; the last configuration records nothing \
+             (`record = false`), to show what recording costs.\n\n{table}\n{overhead}",
             machine()
         ),
     )

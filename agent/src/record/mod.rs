@@ -109,7 +109,10 @@ impl Job {
 
 #[derive(Clone)]
 pub struct Recorder {
-    jobs: mpsc::Sender<Job>,
+    /// The writer's queue; `None` when recording is off.
+    jobs: Option<mpsc::Sender<Job>>,
+    /// Session ids handed out when recording is off.
+    unrecorded: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Recorder {
@@ -183,15 +186,39 @@ impl Recorder {
                 }
             })
             .context("cannot start the recorder thread")?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs: Some(jobs),
+            unrecorded: Default::default(),
+        })
+    }
+
+    /// A recorder that keeps nothing (`record = false`): sessions get ids, events go nowhere.
+    pub fn off() -> Self {
+        Self {
+            jobs: None,
+            unrecorded: Default::default(),
+        }
+    }
+
+    /// Sends a job to the writer; `Ok(false)` when recording is off.
+    fn send(&self, job: Job) -> Result<bool> {
+        let Some(jobs) = &self.jobs else {
+            return Ok(false);
+        };
+        jobs.send(job)
+            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        Ok(true)
     }
 
     /// Records a new session and its first decision; returns the session id once committed.
     pub async fn open(&self, session: Session, event: Event) -> Result<i64> {
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job::Open(session, event, done))
-            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        if !self.send(Job::Open(session, event, done))? {
+            let id = self
+                .unrecorded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(id + 1);
+        }
         wait.await
             .map_err(|_| anyhow!("the recorder has stopped"))?
             .map_err(|err| anyhow!("cannot record the session: {err}"))
@@ -200,9 +227,9 @@ impl Recorder {
     /// Records one more decision in a session.
     pub async fn event(&self, session: i64, event: Event) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job::Event(session, event, done))
-            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        if !self.send(Job::Event(session, event, done))? {
+            return Ok(());
+        }
         wait.await
             .map_err(|_| anyhow!("the recorder has stopped"))?
             .map(drop)
@@ -212,7 +239,7 @@ impl Recorder {
     /// Records one more event without waiting for the commit: for what follows a decision
     /// already recorded (a response's status and size). Failures are logged by the writer.
     pub fn event_detached(&self, session: i64, event: Event) {
-        if self.jobs.send(Job::Detached(session, event)).is_err() {
+        if self.send(Job::Detached(session, event)).is_err() {
             tracing::error!(session, "the recorder has stopped: an event is lost");
         }
     }
@@ -226,16 +253,17 @@ impl Recorder {
         event: Event,
     ) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job::Close {
-                session,
-                outcome: outcome.to_owned(),
-                bytes_to_backend: bytes.0,
-                bytes_to_skill: bytes.1,
-                event,
-                done,
-            })
-            .map_err(|_| anyhow!("the recorder has stopped"))?;
+        let sent = self.send(Job::Close {
+            session,
+            outcome: outcome.to_owned(),
+            bytes_to_backend: bytes.0,
+            bytes_to_skill: bytes.1,
+            event,
+            done,
+        })?;
+        if !sent {
+            return Ok(());
+        }
         wait.await
             .map_err(|_| anyhow!("the recorder has stopped"))?
             .map(drop)
