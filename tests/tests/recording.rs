@@ -136,7 +136,18 @@ fn sessions_are_recorded_replayable_and_tamper_evident() {
 
 #[test]
 fn a_session_survives_kill_9_right_after_the_backend_answered() {
-    let (env, backend, dial, _canary) = setup("recordkill");
+    survives_kill_9("recordkill", "");
+}
+
+/// With store_sync = normal the connection's task commits its record itself (no writer
+/// thread): still committed before the backend is reached.
+#[test]
+fn a_session_survives_kill_9_with_inline_commits() {
+    survives_kill_9("recordkill-normal", "store_sync = \"normal\"\n");
+}
+
+fn survives_kill_9(name: &str, extra: &str) {
+    let (env, backend, dial, _canary) = setup_with(name, extra);
     let agent = env.start_agent();
     let dialed = env.dial_as_skill("reporter", &[dial]);
     assert!(dialed.get(0).ok, "{:?}", dialed.get(0));
