@@ -4,11 +4,13 @@
 //! Oracle for the classification cache, which shares one classification among texts of one
 //! shape (`sql::shape`: the same tokens but for the values of constants): the text with every
 //! constant's value changed has the same shape, and when it parses, the same classification.
+//! Oracle for `sql::redact` (what the store keeps with `sql_literals = "redact"`): that text
+//! redacts exactly as the original, so the record shows nothing of any constant's value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pg_query::protobuf::Token;
-use skillgate_policy::sql::{classify, scan, shape};
+use skillgate_policy::sql::{classify, redact, scan, shape};
 
 /// `sql` with each constant replaced by another of its kind.
 fn other_constants(sql: &str) -> Option<String> {
@@ -51,6 +53,11 @@ fuzz_target!(|sql: &str| {
     if shape(&other).as_ref() != Some(&shape_of) {
         return;
     }
+    assert_eq!(
+        redact(sql),
+        redact(&other),
+        "redaction shows a constant's value:\n{sql}\n{other}"
+    );
     if let (Ok(a), Ok(b)) = (&classified, classify(&other)) {
         assert_eq!(a, &b, "same shape, another classification:\n{sql}\n{other}");
     }
