@@ -363,24 +363,43 @@ impl Proxy {
             }
             Err(reason) => (Vec::new(), None, false, reason),
         };
+        let recorded = self
+            .tls_decided(session, "sni", sni.as_deref(), allowed, reason)
+            .await;
+        (allowed && recorded).then_some(hello)
+    }
+
+    /// Logs and records a decision on a skill's TLS (`what`: `sni` for a `tls` backend's
+    /// server name, `intercept` for HTTPS interception). `false`: it could not be recorded,
+    /// so the connection must be refused.
+    async fn tls_decided(
+        &self,
+        session: Option<i64>,
+        what: &str,
+        sni: Option<&str>,
+        allowed: bool,
+        reason: String,
+    ) -> bool {
         let verdict = if allowed { "allow" } else { "deny" };
-        info!(sni = sni.as_deref().unwrap_or("-"), decision = verdict, reason = %reason, "TLS server name decided");
-        if let Some(session) = session {
-            let event = Event {
-                at_ns: record::now_ns(),
-                kind: "tls".to_owned(),
-                operation: format!("sni {}", sni.as_deref().unwrap_or("-")),
-                decision: verdict.to_owned(),
-                rule: None,
-                reason,
-                facts: Facts::default(),
-            };
-            if let Err(err) = self.recorder.event(session, event).await {
-                error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
-                return None;
-            }
+        let sni = sni.unwrap_or("-");
+        info!(sni, decision = verdict, reason = %reason, "TLS {what} decided");
+        let Some(session) = session else {
+            return true;
+        };
+        let event = Event {
+            at_ns: record::now_ns(),
+            kind: "tls".to_owned(),
+            operation: format!("{what} {sni}"),
+            decision: verdict.to_owned(),
+            rule: None,
+            reason,
+            facts: Facts::default(),
+        };
+        if let Err(err) = self.recorder.event(session, event).await {
+            error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
+            return false;
         }
-        allowed.then_some(hello)
+        true
     }
 
     /// Ends the skill's TLS for an `intercept_tls` backend (a certificate for the server name
@@ -406,24 +425,11 @@ impl Proxy {
                 (None, None, why)
             }
         };
-        let verdict = if decrypted.is_some() { "allow" } else { "deny" };
-        info!(sni = sni.as_deref().unwrap_or("-"), decision = verdict, reason = %reason, "TLS interception decided");
-        if let Some(session) = session {
-            let event = Event {
-                at_ns: record::now_ns(),
-                kind: "tls".to_owned(),
-                operation: format!("intercept {}", sni.as_deref().unwrap_or("-")),
-                decision: verdict.to_owned(),
-                rule: None,
-                reason,
-                facts: Facts::default(),
-            };
-            if let Err(err) = self.recorder.event(session, event).await {
-                error!(error = %format!("{err:#}"), "cannot record the TLS decision: refusing the connection");
-                return None;
-            }
-        }
-        decrypted
+        let allowed = decrypted.is_some();
+        let recorded = self
+            .tls_decided(session, "intercept", sni.as_deref(), allowed, reason)
+            .await;
+        decrypted.filter(|_| recorded)
     }
 
     /// Relays until either side closes, after sending `prefix` (bytes already read from the

@@ -325,12 +325,7 @@ impl Store {
 /// Brings a store an earlier agent made up to this schema: sessions learn their first and
 /// last event (found with the old index, which then goes).
 fn migrate(conn: &Connection) -> Result<()> {
-    let has_range: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('sessions') WHERE name = 'first_event'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_range {
+    if !has_column(conn, "sessions", "first_event")? {
         conn.execute_batch(
             "BEGIN;
              ALTER TABLE sessions ADD COLUMN first_event INTEGER;
@@ -343,12 +338,7 @@ fn migrate(conn: &Connection) -> Result<()> {
         )?;
     }
     conn.execute_batch("DROP INDEX IF EXISTS events_session")?;
-    let has_facts: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'decision_id'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_facts {
+    if !has_column(conn, "events", "decision_id")? {
         // Older events have none: NULL, which their hashes (made without facts) agree with.
         conn.execute_batch(
             "BEGIN;
@@ -364,6 +354,14 @@ fn migrate(conn: &Connection) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?)
 }
 
 /// The hash of an event: SHA-256 over the previous hash and every recorded field, each
