@@ -91,16 +91,17 @@ fn config() -> Result<ProxyConfig, u32> {
     }
 }
 
-/// Counts the outcome; on refusal, logs why and returns `REJECT` (EPERM to the caller).
+/// Counts the outcome for the caller's cgroup; on refusal, logs why and returns `REJECT`
+/// (EPERM to the caller).
 #[inline(always)]
-fn verdict<C: EbpfContext>(ctx: &C, result: Result<u32, u32>) -> i32 {
+fn verdict<C: EbpfContext>(ctx: &C, cgroup_id: u64, result: Result<u32, u32>) -> i32 {
     match result {
         Ok(counter) => {
-            count(counter);
+            count_for(cgroup_id, counter);
             ALLOW
         }
         Err(reason) => {
-            count(reason);
+            count_for(cgroup_id, reason);
             let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
             warn!(ctx, "refused pid {}: {}", pid, counter::reason(reason));
             REJECT
@@ -158,15 +159,20 @@ fn proxy_ip(config: &ProxyConfig, family: u16) -> [u32; 4] {
     }
 }
 
-/// Records what a skill socket asked for under its cookie.
+/// Records what a skill socket (of cgroup `cgroup_id`) asked for under its cookie.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, family: u16, ip: [u32; 4], port: u16) -> Result<(), u32> {
+fn record(
+    ctx: &SockAddrContext,
+    cgroup_id: u64,
+    family: u16,
+    ip: [u32; 4],
+    port: u16,
+) -> Result<(), u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: these helpers take no pointer but the context, which the kernel owns.
-    let (cgroup_id, cookie, netns_cookie, now) = unsafe {
+    let (cookie, netns_cookie, now) = unsafe {
         (
-            bpf_get_current_cgroup_id(),
             bpf_get_socket_cookie(ctx.as_ptr()),
             bpf_get_netns_cookie(ctx.as_ptr()),
             bpf_ktime_get_ns(),
@@ -189,10 +195,18 @@ fn record(ctx: &SockAddrContext, family: u16, ip: [u32; 4], port: u16) -> Result
         .map_err(|_| counter::REFUSED_MAP_FULL)
 }
 
+/// connect() and sendmsg() of the caller's cgroup, counted and logged.
+#[inline(always)]
+fn redirected(ctx: &SockAddrContext, family: u16) -> i32 {
+    // SAFETY: the helper takes no arguments. Read once: identity capture and counters share it.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    verdict(ctx, cgroup_id, redirect(ctx, cgroup_id, family))
+}
+
 /// connect() and sendmsg(): TCP goes to the proxy, UDP to port 53 to the DNS forwarder,
 /// everything else is refused. `Err` carries the counter that says why.
 #[inline(always)]
-fn redirect(ctx: &SockAddrContext, family: u16) -> Result<u32, u32> {
+fn redirect(ctx: &SockAddrContext, cgroup_id: u64, family: u16) -> Result<u32, u32> {
     // SAFETY: the kernel hands sock_addr programs a valid `bpf_sock_addr`.
     let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
     // SAFETY: in-bounds reads of the context.
@@ -208,30 +222,30 @@ fn redirect(ctx: &SockAddrContext, family: u16) -> Result<u32, u32> {
         (SOCK_DGRAM, IPPROTO_UDP) => return Err(counter::REFUSED_UDP),
         _ => return Err(counter::REFUSED_NOT_TCP),
     };
-    record(ctx, family, ip, port)?;
+    record(ctx, cgroup_id, family, ip, port)?;
     set_user_addr(sa, family, &proxy_ip(&config, family), port_be);
     Ok(done)
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn sg_connect4(ctx: SockAddrContext) -> i32 {
-    verdict(&ctx, redirect(&ctx, AF_INET))
+    redirected(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn sg_connect6(ctx: SockAddrContext) -> i32 {
-    verdict(&ctx, redirect(&ctx, AF_INET6))
+    redirected(&ctx, AF_INET6)
 }
 
 /// Unconnected UDP (sendto/sendmsg with an address): DNS only.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sg_sendmsg4(ctx: SockAddrContext) -> i32 {
-    verdict(&ctx, redirect(&ctx, AF_INET))
+    redirected(&ctx, AF_INET)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sg_sendmsg6(ctx: SockAddrContext) -> i32 {
-    verdict(&ctx, redirect(&ctx, AF_INET6))
+    redirected(&ctx, AF_INET6)
 }
 
 /// Replies from the DNS forwarder appear to come from the server the skill asked.
