@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -230,37 +230,34 @@ fn ca_params() -> CertificateParams {
 fn check_ca_matches(cert_pem: &str, key: &KeyPair, path: &Path) -> Result<()> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
-    let public = rcgen::PublicKeyData::subject_public_key_info(key);
-    if !der.windows(public.len()).any(|w| w == public.as_slice()) {
-        bail!(
-            "the skills CA certificate {} was not made for the key beside it; delete both to \
-             start a new CA",
-            path.display()
-        );
-    }
-    Ok(())
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .context("the skills CA key cannot sign")?;
+    rustls::sign::CertifiedKey::new(vec![der], signing)
+        .keys_match()
+        .with_context(|| {
+            format!(
+                "the skills CA certificate {} was not made for the key beside it; delete both \
+                 to start a new CA",
+                path.display()
+            )
+        })
 }
 
 /// The system's roots (as rustls-native-certs finds them) followed by the skills CA.
 fn write_bundle(path: &Path, ca_pem: &str) -> Result<()> {
-    let mut text = String::new();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        text.push_str(&pem_certificate(&cert));
-    }
+    let roots: Vec<pem::Pem> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .map(|cert| pem::Pem::new("CERTIFICATE", cert.as_ref()))
+        .collect();
+    let unix = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    let mut text = pem::encode_many_config(&roots, unix);
+    text.push('\n');
     text.push_str(ca_pem);
     write_file(path, text.as_bytes(), 0o644)
-}
-
-fn pem_certificate(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut text = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in body.as_bytes().chunks(64) {
-        text.push_str(std::str::from_utf8(line).unwrap_or_default());
-        text.push('\n');
-    }
-    text.push_str("-----END CERTIFICATE-----\n");
-    text
 }
 
 /// Writes `bytes` to `path` through a temporary file renamed over it (readers never see half a
