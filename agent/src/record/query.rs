@@ -40,11 +40,11 @@ pub struct EventRow {
 }
 
 /// The events table's fact columns, in [`facts`]'s order.
-const FACT_COLUMNS: &str = "e.decision_id, e.classification, e.approval_id, e.status, e.rows, e.bytes, e.masked, \
+pub(super) const FACT_COLUMNS: &str = "e.decision_id, e.classification, e.approval_id, e.status, e.rows, e.bytes, e.masked, \
      e.duration_us";
 
 /// Reads the fact columns starting at column `at`.
-fn facts(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Facts> {
+pub(super) fn facts(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Facts> {
     Ok(Facts {
         decision_id: r.get(at)?,
         classification: r.get(at + 1)?,

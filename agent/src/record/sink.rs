@@ -88,12 +88,9 @@ fn run(store: &std::path::Path, sink: &Sink) {
     loop {
         let result = match &mut shipper {
             Some(shipper) => shipper.ship(),
-            None => Shipper::connect(store, sink).and_then(|mut connected| {
-                tracing::info!(host = %sink.host, shipped = connected.shipped, "sink connected");
-                let shipped = connected.ship();
-                shipper = Some(connected);
-                shipped
-            }),
+            None => {
+                Shipper::connect(store, sink).and_then(|connected| shipper.insert(connected).ship())
+            }
         };
         match result {
             Ok(n) if n == BATCH => continue,
@@ -136,6 +133,7 @@ impl Shipper {
                 &[&sink.host],
             )?
             .get(0);
+        tracing::info!(host = %sink.host, shipped, "sink connected");
         Ok(Self {
             local,
             central,
@@ -147,11 +145,12 @@ impl Shipper {
     /// Copies up to [`BATCH`] events after the shipped one, with their sessions as they are
     /// now, in one central transaction. Returns how many went.
     fn ship(&mut self) -> Result<usize> {
-        let mut events = self.local.prepare_cached(
-            "SELECT id, session_id, at_ns, kind, operation, decision, rule, reason, prev_hash, \
-             hash, decision_id, classification, approval_id, status, rows, bytes, masked, \
-             duration_us FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )?;
+        let mut events = self.local.prepare_cached(&format!(
+            "SELECT e.id, e.session_id, e.at_ns, e.kind, e.operation, e.decision, e.rule, \
+             e.reason, e.prev_hash, e.hash, {} FROM events e WHERE e.id > ?1 ORDER BY e.id \
+             LIMIT ?2",
+            super::query::FACT_COLUMNS
+        ))?;
         let rows: Vec<Vec<rusqlite::types::Value>> = events
             .query_map(rusqlite::params![self.shipped, BATCH as i64], |r| {
                 (0..18).map(|i| r.get(i)).collect()

@@ -422,11 +422,11 @@ pub fn verify(path: &Path) -> Result<u64> {
         bail!("no session store at {}", path.display());
     }
     let conn = Connection::open(path)?;
-    let mut stmt = conn.prepare(
-        "SELECT id, session_id, at_ns, kind, operation, decision, rule, reason, prev_hash, hash, \
-         decision_id, classification, approval_id, status, rows, bytes, masked, duration_us \
-         FROM events ORDER BY id",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT e.id, e.session_id, e.at_ns, e.kind, e.operation, e.decision, e.rule, \
+             e.reason, e.prev_hash, e.hash, {} FROM events e ORDER BY e.id",
+        super::query::FACT_COLUMNS
+    ))?;
     let mut rows = stmt.query([])?;
     // Pruned stores start from the anchor the last pruning left.
     let anchor: Option<Vec<u8>> = conn
@@ -448,16 +448,7 @@ pub fn verify(path: &Path) -> Result<u64> {
             decision: row.get(5)?,
             rule: row.get(6)?,
             reason: row.get(7)?,
-            facts: Facts {
-                decision_id: row.get(10)?,
-                classification: row.get(11)?,
-                approval_id: row.get(12)?,
-                status: row.get(13)?,
-                rows: row.get(14)?,
-                bytes: row.get(15)?,
-                masked: row.get(16)?,
-                duration_us: row.get(17)?,
-            },
+            facts: super::query::facts(row, 10)?,
         };
         let prev: Vec<u8> = row.get(8)?;
         let hash: Vec<u8> = row.get(9)?;
@@ -558,6 +549,7 @@ mod tests {
             .unwrap();
         let err = verify(&path).unwrap_err().to_string();
         assert!(err.contains("chain broken at event 2"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     fn kinds(path: &Path, id: i64) -> Vec<String> {
