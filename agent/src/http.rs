@@ -35,6 +35,9 @@ use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
 
 mod head;
+pub mod pool;
+
+use pool::Lease;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -68,7 +71,8 @@ pub struct HttpConn {
     pub session: Option<i64>,
     pub upstream: SocketAddr,
     tls: Option<UpstreamTls>,
-    sender: tokio::sync::Mutex<Option<SendRequest<Relay<Incoming>>>>,
+    /// Which pooled upstream connections this skill connection may borrow.
+    pool_key: pool::Key,
     requests: AtomicU64,
     to_backend: Arc<AtomicU64>,
     to_skill: Arc<AtomicU64>,
@@ -89,6 +93,12 @@ impl HttpConn {
         upstream: SocketAddr,
         tls: Option<UpstreamTls>,
     ) -> Self {
+        let pool_key = pool::Key {
+            upstream,
+            tls: tls
+                .as_ref()
+                .map(|t| (t.server_name.clone(), t.ca_file.clone())),
+        };
         Self {
             proxy,
             skill,
@@ -96,7 +106,7 @@ impl HttpConn {
             session,
             upstream,
             tls,
-            sender: tokio::sync::Mutex::new(None),
+            pool_key,
             requests: AtomicU64::new(0),
             to_backend: Arc::default(),
             to_skill: Arc::default(),
@@ -387,8 +397,8 @@ impl HttpConn {
                 );
             }
         };
-        let response = match self.send(upstream).await {
-            Ok(response) => response,
+        let (response, lease) = match self.send(upstream).await {
+            Ok(sent) => sent,
             Err((status, reason)) => {
                 warn!(request = %decided.id, upstream = %self.upstream, %reason, "backend failed");
                 return self.failed(decided, status, &reason, started).await;
@@ -407,12 +417,19 @@ impl HttpConn {
                 .await;
         }
         if mask.is_empty() {
-            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets).boxed();
+            let mut body = Relay::new(body, Arc::clone(&self.to_skill), secrets);
+            if body.inner.is_end_stream() {
+                lease.release();
+            } else {
+                body.lease = Some(lease);
+            }
+            let body = body.boxed();
             let response = Response::from_parts(parts, body);
             return self.answered(decided, response, started, 0, None).await;
         }
         match self.mask(&parts.headers, body, mask, &secrets).await {
             Ok((masked, count)) => {
+                lease.release();
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
@@ -472,39 +489,48 @@ impl HttpConn {
         Ok((masked, count))
     }
 
-    /// Sends `request` on the skill connection's upstream connection (opened on first use):
-    /// a backend that cannot be reached or fails gives 502, one that does not answer within
-    /// `upstream_response_timeout_ms` 504.
+    /// Sends `request` on a pooled upstream connection, or a new one: a backend that cannot
+    /// be reached or fails gives 502, one that does not answer within
+    /// `upstream_response_timeout_ms` 504. A pooled connection the backend closed before the
+    /// request was written is replaced once.
     async fn send(
         &self,
-        request: Request<Relay<Incoming>>,
-    ) -> Result<Response<Incoming>, (StatusCode, String)> {
+        mut request: Request<Relay<Incoming>>,
+    ) -> Result<(Response<Incoming>, Lease), (StatusCode, String)> {
         let unreachable = |reason| (StatusCode::BAD_GATEWAY, reason);
-        let mut sender = self.sender.lock().await;
-        if sender.as_ref().is_none_or(|s| s.is_closed()) {
-            *sender = Some(self.connect().await.map_err(unreachable)?);
-        }
-        let ready = sender.as_mut().expect("just connected");
-        if ready.ready().await.is_err() {
-            *sender = Some(self.connect().await.map_err(unreachable)?);
-        }
-        let ready = sender.as_mut().expect("connected");
+        let pool = &self.proxy.http_pool;
         let timeout = self.proxy.upstream_response_timeout;
-        match tokio::time::timeout(timeout, ready.send_request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => {
-                *sender = None;
-                Err(unreachable(format!("the backend failed: {err}")))
-            }
-            Err(_) => {
-                *sender = None;
-                Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "the backend did not answer within {} ms",
-                        timeout.as_millis()
-                    ),
-                ))
+        loop {
+            let (mut sender, pooled) = match pool.take(&self.pool_key) {
+                Some(sender) => (sender, true),
+                None => (self.connect().await.map_err(unreachable)?, false),
+            };
+            match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+                Ok(Ok(response)) => {
+                    let lease = Lease::new(sender, self.pool_key.clone(), Arc::clone(pool));
+                    return Ok((response, lease));
+                }
+                Ok(Err(mut err)) => match err.take_message() {
+                    Some(unsent) if pooled => {
+                        debug!(error = %err.error(), "a pooled backend connection had closed; using another");
+                        request = unsent;
+                    }
+                    _ => {
+                        return Err(unreachable(format!(
+                            "the backend failed: {}",
+                            err.into_error()
+                        )));
+                    }
+                },
+                Err(_) => {
+                    return Err((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "the backend did not answer within {} ms",
+                            timeout.as_millis()
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -766,6 +792,8 @@ pub struct Relay<B> {
     secrets: Vec<Vec<u8>>,
     held: BytesMut,
     done: bool,
+    /// The upstream connection a response body arrives on, given back at its end.
+    lease: Option<Lease>,
 }
 
 impl<B> Relay<B> {
@@ -776,6 +804,7 @@ impl<B> Relay<B> {
             secrets,
             held: BytesMut::new(),
             done: false,
+            lease: None,
         }
     }
 }
@@ -802,6 +831,13 @@ where
             };
             match frame {
                 Some(Ok(frame)) => {
+                    // hyper stops polling a body that says it ended, so the connection is
+                    // given back with the last frame.
+                    if this.inner.is_end_stream()
+                        && let Some(lease) = this.lease.take()
+                    {
+                        lease.release();
+                    }
                     match frame.into_data() {
                         Ok(data) => {
                             this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -824,6 +860,9 @@ where
                 Some(Err(err)) => return Poll::Ready(Some(Err(err))),
                 None => {
                     this.done = true;
+                    if let Some(lease) = this.lease.take() {
+                        lease.release();
+                    }
                     if this.held.is_empty() {
                         return Poll::Ready(None);
                     }

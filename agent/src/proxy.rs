@@ -64,6 +64,8 @@ pub struct Proxy {
     pub token_files: std::collections::BTreeMap<String, std::path::PathBuf>,
     /// PostgreSQL sessions' cancel keys → their backends.
     pub pg_cancel: crate::pg::CancelKeys,
+    /// Idle upstream connections of `http` backends.
+    pub http_pool: Arc<crate::http::pool::Pool>,
     /// SQL classifications of recent statement texts.
     pub sql_cache: std::sync::Mutex<skillgate_policy::sql::Cache>,
 }

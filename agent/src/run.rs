@@ -234,6 +234,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
             })
             .collect(),
         pg_cancel: crate::pg::CancelKeys::default(),
+        http_pool: Default::default(),
         sql_cache: std::sync::Mutex::new(skillgate_policy::sql::Cache::new(10_000)),
     });
     if let Some(addr) = agent.metrics_listen {

@@ -1,6 +1,7 @@
 # A real HTTP/1.1 backend for the tests (Python's http.server, keep-alive on).
 # argv: PORT LOGFILE [CERT KEY] (with CERT and KEY it serves HTTPS). Each request it gets is appended to LOGFILE as one JSON line
-# {method, path, headers, body}, so tests can assert what reached the backend.
+# {method, path, headers, body, peer_port}, so tests can assert what reached the backend, and
+# on which connection.
 # Routes: /orders/N (JSON with personal data), /echo (the request back as JSON, and its
 # Authorization header in X-Seen-Authorization), /broken (invalid JSON), /big?n=BYTES
 # (a JSON string of that many bytes, chunked), /stall?s=SECONDS (answers after that long),
@@ -39,6 +40,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body,
+            "peer_port": self.client_address[1],
         }
         with LOCK, open(LOGFILE, "a") as log:
             log.write(json.dumps(seen) + "\n")

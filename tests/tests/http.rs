@@ -297,6 +297,60 @@ fn a_response_that_cannot_be_masked_is_withheld() {
     );
 }
 
+#[test]
+fn upstream_connections_are_reused_only_after_a_response_was_read_to_its_end() {
+    let s = setup("http-pool", "");
+    let agent = s.env.start_agent();
+    let get = |path: &str| {
+        let (status, _, body) = curl(&s.env, &[&format!("http://{}{path}", s.dial)]);
+        assert_eq!(status, 200, "{body}\n{}", agent.log());
+    };
+    // Two skill connections, one after the other: the second borrows the first's upstream
+    // connection (masked and streamed responses alike).
+    get("/orders/1");
+    get("/echo");
+    // A skill that leaves a large response half read: that upstream connection must not
+    // carry the rest of it into the next request, so it is closed, not pooled.
+    let script = "import socket, sys\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+        s.sendall(b'GET /big?n=20000000 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+        got = s.recv(4096)\n\
+        assert got.startswith(b'HTTP/1.1 200'), got\n\
+        s.close()";
+    let out = exec(
+        &s.env,
+        &[
+            "python3",
+            "-c",
+            script,
+            &s.dial.ip().to_string(),
+            &s.dial.port().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    get("/orders/2");
+    let ports: Vec<u64> = s
+        .backend
+        .requests()
+        .iter()
+        .map(|r| r["peer_port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert_eq!(
+        ports[0], ports[1],
+        "the second request did not reuse: {ports:?}"
+    );
+    assert_eq!(ports[1], ports[2], "the download did not reuse: {ports:?}");
+    assert_ne!(
+        ports[2], ports[3],
+        "a half-read connection was reused: {ports:?}"
+    );
+}
+
 /// Raw bytes a skill sends; what it got back (the status line, or the error).
 fn raw(env: &Env, dial: SocketAddr, request: &[u8]) -> String {
     let script = "import socket, sys\n\
