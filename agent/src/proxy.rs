@@ -229,6 +229,9 @@ impl Proxy {
                     return reset(stream);
                 }
             };
+            // The protocols' futures are boxed below, each only as large as its own state: a
+            // connection's task is allocated for its whole life at the size of its largest
+            // branch (9.4 KB unboxed, for every idle HTTP connection).
             let upstream = match (verdict, upstream, id) {
                 ("approve", Some(upstream), Some(id)) => {
                     let view = PendingView {
@@ -285,30 +288,30 @@ impl Proxy {
                     }
                     let names = decision.backend.map_or(&[][..], |b| &b.intercept_tls[..]);
                     if names.is_empty() || !starts_with_tls(&stream).await {
-                        conn.serve(stream).await
+                        Box::pin(conn.serve(stream)).await
                     } else {
-                        match self.intercept(stream, names, id).await {
-                            Some(decrypted) => conn.serve(decrypted).await,
+                        match Box::pin(self.intercept(stream, names, id)).await {
+                            Some(decrypted) => Box::pin(conn.serve(decrypted)).await,
                             None => ("denied", (0, 0)),
                         }
                     }
                 }
                 Some(upstream) if protocol == Some(Protocol::Postgres) => {
                     let conn = PgConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream);
-                    Arc::new(conn).serve(stream).await
+                    Box::pin(Arc::new(conn).serve(stream)).await
                 }
                 Some(upstream) if protocol == Some(Protocol::Tls) => {
                     let mut stream = stream;
                     let server_name = tls.and_then(|t| t.server_name);
-                    match self.sni_gate(&mut stream, server_name.as_deref(), id).await {
-                        Some(hello) => self.forward(stream, upstream, &hello).await,
+                    match Box::pin(self.sni_gate(&mut stream, server_name.as_deref(), id)).await {
+                        Some(hello) => Box::pin(self.forward(stream, upstream, &hello)).await,
                         None => {
                             reset(stream);
                             ("denied", (0, 0))
                         }
                     }
                 }
-                Some(upstream) => self.forward(stream, upstream, &[]).await,
+                Some(upstream) => Box::pin(self.forward(stream, upstream, &[])).await,
                 None => {
                     reset(stream);
                     ("denied", (0, 0))
