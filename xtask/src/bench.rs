@@ -73,6 +73,45 @@ pub(crate) fn bench_config(
     Ok((config, proxy_port))
 }
 
+/// Starts one agent per `(name, extra config lines)`, each with its own cgroup, store and
+/// ports, all serving `policy`, with `env` set; returns once every proxy listens.
+pub(crate) fn start_agents(
+    root: &Path,
+    dir: &Path,
+    policy: &str,
+    variants: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Result<Vec<Teardown>> {
+    let mut agents = Vec::new();
+    let mut ports = Vec::new();
+    for (name, extra) in variants {
+        let (config, proxy_port) = bench_config(&dir.join(name), name, policy)?;
+        let mut text = std::fs::read_to_string(&config)?;
+        text.push_str(extra);
+        text.push('\n');
+        std::fs::write(&config, text)?;
+        let mut agent = Teardown {
+            bin: root.join("target/release/skillgate"),
+            config,
+            children: Vec::new(),
+        };
+        let child = agent
+            .skillgate()
+            .arg("run")
+            .envs(env.iter().copied())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the agent")?;
+        agent.children.push(child);
+        agents.push(agent);
+        ports.push(proxy_port);
+    }
+    for port in ports {
+        crate::bench_http::wait_listening(([127, 0, 0, 1], port).into())?;
+    }
+    Ok(agents)
+}
+
 pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -425,15 +464,19 @@ pub fn store(root: &Path) -> Result<()> {
 
 /// The table of what recording costs: per case, the throughput with recording (store_sync =
 /// normal) against the same agent configured with `record = false`. Target: at most 10%.
-pub fn recording_overhead(rows: &[(String, f64, f64)], unit: &str) -> String {
+/// The recording-overhead table: rows of (case, with store_sync=full (the default), with
+/// store_sync=normal, not recorded).
+pub fn recording_overhead(rows: &[(String, f64, f64, f64)], unit: &str) -> String {
     let mut table = format!(
-        "| case | {unit} recorded (store_sync=normal) | {unit} not recorded | recording overhead |\n\
-         |---|---|---|---|\n"
+        "| case | {unit} recorded, store_sync=full (default) | {unit} recorded, store_sync=normal | \
+         {unit} not recorded | overhead (full) | overhead (normal) |\n\
+         |---|---|---|---|---|---|\n"
     );
-    for (case, recorded, unrecorded) in rows {
+    for (case, full, normal, unrecorded) in rows {
         table.push_str(&format!(
-            "| {case} | {recorded:.0} | {unrecorded:.0} | {:.1}% |\n",
-            (1.0 - recorded / unrecorded) * 100.0
+            "| {case} | {full:.0} | {normal:.0} | {unrecorded:.0} | {:.1}% | {:.1}% |\n",
+            (1.0 - full / unrecorded) * 100.0,
+            (1.0 - normal / unrecorded) * 100.0
         ));
     }
     table

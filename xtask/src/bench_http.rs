@@ -1,6 +1,6 @@
 //! `cargo xtask bench http`: requests/s and p99 latency with wrk on loopback, side by side in
-//! one run: straight to the backend, through nginx as a reverse proxy, and through skillgate
-//! (policy and recording on, then masking too). The backend is nginx serving fixed bodies, so
+//! one run: straight to the backend, through nginx and haproxy as reverse proxies, and through
+//! skillgate (policy and recording on, then masking too). The backend is nginx serving fixed bodies, so
 //! the proxies are what differs.
 
 use std::net::{SocketAddr, TcpStream};
@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::Teardown;
-use crate::bench::{bench_config, free_port, machine, median, write_section};
+use crate::bench::{free_port, machine, median, write_section};
 
 const ROUNDS: usize = 3;
-const SECONDS: u32 = 4;
-const SMALL: &str = r#"{"id":7,"name":"Alice","email":"alice@example.com","card":"4111 1111 1111 1111","total":42}"#;
+const SECONDS: u32 = 2;
+pub(crate) const SMALL: &str = r#"{"id":7,"name":"Alice","email":"alice@example.com","card":"4111 1111 1111 1111","total":42}"#;
 
 struct Config<'a> {
     name: &'static str,
@@ -84,20 +84,7 @@ fn millis(text: &str) -> Result<f64> {
     })
 }
 
-/// An nginx master: stopped with SIGTERM (which takes its workers down; SIGKILL would orphan
-/// them, still listening).
-pub(crate) struct Nginx(std::process::Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
+pub(crate) fn nginx(dir: &Path, name: &str, server: &str) -> Result<Process> {
     let dir = dir.join(name);
     std::fs::create_dir_all(dir.join("tmp"))?;
     let d = dir.display();
@@ -106,7 +93,7 @@ pub(crate) fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
         &conf,
         format!(
             "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
+             events {{ worker_connections 16384; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
              {server}\n}}\n"
@@ -117,8 +104,43 @@ pub(crate) fn nginx(dir: &Path, name: &str, server: &str) -> Result<Nginx> {
         .arg(&conf)
         .stderr(Stdio::null())
         .spawn()
-        .map(Nginx)
+        .map(Process)
         .context("cannot start nginx")
+}
+
+/// haproxy in the foreground as an HTTP reverse proxy to `backend` with upstream keep-alive.
+pub(crate) fn haproxy(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> Result<Process> {
+    let conf = dir.join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n maxconn 9990\n nbthread 2\ndefaults\n mode http\n timeout connect 5s\n\
+             timeout client 120s\n timeout server 120s\n option http-keep-alive\n\
+             http-reuse always\nfrontend bench\n bind {listen}\n default_backend backend\n\
+             backend backend\n server backend {backend}\n"
+        ),
+    )?;
+    Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Process)
+        .context("cannot start haproxy")
+}
+
+/// A server process stopped with SIGTERM (an nginx master takes its workers down with it;
+/// SIGKILL would orphan them, still listening).
+pub(crate) struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
@@ -133,7 +155,10 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
 }
 
 pub fn http(root: &Path) -> Result<()> {
-    crate::setup::ensure_packages(&[("nginx", "nginx"), ("wrk", "wrk")], &[])?;
+    crate::setup::ensure_packages(
+        &[("nginx", "nginx"), ("wrk", "wrk"), ("haproxy", "haproxy")],
+        &[],
+    )?;
     let dir = root.join("target/bench-http");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("www"))?;
@@ -142,6 +167,7 @@ pub fn http(root: &Path) -> Result<()> {
 
     let backend: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let proxy: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let haproxy_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let (plain_dial, masked_dial): (SocketAddr, SocketAddr) = (
         ([127, 0, 0, 3], free_port()?).into(),
         ([127, 0, 0, 3], free_port()?).into(),
@@ -156,26 +182,6 @@ pub fn http(root: &Path) -> Result<()> {
          http = {{ methods = [\"GET\"], paths = [\"/small\", \"/big\"] }}\n\
          mask = {{ fields = [\"email\"], detectors = [\"card\", \"email\"] }}\n"
     );
-    // One agent per store_sync setting and one that records nothing (what recording costs),
-    // each with its own skills cgroup.
-    let mut agents = Vec::new();
-    let mut ports = Vec::new();
-    for (name, recording) in [
-        ("skillgate-bench-http", "store_sync = \"full\""),
-        ("skillgate-bench-http-normal", "store_sync = \"normal\""),
-        ("skillgate-bench-http-unrecorded", "record = false"),
-    ] {
-        let (config, proxy_port) = bench_config(&dir.join(name), name, &policy)?;
-        let mut text = std::fs::read_to_string(&config)?;
-        text.push_str(&format!("{recording}\n"));
-        std::fs::write(&config, text)?;
-        agents.push(Teardown {
-            bin: root.join("target/release/skillgate"),
-            config,
-            children: Vec::new(),
-        });
-        ports.push(proxy_port);
-    }
     let mut servers = Vec::new();
     let www = dir.join("www");
     servers.push(nginx(
@@ -197,21 +203,23 @@ pub fn http(root: &Path) -> Result<()> {
              proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
         ),
     )?);
-    for agent in &mut agents {
-        let child = agent
-            .skillgate()
-            .arg("run")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the agent")?;
-        agent.children.push(child);
-    }
-    for addr in [backend, proxy] {
+    servers.push(haproxy(&dir, haproxy_addr, backend)?);
+    for addr in [backend, proxy, haproxy_addr] {
         wait_listening(addr)?;
     }
-    for port in ports {
-        wait_listening(([127, 0, 0, 1], port).into())?;
-    }
+    // The shipped defaults (store_sync=full), then store_sync=normal, then no recording (what
+    // recording costs); each agent has its own skills cgroup.
+    let agents = crate::bench::start_agents(
+        root,
+        &dir,
+        &policy,
+        &[
+            ("skillgate-bench-http", ""),
+            ("skillgate-bench-http-normal", "store_sync = \"normal\""),
+            ("skillgate-bench-http-unrecorded", "record = false"),
+        ],
+        &[],
+    )?;
 
     let (full, normal, unrecorded) = (Some(&agents[0]), Some(&agents[1]), Some(&agents[2]));
     let configs = [
@@ -226,19 +234,24 @@ pub fn http(root: &Path) -> Result<()> {
             addr: proxy,
         },
         Config {
-            name: "skillgate (policy, recording, store_sync=full)",
+            name: "haproxy (reverse proxy)",
+            agent: None,
+            addr: haproxy_addr,
+        },
+        Config {
+            name: "skillgate (policy)",
             agent: full,
             addr: plain_dial,
         },
         Config {
-            name: "skillgate (policy, recording, store_sync=normal)",
-            agent: normal,
-            addr: plain_dial,
+            name: "skillgate (policy, masking)",
+            agent: full,
+            addr: masked_dial,
         },
         Config {
-            name: "skillgate (policy, recording, masking, store_sync=normal)",
+            name: "skillgate (policy, store_sync=normal)",
             agent: normal,
-            addr: masked_dial,
+            addr: plain_dial,
         },
         Config {
             name: "skillgate (policy, no recording)",
@@ -276,6 +289,7 @@ pub fn http(root: &Path) -> Result<()> {
             format!("{path}, {connections} connections"),
             medians[3].0,
             medians[5].0,
+            medians[6].0,
         ));
         let what = if *path == "/small" {
             "small JSON (95 B)"
@@ -301,10 +315,12 @@ pub fn http(root: &Path) -> Result<()> {
             "Machine: {}. Command: `cargo xtask bench http` (root; installs nginx and wrk).\n\n\
              wrk ({SECONDS} s per run, 1 thread for 1 connection, 2 threads for 64) against an \
              nginx backend serving fixed JSON bodies; each configuration runs alternately, \
-             {ROUNDS} rounds, medians shown. nginx (the peer) proxies with upstream keep-alive. \
-             skillgate runs with the shipped defaults (info logs, every request decided by the \
-             policy and recorded — committed to SQLite before it is forwarded, fsynced with \
-             store_sync=full, written to the WAL without fsync with store_sync=normal); for skillgate, \
+             {ROUNDS} rounds, medians shown. nginx (the peer) and haproxy proxy with upstream \
+             keep-alive. skillgate runs with the shipped defaults (info logs, every request \
+             decided by the policy and recorded — committed to SQLite before it is forwarded, \
+             fsynced: store_sync=full); one agent runs with store_sync=normal (written to the \
+             WAL before it is forwarded, fsynced at checkpoints: survives an agent crash, not a \
+             host crash); for skillgate, \
              wrk runs inside a skill cgroup (`skillgate exec`) and dials an address that only \
              the eBPF redirect reaches. Masking: `email` fields plus the card and email \
              detectors over the whole body. The last configuration records nothing (`record = \

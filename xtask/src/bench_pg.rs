@@ -11,10 +11,28 @@ use anyhow::{Context as _, Result, bail};
 use skillgate_tests::PgServer;
 
 use crate::Teardown;
-use crate::bench::{bench_config, free_port, machine, median, write_section};
+use crate::bench::{free_port, machine, median, write_section};
 
 const ROUNDS: usize = 3;
-const SECONDS: u32 = 5;
+const SECONDS: u32 = 2;
+/// The masked-column query: a row whose `filler` column the policy masks.
+const MASKED_QUERY: &str = "\\set aid random(1, 1000000)\nSELECT aid, abalance, filler FROM pgbench_accounts WHERE aid = :aid;\n";
+
+/// What pgbench runs: its select-only script or the masked-column query.
+#[derive(Clone, Copy)]
+enum Workload {
+    SelectOnly,
+    MaskedColumn,
+}
+
+impl Workload {
+    fn label(self) -> &'static str {
+        match self {
+            Self::SelectOnly => "pgbench -S",
+            Self::MaskedColumn => "masked-column query",
+        }
+    }
+}
 
 struct Config<'a> {
     name: &'static str,
@@ -22,10 +40,23 @@ struct Config<'a> {
     addr: SocketAddr,
 }
 
-fn pgbench(config: &Config<'_>, clients: u32, mode: &str, password: &str) -> Result<f64> {
+fn pgbench(
+    config: &Config<'_>,
+    workload: Workload,
+    clients: u32,
+    mode: &str,
+    password: &str,
+    script: &Path,
+) -> Result<f64> {
+    let script = script.display().to_string();
+    let work = match workload {
+        Workload::SelectOnly => ["-S", "-S"],
+        Workload::MaskedColumn => ["-f", script.as_str()],
+    };
     let args = [
         "-n",
-        "-S",
+        work[0],
+        work[1],
         "-M",
         mode,
         "-c",
@@ -154,55 +185,62 @@ pub fn postgres(root: &Path) -> Result<()> {
     let bouncer_port = free_port()?;
     let _bouncer = pgbouncer(&dir.join("pgbouncer"), &pg, bouncer_port)?;
 
-    let dial: SocketAddr = ([127, 0, 0, 3], free_port()?).into();
+    let script = dir.join("masked-column.sql");
+    std::fs::write(&script, MASKED_QUERY)?;
+
+    // Two backends for the same database: one whose rule masks pgbench_accounts (a column
+    // plus the email and card detectors over every text value), one that only allows.
+    let (dial, plain_dial): (SocketAddr, SocketAddr) = (
+        ([127, 0, 0, 3], free_port()?).into(),
+        ([127, 0, 0, 3], free_port()?).into(),
+    );
+    let upstream = pg.addr();
+    // pgbench -S counts the branches first.
+    let branches = |backend: &str| {
+        format!(
+            "[[rule]]\nname = \"count-branches-{backend}\"\nskills = [\"bench\"]\n\
+             backend = \"{backend}\"\neffect = \"allow\"\n\
+             sql = {{ kinds = [\"select\"], objects = [\"public.pgbench_branches\"] }}\n"
+        )
+    };
     let policy = format!(
         "[[skill]]\nname = \"bench\"\n\
          [[backend]]\nname = \"bench-db\"\nprotocol = \"postgres\"\ndial = [\"{dial}\"]\n\
-         upstream = \"{}\"\ncredentials = \"bench-db\"\n\
+         upstream = \"{upstream}\"\ncredentials = \"bench-db\"\n\
+         [[backend]]\nname = \"bench-db-plain\"\nprotocol = \"postgres\"\ndial = [\"{plain_dial}\"]\n\
+         upstream = \"{upstream}\"\ncredentials = \"bench-db\"\n\
          [[rule]]\nname = \"read-accounts\"\nskills = [\"bench\"]\nbackend = \"bench-db\"\n\
          effect = \"mask\"\nsql = {{ kinds = [\"select\"], objects = [\"public.pgbench_accounts\"] }}\n\
          mask = {{ columns = [\"pgbench_accounts.filler\"], detectors = [\"email\", \"card\"] }}\n\
-         [[rule]]\nname = \"count-branches\"\nskills = [\"bench\"]\nbackend = \"bench-db\"\n\
-         effect = \"allow\"\nsql = {{ kinds = [\"select\"], objects = [\"public.pgbench_branches\"] }}\n",
-        pg.addr()
+         [[rule]]\nname = \"read-plain\"\nskills = [\"bench\"]\nbackend = \"bench-db-plain\"\n\
+         effect = \"allow\"\nsql = {{ kinds = [\"select\"], objects = [\"public.pgbench_accounts\"] }}\n\
+         {}{}",
+        branches("bench-db"),
+        branches("bench-db-plain")
     );
-    let mut agents = Vec::new();
-    let mut ports = Vec::new();
-    // One agent per store_sync setting, and one that records nothing (what recording costs).
-    for (name, recording) in [
-        ("skillgate-bench-pg", "store_sync = \"full\""),
-        ("skillgate-bench-pg-normal", "store_sync = \"normal\""),
-        ("skillgate-bench-pg-unrecorded", "record = false"),
-    ] {
-        let (config, proxy_port) = bench_config(&dir.join(name), name, &policy)?;
-        let mut text = std::fs::read_to_string(&config)?;
-        text.push_str(&format!(
-            "{recording}\nmask_salt_file = \"mask.salt\"\n\
-             [credentials.bench-db]\nkind = \"basic\"\nenv = \"SKILLGATE_BENCH_PG_LOGIN\"\n"
-        ));
-        std::fs::write(&config, text)?;
-        let mut agent = Teardown {
-            bin: root.join("target/release/skillgate"),
-            config,
-            children: Vec::new(),
-        };
-        let child = agent
-            .skillgate()
-            .arg("run")
-            .env(
-                "SKILLGATE_BENCH_PG_LOGIN",
-                format!("postgres:{}", pg.password),
-            )
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the agent")?;
-        agent.children.push(child);
-        agents.push(agent);
-        ports.push(proxy_port);
-    }
-    for port in ports.into_iter().chain([bouncer_port]) {
-        crate::bench_http::wait_listening(([127, 0, 0, 1], port).into())?;
-    }
+    let credentials = "mask_salt_file = \"mask.salt\"\n[credentials.bench-db]\nkind = \"basic\"\n\
+                       env = \"SKILLGATE_BENCH_PG_LOGIN\"";
+    let login = format!("postgres:{}", pg.password);
+    // The shipped defaults (store_sync=full), then store_sync=normal, then no recording (what
+    // recording costs).
+    let agents = crate::bench::start_agents(
+        root,
+        &dir,
+        &policy,
+        &[
+            ("skillgate-bench-pg", credentials),
+            (
+                "skillgate-bench-pg-normal",
+                &format!("store_sync = \"normal\"\n{credentials}"),
+            ),
+            (
+                "skillgate-bench-pg-unrecorded",
+                &format!("record = false\n{credentials}"),
+            ),
+        ],
+        &[("SKILLGATE_BENCH_PG_LOGIN", &login)],
+    )?;
+    crate::bench_http::wait_listening(([127, 0, 0, 1], bouncer_port).into())?;
 
     let (full, normal, unrecorded) = (Some(&agents[0]), Some(&agents[1]), Some(&agents[2]));
     let configs = [
@@ -217,7 +255,12 @@ pub fn postgres(root: &Path) -> Result<()> {
             addr: ([127, 0, 0, 1], bouncer_port).into(),
         },
         Config {
-            name: "skillgate (policy, masking, recording, store_sync=full)",
+            name: "skillgate (policy, recording)",
+            agent: full,
+            addr: plain_dial,
+        },
+        Config {
+            name: "skillgate (policy, masking, recording)",
             agent: full,
             addr: dial,
         },
@@ -232,33 +275,56 @@ pub fn postgres(root: &Path) -> Result<()> {
             addr: dial,
         },
     ];
-    let cases = [
-        (1, "simple"),
-        (1, "prepared"),
-        (16, "simple"),
-        (16, "prepared"),
-    ];
+    let cases = [Workload::SelectOnly, Workload::MaskedColumn]
+        .into_iter()
+        .flat_map(|w| {
+            [
+                (1, "simple"),
+                (1, "prepared"),
+                (16, "simple"),
+                (16, "prepared"),
+            ]
+            .map(|(clients, mode)| (w, clients, mode))
+        });
+    let cases: Vec<_> = cases.collect();
     let mut results = vec![vec![Vec::new(); configs.len()]; cases.len()];
     for config in &configs {
-        pgbench(config, 2, "simple", &pg.password)?; // warm-up, and proof every path works
+        // Warm-up, and proof every path works.
+        for workload in [Workload::SelectOnly, Workload::MaskedColumn] {
+            pgbench(config, workload, 2, "simple", &pg.password, &script)?;
+        }
     }
     for _ in 0..ROUNDS {
-        for (c, (clients, mode)) in cases.iter().enumerate() {
+        for (c, (workload, clients, mode)) in cases.iter().enumerate() {
             for (k, config) in configs.iter().enumerate() {
-                results[c][k].push(pgbench(config, *clients, mode, &pg.password)?);
+                results[c][k].push(pgbench(
+                    config,
+                    *workload,
+                    *clients,
+                    mode,
+                    &pg.password,
+                    &script,
+                )?);
             }
         }
     }
     let mut table = String::from(
-        "| clients | protocol | path | TPS | vs PgBouncer | vs direct |\n|---|---|---|---|---|---|\n",
+        "| workload | clients | protocol | path | TPS | vs PgBouncer | vs direct |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     let mut recorded = Vec::new();
-    for (c, (clients, mode)) in cases.iter().enumerate() {
+    for (c, (workload, clients, mode)) in cases.iter().enumerate() {
         let tps: Vec<f64> = results[c].iter_mut().map(|runs| median(runs)).collect();
-        recorded.push((format!("{clients} clients, {mode}"), tps[3], tps[4]));
+        let workload = workload.label();
+        recorded.push((
+            format!("{workload}, {clients} clients, {mode}"),
+            tps[3],
+            tps[4],
+            tps[5],
+        ));
         for (k, config) in configs.iter().enumerate() {
             table.push_str(&format!(
-                "| {clients} | {mode} | {} | {:.0} | {:.2}x | {:.2}x |\n",
+                "| {workload} | {clients} | {mode} | {} | {:.0} | {:.2}x | {:.2}x |\n",
                 config.name,
                 tps[k],
                 tps[k] / tps[1],
@@ -273,14 +339,19 @@ pub fn postgres(root: &Path) -> Result<()> {
         "PostgreSQL proxying",
         &format!(
             "Machine: {}. Command: `cargo xtask bench postgres` (root; installs PgBouncer).\n\n\
-             `pgbench -S` (select-only, scale 10) for {SECONDS} s per run against a throwaway \
-             PostgreSQL 15 (fsync off), each configuration alternately, {ROUNDS} rounds, medians \
-             shown. PgBouncer (the peer) pools in session mode. Through skillgate pgbench runs \
-             in a skill cgroup and dials an address only the eBPF redirect reaches; every \
-             statement is classified (cached), decided, masked (a mask rule on \
-             pgbench_accounts: a column plus the email and card detectors over every text \
-             value) and recorded before it is forwarded; the last configuration records nothing \
-             (`record = false`), to show what recording costs.\n\n{table}\n{overhead}",
+             pgbench (scale 10) for {SECONDS} s per run against a throwaway PostgreSQL 15 (fsync \
+             off): its select-only script (`-S`), and a masked-column query (`SELECT aid, \
+             abalance, filler FROM pgbench_accounts WHERE aid = :aid`, random aid); each \
+             configuration alternately, {ROUNDS} rounds, medians shown. PgBouncer (the peer) pools \
+             in session mode. Through skillgate pgbench runs in a skill cgroup and dials an \
+             address only the eBPF redirect reaches; every statement is classified (cached), \
+             decided and recorded (the shipped default, store_sync=full: committed and fsynced \
+             before it is forwarded) and, with masking, its rows masked (a mask rule on \
+             pgbench_accounts: the filler column plus the email and card detectors over every \
+             text value). One agent runs with store_sync=normal (the WAL is written before the \
+             statement is forwarded and fsynced at checkpoints: it survives an agent crash, not \
+             a host crash), one records nothing (`record = false`), to show what recording \
+             costs.\n\n{table}\n{overhead}",
             machine()
         ),
     )

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_http;
 mod bench_pg;
+mod bench_scale;
 mod demo;
 mod fuzz;
 mod package;
@@ -75,6 +76,12 @@ enum Task {
         addr: std::net::SocketAddr,
         count: u32,
     },
+    /// The client the scale benchmark holds idle connections with.
+    #[command(hide = true)]
+    BenchIdle {
+        addr: std::net::SocketAddr,
+        count: u32,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -89,6 +96,9 @@ enum Suite {
     Http,
     /// pgbench TPS through skillgate vs PgBouncer and direct.
     Postgres,
+    /// Memory per idle proxied connection (10,000 held) and connection setup rate, beside
+    /// nginx and haproxy.
+    Scale,
     /// Every suite.
     All,
 }
@@ -117,9 +127,13 @@ fn main() -> Result<()> {
             if matches!(suite, Suite::Postgres | Suite::All) {
                 bench_pg::postgres(&workspace_root())?;
             }
+            if matches!(suite, Suite::Scale | Suite::All) {
+                bench_scale::scale(&workspace_root())?;
+            }
             Ok(())
         }
         Task::BenchClient { addr, count } => bench::client(addr, count),
+        Task::BenchIdle { addr, count } => bench_scale::idle_client(addr, count),
         Task::Fuzz { time, targets } => {
             setup::setup()?;
             let targets = if targets.is_empty() {
