@@ -425,11 +425,16 @@ impl HttpConn {
             }
             let body = body.boxed();
             let response = Response::from_parts(parts, body);
-            return self.answered(decided, response, started, 0, None).await;
+            return self
+                .answered(decided, response, started, 0, None, None)
+                .await;
         }
         match self.mask(&parts.headers, body, mask, &secrets).await {
             Ok((masked, count)) => {
                 lease.release();
+                let content = mask
+                    .keep
+                    .then(|| record::kept(&String::from_utf8_lossy(&masked)));
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
@@ -441,7 +446,8 @@ impl HttpConn {
                     .map_err(|never| match never {})
                     .boxed();
                 let response = Response::from_parts(parts, body);
-                self.answered(decided, response, started, count, None).await
+                self.answered(decided, response, started, count, None, content)
+                    .await
             }
             Err(reason) => {
                 warn!(request = %decided.id, %reason, "response withheld: it cannot be masked");
@@ -575,6 +581,7 @@ impl HttpConn {
         started: Instant,
         masked: usize,
         failure: Option<&str>,
+        content: Option<String>,
     ) -> Response<ProxyBody> {
         self.proxy.ops.answered(
             &self.skill,
@@ -607,6 +614,7 @@ impl HttpConn {
                     bytes,
                     masked: Some(masked as i64),
                     duration_us: Some(took.as_micros() as i64),
+                    content,
                     ..Facts::default()
                 },
             };
@@ -625,7 +633,7 @@ impl HttpConn {
         started: Instant,
     ) -> Response<ProxyBody> {
         let response = error_response(status, &decided.id, reason);
-        self.answered(decided, response, started, 0, Some(reason))
+        self.answered(decided, response, started, 0, Some(reason), None)
             .await
     }
 

@@ -137,6 +137,9 @@ pub fn replay(config_path: &Path, id: i64, as_json: bool, pace: bool) -> Result<
             event.reason,
             facts_text(&event.facts),
         );
+        if let Some(content) = &event.facts.content {
+            println!("             kept: {content}");
+        }
     }
     Ok(())
 }

@@ -122,4 +122,7 @@ pub(crate) struct MaskDef {
     /// redact (default), partial (last 4 kept) or hash.
     #[serde(default)]
     pub strategy: Strategy,
+    /// Keep the masked answer in the session record.
+    #[serde(default)]
+    pub keep: bool,
 }

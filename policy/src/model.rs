@@ -122,6 +122,9 @@ pub struct Mask {
     pub fields: Vec<String>,
     pub detectors: Vec<Detector>,
     pub strategy: Strategy,
+    /// Keep the masked answer (response body, result rows) in the session record, up to a
+    /// bound; nothing unmasked is ever kept.
+    pub keep: bool,
 }
 
 impl Mask {
@@ -147,6 +150,7 @@ impl Mask {
             }
         }
         self.strategy = self.strategy.max(other.strategy);
+        self.keep |= other.keep;
     }
 }
 

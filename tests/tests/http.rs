@@ -351,6 +351,39 @@ fn upstream_connections_are_reused_only_after_a_response_was_read_to_its_end() {
     );
 }
 
+#[test]
+fn a_mask_that_keeps_content_records_the_masked_response() {
+    let s = setup("http-keep", "");
+    let policy = s.env.dir.join("policy.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let keeping = text.replace(
+        r#"detectors = ["card", "email", "phone"] }"#,
+        r#"detectors = ["card", "email", "phone"], keep = true }"#,
+    );
+    assert_ne!(text, keeping);
+    std::fs::write(&policy, keeping).unwrap();
+    let agent = s.env.start_agent();
+    let (status, _, body) = curl(&s.env, &[&format!("http://{}/orders/7", s.dial)]);
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    let (status, _, _) = curl(&s.env, &[&format!("http://{}/echo", s.dial)]);
+    assert_eq!(status, 200);
+    let export = s.env.cli(&["sessions", "export"]);
+    let responses: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "response")
+        .collect();
+    assert_eq!(responses.len(), 2, "{responses:#?}");
+    // What the skill got, byte for byte; the unmasked /echo answer keeps nothing.
+    assert_eq!(responses[0]["content"], body.as_str(), "{responses:#?}");
+    assert_eq!(json(&body)["customer"]["email"], "[masked]");
+    assert!(responses[1]["content"].is_null(), "{responses:#?}");
+    assert!(
+        !export.contains("alice@example.com"),
+        "an unmasked value reached the store"
+    );
+}
+
 /// Raw bytes a skill sends; what it got back (the status line, or the error).
 fn raw(env: &Env, dial: SocketAddr, request: &[u8]) -> String {
     let script = "import socket, sys\n\

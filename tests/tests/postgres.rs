@@ -849,3 +849,49 @@ fn redacted_literals_never_reach_the_store() {
         .expect("the failed statement's answer is recorded");
     assert_eq!(failed["status"], "22P02");
 }
+
+/// A mask rule with `keep = true` keeps the rows as the skill got them (masked) in the
+/// statement's result event; other statements keep no content.
+#[test]
+fn a_mask_that_keeps_content_records_the_masked_rows() {
+    let s = setup("pg-keep", "");
+    let policy = s.env.dir.join("policy.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let keeping = text.replace(
+        r#"detectors = ["email"] }"#,
+        r#"detectors = ["email"], keep = true }"#,
+    );
+    assert_ne!(text, keeping);
+    std::fs::write(&policy, keeping).unwrap();
+    let agent = s.start_agent();
+    let (out, err) = s.psql(&[
+        "SELECT id, name, email, card, note FROM customers ORDER BY id",
+        "SELECT count(*) FROM orders",
+    ]);
+    assert_eq!(
+        out,
+        "1|Alice|[masked]|[masked]|mail [email]\n2|Bob|[masked]|[masked]|vip\n20\n",
+        "{err}\n{}",
+        agent.log()
+    );
+    let export = s.env.cli(&["sessions", "export"]);
+    let results: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "result")
+        .collect();
+    assert_eq!(results.len(), 2, "{results:#?}");
+    assert_eq!(
+        results[0]["content"],
+        "[\"1\",\"Alice\",\"[masked]\",\"[masked]\",\"mail [email]\"]\n\
+         [\"2\",\"Bob\",\"[masked]\",\"[masked]\",\"vip\"]",
+        "{results:#?}"
+    );
+    assert!(results[1]["content"].is_null(), "{results:#?}");
+    assert!(
+        !export.contains("alice@example.com"),
+        "an unmasked value reached the store"
+    );
+    // The content is part of the hash chain.
+    assert!(s.env.cli(&["audit", "verify"]).contains("chain intact"));
+}

@@ -971,7 +971,12 @@ impl PgConn {
                 };
                 self.result("error", &code, message, facts);
             }
-            Noted::Completed { tag, masked, took } => {
+            Noted::Completed {
+                tag,
+                masked,
+                took,
+                content,
+            } => {
                 self.proxy
                     .ops
                     .answered(&self.skill, &self.backend, "sql", took, masked);
@@ -980,6 +985,7 @@ impl PgConn {
                     rows: tag_rows(&tag),
                     masked: Some(masked as i64),
                     duration_us: Some(took.as_micros() as i64),
+                    content,
                     ..Facts::default()
                 };
                 self.result(&tag, "ok", format!("{masked} values masked"), facts);

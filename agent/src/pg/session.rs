@@ -52,6 +52,8 @@ pub enum Noted {
         tag: String,
         masked: usize,
         took: Duration,
+        /// The rows as the skill got them, when the mask says `keep`.
+        content: Option<String>,
     },
 }
 
@@ -83,6 +85,10 @@ struct Cycle {
     /// Values masked since the last recorded result.
     masked: usize,
     mask: Option<Mask>,
+    /// With a mask that keeps content: the rows since the last recorded result, as the skill
+    /// got them (a JSON array per line), and how many did not fit.
+    kept: String,
+    kept_dropped: usize,
     /// Lower-cased statement texts of the cycle (to spot computed columns from masked ones).
     texts: Vec<String>,
     poisons: Vec<Poison>,
@@ -107,6 +113,8 @@ impl Default for Cycle {
             started: Instant::now(),
             masked: 0,
             mask: None,
+            kept: String::new(),
+            kept_dropped: 0,
             texts: Vec::new(),
             poisons: Vec::new(),
             columns: None,
@@ -421,10 +429,21 @@ impl Session {
                 let mask = cycle.mask.as_ref().expect("checked");
                 let masked = mask_row(body, cycle.columns.as_deref(), mask, salt)
                     .map_err(|reason| ended("42501", reason))?;
+                let keep = mask.keep;
                 if let Some((values, n)) = masked {
                     cycle.masked += n;
+                    if keep {
+                        let values: Vec<Option<&[u8]>> =
+                            values.iter().map(|v| v.as_deref()).collect();
+                        keep_row(cycle, &values);
+                    }
                     wire::put_data_row(out, &values);
                     return Ok(None);
+                }
+                if keep {
+                    // Unchanged, so mask_row read it already: it parses.
+                    let values = wire::data_row(body).unwrap_or_default();
+                    keep_row(cycle, &values);
                 }
                 None
             }
@@ -435,14 +454,19 @@ impl Session {
                 None
             }
             (b'C', cycle) => {
-                let (masked, took) = match cycle {
-                    Some(cycle) => (std::mem::take(&mut cycle.masked), cycle.started.elapsed()),
-                    None => (0, Duration::ZERO),
+                let (masked, took, content) = match cycle {
+                    Some(cycle) => (
+                        std::mem::take(&mut cycle.masked),
+                        cycle.started.elapsed(),
+                        take_kept(cycle),
+                    ),
+                    None => (0, Duration::ZERO, None),
                 };
                 Some(Noted::Completed {
                     tag: wire::query_text(body).unwrap_or("?").to_owned(),
                     masked,
                     took,
+                    content,
                 })
             }
             (b'E', cycle) => Some(Noted::Failed {
@@ -586,6 +610,44 @@ fn mentions(text: &str, word: &str) -> bool {
         let after = text[at + word.len()..].chars().next();
         !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
     })
+}
+
+/// Adds a row the skill gets to what the cycle keeps: a JSON array, text values as they are,
+/// others (binary format) as `\\x` and hex, NULL as null.
+fn keep_row(cycle: &mut Cycle, values: &[Option<&[u8]>]) {
+    if cycle.kept.len() >= crate::record::KEPT_CONTENT {
+        cycle.kept_dropped += 1;
+        return;
+    }
+    let row: Vec<Option<String>> = values
+        .iter()
+        .map(|value| {
+            value.map(|bytes| match std::str::from_utf8(bytes) {
+                Ok(text) => text.to_owned(),
+                Err(_) => format!(
+                    "\\x{}",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ),
+            })
+        })
+        .collect();
+    cycle
+        .kept
+        .push_str(&serde_json::Value::from(row).to_string());
+    cycle.kept.push('\n');
+}
+
+/// What the cycle kept since the last result (`None` when its mask keeps nothing).
+fn take_kept(cycle: &mut Cycle) -> Option<String> {
+    if !cycle.mask.as_ref().is_some_and(|m| m.keep) {
+        return None;
+    }
+    let mut kept = crate::record::kept(std::mem::take(&mut cycle.kept).trim_end());
+    let dropped = std::mem::take(&mut cycle.kept_dropped);
+    if dropped > 0 {
+        kept.push_str(&format!("\n... [{dropped} more rows not kept]"));
+    }
+    Some(kept)
 }
 
 /// A DataRow's values, some rewritten (`None` is SQL NULL).

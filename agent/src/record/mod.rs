@@ -72,6 +72,24 @@ pub struct Facts {
     pub masked: Option<i64>,
     /// From the decision to the end of the answer, in microseconds.
     pub duration_us: Option<i64>,
+    /// The answer as the skill got it, masked, when the deciding rule's mask says `keep`
+    /// (at most [`KEPT_CONTENT`] bytes).
+    pub content: Option<String>,
+}
+
+/// Most bytes of an answer's content an event keeps.
+pub const KEPT_CONTENT: usize = 16 * 1024;
+
+/// `text` cut to [`KEPT_CONTENT`] bytes (on a character boundary), marked when cut.
+pub fn kept(text: &str) -> String {
+    if text.len() <= KEPT_CONTENT {
+        return text.to_owned();
+    }
+    let mut end = KEPT_CONTENT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} bytes not kept]", &text[..end], text.len() - end)
 }
 
 pub fn now_ns() -> i64 {

@@ -41,7 +41,7 @@ pub struct EventRow {
 
 /// The events table's fact columns, in [`facts`]'s order.
 pub(super) const FACT_COLUMNS: &str = "e.decision_id, e.classification, e.approval_id, e.status, e.rows, e.bytes, e.masked, \
-     e.duration_us";
+     e.duration_us, e.content";
 
 /// Reads the fact columns starting at column `at`.
 pub(super) fn facts(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Facts> {
@@ -54,6 +54,7 @@ pub(super) fn facts(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Facts>
         bytes: r.get(at + 5)?,
         masked: r.get(at + 6)?,
         duration_us: r.get(at + 7)?,
+        content: r.get(at + 8)?,
     })
 }
 

@@ -59,8 +59,11 @@ CREATE TABLE IF NOT EXISTS skillgate_events (
     bytes bigint,
     masked bigint,
     duration_us bigint,
+    content text,
     PRIMARY KEY (host, id)
 );
+-- Central tables made by an agent from before content was kept.
+ALTER TABLE skillgate_events ADD COLUMN IF NOT EXISTS content text;
 CREATE INDEX IF NOT EXISTS skillgate_events_at ON skillgate_events (at_ns);
 ";
 
@@ -153,7 +156,7 @@ impl Shipper {
         ))?;
         let rows: Vec<Vec<rusqlite::types::Value>> = events
             .query_map(rusqlite::params![self.shipped, BATCH as i64], |r| {
-                (0..18).map(|i| r.get(i)).collect()
+                (0..19).map(|i| r.get(i)).collect()
             })?
             .collect::<rusqlite::Result<_>>()?;
         drop(events);
@@ -203,8 +206,8 @@ impl Shipper {
         let insert = tx.prepare(
             "INSERT INTO skillgate_events (host, id, session_id, at_ns, kind, operation, \
              decision, rule, reason, prev_hash, hash, decision_id, classification, approval_id, \
-             status, rows, bytes, masked, duration_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+             status, rows, bytes, masked, duration_us, content) VALUES ($1, $2, $3, $4, $5, $6, \
+             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (host, id) DO NOTHING",
         )?;
         for row in &rows {

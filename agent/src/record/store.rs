@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS events (
     rows INTEGER,
     bytes INTEGER,
     masked INTEGER,
-    duration_us INTEGER
+    duration_us INTEGER,
+    content TEXT
 );
 CREATE INDEX IF NOT EXISTS events_at ON events (at_ns);
 -- Where the chain starts once old events are pruned: the last pruned event's id and hash.
@@ -176,8 +177,9 @@ impl Store {
             tx.prepare_cached(
                 "INSERT INTO events (session_id, at_ns, kind, operation, decision, rule, reason, \
                  prev_hash, hash, decision_id, classification, approval_id, status, rows, bytes, \
-                 masked, duration_us) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 masked, duration_us, content) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18)",
             )?
             .execute(params![
                 session,
@@ -197,6 +199,7 @@ impl Store {
                 event.facts.bytes,
                 event.facts.masked,
                 event.facts.duration_us,
+                event.facts.content,
             ])?;
             let event_id = tx.last_insert_rowid();
             match write {
@@ -353,6 +356,9 @@ fn migrate(conn: &Connection) -> Result<()> {
              COMMIT;",
         )?;
     }
+    if !has_column(conn, "events", "content")? {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN content TEXT")?;
+    }
     Ok(())
 }
 
@@ -410,6 +416,12 @@ pub fn chain(prev: &[u8; 32], session: i64, event: &Event) -> [u8; 32] {
                 }
                 None => hasher.update([0]),
             }
+        }
+        // Added later: hashed only when present, so events from before still verify.
+        if let Some(content) = &facts.content {
+            hasher.update(b"content");
+            hasher.update((content.len() as u64).to_le_bytes());
+            hasher.update(content.as_bytes());
         }
     }
     hasher.finalize().into()
@@ -546,6 +558,31 @@ mod tests {
         store
             .conn
             .execute("UPDATE events SET rows = 0 WHERE id = 2", [])
+            .unwrap();
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(err.contains("chain broken at event 2"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn kept_content_is_stored_and_chained() {
+        let path = store_path("content");
+        let mut store = Store::open(&path, false).unwrap();
+        let mut answer = event("result");
+        answer.facts.status = Some("00000".to_owned());
+        let mut kept = answer.clone();
+        kept.facts.content = Some("[\"1\",\"[masked]\"]".to_owned());
+        assert_ne!(chain(&[0; 32], 1, &answer), chain(&[0; 32], 1, &kept));
+        store
+            .write(&[Write::Open(&session(), &answer), Write::Event(1, &kept)])
+            .unwrap();
+        assert_eq!(verify(&path).unwrap(), 2);
+        store
+            .conn
+            .execute(
+                "UPDATE events SET content = '[\"1\",\"bob\"]' WHERE id = 2",
+                [],
+            )
             .unwrap();
         let err = verify(&path).unwrap_err().to_string();
         assert!(err.contains("chain broken at event 2"), "{err}");

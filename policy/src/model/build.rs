@@ -343,6 +343,7 @@ impl<'a> Builder<'a> {
                     fields: mask.fields.clone(),
                     detectors: mask.detectors.clone(),
                     strategy: mask.strategy,
+                    keep: mask.keep,
                 };
                 if mask.is_empty() {
                     return Err(self.error(
