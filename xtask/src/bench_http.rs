@@ -207,21 +207,20 @@ pub fn http(root: &Path) -> Result<()> {
     for addr in [backend, proxy, haproxy_addr] {
         wait_listening(addr)?;
     }
-    // The shipped defaults (store_sync=full), then store_sync=normal, then no recording (what
-    // recording costs); each agent has its own skills cgroup.
+    // The shipped defaults (store_sync=full), then no recording (what recording costs); each
+    // agent has its own skills cgroup.
     let agents = crate::bench::start_agents(
         root,
         &dir,
         &policy,
         &[
             ("skillgate-bench-http", ""),
-            ("skillgate-bench-http-normal", "store_sync = \"normal\""),
             ("skillgate-bench-http-unrecorded", "record = false"),
         ],
         &[],
     )?;
 
-    let (full, normal, unrecorded) = (Some(&agents[0]), Some(&agents[1]), Some(&agents[2]));
+    let (recorded, unrecorded) = (Some(&agents[0]), Some(&agents[1]));
     let configs = [
         Config {
             name: "direct",
@@ -240,18 +239,13 @@ pub fn http(root: &Path) -> Result<()> {
         },
         Config {
             name: "skillgate (policy)",
-            agent: full,
+            agent: recorded,
             addr: plain_dial,
         },
         Config {
             name: "skillgate (policy, masking)",
-            agent: full,
+            agent: recorded,
             addr: masked_dial,
-        },
-        Config {
-            name: "skillgate (policy, store_sync=normal)",
-            agent: normal,
-            addr: plain_dial,
         },
         Config {
             name: "skillgate (policy, no recording)",
@@ -289,7 +283,6 @@ pub fn http(root: &Path) -> Result<()> {
             format!("{path}, {connections} connections"),
             medians[3].0,
             medians[5].0,
-            medians[6].0,
         ));
         let what = if *path == "/small" {
             "small JSON (95 B)"
@@ -318,9 +311,7 @@ pub fn http(root: &Path) -> Result<()> {
              {ROUNDS} rounds, medians shown. nginx (the peer) and haproxy proxy with upstream \
              keep-alive. skillgate runs with the shipped defaults (info logs, every request \
              decided by the policy and recorded — committed to SQLite before it is forwarded, \
-             fsynced: store_sync=full); one agent runs with store_sync=normal (written to the \
-             WAL before it is forwarded, fsynced at checkpoints: survives an agent crash, not a \
-             host crash); for skillgate, \
+             fsynced: store_sync=full); for skillgate, \
              wrk runs inside a skill cgroup (`skillgate exec`) and dials an address that only \
              the eBPF redirect reaches. Masking: `email` fields plus the card and email \
              detectors over the whole body. The last configuration records nothing (`record = \

@@ -221,18 +221,13 @@ pub fn postgres(root: &Path) -> Result<()> {
     let credentials = "mask_salt_file = \"mask.salt\"\n[credentials.bench-db]\nkind = \"basic\"\n\
                        env = \"SKILLGATE_BENCH_PG_LOGIN\"";
     let login = format!("postgres:{}", pg.password);
-    // The shipped defaults (store_sync=full), then store_sync=normal, then no recording (what
-    // recording costs).
+    // The shipped defaults (store_sync=full), then no recording (what recording costs).
     let agents = crate::bench::start_agents(
         root,
         &dir,
         &policy,
         &[
             ("skillgate-bench-pg", credentials),
-            (
-                "skillgate-bench-pg-normal",
-                &format!("store_sync = \"normal\"\n{credentials}"),
-            ),
             (
                 "skillgate-bench-pg-unrecorded",
                 &format!("record = false\n{credentials}"),
@@ -242,7 +237,7 @@ pub fn postgres(root: &Path) -> Result<()> {
     )?;
     crate::bench_http::wait_listening(([127, 0, 0, 1], bouncer_port).into())?;
 
-    let (full, normal, unrecorded) = (Some(&agents[0]), Some(&agents[1]), Some(&agents[2]));
+    let (recorded, unrecorded) = (Some(&agents[0]), Some(&agents[1]));
     let configs = [
         Config {
             name: "direct",
@@ -256,17 +251,12 @@ pub fn postgres(root: &Path) -> Result<()> {
         },
         Config {
             name: "skillgate (policy, recording)",
-            agent: full,
+            agent: recorded,
             addr: plain_dial,
         },
         Config {
             name: "skillgate (policy, masking, recording)",
-            agent: full,
-            addr: dial,
-        },
-        Config {
-            name: "skillgate (policy, masking, recording, store_sync=normal)",
-            agent: normal,
+            agent: recorded,
             addr: dial,
         },
         Config {
@@ -320,7 +310,6 @@ pub fn postgres(root: &Path) -> Result<()> {
             format!("{workload}, {clients} clients, {mode}"),
             tps[3],
             tps[4],
-            tps[5],
         ));
         for (k, config) in configs.iter().enumerate() {
             table.push_str(&format!(
@@ -348,10 +337,8 @@ pub fn postgres(root: &Path) -> Result<()> {
              decided and recorded (the shipped default, store_sync=full: committed and fsynced \
              before it is forwarded) and, with masking, its rows masked (a mask rule on \
              pgbench_accounts: the filler column plus the email and card detectors over every \
-             text value). One agent runs with store_sync=normal (the WAL is written before the \
-             statement is forwarded and fsynced at checkpoints: it survives an agent crash, not \
-             a host crash), one records nothing (`record = false`), to show what recording \
-             costs.\n\n{table}\n{overhead}",
+             text value). The last configuration records nothing (`record = false`), to show \
+             what recording costs.\n\n{table}\n{overhead}",
             machine()
         ),
     )
