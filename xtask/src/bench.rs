@@ -112,6 +112,22 @@ pub(crate) fn start_agents(
     Ok(agents)
 }
 
+/// `program`, run as the skill `bench` of `agent` (in its skills cgroup, through `skillgate
+/// exec`) when there is one, else as is.
+pub(crate) fn bench_command(
+    agent: Option<&Teardown>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    match agent {
+        Some(agent) => {
+            let mut cmd = agent.skillgate();
+            cmd.args(["exec", "--skill", "bench", "--"]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -156,14 +172,7 @@ pub fn ebpf(root: &Path) -> Result<()> {
 
     let me = std::env::current_exe()?;
     let run = |enforced: bool| -> Result<f64> {
-        let mut cmd = if enforced {
-            let mut cmd = agent.skillgate();
-            cmd.args(["exec", "--skill", "bench", "--"]).arg(&me);
-            cmd
-        } else {
-            Command::new(&me)
-        };
-        let out = cmd
+        let out = bench_command(enforced.then_some(&agent), &me)
             .args([
                 "bench-client",
                 &proxy.to_string(),
@@ -222,8 +231,12 @@ pub fn ebpf(root: &Path) -> Result<()> {
 
 /// `cargo xtask bench policy`: criterion's medians for decisions and SQL classification.
 pub fn policy(root: &Path) -> Result<()> {
+    // The release profile, not the bench one: the agent's release build has already built the
+    // policy crate and libpg_query with it (twice the compile time otherwise).
     crate::cargo(&[
         "bench",
+        "--profile",
+        "release",
         "--package",
         "skillgate-policy",
         "--bench",

@@ -38,14 +38,10 @@ fn wrk(config: &Config<'_>, path: &str, connections: u32) -> Result<(f64, f64)> 
         "--latency",
         &url,
     ];
-    let mut cmd = if let Some(agent) = config.agent {
-        let mut cmd = agent.skillgate();
-        cmd.args(["exec", "--skill", "bench", "--", "wrk"]);
-        cmd
-    } else {
-        Command::new("wrk")
-    };
-    let out = cmd.args(args).output().context("cannot run wrk")?;
+    let out = crate::bench::bench_command(config.agent, "wrk")
+        .args(args)
+        .output()
+        .context("cannot run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!(

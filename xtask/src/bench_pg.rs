@@ -73,15 +73,7 @@ fn pgbench(
         "postgres",
         "shop",
     ];
-    let mut cmd = match config.agent {
-        Some(agent) => {
-            let mut cmd = agent.skillgate();
-            cmd.args(["exec", "--skill", "bench", "--", "pgbench"]);
-            cmd
-        }
-        None => Command::new("pgbench"),
-    };
-    let out = cmd
+    let out = crate::bench::bench_command(config.agent, "pgbench")
         .args(args)
         .env("PGPASSWORD", password)
         .output()

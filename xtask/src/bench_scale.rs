@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use crate::Teardown;
-use crate::bench::{free_port, machine, median, write_section};
+use crate::bench::{bench_command, free_port, machine, median, write_section};
 use crate::bench_http::{SMALL, haproxy, nginx, wait_listening};
 
 /// Idle connections held through each proxy.
@@ -138,21 +138,9 @@ struct Proxy<'a> {
 impl Proxy<'_> {
     /// This xtask binary running `args`, inside the skill cgroup when the proxy is skillgate.
     fn client(&self, args: &[&str]) -> Result<Command> {
-        let me = std::env::current_exe()?;
-        Ok(match self.agent {
-            Some(agent) => {
-                let mut cmd = agent.skillgate();
-                cmd.args(["exec", "--skill", "bench", "--"])
-                    .arg(me)
-                    .args(args);
-                cmd
-            }
-            None => {
-                let mut cmd = Command::new(me);
-                cmd.args(args);
-                cmd
-            }
-        })
+        let mut cmd = bench_command(self.agent, std::env::current_exe()?);
+        cmd.args(args);
+        Ok(cmd)
     }
 
     /// The proxy's resident set before and with its idle connections open, in KiB.
@@ -186,15 +174,7 @@ impl Proxy<'_> {
     /// New connections per second, each making one request (wrk with `Connection: close`).
     fn setup_rate(&self) -> Result<f64> {
         let url = format!("http://{}/small", self.addr);
-        let mut cmd = match self.agent {
-            Some(agent) => {
-                let mut cmd = agent.skillgate();
-                cmd.args(["exec", "--skill", "bench", "--", "wrk"]);
-                cmd
-            }
-            None => Command::new("wrk"),
-        };
-        let out = cmd
+        let out = bench_command(self.agent, "wrk")
             .args(["-t", "2", "-c", &SETUP_CONNECTIONS.to_string()])
             .args([
                 "-d",
@@ -291,6 +271,16 @@ pub fn scale(root: &Path) -> Result<()> {
             agent: Some(agent),
         },
     ];
+    // Each proxy's resident set as started, before any traffic.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut at_start = String::from("| proxy | RSS at start, no traffic yet (MiB) |\n|---|---|\n");
+    for proxy in &proxies {
+        at_start.push_str(&format!(
+            "| {} | {:.1} |\n",
+            proxy.name,
+            rss_kib(proxy.pid)? as f64 / 1024.0
+        ));
+    }
     // Warm-up (and proof every path works) before the idle memory is measured.
     for proxy in &proxies {
         proxy.setup_rate()?;
@@ -337,13 +327,15 @@ pub fn scale(root: &Path) -> Result<()> {
             rates[k] / rates[1]
         ));
     }
-    println!("{memory}\n{setup}");
+    println!("{at_start}\n{memory}\n{setup}");
     write_section(
         root,
         "Scale",
         &format!(
             "Machine: {}. Command: `cargo xtask bench scale` (root; installs nginx, haproxy and \
              wrk).\n\n\
+             Idle memory: each proxy's resident set (all its processes) once it listens, before \
+             any traffic. Target for skillgate: <= 20 MiB.\n\n{at_start}\n\
              Idle connections: {IDLE} keep-alive connections, each after one request for a \
              95-byte JSON body, held open through each proxy in turn (opened by {OPENERS} \
              threads; through skillgate from a skill cgroup, dialing an address only the eBPF \

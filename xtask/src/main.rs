@@ -109,11 +109,11 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Bench { suite } => {
             setup::setup()?;
-            if matches!(suite, Suite::Policy | Suite::All) {
-                bench::policy(&workspace_root())?;
-            }
             if !matches!(suite, Suite::Policy) {
                 cargo(&["build", "--release", "--package", "skillgate"])?;
+            }
+            if matches!(suite, Suite::Policy | Suite::All) {
+                bench::policy(&workspace_root())?;
             }
             if matches!(suite, Suite::Ebpf | Suite::All) {
                 bench::ebpf(&workspace_root())?;
