@@ -985,7 +985,7 @@ impl PgConn {
                     rows: tag_rows(&tag),
                     masked: Some(masked as i64),
                     duration_us: Some(took.as_micros() as i64),
-                    content,
+                    content: content.as_deref().map(record::kept),
                     ..Facts::default()
                 };
                 self.result(&tag, "ok", format!("{masked} values masked"), facts);

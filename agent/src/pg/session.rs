@@ -612,10 +612,14 @@ fn mentions(text: &str, word: &str) -> bool {
     })
 }
 
+/// Rows are kept until their text reaches this many bytes; later ones are only counted. (The
+/// record cuts what it keeps to 16 KiB in any case.)
+const KEEP_ROWS_UP_TO: usize = 16 * 1024;
+
 /// Adds a row the skill gets to what the cycle keeps: a JSON array, text values as they are,
 /// others (binary format) as `\\x` and hex, NULL as null.
 fn keep_row(cycle: &mut Cycle, values: &[Option<&[u8]>]) {
-    if cycle.kept.len() >= crate::record::KEPT_CONTENT {
+    if cycle.kept.len() >= KEEP_ROWS_UP_TO {
         cycle.kept_dropped += 1;
         return;
     }
@@ -642,7 +646,7 @@ fn take_kept(cycle: &mut Cycle) -> Option<String> {
     if !cycle.mask.as_ref().is_some_and(|m| m.keep) {
         return None;
     }
-    let mut kept = crate::record::kept(std::mem::take(&mut cycle.kept).trim_end());
+    let mut kept = std::mem::take(&mut cycle.kept).trim_end().to_owned();
     let dropped = std::mem::take(&mut cycle.kept_dropped);
     if dropped > 0 {
         kept.push_str(&format!("\n... [{dropped} more rows not kept]"));
