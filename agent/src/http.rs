@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -417,13 +416,9 @@ impl HttpConn {
                 .await;
         }
         if mask.is_empty() {
-            let mut body = Relay::new(body, Arc::clone(&self.to_skill), secrets);
-            if body.inner.is_end_stream() {
-                lease.release();
-            } else {
-                body.lease = Some(lease);
-            }
-            let body = body.boxed();
+            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets)
+                .holding(lease)
+                .boxed();
             let response = Response::from_parts(parts, body);
             return self
                 .answered(decided, response, started, 0, None, None)
@@ -541,7 +536,7 @@ impl HttpConn {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Relay<Incoming>>, String> {
+    async fn connect(&self) -> Result<pool::Sender, String> {
         let timeout = self.proxy.upstream_connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.upstream)).await {
             Ok(Ok(stream)) => stream,
@@ -688,7 +683,7 @@ impl HttpConn {
 }
 
 /// Speaks HTTP/1.1 over `io`; the connection is driven by its own task.
-async fn handshake<T>(io: T) -> Result<SendRequest<Relay<Incoming>>, String>
+async fn handshake<T>(io: T) -> Result<pool::Sender, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -817,6 +812,26 @@ impl<B> Relay<B> {
     }
 }
 
+impl<B: Body> Relay<B> {
+    /// Holds the upstream connection `lease` until this body has been read to its end (gives
+    /// it back at once when it is already empty).
+    fn holding(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self.release_at_end();
+        self
+    }
+
+    /// Gives the connection back once the upstream body has ended: hyper stops polling a body
+    /// that says it ended, so this runs with the last frame, not after it.
+    fn release_at_end(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
+}
+
 impl<B> Body for Relay<B>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
@@ -839,13 +854,7 @@ where
             };
             match frame {
                 Some(Ok(frame)) => {
-                    // hyper stops polling a body that says it ended, so the connection is
-                    // given back with the last frame.
-                    if this.inner.is_end_stream()
-                        && let Some(lease) = this.lease.take()
-                    {
-                        lease.release();
-                    }
+                    this.release_at_end();
                     match frame.into_data() {
                         Ok(data) => {
                             this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
