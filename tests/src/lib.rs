@@ -149,6 +149,17 @@ impl Env {
         self.bin = bin;
     }
 
+    /// Rewrites this environment's policy file, replacing `from` (which must be in it) by `to`.
+    pub fn edit_policy(&self, from: &str, to: &str) {
+        let path = self.dir.join("policy.toml");
+        let text = std::fs::read_to_string(&path).expect("read policy");
+        assert!(
+            text.contains(from),
+            "`{from}` is not in the policy:\n{text}"
+        );
+        std::fs::write(&path, text.replace(from, to)).expect("write policy");
+    }
+
     pub fn skills_dir(&self) -> PathBuf {
         cgroup2_mount().join(&self.skills_cgroup)
     }

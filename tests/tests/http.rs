@@ -354,14 +354,10 @@ fn upstream_connections_are_reused_only_after_a_response_was_read_to_its_end() {
 #[test]
 fn a_mask_that_keeps_content_records_the_masked_response() {
     let s = setup("http-keep", "");
-    let policy = s.env.dir.join("policy.toml");
-    let text = std::fs::read_to_string(&policy).unwrap();
-    let keeping = text.replace(
+    s.env.edit_policy(
         r#"detectors = ["card", "email", "phone"] }"#,
         r#"detectors = ["card", "email", "phone"], keep = true }"#,
     );
-    assert_ne!(text, keeping);
-    std::fs::write(&policy, keeping).unwrap();
     let agent = s.env.start_agent();
     let (status, _, body) = curl(&s.env, &[&format!("http://{}/orders/7", s.dial)]);
     assert_eq!(status, 200, "{body}\n{}", agent.log());

@@ -855,14 +855,10 @@ fn redacted_literals_never_reach_the_store() {
 #[test]
 fn a_mask_that_keeps_content_records_the_masked_rows() {
     let s = setup("pg-keep", "");
-    let policy = s.env.dir.join("policy.toml");
-    let text = std::fs::read_to_string(&policy).unwrap();
-    let keeping = text.replace(
+    s.env.edit_policy(
         r#"detectors = ["email"] }"#,
         r#"detectors = ["email"], keep = true }"#,
     );
-    assert_ne!(text, keeping);
-    std::fs::write(&policy, keeping).unwrap();
     let agent = s.start_agent();
     let (out, err) = s.psql(&[
         "SELECT id, name, email, card, note FROM customers ORDER BY id",
