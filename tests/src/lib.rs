@@ -149,6 +149,30 @@ impl Env {
         self.bin = bin;
     }
 
+    /// Waits (up to 10 s) until every recorded session has its close event. Answers (a
+    /// statement's result, a response) are committed without the skill waiting for them,
+    /// before their session's close event, so a skill that has exited may have answers not
+    /// yet in the store; once every close is there, they all are.
+    pub fn wait_for_sessions_to_end(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let events: Vec<serde_json::Value> = self
+                .cli(&["sessions", "export"])
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("export lines are JSON"))
+                .collect();
+            let ended = |session: &serde_json::Value| {
+                events
+                    .iter()
+                    .any(|e| e["session_id"] == *session && e["kind"] == "close")
+            };
+            if events.iter().all(|e| ended(&e["session_id"])) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Rewrites this environment's policy file, replacing `from` (which must be in it) by `to`.
     pub fn edit_policy(&self, from: &str, to: &str) {
         let path = self.dir.join("policy.toml");

@@ -184,6 +184,7 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200 5000002");
 
     // Every request is recorded: the decision before it took effect, then the answer.
+    s.env.wait_for_sessions_to_end();
     let export = s.env.cli(&["sessions", "export"]);
     let events: Vec<serde_json::Value> = export.lines().map(json).collect();
     let http: Vec<_> = events.iter().filter(|e| e["kind"] == "http").collect();
@@ -363,6 +364,7 @@ fn a_mask_that_keeps_content_records_the_masked_response() {
     assert_eq!(status, 200, "{body}\n{}", agent.log());
     let (status, _, _) = curl(&s.env, &[&format!("http://{}/echo", s.dial)]);
     assert_eq!(status, 200);
+    s.env.wait_for_sessions_to_end();
     let export = s.env.cli(&["sessions", "export"]);
     let responses: Vec<serde_json::Value> = export
         .lines()

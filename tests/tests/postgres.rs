@@ -185,6 +185,7 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
     assert!(out.ends_with("20\n"), "{out}");
 
     // Each statement is recorded with its decision.
+    s.env.wait_for_sessions_to_end();
     let export = s
         .env
         .skillgate()
@@ -818,6 +819,7 @@ fn redacted_literals_never_reach_the_store() {
     );
 
     // What the events keep (the session's command line is the process's, as the kernel has it).
+    s.env.wait_for_sessions_to_end();
     let export = s.env.cli(&["sessions", "export"]);
     let events: Vec<serde_json::Value> = export
         .lines()
@@ -870,6 +872,7 @@ fn a_mask_that_keeps_content_records_the_masked_rows() {
         "{err}\n{}",
         agent.log()
     );
+    s.env.wait_for_sessions_to_end();
     let export = s.env.cli(&["sessions", "export"]);
     let results: Vec<serde_json::Value> = export
         .lines()
