@@ -40,7 +40,12 @@ pub async fn request(
     };
     let request = builder.body(Full::new(payload))?;
     if https {
-        let stream = tls.connect(tcp, &host, None).await?;
+        let to = crate::tls::Upstream {
+            server_name: host.clone(),
+            ca_file: None,
+            client_cert: None,
+        };
+        let stream = tls.connect(tcp, &to).await?;
         send(stream, request, limit).await
     } else {
         send(tcp, request, limit).await

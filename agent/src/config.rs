@@ -242,8 +242,15 @@ pub fn load_policy(path: &Path) -> Result<Policy> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy `{}`", path.display()))?;
     let origin = path.display().to_string();
-    Policy::parse(&origin, &text)
-        .map_err(|err| anyhow::anyhow!("invalid policy: {}", err.to_string().replace('\n', " ")))
+    let policy = Policy::parse(&origin, &text)
+        .map_err(|err| anyhow::anyhow!("invalid policy: {}", err.to_string().replace('\n', " ")))?;
+    for backend in &policy.backends {
+        if let Some(tls) = &backend.tls {
+            crate::tls::check_files(tls, &origin)
+                .with_context(|| format!("invalid policy {origin}: backend `{}`", backend.name))?;
+        }
+    }
+    Ok(policy)
 }
 
 impl AgentConfig {

@@ -40,28 +40,6 @@ use pool::Lease;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// How the agent reaches an `http` backend over TLS.
-pub struct UpstreamTls {
-    /// The name the certificate must carry (and the SNI sent).
-    pub server_name: String,
-    /// Trust only this CA (PEM); `None`: the system's roots.
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl UpstreamTls {
-    /// From the policy's `tls` table: the server name defaults to the upstream's IP address,
-    /// a relative `ca_file` is relative to the policy file.
-    pub fn resolve(tls: skillgate_policy::Tls, upstream: SocketAddr, policy_origin: &str) -> Self {
-        let base = std::path::Path::new(policy_origin)
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        Self {
-            server_name: tls.server_name.unwrap_or_else(|| upstream.ip().to_string()),
-            ca_file: tls.ca_file.map(|f| base.join(f)),
-        }
-    }
-}
-
 /// One skill connection to an `http` backend.
 pub struct HttpConn {
     pub proxy: Arc<Proxy>,
@@ -69,7 +47,7 @@ pub struct HttpConn {
     pub backend: String,
     pub session: Option<i64>,
     pub upstream: SocketAddr,
-    tls: Option<UpstreamTls>,
+    tls: Option<crate::tls::Upstream>,
     /// Which pooled upstream connections this skill connection may borrow.
     pool_key: pool::Key,
     requests: AtomicU64,
@@ -90,13 +68,11 @@ impl HttpConn {
         backend: String,
         session: Option<i64>,
         upstream: SocketAddr,
-        tls: Option<UpstreamTls>,
+        tls: Option<crate::tls::Upstream>,
     ) -> Self {
         let pool_key = pool::Key {
             upstream,
-            tls: tls
-                .as_ref()
-                .map(|t| (t.server_name.clone(), t.ca_file.clone())),
+            tls: tls.clone(),
         };
         Self {
             proxy,
@@ -558,7 +534,7 @@ impl HttpConn {
                 let stream = self
                     .proxy
                     .tls
-                    .connect(stream, &tls.server_name, tls.ca_file.as_deref())
+                    .connect(stream, tls)
                     .await
                     .map_err(|err| format!("{err:#}"))?;
                 handshake(stream).await?

@@ -15,7 +15,7 @@ use crate::admin::{Approvals, PendingView};
 use crate::cgroup::SkillsCgroup;
 use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
-use crate::http::{HttpConn, UpstreamTls};
+use crate::http::HttpConn;
 use crate::intercept::Handshake;
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::pg::PgConn;
@@ -279,7 +279,7 @@ impl Proxy {
             let tls = decision.backend.and_then(|b| b.tls.clone());
             let (outcome, bytes) = match upstream {
                 Some(upstream) if protocol == Some(Protocol::Http) => {
-                    let tls = tls.map(|t| UpstreamTls::resolve(t, upstream, &policy.origin));
+                    let tls = tls.map(|t| crate::tls::Upstream::resolve(&t, upstream, &policy.origin));
                     let conn = Arc::new(HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream, tls));
                     // Responses are written in pieces (head, then streamed body): without this,
                     // Nagle's algorithm and the skill's delayed ACK add 40 ms to each of them.

@@ -2,6 +2,8 @@
 //! (for the server name it asks for) without decrypting anything.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,23 +45,55 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Client configurations by trust anchor (`None`: the system's roots), built once each.
+/// How the agent reaches a backend over TLS: the policy's `tls` table, its paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    /// The name the certificate must carry (and the SNI sent).
+    pub server_name: String,
+    /// Trust only this CA (PEM); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The agent's client certificate chain and its private key (PEM), when the backend
+    /// asks for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Upstream {
+    /// From the policy's `tls` table: the server name defaults to the upstream's IP address,
+    /// relative paths are relative to the policy file.
+    pub fn resolve(tls: &skillgate_policy::Tls, upstream: SocketAddr, policy_origin: &str) -> Self {
+        let base = Path::new(policy_origin).parent().unwrap_or(Path::new("."));
+        Self {
+            server_name: tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| upstream.ip().to_string()),
+            ca_file: tls.ca_file.as_ref().map(|f| base.join(f)),
+            client_cert: tls
+                .client_cert
+                .as_ref()
+                .map(|(cert, key)| (base.join(cert), base.join(key))),
+        }
+    }
+}
+
+/// What a client configuration is built from: the trust anchor and the client certificate.
+type Trust = (Option<PathBuf>, Option<(PathBuf, PathBuf)>);
+
+/// Client configurations by trust anchor (`None`: the system's roots) and client
+/// certificate, built once each.
 #[derive(Default)]
 pub struct Connectors {
-    by_ca: Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>,
+    configs: Mutex<HashMap<Trust, Arc<rustls::ClientConfig>>>,
 }
 
 impl Connectors {
-    /// Connects TLS over `tcp` to `server_name`, trusting `ca_file` only when given, else the
-    /// system's roots. The server's certificate is always verified.
-    pub async fn connect(
-        &self,
-        tcp: TcpStream,
-        server_name: &str,
-        ca_file: Option<&Path>,
-    ) -> Result<TlsStream<TcpStream>> {
-        let config = self.config(ca_file)?;
-        let name = ServerName::try_from(server_name.to_owned())
+    /// Connects TLS over `tcp` to `to.server_name`, trusting `to.ca_file` only when given,
+    /// else the system's roots, and presenting `to.client_cert` when given. The server's
+    /// certificate is always verified.
+    pub async fn connect(&self, tcp: TcpStream, to: &Upstream) -> Result<TlsStream<TcpStream>> {
+        let config = self.config(to)?;
+        let server_name = &to.server_name;
+        let name = ServerName::try_from(server_name.clone())
             .with_context(|| format!("`{server_name}` is not a valid TLS server name"))?;
         TlsConnector::from(config)
             .connect(name, tcp)
@@ -67,20 +101,16 @@ impl Connectors {
             .with_context(|| format!("TLS handshake with `{server_name}` failed"))
     }
 
-    fn config(&self, ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
-        let key = ca_file.map(Path::to_path_buf);
-        let mut cache = self.by_ca.lock().unwrap_or_else(|e| e.into_inner());
+    fn config(&self, to: &Upstream) -> Result<Arc<rustls::ClientConfig>> {
+        let key = (to.ca_file.clone(), to.client_cert.clone());
+        let mut cache = self.configs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(config) = cache.get(&key) {
             return Ok(Arc::clone(config));
         }
         let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
+        match &to.ca_file {
             Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path)
-                    .with_context(|| format!("cannot read CA file {}", path.display()))?
-                {
-                    let cert =
-                        cert.with_context(|| format!("bad PEM in CA file {}", path.display()))?;
+                for cert in read_ca(path)? {
                     roots
                         .add(cert)
                         .with_context(|| format!("bad certificate in {}", path.display()))?;
@@ -97,19 +127,103 @@ impl Connectors {
         if roots.is_empty() {
             bail!(
                 "no trusted CA certificates ({})",
-                ca_file.map_or("system roots".to_owned(), |p| p.display().to_string())
+                to.ca_file
+                    .as_ref()
+                    .map_or("system roots".to_owned(), |p| p.display().to_string())
             );
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let builder = client_builder()?.with_root_certificates(roots);
+        let config = match &to.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let (chain, key_der) = read_client_cert(cert, key)?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .with_context(|| not_a_pair(cert, key))?
+            }
+        };
         let config = Arc::new(config);
         cache.insert(key, Arc::clone(&config));
         Ok(config)
     }
+}
+
+fn client_builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")
+}
+
+/// Checks, when a policy is loaded, the files a backend's TLS names: the CA file, and the
+/// client certificate and key (readable, a matching pair, the key private). A policy that
+/// names a missing or unusable file is refused then, not at a skill's first connection.
+pub fn check_files(tls: &skillgate_policy::Tls, policy_origin: &str) -> Result<()> {
+    let to = Upstream::resolve(tls, SocketAddr::from(([127, 0, 0, 1], 0)), policy_origin);
+    if let Some(path) = &to.ca_file
+        && read_ca(path)?.is_empty()
+    {
+        bail!("the CA file {} holds no PEM certificate", path.display());
+    }
+    if let Some((cert, key)) = &to.client_cert {
+        let (chain, key_der) = read_client_cert(cert, key)?;
+        rustls::sign::CertifiedKey::from_der(
+            chain,
+            key_der,
+            &rustls::crypto::ring::default_provider(),
+        )
+        .with_context(|| not_a_pair(cert, key))?;
+    }
+    Ok(())
+}
+
+fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the CA file {}", path.display()))
+}
+
+/// The client certificate chain and key. The key is a secret: like libpq and ssh, a key file
+/// that its group or others may read is refused.
+fn read_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the client certificate {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!(
+            "the client certificate {} holds no PEM certificate",
+            cert.display()
+        );
+    }
+    let mode = std::fs::metadata(key)
+        .with_context(|| format!("cannot read the client key {}", key.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the client key {} may be read by its group or others (mode {:o}): it is a secret; \
+             chmod 600 it",
+            key.display(),
+            mode & 0o777
+        );
+    }
+    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read the client key {}", key.display()))?;
+    Ok((chain, key_der))
+}
+
+fn not_a_pair(cert: &Path, key: &Path) -> String {
+    format!(
+        "{} and {} are not a usable client certificate and key",
+        cert.display(),
+        key.display()
+    )
 }
 
 /// Reads a skill's ClientHello; returns the bytes read (to replay upstream) and the server name

@@ -71,6 +71,10 @@ pub(crate) struct BackendDef {
 pub(crate) struct TlsDef {
     pub server_name: Option<String>,
     pub ca_file: Option<String>,
+    /// The agent's client certificate chain (PEM), for backends that ask for one.
+    pub client_cert: Option<Spanned<String>>,
+    /// The private key (PEM) of `client_cert`: set both or neither.
+    pub client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

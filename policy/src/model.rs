@@ -85,6 +85,8 @@ pub struct Skill {
 pub struct Tls {
     pub server_name: Option<String>,
     pub ca_file: Option<String>,
+    /// The agent's client certificate chain and its key (PEM files), presented upstream.
+    pub client_cert: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

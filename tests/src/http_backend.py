@@ -1,7 +1,8 @@
 # A real HTTP/1.1 backend for the tests (Python's http.server, keep-alive on).
-# argv: PORT LOGFILE [CERT KEY] (with CERT and KEY it serves HTTPS). Each request it gets is appended to LOGFILE as one JSON line
-# {method, path, headers, body, peer_port}, so tests can assert what reached the backend, and
-# on which connection.
+# argv: PORT LOGFILE [CERT KEY [CLIENT_CA]] (with CERT and KEY it serves HTTPS; with CLIENT_CA it
+# also requires a client certificate that CA signed). Each request it gets is appended to LOGFILE
+# as one JSON line {method, path, headers, body, peer_port, client_cn}, so tests can assert what
+# reached the backend, on which connection, and who presented which certificate.
 # Routes: /orders/N (JSON with personal data), /echo (the request back as JSON, and its
 # Authorization header in X-Seen-Authorization), /broken (invalid JSON), /big?n=BYTES
 # (a JSON string of that many bytes, chunked), /stall?s=SECONDS (answers after that long),
@@ -14,6 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
 PORT, LOGFILE = int(sys.argv[1]), sys.argv[2]
+
+
+def client_cn(connection):
+    # The CN of the certificate the client presented over TLS, if any.
+    getpeercert = getattr(connection, "getpeercert", None)
+    cert = getpeercert() if getpeercert else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -41,6 +53,7 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body,
             "peer_port": self.client_address[1],
+            "client_cn": client_cn(self.connection),
         }
         with LOCK, open(LOGFILE, "a") as log:
             log.write(json.dumps(seen) + "\n")
@@ -104,6 +117,9 @@ if len(sys.argv) > 4:
     import ssl
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(sys.argv[3], sys.argv[4])
+    if len(sys.argv) > 5:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(sys.argv[5])
     server.socket = context.wrap_socket(server.socket, server_side=True)
 print("ready", flush=True)
 server.serve_forever()

@@ -701,6 +701,12 @@ impl HttpBackend {
         Self::start_with(&[&certs.server_cert, &certs.server_key])
     }
 
+    /// Over HTTPS, refusing clients without a certificate from `certs`' CA; each logged
+    /// request names the client certificate's CN (`client_cn`).
+    pub fn start_mtls(certs: &TestCerts) -> Self {
+        Self::start_with(&[&certs.server_cert, &certs.server_key, &certs.ca])
+    }
+
     fn start_with(tls: &[&Path]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!(
@@ -745,11 +751,14 @@ impl Drop for HttpBackend {
     }
 }
 
-/// A throwaway CA and a server certificate it signed for `orders.internal` (openssl CLI).
+/// A throwaway CA, a server certificate it signed for `orders.internal` and a client
+/// certificate it signed for `skillgate-agent`, key mode 600 (openssl CLI).
 pub struct TestCerts {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl TestCerts {
@@ -761,7 +770,13 @@ impl TestCerts {
               -keyout server.key -out server.csr -subj /CN=orders.internal 2>/dev/null\n\
             printf 'subjectAltName=DNS:orders.internal\\nbasicConstraints=CA:FALSE\\n' > ext.cnf\n\
             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-              -out server.pem -days 2 -extfile ext.cnf 2>/dev/null\n";
+              -out server.pem -days 2 -extfile ext.cnf 2>/dev/null\n\
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+              -keyout client.key -out client.csr -subj /CN=skillgate-agent 2>/dev/null\n\
+            printf 'extendedKeyUsage=clientAuth\\nbasicConstraints=CA:FALSE\\n' > client.cnf\n\
+            openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+              -out client.pem -days 2 -extfile client.cnf 2>/dev/null\n\
+            chmod 600 client.key\n";
         let out = Command::new("sh")
             .args(["-c", script])
             .current_dir(dir)
@@ -776,6 +791,8 @@ impl TestCerts {
             ca: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
         }
     }
 }
@@ -868,6 +885,64 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// From now on the server speaks TLS with `certs`' server certificate and admits only
+    /// clients over TLS with a certificate `certs`' CA signed (`clientcert=verify-ca`), the
+    /// superuser included: call it last.
+    pub fn require_client_certs(&self, certs: &TestCerts) {
+        let data = self.dir.join("data");
+        for (from, to) in [
+            (&certs.server_cert, "server.pem"),
+            (&certs.server_key, "server.key"),
+            (&certs.ca, "ca.pem"),
+        ] {
+            std::fs::copy(from, data.join(to)).unwrap();
+        }
+        let owned = Command::new("chown")
+            .args(["postgres:postgres", "server.pem", "server.key", "ca.pem"])
+            .current_dir(&data)
+            .status()
+            .unwrap();
+        assert!(owned.success());
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        conf.write_all(
+            b"ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n\
+              ssl_ca_file = 'ca.pem'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+        )
+        .unwrap();
+        self.as_postgres(&["pg_ctl", "-D", "data", "reload"]);
+        // The reload is asynchronous: wait until a client with the certificate gets in.
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-ca \
+             sslrootcert={} sslcert={} sslkey={}",
+            self.port,
+            certs.ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display()
+        );
+        for _ in 0..100 {
+            let ok = Command::new("psql")
+                .args([&conninfo, "-At", "-c", "SELECT 1"])
+                .env("PGPASSWORD", &self.password)
+                .output()
+                .expect("psql")
+                .status
+                .success();
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("PostgreSQL did not start asking for client certificates");
     }
 
     /// Runs SQL as the superuser, straight to the server (not through skillgate).

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::process::Output;
 
-use skillgate_tests::{Env, PgServer, unused_port};
+use skillgate_tests::{Env, PgServer, TestCerts, unused_port};
 
 struct Setup {
     env: Env,
@@ -801,6 +801,85 @@ fn skills_that_ask_for_tls_get_it_with_the_configured_certificate() {
     );
     assert!(stdout.ends_with("[masked]\n"), "{stdout}\n{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn backends_that_ask_for_a_client_certificate_get_the_agents_over_tls() {
+    let dir = std::env::temp_dir().join(format!("skillgate-pg-mtls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = TestCerts::create(&dir);
+    let s = setup("pg-client-cert", "");
+    s.pg.require_client_certs(&certs);
+    let without: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let tls = format!(
+        "server_name = \"orders.internal\", ca_file = \"{}\"",
+        certs.ca.display()
+    );
+    s.env.edit_policy(
+        "credentials = \"shop-db\"\n",
+        &format!(
+            "credentials = \"shop-db\"\ntls = {{ {tls}, client_cert = \"{}\", client_key = \"{}\" }}\n",
+            certs.client_cert.display(),
+            certs.client_key.display()
+        ),
+    );
+    s.env.edit_policy(
+        "[[rule]]\nname = \"read-customers-masked\"",
+        &format!(
+            "[[backend]]\nname = \"shop-db-no-cert\"\nprotocol = \"postgres\"\ndial = [\"{without}\"]\n\
+             upstream = \"{}\"\ncredentials = \"shop-db\"\ntls = {{ {tls} }}\n\
+             [[rule]]\nname = \"read-orders-no-cert\"\nskills = [\"reporter\"]\n\
+             backend = \"shop-db-no-cert\"\neffect = \"allow\"\n\
+             sql = {{ kinds = [\"select\"], objects = [\"public.orders\"] }}\n\
+             [[rule]]\nname = \"read-own-tls\"\nskills = [\"reporter\"]\nbackend = \"shop-db\"\n\
+             effect = \"allow\"\nsql = {{ kinds = [\"select\"], objects = [\"pg_catalog.pg_stat_ssl\"] }}\n\
+             [[rule]]\nname = \"read-customers-masked\"",
+            s.pg.addr()
+        ),
+    );
+    let agent = s.start_agent();
+
+    // The agent's session upstream: TLS, with the agent's certificate.
+    let (out, err) = s.psql(&[
+        "SELECT ssl, client_dn FROM pg_catalog.pg_stat_ssl WHERE pid = pg_backend_pid()",
+        "SELECT email FROM customers WHERE id = 1",
+    ]);
+    assert_eq!(
+        out,
+        "t|/CN=skillgate-agent\n[masked]\n",
+        "{err}\n{}",
+        agent.log()
+    );
+
+    // Without the certificate, PostgreSQL refuses the agent, and the skill is told why.
+    let out = s.exec(&[
+        "psql",
+        "-h",
+        &without.ip().to_string(),
+        "-p",
+        &without.port().to_string(),
+        "-U",
+        "whoever",
+        "-d",
+        "shop",
+        "-At",
+        "-w",
+        "-c",
+        "SELECT count(*) FROM orders",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the backend refused the agent's login: connection requires a valid client certificate"
+        ),
+        "{stderr}\n{}",
+        agent.log()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

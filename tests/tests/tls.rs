@@ -101,6 +101,68 @@ fn https_backends_are_verified_against_their_ca() {
 }
 
 #[test]
+fn backends_that_ask_for_a_client_certificate_get_the_agents() {
+    let dir = certs_dir("client-cert");
+    let certs = TestCerts::create(&dir);
+    let backend = HttpBackend::start_mtls(&certs);
+    let (with_cert, without_cert) = (dial(), dial());
+    let tls = format!(
+        "server_name = \"orders.internal\", ca_file = \"{}\"",
+        certs.ca.display()
+    );
+    let client_cert = format!(
+        "{tls}, client_cert = \"{}\", client_key = \"{}\"",
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n{}{}",
+        http_backend("orders", with_cert, backend.addr, &client_cert),
+        http_backend("orders-no-cert", without_cert, backend.addr, &tls),
+    );
+    let env = Env::new("tls-client-cert", &policy);
+    let agent = env.start_agent();
+
+    let (status, body) = curl(&env, &[&format!("http://{with_cert}/echo")]);
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["client_cn"], "skillgate-agent", "{seen}");
+
+    // The same backend without the certificate: the backend ends the handshake.
+    let (status, body) = curl(&env, &[&format!("http://{without_cert}/echo")]);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "only the connection with the certificate sent a request"
+    );
+    drop(agent);
+
+    // A key its group may read: the agent refuses the policy, naming the file and the fix.
+    let mut mode = std::fs::metadata(&certs.client_key).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o640);
+    std::fs::set_permissions(&certs.client_key, mode).unwrap();
+    let skillgate = env.skillgate();
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(skillgate.get_program())
+        .args(skillgate.get_args())
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("backend `orders`")
+            && stderr.contains(&certs.client_key.display().to_string())
+            && stderr.contains("may be read by its group or others (mode 640)")
+            && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn tls_backends_are_allowed_only_for_their_server_name() {
     let dir = certs_dir("sni");
     let certs = TestCerts::create(&dir);

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ pub type Sender = SendRequest<Relay<Incoming>>;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub upstream: SocketAddr,
-    pub tls: Option<(String, Option<PathBuf>)>,
+    pub tls: Option<crate::tls::Upstream>,
 }
 
 #[derive(Default)]

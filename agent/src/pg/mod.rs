@@ -371,17 +371,11 @@ impl PgConn {
                 if answer[0] != b'S' {
                     return Err("the backend does not offer TLS".to_owned());
                 }
-                let server_name = tls
-                    .server_name
-                    .unwrap_or_else(|| self.upstream.ip().to_string());
-                let base = std::path::Path::new(&policy.origin)
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."));
-                let ca = tls.ca_file.map(|f| base.join(f));
+                let to = crate::tls::Upstream::resolve(&tls, self.upstream, &policy.origin);
                 let stream = self
                     .proxy
                     .tls
-                    .connect(tcp, &server_name, ca.as_deref())
+                    .connect(tcp, &to)
                     .await
                     .map_err(|err| format!("{err:#}"))?;
                 Box::new(stream)

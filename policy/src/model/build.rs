@@ -11,7 +11,7 @@ use super::{
 };
 use crate::decide::Effect;
 use crate::error::PolicyError;
-use crate::file::{BackendDef, HttpDef, PolicyFile, RuleDef, SkillDef, SqlDef};
+use crate::file::{BackendDef, HttpDef, PolicyFile, RuleDef, SkillDef, SqlDef, TlsDef};
 use crate::http::PathPattern;
 use crate::sql::SqlKind;
 
@@ -235,6 +235,14 @@ impl<'a> Builder<'a> {
             }
             intercept_tls.push(server);
         }
+        let tls = match &def.tls {
+            Some(tls) => Some(Tls {
+                server_name: tls.server_name.clone(),
+                ca_file: tls.ca_file.clone(),
+                client_cert: self.client_cert(tls, &name, def.protocol)?,
+            }),
+            None => None,
+        };
         Ok(Backend {
             name,
             protocol: def.protocol,
@@ -242,11 +250,46 @@ impl<'a> Builder<'a> {
             upstream,
             credentials,
             intercept_tls,
-            tls: def.tls.as_ref().map(|tls| Tls {
-                server_name: tls.server_name.clone(),
-                ca_file: tls.ca_file.clone(),
-            }),
+            tls,
         })
+    }
+
+    /// A backend's client certificate and key: both or neither, and only where the agent
+    /// itself speaks TLS upstream (a `tls` backend's TLS is the skill's own).
+    fn client_cert(
+        &self,
+        tls: &TlsDef,
+        backend: &str,
+        protocol: Protocol,
+    ) -> Result<Option<(String, String)>, PolicyError> {
+        match (&tls.client_cert, &tls.client_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                if !matches!(protocol, Protocol::Http | Protocol::Postgres) {
+                    return Err(self.error(
+                        cert,
+                        format!(
+                            "`client_cert` is for `http` and `postgres` backends, where the \
+                             agent speaks TLS upstream; `{backend}` is `{}`",
+                            protocol.as_str()
+                        ),
+                    ));
+                }
+                for (what, path) in [("client_cert", cert), ("client_key", key)] {
+                    if path.get_ref().is_empty() {
+                        return Err(self.error(path, format!("`{what}` is empty")));
+                    }
+                }
+                Ok(Some((cert.get_ref().clone(), key.get_ref().clone())))
+            }
+            (Some(one), None) | (None, Some(one)) => Err(self.error(
+                one,
+                format!(
+                    "backend `{backend}` names only one of `client_cert` and `client_key`: \
+                     set both (the certificate chain and its private key, PEM files) or neither"
+                ),
+            )),
+        }
     }
 
     fn rule(&self, n: usize, def: &RuleDef, policy: &Policy) -> Result<Rule, PolicyError> {

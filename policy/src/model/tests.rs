@@ -265,6 +265,35 @@ fn invalid_policies_point_at_the_problem() {
         ),
         (
             format!(
+                "{}tls = {{ client_cert = \"c.pem\" }}\n",
+                backend.replace("tcp", "http")
+            ),
+            "p.toml:6:23: backend `b` names only one of `client_cert` and `client_key`",
+        ),
+        (
+            format!(
+                "{}tls = {{ client_key = \"c.key\" }}\n",
+                backend.replace("tcp", "postgres")
+            ),
+            "names only one of `client_cert` and `client_key`",
+        ),
+        (
+            format!(
+                "{}tls = {{ client_cert = \"c.pem\", client_key = \"c.key\" }}\n",
+                backend.replace("tcp", "tls")
+            ),
+            "p.toml:6:23: `client_cert` is for `http` and `postgres` backends, where the agent \
+             speaks TLS upstream; `b` is `tls`",
+        ),
+        (
+            format!(
+                "{}tls = {{ client_cert = \"\", client_key = \"c.key\" }}\n",
+                backend.replace("tcp", "http")
+            ),
+            "`client_cert` is empty",
+        ),
+        (
+            format!(
                 "{skill}{backend}[[rule]]\nskills = [\"z\"]\nbackend = \"b\"\neffect = \"allow\"\n"
             ),
             "p.toml:9:11: rule #1 names unknown skill `z`",
