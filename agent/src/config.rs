@@ -113,9 +113,14 @@ pub struct AgentConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkDef {
-    /// `HOST:PORT` of the central database. The connection is plaintext: loopback, a private
-    /// network or a tunnel.
+    /// `HOST:PORT` of the central database. Without `tls` the connection is plaintext:
+    /// loopback, a private network or a tunnel.
     pub address: String,
+    /// TLS to the central database (required, never downgraded): its certificate verified
+    /// for `server_name` (default: the address's host) against `ca_file` (default: the
+    /// system's roots), presenting `client_cert` and `client_key` when set. Relative paths
+    /// are relative to this file.
+    pub tls: Option<SinkTls>,
     pub database: String,
     /// A `basic` credential (`user:password`) declared under `[credentials]`.
     pub credentials: String,
@@ -124,6 +129,15 @@ pub struct SinkDef {
     /// How often the local store is checked for new events, in milliseconds.
     #[serde(default = "default_sink_interval_ms")]
     pub interval_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTls {
+    pub server_name: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_true() -> bool {

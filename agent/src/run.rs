@@ -41,6 +41,7 @@ pub fn run(config_path: &Path) -> Result<()> {
 fn sink_for(
     def: &crate::config::SinkDef,
     credentials: &crate::credentials::Credentials,
+    base: &std::path::Path,
 ) -> Result<crate::record::sink::Sink> {
     let (host, port) = def
         .address
@@ -61,13 +62,46 @@ fn sink_for(
     })?;
     let mut config = postgres::Config::new();
     config
-        .host(host)
         .port(port)
         .dbname(&def.database)
         .user(&user)
         .password(password)
         .application_name("skillgate-sink")
         .connect_timeout(Duration::from_secs(10));
+    let tls = match &def.tls {
+        Some(tls) => {
+            let client_cert = match (&tls.client_cert, &tls.client_key) {
+                (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+                (None, None) => None,
+                _ => anyhow::bail!("tls: set both client_cert and client_key, or neither"),
+            };
+            let to = crate::tls::Upstream {
+                server_name: tls.server_name.clone().unwrap_or_else(|| host.to_owned()),
+                ca_file: tls.ca_file.as_ref().map(|f| base.join(f)),
+                client_cert,
+            };
+            // The address stays where to connect; the name is what the certificate must
+            // carry. TLS is required: a server that does not offer it is refused.
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                config.hostaddr(ip);
+            }
+            config
+                .host(&to.server_name)
+                .ssl_mode(postgres::config::SslMode::Require);
+            let client = crate::tls::client_config(&to).context("tls")?;
+            Some(rustls_tokio_postgres::MakeRustlsConnect::new(client))
+        }
+        None => {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                warn!(address = %def.address, "the sink's connection is plaintext (no [sink.tls]): events and the sink's login cross the network unencrypted");
+            }
+            None
+        }
+    };
     let name = match &def.host {
         Some(name) => name.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -75,8 +109,12 @@ fn sink_for(
             .trim()
             .to_owned(),
     };
+    if tls.is_none() {
+        config.host(host);
+    }
     Ok(crate::record::sink::Sink {
         config,
+        tls,
         host: name,
         interval: Duration::from_millis(def.interval_ms.max(10)),
     })
@@ -158,9 +196,10 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         crate::record::Recorder::off()
     };
     if let Some(def) = &agent.sink {
-        let sink = sink_for(def, &credentials)
+        let base = config.path.parent().unwrap_or(std::path::Path::new("."));
+        let sink = sink_for(def, &credentials, base)
             .with_context(|| format!("invalid [sink] in `{}`", config.path.display()))?;
-        info!(address = %def.address, database = %def.database, host = %sink.host, "shipping the store to the sink");
+        info!(address = %def.address, database = %def.database, host = %sink.host, tls = sink.tls.is_some(), "shipping the store to the sink");
         crate::record::sink::start(config.store_path.clone(), sink)?;
     }
     let approvals = Arc::new(

@@ -107,45 +107,50 @@ impl Connectors {
         if let Some(config) = cache.get(&key) {
             return Ok(Arc::clone(config));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        match &to.ca_file {
-            Some(path) => {
-                for cert in read_ca(path)? {
-                    roots
-                        .add(cert)
-                        .with_context(|| format!("bad certificate in {}", path.display()))?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                for cert in found.certs {
-                    // A broken system certificate does not stop the others from working.
-                    let _ = roots.add(cert);
-                }
-            }
-        }
-        if roots.is_empty() {
-            bail!(
-                "no trusted CA certificates ({})",
-                to.ca_file
-                    .as_ref()
-                    .map_or("system roots".to_owned(), |p| p.display().to_string())
-            );
-        }
-        let builder = client_builder()?.with_root_certificates(roots);
-        let config = match &to.client_cert {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let (chain, key_der) = read_client_cert(cert, key)?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .with_context(|| not_a_pair(cert, key))?
-            }
-        };
-        let config = Arc::new(config);
+        let config = Arc::new(client_config(to)?);
         cache.insert(key, Arc::clone(&config));
         Ok(config)
     }
+}
+
+/// The rustls client side for `to`: its CA file or the system's roots, and its client
+/// certificate when it has one.
+pub fn client_config(to: &Upstream) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &to.ca_file {
+        Some(path) => {
+            for cert in read_ca(path)? {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("bad certificate in {}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A broken system certificate does not stop the others from working.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        bail!(
+            "no trusted CA certificates ({})",
+            to.ca_file
+                .as_ref()
+                .map_or("system roots".to_owned(), |p| p.display().to_string())
+        );
+    }
+    let builder = client_builder()?.with_root_certificates(roots);
+    Ok(match &to.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key_der) = read_client_cert(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .with_context(|| not_a_pair(cert, key))?
+        }
+    })
 }
 
 fn client_builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {

@@ -888,8 +888,8 @@ impl PgServer {
     }
 
     /// From now on the server speaks TLS with `certs`' server certificate and admits only
-    /// clients over TLS with a certificate `certs`' CA signed (`clientcert=verify-ca`), the
-    /// superuser included: call it last.
+    /// TCP clients over TLS with a certificate `certs`' CA signed (`clientcert=verify-ca`);
+    /// [`Self::psql_admin`] goes on through the Unix socket.
     pub fn require_client_certs(&self, certs: &TestCerts) {
         let data = self.dir.join("data");
         for (from, to) in [
@@ -916,7 +916,8 @@ impl PgServer {
         .unwrap();
         std::fs::write(
             data.join("pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+            "local all all scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
         )
         .unwrap();
         self.as_postgres(&["pg_ctl", "-D", "data", "reload"]);
@@ -945,12 +946,13 @@ impl PgServer {
         panic!("PostgreSQL did not start asking for client certificates");
     }
 
-    /// Runs SQL as the superuser, straight to the server (not through skillgate).
+    /// Runs SQL as the superuser, straight to the server (its Unix socket, not through
+    /// skillgate).
     pub fn psql_admin(&self, database: &str, sql: &str) -> String {
         let out = Command::new("psql")
+            .arg("-h")
+            .arg(&self.dir)
             .args([
-                "-h",
-                "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
                 "-U",

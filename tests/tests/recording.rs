@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use skillgate_tests::{Env, PgServer, Server, unused_port};
+use skillgate_tests::{Env, PgServer, Server, TestCerts, unused_port};
 
 fn setup(name: &str) -> (Env, Server, SocketAddr, Server) {
     setup_with(name, "")
@@ -371,6 +371,58 @@ fn a_central_postgresql_sink_gets_every_session_and_event_once() {
     assert!(dialed.get(0).ok, "the sink never gates a skill");
     sink.psql_admin("postgres", "ALTER DATABASE shop ALLOW_CONNECTIONS true");
     assert_eq!(wait_shipped(&env, &sink).len(), 8);
+}
+
+#[test]
+fn a_sink_over_tls_verifies_the_database_and_presents_the_agents_certificate() {
+    let dir = std::env::temp_dir().join(format!("skillgate-sink-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = TestCerts::create(&dir);
+    let sink = PgServer::start();
+    sink.require_client_certs(&certs);
+    let extra = format!(
+        "[sink]\naddress = \"127.0.0.1:{}\"\ndatabase = \"shop\"\ncredentials = \"audit\"\n\
+         host = \"test-host\"\ninterval_ms = 50\n\
+         tls = {{ server_name = \"orders.internal\", ca_file = \"{}\", client_cert = \"{}\", \
+         client_key = \"{}\" }}\n\
+         [credentials.audit]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_SINK_LOGIN\"\n",
+        sink.port,
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    let (env, _backend, dial, _canary) = setup_with("record-sink-tls", &extra);
+    let login = format!("postgres:{}", sink.password);
+    let agent = env.start_agent_with(&[], &[("SKILLGATE_TEST_SINK_LOGIN", &login)]);
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    assert_eq!(wait_shipped(&env, &sink).len(), 2, "{}", agent.log());
+    let seen = sink.psql_admin(
+        "postgres",
+        "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'skillgate-sink'",
+    );
+    assert_eq!(seen, "t|/CN=skillgate-agent\n", "the sink's connection");
+    agent.stop();
+
+    // A certificate for another name: nothing is shipped, and the log says why.
+    std::fs::write(
+        &env.config,
+        std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("orders.internal", "billing.internal"),
+    )
+    .unwrap();
+    let agent = env.start_agent_with(&[], &[("SKILLGATE_TEST_SINK_LOGIN", &login)]);
+    let line = agent.wait_for_log("cannot ship the store to the sink", Duration::from_secs(10));
+    assert!(
+        line.contains("certificate not valid for name \"billing.internal\""),
+        "{line}"
+    );
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(central_events(&sink).len(), 2, "nothing more arrived");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

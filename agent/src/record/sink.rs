@@ -70,6 +70,8 @@ CREATE INDEX IF NOT EXISTS skillgate_events_at ON skillgate_events (at_ns);
 /// Where and as whom the sink writes.
 pub struct Sink {
     pub config: postgres::Config,
+    /// TLS to the central database; `None`: plaintext.
+    pub tls: Option<rustls_tokio_postgres::MakeRustlsConnect>,
     /// What `host` says in the central tables.
     pub host: String,
     /// How often the local store is looked at when everything is shipped.
@@ -123,10 +125,11 @@ impl Shipper {
     fn connect(store: &std::path::Path, sink: &Sink) -> Result<Self> {
         let local = Connection::open_with_flags(store, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("cannot open the session store {}", store.display()))?;
-        let mut central = sink
-            .config
-            .connect(postgres::NoTls)
-            .context("cannot connect to the sink database")?;
+        let mut central = match &sink.tls {
+            Some(tls) => sink.config.connect(tls.clone()),
+            None => sink.config.connect(postgres::NoTls),
+        }
+        .context("cannot connect to the sink database")?;
         central
             .batch_execute(SCHEMA)
             .context("cannot create the sink's tables")?;
