@@ -24,7 +24,7 @@ use std::collections::{HashSet, VecDeque};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use session::{Answer, Catalog, Session};
+use session::{Answer, Catalog, Decided, Session};
 use skillgate_policy::{Detector, Mask};
 
 const SECRET: &str = "s3cr3t-value";
@@ -194,7 +194,11 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => return,
             };
             let denied = matches!(answer, Some(Answer::Deny { .. })) || msg[0] == b'F';
-            match session.client(&msg, answer, &mut out) {
+            let decided = answer.map(|answer| Decided {
+                id: "1.1".to_owned(),
+                answer,
+            });
+            match session.client(&msg, decided, &mut out) {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(_) => {

@@ -372,6 +372,43 @@ fn rust_python_and_pgbench_through_the_extended_protocol_obey_the_policy() {
         s.pg.psql_admin("shop", "SELECT sum(abalance) FROM pgbench_accounts"),
         "0\n"
     );
+
+    // Every completed or denied statement's result, pipelined ones included, carries the
+    // decision of the statement it answers, a prepared statement's on each of its runs. (An
+    // error may answer something no decision allowed: pgbench binding the statement whose
+    // Parse was denied gets 26000, "prepared statement does not exist".)
+    s.env.wait_for_sessions_to_end();
+    let events: Vec<serde_json::Value> = s
+        .env
+        .cli(&["sessions", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decided: std::collections::HashSet<(i64, &str)> = events
+        .iter()
+        .filter(|e| e["kind"] == "sql")
+        .map(|e| {
+            let id = e["decision_id"].as_str().unwrap();
+            (e["session_id"].as_i64().unwrap(), id)
+        })
+        .collect();
+    let mut answered: std::collections::HashMap<&str, usize> = Default::default();
+    for result in events.iter().filter(|e| e["kind"] == "result") {
+        let Some(id) = result["decision_id"].as_str() else {
+            assert!(
+                result["status"] != "00000" && result["status"] != "42501",
+                "{result}"
+            );
+            continue;
+        };
+        let session = result["session_id"].as_i64().unwrap();
+        assert!(decided.contains(&(session, id)), "{result}");
+        *answered.entry(id).or_default() += 1;
+    }
+    assert!(
+        answered.values().any(|&n| n >= 200),
+        "pgbench -M prepared runs one Parse 200 times per client: {answered:?}"
+    );
 }
 
 #[test]

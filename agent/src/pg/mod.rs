@@ -42,7 +42,7 @@ use crate::config::SqlLiterals;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
-use session::{Answer, Catalog, Ended, Noted, Session};
+use session::{Answer, Catalog, Decided, Ended, Noted, Session};
 use wire::Startup;
 
 /// How long a skill has to complete its TLS handshake after SSLRequest.
@@ -635,13 +635,19 @@ async fn next<S: AsyncRead + Unpin>(
 type ClientWriter<W> = tokio::sync::Mutex<W>;
 
 impl PgConn {
-    /// Classifies, decides (holding for approval if a rule says so) and records a statement.
-    async fn decide(&self, text: &str) -> Answer {
+    /// Classifies, decides (holding for approval if a rule says so) and records a statement;
+    /// the answer carries the decision's id (`session.n`).
+    async fn decide(&self, text: &str) -> Decided {
         let n = self.statements.fetch_add(1, Ordering::Relaxed) + 1;
         let id = match self.session {
             Some(session) => format!("{session}.{n}"),
             None => format!("unrecorded.{n}"),
         };
+        let answer = self.answer(&id, text).await;
+        Decided { id, answer }
+    }
+
+    async fn answer(&self, id: &str, text: &str) -> Answer {
         let policy = self.proxy.current_policy();
         let classified = self.proxy.classify(text);
         let decision = match &classified.statements {
@@ -695,7 +701,7 @@ impl PgConn {
             rule: rule.clone(),
             reason: decision.reason.clone(),
             facts: Facts {
-                decision_id: Some(id.clone()),
+                decision_id: Some(id.to_owned()),
                 classification: classification(&classified.statements),
                 ..Facts::default()
             },
@@ -719,7 +725,7 @@ impl PgConn {
                 detail: format!("rule: {rule_text}; decision {id}"),
             },
             Effect::Approve => {
-                self.hold(&id, &shown, &recorded, rule.as_deref(), decision.reason)
+                self.hold(id, &shown, &recorded, rule.as_deref(), decision.reason)
                     .await
             }
         }
@@ -939,8 +945,9 @@ impl PgConn {
     /// Records (and counts) how a statement ended.
     fn noted(&self, noted: Noted) {
         match noted {
-            Noted::Denied { detail } => {
+            Noted::Denied { detail, decision } => {
                 let facts = Facts {
+                    decision_id: decision,
                     status: Some("42501".to_owned()),
                     ..Facts::default()
                 };
@@ -950,8 +957,10 @@ impl PgConn {
                 code,
                 message,
                 took,
+                decision,
             } => {
                 let facts = Facts {
+                    decision_id: decision,
                     status: Some(code.clone()),
                     duration_us: Some(took.as_micros() as i64),
                     ..Facts::default()
@@ -967,6 +976,7 @@ impl PgConn {
             }
             Noted::Completed {
                 tag,
+                decision,
                 masked,
                 took,
                 content,
@@ -975,6 +985,7 @@ impl PgConn {
                     .ops
                     .answered(&self.skill, &self.backend, "sql", took, masked);
                 let facts = Facts {
+                    decision_id: decision,
                     status: Some("00000".to_owned()),
                     rows: tag_rows(&tag),
                     masked: Some(masked as i64),

@@ -37,19 +37,40 @@ pub enum Answer {
     Deny { message: String, detail: String },
 }
 
+/// The policy's answer to a statement, and that decision's id, which the statement's
+/// results carry into the record.
+pub struct Decided {
+    pub id: String,
+    pub answer: Answer,
+}
+
+/// A statement the session saw parsed: its mask, lower-cased text and decision id.
+#[derive(Clone)]
+struct Prepared {
+    mask: Mask,
+    text: String,
+    decision: String,
+}
+
 /// What a backend message leaves to record.
 pub enum Noted {
     /// A denied statement's stand-in failed upstream; the skill got the denial.
-    Denied { detail: String },
+    Denied {
+        detail: String,
+        decision: Option<String>,
+    },
     /// A statement failed upstream.
     Failed {
         code: String,
         message: String,
         took: Duration,
+        decision: Option<String>,
     },
     /// A statement completed (`tag` as PostgreSQL gives it).
     Completed {
         tag: String,
+        /// The decision that let it run (`None`: a portal the session did not see bound).
+        decision: Option<String>,
         masked: usize,
         took: Duration,
         /// The rows as the skill got them, when the mask says `keep`.
@@ -76,6 +97,7 @@ struct Poison {
     nonce: String,
     message: String,
     detail: String,
+    decision: Option<String>,
 }
 
 /// Everything between two ReadyForQuery messages.
@@ -102,6 +124,12 @@ struct Cycle {
     describes: VecDeque<bool>,
     /// A Query or an Execute was sent: only then may rows come.
     runs: bool,
+    /// The decisions of the Executes sent and not yet answered, in order (`None`: a portal
+    /// the session did not see bound); each one's result carries it.
+    decisions: VecDeque<Option<String>>,
+    /// The decision of the cycle's Query, whose statements' results come after the
+    /// Executes' (a Query ends the batch it joins).
+    query: Option<String>,
     /// An Execute ran a portal the session did not see bound to a statement it saw parsed (a
     /// cursor or statement declared in SQL), in a session where masks apply: its rows cannot be matched to their statement's mask.
     unattributed: bool,
@@ -121,6 +149,8 @@ impl Default for Cycle {
             described: None,
             describes: VecDeque::new(),
             runs: false,
+            decisions: VecDeque::new(),
+            query: None,
             unattributed: false,
         }
     }
@@ -144,10 +174,10 @@ pub struct Session {
     /// Whether the last cycle is an extended-protocol batch still open (no Sync yet).
     batch_open: bool,
     /// Named statements' masks (and texts), for the Binds that use them later.
-    prepared: HashMap<String, (Mask, String)>,
+    prepared: HashMap<String, Prepared>,
     /// Portals' masks (and texts), from the statement they were bound to, for the Executes
     /// that run them later (a portal outlives its Sync inside a transaction).
-    portals: HashMap<String, (Mask, String)>,
+    portals: HashMap<String, Prepared>,
     /// Some statement of the session was allowed with a mask.
     masking: bool,
 }
@@ -174,9 +204,13 @@ impl Session {
     pub fn client(
         &mut self,
         message: &[u8],
-        answer: Option<Answer>,
+        decided: Option<Decided>,
         out: &mut BytesMut,
     ) -> Result<bool, String> {
+        let (decision, answer) = match decided {
+            Some(Decided { id, answer }) => (Some(id), Some(answer)),
+            None => (None, None),
+        };
         let Some(&tag) = message.first() else {
             return Err("empty message".to_owned());
         };
@@ -216,10 +250,11 @@ impl Session {
                 match answer {
                     Answer::Allow(mask) => {
                         note_mask(cycle, mask, text);
+                        cycle.query = decision;
                         out.extend_from_slice(message);
                     }
                     Answer::Deny { message, detail } => {
-                        let nonce = poison(cycle, message, detail);
+                        let nonce = poison(cycle, message, detail, decision);
                         let mut body = BytesMut::with_capacity(nonce.len() + 1);
                         body.put_slice(nonce.as_bytes());
                         body.put_u8(0);
@@ -237,12 +272,16 @@ impl Session {
                 match answer {
                     Answer::Allow(mask) => {
                         note_mask(cycle, mask.clone(), text);
-                        self.prepared
-                            .insert(name.to_owned(), (mask, text.to_lowercase()));
+                        let prepared = Prepared {
+                            mask,
+                            text: text.to_lowercase(),
+                            decision: decision.unwrap_or_default(),
+                        };
+                        self.prepared.insert(name.to_owned(), prepared);
                         out.extend_from_slice(message);
                     }
                     Answer::Deny { message, detail } => {
-                        let nonce = poison(cycle, message, detail);
+                        let nonce = poison(cycle, message, detail, decision);
                         self.prepared.remove(name);
                         let mut body = BytesMut::new();
                         body.put_slice(name.as_bytes());
@@ -269,8 +308,8 @@ impl Session {
                 let cycle = self.open_batch();
                 // A Describe of the portal before it was bound again described what it was.
                 cycle.described = None;
-                if let Some((mask, text)) = used {
-                    note_mask(cycle, mask, &text);
+                if let Some(used) = used {
+                    note_mask(cycle, used.mask, &used.text);
                 }
                 out.extend_from_slice(message);
             }
@@ -282,8 +321,11 @@ impl Session {
                 let cycle = self.open_batch();
                 cycle.runs = true;
                 let described = cycle.described.take().is_some_and(|d| d == portal);
+                cycle
+                    .decisions
+                    .push_back(used.as_ref().map(|u| u.decision.clone()));
                 match used {
-                    Some((mask, text)) if !mask.is_empty() => {
+                    Some(Prepared { mask, text, .. }) if !mask.is_empty() => {
                         note_mask(cycle, mask, &text);
                         // Masked rows follow a description of their own portal, with the
                         // formats its Bind chose: if the skill did not just ask for one (a
@@ -367,6 +409,25 @@ impl Session {
                 cycle.describes.clear();
             }
         }
+        // Which decision this result answers: the next Execute's, else the Query's. An
+        // error skips the rest of the batch; an empty or suspended Execute is answered.
+        let decision = match (tag, cycle.as_deref_mut()) {
+            (b'C' | b'E', Some(cycle)) => {
+                let decision = cycle
+                    .decisions
+                    .pop_front()
+                    .unwrap_or_else(|| cycle.query.clone());
+                if tag == b'E' {
+                    cycle.decisions.clear();
+                }
+                decision
+            }
+            (b'I' | b's', Some(cycle)) => {
+                cycle.decisions.pop_front();
+                None
+            }
+            _ => None,
+        };
         let noted = match (tag, cycle) {
             // Row data (and COPY output) only answers a statement the session sent.
             (b'T' | b'D' | b'H' | b'W' | b'd', None) => {
@@ -405,7 +466,10 @@ impl Session {
                 let at = stand_in(cycle, body).expect("checked");
                 let p = cycle.poisons.remove(at);
                 wire::error_response(out, "ERROR", "42501", &p.message, Some(&p.detail), None);
-                return Ok(Some(Noted::Denied { detail: p.detail }));
+                return Ok(Some(Noted::Denied {
+                    detail: p.detail,
+                    decision: p.decision,
+                }));
             }
             (b'T', Some(cycle)) => {
                 if let Some(mask) = &cycle.mask {
@@ -464,6 +528,7 @@ impl Session {
                 };
                 Some(Noted::Completed {
                     tag: wire::query_text(body).unwrap_or("?").to_owned(),
+                    decision,
                     masked,
                     took,
                     content,
@@ -473,6 +538,7 @@ impl Session {
                 code: wire::error_field(body, b'C').unwrap_or("?").to_owned(),
                 message: wire::error_message(body).unwrap_or("").to_owned(),
                 took: cycle.map_or(Duration::ZERO, |c| c.started.elapsed()),
+                decision,
             }),
             // ReadyForQuery ends the oldest cycle, which a Sync or a Query must have closed.
             (b'Z', cycle) => {
@@ -536,7 +602,7 @@ fn note_mask(cycle: &mut Cycle, mask: Mask, text: &str) {
 }
 
 /// Registers a denied statement; returns the stand-in text the backend will fail to parse.
-fn poison(cycle: &mut Cycle, message: String, detail: String) -> String {
+fn poison(cycle: &mut Cycle, message: String, detail: String, decision: Option<String>) -> String {
     let mut nonce = [0u8; 12];
     let _ = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce));
@@ -546,6 +612,7 @@ fn poison(cycle: &mut Cycle, message: String, detail: String) -> String {
         nonce: text.clone(),
         message,
         detail,
+        decision,
     });
     text
 }
@@ -716,6 +783,115 @@ mod tests {
         out.to_vec()
     }
 
+    fn allowed(mask: Mask) -> Decided {
+        decided("1.1", Answer::Allow(mask))
+    }
+
+    fn decided(id: &str, answer: Answer) -> Decided {
+        Decided {
+            id: id.to_owned(),
+            answer,
+        }
+    }
+
+    /// The decision each backend message's record carries.
+    fn decisions(session: &mut Session, messages: &[Vec<u8>]) -> Vec<(String, Option<String>)> {
+        let mut out = BytesMut::new();
+        messages
+            .iter()
+            .filter_map(
+                |m| match session.server(m, &Catalog::new(), b"", &mut out).unwrap()? {
+                    Noted::Completed { tag, decision, .. } => Some((tag, decision)),
+                    Noted::Failed { code, decision, .. } => Some((code, decision)),
+                    Noted::Denied { decision, .. } => Some(("denied".to_owned(), decision)),
+                },
+            )
+            .collect()
+    }
+
+    /// Pipelined extended queries: each result carries the decision of the statement its
+    /// Execute ran, a named statement's on every run; after an error the batch's other
+    /// Executes are skipped, and a Query's results carry the Query's.
+    #[test]
+    fn results_carry_their_statements_decision() {
+        let mut session = Session::default();
+        let mut out = BytesMut::new();
+        let allow = |id| Some(decided(id, Answer::Allow(Mask::default())));
+        let deny = |id| {
+            let answer = Answer::Deny {
+                message: "denied".to_owned(),
+                detail: "rule".to_owned(),
+            };
+            Some(decided(id, answer))
+        };
+        let bind = |portal: &str, statement: &str| {
+            message(
+                b'B',
+                format!("{portal}\0{statement}\0\0\0\0\0\0\0").as_bytes(),
+            )
+        };
+        let execute = |portal: &str| message(b'E', format!("{portal}\0\0\0\0\0").as_bytes());
+        let sync = message(b'S', b"");
+        let batch: Vec<(Vec<u8>, Option<Decided>)> = vec![
+            (message(b'P', b"a\0SELECT 1\0\0\0"), allow("7.1")),
+            (message(b'P', b"b\0SELECT 2\0\0\0"), allow("7.2")),
+            (bind("p", "b"), None),
+            (execute("p"), None),
+            (bind("q", "a"), None),
+            (execute("q"), None),
+            (execute("p"), None),
+            (sync.clone(), None),
+            (bind("", "a"), None),
+            (execute(""), None),
+            (execute("q"), None),
+            (sync.clone(), None),
+            (message(b'P', b"c\0DELETE FROM t\0\0\0"), deny("7.3")),
+            (sync, None),
+            (message(b'Q', b"SELECT 3; SELECT 4\0"), allow("7.4")),
+        ];
+        for (m, d) in batch {
+            assert!(!session.client(&m, d, &mut out).unwrap());
+        }
+        let complete = |tag: &str| message(b'C', format!("{tag}\0").as_bytes());
+        let ready = message(b'Z', b"I");
+        let denied_nonce = String::from_utf8_lossy(&out)
+            .split("skillgate_denied_")
+            .nth(1)
+            .map(|rest| format!("skillgate_denied_{}", &rest[..24]))
+            .unwrap();
+        let stand_in_error = message(
+            b'E',
+            format!("SERROR\0C42601\0Msyntax error at or near \"{denied_nonce}\"\0\0").as_bytes(),
+        );
+        let server = [
+            complete("SELECT 2"),
+            complete("SELECT 1"),
+            complete("SELECT 2"),
+            ready.clone(),
+            message(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"),
+            ready.clone(),
+            stand_in_error,
+            ready.clone(),
+            complete("SELECT 3"),
+            complete("SELECT 4"),
+            ready,
+        ];
+        let seen = decisions(&mut session, &server);
+        let want: Vec<(String, Option<String>)> = [
+            ("SELECT 2", "7.2"),
+            ("SELECT 1", "7.1"),
+            ("SELECT 2", "7.2"),
+            ("22012", "7.1"),
+            ("denied", "7.3"),
+            ("SELECT 3", "7.4"),
+            ("SELECT 4", "7.4"),
+        ]
+        .iter()
+        .map(|(what, id)| ((*what).to_owned(), Some((*id).to_owned())))
+        .collect();
+        assert_eq!(seen, want);
+    }
+
     /// Found by the pg_session fuzz target: a ReadyForQuery while the skill's batch was still
     /// open emptied the cycle queue, and the next Query panicked on it.
     #[test]
@@ -723,12 +899,12 @@ mod tests {
         let mut session = Session::default();
         let mut out = BytesMut::new();
         let parse = message(b'P', b"a\0SELECT 1\0\0\0");
-        let answer = Some(Answer::Allow(Mask::default()));
+        let answer = Some(allowed(Mask::default()));
         assert!(!session.client(&parse, answer, &mut out).unwrap());
         let ready = session.server(&message(b'Z', b"I"), &Catalog::new(), b"", &mut out);
         assert!(matches!(ready, Err(Ended { code: "08P01", .. })));
         let query = message(b'Q', b"SELECT 1\0");
-        let answer = Some(Answer::Allow(Mask::default()));
+        let answer = Some(allowed(Mask::default()));
         assert!(!session.client(&query, answer, &mut out).unwrap());
     }
 
@@ -777,7 +953,7 @@ mod tests {
         let mut session = Session::default();
         let mut out = BytesMut::new();
         let parse = message(b'P', b"s1\0SELECT email FROM customers\0\0\0");
-        let allow = Some(Answer::Allow(mask));
+        let allow = Some(allowed(mask));
         assert!(!session.client(&parse, allow, &mut out).unwrap());
         let bind = message(b'B', b"\0s1\0\0\0\0\0\0\x01\0\x01");
         let execute = message(b'E', b"\0\0\0\0\0");
