@@ -4,15 +4,16 @@
 //! A dedicated thread owns the SQLite connection; the proxy's tasks send it records and wait
 //! for the commit. Records that arrive together are committed in one transaction (group
 //! commit), so durability costs one fsync per batch, not per record. Records nothing waits
-//! for (what a response was, after its decision is stored) linger up to [`LINGER`] for the
-//! next record that is waited for, so a lone skill's statement costs one commit, not two.
+//! for (what a response was, after its decision is stored) do not wake the thread: they
+//! wait, up to [`LINGER`], for the next commit, so a lone skill's request costs one commit
+//! and one wake-up, not two of each.
 
 pub mod query;
 pub mod sink;
 mod store;
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -101,7 +102,7 @@ pub fn now_ns() -> i64 {
 enum Job {
     Open(Session, Event, oneshot::Sender<Result<i64, String>>),
     Event(i64, Event, oneshot::Sender<Result<i64, String>>),
-    /// An event nothing waits for.
+    /// An event nothing waits for (from [`Detached`]).
     Detached(i64, Event),
     Close {
         session: i64,
@@ -119,16 +120,24 @@ const MAX_BATCH: usize = 256;
 /// How long records nothing waits for may wait for company before they are committed.
 const LINGER: Duration = Duration::from_millis(1);
 
-impl Job {
-    fn waited_for(&self) -> bool {
-        !matches!(self, Self::Detached(..))
-    }
+/// How long after its last commit the writer still looks for records nothing waits for
+/// every [`LINGER`], instead of being woken for each.
+const QUIET: Duration = Duration::from_millis(10);
+
+/// Events nothing waits for, in the order they came, until the writer's next commit.
+#[derive(Default)]
+struct Detached {
+    events: Vec<(i64, Event)>,
+    /// The writer sleeps with nothing due: the next event must wake it.
+    writer_idle: bool,
 }
 
 #[derive(Clone)]
 pub struct Recorder {
-    /// The writer's queue; `None` when recording is off.
-    jobs: Option<mpsc::Sender<Job>>,
+    /// The writer's queue (`None` in it: a wake-up, for events waiting in `detached` while
+    /// the writer sleeps with nothing due); `None` when recording is off.
+    jobs: Option<mpsc::Sender<Option<Job>>>,
+    detached: Arc<Mutex<Detached>>,
     /// Session ids handed out when recording is off.
     unrecorded: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
@@ -146,7 +155,9 @@ impl Recorder {
                 "closed the sessions a previous agent left open"
             );
         }
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Option<Job>>();
+        let detached: Arc<Mutex<Detached>> = Arc::default();
+        let pending = Arc::clone(&detached);
         // Prune about twice per retention period, at most hourly, at least every second.
         let prune_every = Duration::from_nanos((retention_ns / 2).max(0) as u64)
             .clamp(Duration::from_secs(1), Duration::from_secs(3_600));
@@ -154,42 +165,53 @@ impl Recorder {
             .name("skillgate-recorder".to_owned())
             .spawn(move || {
                 let mut last_prune: Option<Instant> = None;
+                let mut last_commit = Instant::now();
                 loop {
-                    match queue.recv_timeout(prune_every) {
+                    // Soon after a commit, or with events waiting, look again after LINGER;
+                    // otherwise sleep until a job (or a Wake) comes, or pruning is due.
+                    let timeout = {
+                        let mut pending = lock(&pending);
+                        if pending.events.is_empty() && last_commit.elapsed() >= QUIET {
+                            pending.writer_idle = true;
+                            prune_every
+                        } else {
+                            LINGER
+                        }
+                    };
+                    let mut batch = Vec::new();
+                    let stopping = match queue.recv_timeout(timeout) {
                         Ok(first) => {
-                            let mut batch = vec![first];
+                            batch.push(first);
                             while batch.len() < MAX_BATCH {
                                 match queue.try_recv() {
                                     Ok(job) => batch.push(job),
                                     Err(_) => break,
                                 }
                             }
-                            if !batch.iter().any(Job::waited_for) {
-                                let until = Instant::now() + LINGER;
-                                while batch.len() < MAX_BATCH {
-                                    let left = until.saturating_duration_since(Instant::now());
-                                    match queue.recv_timeout(left) {
-                                        Ok(job) => {
-                                            let waited_for = job.waited_for();
-                                            batch.push(job);
-                                            if waited_for {
-                                                while batch.len() < MAX_BATCH {
-                                                    match queue.try_recv() {
-                                                        Ok(job) => batch.push(job),
-                                                        Err(_) => break,
-                                                    }
-                                                }
-                                                break;
-                                            }
-                                        }
-                                        Err(_) => break,
-                                    }
-                                }
-                            }
-                            commit(&mut store, batch);
+                            false
                         }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => false,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                    };
+                    // Taken after the queue: a session's events that wait here came before
+                    // any job of it just received (it waits for each of those), so they go
+                    // first and every session's events stay in order.
+                    let events = {
+                        let mut pending = lock(&pending);
+                        pending.writer_idle = false;
+                        std::mem::take(&mut pending.events)
+                    };
+                    let jobs: Vec<Job> = events
+                        .into_iter()
+                        .map(|(session, event)| Job::Detached(session, event))
+                        .chain(batch.into_iter().flatten())
+                        .collect();
+                    if !jobs.is_empty() {
+                        commit(&mut store, jobs);
+                        last_commit = Instant::now();
+                    }
+                    if stopping {
+                        return;
                     }
                     if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
                         last_prune = Some(Instant::now());
@@ -206,6 +228,7 @@ impl Recorder {
             .context("cannot start the recorder thread")?;
         Ok(Self {
             jobs: Some(jobs),
+            detached,
             unrecorded: Default::default(),
         })
     }
@@ -214,6 +237,7 @@ impl Recorder {
     pub fn off() -> Self {
         Self {
             jobs: None,
+            detached: Arc::default(),
             unrecorded: Default::default(),
         }
     }
@@ -223,7 +247,7 @@ impl Recorder {
         let Some(jobs) = &self.jobs else {
             return Ok(false);
         };
-        jobs.send(job)
+        jobs.send(Some(job))
             .map_err(|_| anyhow!("the recorder has stopped"))?;
         Ok(true)
     }
@@ -257,7 +281,15 @@ impl Recorder {
     /// Records one more event without waiting for the commit: for what follows a decision
     /// already recorded (a response's status and size). Failures are logged by the writer.
     pub fn event_detached(&self, session: i64, event: Event) {
-        if self.send(Job::Detached(session, event)).is_err() {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        let wake = {
+            let mut pending = lock(&self.detached);
+            pending.events.push((session, event));
+            std::mem::take(&mut pending.writer_idle)
+        };
+        if wake && jobs.send(None).is_err() {
             tracing::error!(session, "the recorder has stopped: an event is lost");
         }
     }
@@ -349,4 +381,8 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
             }
         }
     }
+}
+
+fn lock(detached: &Mutex<Detached>) -> std::sync::MutexGuard<'_, Detached> {
+    detached.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -150,12 +150,20 @@ pub fn session(path: &Path, id: i64) -> Result<(SessionRow, Vec<EventRow>)> {
 /// object per line: the format central log pipelines ingest.
 pub fn export(path: &Path, since_ns: Option<i64>, out: &mut impl std::io::Write) -> Result<u64> {
     let conn = open(path)?;
+    // Since a time: from the first event at or after it (ids follow time closely, and there
+    // is no time index), each one checked.
+    let since = match since_ns {
+        Some(_) => {
+            "WHERE e.id >= (SELECT id FROM events WHERE at_ns >= ?1 ORDER BY id LIMIT 1) \
+             AND e.at_ns >= ?1"
+        }
+        None => "WHERE ?1 IS NULL",
+    };
     let mut stmt = conn.prepare(&format!(
         "SELECT e.id, e.session_id, e.at_ns, e.kind, e.operation, e.decision, e.rule, e.reason, \
          e.hash, s.skill, s.pid, s.uid, s.gid, s.exe, s.cmdline, s.cgroup, s.origin, s.backend, \
          {FACT_COLUMNS} \
-         FROM events e JOIN sessions s ON s.id = e.session_id \
-         WHERE ?1 IS NULL OR e.at_ns >= ?1 ORDER BY e.id"
+         FROM events e JOIN sessions s ON s.id = e.session_id {since} ORDER BY e.id"
     ))?;
     let mut rows = stmt.query([since_ns])?;
     let mut count = 0;

@@ -54,7 +54,10 @@ CREATE TABLE IF NOT EXISTS events (
     duration_us INTEGER,
     content TEXT
 );
-CREATE INDEX IF NOT EXISTS events_at ON events (at_ns);
+-- No index on events (at_ns): events go in about in time order, so 'since T' is the rows from
+-- the first one at or after T, found by walking ids from the oldest (prune, export). An index
+-- would cost every event an index insert, a quarter of its write.
+
 -- Where the chain starts once old events are pruned: the last pruned event's id and hash.
 CREATE TABLE IF NOT EXISTS anchor (
     id INTEGER NOT NULL,
@@ -295,11 +298,15 @@ impl Store {
     /// left with no events. Returns how many events went.
     pub fn prune(&mut self, cutoff_ns: i64) -> Result<u64> {
         let tx = self.conn.transaction()?;
-        let keep_from: Option<i64> = tx.query_row(
-            "SELECT min(id) FROM events WHERE at_ns >= ?1",
-            [cutoff_ns],
-            |r| r.get(0),
-        )?;
+        // The oldest event to keep; walking from the oldest stops there (an event a little
+        // older that went in after it is pruned next time).
+        let keep_from: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM events WHERE at_ns >= ?1 ORDER BY id LIMIT 1",
+                [cutoff_ns],
+                |r| r.get(0),
+            )
+            .optional()?;
         let last: Option<i64> = tx.query_row("SELECT max(id) FROM events", [], |r| r.get(0))?;
         let Some(last) = last else {
             return Ok(0);
@@ -326,7 +333,7 @@ impl Store {
 }
 
 /// Brings a store an earlier agent made up to this schema: sessions learn their first and
-/// last event (found with the old index, which then goes).
+/// last event (found with the old index, which then goes); events lose their time index.
 fn migrate(conn: &Connection) -> Result<()> {
     if !has_column(conn, "sessions", "first_event")? {
         conn.execute_batch(
@@ -340,7 +347,7 @@ fn migrate(conn: &Connection) -> Result<()> {
              COMMIT;",
         )?;
     }
-    conn.execute_batch("DROP INDEX IF EXISTS events_session")?;
+    conn.execute_batch("DROP INDEX IF EXISTS events_session; DROP INDEX IF EXISTS events_at")?;
     if !has_column(conn, "events", "decision_id")? {
         // Older events have none: NULL, which their hashes (made without facts) agree with.
         conn.execute_batch(
@@ -625,8 +632,46 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
-    /// A store an earlier agent made (an index on events by session, no id ranges) is brought
-    /// up to date when it is opened.
+    /// Events a little out of time order (their times are taken before they queue): pruning
+    /// keeps everything at or after the cutoff and the chain still verifies; an export since
+    /// a time has exactly the events at or after it.
+    #[test]
+    fn prune_and_export_since_a_time_walk_ids_from_the_oldest() {
+        let path = store_path("since");
+        let mut store = Store::open(&path, false).unwrap();
+        let at = |at_ns| Event {
+            at_ns,
+            ..event("sql")
+        };
+        let events: Vec<Event> = [10, 20, 30, 50, 40, 60].into_iter().map(at).collect();
+        let s = session();
+        let id = store.write(&[Write::Open(&s, &events[0])]).unwrap()[0];
+        let rest: Vec<Write<'_>> = events[1..].iter().map(|e| Write::Event(id, e)).collect();
+        store.write(&rest).unwrap();
+        let times = |since| {
+            let mut out = Vec::new();
+            crate::record::query::export(&path, since, &mut out).unwrap();
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["at_ns"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(times(Some(35)), [50, 40, 60]);
+        assert_eq!(times(Some(45)), [50, 60]);
+        assert_eq!(times(Some(61)), Vec::<serde_json::Value>::new());
+        assert_eq!(times(None).len(), 6);
+        // Up to the first event at or after 45 (the 4th): the one at 40 after it stays.
+        assert_eq!(store.prune(45).unwrap(), 3);
+        assert_eq!(times(None), [50, 40, 60]);
+        assert_eq!(verify(&path).unwrap(), 3);
+        assert_eq!(store.prune(100).unwrap(), 3);
+        assert_eq!(verify(&path).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A store an earlier agent made (indexes on events by session and by time, no id
+    /// ranges) is brought up to date when it is opened.
     #[test]
     fn an_earlier_store_learns_its_sessions_ranges_and_drops_the_index() {
         let path = store_path("migrate");
@@ -642,6 +687,7 @@ mod tests {
                decision TEXT NOT NULL, rule TEXT, reason TEXT NOT NULL, prev_hash BLOB NOT NULL,
                hash BLOB NOT NULL);
              CREATE INDEX events_session ON events (session_id, id);
+             CREATE INDEX events_at ON events (at_ns);
              INSERT INTO sessions (id, started_ns, ended_ns, pid, uid, gid, origin)
                VALUES (1, 1, 5, 1, 0, 0, 'a'), (2, 1, NULL, 1, 0, 0, 'b');
              INSERT INTO events (session_id, at_ns, kind, operation, decision, reason, prev_hash, hash)
@@ -662,7 +708,7 @@ mod tests {
         assert_eq!(ranges, [(1, Some(3)), (2, None)]);
         let indexes: i64 = conn
             .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'events_session'",
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('events_session', 'events_at')",
                 [],
                 |r| r.get(0),
             )
