@@ -753,16 +753,25 @@ impl Drop for HttpBackend {
 
 /// A throwaway CA, a server certificate it signed for `orders.internal` and a client
 /// certificate it signed for `skillgate-agent`, key mode 600 (openssl CLI).
+/// They live in a temporary directory of their own, removed when they are dropped.
 pub struct TestCerts {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    dir: PathBuf,
 }
 
 impl TestCerts {
-    pub fn create(dir: &Path) -> Self {
+    /// Makes them in a fresh temporary directory named after `name`.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "skillgate-test-certs-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let script = "set -e\n\
             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
               -keyout ca.key -out ca.pem -days 2 -subj /CN=skillgate-test-ca 2>/dev/null\n\
@@ -779,7 +788,7 @@ impl TestCerts {
             chmod 600 client.key\n";
         let out = Command::new("sh")
             .args(["-c", script])
-            .current_dir(dir)
+            .current_dir(&dir)
             .output()
             .expect("run openssl");
         assert!(
@@ -793,7 +802,14 @@ impl TestCerts {
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
+            dir,
         }
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

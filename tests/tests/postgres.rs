@@ -843,10 +843,7 @@ fn skills_that_ask_for_tls_get_it_with_the_configured_certificate() {
 
 #[test]
 fn backends_that_ask_for_a_client_certificate_get_the_agents_over_tls() {
-    let dir = std::env::temp_dir().join(format!("skillgate-pg-mtls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let certs = TestCerts::create(&dir);
+    let certs = TestCerts::new("pg-client-cert");
     let s = setup("pg-client-cert", "");
     s.pg.require_client_certs(&certs);
     let without: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
@@ -917,7 +914,6 @@ fn backends_that_ask_for_a_client_certificate_get_the_agents_over_tls() {
         "{stderr}\n{}",
         agent.log()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -375,10 +375,7 @@ fn a_central_postgresql_sink_gets_every_session_and_event_once() {
 
 #[test]
 fn a_sink_over_tls_verifies_the_database_and_presents_the_agents_certificate() {
-    let dir = std::env::temp_dir().join(format!("skillgate-sink-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let certs = TestCerts::create(&dir);
+    let certs = TestCerts::new("sink-tls");
     let sink = PgServer::start();
     sink.require_client_certs(&certs);
     let extra = format!(
@@ -422,7 +419,6 @@ fn a_sink_over_tls_verifies_the_database_and_presents_the_agents_certificate() {
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(central_events(&sink).len(), 2, "nothing more arrived");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

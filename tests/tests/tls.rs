@@ -2,19 +2,8 @@
 //! `tls` backends are allowed or refused by the server name in the skill's ClientHello.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use skillgate_tests::{Env, HttpBackend, TestCerts, unused_port};
-
-fn certs_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "skillgate-test-certs-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn dial() -> SocketAddr {
     format!("127.0.0.2:{}", unused_port("127.0.0.2"))
@@ -39,9 +28,8 @@ fn http_backend(name: &str, dial: SocketAddr, upstream: SocketAddr, tls: &str) -
 
 #[test]
 fn https_backends_are_verified_against_their_ca() {
-    let dir = certs_dir("https");
-    let certs = TestCerts::create(&dir);
-    let stranger = TestCerts::create(&certs_dir("stranger"));
+    let certs = TestCerts::new("https");
+    let stranger = TestCerts::new("stranger");
     let backend = HttpBackend::start_tls(&certs);
     let (good, wrong_ca, wrong_name) = (dial(), dial(), dial());
     let ca = certs.ca.display();
@@ -97,13 +85,11 @@ fn https_backends_are_verified_against_their_ca() {
         1,
         "only the verified connection sent a request"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn backends_that_ask_for_a_client_certificate_get_the_agents() {
-    let dir = certs_dir("client-cert");
-    let certs = TestCerts::create(&dir);
+    let certs = TestCerts::new("client-cert");
     let backend = HttpBackend::start_mtls(&certs);
     let (with_cert, without_cert) = (dial(), dial());
     let tls = format!(
@@ -159,13 +145,11 @@ fn backends_that_ask_for_a_client_certificate_get_the_agents() {
             && stderr.contains("chmod 600"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn tls_backends_are_allowed_only_for_their_server_name() {
-    let dir = certs_dir("sni");
-    let certs = TestCerts::create(&dir);
+    let certs = TestCerts::new("sni");
     let backend = HttpBackend::start_tls(&certs);
     let dial = dial();
     let policy = format!(
@@ -240,7 +224,6 @@ fn tls_backends_are_allowed_only_for_their_server_name() {
         ],
         "{events:#?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Python skill speaking HTTPS with the default context (it trusts what SSL_CERT_FILE names):
