@@ -124,9 +124,10 @@ struct Cycle {
     describes: VecDeque<bool>,
     /// A Query or an Execute was sent: only then may rows come.
     runs: bool,
-    /// The decisions of the Executes sent and not yet answered, in order (`None`: a portal
-    /// the session did not see bound); each one's result carries it.
-    decisions: VecDeque<Option<String>>,
+    /// The extended-protocol messages sent and not yet answered, in order, with the decision
+    /// each belongs to (`None`: none the session saw): the backend answers them one by one,
+    /// and an error answers the first and skips the rest.
+    awaiting: VecDeque<(Awaits, Option<String>)>,
     /// The decision of the cycle's Query, whose statements' results come after the
     /// Executes' (a Query ends the batch it joins).
     query: Option<String>,
@@ -149,11 +150,26 @@ impl Default for Cycle {
             described: None,
             describes: VecDeque::new(),
             runs: false,
-            decisions: VecDeque::new(),
+            awaiting: VecDeque::new(),
             query: None,
             unattributed: false,
         }
     }
+}
+
+/// An extended-protocol message the backend answers on its own (Sync and Flush are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaits {
+    /// ParseComplete
+    Parse,
+    /// BindComplete
+    Bind,
+    /// RowDescription or NoData
+    Describe,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended
+    Execute,
+    /// CloseComplete
+    Close,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +285,7 @@ impl Session {
                     self.masking |= !mask.is_empty();
                 }
                 let cycle = self.open_batch();
+                cycle.awaiting.push_back((Awaits::Parse, decision.clone()));
                 match answer {
                     Answer::Allow(mask) => {
                         note_mask(cycle, mask.clone(), text);
@@ -306,6 +323,8 @@ impl Session {
                     None => self.portals.remove(portal),
                 };
                 let cycle = self.open_batch();
+                let decision = used.as_ref().map(|u| u.decision.clone());
+                cycle.awaiting.push_back((Awaits::Bind, decision));
                 // A Describe of the portal before it was bound again described what it was.
                 cycle.described = None;
                 if let Some(used) = used {
@@ -321,9 +340,7 @@ impl Session {
                 let cycle = self.open_batch();
                 cycle.runs = true;
                 let described = cycle.described.take().is_some_and(|d| d == portal);
-                cycle
-                    .decisions
-                    .push_back(used.as_ref().map(|u| u.decision.clone()));
+                let decision = used.as_ref().map(|u| u.decision.clone());
                 match used {
                     Some(Prepared { mask, text, .. }) if !mask.is_empty() => {
                         note_mask(cycle, mask, &text);
@@ -338,11 +355,13 @@ impl Session {
                             body.put_u8(0);
                             wire::put_message(out, b'D', &body);
                             cycle.describes.push_back(true);
+                            cycle.awaiting.push_back((Awaits::Describe, None));
                         }
                     }
                     Some(_) => {}
                     None => cycle.unattributed |= masking,
                 }
+                cycle.awaiting.push_back((Awaits::Execute, decision));
                 out.extend_from_slice(message);
             }
             b'D' => {
@@ -355,6 +374,7 @@ impl Session {
                 let cycle = self.open_batch();
                 cycle.described = portal;
                 cycle.describes.push_back(false);
+                cycle.awaiting.push_back((Awaits::Describe, None));
                 out.extend_from_slice(message);
             }
             b'S' => {
@@ -362,7 +382,11 @@ impl Session {
                 self.batch_open = false;
                 out.extend_from_slice(message);
             }
-            b'C' | b'H' => {
+            b'C' => {
+                self.open_batch().awaiting.push_back((Awaits::Close, None));
+                out.extend_from_slice(message);
+            }
+            b'H' => {
                 self.open_batch();
                 out.extend_from_slice(message);
             }
@@ -409,24 +433,12 @@ impl Session {
                 cycle.describes.clear();
             }
         }
-        // Which decision this result answers: the next Execute's, else the Query's. An
-        // error skips the rest of the batch; an empty or suspended Execute is answered.
-        let decision = match (tag, cycle.as_deref_mut()) {
-            (b'C' | b'E', Some(cycle)) => {
-                let decision = cycle
-                    .decisions
-                    .pop_front()
-                    .unwrap_or_else(|| cycle.query.clone());
-                if tag == b'E' {
-                    cycle.decisions.clear();
-                }
-                decision
-            }
-            (b'I' | b's', Some(cycle)) => {
-                cycle.decisions.pop_front();
-                None
-            }
-            _ => None,
+        // Which decision this message answers: the oldest unanswered extended-protocol
+        // message's, else (once those are answered) the Query's. An error answers the oldest
+        // and the backend skips the rest of the batch.
+        let decision = match cycle.as_deref_mut() {
+            Some(cycle) => answered(cycle, tag),
+            None => None,
         };
         let noted = match (tag, cycle) {
             // Row data (and COPY output) only answers a statement the session sent.
@@ -566,6 +578,32 @@ impl Session {
             self.batch_open = true;
         }
         self.cycles.back_mut().expect("a cycle is open")
+    }
+}
+
+/// The decision of what backend message `tag` answers (see [`Cycle::awaiting`]).
+fn answered(cycle: &mut Cycle, tag: u8) -> Option<String> {
+    let awaits = match tag {
+        b'E' => {
+            let oldest = cycle.awaiting.pop_front();
+            cycle.awaiting.clear();
+            return match oldest {
+                Some((_, decision)) => decision,
+                None => cycle.query.clone(),
+            };
+        }
+        b'1' => Awaits::Parse,
+        b'2' => Awaits::Bind,
+        b'T' | b'n' => Awaits::Describe,
+        b'C' | b'I' | b's' => Awaits::Execute,
+        b'3' => Awaits::Close,
+        _ => return None,
+    };
+    match cycle.awaiting.front() {
+        Some((oldest, _)) if *oldest == awaits => cycle.awaiting.pop_front()?.1,
+        // A Query's statements, once the batch it joined is answered.
+        None if awaits == Awaits::Execute => cycle.query.clone(),
+        _ => None,
     }
 }
 
@@ -810,8 +848,9 @@ mod tests {
     }
 
     /// Pipelined extended queries: each result carries the decision of the statement its
-    /// Execute ran, a named statement's on every run; after an error the batch's other
-    /// Executes are skipped, and a Query's results carry the Query's.
+    /// Execute ran, a named statement's on every run; an error carries the decision of the
+    /// message it answers (a Parse's, a Bind's, an Execute's) and the rest of its batch is
+    /// skipped; a Query's results carry the Query's.
     #[test]
     fn results_carry_their_statements_decision() {
         let mut session = Session::default();
@@ -846,6 +885,15 @@ mod tests {
             (execute("q"), None),
             (sync.clone(), None),
             (message(b'P', b"c\0DELETE FROM t\0\0\0"), deny("7.3")),
+            (sync.clone(), None),
+            (message(b'P', b"d\0SELECT 5\0\0\0"), allow("7.5")),
+            (
+                message(b'P', b"e\0SELECT * FROM nowhere\0\0\0"),
+                allow("7.6"),
+            ),
+            (message(b'D', b"Sd\0"), None),
+            (bind("r", "d"), None),
+            (execute("r"), None),
             (sync, None),
             (message(b'Q', b"SELECT 3; SELECT 4\0"), allow("7.4")),
         ];
@@ -863,14 +911,27 @@ mod tests {
             b'E',
             format!("SERROR\0C42601\0Msyntax error at or near \"{denied_nonce}\"\0\0").as_bytes(),
         );
+        let (parsed, bound) = (message(b'1', b""), message(b'2', b""));
         let server = [
+            parsed.clone(),
+            parsed.clone(),
+            bound.clone(),
             complete("SELECT 2"),
+            bound.clone(),
             complete("SELECT 1"),
             complete("SELECT 2"),
             ready.clone(),
+            bound,
             message(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"),
             ready.clone(),
             stand_in_error,
+            ready.clone(),
+            // d parses; e fails at Parse (no such table): the rest is skipped.
+            parsed,
+            message(
+                b'E',
+                b"SERROR\0C42P01\0Mrelation \"nowhere\" does not exist\0\0",
+            ),
             ready.clone(),
             complete("SELECT 3"),
             complete("SELECT 4"),
@@ -883,6 +944,7 @@ mod tests {
             ("SELECT 2", "7.2"),
             ("22012", "7.1"),
             ("denied", "7.3"),
+            ("42P01", "7.6"),
             ("SELECT 3", "7.4"),
             ("SELECT 4", "7.4"),
         ]
