@@ -75,6 +75,17 @@ fn sink_for(
                 (None, None) => None,
                 _ => anyhow::bail!("tls: set both client_cert and client_key, or neither"),
             };
+            let ip = host.parse::<std::net::IpAddr>().ok();
+            if let Some(name) = &tls.server_name
+                && ip.is_none()
+                && name != host
+            {
+                anyhow::bail!(
+                    "tls.server_name `{name}` is not the address's host `{host}`, a name the \
+                     agent would not connect to: give the address as an IP (connected to, the \
+                     certificate checked for server_name) or leave server_name out"
+                );
+            }
             let to = crate::tls::Upstream {
                 server_name: tls.server_name.clone().unwrap_or_else(|| host.to_owned()),
                 ca_file: tls.ca_file.as_ref().map(|f| base.join(f)),
@@ -82,7 +93,10 @@ fn sink_for(
             };
             // The address stays where to connect; the name is what the certificate must
             // carry. TLS is required: a server that does not offer it is refused.
-            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            rustls::pki_types::ServerName::try_from(to.server_name.as_str()).map_err(|_| {
+                anyhow::anyhow!("tls: `{}` is not a valid TLS server name", to.server_name)
+            })?;
+            if let Some(ip) = ip {
                 config.hostaddr(ip);
             }
             config
@@ -345,6 +359,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         }
     };
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    proxy.recorder.flush();
     let totals = proxy.enforcement.counters.totals();
     info!(signal, counters = %enforce::describe(&totals), "stopping");
     warn!(
@@ -458,6 +473,8 @@ fn reload(proxy: &Proxy, path: &Path) {
                 "policy reloaded"
             );
             *proxy.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+            // Certificates and keys the policy names are read again (rotated in place).
+            proxy.tls.forget();
             proxy.policy_loaded_ns.store(
                 crate::record::now_ns(),
                 std::sync::atomic::Ordering::Relaxed,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,6 +101,15 @@ impl Connectors {
             .with_context(|| format!("TLS handshake with `{server_name}` failed"))
     }
 
+    /// Drops the configurations built so far: the next connections read their files again
+    /// (a policy reload, after a certificate was rotated in place).
+    pub fn forget(&self) {
+        self.configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn config(&self, to: &Upstream) -> Result<Arc<rustls::ClientConfig>> {
         let key = (to.ca_file.clone(), to.client_cert.clone());
         let mut cache = self.configs.lock().unwrap_or_else(|e| e.into_inner());
@@ -188,8 +197,8 @@ fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         .with_context(|| format!("cannot read the CA file {}", path.display()))
 }
 
-/// The client certificate chain and key. The key is a secret: like libpq and ssh, a key file
-/// that its group or others may read is refused.
+/// The client certificate chain and key. The key is a secret: like libpq, a key file others
+/// may read is refused, and its group too unless root owns it.
 fn read_client_cert(
     cert: &Path,
     key: &Path,
@@ -206,16 +215,20 @@ fn read_client_cert(
             cert.display()
         );
     }
-    let mode = std::fs::metadata(key)
-        .with_context(|| format!("cannot read the client key {}", key.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
+    let meta = std::fs::metadata(key)
+        .with_context(|| format!("cannot read the client key {}", key.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    // As libpq: a key root owns may be readable by its group (Debian's ssl-cert), no more.
+    let (allowed, who) = if meta.uid() == 0 {
+        (0o640, "others")
+    } else {
+        (0o600, "its group or others")
+    };
+    if mode & !allowed != 0 {
         bail!(
-            "the client key {} may be read by its group or others (mode {:o}): it is a secret; \
-             chmod 600 it",
+            "the client key {} may be read by {who} (mode {mode:o}): it is a secret; chmod \
+             600 it",
             key.display(),
-            mode & 0o777
         );
     }
     let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)

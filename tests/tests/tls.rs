@@ -124,9 +124,9 @@ fn backends_that_ask_for_a_client_certificate_get_the_agents() {
     );
     drop(agent);
 
-    // A key its group may read: the agent refuses the policy, naming the file and the fix.
+    // A key anyone may read: the agent refuses the policy, naming the file and the fix.
     let mut mode = std::fs::metadata(&certs.client_key).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o640);
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o644);
     std::fs::set_permissions(&certs.client_key, mode).unwrap();
     let skillgate = env.skillgate();
     let out = std::process::Command::new("timeout")
@@ -141,7 +141,7 @@ fn backends_that_ask_for_a_client_certificate_get_the_agents() {
     assert!(
         stderr.contains("backend `orders`")
             && stderr.contains(&certs.client_key.display().to_string())
-            && stderr.contains("may be read by its group or others (mode 640)")
+            && stderr.contains("may be read by others (mode 644)")
             && stderr.contains("chmod 600"),
         "{stderr}"
     );

@@ -369,6 +369,14 @@ impl Recorder {
         }
     }
 
+    /// Commits the events still waiting for a commit (at most [`LINGER`] old): at shutdown,
+    /// so none is lost when the process exits before the writer's next look.
+    pub fn flush(&self) {
+        if let Some((_, shared)) = &self.writer {
+            shared.commit(&mut lock(&shared.store), []);
+        }
+    }
+
     /// Records the end of a session.
     pub async fn close(
         &self,
