@@ -243,6 +243,24 @@ impl Env {
         cmd
     }
 
+    /// `skillgate run` with `env` that the agent must refuse: asserts it fails (within 20 s,
+    /// so a start that is not refused fails the test instead of hanging it) and returns its
+    /// stderr.
+    pub fn refused_run(&self, env: &[(&str, &str)]) -> String {
+        let skillgate = self.skillgate();
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(skillgate.get_program())
+            .args(skillgate.get_args())
+            .arg("run")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run timeout skillgate run");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "the agent started: {stderr}");
+        stderr
+    }
+
     /// Runs `skillgate ARGS`, which must succeed, and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = self.skillgate().args(args).output().expect("run skillgate");

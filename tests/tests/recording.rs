@@ -425,17 +425,7 @@ fn a_sink_over_tls_verifies_the_database_and_presents_the_agents_certificate() {
     // server name instead (a tunnel on localhost skipped), so it refuses to start.
     let config = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(&env.config, config.replace("127.0.0.1:", "localhost:")).unwrap();
-    let skillgate = env.skillgate();
-    let out = std::process::Command::new("timeout")
-        .arg("20")
-        .arg(skillgate.get_program())
-        .args(skillgate.get_args())
-        .arg("run")
-        .env("SKILLGATE_TEST_SINK_LOGIN", &login)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = env.refused_run(&[("SKILLGATE_TEST_SINK_LOGIN", &login)]);
     assert!(
         stderr.contains("tls.server_name `billing.internal` is not the address's host `localhost`"),
         "{stderr}"

@@ -128,16 +128,7 @@ fn backends_that_ask_for_a_client_certificate_get_the_agents() {
     let mut mode = std::fs::metadata(&certs.client_key).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o644);
     std::fs::set_permissions(&certs.client_key, mode).unwrap();
-    let skillgate = env.skillgate();
-    let out = std::process::Command::new("timeout")
-        .arg("20")
-        .arg(skillgate.get_program())
-        .args(skillgate.get_args())
-        .arg("run")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = env.refused_run(&[]);
     assert!(
         stderr.contains("backend `orders`")
             && stderr.contains(&certs.client_key.display().to_string())
