@@ -261,6 +261,14 @@ impl Env {
         stderr
     }
 
+    /// Every recorded event, oldest first, as `skillgate sessions export` prints it.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.cli(&["sessions", "export"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an export line is JSON"))
+            .collect()
+    }
+
     /// Runs `skillgate ARGS`, which must succeed, and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = self.skillgate().args(args).output().expect("run skillgate");

@@ -49,14 +49,6 @@ fn setup(name: &str) -> Setup {
     }
 }
 
-/// Every recorded event, oldest first.
-fn events(env: &Env) -> Vec<serde_json::Value> {
-    env.cli(&["sessions", "export"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn recorded(events: &[serde_json::Value], decision: &str, reason: &str) -> bool {
     events.iter().any(|e| {
         e["decision"] == decision && e["reason"].as_str().is_some_and(|r| r.contains(reason))
@@ -95,7 +87,7 @@ fn backends_that_are_down_stall_or_hang_up_are_answered_and_recorded() {
         .curl_as("reporter", &[&format!("http://{}/echo", s.live)]);
     assert_eq!(fine.status, 200, "{fine:?}\n{}", agent.log());
 
-    let events = events(&s.env);
+    let events = s.env.events();
     assert!(recorded(&events, "502", "unreachable"), "{events:#?}");
     assert!(
         recorded(&events, "504", "did not answer within 700 ms"),
@@ -223,7 +215,7 @@ fn kill_9_under_load_fails_closed_keeps_every_record_and_the_restart_adopts() {
     assert_eq!(fine.status, 200, "{fine:?}");
 
     // Every request that reached the backend had its decision recorded before it went.
-    let events = events(&s.env);
+    let events = s.env.events();
     let decided = events
         .iter()
         .filter(|e| e["kind"] == "http" && e["decision"] == "allow")

@@ -378,12 +378,7 @@ fn rust_python_and_pgbench_through_the_extended_protocol_obey_the_policy() {
     // error may answer something no decision allowed: pgbench binding the statement whose
     // Parse was denied gets 26000, "prepared statement does not exist".)
     s.env.wait_for_sessions_to_end();
-    let events: Vec<serde_json::Value> = s
-        .env
-        .cli(&["sessions", "export"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = s.env.events();
     let decided: std::collections::HashSet<(i64, &str)> = events
         .iter()
         .filter(|e| e["kind"] == "sql")
@@ -932,11 +927,7 @@ fn redacted_literals_never_reach_the_store() {
 
     // What the events keep (the session's command line is the process's, as the kernel has it).
     s.env.wait_for_sessions_to_end();
-    let export = s.env.cli(&["sessions", "export"]);
-    let events: Vec<serde_json::Value> = export
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = s.env.events();
     let kept: Vec<String> = events
         .iter()
         .map(|e| format!("{} {} {}", e["kind"], e["operation"], e["reason"]))
@@ -985,10 +976,10 @@ fn a_mask_that_keeps_content_records_the_masked_rows() {
         agent.log()
     );
     s.env.wait_for_sessions_to_end();
-    let export = s.env.cli(&["sessions", "export"]);
-    let results: Vec<serde_json::Value> = export
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let results: Vec<serde_json::Value> = s
+        .env
+        .events()
+        .into_iter()
         .filter(|e| e["kind"] == "result")
         .collect();
     assert_eq!(results.len(), 2, "{results:#?}");
@@ -1000,7 +991,9 @@ fn a_mask_that_keeps_content_records_the_masked_rows() {
     );
     assert!(results[1]["content"].is_null(), "{results:#?}");
     assert!(
-        !export.contains("alice@example.com"),
+        !s.env
+            .cli(&["sessions", "export"])
+            .contains("alice@example.com"),
         "an unmasked value reached the store"
     );
     // The content is part of the hash chain.

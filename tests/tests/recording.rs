@@ -296,12 +296,9 @@ fn central_events(sink: &PgServer) -> Vec<String> {
 
 /// The local store's events as `central_events` shows them.
 fn local_events(env: &Env) -> Vec<String> {
-    env.cli(&["sessions", "export"])
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            format!("{} {}", e["event_id"], e["hash"].as_str().unwrap())
-        })
+    env.events()
+        .iter()
+        .map(|e| format!("{} {}", e["event_id"], e["hash"].as_str().unwrap()))
         .collect()
 }
 

@@ -187,15 +187,10 @@ fn tls_backends_are_allowed_only_for_their_server_name() {
     assert_eq!(status, 0, "plain HTTP to a tls backend must be refused");
     assert_eq!(backend.requests().len(), 1);
 
-    let export = env
-        .skillgate()
-        .args(["sessions", "export"])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|e: &serde_json::Value| e["kind"] == "tls")
+    let events: Vec<serde_json::Value> = env
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "tls")
         .collect();
     let decisions: Vec<(&str, &str)> = events
         .iter()
@@ -314,10 +309,9 @@ fn https_to_an_http_backend_is_intercepted_with_the_skills_ca() {
         "curl's and Python's allowed GETs over TLS, and the plain one"
     );
 
-    let export = env.cli(&["sessions", "export"]);
-    let tls: Vec<(String, String)> = export
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let tls: Vec<(String, String)> = env
+        .events()
+        .into_iter()
         .filter(|e| e["kind"] == "tls")
         .map(|e| {
             (
@@ -336,7 +330,6 @@ fn https_to_an_http_backend_is_intercepted_with_the_skills_ca() {
             expect("intercept orders.internal", "deny"),
             expect("intercept billing.internal", "deny"),
             expect("intercept orders.internal", "allow"),
-        ],
-        "{export}"
+        ]
     );
 }
