@@ -1,12 +1,14 @@
-//! Decision latency by policy size, and SQL classification cost (uncached and cached).
+//! Decision latency by policy size, SQL classification cost (uncached and cached), and the
+//! detectors' cost over large answers.
 //! Run with `cargo xtask bench policy`, which records the figures in BENCHMARKS.md.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use skillgate_policy::mask::{DETECTORS, mask_json, mask_text};
 use skillgate_policy::sql::{Cache, classify};
-use skillgate_policy::{Operation, Policy, Request};
+use skillgate_policy::{Detector, Mask, Operation, Policy, Request};
 
 /// A policy of `rules` rules over 100 skills and 50 PostgreSQL backends (or fewer for small
 /// sizes), every rule a SQL grant on its own table.
@@ -101,5 +103,31 @@ fn classification(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, classification);
+fn masking(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mask");
+    // The HTTP benchmark's 64 KiB body through its masked backend's rule.
+    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(64 * 1024 - 11));
+    let rule = Mask {
+        fields: vec!["email".to_owned()],
+        detectors: vec![Detector::Card, Detector::Email],
+        ..Mask::default()
+    };
+    group.bench_function("64 KiB JSON", |b| {
+        b.iter(|| mask_json(black_box(body.as_bytes()), &rule, b"salt"))
+    });
+    // 37 KiB of text dense with numbers, one non-ASCII character per line, every detector.
+    let text: String = (0..1000)
+        .map(|i| format!("order {i} paid {}.{:02} € by user{i}\n", i * 3, i % 100))
+        .collect();
+    let every = Mask {
+        detectors: DETECTORS.to_vec(),
+        ..Mask::default()
+    };
+    group.bench_function("text, every detector", |b| {
+        b.iter(|| mask_text(black_box(&text), &every, b"salt"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, classification, masking);
 criterion_main!(benches);

@@ -147,6 +147,9 @@ impl Masker<'_> {
             if !self.mask.detectors.contains(&detector) {
                 continue;
             }
+            if !may_match(detector, &text) {
+                continue;
+            }
             let (regex, label) = pattern(detector);
             let mut out = String::new();
             let mut last = 0;
@@ -197,9 +200,34 @@ fn field_matches(fields: &[Vec<&str>], path: &[String]) -> bool {
     })
 }
 
+/// Whether `detector` can find anything in `text`: a check of what every match of its pattern
+/// must hold, much cheaper than the search it saves on text without it (the email and IBAN
+/// searches cost about 1.7 ns per byte, on any text).
+fn may_match(detector: Detector, text: &str) -> bool {
+    match detector {
+        Detector::Email => text.contains('@') || text.contains("%40"),
+        // `[A-Z]{2}[0-9]{2}`: an upper-case letter right before a digit.
+        Detector::Iban => text
+            .as_bytes()
+            .windows(2)
+            .any(|pair| pair[0].is_ascii_uppercase() && pair[1].is_ascii_digit()),
+        _ => true,
+    }
+}
+
+/// A detector's pattern, its word boundaries (`\b`) ASCII ones. A Unicode `\b` cannot be run
+/// by the lazy DFA on text with any non-ASCII character: one `é` anywhere in a 64 KiB body
+/// sent the card and IBAN searches to a slower engine, 4 to 15 times slower. Every `\b` here
+/// sits next to an ASCII digit or letter of the pattern, so an ASCII boundary holds wherever a
+/// Unicode one does, and also after or before a non-ASCII letter (`é4111…` is masked, where it
+/// was not): only ever more is masked.
+fn detector_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&pattern.replace(r"\b", r"(?-u:\b)"))
+}
+
 fn pattern(detector: Detector) -> (&'static Regex, &'static str) {
     static SECRET: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(concat!(
+        detector_regex(concat!(
             r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*", // JWT
             r"|\bAKIA[0-9A-Z]{16}\b",                                   // AWS access key id
             r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b",                         // GitHub tokens
@@ -211,19 +239,20 @@ fn pattern(detector: Detector) -> (&'static Regex, &'static str) {
         .expect("secret pattern")
     });
     static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-        // `%40` too: an address in a URL or a form body.
-        Regex::new(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+        // `%40` too: an address in a URL or a form body. Letters and digits of any script: an
+        // internationalised address (`müller@example.de`) is masked whole.
+        detector_regex(r"[\p{L}\p{N}._%+-]+(?:@|%40)[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}")
             .expect("email pattern")
     });
     static IBAN: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b").expect("iban pattern")
+        detector_regex(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b").expect("iban pattern")
     });
     static CARD: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").expect("card pattern"));
+        LazyLock::new(|| detector_regex(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").expect("card pattern"));
     static NATIONAL_ID: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b").expect("ssn pattern"));
+        LazyLock::new(|| detector_regex(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b").expect("ssn pattern"));
     static PHONE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(concat!(
+        detector_regex(concat!(
             r"\+[0-9](?:[ .-]?[0-9]){7,14}\b", // international
             r"|(?:\b|\()[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b", // North American
         ))
@@ -369,6 +398,32 @@ mod tests {
             ),
             ("?contact=alice%40example.com&x=1", "?contact=[email]&x=1"),
             ("order 12345 shipped", "order 12345 shipped"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(mask_text(input, &m, b"s").0, expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn detectors_find_values_in_text_with_non_ascii_characters() {
+        let m = mask(&[], &DETECTORS, Strategy::Redact);
+        let cases = [
+            (
+                "Zahlung 12 € an DE89 3704 0044 0532 0130 00, Karte 4111 1111 1111 1111",
+                "Zahlung 12 € an [iban], Karte [card]",
+            ),
+            // Glued to a non-ASCII letter: an ASCII word boundary, so masked.
+            ("Kartennummerä4111111111111111", "Kartennummerä[card]"),
+            (
+                "Herr Müller: müller@example.de, 123-45-6789",
+                "Herr Müller: [email], [national_id]",
+            ),
+            // What the cheap checks before a search rule out, and what they must not.
+            (
+                "no at sign, no IBAN: de89 3704 0044 0532 0130 00",
+                "no at sign, no IBAN: de89 3704 0044 0532 0130 00",
+            ),
+            ("a%40b.example.org", "[email]"),
         ];
         for (input, expected) in cases {
             assert_eq!(mask_text(input, &m, b"s").0, expected, "{input}");
