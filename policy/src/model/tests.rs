@@ -196,6 +196,7 @@ fn error(text: &str) -> String {
 fn invalid_policies_point_at_the_problem() {
     let skill = "[[skill]]\nname = \"a\"\n";
     let backend = "[[backend]]\nname = \"b\"\nprotocol = \"tcp\"\ndial = [\"127.0.0.2:1\"]\nupstream = \"127.0.0.1:2\"\n";
+    let http = backend.replace("tcp", "http");
     let cases: &[(String, &str)] = &[
         ("[[skil]]\nname = \"a\"\n".into(), "unknown field `skil`"),
         (
@@ -243,31 +244,19 @@ fn invalid_policies_point_at_the_problem() {
             "p.toml:6:18: `intercept_tls` is for `http` backends; `b` is not one",
         ),
         (
-            format!(
-                "{}intercept_tls = [\"*.internal\"]\n",
-                backend.replace("tcp", "http")
-            ),
+            format!("{http}intercept_tls = [\"*.internal\"]\n"),
             "`*.internal` is not a DNS name",
         ),
         (
-            format!(
-                "{}intercept_tls = [\"10.0.0.1\"]\n",
-                backend.replace("tcp", "http")
-            ),
+            format!("{http}intercept_tls = [\"10.0.0.1\"]\n"),
             "`10.0.0.1` is not a DNS name",
         ),
         (
-            format!(
-                "{}intercept_tls = [\"a.b\", \"A.b\"]\n",
-                backend.replace("tcp", "http")
-            ),
+            format!("{http}intercept_tls = [\"a.b\", \"A.b\"]\n"),
             "`a.b` is listed twice",
         ),
         (
-            format!(
-                "{}tls = {{ client_cert = \"c.pem\" }}\n",
-                backend.replace("tcp", "http")
-            ),
+            format!("{http}tls = {{ client_cert = \"c.pem\" }}\n"),
             "p.toml:6:23: backend `b` names only one of `client_cert` and `client_key`",
         ),
         (
@@ -286,10 +275,7 @@ fn invalid_policies_point_at_the_problem() {
              speaks TLS upstream; `b` is `tls`",
         ),
         (
-            format!(
-                "{}tls = {{ client_cert = \"\", client_key = \"c.key\" }}\n",
-                backend.replace("tcp", "http")
-            ),
+            format!("{http}tls = {{ client_cert = \"\", client_key = \"c.key\" }}\n"),
             "`client_cert` is empty",
         ),
         (
