@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -32,28 +32,28 @@ pub struct Key {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Sender>>>,
+    /// Each with the time it was given back.
+    idle: Mutex<HashMap<Key, Vec<(Sender, Instant)>>>,
 }
 
 impl Pool {
-    /// An idle connection to `key`, if one is ready for a request.
+    /// An idle connection to `key`, if one is ready for a request. Closed ones are dropped,
+    /// and so are ones hyper has not finished with [`SETTLE`] after they were given back;
+    /// the others (given back with their response's last frame) stay for a later request.
     pub fn take(&self, key: &Key) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
-        while let Some(sender) = list.pop() {
-            if sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
+        list.retain(|(s, at)| !s.is_closed() && (s.is_ready() || at.elapsed() < SETTLE));
+        let ready = list.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(list.swap_remove(ready).0)
     }
 
     fn put(&self, key: Key, sender: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(key).or_default();
-        list.retain(|s| !s.is_closed());
+        list.retain(|(s, _)| !s.is_closed());
         if list.len() < MAX_IDLE {
-            list.push(sender);
+            list.push((sender, Instant::now()));
         }
     }
 }
@@ -71,18 +71,9 @@ impl Lease {
         Self { sender, key, pool }
     }
 
-    /// The response has been read to its end: the connection goes back to the pool once
-    /// hyper has finished with it (at once, in practice).
+    /// The response has been read to its end: the connection goes back to the pool, to be
+    /// taken again once hyper has finished with it (at once, in practice).
     pub fn release(self) {
-        let Self {
-            mut sender,
-            key,
-            pool,
-        } = self;
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(SETTLE, sender.ready()).await {
-                pool.put(key, sender);
-            }
-        });
+        self.pool.put(self.key, self.sender);
     }
 }
