@@ -144,15 +144,23 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     }
     // A BPF filesystem is one instance per mount: mounted inside a private mount namespace
     // (systemd's ProtectSystem= and friends make one), it and the pins in it would go when
-    // the namespace goes, and enforcement with them.
-    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    if namespace("self") != namespace("1") {
-        bail!(
+    // the namespace goes, and enforcement with them. Only a namespace known to be the host's
+    // gets a mount; one that cannot be told apart is refused like a private one.
+    match mount_namespace() {
+        Namespace::Host => {}
+        Namespace::Private => bail!(
             "no BPF filesystem at {DEFAULT_BPFFS}, and this process runs in a private mount \
              namespace, where a mount (and the pinned enforcement in it) would not outlive it: \
              mount one on the host first (`mount -t bpf bpf {DEFAULT_BPFFS}`; the skillgate \
-             unit's ExecStartPre does)"
-        );
+             unit's ExecStartPre and `cargo xtask setup` do)"
+        ),
+        Namespace::Unknown(why) => bail!(
+            "no BPF filesystem at {DEFAULT_BPFFS}, and the agent cannot tell whether it runs in \
+             the host's mount namespace ({why}), so it does not mount one that might vanish \
+             with a private namespace and take the pinned enforcement with it: mount one on \
+             the host first (`mount -t bpf bpf {DEFAULT_BPFFS}`; the skillgate unit's \
+             ExecStartPre and `cargo xtask setup` do)"
+        ),
     }
     std::fs::create_dir_all(default)
         .with_context(|| format!("cannot create {DEFAULT_BPFFS} to mount a BPF filesystem"))?;
@@ -163,6 +171,26 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     })?;
     tracing::info!(path = DEFAULT_BPFFS, "mounted a BPF filesystem");
     Ok(())
+}
+
+/// Whether this process shares PID 1's mount namespace, as far as the kernel lets it tell.
+#[derive(Debug, PartialEq, Eq)]
+enum Namespace {
+    Host,
+    Private,
+    /// Either namespace link could not be read (some hosts deny even root PID 1's entries):
+    /// which one, and the error.
+    Unknown(String),
+}
+
+fn mount_namespace() -> Namespace {
+    let link =
+        |path: &str| std::fs::read_link(path).map_err(|err| format!("readlink {path}: {err}"));
+    match (link("/proc/self/ns/mnt"), link("/proc/1/ns/mnt")) {
+        (Ok(own), Ok(init)) if own == init => Namespace::Host,
+        (Ok(_), Ok(_)) => Namespace::Private,
+        (Err(why), _) | (_, Err(why)) => Namespace::Unknown(why),
+    }
 }
 
 #[cfg(test)]

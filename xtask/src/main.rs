@@ -25,8 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what this machine lacks to build and test skillgate (idempotent): the nightly
-    /// toolchain with rust-src, bpf-linker 0.10.1, and the Debian packages the tests use.
+    /// Install what this machine lacks to build and test skillgate (idempotent): a BPF
+    /// filesystem at /sys/fs/bpf, the nightly toolchain with rust-src, bpf-linker 0.10.1, and
+    /// the Debian and Python packages the tests use.
     Setup,
     /// Set up, then run formatting and lint checks, unit tests and the privileged end-to-end
     /// tests (root; one test thread, since they share the kernel).
@@ -185,6 +186,8 @@ fn test() -> Result<()> {
         .args(["test", "--", "--test-threads=1"])
         .env("SKILLGATE_BIN", &bin)
         .env("SKILLGATE_DEB", &deb)
+        // The fresh-host test runs the set-up (this binary) where nothing is mounted.
+        .env("SKILLGATE_XTASK", std::env::current_exe()?)
         .current_dir(workspace_root())
         .status()
         .context("cannot run cargo test")?;

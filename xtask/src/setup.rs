@@ -41,6 +41,7 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn setup() -> Result<()> {
+    bpffs()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
     system_packages()?;
@@ -62,6 +63,28 @@ fn stdout(program: &str, args: &[&str]) -> String {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// Where the agent pins its programs (and the tests and the demo theirs).
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts the host's BPF filesystem when none is mounted at /sys/fs/bpf, as the skillgate
+/// unit's ExecStartPre does in production: the agent itself mounts one only where it can tell
+/// it runs in the host's mount namespace, which some hosts do not let even root see.
+fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if mounted {
+        return Ok(());
+    }
+    if stdout("id", &["-u"]).trim() != "0" {
+        bail!("no BPF filesystem is mounted at {BPFFS}: run `sudo mount -t bpf bpf {BPFFS}`");
+    }
+    std::fs::create_dir_all(BPFFS)?;
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
 fn nightly_with_rust_src() -> Result<()> {
