@@ -39,7 +39,8 @@ pub struct Proxy {
     pub approvals: Arc<Approvals>,
     pub approval_wait: Duration,
     pub metrics: Metrics,
-    /// Backend credentials (swapped on reload with the policy).
+    /// Backend credentials, loaded from the config at start (a reload keeps them, and
+    /// rejects a policy naming one they lack).
     pub credentials: RwLock<Arc<Credentials>>,
     pub upstream_response_timeout: Duration,
     pub mask_body_limit: usize,

@@ -145,21 +145,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         dns: agent.dns_port,
     };
     let credentials = agent.load_credentials(&config.path)?;
-    let missing = credentials.missing(
-        config
-            .policy
-            .backends
-            .iter()
-            .filter_map(|b| b.credentials.as_deref()),
-    );
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the policy's backends name credentials the config does not declare: {} (add \
-             [credentials.NAME] to {})",
-            missing.join(", "),
-            config.path.display()
-        );
-    }
+    check_credentials(&config.policy, &credentials, &config.path)?;
     let mask_salt = agent.mask_salt(&config.path)?;
     let tls = Arc::new(crate::tls::Connectors::default());
     let pg_tls = match (&agent.postgres_tls_cert, &agent.postgres_tls_key) {
@@ -340,14 +326,14 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
                 seen = file_stamp(&config.policy_path);
-                reload(&proxy, &config.policy_path);
+                reload(&proxy, &config.policy_path, &config.path);
             }
             _ = watch.tick() => {
                 let now = file_stamp(&config.policy_path);
                 if now != seen {
                     seen = now;
                     info!(policy = %config.policy_path.display(), "policy file changed");
-                    reload(&proxy, &config.policy_path);
+                    reload(&proxy, &config.policy_path, &config.path);
                 }
             }
             _ = cgroup_watch.tick() => {
@@ -460,10 +446,39 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// Every credential the policy's backends name must be declared in the config: otherwise
+/// each request to such a backend would fail upstream. Checked at start and on every reload.
+fn check_credentials(
+    policy: &skillgate_policy::Policy,
+    credentials: &crate::credentials::Credentials,
+    config_path: &Path,
+) -> Result<()> {
+    let missing = credentials.missing(
+        policy
+            .backends
+            .iter()
+            .filter_map(|b| b.credentials.as_deref()),
+    );
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the policy's backends name credentials the config does not declare: {} (add \
+             [credentials.NAME] to {})",
+            missing.join(", "),
+            config_path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Replaces the policy in force with the file's current contents. A policy that does not
-/// load is rejected with its errors, and the one in force stays: never open, never deny-all.
-fn reload(proxy: &Proxy, path: &Path) {
-    match crate::config::load_policy(path) {
+/// load, or names credentials the config (`config_path`) does not declare, is rejected with
+/// its errors, and the one in force stays: never open, never deny-all.
+fn reload(proxy: &Proxy, path: &Path, config_path: &Path) {
+    let loaded = crate::config::load_policy(path).and_then(|policy| {
+        check_credentials(&policy, &proxy.credentials(), config_path)?;
+        Ok(policy)
+    });
+    match loaded {
         Ok(policy) => {
             info!(
                 policy = %path.display(),

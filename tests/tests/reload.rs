@@ -89,3 +89,45 @@ fn a_changed_policy_file_is_reloaded_without_a_signal() {
     );
     assert!(!env.dial_as_skill("reporter", &[dial]).get(0).ok);
 }
+
+#[test]
+fn a_reload_naming_an_undeclared_credential_is_rejected_and_the_policy_stays() {
+    let backend = Server::start("backend", "127.0.0.1:0");
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let with_credential = |name: &str| {
+        policy(dial, backend.addr, "allow").replace(
+            "protocol = \"tcp\"\n",
+            &format!("protocol = \"tcp\"\ncredentials = \"{name}\"\n"),
+        )
+    };
+    let env = Env::with_config(
+        "reload-credential",
+        &with_credential("b-token"),
+        "[credentials.b-token]\nkind = \"bearer\"\nenv = \"SKILLGATE_TEST_B_TOKEN\"\n",
+    );
+    let agent = env.start_agent_with(&[], &[("SKILLGATE_TEST_B_TOKEN", "secret")]);
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+
+    // A different size, so the file watch sees the change even within one mtime tick.
+    std::fs::write(
+        env.dir.join("policy.toml"),
+        with_credential("undeclared-token"),
+    )
+    .unwrap();
+    let line = agent.wait_for_log("policy reload rejected", Duration::from_secs(10));
+    assert!(
+        line.contains(
+            "the policy's backends name credentials the config does not declare: \
+             undeclared-token (add [credentials.NAME] to"
+        ),
+        "{line}"
+    );
+    assert!(!agent.log().contains("policy reloaded"), "{}", agent.log());
+    assert!(
+        env.dial_in_cgroup("reporter", &[dial]).get(0).ok,
+        "the policy in force should still allow"
+    );
+    assert_eq!(backend.peers().len(), 2);
+}
