@@ -298,7 +298,7 @@ impl Proxy {
                     }
                 }
                 Some(upstream) if protocol == Some(Protocol::Postgres) => {
-                    let conn = PgConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream);
+                    let conn = PgConn::new(Arc::clone(&self), Arc::clone(&policy), skill.to_owned(), backend.to_owned(), id, upstream);
                     Box::pin(Arc::new(conn).serve(stream)).await
                 }
                 Some(upstream) if protocol == Some(Protocol::Tls) => {

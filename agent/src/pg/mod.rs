@@ -74,8 +74,18 @@ impl CancelKeys {
 }
 
 /// One skill connection to a `postgres` backend.
+///
+/// Which policy it sees: the session is set up (token, upstream login, the mask catalog) by
+/// the policy that let it connect; each statement is decided by the policy in force when it
+/// arrives, so a reload takes effect at the next statement. A statement whose decision masks
+/// a column name the login's catalog snapshot was not taken for (the reload added it) is
+/// refused: its masked values could not be found by table and column number.
 pub struct PgConn {
     pub proxy: Arc<Proxy>,
+    /// The policy that let the session connect, which sets it up.
+    policy: Arc<skillgate_policy::Policy>,
+    /// The masked column names the catalog snapshot was taken for.
+    catalog_names: std::sync::OnceLock<Vec<String>>,
     pub skill: String,
     pub backend: String,
     pub session: Option<i64>,
@@ -90,6 +100,7 @@ pub struct PgConn {
 impl PgConn {
     pub fn new(
         proxy: Arc<Proxy>,
+        policy: Arc<skillgate_policy::Policy>,
         skill: String,
         backend: String,
         session: Option<i64>,
@@ -97,6 +108,8 @@ impl PgConn {
     ) -> Self {
         Self {
             proxy,
+            policy,
+            catalog_names: std::sync::OnceLock::new(),
             skill,
             backend,
             session,
@@ -258,7 +271,7 @@ impl PgConn {
         &self,
         client: &mut S,
     ) -> Result<Vec<String>, String> {
-        let policy = self.proxy.current_policy();
+        let policy = &self.policy;
         let Some(skill) = policy.skill(&self.skill).filter(|s| s.oidc.is_some()) else {
             return Ok(Vec::new());
         };
@@ -328,7 +341,7 @@ impl PgConn {
     /// connection, the backend's greeting after AuthenticationOk (ParameterStatus,
     /// BackendKeyData, ReadyForQuery) for the skill, and the session's cancel key.
     async fn login(&self, params: &[(String, String)]) -> Result<Login, String> {
-        let policy = self.proxy.current_policy();
+        let policy = &self.policy;
         let backend = policy
             .backend(&self.backend)
             .ok_or("the backend is no longer in the policy")?;
@@ -491,16 +504,17 @@ impl PgConn {
     /// agent before the skill gets the session: (table oid, column number) → (schema, table,
     /// column).
     async fn catalog(&self, server: &mut Box<dyn Stream>) -> Result<Catalog, String> {
-        let policy = self.proxy.current_policy();
+        let policy = &self.policy;
         let mut names: Vec<String> = policy
             .rules
             .iter()
             .filter(|r| policy.backends[r.backend].name == self.backend)
             .flat_map(|r| r.mask.columns.iter())
-            .map(|c| c.rsplit('.').next().unwrap_or(c).to_owned())
+            .map(|c| column_name(c).to_owned())
             .collect();
         names.sort();
         names.dedup();
+        let _ = self.catalog_names.set(names.clone());
         let mut catalog = Catalog::new();
         if names.is_empty() {
             return Ok(catalog);
@@ -605,6 +619,11 @@ async fn greet(mut server: Box<dyn Stream>, mut inbox: BytesMut) -> Result<Login
             }
         }
     }
+}
+
+/// A mask rule's column (`column`, `table.column` or `schema.table.column`): its column name.
+fn column_name(column: &str) -> &str {
+    column.rsplit('.').next().unwrap_or(column)
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -719,6 +738,15 @@ impl PgConn {
         }
         let rule_text = rule.as_deref().unwrap_or("none (default deny)");
         match decision.effect {
+            Effect::Allow | Effect::Mask if !self.catalog_covers(&decision.mask) => {
+                warn!(statement = %id, "statement refused: the policy in force masks columns this session's catalog snapshot was not taken for");
+                Answer::Deny {
+                    message: "skillgate: the policy now masks columns this session cannot find \
+                              (it changed after the session began): reconnect"
+                        .to_owned(),
+                    detail: format!("rule: {rule_text}; decision {id}"),
+                }
+            }
             Effect::Allow | Effect::Mask => Answer::Allow(decision.mask),
             Effect::Deny => Answer::Deny {
                 message: format!("skillgate: permission denied: {}", decision.reason),
@@ -729,6 +757,16 @@ impl PgConn {
                     .await
             }
         }
+    }
+
+    /// Whether the login's catalog snapshot was taken for every column `mask` names.
+    fn catalog_covers(&self, mask: &Mask) -> bool {
+        let names = self.catalog_names.get().map_or(&[][..], Vec::as_slice);
+        mask.columns.iter().all(|c| {
+            names
+                .binary_search_by(|n| n.as_str().cmp(column_name(c)))
+                .is_ok()
+        })
     }
 
     /// Holds a statement for approval: approvers see `shown`, the store keeps `recorded`.
