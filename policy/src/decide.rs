@@ -312,6 +312,22 @@ impl Policy {
             reason = format!("{who} {}", on(&units_summary(&units)));
         }
         deciding.sort_by_key(|r| r.id);
+        if effect == Effect::Allow
+            && let Operation::Sql(statements) = operation
+            && let Some((column, why)) = crate::column_privilege::misuse(statements, &mask)
+        {
+            let masking: Vec<&Rule> = deciding
+                .iter()
+                .copied()
+                .filter(|r| r.mask.columns.iter().any(|c| c == column))
+                .collect();
+            return Decision {
+                rule: masking.first().map(|r| r.name.as_str()),
+                rules: self.refs(&masking),
+                reason: format!("{why} ({})", on(&units_summary(&units))),
+                ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
+            };
+        }
         Decision {
             effect,
             skill: Some(skill_def),

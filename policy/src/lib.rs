@@ -10,6 +10,7 @@
 //! covers it, and no covering rule denies it.
 
 mod ask;
+mod column_privilege;
 mod decide;
 mod error;
 mod file;

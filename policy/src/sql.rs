@@ -110,6 +110,8 @@ pub struct Statement {
     pub kind: SqlKind,
     /// Everything it does, sorted and without duplicates; includes `kind` itself.
     pub accesses: Vec<Access>,
+    /// How it uses columns, sorted and without duplicates (what a mask checks).
+    pub columns: Vec<ColumnUse>,
 }
 
 /// SQL the parser refused.
@@ -314,7 +316,12 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
         }
         accesses.sort();
         accesses.dedup();
-        statements.push(Statement { kind, accesses });
+        let columns = columns::uses(node);
+        statements.push(Statement {
+            kind,
+            accesses,
+            columns,
+        });
     }
     if statements.is_empty() {
         return Err(SqlError("no statement".to_owned()));
@@ -377,8 +384,12 @@ fn qualify(schema: &str, name: &str) -> String {
     }
 }
 
+mod columns;
 mod parse;
+mod visit;
 mod walk;
+
+pub use columns::ColumnUse;
 
 #[cfg(test)]
 mod tests;

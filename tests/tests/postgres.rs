@@ -131,10 +131,9 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
         "{err}\n{}",
         agent.log()
     );
-    // Aliases and expressions do not unmask a column.
-    let (out, err) = s
-        .psql(&["SELECT email AS e, upper(email) AS u, c.card AS x FROM customers c WHERE id = 1"]);
-    assert_eq!(out, "[masked]|[masked]|[masked]\n", "{err}");
+    // Aliases do not unmask a column.
+    let (out, err) = s.psql(&["SELECT email AS e, c.card AS x FROM customers c WHERE id = 1"]);
+    assert_eq!(out, "[masked]|[masked]\n", "{err}");
     // Unmasked tables are untouched.
     let (out, _) = s.psql(&["SELECT count(*), sum(total) FROM orders"]);
     assert_eq!(out, "20|2100\n");
@@ -268,7 +267,7 @@ fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
     // 3 selects + 8 denied shapes with a count each + the transaction (BEGIN, DELETE, SELECT 1, ROLLBACK, count).
     assert_eq!(sql["denied"], 9, "{stats:#}");
     assert_eq!(sql["allowed"], 3 + 8 + 4, "{stats:#}");
-    assert_eq!(sql["masked_values"], 5 + 3, "{stats:#}");
+    assert_eq!(sql["masked_values"], 5 + 2, "{stats:#}");
     assert!(sql["p50_us"].as_u64().is_some(), "{stats:#}");
     let status = s.env.skillgate().arg("status").output().unwrap();
     assert!(String::from_utf8_lossy(&status.stdout).contains("agent: running, up"));
@@ -592,7 +591,7 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     let s = setup("pg-mask-gaps", "");
     let agent = s.start_agent();
     // COPY output of a masked query is not rows the agent can mask: the session ends.
-    let (out, err) = s.psql(&["COPY (SELECT email FROM customers) TO STDOUT"]);
+    let (out, err) = s.psql(&["COPY (SELECT * FROM customers) TO STDOUT"]);
     assert!(!out.contains('@'), "{out}");
     assert!(
         err.contains("a masked statement's COPY output cannot be masked"),
@@ -683,7 +682,7 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
     let cursor = [
         startup(),
         query("BEGIN"),
-        query("DECLARE c CURSOR FOR SELECT id, email FROM customers"),
+        query("DECLARE c CURSOR FOR SELECT * FROM customers"),
         message(b'D', b"Pc\0"),
         message(b'E', b"c\0\0\0\0\0"),
         message(b'S', b""),
@@ -700,11 +699,64 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
 
     // What the store keeps of a statement (and of the skill's command line, which here
     // carries it too) has its sensitive values masked.
-    let (out, err) = s.psql(&["SELECT id FROM customers WHERE email = 'alice@example.com'"]);
+    let (out, err) = s.psql(&["SELECT id FROM customers WHERE note = 'mail bob@example.org'"]);
     assert_eq!(out, "1\n", "{err}");
     let export = s.env.cli(&["sessions", "export"]);
-    assert!(!export.contains("alice@example.com"), "{export}");
-    assert!(export.contains("WHERE email = '[email]'"), "{export}");
+    assert!(!export.contains("bob@example.org"), "{export}");
+    assert!(export.contains("WHERE note = 'mail [email]'"), "{export}");
+}
+
+/// Found by review: with a select grant on a table whose columns are masked, short ordinary
+/// SQL read the masked values through a whole-row value, an error message, or a predicate
+/// answering one row at a time. A masked column is now a column privilege: it may only be
+/// selected as it is; any other use is refused with 42501, naming it, before it runs.
+#[test]
+fn masked_columns_cannot_leak_through_whole_rows_errors_or_predicates() {
+    let s = setup("pg-mask-privilege", "");
+    let agent = s.start_agent();
+    // The card numbers are masked by column only (no detector for them): canaries.
+    let canaries = ["4111 1111 1111 1111", "5500 0000 0000 0004", "4111", "5500"];
+    for (sql, reason) in [
+        (
+            "SELECT row_to_json(c) FROM customers c",
+            "a whole-row reference",
+        ),
+        ("SELECT c::text FROM customers c", "a whole-row reference"),
+        (
+            "SELECT json_agg(c) FROM customers c",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT (SELECT string_agg(card, ';') FROM customers)::int",
+            "masked column `card` may only be selected as it is",
+        ),
+        (
+            "SELECT id FROM customers WHERE card LIKE '4%'",
+            "masked column `card` may only be selected as it is",
+        ),
+        (
+            "SELECT name FROM customers ORDER BY card",
+            "masked column `card` may only be selected as it is",
+        ),
+        (
+            "SELECT upper(email) FROM customers",
+            "masked column `email` may only be selected as it is",
+        ),
+    ] {
+        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
+        for canary in canaries {
+            assert!(
+                !out.contains(canary) && !err.contains(canary),
+                "{sql}: `{canary}` reached the skill:\n{out}{err}"
+            );
+        }
+        assert!(
+            err.contains(&format!("skillgate: permission denied: {reason}")),
+            "{sql}: {err}\n{}",
+            agent.log()
+        );
+        assert_eq!(out, "20\n", "{sql}: only the next statement answers");
+    }
 }
 
 /// With client_encoding SJIS the server reads the UTF-8 bytes of `Á\` as one character: the

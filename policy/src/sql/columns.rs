@@ -1,0 +1,290 @@
+//! How a statement uses columns, for masking as a column privilege: a masked column may only
+//! be an output column of the statement as it is (a plain reference in the top-level select
+//! list, which the agent masks on the way back by table and column number); any other use
+//! (predicates, joins, grouping, ordering, function arguments, subqueries, RETURNING, whole-row
+//! references, COPY of a table) would let its values out another way, and is refused.
+//!
+//! Columns are compared by name only (the classifier has no catalog), which errs on the side of
+//! refusing: a column of another table that shares a masked column's name counts as masked.
+
+use serde::Serialize;
+
+use super::visit::{self, Visitor};
+
+/// One use of columns in a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ColumnUse {
+    /// A column named (its last name part, as the parser folds it); `projected` when it is a
+    /// plain reference in the top-level select list of a statement that returns it as it is.
+    Column { name: String, projected: bool },
+    /// A whole row as a value (`c`, `c.*` or `*` other than as a select list): every column
+    /// of it, masked ones included.
+    Row,
+    /// Columns read without being named where they are compared or passed on (the reason).
+    Opaque(&'static str),
+}
+
+/// Every column use in `node`, sorted and without duplicates.
+pub(super) fn uses(node: &impl Serialize) -> Vec<ColumnUse> {
+    let mut walker = Walker::default();
+    if visit::visit(node, &mut walker).is_err() {
+        return vec![ColumnUse::Opaque("the statement could not be walked")];
+    }
+    let mut uses = walker.uses;
+    for name in &walker.rows {
+        if walker.relations.contains(name) {
+            uses.push(ColumnUse::Row);
+        }
+    }
+    if walker.nested_star && walker.renamed {
+        uses.push(ColumnUse::Opaque(
+            "a subquery's `*` under column aliases, which can rename a masked column",
+        ));
+    }
+    uses.sort();
+    uses.dedup();
+    uses
+}
+
+/// An output column of a select list, by position.
+#[derive(Clone)]
+enum Target {
+    Star,
+    Column(String),
+    Other,
+}
+
+#[derive(Default)]
+struct Frame {
+    name: &'static str,
+    field: &'static str,
+    /// ColumnRef: its name parts and whether one is `*`.
+    parts: Vec<String>,
+    star: bool,
+    /// SelectStmt: DISTINCT, INTO, its select list and the positions its ORDER BY and GROUP
+    /// BY name.
+    distinct: bool,
+    into: bool,
+    targets: Vec<Target>,
+    positions: Vec<i64>,
+    /// ResTarget: what its value was; AConst: its integer.
+    target: Option<Target>,
+    integer: Option<i64>,
+}
+
+#[derive(Default)]
+struct Walker {
+    frames: Vec<Frame>,
+    uses: Vec<ColumnUse>,
+    /// Single-part column references: whole rows if a relation, alias or CTE of the
+    /// statement has that name (known only once the whole statement is walked).
+    rows: Vec<String>,
+    relations: Vec<String>,
+    nested_star: bool,
+    renamed: bool,
+}
+
+impl Walker {
+    /// Index of the `nth` enclosing frame (0: the innermost) that is not a `Node` wrapper.
+    fn up(&self, nth: usize) -> Option<usize> {
+        (0..self.frames.len())
+            .rev()
+            .filter(|&i| self.frames[i].name != "Node")
+            .nth(nth)
+    }
+
+    fn is(&self, i: Option<usize>, name: &str, field: &str) -> bool {
+        i.is_some_and(|i| self.frames[i].name == name && self.frames[i].field == field)
+    }
+
+    /// Whether frame `i` is the statement itself (no struct but wrappers above it).
+    fn is_top(&self, i: usize) -> bool {
+        self.frames[..i].iter().all(|f| f.name == "Node")
+    }
+
+    fn close_column_ref(&mut self, frame: Frame) {
+        let name = frame.parts.last().cloned().unwrap_or_default();
+        // A plain reference as a select list entry: SelectStmt.target_list → ResTarget.val.
+        let (target, select) = (self.up(0), self.up(1));
+        let in_select_list =
+            self.is(target, "ResTarget", "val") && self.is(select, "SelectStmt", "target_list");
+        let (Some(target), Some(select), true) = (target, select, in_select_list) else {
+            if frame.star {
+                self.uses.push(ColumnUse::Row);
+            } else {
+                if frame.parts.len() == 1 {
+                    self.rows.push(name.clone());
+                }
+                self.uses.push(ColumnUse::Column {
+                    name,
+                    projected: false,
+                });
+            }
+            return;
+        };
+        let s = &self.frames[select];
+        let projected = self.is_top(select) && !s.distinct && !s.into;
+        if frame.star {
+            self.frames[target].target = Some(Target::Star);
+            if !self.is_top(select) {
+                self.nested_star = true;
+            } else if !projected {
+                self.uses.push(ColumnUse::Opaque(
+                    "DISTINCT or INTO over a select list's `*`",
+                ));
+            }
+            return;
+        }
+        self.frames[target].target = Some(Target::Column(name.clone()));
+        if frame.parts.len() == 1 {
+            // `SELECT c FROM customers c` is a whole row, if `c` names no column.
+            self.rows.push(name.clone());
+        }
+        self.uses.push(ColumnUse::Column { name, projected });
+    }
+
+    /// A select list's ORDER BY or GROUP BY positions compare the columns they name.
+    fn close_select(&mut self, frame: Frame) {
+        // Positions at or past a `*` fall among the columns it expands to.
+        let star = frame.targets.iter().position(|t| matches!(t, Target::Star));
+        for position in frame.positions {
+            let Ok(index) = usize::try_from(position - 1) else {
+                continue;
+            };
+            let target = match star {
+                Some(star) if index >= star => Some(&Target::Star),
+                _ => frame.targets.get(index),
+            };
+            match target {
+                Some(Target::Column(name)) => self.uses.push(ColumnUse::Column {
+                    name: name.clone(),
+                    projected: false,
+                }),
+                Some(Target::Star) => self.uses.push(ColumnUse::Opaque(
+                    "ORDER BY or GROUP BY a position of a select list's `*`",
+                )),
+                Some(Target::Other) | None => {}
+            }
+        }
+    }
+}
+
+impl Visitor for Walker {
+    fn open(&mut self, name: &'static str) {
+        let parent = self.up(0);
+        if name == "Node" && self.is(parent, "SelectStmt", "distinct_clause") {
+            self.frames[parent.unwrap_or_default()].distinct = true;
+        }
+        if name == "IntoClause" && self.is(parent, "SelectStmt", "into_clause") {
+            self.frames[parent.unwrap_or_default()].into = true;
+        }
+        if name == "RangeVar" && self.is(parent, "CopyStmt", "relation") {
+            self.uses.push(ColumnUse::Opaque(
+                "COPY of a whole table, masked columns included",
+            ));
+        }
+        if name == "AStar" && self.is(parent, "ColumnRef", "fields") {
+            self.frames[parent.unwrap_or_default()].star = true;
+        }
+        self.frames.push(Frame {
+            name,
+            ..Frame::default()
+        });
+    }
+
+    fn field(&mut self, key: &'static str) {
+        if let Some(top) = self.frames.last_mut() {
+            top.field = key;
+        }
+    }
+
+    fn close(&mut self) {
+        let Some(frame) = self.frames.pop() else {
+            return;
+        };
+        match frame.name {
+            "ColumnRef" => self.close_column_ref(frame),
+            "ResTarget" => {
+                let select = self.up(0);
+                if self.is(select, "SelectStmt", "target_list") {
+                    let target = frame.target.unwrap_or(Target::Other);
+                    self.frames[select.unwrap_or_default()].targets.push(target);
+                }
+            }
+            "AConst" => {
+                // ORDER BY 2 (SelectStmt.sort_clause → SortBy.node) or GROUP BY 2.
+                let (parent, grand) = (self.up(0), self.up(1));
+                let select = if self.is(parent, "SortBy", "node")
+                    && self.is(grand, "SelectStmt", "sort_clause")
+                {
+                    grand
+                } else if self.is(parent, "SelectStmt", "group_clause") {
+                    parent
+                } else {
+                    None
+                };
+                if let (Some(select), Some(position)) = (select, frame.integer) {
+                    self.frames[select].positions.push(position);
+                }
+            }
+            "SelectStmt" => self.close_select(frame),
+            _ => {}
+        }
+    }
+
+    fn string(&mut self, value: &str) {
+        let Some(top) = self.up(0) else {
+            return;
+        };
+        let (name, field) = (self.frames[top].name, self.frames[top].field);
+        let owner = self.up(1);
+        match (name, field) {
+            ("String", "sval") if self.is(owner, "ColumnRef", "fields") => {
+                self.frames[owner.unwrap_or_default()]
+                    .parts
+                    .push(value.to_owned());
+            }
+            // JOIN ... USING (email) compares the columns it names.
+            ("String", "sval") if self.is(owner, "JoinExpr", "using_clause") => {
+                self.uses.push(ColumnUse::Column {
+                    name: value.to_owned(),
+                    projected: false,
+                });
+            }
+            ("String", "sval")
+                if self.is(owner, "Alias", "colnames")
+                    || self.is(owner, "CommonTableExpr", "aliascolnames") =>
+            {
+                self.renamed = true;
+            }
+            // ON CONFLICT (email) compares it; so does an index on it.
+            ("IndexElem", "name") => self.uses.push(ColumnUse::Column {
+                name: value.to_owned(),
+                projected: false,
+            }),
+            ("RangeVar", "relname") | ("Alias", "aliasname") | ("CommonTableExpr", "ctename") => {
+                self.relations.push(value.to_owned())
+            }
+            _ => {}
+        }
+    }
+
+    fn boolean(&mut self, value: bool) {
+        if value && self.is(self.up(0), "JoinExpr", "is_natural") {
+            self.uses.push(ColumnUse::Opaque(
+                "NATURAL JOIN, which compares every column two tables share by name",
+            ));
+        }
+    }
+
+    fn integer(&mut self, value: i64) {
+        // AConst.val → Integer.ival.
+        let (top, owner) = (self.up(0), self.up(1));
+        if self.is(top, "Integer", "ival") && self.is(owner, "AConst", "val") {
+            self.frames[owner.unwrap_or_default()].integer = Some(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

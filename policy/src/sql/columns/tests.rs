@@ -1,0 +1,162 @@
+use crate::column_privilege::misuse;
+use crate::model::Mask;
+use crate::sql::classify;
+
+/// What `sql` gets under a mask of `email` and `customers.card`: `Ok(())` or the reason's
+/// start.
+fn under_mask(sql: &str) -> Result<(), String> {
+    let statements = classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mask = Mask {
+        columns: vec!["email".to_owned(), "customers.card".to_owned()],
+        ..Mask::default()
+    };
+    match misuse(&statements, &mask) {
+        None => Ok(()),
+        Some((_, why)) => Err(why),
+    }
+}
+
+#[test]
+fn masked_columns_may_be_selected_as_they_are() {
+    for sql in [
+        "SELECT email FROM customers",
+        "SELECT email AS e, c.card FROM customers c WHERE id = 1",
+        "SELECT \"EMAIL\" FROM customers",
+        "SELECT * FROM customers",
+        "SELECT c.* FROM customers c ORDER BY id",
+        "TABLE customers",
+        "SELECT name, email FROM customers JOIN orders o ON o.customer_id = customers.id",
+        "SELECT count(*) FROM customers",
+        "SELECT name, count(*) FROM customers GROUP BY name ORDER BY 2",
+        "WITH o AS (SELECT customer_id, sum(total) t FROM orders GROUP BY 1) \
+         SELECT email, t FROM customers JOIN o ON o.customer_id = customers.id",
+        "SELECT name FROM (SELECT * FROM customers) s",
+        "SELECT email FROM customers WHERE id IN (SELECT customer_id FROM orders)",
+        "SELECT 1; SELECT card FROM customers LIMIT 5 OFFSET 2",
+        "UPDATE customers SET name = 'x' WHERE id = 1",
+    ] {
+        assert_eq!(under_mask(sql), Ok(()), "{sql}");
+    }
+}
+
+#[test]
+fn any_other_use_of_a_masked_column_is_refused_with_the_column_named() {
+    for (sql, column) in [
+        ("SELECT name FROM customers WHERE email LIKE 'A%'", "email"),
+        ("SELECT name FROM customers WHERE card = '1'", "card"),
+        (
+            "SELECT (SELECT string_agg(email, ';') FROM customers)::int",
+            "email",
+        ),
+        ("SELECT upper(email) FROM customers", "email"),
+        ("SELECT email::text FROM customers", "email"),
+        ("SELECT email FROM customers ORDER BY email", "email"),
+        ("SELECT email FROM customers ORDER BY 1", "email"),
+        (
+            "SELECT email, count(*) FROM customers GROUP BY email",
+            "email",
+        ),
+        ("SELECT email, count(*) FROM customers GROUP BY 1", "email"),
+        ("SELECT DISTINCT email FROM customers", "email"),
+        (
+            "SELECT name FROM customers a JOIN customers b USING (email)",
+            "email",
+        ),
+        ("SELECT email FROM customers UNION SELECT 'x'", "email"),
+        ("INSERT INTO copy SELECT email FROM customers", "email"),
+        ("UPDATE customers SET note = 'x' RETURNING email", "email"),
+        ("UPDATE customers SET note = email", "email"),
+        ("SELECT email INTO t2 FROM customers", "email"),
+        ("COPY (SELECT email FROM customers) TO STDOUT", "email"),
+        (
+            "INSERT INTO customers (id, email) VALUES (3, 'x') ON CONFLICT (email) DO NOTHING",
+            "email",
+        ),
+        (
+            "SELECT email FROM customers c WHERE EXISTS \
+             (SELECT 1 FROM customers d WHERE d.email = c.email)",
+            "email",
+        ),
+        (
+            "SELECT name, row_number() OVER (ORDER BY email) FROM customers",
+            "email",
+        ),
+        (
+            "SELECT x FROM (SELECT email AS x FROM customers) s",
+            "email",
+        ),
+        (
+            "WITH s AS (SELECT card FROM customers) SELECT * FROM s",
+            "card",
+        ),
+        ("EXPLAIN SELECT email FROM customers", "email"),
+        (
+            "SELECT CASE WHEN email > 'm' THEN 1 END FROM customers",
+            "email",
+        ),
+    ] {
+        let why = under_mask(sql).expect_err(sql);
+        assert!(
+            why.starts_with(&format!(
+                "masked column `{column}` may only be selected as it is"
+            )),
+            "{sql}: {why}"
+        );
+    }
+}
+
+#[test]
+fn whole_rows_and_unchecked_reads_are_refused_under_a_mask() {
+    for (sql, why) in [
+        (
+            "SELECT row_to_json(c) FROM customers c",
+            "a whole-row reference",
+        ),
+        ("SELECT c::text FROM customers c", "a whole-row reference"),
+        (
+            "SELECT json_agg(c) FROM customers c",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT to_json(c.*) FROM customers c",
+            "a whole-row reference",
+        ),
+        ("SELECT c FROM customers c", "a whole-row reference"),
+        ("SELECT customers FROM customers", "a whole-row reference"),
+        ("SELECT email(c) FROM customers c", "a whole-row reference"),
+        ("SELECT (c).name FROM customers c", "a whole-row reference"),
+        (
+            "SELECT name FROM customers WHERE customers = customers",
+            "a whole-row reference",
+        ),
+        ("DELETE FROM customers RETURNING *", "a whole-row reference"),
+        ("SELECT DISTINCT * FROM customers", "DISTINCT or INTO"),
+        ("SELECT * INTO t2 FROM customers", "DISTINCT or INTO"),
+        (
+            "SELECT * FROM customers ORDER BY 3",
+            "ORDER BY or GROUP BY a position",
+        ),
+        (
+            "SELECT name FROM customers NATURAL JOIN people",
+            "NATURAL JOIN",
+        ),
+        (
+            "SELECT x FROM (SELECT * FROM customers) s(a, b, x)",
+            "a subquery's `*`",
+        ),
+        (
+            "WITH s(a, b, x) AS (SELECT * FROM customers) SELECT x FROM s",
+            "a subquery's `*`",
+        ),
+        ("COPY customers TO STDOUT", "COPY of a whole table"),
+    ] {
+        let got = under_mask(sql).expect_err(sql);
+        assert!(got.starts_with(why), "{sql}: {got}");
+    }
+}
+
+#[test]
+fn without_masked_columns_nothing_is_checked() {
+    let statements = classify("SELECT row_to_json(c) FROM customers c WHERE email = 'x'").unwrap();
+    assert_eq!(misuse(&statements, &Mask::default()), None);
+}
