@@ -434,13 +434,20 @@ fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation
     }
 }
 
-/// Settings that change how the server splits a statement into tokens (which bytes are
-/// quotes, which escape them). The classifier reads every statement as UTF-8 with
-/// standard-conforming strings; with `client_encoding` SJIS, for one, the UTF-8 text
-/// `E'Á\'; DROP TABLE t; --'` is one string literal to the classifier and a DROP TABLE to the
-/// server (SJIS reads the second byte of `Á` and the backslash as one character).
+/// Settings that change how the server reads a statement. Two of them change how it splits a
+/// statement into tokens (which bytes are quotes, which escape them): the classifier reads
+/// every statement as UTF-8 with standard-conforming strings; with `client_encoding` SJIS, for
+/// one, the UTF-8 text `E'Á\'; DROP TABLE t; --'` is one string literal to the classifier and
+/// a DROP TABLE to the server (SJIS reads the second byte of `Á` and the backslash as one
+/// character). `search_path` changes which schema an unqualified name resolves to: the agent
+/// checks at login that the server resolves them in `public` as the classifier does, and the
+/// server does not report later changes (PostgreSQL 15 sends no ParameterStatus for it).
 /// No rule can allow a statement that sets them.
-const READING_SETTINGS: &[&str] = &["client_encoding", "standard_conforming_strings"];
+const READING_SETTINGS: &[&str] = &[
+    "client_encoding",
+    "standard_conforming_strings",
+    "search_path",
+];
 
 /// The first reading setting that `statements` set or reset, if any.
 fn reading_setting(statements: &[Statement]) -> Option<&str> {

@@ -1051,3 +1051,38 @@ fn a_mask_that_keeps_content_records_the_masked_rows() {
     // The content is part of the hash chain.
     assert!(s.env.cli(&["audit", "verify"]).contains("chain intact"));
 }
+
+/// The classifier resolves unqualified names in `public`. A login whose search path puts
+/// another schema first (here `"$user"`, a schema named after the agent's login role) would
+/// read `orders` there instead, a table no rule names: such a session is refused at login,
+/// and no statement may change the search path afterwards.
+#[test]
+fn the_server_resolves_unqualified_names_where_the_classifier_does() {
+    let s = setup("pg-search-path", "");
+    let agent = s.start_agent();
+    let (out, err) = s.psql(&[
+        "SET search_path = pg_temp, public",
+        "SELECT count(*) FROM orders",
+    ]);
+    assert!(
+        err.contains("skillgate: permission denied: changing `search_path` is never allowed"),
+        "{err}"
+    );
+    assert_eq!(out, "20\n");
+
+    s.pg.psql_admin(
+        "shop",
+        "CREATE SCHEMA postgres; CREATE TABLE postgres.orders (secret text); \
+         INSERT INTO postgres.orders VALUES ('not granted')",
+    );
+    let (out, err) = s.psql(&["SELECT * FROM orders"]);
+    assert!(!out.contains("not granted"), "{out}");
+    assert!(
+        err.contains(
+            "this login resolves unqualified names in schemas `postgres,public`, and the policy \
+             classifies them in `public` alone"
+        ),
+        "{err}\n{}",
+        agent.log()
+    );
+}

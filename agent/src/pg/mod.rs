@@ -502,7 +502,7 @@ impl PgConn {
 
     /// The catalog entries of every column a mask rule on this backend names, read as the
     /// agent before the skill gets the session: (table oid, column number) → (schema, table,
-    /// column).
+    /// column). Refuses a login whose search path is not `public` ([`SEARCH_PATH_QUERY`]).
     async fn catalog(&self, server: &mut Box<dyn Stream>) -> Result<Catalog, String> {
         let policy = &self.policy;
         let mut names: Vec<String> = policy
@@ -516,28 +516,39 @@ impl PgConn {
         names.dedup();
         let _ = self.catalog_names.set(names.clone());
         let mut catalog = Catalog::new();
-        if names.is_empty() {
-            return Ok(catalog);
+        // First, where the server resolves unqualified names; then the masked columns.
+        let mut sql = SEARCH_PATH_QUERY.to_owned();
+        if !names.is_empty() {
+            let list = names
+                .iter()
+                .map(|n| format!("'{}'", n.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(",");
+            sql.push_str(&format!(
+                "; SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attname IN ({list})"
+            ));
         }
-        let list = names
-            .iter()
-            .map(|n| format!("'{}'", n.replace('\'', "''")))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
-            "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a \
-             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attname IN ({list})"
-        );
         let mut out = BytesMut::new();
         frontend::query(&sql, &mut out).map_err(|e| e.to_string())?;
         server.write_all(&out).await.map_err(|e| e.to_string())?;
         let mut inbox = BytesMut::new();
+        // Result sets completed so far: the search path's, then the catalog's.
+        let mut completed = 0;
+        let mut search_path = None;
         loop {
             let message = next(server, &mut inbox).await?;
             let body = wire::body(&message);
             match message[0] {
+                b'C' => completed += 1,
+                b'D' if completed == 0 => {
+                    let row = wire::data_row(body).ok_or("bad search_path row")?;
+                    let schemas = row.first().copied().flatten().map(String::from_utf8_lossy);
+                    search_path = Some(schemas.unwrap_or_default().into_owned());
+                }
                 b'D' => {
                     let row = wire::data_row(body).ok_or("bad catalog row")?;
                     let text = |i: usize| {
@@ -567,6 +578,16 @@ impl PgConn {
                 b'Z' => {
                     if !inbox.is_empty() {
                         return Err("the backend sent more than asked".to_owned());
+                    }
+                    let search_path =
+                        search_path.ok_or("the backend did not say its search_path")?;
+                    if search_path != "public" {
+                        return Err(format!(
+                            "this login resolves unqualified names in schemas `{search_path}`, \
+                             and the policy classifies them in `public` alone: set the login \
+                             role's search_path to public (ALTER ROLE ... SET search_path = \
+                             public) or drop the schemas before it"
+                        ));
                     }
                     return Ok(catalog);
                 }
@@ -620,6 +641,12 @@ async fn greet(mut server: Box<dyn Stream>, mut inbox: BytesMut) -> Result<Login
         }
     }
 }
+
+/// The schemas where the server resolves unqualified relation names (pg_catalog, always
+/// searched first, aside): the classifier resolves them in `public`, so the session goes on
+/// only if the server does too. `SET search_path` is never allowed afterwards.
+const SEARCH_PATH_QUERY: &str =
+    "SELECT pg_catalog.array_to_string(pg_catalog.current_schemas(false), ',')";
 
 /// A mask rule's column (`column`, `table.column` or `schema.table.column`): its column name.
 fn column_name(column: &str) -> &str {
