@@ -20,6 +20,10 @@ pub const DIAL_PY: &str = include_str!("dial.py");
 /// A Python "skill" that tries one way out per argument (see the file's docstring).
 pub const PROBE_PY: &str = include_str!("probe.py");
 
+/// A Python "skill" sending random and mutated PostgreSQL protocol sessions (see its
+/// docstring): the differential harness's client.
+pub const PGFUZZ_PY: &str = include_str!("pgfuzz.py");
+
 /// Panics unless running as root: these tests load eBPF programs and create cgroups.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -1016,6 +1020,24 @@ impl PgServer {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `pg_dump` of `database` as the superuser (schema, data, privileges), straight to the
+    /// server: what tells whether anything in it changed.
+    pub fn dump(&self, database: &str) -> String {
+        let out = Command::new("pg_dump")
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", database])
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 

@@ -22,6 +22,23 @@ pub const TARGETS: [&str; 8] = [
     "jwt",
 ];
 
+/// The differential harness (tests/tests/pg_differential.rs), which `cargo xtask fuzz` runs
+/// after the cargo-fuzz targets (`cargo xtask test` runs it for 20 s with the other tests).
+pub const DIFFERENTIAL: &str = "pg_differential";
+
+/// Runs the differential harness for `seconds` against the debug agent (root).
+pub fn differential(root: &Path, seconds: u64) -> Result<()> {
+    crate::cargo(&["build", "--package", "skillgate"])?;
+    crate::run(
+        Command::new(env!("CARGO"))
+            .args(["test", "--package", "skillgate-tests", "--test", DIFFERENTIAL])
+            .args(["--", "--nocapture"])
+            .env("SKILLGATE_BIN", root.join("target/debug/skillgate"))
+            .env("SKILLGATE_DIFF_SECONDS", seconds.to_string())
+            .current_dir(root),
+    )
+}
+
 const FLAGS: [&str; 4] = ["--release", "--debug-assertions", "--sanitizer", "none"];
 
 /// Runs each of `targets` for `seconds` and prints executions per target, this run and in

@@ -37,7 +37,9 @@ enum Task {
     Demo,
     /// Run the fuzz targets (cargo fuzz, libFuzzer) with the committed seed corpora; a crash
     /// fails the task and names the input. Targets: policy_file, sql_classify, http_target,
-    /// mask, pg_wire, jwt.
+    /// http_head, mask, pg_wire, pg_session, jwt; and pg_differential (root): random and
+    /// mutated PostgreSQL sessions through the agent to a real server whose masked column
+    /// holds canaries, failing if one reaches the skill or the database changes.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
@@ -137,12 +139,23 @@ fn main() -> Result<()> {
         Task::BenchIdle { addr, count } => bench_scale::idle_client(addr, count),
         Task::Fuzz { time, targets } => {
             setup::setup()?;
-            let targets = if targets.is_empty() {
+            let all = targets.is_empty();
+            let differential = all || targets.iter().any(|t| t == fuzz::DIFFERENTIAL);
+            let targets: Vec<String> = if all {
                 fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect()
             } else {
                 targets
+                    .into_iter()
+                    .filter(|t| t != fuzz::DIFFERENTIAL)
+                    .collect()
             };
-            fuzz::fuzz(&workspace_root(), time, &targets)
+            if !targets.is_empty() {
+                fuzz::fuzz(&workspace_root(), time, &targets)?;
+            }
+            if differential {
+                fuzz::differential(&workspace_root(), time)?;
+            }
+            Ok(())
         }
         Task::Soak {
             minutes,

@@ -22,6 +22,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("psql", "postgresql-client"),
     ("pgbench", "postgresql-client"),
+    ("pg_dump", "postgresql-client"),
     ("runuser", "util-linux"),
     // `cargo xtask package` and its test.
     ("dpkg-deb", "dpkg"),
