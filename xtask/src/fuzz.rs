@@ -31,7 +31,13 @@ pub fn differential(root: &Path, seconds: u64) -> Result<()> {
     crate::cargo(&["build", "--package", "skillgate"])?;
     crate::run(
         Command::new(env!("CARGO"))
-            .args(["test", "--package", "skillgate-tests", "--test", DIFFERENTIAL])
+            .args([
+                "test",
+                "--package",
+                "skillgate-tests",
+                "--test",
+                DIFFERENTIAL,
+            ])
             .args(["--", "--nocapture"])
             .env("SKILLGATE_BIN", root.join("target/debug/skillgate"))
             .env("SKILLGATE_DIFF_SECONDS", seconds.to_string())
