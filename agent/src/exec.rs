@@ -60,6 +60,11 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
         ),
         None => {}
     }
+    // Last, so nothing of this process's own runs under the filter.
+    let applied = crate::confine::confine().context("cannot confine the skill")?;
+    for missing in applied.missing {
+        tracing::warn!(skill, "CONFINEMENT LAYER MISSING: {missing}");
+    }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run `{program}`"))
 }

@@ -5,6 +5,7 @@ mod approvals_cli;
 mod cgroup;
 mod client;
 mod config;
+mod confine;
 mod credentials;
 mod dns;
 mod enforce;

@@ -3,10 +3,21 @@
 Each argument is `ACTION` or `ACTION:ARG,ARG...`. Output: `pid N`, then one line per action:
 `ACTION ok RESULT` or `ACTION err EXCEPTION ERRNO`.
 """
+import ctypes
 import os
 import socket
 import struct
 import sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def checked(rc):
+    """A libc call's result, or its errno as OSError."""
+    if rc == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return rc
 
 
 def family(host):
@@ -87,23 +98,7 @@ def tcp(host, port):
 
 def fork_tcp(host, port):
     """Dials from a child forked now, long after the skill started."""
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(r)
-        try:
-            result = "ok " + tcp(host, port)
-        except OSError as e:
-            result = f"err {type(e).__name__} {e.errno}"
-        os.write(w, result.encode())
-        os._exit(0)
-    os.close(w)
-    os.waitpid(child, 0)
-    result = os.read(r, 512).decode()
-    if result.startswith("err"):
-        _, name, errno = result.split(" ", 2)
-        raise OSError(int(errno) if errno.isdigit() else 0, name)
-    return result[3:]
+    return in_child("tcp", host, port)
 
 
 def unix_connect(path):
@@ -128,6 +123,66 @@ def socketpair():
     with a, b:
         a.sendall(b"pair")
         return b.recv(4).decode()
+
+
+def pidfd_getfd(pid, fd):
+    """Takes a socket from another process (pidfd_getfd) and writes on it."""
+    pidfd = os.pidfd_open(int(pid))
+    try:
+        stolen = checked(libc.syscall(438, pidfd, int(fd), 0))
+    finally:
+        os.close(pidfd)
+    os.write(stolen, b"stolen\n")
+    return "sent"
+
+
+def ptrace(pid):
+    checked(libc.ptrace(0x4206, int(pid), None, None))  # PTRACE_SEIZE
+    return "attached"
+
+
+def vm_read(pid, address):
+    """Reads 16 bytes of another process's memory (process_vm_readv)."""
+    buf = ctypes.create_string_buffer(16)
+    local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 16)
+    remote = (ctypes.c_void_p * 2)(int(address), 16)
+    n = checked(libc.process_vm_readv(int(pid), local, 1, remote, 1, 0))
+    return buf.raw[:n].decode(errors="replace")
+
+
+def family(number, protocol="0"):
+    """A socket of address family `number` (raw for packet and netlink)."""
+    kind = socket.SOCK_RAW if int(number) in (16, 17) else socket.SOCK_STREAM
+    socket.socket(int(number), kind, int(protocol)).close()
+    return "created"
+
+
+def io_uring():
+    params = ctypes.create_string_buffer(120)
+    fd = checked(libc.syscall(425, 8, params))  # io_uring_setup
+    os.close(fd)
+    return "created"
+
+
+def in_child(action, *args):
+    """Runs another action in a child forked now, reporting its result."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        try:
+            result = "ok " + str(globals()[action](*args))
+        except OSError as e:
+            result = f"err {type(e).__name__} {e.errno}"
+        os.write(w, result.encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    result = os.read(r, 512).decode()
+    if result.startswith("err"):
+        _, name, errno = result.split(" ", 2)
+        raise OSError(int(errno) if errno.isdigit() else 0, name)
+    return result[3:]
 
 
 def escape(procs):

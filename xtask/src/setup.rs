@@ -8,9 +8,10 @@ use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.10.1";
 
-/// Packages checked by name (no command tells): libclang for pg_query's bindgen, and the
-/// PostgreSQL server the tests start their own instances of (initdb, pg_ctl).
-const LIBRARIES: &[&str] = &["libclang-dev", "postgresql"];
+/// Packages checked by name (no command tells): libclang for pg_query's bindgen, libseccomp
+/// for the skills' seccomp filter, and the PostgreSQL server the tests start their own
+/// instances of (initdb, pg_ctl).
+const LIBRARIES: &[&str] = &["libclang-dev", "libseccomp-dev", "postgresql"];
 
 /// Commands the build, the tests and the demo run, with the Debian package providing each.
 const COMMANDS: &[(&str, &str)] = &[

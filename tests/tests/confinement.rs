@@ -1,0 +1,112 @@
+//! A skill confined by `skillgate exec` cannot reach out through what no socket hook sees: a
+//! socket or a whole process borrowed from a process of its own uid outside the skills
+//! cgroup (pidfd_getfd, ptrace, process_vm_readv), socket families other than inet, unix and
+//! routing netlink (vsock reaches a VM's host), or io_uring. What it needs still works.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use skillgate_tests::Env;
+
+const POLICY: &str = r#"
+[[skill]]
+name = "reporter"
+"#;
+
+/// Runs outside the skills cgroup as the skill's uid, holding a socket connected to the
+/// canary and a buffer the skill would like to read: `ready PID FD ADDRESS`.
+const HELPER: &str = r#"
+import ctypes, os, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+memory = ctypes.create_string_buffer(b"helper-memory", 64)
+print(f"ready {os.getpid()} {s.fileno()} {ctypes.addressof(memory)}", flush=True)
+sys.stdin.read()
+"#;
+
+const EPERM: &str = "err PermissionError 1";
+
+#[test]
+fn a_skill_cannot_borrow_a_socket_or_process_of_its_uid_or_open_other_families() {
+    // The canary: one connection (the helper's), and every byte it ever receives.
+    let canary = TcpListener::bind("127.0.0.3:0").unwrap();
+    let canary_addr = canary.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = canary.accept().unwrap();
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        sink.lock().unwrap().extend(bytes);
+    });
+
+    let env = Env::new("confine", POLICY);
+    let _agent = env.start_agent();
+    let mut helper = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", HELPER])
+        .args([canary_addr.ip().to_string(), canary_addr.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the helper");
+    let mut line = String::new();
+    BufReader::new(helper.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [_, pid, fd, address] = fields[..] else {
+        panic!("helper said {line:?}");
+    };
+
+    let probe = env.probe_as_skill(
+        "reporter",
+        &["--user", "nobody"],
+        &[
+            format!("pidfd_getfd:{pid},{fd}"),
+            format!("ptrace:{pid}"),
+            format!("vm_read:{pid},{address}"),
+            format!("in_child:pidfd_getfd,{pid},{fd}"),
+            "family:40".to_owned(),   // vsock
+            "family:31".to_owned(),   // bluetooth
+            "family:17".to_owned(),   // packet
+            "family:16,9".to_owned(), // netlink audit
+            "family:38".to_owned(),   // crypto (alg)
+            "family:44".to_owned(),   // xdp
+            "io_uring".to_owned(),
+            "netlink".to_owned(), // routing netlink: what getaddrinfo uses
+            "socketpair".to_owned(),
+            "resolve:localhost".to_owned(),
+        ],
+    );
+    for i in 0..11 {
+        assert_eq!(probe.result(i), EPERM, "action #{i}: {:?}", probe.output);
+    }
+    assert_eq!(probe.result(11), "ok created");
+    assert_eq!(probe.result(12), "ok pair");
+    assert_eq!(probe.result(13), "ok 127.0.0.1");
+    let stderr = String::from_utf8_lossy(&probe.output.stderr);
+    assert!(!stderr.contains("CONFINEMENT LAYER MISSING"), "{stderr}");
+
+    // Control: the same borrowing, by the same uid without `skillgate exec`, works.
+    let control = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", skillgate_tests::PROBE_PY])
+        .arg(format!("vm_read:{pid},{address}"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        skillgate_tests::Probe::from_output(control).result(0),
+        "ok helper-memory\0\0\0"
+    );
+
+    drop(helper.stdin.take());
+    helper.wait().unwrap();
+    reader.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.lock().unwrap()),
+        "",
+        "the canary received bytes through the helper's socket"
+    );
+}
