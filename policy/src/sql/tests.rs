@@ -43,15 +43,15 @@ fn classification_table() {
         ("UPDATE orders SET total = 0", "update public.orders"),
         (
             "DELETE FROM orders USING customers c WHERE c.id = orders.cid",
-            "select public.customers, delete public.orders",
+            "select public.customers, select public.orders, delete public.orders",
         ),
         (
             "WITH gone AS (DELETE FROM orders RETURNING *) SELECT * FROM gone",
-            "select, delete, delete public.orders",
+            "select public.orders, delete, delete public.orders",
         ),
         (
             "WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x",
-            "select, update, update public.t",
+            "select public.t, update, update public.t",
         ),
         (
             "SELECT * INTO newtable FROM orders",
@@ -133,7 +133,7 @@ fn classification_table() {
         ("LOCK TABLE orders", "ddl public.orders"),
         (
             "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
-            "select public.s, merge public.t",
+            "select public.s, select public.t, delete public.t, merge public.t",
         ),
     ];
     let mut wrong = Vec::new();
@@ -144,6 +144,241 @@ fn classification_table() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Compares each case's accesses with what is expected, and reports every difference at once.
+fn check(cases: &[(&str, &str)]) {
+    let mut wrong = Vec::new();
+    for (sql, expected) in cases {
+        let got = accesses(sql);
+        if got != *expected {
+            wrong.push(format!("{sql}\n   got: {got}\n  want: {expected}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A CTE's name is visible in its WITH's main query, in later sibling CTEs and in what those
+/// nest; with RECURSIVE, in every CTE of its WITH too. Everywhere else the name is a relation.
+#[test]
+fn cte_names_resolve_with_postgresql_scoping() {
+    check(&[
+        // Inside a non-recursive CTE's own body its name is the real table.
+        (
+            "WITH t AS (SELECT * FROM t) SELECT * FROM t",
+            "select public.t",
+        ),
+        (
+            "WITH orders AS (SELECT * FROM secrets) SELECT * FROM orders",
+            "select public.secrets",
+        ),
+        // Recursive: the self-reference is the CTE.
+        (
+            "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) \
+             SELECT * FROM r",
+            "select",
+        ),
+        // Recursive: every CTE of the WITH sees every other, later ones included.
+        (
+            "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+            "select",
+        ),
+        // Not recursive: a later sibling is not visible to an earlier one.
+        (
+            "WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+            "select public.b",
+        ),
+        // An earlier sibling is.
+        (
+            "WITH a AS (SELECT 1), b AS (SELECT * FROM a) SELECT * FROM b",
+            "select",
+        ),
+        // A CTE inside a subquery hides nothing outside it.
+        (
+            "SELECT * FROM (WITH t AS (SELECT 1) SELECT * FROM t) s, t",
+            "select public.t",
+        ),
+        (
+            "SELECT (WITH secrets AS (SELECT 1) SELECT 1), * FROM secrets",
+            "select public.secrets",
+        ),
+        // ... and is visible in what the subquery nests.
+        (
+            "SELECT * FROM (WITH t AS (SELECT 1) SELECT * FROM (SELECT * FROM t) u) s",
+            "select",
+        ),
+        // The main query's nested queries see it.
+        (
+            "WITH t AS (SELECT 1) SELECT * FROM a WHERE EXISTS (SELECT 1 FROM t)",
+            "select public.a",
+        ),
+        // Both sides of a set operation are the main query.
+        (
+            "WITH t AS (SELECT * FROM a) SELECT * FROM t UNION SELECT * FROM t",
+            "select public.a",
+        ),
+        // Qualified names never resolve to a CTE.
+        (
+            "WITH t AS (SELECT 1) SELECT * FROM public.t, t",
+            "select public.t",
+        ),
+        // An inner WITH's CTE body sees the outer CTEs.
+        (
+            "WITH a AS (SELECT 1) SELECT * FROM (WITH b AS (SELECT * FROM a) SELECT * FROM b) s",
+            "select",
+        ),
+        // Shadowing: the inner declaration wins inside, the real table is read in its body.
+        (
+            "WITH t AS (SELECT 1) SELECT * FROM (WITH t AS (SELECT * FROM t) SELECT * FROM t) s",
+            "select",
+        ),
+        // Data-modifying CTEs are still seen, and their names are CTEs in the main query.
+        (
+            "WITH d AS (DELETE FROM orders RETURNING id) SELECT * FROM d",
+            "select public.orders, delete, delete public.orders",
+        ),
+        (
+            "WITH d AS (DELETE FROM orders RETURNING id) INSERT INTO archive SELECT * FROM d",
+            "select public.orders, insert public.archive, delete, delete public.orders",
+        ),
+        // A DML statement's WITH scopes its FROM/USING, never its target.
+        (
+            "WITH orders AS (SELECT 1) DELETE FROM orders",
+            "delete public.orders",
+        ),
+        (
+            "WITH s AS (SELECT 1 AS id) UPDATE t SET a = 1 FROM s WHERE t.id = s.id",
+            "select public.t, update public.t",
+        ),
+        // A CTE's name does not leak into a DML CTE's target.
+        (
+            "WITH t AS (SELECT 1), u AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT * FROM u",
+            "select public.t, insert, insert public.t",
+        ),
+    ]);
+}
+
+/// Locking clauses need UPDATE on what they lock (PostgreSQL: "FOR UPDATE ... requires UPDATE
+/// privilege"), INSERT ... ON CONFLICT and the DML statements need SELECT where they read.
+#[test]
+fn locks_conflicts_and_reads_of_targets_are_privileges() {
+    check(&[
+        (
+            "SELECT * FROM orders FOR UPDATE",
+            "select public.orders, update public.orders",
+        ),
+        (
+            "SELECT * FROM orders FOR NO KEY UPDATE",
+            "select public.orders, update public.orders",
+        ),
+        (
+            "SELECT * FROM orders FOR SHARE",
+            "select public.orders, update public.orders",
+        ),
+        (
+            "SELECT * FROM orders FOR KEY SHARE SKIP LOCKED",
+            "select public.orders, update public.orders",
+        ),
+        // OF names FROM items, by alias or by name; the others are only read.
+        (
+            "SELECT * FROM orders o JOIN customers c ON c.id = o.cid FOR UPDATE OF o",
+            "select public.customers, select public.orders, update public.orders",
+        ),
+        (
+            "SELECT * FROM orders, customers FOR SHARE OF customers",
+            "select public.customers, select public.orders, update public.customers",
+        ),
+        (
+            "SELECT * FROM orders o, customers c FOR UPDATE OF o FOR SHARE OF c",
+            "select public.customers, select public.orders, update public.customers, \
+             update public.orders",
+        ),
+        // A FROM subquery is locked as a whole; a WHERE subquery is not locked.
+        (
+            "SELECT * FROM (SELECT * FROM orders) s WHERE EXISTS (SELECT 1 FROM customers) \
+             FOR UPDATE",
+            "select public.customers, select public.orders, update public.orders",
+        ),
+        (
+            "SELECT * FROM (SELECT * FROM orders) s, items FOR UPDATE OF s",
+            "select public.items, select public.orders, update public.orders",
+        ),
+        // A CTE is not a relation to lock.
+        (
+            "WITH c AS (SELECT * FROM orders) SELECT * FROM c, items FOR UPDATE",
+            "select public.items, select public.orders, update public.items",
+        ),
+        // A lock in a subquery locks that subquery's relations.
+        (
+            "SELECT * FROM items WHERE id IN (SELECT id FROM orders FOR UPDATE)",
+            "select public.items, select public.orders, update public.orders",
+        ),
+        // An OF name that matches nothing: everything in the FROM (PostgreSQL refuses it).
+        (
+            "SELECT * FROM orders FOR UPDATE OF nothing",
+            "select public.orders, update public.orders",
+        ),
+        (
+            "DECLARE c CURSOR FOR SELECT * FROM orders FOR UPDATE",
+            "select public.orders, update public.orders",
+        ),
+        // ON CONFLICT.
+        (
+            "INSERT INTO t (id) VALUES (1) ON CONFLICT DO NOTHING",
+            "insert public.t",
+        ),
+        (
+            "INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
+            "select public.t, insert public.t",
+        ),
+        (
+            "INSERT INTO t (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+            "select public.t, insert public.t, update public.t",
+        ),
+        (
+            "INSERT INTO t (id) VALUES (1) ON CONFLICT ON CONSTRAINT t_pkey DO UPDATE SET n = 1",
+            "select public.t, insert public.t, update public.t",
+        ),
+        (
+            "INSERT INTO t VALUES (1) RETURNING id",
+            "select public.t, insert public.t",
+        ),
+        // UPDATE and DELETE read their target with WHERE, RETURNING, or SET from columns.
+        ("UPDATE t SET a = 1", "update public.t"),
+        ("UPDATE t SET a = DEFAULT", "update public.t"),
+        ("UPDATE t SET a = a + 1", "select public.t, update public.t"),
+        (
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "select public.t, update public.t",
+        ),
+        (
+            "UPDATE t SET a = 1 RETURNING a",
+            "select public.t, update public.t",
+        ),
+        (
+            "UPDATE t SET a = (SELECT max(b) FROM u)",
+            "select public.t, select public.u, update public.t",
+        ),
+        ("DELETE FROM t", "delete public.t"),
+        (
+            "DELETE FROM t WHERE id = 1",
+            "select public.t, delete public.t",
+        ),
+        (
+            "DELETE FROM t RETURNING *",
+            "select public.t, delete public.t",
+        ),
+        // MERGE: SELECT on the target (its join condition) and each action's privilege.
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.a)",
+            "select public.s, select public.t, insert public.t, update public.t, merge public.t",
+        ),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING",
+            "select public.s, select public.t, merge public.t",
+        ),
+    ]);
 }
 
 #[test]
