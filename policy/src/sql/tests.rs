@@ -85,7 +85,7 @@ fn classification_table() {
             "select public.secret, copy",
         ),
         ("DO $$ BEGIN DELETE FROM orders; END $$", "do"),
-        ("CALL refresh_orders()", "call refresh_orders"),
+        ("CALL refresh_orders()", "execute public.refresh_orders"),
         ("SET search_path = evil", "set search_path"),
         ("SET ROLE postgres", "set role"),
         ("SHOW search_path", "show search_path"),
@@ -97,24 +97,27 @@ fn classification_table() {
         ),
         (
             "SELECT pg_read_file('/etc/passwd')",
-            "select, function pg_read_file",
+            "select, execute pg_catalog.pg_read_file",
         ),
         (
             "SELECT * FROM dblink('host=x', 'select 1') AS t(a int)",
-            "select, function dblink",
+            "select, execute public.dblink",
         ),
         (
             "SELECT set_config('role', 'postgres', false)",
-            "select, function set_config",
+            "select, execute pg_catalog.set_config",
         ),
-        ("SELECT nextval('seq')", "select, function nextval"),
+        (
+            "SELECT nextval('seq')",
+            "select, execute pg_catalog.nextval",
+        ),
         (
             "SELECT pg_catalog.lo_export(1, '/tmp/x')",
-            "select, function lo_export",
+            "select, execute pg_catalog.lo_export",
         ),
         (
             "SELECT query_to_xml('delete from orders', true, true, '')",
-            "select, function query_to_xml",
+            "select, execute pg_catalog.query_to_xml",
         ),
         (
             "SELECT lower(name) FROM customers",
@@ -377,6 +380,130 @@ fn locks_conflicts_and_reads_of_targets_are_privileges() {
         (
             "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING",
             "select public.s, select public.t, merge public.t",
+        ),
+    ]);
+}
+
+/// Every function call is classified: pure built-ins are expressions, anything else is an
+/// `execute` access on the function as PostgreSQL resolves it.
+#[test]
+fn every_function_call_is_classified() {
+    check(&[
+        // Pure built-ins, aggregates and window functions, and the parser's own rewrites
+        // (EXTRACT, AT TIME ZONE, TRIM, SIMILAR TO, ...), are expressions.
+        (
+            "SELECT lower(name), now(), coalesce(a, b), date_trunc('day', at), count(*), \
+             sum(total), avg(total), string_agg(name, ','), json_agg(t), jsonb_build_object('a', 1), \
+             row_number() OVER (ORDER BY id), random(), gen_random_uuid() FROM t",
+            "select public.t",
+        ),
+        (
+            "SELECT extract(year FROM at), at AT TIME ZONE 'UTC', trim(both ' ' FROM name), \
+             name SIMILAR TO 'a%', substring(name FROM 2), position('a' IN name), \
+             greatest(1, 2), nullif(a, b), pg_catalog.lower(name) FROM t",
+            "select public.t",
+        ),
+        (
+            "SELECT doc -> 'a' ->> 'b', doc @> '{}', doc #>> '{a}', a || b, x BETWEEN 1 AND 2, \
+             name LIKE 'a%', name ~* 'x', a IS DISTINCT FROM b, a = ANY (ARRAY[1]) FROM t",
+            "select public.t",
+        ),
+        ("SELECT * FROM generate_series(1, 10) g", "select"),
+        // User-defined functions can do anything.
+        ("SELECT my_fn()", "select, execute public.my_fn"),
+        ("SELECT app.refresh(1)", "select, execute app.refresh"),
+        ("SELECT * FROM my_srf() f", "select, execute public.my_srf"),
+        (
+            "SELECT * FROM t WHERE app.allowed(t.id)",
+            "select public.t, execute app.allowed",
+        ),
+        // Case matters once the parser has folded names: "LOWER" is not lower.
+        ("SELECT \"LOWER\"('x')", "select, execute public.LOWER"),
+        // A pure name in another schema is that schema's function.
+        ("SELECT public.lower('x')", "select, execute public.lower"),
+        // Built-ins that run SQL given as text, or reach outside the statement.
+        (
+            "SELECT * FROM ts_stat('SELECT body FROM secrets')",
+            "select, execute pg_catalog.ts_stat",
+        ),
+        (
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT * FROM rules')",
+            "select, execute pg_catalog.ts_rewrite",
+        ),
+        (
+            "SELECT table_to_xml('secrets', true, true, '')",
+            "select, execute pg_catalog.table_to_xml",
+        ),
+        (
+            "SELECT current_setting('search_path')",
+            "select, execute pg_catalog.current_setting",
+        ),
+        ("SELECT pg_sleep(10)", "select, execute pg_catalog.pg_sleep"),
+        (
+            "SELECT pg_advisory_lock(1)",
+            "select, execute pg_catalog.pg_advisory_lock",
+        ),
+        (
+            "SELECT pg_terminate_backend(1)",
+            "select, execute pg_catalog.pg_terminate_backend",
+        ),
+        (
+            "SELECT pg_notify('c', 'x')",
+            "select, execute pg_catalog.pg_notify",
+        ),
+        (
+            "SELECT txid_current()",
+            "select, execute pg_catalog.txid_current",
+        ),
+        ("SELECT lo_get(1)", "select, execute pg_catalog.lo_get"),
+        ("SELECT setval('s', 1)", "select, execute pg_catalog.setval"),
+        (
+            "INSERT INTO t VALUES (nextval('s'))",
+            "insert public.t, execute pg_catalog.nextval",
+        ),
+        // Functions anywhere: a subquery, a DML statement, a CTE.
+        (
+            "UPDATE t SET a = my_fn()",
+            "update public.t, execute public.my_fn",
+        ),
+        (
+            "WITH x AS (SELECT my_fn()) SELECT * FROM x",
+            "select, execute public.my_fn",
+        ),
+        // CALL runs a procedure.
+        ("CALL refresh_orders()", "execute public.refresh_orders"),
+        ("CALL app.refresh(1)", "execute app.refresh"),
+        // Operators: built-in names are expressions, anything else an access.
+        ("SELECT 1 OPERATOR(pg_catalog.+) 2", "select"),
+        ("SELECT 1 OPERATOR(app.+) 2", "select, execute app.+"),
+        (
+            "SELECT a === b FROM t",
+            "select public.t, execute public.===",
+        ),
+        (
+            "SELECT * FROM t ORDER BY a USING OPERATOR(app.<)",
+            "select public.t, execute app.<",
+        ),
+        (
+            "SELECT * FROM t WHERE a OPERATOR(app.=) ANY (SELECT b FROM u)",
+            "select public.t, select public.u, execute app.=",
+        ),
+        // Casts: to built-in types expressions; to other types an access on the type.
+        (
+            "SELECT '1'::int, 'x'::text, '{}'::jsonb, CAST(a AS varchar(3)), date '2020-01-01', \
+             'orders'::regclass, '{1}'::int[] FROM t",
+            "select public.t",
+        ),
+        ("SELECT 'x'::app.email", "select, execute app.email"),
+        (
+            "SELECT CAST('x' AS mydomain)",
+            "select, execute public.mydomain",
+        ),
+        // TABLESAMPLE runs its method.
+        ("SELECT * FROM t TABLESAMPLE SYSTEM (10)", "select public.t"),
+        (
+            "SELECT * FROM t TABLESAMPLE system_rows (10)",
+            "select public.t, execute public.system_rows",
         ),
     ]);
 }

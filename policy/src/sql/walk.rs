@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::ser::{self, Serialize};
 
-use super::{Access, SIDE_EFFECT_FUNCTIONS, SqlKind, qualify, statement_kind_of};
+use super::{Access, SqlKind, catalog, qualify, statement_kind_of};
 
 /// Accesses of one top-level statement, and its own kind.
 pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
@@ -268,27 +268,46 @@ impl Walker {
                 }
             }
             "FuncCall" => {
-                let name = frame.parts.join(".");
                 let in_call = self
                     .owner()
                     .is_some_and(|f| f.name == "CallStmt" && f.field == "funccall");
-                if in_call {
-                    self.accesses.push(Access {
-                        kind: SqlKind::Call,
-                        object: Some(name),
-                    });
+                let object = if in_call {
+                    Some(catalog::procedure(&frame.parts))
                 } else {
-                    let bare = name.rsplit('.').next().unwrap_or(&name).to_lowercase();
-                    if SIDE_EFFECT_FUNCTIONS.contains(&bare.as_str()) {
-                        self.accesses.push(Access {
-                            kind: SqlKind::Function,
-                            object: Some(bare),
-                        });
-                    }
+                    catalog::function_call(&frame.parts)
+                };
+                self.execute(object);
+            }
+            "AExpr" | "SubLink" | "SortBy" if !frame.parts.is_empty() => {
+                self.execute(catalog::operator(&frame.parts));
+            }
+            "TypeName" => {
+                let cast = self
+                    .owner()
+                    .is_some_and(|f| f.name == "TypeCast" && f.field == "type_name");
+                if cast {
+                    self.execute(catalog::cast(&frame.parts));
+                }
+            }
+            // TABLESAMPLE runs its method's handler function.
+            "RangeTableSample" => {
+                let builtin =
+                    matches!(frame.parts.as_slice(), [m] if m == "bernoulli" || m == "system");
+                if !builtin {
+                    self.execute(Some(catalog::procedure(&frame.parts)));
                 }
             }
             name if is_statement(name) => self.close_statement(frame),
             _ => {}
+        }
+    }
+
+    fn execute(&mut self, object: Option<String>) {
+        if let Some(object) = object {
+            self.accesses.push(Access {
+                kind: SqlKind::Execute,
+                object: Some(object),
+            });
         }
     }
 
@@ -408,8 +427,16 @@ impl Walker {
             ("VariableSetStmt" | "VariableShowStmt", "name") => top.setting = value.to_owned(),
             ("String", "sval") => {
                 if let Some(owner) = self.owner()
-                    && ((owner.name == "FuncCall" && owner.field == "funcname")
-                        || (owner.name == "List" && owner.field == "items"))
+                    && matches!(
+                        (owner.name, owner.field),
+                        ("FuncCall", "funcname")
+                            | ("List", "items")
+                            | ("AExpr", "name")
+                            | ("SubLink", "oper_name")
+                            | ("SortBy", "use_op")
+                            | ("TypeName", "names")
+                            | ("RangeTableSample", "method")
+                    )
                 {
                     owner.parts.push(value.to_owned());
                 }
