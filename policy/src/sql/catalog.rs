@@ -63,6 +63,15 @@ fn resolve(parts: &[String], builtin: impl Fn(&str) -> bool) -> String {
 /// A function call's access: `None` for a pure built-in, else the function it executes.
 pub(super) fn function_call(parts: &[String]) -> Option<String> {
     let functions = &catalog().functions;
+    // The common case, a pure built-in, without building its qualified name.
+    let builtin = match parts {
+        [name] => Some(name),
+        [.., schema, name] if schema == "pg_catalog" => Some(name),
+        _ => None,
+    };
+    if builtin.is_some_and(|name| functions.get(name.as_str()) == Some(&true)) {
+        return None;
+    }
     let object = resolve(parts, |name| functions.contains_key(name));
     match object.strip_prefix("pg_catalog.") {
         Some(name) if functions.get(name) == Some(&true) => None,
