@@ -25,6 +25,19 @@
 //! resolves in `pg_catalog` first; unqualified functions, operators and types resolve to
 //! `pg_catalog` when built in, else `public`. Names are compared as the parser folds them
 //! (unquoted: lowercase). The session's search path is assumed to be the default.
+//!
+//! Known gaps (the classifier reads the text, not the database's catalog):
+//! - overloads: an unqualified call of a pure built-in's name, or a built-in operator, or a
+//!   cast from a user type, runs a user's function when one in `public` (or `$user`) matches
+//!   the argument types better, which only the catalog knows;
+//! - a granted `SET search_path` changes how later names resolve;
+//! - functions the statement runs without naming them (triggers, column defaults, row
+//!   security policies, view bodies, domain checks of columns) are not accesses: PostgreSQL
+//!   runs most as their owner;
+//! - `nextval`/`setval` grants name the function, not the sequence (named in a constant,
+//!   which classification never reads, so texts of one shape share it);
+//! - built-ins newer than PostgreSQL 15 are `execute public.NAME` accesses (denied unless
+//!   granted, under that name).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -134,6 +134,13 @@ fn classification_table() {
         ),
         ("EXECUTE p", "unknown"),
         ("LOCK TABLE orders", "ddl public.orders"),
+        ("TRUNCATE orders CASCADE", "ddl public.orders, unknown"),
+        ("DROP TABLE orders CASCADE", "ddl public.orders, unknown"),
+        ("DROP TABLE orders RESTRICT", "ddl public.orders"),
+        (
+            "ALTER TABLE orders DROP COLUMN note CASCADE",
+            "ddl public.orders, unknown",
+        ),
         (
             "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
             "select public.s, select public.t, delete public.t, merge public.t",

@@ -449,6 +449,13 @@ impl Walker {
         let Some(top) = self.frames.last() else {
             return;
         };
+        // DROP/TRUNCATE/REVOKE/ALTER ... CASCADE (pg_query's DropBehavior): what else it drops
+        // or truncates is not in the text, so it is an access no grant of the named objects
+        // covers.
+        if top.field == "behavior" && value == 2 {
+            self.accesses.push(unknown());
+            return;
+        }
         // pg_query's OnConflictAction and CmdType numbers.
         let more = match (top.name, top.field, value) {
             ("OnConflictClause", "action", 3) => Some(SqlKind::Update),
