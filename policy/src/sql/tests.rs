@@ -685,3 +685,44 @@ fn redacting_keeps_the_statement_and_drops_every_value() {
     assert_eq!(super::redact("SELECT 'unterminated"), None);
     assert_eq!(super::redact(""), Some(String::new()));
 }
+
+/// The committed list of built-ins reads as the classifier expects: one `class name` per
+/// line, classes it knows, in the order the query gives (C collation: byte order).
+#[test]
+fn the_builtin_list_is_well_formed() {
+    let mut previous: Option<&str> = None;
+    let mut classes = std::collections::BTreeMap::new();
+    for line in super::PG_CATALOG
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (class, name) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(
+            matches!(class, "pure" | "function" | "operator" | "type"),
+            "{line:?}"
+        );
+        assert!(!name.is_empty() && !name.contains(' '), "{line:?}");
+        assert!(previous < Some(line), "{line:?} after {previous:?}");
+        previous = Some(line);
+        *classes.entry(class).or_insert(0) += 1;
+    }
+    assert!(
+        classes["pure"] > 1000 && classes["function"] > 500,
+        "{classes:?}"
+    );
+    // Functions that run a type's (or a domain's CHECK) functions for a type given as an oid.
+    check(&[
+        (
+            "SELECT domain_in('x', 'mydomain'::regtype, -1)",
+            "select, execute pg_catalog.domain_in",
+        ),
+        (
+            "SELECT record_in('(1)', 'mytype'::regtype, -1)",
+            "select, execute pg_catalog.record_in",
+        ),
+        (
+            "SELECT fmgr_sql_validator(1)",
+            "select, execute pg_catalog.fmgr_sql_validator",
+        ),
+    ]);
+}
