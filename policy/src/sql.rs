@@ -30,7 +30,10 @@
 //! - overloads: an unqualified call of a pure built-in's name, or a built-in operator, or a
 //!   cast from a user type, runs a user's function when one in `public` (or `$user`) matches
 //!   the argument types better, which only the catalog knows;
-//! - a granted `SET search_path` changes how later names resolve;
+//! - attribute notation: `SELECT t.f FROM t` calls a function `f(t)` when `t` has no column
+//!   `f`, which only the catalog tells from a column;
+//! - a granted `SET search_path` (or `execute pg_catalog.set_config`) changes how later names
+//!   resolve;
 //! - functions the statement runs without naming them (triggers, column defaults, row
 //!   security policies, view bodies, domain checks of columns) are not accesses: PostgreSQL
 //!   runs most as their owner;
