@@ -14,6 +14,7 @@
 //! - INSERT ... ON CONFLICT: `select` with a conflict target, `update` with DO UPDATE;
 //!   INSERT/UPDATE/DELETE/MERGE read their target (`select`) with WHERE, RETURNING, SET from
 //!   columns, a conflict target, a MERGE join; MERGE needs its actions' privileges;
+//! - nextval/setval of a named sequence: `update` on it; currval: `select`;
 //! - every function call is classified (see `catalog`): pure built-ins are expressions,
 //!   anything else (user-defined functions, procedures, operators and casts that are not
 //!   built in, built-ins with effects or that run SQL given as text) is `execute`.
@@ -37,8 +38,10 @@
 //! - functions the statement runs without naming them (triggers, column defaults, row
 //!   security policies, view bodies, domain checks of columns) are not accesses: PostgreSQL
 //!   runs most as their owner;
-//! - `nextval`/`setval` grants name the function, not the sequence (named in a constant,
-//!   which classification never reads, so texts of one shape share it);
+//! - `nextval('s')`, `setval('s', n)` and `currval('s')` are accesses on sequence `s` (the
+//!   one place a constant is read: such texts are never shared by shape); with any other
+//!   argument (`nextval($1)`) the access is on the function, whose grant covers every
+//!   sequence;
 //! - built-ins newer than PostgreSQL 15 are `execute public.NAME` accesses (denied unless
 //!   granted, under that name).
 
@@ -236,6 +239,9 @@ pub fn shape(sql: &str) -> Option<String> {
             // from no file at all (`TO ''` reads like `TO STDOUT`): found by the sql_classify
             // fuzz target's shape oracle. COPY is never shared by shape.
             Token::Copy => return None,
+            // nextval('s') is an access on the sequence its constant names (see walk.rs):
+            // texts that call a sequence function are never shared by shape either.
+            Token::Ident if names_sequence_function(sql, token) => return None,
             Token::SqlComment | Token::CComment => continue,
             _ => {
                 key.push_str(
@@ -250,6 +256,19 @@ pub fn shape(sql: &str) -> Option<String> {
         key.push('\0');
     }
     Some(key)
+}
+
+/// Whether an identifier token is nextval, setval or currval (quoted or not).
+fn names_sequence_function(sql: &str, token: &pg_query::protobuf::ScanToken) -> bool {
+    let text = usize::try_from(token.start)
+        .ok()
+        .zip(usize::try_from(token.end).ok())
+        .and_then(|(start, end)| sql.get(start..end))
+        .unwrap_or_default();
+    let name = text.trim_matches('"');
+    ["nextval", "setval", "currval"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// `sql` with the value of every constant (strings, numbers, bit strings, dollar-quoted

@@ -20,6 +20,7 @@ CREATE TABLE secrets (id int, pw text);
 CREATE TABLE order_items (order_id int, qty int);
 CREATE TABLE events (id int PRIMARY KEY, n int);
 CREATE TABLE staged (id int, total numeric);
+CREATE SEQUENCE s;
 CREATE SCHEMA app;
 GRANT USAGE ON SCHEMA app TO PUBLIC;
 ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
@@ -76,6 +77,10 @@ const CASES: &[&str] = &[
     "SELECT my_fn()",
     "SELECT * FROM orders WHERE app.allowed(id)",
     "CALL refresh_orders()",
+    "SELECT nextval('s')",
+    "SELECT setval('public.s', 5)",
+    "SELECT nextval('s'), currval('s')",
+    "INSERT INTO t (id) VALUES (nextval('s'))",
     "SELECT lower(name), count(*), now(), coalesce(note, '') FROM customers GROUP BY name, note",
     "TABLE secrets",
 ];
@@ -139,6 +144,7 @@ fn a_role_granted_what_the_classifier_says_can_run_each_statement() {
         ("SELECT * FROM secrets", ""),
         ("SELECT my_fn()", ""),
         ("CALL refresh_orders()", ""),
+        ("SELECT nextval('s')", ""),
         (
             "SELECT * FROM orders FOR KEY SHARE",
             "GRANT SELECT ON orders TO probe",

@@ -107,10 +107,7 @@ fn classification_table() {
             "SELECT set_config('role', 'postgres', false)",
             "select, execute pg_catalog.set_config",
         ),
-        (
-            "SELECT nextval('seq')",
-            "select, execute pg_catalog.nextval",
-        ),
+        ("SELECT nextval('seq')", "select, update public.seq"),
         (
             "SELECT pg_catalog.lo_export(1, '/tmp/x')",
             "select, execute pg_catalog.lo_export",
@@ -463,11 +460,31 @@ fn every_function_call_is_classified() {
             "select, execute pg_catalog.txid_current",
         ),
         ("SELECT lo_get(1)", "select, execute pg_catalog.lo_get"),
-        ("SELECT setval('s', 1)", "select, execute pg_catalog.setval"),
+        // Sequence functions: an access on the sequence their constant names (nextval and
+        // setval need UPDATE, currval SELECT), else on the function.
+        ("SELECT setval('s', 1)", "select, update public.s"),
         (
             "INSERT INTO t VALUES (nextval('s'))",
-            "insert public.t, execute pg_catalog.nextval",
+            "insert public.t, update public.s",
         ),
+        (
+            "SELECT nextval('App.\"Seq\"'::regclass), currval(' pg_x ')",
+            "select pg_catalog.pg_x, update app.Seq",
+        ),
+        ("SELECT nextval($1)", "select, execute pg_catalog.nextval"),
+        (
+            "SELECT nextval(lower('S'))",
+            "select, execute pg_catalog.nextval",
+        ),
+        (
+            "SELECT nextval('a.b.c.d')",
+            "select, execute pg_catalog.nextval",
+        ),
+        (
+            "SELECT nextval('bad name')",
+            "select, execute pg_catalog.nextval",
+        ),
+        ("SELECT lastval()", "select, execute pg_catalog.lastval"),
         // Functions anywhere: a subquery, a DML statement, a CTE.
         (
             "UPDATE t SET a = my_fn()",
@@ -602,6 +619,10 @@ fn texts_that_differ_only_in_constants_share_a_shape() {
         shape("SELECT E'b'")
     );
     assert_eq!(shape("SELECT $q$ ; DROP $q$"), shape("SELECT 'a'"));
+    // A sequence function's constant names what it accesses: never shared by shape.
+    assert_eq!(shape("SELECT nextval('a')"), None);
+    assert_eq!(shape("SELECT \"setval\"('a', 1)"), None);
+    assert_eq!(shape("SELECT CurrVal('a')"), None);
     // The value of a UESCAPE constant changes how the identifier before it reads.
     assert_eq!(shape("SELECT * FROM U&\"d!0061ta\" UESCAPE '!'"), None);
     assert_eq!(shape("SELECT 'unterminated"), None);

@@ -36,6 +36,78 @@ pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
     (kind, accesses)
 }
 
+/// nextval and setval need UPDATE on their sequence, currval SELECT (or USAGE, which the
+/// policy has no kind for): when the sequence is a constant the classifier reads it, so the
+/// access is on the sequence rather than the function. (`sql::shape` never shares a text that
+/// names these functions: here a constant's value changes the classification.)
+fn sequence_access(function: Option<&str>, literal: Option<&str>) -> Option<Access> {
+    let kind = match function? {
+        "pg_catalog.nextval" | "pg_catalog.setval" => SqlKind::Update,
+        "pg_catalog.currval" => SqlKind::Select,
+        _ => return None,
+    };
+    let parts = qualified_name(literal?)?;
+    let object = match parts.as_slice() {
+        [name] => qualify("", name),
+        [.., schema, name] => qualify(schema, name),
+        [] => return None,
+    };
+    Some(Access {
+        kind,
+        object: Some(object),
+    })
+}
+
+/// A name as `regclass` reads it from text: dot-separated identifiers, unquoted ones folded
+/// to lower case, quoted ones kept (`""` is a quote); `None` when it does not read as one.
+fn qualified_name(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' || c.is_whitespace() {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$') {
+                    return None;
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() || parts.len() == 3 {
+            return None;
+        }
+        parts.push(part);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => {
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+            }
+            Some(_) => return None,
+        }
+    }
+}
+
 fn unknown() -> Access {
     Access {
         kind: SqlKind::Unknown,
@@ -108,6 +180,10 @@ struct Frame {
     reads_target: bool,
     /// DML statements: more privileges on the target (ON CONFLICT DO UPDATE, MERGE actions).
     extra: Vec<SqlKind>,
+    /// FuncCall: how many arguments have opened, and the first one when it is a string
+    /// constant (possibly cast), which names the sequence of nextval/setval/currval.
+    args: usize,
+    literal: Option<String>,
 }
 
 #[derive(Default)]
@@ -195,6 +271,12 @@ impl Walker {
     }
 
     fn open(&mut self, name: &'static str) {
+        if let Some(call) = self.frames.last_mut()
+            && call.name == "FuncCall"
+            && call.field == "args"
+        {
+            call.args += 1;
+        }
         let mut frame = Frame {
             name,
             ..Frame::default()
@@ -276,7 +358,10 @@ impl Walker {
                 } else {
                     catalog::function_call(&frame.parts)
                 };
-                self.execute(object);
+                match sequence_access(object.as_deref(), frame.literal.as_deref()) {
+                    Some(access) => self.accesses.push(access),
+                    None => self.execute(object),
+                }
             }
             "AExpr" | "SubLink" | "SortBy" if !frame.parts.is_empty() => {
                 self.execute(catalog::operator(&frame.parts));
@@ -426,6 +511,7 @@ impl Walker {
             ("CopyStmt", "filename") => top.filename = value.to_owned(),
             ("VariableSetStmt" | "VariableShowStmt", "name") => top.setting = value.to_owned(),
             ("String", "sval") => {
+                self.first_literal(value);
                 if let Some(owner) = self.owner()
                     && matches!(
                         (owner.name, owner.field),
@@ -442,6 +528,31 @@ impl Walker {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Keeps `value` on the innermost FuncCall when it is that call's first argument, a
+    /// string constant, possibly cast (`nextval('s')`, `nextval('s'::regclass)`).
+    fn first_literal(&mut self, value: &str) {
+        let Some(f) = self.frames.iter().rposition(|f| f.name == "FuncCall") else {
+            return;
+        };
+        let direct = self.frames[f + 1..].iter().all(|frame| {
+            matches!(
+                (frame.name, frame.field),
+                ("Node" | "String" | "AConst", _) | ("TypeCast", "arg")
+            )
+        });
+        let call = &mut self.frames[f];
+        if direct
+            && call.field == "args"
+            && call.args == 1
+            && call.literal.is_none()
+            && self.frames[f + 1..]
+                .iter()
+                .any(|frame| frame.name == "AConst")
+        {
+            self.frames[f].literal = Some(value.to_owned());
         }
     }
 
