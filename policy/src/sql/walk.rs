@@ -543,16 +543,12 @@ impl Walker {
                 ("Node" | "String" | "AConst", _) | ("TypeCast", "arg")
             )
         });
+        let constant = self.frames[f + 1..]
+            .iter()
+            .any(|frame| frame.name == "AConst");
         let call = &mut self.frames[f];
-        if direct
-            && call.field == "args"
-            && call.args == 1
-            && call.literal.is_none()
-            && self.frames[f + 1..]
-                .iter()
-                .any(|frame| frame.name == "AConst")
-        {
-            self.frames[f].literal = Some(value.to_owned());
+        if direct && constant && call.field == "args" && call.args == 1 && call.literal.is_none() {
+            call.literal = Some(value.to_owned());
         }
     }
 
