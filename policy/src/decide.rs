@@ -418,8 +418,7 @@ fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation
         (RuleOp::Sql(op), Unit::Sql(access)) => {
             op.kinds.contains(&access.kind)
                 && match (&access.kind, &access.object) {
-                    (SqlKind::Function, Some(function)) => op.functions.contains(function),
-                    (kind, Some(object)) if kind.acts_on_relations() => {
+                    (kind, Some(object)) if kind.needs_objects() => {
                         op.objects.iter().any(|p| p.matches(object))
                     }
                     // A statement that touches no relation (`SELECT 1`): any grant of the kind

@@ -99,8 +99,6 @@ pub(crate) struct SqlDef {
     pub kinds: Vec<SqlKind>,
     #[serde(default)]
     pub objects: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub functions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

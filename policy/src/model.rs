@@ -156,7 +156,8 @@ impl Mask {
     }
 }
 
-/// Which relations a SQL rule covers: `schema.name`, `schema.*` or `*`.
+/// Which objects a SQL rule covers (relations; for `execute`, functions, operators and
+/// types): `schema.name`, `schema.*` or `*`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ObjectPattern {
     Exact(String),
@@ -179,9 +180,8 @@ impl ObjectPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlOp {
     pub kinds: Vec<SqlKind>,
+    /// Relations, and for `execute` the functions, operators and types, the rule covers.
     pub objects: Vec<ObjectPattern>,
-    /// Side-effect functions this rule permits (kind `function`).
-    pub functions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

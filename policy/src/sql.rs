@@ -1,15 +1,49 @@
 //! SQL classification with PostgreSQL's own parser (libpg_query through `pg_query`).
 //!
 //! Each statement of a (possibly multi-statement) string becomes a list of accesses: a kind
-//! (select, insert, ..., ddl, unknown) and the object it touches. The whole parse tree is walked
-//! generically (every node of every field, through the parse tree's `Serialize`), so a table or a
-//! write hidden anywhere (a CTE, a subquery in any clause, EXPLAIN ANALYZE, SELECT INTO,
-//! CREATE VIEW ... AS SELECT) is seen. Statements the classifier does not know are `unknown`,
-//! which no rule allows unless it names `unknown`. Functions with side effects outside the
-//! statement (file access, dblink, configuration, sequences) are accesses of kind `function`.
+//! (select, insert, ..., ddl, execute, unknown) and the object it touches, as PostgreSQL will
+//! check its privileges. The whole parse tree is walked generically (every node of every field,
+//! through the parse tree's `Serialize`), so a table or a write hidden anywhere (a CTE, a
+//! subquery in any clause, EXPLAIN ANALYZE, SELECT INTO, CREATE VIEW ... AS SELECT) is seen.
+//! Statements the classifier does not know are `unknown`, which no rule allows unless it names
+//! `unknown`.
 //!
-//! Unqualified names resolve to `public`, except `pg_*` names, which PostgreSQL resolves in
-//! `pg_catalog` first. Names are compared as the parser folds them (unquoted: lowercase).
+//! What PostgreSQL checks, classified as such:
+//! - unqualified names are CTEs only where PostgreSQL's scoping makes them visible;
+//! - SELECT ... FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE: `update` on what it locks;
+//! - INSERT ... ON CONFLICT: `select` with a conflict target, `update` with DO UPDATE;
+//!   INSERT/UPDATE/DELETE/MERGE read their target (`select`) with WHERE, RETURNING, SET from
+//!   columns, a conflict target, a MERGE join; MERGE needs its actions' privileges;
+//! - nextval/setval of a named sequence: `update` on it; currval: `select`;
+//! - every function call is classified (see `catalog`): pure built-ins are expressions,
+//!   anything else (user-defined functions, procedures, operators and casts that are not
+//!   built in, built-ins with effects or that run SQL given as text) is `execute`.
+//!
+//! COPY stays its own kind (`copy`, `copy_server`): a grant of it stands for the SELECT or
+//! INSERT that PostgreSQL checks. TRUNCATE, LOCK and SELECT INTO are `ddl`.
+//!
+//! Unqualified relation names resolve to `public`, except `pg_*` names, which PostgreSQL
+//! resolves in `pg_catalog` first; unqualified functions, operators and types resolve to
+//! `pg_catalog` when built in, else `public`. Names are compared as the parser folds them
+//! (unquoted: lowercase). The session's search path is assumed to be the default.
+//!
+//! Known gaps (the classifier reads the text, not the database's catalog):
+//! - overloads: an unqualified call of a pure built-in's name, or a built-in operator, or a
+//!   cast from a user type, runs a user's function when one in `public` (or `$user`) matches
+//!   the argument types better, which only the catalog knows;
+//! - attribute notation: `SELECT t.f FROM t` calls a function `f(t)` when `t` has no column
+//!   `f`, which only the catalog tells from a column;
+//! - a granted `SET search_path` (or `execute pg_catalog.set_config`) changes how later names
+//!   resolve;
+//! - functions the statement runs without naming them (triggers, column defaults, row
+//!   security policies, view bodies, domain checks of columns) are not accesses: PostgreSQL
+//!   runs most as their owner;
+//! - `nextval('s')`, `setval('s', n)` and `currval('s')` are accesses on sequence `s` (the
+//!   one place a constant is read: such texts are never shared by shape); with any other
+//!   argument (`nextval($1)`) the access is on the function, whose grant covers every
+//!   sequence;
+//! - built-ins newer than PostgreSQL 15 are `execute public.NAME` accesses (denied unless
+//!   granted, under that name).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,19 +66,20 @@ pub enum SqlKind {
     Copy,
     /// COPY from or to a server-side file or program.
     CopyServer,
-    Call,
     Do,
     Set,
     Show,
     Transaction,
-    /// A function with effects outside the statement (object: the function name).
-    Function,
+    /// Running a function, procedure (CALL), operator or cast that is not a pure built-in
+    /// (object: `schema.name` of the function, operator or type).
+    Execute,
     Unknown,
 }
 
 impl SqlKind {
-    /// Kinds whose accesses name relations, which rules must list in `objects`.
-    pub fn acts_on_relations(self) -> bool {
+    /// Kinds whose accesses name objects (relations; for `execute`, functions, operators and
+    /// types), which rules must list in `objects`.
+    pub fn needs_objects(self) -> bool {
         matches!(
             self,
             Self::Select
@@ -55,6 +90,7 @@ impl SqlKind {
                 | Self::Ddl
                 | Self::Copy
                 | Self::CopyServer
+                | Self::Execute
         )
     }
 
@@ -68,12 +104,11 @@ impl SqlKind {
             Self::Ddl => "ddl",
             Self::Copy => "copy",
             Self::CopyServer => "copy_server",
-            Self::Call => "call",
             Self::Do => "do",
             Self::Set => "set",
             Self::Show => "show",
             Self::Transaction => "transaction",
-            Self::Function => "function",
+            Self::Execute => "execute",
             Self::Unknown => "unknown",
         }
     }
@@ -89,8 +124,8 @@ impl fmt::Display for SqlKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Access {
     pub kind: SqlKind,
-    /// `schema.name` for relations, the function name for `call`/`function`, the setting for
-    /// `set`/`show`; `None` where the statement has no object (`do`, transactions).
+    /// `schema.name` for relations and for what `execute` runs, the setting for `set`/`show`;
+    /// `None` where the statement has no object (`do`, transactions).
     pub object: Option<String>,
 }
 
@@ -118,50 +153,6 @@ pub struct Statement {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("SQL does not parse: {0}")]
 pub struct SqlError(pub String);
-
-/// Functions whose effects reach outside the statement's tables.
-const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
-    "pg_read_file",
-    "pg_read_binary_file",
-    "pg_ls_dir",
-    "pg_stat_file",
-    "pg_ls_logdir",
-    "pg_ls_waldir",
-    "pg_ls_tmpdir",
-    "lo_import",
-    "lo_export",
-    "lo_from_bytea",
-    "lo_put",
-    "lo_unlink",
-    "dblink",
-    "dblink_exec",
-    "dblink_connect",
-    "dblink_connect_u",
-    "dblink_send_query",
-    "set_config",
-    "nextval",
-    "setval",
-    "pg_terminate_backend",
-    "pg_cancel_backend",
-    "pg_reload_conf",
-    "pg_rotate_logfile",
-    "pg_sleep",
-    "pg_advisory_lock",
-    "pg_switch_wal",
-    "pg_create_restore_point",
-    "pg_logical_emit_message",
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
-    "cursor_to_xml",
-    "table_to_xml",
-    "table_to_xmlschema",
-    "table_to_xml_and_xmlschema",
-    "schema_to_xml",
-    "database_to_xml",
-    "pg_notify",
-    "txid_current",
-];
 
 /// A SQL text as classified, and as logs and the session store may keep it.
 #[derive(Debug)]
@@ -250,6 +241,9 @@ pub fn shape(sql: &str) -> Option<String> {
             // from no file at all (`TO ''` reads like `TO STDOUT`): found by the sql_classify
             // fuzz target's shape oracle. COPY is never shared by shape.
             Token::Copy => return None,
+            // nextval('s') is an access on the sequence its constant names (see walk.rs):
+            // texts that call a sequence function are never shared by shape either.
+            Token::Ident if names_sequence_function(sql, token) => return None,
             Token::SqlComment | Token::CComment => continue,
             _ => {
                 key.push_str(
@@ -264,6 +258,19 @@ pub fn shape(sql: &str) -> Option<String> {
         key.push('\0');
     }
     Some(key)
+}
+
+/// Whether an identifier token is nextval, setval or currval (quoted or not).
+fn names_sequence_function(sql: &str, token: &pg_query::protobuf::ScanToken) -> bool {
+    let text = usize::try_from(token.start)
+        .ok()
+        .zip(usize::try_from(token.end).ok())
+        .and_then(|(start, end)| sql.get(start..end))
+        .unwrap_or_default();
+    let name = text.trim_matches('"');
+    ["nextval", "setval", "currval"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// `sql` with the value of every constant (strings, numbers, bit strings, dollar-quoted
@@ -340,7 +347,7 @@ fn statement_kind_of(name: &str, into: bool, is_program: bool, filename: &str) -
         "MergeStmt" => SqlKind::Merge,
         "CopyStmt" if is_program || !filename.is_empty() => SqlKind::CopyServer,
         "CopyStmt" => SqlKind::Copy,
-        "CallStmt" => SqlKind::Call,
+        "CallStmt" => SqlKind::Execute,
         "DoStmt" => SqlKind::Do,
         "VariableSetStmt" => SqlKind::Set,
         "VariableShowStmt" => SqlKind::Show,
@@ -384,11 +391,14 @@ fn qualify(schema: &str, name: &str) -> String {
     }
 }
 
+mod catalog;
 mod columns;
 mod parse;
 mod visit;
 mod walk;
 
+pub use catalog::PG_CATALOG;
+pub(crate) use catalog::is_builtin_function;
 pub use columns::ColumnUse;
 
 #[cfg(test)]

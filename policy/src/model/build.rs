@@ -14,6 +14,7 @@ use crate::error::PolicyError;
 use crate::file::{BackendDef, HttpDef, PolicyFile, RuleDef, SkillDef, SqlDef, TlsDef};
 use crate::http::PathPattern;
 use crate::sql::SqlKind;
+use crate::sql::is_builtin_function;
 
 pub(crate) struct Builder<'a> {
     origin: &'a str,
@@ -433,29 +434,44 @@ impl<'a> Builder<'a> {
 
     fn sql_op(&self, rule: &str, sql: &Spanned<SqlDef>) -> Result<SqlOp, PolicyError> {
         let def = sql.get_ref();
-        let mut kinds = def.kinds.clone();
-        if kinds.is_empty() && def.functions.is_empty() {
+        let kinds = def.kinds.clone();
+        if kinds.is_empty() {
             return Err(self.error(sql, format!("{rule}: `sql.kinds` is empty")));
         }
-        if !def.functions.is_empty() && !kinds.contains(&SqlKind::Function) {
-            kinds.push(SqlKind::Function);
-        }
-        let needs_objects = kinds.iter().any(|k| k.acts_on_relations());
+        let needs_objects = kinds.iter().any(|k| k.needs_objects());
         if needs_objects && def.objects.is_empty() {
+            let what = if kinds.contains(&SqlKind::Execute) {
+                "the tables, views or (for `execute`) functions"
+            } else {
+                "the tables or views"
+            };
             return Err(self.error(
                 sql,
-                format!("{rule}: name the tables or views in `sql.objects` (\"*\" for all)"),
+                format!("{rule}: name {what} in `sql.objects` (\"*\" for all)"),
             ));
         }
         let mut objects = Vec::new();
         for object in &def.objects {
+            let value = object.get_ref();
+            // A function's unqualified name resolves to pg_catalog or public depending on
+            // whether PostgreSQL has it built in: a grant says which it means.
+            if kinds.contains(&SqlKind::Execute) && !value.contains('.') && value != "*" {
+                let schema = if is_builtin_function(value) {
+                    "pg_catalog"
+                } else {
+                    "public"
+                };
+                return Err(self.error(
+                    object,
+                    format!(
+                        "{rule}: object `{value}` must be qualified in a rule that grants \
+                         `execute`, like `{schema}.{value}`"
+                    ),
+                ));
+            }
             objects.push(self.object(object)?);
         }
-        Ok(SqlOp {
-            kinds,
-            objects,
-            functions: def.functions.iter().map(|f| f.to_lowercase()).collect(),
-        })
+        Ok(SqlOp { kinds, objects })
     }
 
     fn object(&self, object: &Spanned<String>) -> Result<ObjectPattern, PolicyError> {

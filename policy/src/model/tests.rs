@@ -313,3 +313,55 @@ fn invalid_policies_point_at_the_problem() {
         );
     }
 }
+
+/// `execute` grants name functions, operators and types, qualified: an unqualified name could
+/// mean the built-in or a function in `public`.
+#[test]
+fn execute_grants_name_qualified_functions() {
+    let head = "[[skill]]\nname = \"a\"\n[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\n\
+                dial = [\"127.0.0.2:1\"]\nupstream = \"127.0.0.1:2\"\n\
+                [[rule]]\nskills = [\"a\"]\nbackend = \"db\"\neffect = \"allow\"\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "sql = { kinds = [\"execute\"], objects = [\"nextval\"] }\n",
+            "p.toml:12:41: rule #1: object `nextval` must be qualified in a rule that grants \
+             `execute`, like `pg_catalog.nextval`",
+        ),
+        (
+            "sql = { kinds = [\"select\", \"execute\"], objects = [\"orders\", \"my_fn\"] }\n",
+            "p.toml:12:51: rule #1: object `orders` must be qualified",
+        ),
+        (
+            "sql = { kinds = [\"execute\"] }\n",
+            "(for `execute`) functions in `sql.objects`",
+        ),
+        (
+            "sql = { kinds = [\"function\"], objects = [\"*\"] }\n",
+            "unknown variant `function`",
+        ),
+        (
+            "sql = { kinds = [\"select\"], objects = [\"*\"], functions = [\"nextval\"] }\n",
+            "unknown field `functions`",
+        ),
+    ];
+    for (rule, expected) in cases {
+        let got = error(&format!("{head}{rule}"));
+        assert!(got.contains(expected), "expected `{expected}` in:\n{got}");
+    }
+    let policy = Policy::parse(
+        "p.toml",
+        &format!(
+            "{head}sql = {{ kinds = [\"execute\"], objects = [\"public.my_fn\", \"pg_catalog.nextval\", \"app.*\"] }}\n"
+        ),
+    )
+    .expect("valid policy");
+    for (sql, effect) in [
+        ("SELECT my_fn()", Effect::Deny),
+        ("CALL my_fn()", Effect::Allow),
+        ("CALL app.anything()", Effect::Allow),
+        ("CALL other.anything()", Effect::Deny),
+    ] {
+        let d = policy.decide_sql("a", &[], "db", sql).decision;
+        assert_eq!(d.effect, effect, "{sql}: {}", d.reason);
+    }
+}

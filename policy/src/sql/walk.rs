@@ -1,13 +1,18 @@
 //! The whole-tree walk: the parse tree is fed through its `serde::Serialize` implementation
 //! into a serializer that builds nothing, so every node of every field is visited (generated
 //! code, no node type can be forgotten), and the walk only keeps what classification needs:
-//! relations, function calls, CTE names and a few statement flags.
+//! relations, function calls, CTE scopes, locking clauses and a few statement flags.
+//!
+//! Relation reads are resolved once the whole tree is seen, because a statement's WITH comes
+//! after its FROM in the tree: an unqualified name is a CTE only where PostgreSQL makes that CTE
+//! visible (its WITH's main query, later sibling CTEs, anything nested in those; with
+//! RECURSIVE, every CTE of that WITH as well), and a real relation everywhere else.
 
 use std::fmt;
 
 use serde::ser::{self, Serialize};
 
-use super::{Access, SIDE_EFFECT_FUNCTIONS, SqlKind, qualify, statement_kind_of};
+use super::{Access, SqlKind, catalog, qualify, statement_kind_of};
 
 /// Accesses of one top-level statement, and its own kind.
 pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
@@ -17,18 +22,90 @@ pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
         return (SqlKind::Unknown, vec![unknown()]);
     }
     let kind = walker.top_kind.unwrap_or(SqlKind::Unknown);
-    let mut accesses = walker.accesses;
-    // Unqualified references to a common table expression are not relations.
-    for (schema, name) in walker.reads {
-        if schema.is_empty() && walker.ctes.contains(&name) {
+    let mut accesses = std::mem::take(&mut walker.accesses);
+    for read in &walker.reads {
+        // Qualified names never resolve to a CTE.
+        if read.schema.is_empty() && walker.is_cte(read.at, &read.name) {
             continue;
         }
         accesses.push(Access {
-            kind: SqlKind::Select,
-            object: Some(qualify(&schema, &name)),
+            kind: read.kind,
+            object: Some(qualify(&read.schema, &read.name)),
         });
     }
     (kind, accesses)
+}
+
+/// nextval and setval need UPDATE on their sequence, currval SELECT (or USAGE, which the
+/// policy has no kind for): when the sequence is a constant the classifier reads it, so the
+/// access is on the sequence rather than the function. (`sql::shape` never shares a text that
+/// names these functions: here a constant's value changes the classification.)
+fn sequence_access(function: Option<&str>, literal: Option<&str>) -> Option<Access> {
+    let kind = match function? {
+        "pg_catalog.nextval" | "pg_catalog.setval" => SqlKind::Update,
+        "pg_catalog.currval" => SqlKind::Select,
+        _ => return None,
+    };
+    let parts = qualified_name(literal?)?;
+    let object = match parts.as_slice() {
+        [name] => qualify("", name),
+        [.., schema, name] => qualify(schema, name),
+        [] => return None,
+    };
+    Some(Access {
+        kind,
+        object: Some(object),
+    })
+}
+
+/// A name as `regclass` reads it from text: dot-separated identifiers, unquoted ones folded
+/// to lower case, quoted ones kept (`""` is a quote); `None` when it does not read as one.
+fn qualified_name(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' || c.is_whitespace() {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$') {
+                    return None;
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() || parts.len() == 3 {
+            return None;
+        }
+        parts.push(part);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => {
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+            }
+            Some(_) => return None,
+        }
+    }
 }
 
 fn unknown() -> Access {
@@ -38,15 +115,47 @@ fn unknown() -> Access {
     }
 }
 
+/// Where a reference sits in a query with a WITH: its main body, or the body of its n-th CTE.
+#[derive(Debug, Clone, Copy)]
+enum Pos {
+    Main,
+    Cte(usize),
+}
+
+/// The CTEs one query level declares, and where that query level sits in its parent's.
+#[derive(Default)]
+struct Scope {
+    parent: Option<(usize, Pos)>,
+    ctes: Vec<String>,
+    recursive: bool,
+}
+
+/// A relation named where a relation is read (or locked): resolved at the end, when every
+/// scope is complete.
+#[derive(Clone)]
+struct Read {
+    schema: String,
+    name: String,
+    /// The query level it is named in (`None`: outside any query, e.g. a utility statement).
+    at: Option<(usize, Pos)>,
+    kind: SqlKind,
+    /// The name the FROM item is known by in its query (its alias, else its name).
+    eref: String,
+    /// Aliases of the FROM subqueries it sits in, innermost first.
+    via: Vec<String>,
+}
+
 /// An open struct on the way down, with what it has shown so far.
 #[derive(Default)]
 struct Frame {
     name: &'static str,
     field: &'static str,
-    /// RangeVar: schemaname and relname.
+    /// RangeVar: schemaname and relname (Alias: aliasname).
     schema: String,
     relname: String,
-    /// FuncCall funcname or List parts.
+    /// RangeVar, RangeSubselect: the alias's name.
+    alias: String,
+    /// FuncCall funcname or List parts; LockingClause: the relations named in `OF`.
     parts: Vec<String>,
     /// Statement flags.
     into: bool,
@@ -55,20 +164,48 @@ struct Frame {
     setting: String,
     /// Relations named in the statement's target fields, kind decided at its end.
     targets: Vec<String>,
+    /// Query statements: their scope.
+    scope: Option<usize>,
+    /// CommonTableExpr: its position in its WITH.
+    cte: Option<usize>,
+    /// RangeSubselect: how many reads there were when it opened.
+    start: usize,
+    /// SelectStmt: reads named in its FROM (subqueries included); what its locking clauses
+    /// lock (every one of those, or the ones named in `OF`).
+    from_reads: Vec<usize>,
+    lock_all: bool,
+    locked: Vec<String>,
+    /// DML statements: whether the statement reads its target's columns (WHERE, RETURNING,
+    /// SET from columns, a conflict target, MERGE's join), which needs SELECT on it.
+    reads_target: bool,
+    /// DML statements: more privileges on the target (ON CONFLICT DO UPDATE, MERGE actions).
+    extra: Vec<SqlKind>,
+    /// FuncCall: how many arguments have opened, and the first one when it is a string
+    /// constant (possibly cast), which names the sequence of nextval/setval/currval.
+    args: usize,
+    literal: Option<String>,
 }
 
 #[derive(Default)]
 struct Walker {
     frames: Vec<Frame>,
     accesses: Vec<Access>,
-    /// Relations read, as (schema, name), CTE references filtered at the end.
-    reads: Vec<(String, String)>,
-    ctes: Vec<String>,
+    /// Relations read or locked, CTE references filtered at the end.
+    reads: Vec<Read>,
+    scopes: Vec<Scope>,
     top_kind: Option<SqlKind>,
 }
 
 fn is_statement(name: &str) -> bool {
     name.ends_with("Stmt") && name != "RawStmt"
+}
+
+/// Statements that are query levels: they may have a WITH and read relations.
+fn is_query(name: &str) -> bool {
+    matches!(
+        name,
+        "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
+    )
 }
 
 /// Fields of a statement that name what it writes or defines.
@@ -91,6 +228,11 @@ impl Walker {
         is_target(self.frames[i].name, self.frames[i].field).then_some(i)
     }
 
+    /// The innermost statement frame.
+    fn statement(&mut self) -> Option<&mut Frame> {
+        self.frames.iter_mut().rev().find(|f| is_statement(f.name))
+    }
+
     /// The innermost frame that is not a wrapper (`Node`, `String`).
     fn owner(&mut self) -> Option<&mut Frame> {
         self.frames
@@ -99,14 +241,102 @@ impl Walker {
             .find(|f| !matches!(f.name, "Node" | "String"))
     }
 
+    /// The innermost query level, and where in it the walk is.
+    fn context(&self) -> Option<(usize, Pos)> {
+        let i = self.frames.iter().rposition(|f| f.scope.is_some())?;
+        let owner = &self.frames[i];
+        let pos = if owner.field == "with_clause" {
+            // Inside a CTE's body; a reference anywhere else in a WITH sees none of its CTEs.
+            Pos::Cte(self.frames[i + 1..].iter().find_map(|f| f.cte).unwrap_or(0))
+        } else {
+            Pos::Main
+        };
+        Some((owner.scope?, pos))
+    }
+
+    /// Whether `name`, named at `at`, is a CTE visible there.
+    fn is_cte(&self, mut at: Option<(usize, Pos)>, name: &str) -> bool {
+        while let Some((s, pos)) = at {
+            let scope = &self.scopes[s];
+            let visible = match pos {
+                Pos::Cte(i) if !scope.recursive => &scope.ctes[..i.min(scope.ctes.len())],
+                _ => &scope.ctes[..],
+            };
+            if visible.iter().any(|c| c == name) {
+                return true;
+            }
+            at = scope.parent;
+        }
+        false
+    }
+
+    fn open(&mut self, name: &'static str) {
+        if let Some(call) = self.frames.last_mut()
+            && call.name == "FuncCall"
+            && call.field == "args"
+        {
+            call.args += 1;
+        }
+        let mut frame = Frame {
+            name,
+            ..Frame::default()
+        };
+        if is_query(name) {
+            let parent = self.context();
+            self.scopes.push(Scope {
+                parent,
+                ..Scope::default()
+            });
+            frame.scope = Some(self.scopes.len() - 1);
+        }
+        match name {
+            "RangeSubselect" => frame.start = self.reads.len(),
+            // MERGE's join condition reads the target.
+            "MergeStmt" => frame.reads_target = true,
+            // A conflict target reads the target's columns.
+            "InferClause" => self.reads_target(),
+            // UPDATE ... SET a = b reads the target's columns.
+            // (in a subquery too: it may be correlated).
+            "ColumnRef" => {
+                for update in &mut self.frames {
+                    if update.name == "UpdateStmt" && update.field == "target_list" {
+                        update.reads_target = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.frames.push(frame);
+    }
+
+    fn reads_target(&mut self) {
+        if let Some(statement) = self.statement() {
+            statement.reads_target = true;
+        }
+    }
+
     fn close(&mut self, frame: Frame) {
         match frame.name {
-            "RangeVar" => match self.statement_target() {
-                Some(i) => self.frames[i]
-                    .targets
-                    .push(qualify(&frame.schema, &frame.relname)),
-                None => self.reads.push((frame.schema, frame.relname)),
-            },
+            "RangeVar" => self.close_range_var(frame),
+            "Alias" => {
+                if let Some(parent) = self.frames.last_mut() {
+                    parent.alias = frame.relname;
+                }
+            }
+            "RangeSubselect" => {
+                for read in &mut self.reads[frame.start..] {
+                    read.via.push(frame.alias.clone());
+                }
+            }
+            "LockingClause" => {
+                if let Some(select) = self.statement() {
+                    if frame.parts.is_empty() {
+                        select.lock_all = true;
+                    } else {
+                        select.locked.extend(frame.parts);
+                    }
+                }
+            }
             "List" if !frame.parts.is_empty() => {
                 // DROP's objects are lists of name parts.
                 if let Some(i) = self.statement_target() {
@@ -120,52 +350,145 @@ impl Walker {
                 }
             }
             "FuncCall" => {
-                let name = frame.parts.join(".");
                 let in_call = self
                     .owner()
                     .is_some_and(|f| f.name == "CallStmt" && f.field == "funccall");
-                if in_call {
-                    self.accesses.push(Access {
-                        kind: SqlKind::Call,
-                        object: Some(name),
-                    });
+                let object = if in_call {
+                    Some(catalog::procedure(&frame.parts))
                 } else {
-                    let bare = name.rsplit('.').next().unwrap_or(&name).to_lowercase();
-                    if SIDE_EFFECT_FUNCTIONS.contains(&bare.as_str()) {
-                        self.accesses.push(Access {
-                            kind: SqlKind::Function,
-                            object: Some(bare),
-                        });
-                    }
+                    catalog::function_call(&frame.parts)
+                };
+                match sequence_access(object.as_deref(), frame.literal.as_deref()) {
+                    Some(access) => self.accesses.push(access),
+                    None => self.execute(object),
                 }
             }
-            name if is_statement(name) => {
-                let kind = statement_kind_of(name, frame.into, frame.is_program, &frame.filename);
-                for target in frame.targets {
-                    self.accesses.push(Access {
-                        kind,
-                        object: Some(target),
-                    });
-                }
-                if matches!(name, "VariableSetStmt" | "VariableShowStmt")
-                    && !frame.setting.is_empty()
-                {
-                    self.accesses.push(Access {
-                        kind,
-                        object: Some(frame.setting),
-                    });
-                }
-                let nested = self.frames.iter().any(|f| is_statement(f.name));
-                if nested {
-                    if kind != SqlKind::Select {
-                        self.accesses.push(Access { kind, object: None });
-                    }
-                } else {
-                    self.top_kind = Some(kind);
+            "AExpr" | "SubLink" | "SortBy" if !frame.parts.is_empty() => {
+                self.execute(catalog::operator(&frame.parts));
+            }
+            "TypeName" => {
+                let cast = self
+                    .owner()
+                    .is_some_and(|f| f.name == "TypeCast" && f.field == "type_name");
+                if cast {
+                    self.execute(catalog::cast(&frame.parts));
                 }
             }
+            // TABLESAMPLE runs its method's handler function.
+            "RangeTableSample" => {
+                let builtin =
+                    matches!(frame.parts.as_slice(), [m] if m == "bernoulli" || m == "system");
+                if !builtin {
+                    self.execute(Some(catalog::procedure(&frame.parts)));
+                }
+            }
+            name if is_statement(name) => self.close_statement(frame),
             _ => {}
         }
+    }
+
+    fn execute(&mut self, object: Option<String>) {
+        if let Some(object) = object {
+            self.accesses.push(Access {
+                kind: SqlKind::Execute,
+                object: Some(object),
+            });
+        }
+    }
+
+    fn close_range_var(&mut self, frame: Frame) {
+        // `FOR UPDATE OF t`: names a FROM item of the query, not a relation read.
+        if let Some(owner) = self.owner()
+            && owner.name == "LockingClause"
+        {
+            owner.parts.push(frame.relname);
+            return;
+        }
+        if let Some(i) = self.statement_target() {
+            let target = qualify(&frame.schema, &frame.relname);
+            self.frames[i].targets.push(target);
+            return;
+        }
+        let index = self.reads.len();
+        let eref = if frame.alias.is_empty() {
+            frame.relname.clone()
+        } else {
+            frame.alias
+        };
+        self.reads.push(Read {
+            at: self.context(),
+            schema: frame.schema,
+            name: frame.relname,
+            kind: SqlKind::Select,
+            eref,
+            via: Vec::new(),
+        });
+        for select in &mut self.frames {
+            if select.name == "SelectStmt" && select.field == "from_clause" {
+                select.from_reads.push(index);
+            }
+        }
+    }
+
+    fn close_statement(&mut self, frame: Frame) {
+        let name = frame.name;
+        let kind = statement_kind_of(name, frame.into, frame.is_program, &frame.filename);
+        for target in &frame.targets {
+            let mut kinds = vec![kind];
+            kinds.extend(&frame.extra);
+            if frame.reads_target && is_query(name) {
+                kinds.push(SqlKind::Select);
+            }
+            for kind in kinds {
+                self.accesses.push(Access {
+                    kind,
+                    object: Some(target.clone()),
+                });
+            }
+        }
+        if frame.lock_all || !frame.locked.is_empty() {
+            self.lock(&frame);
+        }
+        if matches!(name, "VariableSetStmt" | "VariableShowStmt") && !frame.setting.is_empty() {
+            self.accesses.push(Access {
+                kind,
+                object: Some(frame.setting),
+            });
+        }
+        let nested = self.frames.iter().any(|f| is_statement(f.name));
+        if nested {
+            if kind != SqlKind::Select {
+                self.accesses.push(Access { kind, object: None });
+            }
+        } else {
+            self.top_kind = Some(kind);
+        }
+    }
+
+    /// SELECT ... FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE needs UPDATE on what it locks: the
+    /// relations of its FROM (subqueries included), or those `OF` names (by alias, or the
+    /// subquery they sit in). A name that matches none of them locks them all: PostgreSQL
+    /// refuses such a statement, and over-asking only denies more.
+    fn lock(&mut self, select: &Frame) {
+        let named = |read: &Read, name: &String| &read.eref == name || read.via.contains(name);
+        let all = select.lock_all
+            || select.locked.iter().any(|name| {
+                !select
+                    .from_reads
+                    .iter()
+                    .any(|&i| named(&self.reads[i], name))
+            });
+        let locked: Vec<Read> = select
+            .from_reads
+            .iter()
+            .map(|&i| &self.reads[i])
+            .filter(|read| all || select.locked.iter().any(|name| named(read, name)))
+            .map(|read| Read {
+                kind: SqlKind::Update,
+                ..read.clone()
+            })
+            .collect();
+        self.reads.extend(locked);
     }
 
     fn string(&mut self, value: &str) {
@@ -174,16 +497,111 @@ impl Walker {
         };
         match (top.name, top.field) {
             ("RangeVar", "schemaname") => top.schema = value.to_owned(),
-            ("RangeVar", "relname") => top.relname = value.to_owned(),
-            ("CommonTableExpr", "ctename") => self.ctes.push(value.to_owned()),
+            ("RangeVar", "relname") | ("Alias", "aliasname") => top.relname = value.to_owned(),
+            ("CommonTableExpr", "ctename") => {
+                if let Some(owner) = self.frames.iter().rev().find_map(|f| f.scope) {
+                    let ctes = &mut self.scopes[owner].ctes;
+                    ctes.push(value.to_owned());
+                    let index = ctes.len() - 1;
+                    if let Some(top) = self.frames.last_mut() {
+                        top.cte = Some(index);
+                    }
+                }
+            }
             ("CopyStmt", "filename") => top.filename = value.to_owned(),
             ("VariableSetStmt" | "VariableShowStmt", "name") => top.setting = value.to_owned(),
             ("String", "sval") => {
+                self.first_literal(value);
                 if let Some(owner) = self.owner()
-                    && ((owner.name == "FuncCall" && owner.field == "funcname")
-                        || (owner.name == "List" && owner.field == "items"))
+                    && matches!(
+                        (owner.name, owner.field),
+                        ("FuncCall", "funcname")
+                            | ("List", "items")
+                            | ("AExpr", "name")
+                            | ("SubLink", "oper_name")
+                            | ("SortBy", "use_op")
+                            | ("TypeName", "names")
+                            | ("RangeTableSample", "method")
+                    )
                 {
                     owner.parts.push(value.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps `value` on the innermost FuncCall when it is that call's first argument, a
+    /// string constant, possibly cast (`nextval('s')`, `nextval('s'::regclass)`).
+    fn first_literal(&mut self, value: &str) {
+        let Some(f) = self.frames.iter().rposition(|f| f.name == "FuncCall") else {
+            return;
+        };
+        let direct = self.frames[f + 1..].iter().all(|frame| {
+            matches!(
+                (frame.name, frame.field),
+                ("Node" | "String" | "AConst", _) | ("TypeCast", "arg")
+            )
+        });
+        let constant = self.frames[f + 1..]
+            .iter()
+            .any(|frame| frame.name == "AConst");
+        let call = &mut self.frames[f];
+        if direct && constant && call.field == "args" && call.args == 1 && call.literal.is_none() {
+            call.literal = Some(value.to_owned());
+        }
+    }
+
+    fn int(&mut self, value: i32) {
+        let Some(top) = self.frames.last() else {
+            return;
+        };
+        // DROP/TRUNCATE/REVOKE/ALTER ... CASCADE (pg_query's DropBehavior): what else it drops
+        // or truncates is not in the text, so it is an access no grant of the named objects
+        // covers.
+        if top.field == "behavior" && value == 2 {
+            self.accesses.push(unknown());
+            return;
+        }
+        // pg_query's OnConflictAction and CmdType numbers.
+        let more = match (top.name, top.field, value) {
+            ("OnConflictClause", "action", 3) => Some(SqlKind::Update),
+            ("MergeWhenClause", "command_type", 3) => Some(SqlKind::Update),
+            ("MergeWhenClause", "command_type", 4) => Some(SqlKind::Insert),
+            ("MergeWhenClause", "command_type", 5) => Some(SqlKind::Delete),
+            _ => None,
+        };
+        if let Some(kind) = more
+            && let Some(statement) = self.statement()
+        {
+            statement.extra.push(kind);
+            statement.reads_target = true;
+        }
+    }
+
+    fn some(&mut self) {
+        let Some(top) = self.frames.last_mut() else {
+            return;
+        };
+        match (top.name, top.field) {
+            ("SelectStmt", "into_clause") => top.into = true,
+            ("UpdateStmt" | "DeleteStmt", "where_clause") => top.reads_target = true,
+            ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", "returning_clause") => {
+                top.reads_target = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn flag(&mut self, value: bool) {
+        let Some(top) = self.frames.last_mut() else {
+            return;
+        };
+        match (top.name, top.field) {
+            ("CopyStmt", "is_program") => top.is_program = value,
+            ("WithClause", "recursive") if value => {
+                if let Some(owner) = self.frames.iter().rev().find_map(|f| f.scope) {
+                    self.scopes[owner].recursive = true;
                 }
             }
             _ => {}
@@ -222,12 +640,7 @@ impl ser::Serializer for &mut Walker {
     type SerializeStructVariant = Self;
 
     fn serialize_bool(self, v: bool) -> Result {
-        if let Some(top) = self.frames.last_mut()
-            && top.name == "CopyStmt"
-            && top.field == "is_program"
-        {
-            top.is_program = v;
-        }
+        self.flag(v);
         Ok(())
     }
     fn serialize_i8(self, _: i8) -> Result {
@@ -236,7 +649,8 @@ impl ser::Serializer for &mut Walker {
     fn serialize_i16(self, _: i16) -> Result {
         Ok(())
     }
-    fn serialize_i32(self, _: i32) -> Result {
+    fn serialize_i32(self, v: i32) -> Result {
+        self.int(v);
         Ok(())
     }
     fn serialize_i64(self, _: i64) -> Result {
@@ -274,12 +688,7 @@ impl ser::Serializer for &mut Walker {
         Ok(())
     }
     fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result {
-        if let Some(top) = self.frames.last_mut()
-            && top.name == "SelectStmt"
-            && top.field == "into_clause"
-        {
-            top.into = true;
-        }
+        self.some();
         value.serialize(self)
     }
     fn serialize_unit(self) -> Result {
@@ -325,10 +734,7 @@ impl ser::Serializer for &mut Walker {
         Ok(self)
     }
     fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self> {
-        self.frames.push(Frame {
-            name,
-            ..Frame::default()
-        });
+        self.open(name);
         Ok(self)
     }
     fn serialize_struct_variant(
@@ -338,10 +744,7 @@ impl ser::Serializer for &mut Walker {
         _: &'static str,
         _: usize,
     ) -> Result<Self> {
-        self.frames.push(Frame {
-            name,
-            ..Frame::default()
-        });
+        self.open(name);
         Ok(self)
     }
 }
