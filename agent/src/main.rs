@@ -2,6 +2,7 @@
 
 mod admin;
 mod approvals_cli;
+mod audit;
 mod cgroup;
 mod client;
 mod config;
@@ -159,6 +160,11 @@ enum Command {
         /// stopped with enforcement pinned): the gate skills.slice waits for.
         #[arg(long)]
         require_enforcement: bool,
+        /// Exit non-zero if a process in the skills cgroup is not confined (no seccomp
+        /// filter, no no_new_privs, or a forbidden capability in its bounding set), as a
+        /// process put there other than by `skillgate exec` is.
+        #[arg(long)]
+        require_confinement: bool,
     },
     /// Check a policy file, or explain what it decides for a request.
     #[command(subcommand)]
@@ -252,7 +258,8 @@ fn main() -> ExitCode {
         Command::Status {
             json,
             require_enforcement,
-        } => status::status(&cli.config, json, require_enforcement),
+            require_confinement,
+        } => status::status(&cli.config, json, require_enforcement, require_confinement),
         Command::Approvals { json } => approvals_cli::list(&cli.config, json),
         Command::Approve {
             id,

@@ -31,8 +31,14 @@ fn listening(table: &str, port: u16, udp: bool) -> bool {
 
 /// Prints the status; with `require_enforcement`, fails unless the required programs are on
 /// the skills cgroup (the agent serving, or stopped with enforcement pinned: either way no
-/// skill gets direct access). skills.slice's gate unit runs it before any skill starts.
-pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> Result<()> {
+/// skill gets direct access). skills.slice's gate unit runs it before any skill starts. With
+/// `require_confinement`, fails if a process in the skills cgroup is not confined.
+pub fn status(
+    config_path: &Path,
+    as_json: bool,
+    require_enforcement: bool,
+    require_confinement: bool,
+) -> Result<()> {
     let agent = AgentConfig::load(config_path)?;
     host::require_root("skillgate status")?;
     let running = crate::admin::agent_stats(config_path, &agent);
@@ -77,9 +83,17 @@ pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> R
         }
         (false, _) => "not attached: skills in the cgroup have direct network access",
     };
+    let audit = crate::audit::audit(&skills.dir);
+    let unconfined = audit.unconfined().count();
     let verdict = if require_enforcement && !required_attached {
         Err(anyhow::anyhow!(
             "enforcement is not on the skills cgroup {} ({enforcement})",
+            skills.dir.display()
+        ))
+    } else if require_confinement && unconfined > 0 {
+        Err(anyhow::anyhow!(
+            "{unconfined} process(es) in the skills cgroup {} are not confined (start skills \
+             with `skillgate exec`)",
             skills.dir.display()
         ))
     } else {
@@ -98,6 +112,9 @@ pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> R
                 "program_id": info.as_ref().map(|i| i.prog_id),
             })).collect::<Vec<_>>(),
             "open_layers": open.iter().map(|(name, without)| json!({"program": name, "open": without})).collect::<Vec<_>>(),
+            "skill_processes": audit.processes,
+            "unconfined": unconfined,
+            "shared_uids": audit.shared_uids,
             "proxy": { "port": agent.proxy_port, "listening": proxy },
             "dns": { "port": agent.dns_port, "listening": dns },
             "version": env!("CARGO_PKG_VERSION"),
@@ -133,6 +150,7 @@ pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> R
     for (name, without) in &open {
         println!("OPEN LAYER {name}: {without}");
     }
+    print_audit(&audit, unconfined);
     println!(
         "proxy: 127.0.0.1:{} {}",
         agent.proxy_port,
@@ -181,6 +199,37 @@ pub fn status(config_path: &Path, as_json: bool, require_enforcement: bool) -> R
     }
     println!("version: {}", env!("CARGO_PKG_VERSION"));
     verdict
+}
+
+fn print_audit(audit: &crate::audit::Audit, unconfined: usize) {
+    println!(
+        "skill processes: {} ({unconfined} not confined)",
+        audit.processes.len()
+    );
+    for p in audit.unconfined() {
+        println!(
+            "NOT CONFINED pid {} uid {} `{}` in {}: {}",
+            p.pid,
+            p.uid,
+            p.command,
+            if p.cgroup.is_empty() { "." } else { &p.cgroup },
+            p.lacks().join("; ")
+        );
+    }
+    for shared in &audit.shared_uids {
+        let examples: Vec<String> = shared
+            .examples
+            .iter()
+            .map(|(pid, command)| format!("pid {pid} `{command}`"))
+            .collect();
+        println!(
+            "SHARED UID {}: {} process(es) outside the skills cgroup ({}): an unconfined skill \
+             of this uid could borrow their sockets or drive them",
+            shared.uid,
+            shared.outside,
+            examples.join(", ")
+        );
+    }
 }
 
 /// Sessions, events and file size of the store, read-only.

@@ -150,7 +150,7 @@ def vm_read(pid, address):
     return buf.raw[:n].decode(errors="replace")
 
 
-def family(number, protocol="0"):
+def socket_family(number, protocol="0"):
     """A socket of address family `number` (raw for packet and netlink)."""
     kind = socket.SOCK_RAW if int(number) in (16, 17) else socket.SOCK_STREAM
     socket.socket(int(number), kind, int(protocol)).close()

@@ -68,12 +68,12 @@ fn a_skill_cannot_borrow_a_socket_or_process_of_its_uid_or_open_other_families()
             format!("ptrace:{pid}"),
             format!("vm_read:{pid},{address}"),
             format!("in_child:pidfd_getfd,{pid},{fd}"),
-            "family:40".to_owned(),   // vsock
-            "family:31".to_owned(),   // bluetooth
-            "family:17".to_owned(),   // packet
-            "family:16,9".to_owned(), // netlink audit
-            "family:38".to_owned(),   // crypto (alg)
-            "family:44".to_owned(),   // xdp
+            "socket_family:40".to_owned(),   // vsock
+            "socket_family:31".to_owned(),   // bluetooth
+            "socket_family:17".to_owned(),   // packet
+            "socket_family:16,9".to_owned(), // netlink audit
+            "socket_family:38".to_owned(),   // crypto (alg)
+            "socket_family:44".to_owned(),   // xdp
             "io_uring".to_owned(),
             "netlink".to_owned(), // routing netlink: what getaddrinfo uses
             "socketpair".to_owned(),
@@ -109,4 +109,91 @@ fn a_skill_cannot_borrow_a_socket_or_process_of_its_uid_or_open_other_families()
         "",
         "the canary received bytes through the helper's socket"
     );
+}
+
+#[test]
+fn status_audits_every_skill_process_and_flags_the_unconfined() {
+    let env = Env::new("confine-audit", POLICY);
+    let _agent = env.start_agent();
+    // A confined skill, a process put straight into the cgroup, and a process of the skill's
+    // uid outside the cgroup.
+    std::fs::create_dir_all(env.skills_dir().join("reporter")).unwrap();
+    let mut confined = env
+        .exec_command("reporter", &["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let mut confined_nobody = env.skillgate();
+    confined_nobody.args([
+        "exec", "--skill", "reporter", "--user", "nobody", "--", "sleep", "30",
+    ]);
+    let mut confined_nobody = confined_nobody.spawn().unwrap();
+    let procs = env.skills_dir().join("reporter/cgroup.procs");
+    let mut straight = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec sleep 30")
+        .arg(&procs)
+        .spawn()
+        .unwrap();
+    let mut outside = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let report = env.cli_json(&["status", "--json"]);
+    let processes = report["skill_processes"].as_array().unwrap();
+    let find = |pid: u32| {
+        processes
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not audited: {report:#}"))
+    };
+    assert_eq!(find(confined.id())["confined"], true, "{report:#}");
+    assert_eq!(find(confined_nobody.id())["confined"], true, "{report:#}");
+    let flagged = find(straight.id());
+    assert_eq!(flagged["confined"], false, "{report:#}");
+    assert_eq!(flagged["seccomp"], 0);
+    assert_eq!(report["unconfined"], 1);
+    let shared = report["shared_uids"].as_array().unwrap();
+    assert!(
+        shared
+            .iter()
+            .any(|s| s["uid"] == 65534 && s["outside"].as_u64() >= Some(1)),
+        "{report:#}"
+    );
+
+    let text = env.skillgate().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("NOT CONFINED pid {} uid 0 `sleep`", straight.id())),
+        "{text}"
+    );
+    assert!(text.contains("SHARED UID 65534:"), "{text}");
+    let gate = env
+        .skillgate()
+        .args(["status", "--require-enforcement", "--require-confinement"])
+        .output()
+        .unwrap();
+    assert!(!gate.status.success());
+    assert!(
+        String::from_utf8_lossy(&gate.stderr).contains("1 process(es) in the skills cgroup"),
+        "{}",
+        String::from_utf8_lossy(&gate.stderr)
+    );
+
+    for child in [
+        &mut confined,
+        &mut confined_nobody,
+        &mut straight,
+        &mut outside,
+    ] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

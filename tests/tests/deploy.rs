@@ -148,24 +148,6 @@ fn remove_tree(dir: &std::path::Path) {
 }
 
 #[test]
-fn no_bpf_filesystem_is_mounted_inside_a_private_mount_namespace() {
-    // A BPF filesystem mounted in the agent's own mount namespace (systemd sandboxing makes
-    // one) would take the pinned enforcement with it when the service stops.
-    let env = Env::new("mountns", POLICY);
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("umount /sys/fs/bpf && exec \"$0\" --config \"$1\" run")
-        .arg(skillgate_bin())
-        .arg(&env.config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("private mount"), "{stderr}");
-    assert!(stderr.contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
-}
-
-#[test]
 fn a_skills_cgroup_left_frozen_is_thawed_once_enforced() {
     // What an agent that could not re-attach leaves behind: the cgroup frozen.
     let env = Env::new("thaw", POLICY);

@@ -1,8 +1,10 @@
 //! A host on which nothing was mounted by hand: no BPF filesystem at /sys/fs/bpf. The agent
 //! must refuse to start there with the reason (it mounts one only in a namespace it knows to
 //! be the host's), `cargo xtask setup` must mount one, and the agent must then start and
-//! enforce. Run in a fresh mount namespace whose BPF filesystem the test unmounts first, so
-//! the host's mount (and any agent's pins in it) is untouched.
+//! enforce. Run in a fresh mount namespace whose BPF filesystem the test unmounts first (every
+//! mount of it), so the host's mount (and any agent's pins in it) is untouched. That first,
+//! refused start is also the check that the agent never mounts one in a private namespace,
+//! where the pins would die with it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,7 +59,7 @@ fn setup_mounts_a_missing_bpf_filesystem_and_the_agent_then_enforces() {
     let env = Env::new("fresh-host", POLICY);
     let log_path = env.dir.join("namespace.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new("unshare")
+    let child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", SCRIPT])
         .env("BIN", skillgate_bin())
         .env("CFG", &env.config)
@@ -67,10 +69,11 @@ fn setup_mounts_a_missing_bpf_filesystem_and_the_agent_then_enforces() {
         .stderr(log)
         .spawn()
         .expect("run unshare");
+    let mut child = Script(child);
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !read_log().contains("skillgate ready") {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             panic!("the namespace's script ended ({status}):\n{}", read_log());
         }
         assert!(
@@ -106,7 +109,7 @@ fn setup_mounts_a_missing_bpf_filesystem_and_the_agent_then_enforces() {
     // (`status` reads the pins, which are in the namespace's BPF filesystem.)
     let skillgate = env.skillgate();
     let status = Command::new("nsenter")
-        .args(["--mount", "--target", &child.id().to_string()])
+        .args(["--mount", "--target", &child.0.id().to_string()])
         .arg(skillgate.get_program())
         .args(skillgate.get_args())
         .args(["status", "--require-enforcement"])
@@ -123,12 +126,34 @@ fn setup_mounts_a_missing_bpf_filesystem_and_the_agent_then_enforces() {
     assert!(!dialed.get(0).ok, "{:?}", dialed.get(0));
     assert!(canary.peers().is_empty(), "the canary was reached");
 
-    // SAFETY: kill with the pid of our own child and a valid signal.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = child.stop();
     assert!(
         status.success(),
         "the namespace's script: {status}\n{}",
         read_log()
     );
+}
+
+/// The namespace's script: stopped (its agent stopped and detached) even if the test fails.
+struct Script(std::process::Child);
+
+impl Script {
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate();
+        self.0.wait().unwrap()
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: kill with the pid of our own child and a valid signal.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.terminate();
+            let _ = self.0.wait();
+        }
+    }
 }
