@@ -20,6 +20,12 @@ mod wire;
 #[allow(dead_code)]
 mod session;
 
+#[path = "../../agent/src/pg/state.rs"]
+mod state;
+
+#[path = "../../agent/src/pg/masking.rs"]
+mod masking;
+
 use std::collections::{HashSet, VecDeque};
 
 use bytes::BytesMut;
