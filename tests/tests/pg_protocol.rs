@@ -286,6 +286,11 @@ fn errors_under_a_mask_carry_only_their_sqlstate() {
         agent.log()
     );
 
+    // XML parse errors quote the document in their detail.
+    let (out, err) = s.psql(&["SELECT xpath('/a', ('<a>' || card || '</b>')::xml) FROM customers"]);
+    assert_no_canary("xml error", format!("{out}{err}").as_bytes(), &agent.log());
+    assert!(err.contains("2200N"), "{err}");
+
     // In a transaction, an error after a masked statement is withheld too (it can quote what
     // the statement read, as a deferred constraint's error at COMMIT does).
     let (out, err) = s.psql(&[
