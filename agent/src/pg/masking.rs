@@ -1,6 +1,6 @@
 //! Masking one statement's rows (and what the backend says about them): which columns of a
 //! RowDescription a mask covers, DataRows with those values replaced, the rows a `keep` mask
-//! keeps for the record, and error or notice texts withheld under a mask.
+//! keeps for the record, and error, notice and notification texts withheld under a mask.
 
 use bytes::{BufMut as _, BytesMut};
 use skillgate_policy::Mask;
@@ -204,6 +204,25 @@ pub(super) fn withheld(code: &str) -> String {
             format!("skillgate: the server's message is withheld under a mask (SQLSTATE {code})")
         }
     }
+}
+
+/// A NotificationResponse with its payload withheld (process id and channel kept); `None`
+/// when it is malformed.
+pub(super) fn withhold_payload(out: &mut BytesMut, body: &[u8]) -> Option<()> {
+    let (pid, mut rest) = body.split_at_checked(4)?;
+    let channel = wire::cstr(&mut rest)?;
+    wire::cstr(&mut rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut withheld = BytesMut::new();
+    withheld.put_slice(pid);
+    withheld.put_slice(channel.as_bytes());
+    withheld.put_u8(0);
+    withheld.put_slice(b"skillgate: the payload is withheld under a mask");
+    withheld.put_u8(0);
+    wire::put_message(out, b'A', &withheld);
+    Some(())
 }
 
 /// An ErrorResponse or NoticeResponse (`tag`) reduced to its severity and SQLSTATE with a

@@ -17,12 +17,12 @@
 //! protocol state (`state.rs`: in-order answers, skip-till-Sync after an extended-protocol
 //! error, COPY); a reply the state does not expect ends the session. Masking: a statement
 //! decided with a mask masks its own rows, and while one is in flight or ran in the server's
-//! current transaction, errors and notices are reduced to their SQLSTATE. Columns are
-//! identified by the RowDescription's table oid and column number against a catalog snapshot
-//! taken at login (so an alias does not unmask a column), by name, and computed columns are
-//! masked when the statement mentions a masked column. A row that must be masked but cannot be
-//! (no RowDescription for it, a binary-format masked column) ends the session with an error:
-//! an unmasked value is never sent.
+//! current transaction, errors and notices are reduced to their SQLSTATE (notifications lose
+//! their payload). Columns are identified by the RowDescription's table oid and column number
+//! against a catalog snapshot taken at login (so an alias does not unmask a column), by name,
+//! and computed columns are masked when the statement mentions a masked column. A row that
+//! must be masked but cannot be (no RowDescription for it, a binary-format masked column) ends
+//! the session with an error: an unmasked value is never sent.
 
 mod masking;
 mod session;

@@ -73,8 +73,14 @@ impl Session {
                 out.extend_from_slice(message);
                 return Ok(None);
             }
+            // A notification's payload can carry values too (pg_notify in a trigger).
             b'A' => {
-                out.extend_from_slice(message);
+                if self.under_mask() {
+                    masking::withhold_payload(out, body)
+                        .ok_or_else(|| ended("08P01", "malformed NotificationResponse"))?;
+                } else {
+                    out.extend_from_slice(message);
+                }
                 return Ok(None);
             }
             // The backend ends the session, wherever it was.

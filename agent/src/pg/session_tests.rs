@@ -370,12 +370,14 @@ fn errors_and_notices_under_a_mask_carry_only_their_sqlstate() {
     let leak =
         b"SERROR\0VERROR\0C22P02\0Minvalid input syntax for type integer: \"a@b\"\0Dsecret a@b\0\0";
     let notice = message(b'N', b"SNOTICE\0VNOTICE\0C00000\0Mvalue a@b\0\0");
+    let notification = message(b'A', b"\0\0\0\x07chan\0a@b\0");
     let commit_error = message(b'E', b"SERROR\0VERROR\0C23503\0Mkey (email)=(a@b)\0\0");
     replies(
         &mut session,
         &[
             message(b'Z', b"T"),
             notice,
+            notification,
             message(b'E', leak),
             message(b'Z', b"E"),
         ],
