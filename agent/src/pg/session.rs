@@ -1,9 +1,10 @@
 //! One PostgreSQL session's state, with no I/O: the messages in flight and the server's
 //! protocol state (`state.rs`), the statements and portals as the server has them, which
 //! statement every reply belongs to, what each message in either direction becomes (denied
-//! statements' stand-ins, masked rows, errors withheld under a mask). The proxy loops in
-//! `pg/mod.rs` frame the bytes, ask the policy and do the writing; the fuzz target
-//! `pg_session` drives this file with any interleaving of client and backend messages.
+//! statements' stand-ins, masked rows, errors withheld under a mask). This file takes the
+//! skill's messages, `reply.rs` the backend's. The proxy loops in `pg/mod.rs` frame the
+//! bytes, ask the policy and do the writing; the fuzz target `pg_session` drives these files
+//! with any interleaving of client and backend messages.
 //!
 //! Statement and portal names are resolved when the server takes the message (a Parse the
 //! server skips after an error does not rename anything). Masked rows are masked by the
@@ -16,7 +17,7 @@
 //! that is not its text, COPY output, a portal the session did not see bound), or a COPY the
 //! agent cannot follow ends the session instead of going through. Under a mask (a statement
 //! decided with one is in flight, or ran in the server's current transaction) errors and
-//! notices are reduced to their SQLSTATE.
+//! notices are reduced to their SQLSTATE and notifications lose their payload.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
