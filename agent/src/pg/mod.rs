@@ -13,14 +13,20 @@
 //!   the reason and the rule. No denied statement reaches the backend's executor.
 //! - statements an `approve` rule covers are held until approved (forwarded) or not (denied).
 //!
-//! Masking: a statement decided with a mask marks its response cycle (up to ReadyForQuery).
-//! Columns are identified by the RowDescription's table oid and column number against a
-//! catalog snapshot taken at login (so an alias does not unmask a column), by name, and
-//! computed columns are masked when the statement mentions a masked column. A row that must be
-//! masked but cannot be (no RowDescription for it, a binary-format masked column) ends the
-//! session with an error: an unmasked value is never sent.
+//! Every backend reply is matched to the frontend message it answers, following the server's
+//! protocol state (`state.rs`: in-order answers, skip-till-Sync after an extended-protocol
+//! error, COPY); a reply the state does not expect ends the session. Masking: a statement
+//! decided with a mask masks its own rows, and while one is in flight or ran in the server's
+//! current transaction, errors and notices are reduced to their SQLSTATE (notifications lose
+//! their payload). Columns are identified by the RowDescription's table oid and column number
+//! against a catalog snapshot taken at login (so an alias does not unmask a column), by name,
+//! and computed columns are masked when the statement mentions a masked column. A row that
+//! must be masked but cannot be (no RowDescription for it, a binary-format masked column) ends
+//! the session with an error: an unmasked value is never sent.
 
+mod masking;
 mod session;
+mod state;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -875,7 +881,17 @@ impl PgConn {
                     Ok(None) => break,
                     Err(reason) => return self.violation(writer, &reason).await,
                 };
+                // After an error in the extended protocol the server discards what comes
+                // up to the next Sync: such a statement runs nothing and is not decided.
+                let discarded = session
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .discarding();
                 let answer = match session::statement(&message) {
+                    Ok(Some(_)) if discarded => {
+                        debug!("statement discarded by the backend until Sync: not decided");
+                        None
+                    }
                     Ok(Some(text)) => Some(self.decide(text).await),
                     Ok(None) => None,
                     Err(reason) => return self.violation(writer, &reason).await,

@@ -1,0 +1,551 @@
+//! The backend's side of a session: each reply matched to the frontend message it answers
+//! (see `state.rs`), rows masked by their own statement's mask, errors and notices withheld
+//! under a mask, and what each reply leaves to record.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::super::masking::{self, ColumnMask, Kept};
+use super::super::state::{Phase, Sent, Statement, Step};
+use super::super::wire::{self, Column};
+use super::{Catalog, Ended, Noted, RENAMING, Run, Session, ended};
+
+/// What the oldest message in flight is, for matching a reply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Query,
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    CopyEnd,
+}
+
+impl Kind {
+    fn of(step: &Step) -> Self {
+        match step {
+            Step::Query { .. } => Self::Query,
+            Step::Parse { .. } => Self::Parse,
+            Step::Bind { .. } => Self::Bind,
+            Step::Describe { portal: None, .. } => Self::DescribeStatement,
+            Step::Describe { .. } => Self::DescribePortal,
+            Step::Execute { .. } => Self::Execute,
+            Step::Close { .. } => Self::Close,
+            Step::Sync => Self::Sync,
+            Step::CopyEnd => Self::CopyEnd,
+        }
+    }
+}
+
+impl Session {
+    /// Takes one whole backend message, appending what the skill gets to `out` (denials
+    /// rewritten, masked rows masked, errors withheld under a mask); returns what to record.
+    /// `Err`: the session must end, and nothing of this message was added.
+    pub fn server(
+        &mut self,
+        message: &[u8],
+        catalog: &Catalog,
+        salt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Option<Noted>, Ended> {
+        let Some(&tag) = message.first() else {
+            return Err(ended("08P01", "an empty message from the backend"));
+        };
+        let body = wire::body(message);
+        // What the backend may send at any time.
+        match tag {
+            b'N' => {
+                if self.under_mask() {
+                    masking::reduce(out, b'N', body);
+                } else {
+                    out.extend_from_slice(message);
+                }
+                return Ok(None);
+            }
+            // A setting changed under which the server reads statements differently from
+            // the classifier (a SET the policy could not see, in a function, say).
+            b'S' => {
+                wire::parameter_status_safe(body).map_err(|reason| ended("42501", reason))?;
+                out.extend_from_slice(message);
+                return Ok(None);
+            }
+            // A notification's payload can carry values too (pg_notify in a trigger).
+            b'A' => {
+                if self.under_mask() {
+                    masking::withhold_payload(out, body)
+                        .ok_or_else(|| ended("08P01", "malformed NotificationResponse"))?;
+                } else {
+                    out.extend_from_slice(message);
+                }
+                return Ok(None);
+            }
+            // The backend ends the session, wherever it was.
+            b'E' if matches!(severity(body), Some("FATAL" | "PANIC")) => {
+                return Ok(Some(self.error(message, out)));
+            }
+            _ => {}
+        }
+        let Some(front) = self.protocol.front() else {
+            return Err(ended(
+                "08P01",
+                format!(
+                    "the backend sent `{}` with no message in flight: the agent's protocol \
+                     state and the server's disagree",
+                    char::from(tag).escape_default()
+                ),
+            ));
+        };
+        let kind = Kind::of(&front.step);
+        if self.protocol.begin() {
+            self.begin(catalog);
+        }
+        let phase = self.protocol.phase;
+        use {Kind as K, Phase as P};
+        let noted = match (kind, phase, tag) {
+            (K::Query, P::Rows, b'D') | (K::Execute, P::Start, b'D') => {
+                return self.row(message, salt, out).map(|()| None);
+            }
+            (K::Query, P::Start, b'T') => {
+                let columns = wire::row_description(body)
+                    .ok_or_else(|| ended("08P01", "malformed RowDescription"))?;
+                let run = self.run.as_mut().expect("a Query has begun");
+                run.plan = plan(&run.statement, &columns, catalog);
+                self.protocol.phase = P::Rows;
+                None
+            }
+            (K::Query, P::Start, b'I') => None,
+            (K::Query | K::Execute, P::Start, b'G') => {
+                self.protocol.phase = P::CopyIn;
+                None
+            }
+            (K::Query | K::Execute, P::Start, b'H') => {
+                let run = self.run.as_ref().expect("a statement has begun");
+                if !run.statement.mask.is_empty() || run.unattributed {
+                    return Err(ended(
+                        "42501",
+                        "a masked statement's COPY output cannot be masked",
+                    ));
+                }
+                self.protocol.phase = P::CopyOut;
+                None
+            }
+            (K::Query | K::Execute, P::CopyOut, b'd') => None,
+            (K::Query | K::Execute, P::CopyOut, b'c') => {
+                self.protocol.phase = P::CopyOutDone;
+                None
+            }
+            (K::Query | K::Execute, P::CopyIn, b'C')
+            | (K::Query, P::Start | P::Rows | P::CopyOutDone, b'C')
+            | (K::Execute, P::Start | P::CopyOutDone, b'C') => {
+                if phase == P::CopyIn {
+                    self.protocol
+                        .copy_in_ended(true)
+                        .map_err(|reason| ended("08P01", reason))?;
+                }
+                let noted = self.completed(body);
+                self.next_statement(kind);
+                Some(noted)
+            }
+            (K::Execute, P::Start, b's' | b'I') => {
+                self.finish();
+                None
+            }
+            (K::Query | K::Sync, P::Start | P::Failed, b'Z') => {
+                let [status @ (b'I' | b'T' | b'E')] = body else {
+                    return Err(ended("08P01", "malformed ReadyForQuery"));
+                };
+                self.finish();
+                // Out of any transaction block: the portals are gone with the transaction.
+                if *status == b'I' {
+                    self.portals.clear();
+                    self.descriptions.clear();
+                    self.tx_masked = false;
+                }
+                None
+            }
+            // A Query's error ends it (and its implicit transaction); a Sync's is its commit's.
+            (K::Query, P::Start | P::Rows | P::CopyIn | P::CopyOut | P::CopyOutDone, b'E')
+            | (K::Sync, P::Start, b'E') => {
+                if phase == P::CopyIn {
+                    self.protocol
+                        .copy_in_ended(false)
+                        .map_err(|reason| ended("08P01", reason))?;
+                }
+                let noted = self.error(message, out);
+                self.protocol.phase = P::Failed;
+                return Ok(Some(noted));
+            }
+            // An extended-protocol message's error: the server skips the rest up to Sync.
+            (
+                K::Parse
+                | K::Bind
+                | K::DescribeStatement
+                | K::DescribePortal
+                | K::Execute
+                | K::Close,
+                _,
+                b'E',
+            ) => {
+                if phase == P::CopyIn {
+                    self.protocol
+                        .copy_in_ended(false)
+                        .map_err(|reason| ended("08P01", reason))?;
+                }
+                let noted = self.error(message, out);
+                match self.protocol.front().map(|s| &s.step) {
+                    // A failed Parse of the unnamed statement has dropped the old one.
+                    Some(Step::Parse { name, .. }) if name.is_empty() => {
+                        self.prepared.remove("");
+                    }
+                    Some(Step::Bind { portal, .. }) => {
+                        self.portals.remove(portal);
+                        self.descriptions.remove(portal);
+                    }
+                    _ => {}
+                }
+                self.run = None;
+                self.tx_masked |= self.protocol.fail_extended();
+                return Ok(Some(noted));
+            }
+            (K::Parse, P::Start, b'1') => {
+                if let Some(Sent {
+                    step:
+                        Step::Parse {
+                            name, statement, ..
+                        },
+                    ..
+                }) = self.finish()
+                {
+                    match statement {
+                        Some(statement) => self.prepared.insert(name, statement),
+                        None => self.prepared.remove(&name),
+                    };
+                }
+                None
+            }
+            (K::Bind, P::Start, b'2') => {
+                if let Some(Sent {
+                    step: Step::Bind { portal, statement },
+                    ..
+                }) = self.finish()
+                {
+                    self.descriptions.remove(&portal);
+                    match self.prepared.get(&statement).cloned() {
+                        Some(statement) => self.portals.insert(portal, statement),
+                        None => self.portals.remove(&portal),
+                    };
+                }
+                None
+            }
+            (K::Close, P::Start, b'3') => {
+                if let Some(Sent {
+                    step: Step::Close { portal, name },
+                    ..
+                }) = self.finish()
+                {
+                    if portal {
+                        self.portals.remove(&name);
+                        self.descriptions.remove(&name);
+                    } else {
+                        self.prepared.remove(&name);
+                    }
+                }
+                None
+            }
+            (K::DescribeStatement, P::Start, b't') => {
+                self.protocol.phase = P::Parameters;
+                None
+            }
+            (K::DescribeStatement, P::Parameters, b'T' | b'n') => {
+                self.finish();
+                None
+            }
+            (K::DescribePortal, P::Start, b'T' | b'n') => {
+                let columns = match tag {
+                    b'T' => Some(
+                        wire::row_description(body)
+                            .ok_or_else(|| ended("08P01", "malformed RowDescription"))?,
+                    ),
+                    _ => None,
+                };
+                if let Some(Sent {
+                    step:
+                        Step::Describe {
+                            portal: Some(portal),
+                            agent,
+                        },
+                    ..
+                }) = self.finish()
+                {
+                    match columns {
+                        Some(columns) => self.descriptions.insert(portal, columns),
+                        None => self.descriptions.remove(&portal),
+                    };
+                    // The answer to a Describe the agent added is the agent's alone.
+                    if agent {
+                        return Ok(None);
+                    }
+                }
+                None
+            }
+            _ => {
+                return Err(ended(
+                    "08P01",
+                    format!(
+                        "the backend sent `{}` while the agent awaited the answer to \
+                         {kind:?} ({phase:?}): the agent's protocol state and the server's \
+                         disagree",
+                        char::from(tag).escape_default()
+                    ),
+                ));
+            }
+        };
+        out.extend_from_slice(message);
+        Ok(noted)
+    }
+
+    /// The oldest message's answer begins: what it runs is resolved as the server has it.
+    fn begin(&mut self, catalog: &Catalog) {
+        let Some(sent) = self.protocol.front() else {
+            return;
+        };
+        let started = sent.at;
+        match sent.step.clone() {
+            Step::Query { statement, .. } => {
+                // A simple Query replaces the unnamed statement and portal.
+                self.prepared.remove("");
+                self.portals.remove("");
+                self.descriptions.remove("");
+                self.forget_names(&statement.text);
+                self.tx_masked |= !statement.mask.is_empty();
+                self.run = Some(Run::new(started, statement, false, None));
+            }
+            Step::Parse {
+                statement: Some(statement),
+                ..
+            } => self.tx_masked |= !statement.mask.is_empty(),
+            Step::Bind { statement, .. } => {
+                self.tx_masked |= self
+                    .prepared
+                    .get(&statement)
+                    .is_some_and(|s| !s.mask.is_empty());
+            }
+            Step::Execute { portal } => {
+                let bound = self.portals.get(&portal).cloned();
+                let unattributed = bound.is_none() && self.masking;
+                let statement = bound.unwrap_or_default();
+                let plan = self
+                    .descriptions
+                    .get(&portal)
+                    .and_then(|columns| plan(&statement, columns, catalog));
+                self.forget_names(&statement.text);
+                self.tx_masked |= !statement.mask.is_empty() || unattributed;
+                self.run = Some(Run::new(started, statement, unattributed, plan));
+            }
+            _ => {}
+        }
+    }
+
+    /// After a statement that may create or drop statements or portals by name in SQL, the
+    /// agent forgets what it knew of them: their rows are then unattributed.
+    fn forget_names(&mut self, text: &str) {
+        if RENAMING.iter().any(|word| masking::mentions(text, word)) {
+            self.prepared.clear();
+            self.portals.clear();
+            self.descriptions.clear();
+        }
+    }
+
+    /// The oldest message is answered.
+    fn finish(&mut self) -> Option<Sent> {
+        self.run = None;
+        self.protocol.finish()
+    }
+
+    /// A statement completed: a Query goes on to its next statement (or ReadyForQuery), an
+    /// Execute is answered.
+    fn next_statement(&mut self, kind: Kind) {
+        if kind == Kind::Execute {
+            self.finish();
+        } else {
+            self.protocol.phase = Phase::Start;
+            if let Some(run) = &mut self.run {
+                run.plan = None;
+            }
+        }
+    }
+
+    /// Whether errors and notices may quote values a mask covers.
+    fn under_mask(&self) -> bool {
+        self.tx_masked || self.protocol.masked_in_flight()
+    }
+
+    /// The decision of the statement the oldest message runs or prepares.
+    fn decision(&mut self) -> Option<String> {
+        match &self.protocol.front()?.step {
+            Step::Query { statement, .. } => statement.decision.clone(),
+            Step::Parse {
+                statement, poison, ..
+            } => match (statement, poison) {
+                (Some(statement), _) => statement.decision.clone(),
+                (None, Some(poison)) => poison.decision.clone(),
+                (None, None) => None,
+            },
+            Step::Bind { statement, .. } => self.prepared.get(statement)?.decision.clone(),
+            Step::Execute { .. } => self.run.as_ref()?.statement.decision.clone(),
+            _ => None,
+        }
+    }
+
+    /// An ErrorResponse: a denied statement's stand-in's becomes the denial; under a mask any
+    /// other is reduced to its SQLSTATE.
+    fn error(&mut self, message: &[u8], out: &mut BytesMut) -> Noted {
+        let body = wire::body(message);
+        let (poison, took) = match self.protocol.front() {
+            Some(Sent {
+                step:
+                    Step::Query {
+                        poison: Some(poison),
+                        ..
+                    }
+                    | Step::Parse {
+                        poison: Some(poison),
+                        ..
+                    },
+                at,
+                ..
+            }) => (Some(poison.clone()), at.elapsed()),
+            Some(sent) => (None, sent.at.elapsed()),
+            None => (None, Duration::ZERO),
+        };
+        if let Some(p) = poison
+            && wire::error_message(body).is_some_and(|m| m.contains(&p.nonce))
+        {
+            wire::error_response(out, "ERROR", "42501", &p.message, Some(&p.detail), None);
+            return Noted::Denied {
+                detail: p.detail,
+                decision: p.decision,
+            };
+        }
+        let decision = self.decision();
+        let (code, message) = if self.under_mask() {
+            let code = masking::reduce(out, b'E', body);
+            let text = masking::withheld(&code);
+            (code, text)
+        } else {
+            out.extend_from_slice(message);
+            (
+                wire::error_field(body, b'C').unwrap_or("?").to_owned(),
+                wire::error_message(body).unwrap_or("").to_owned(),
+            )
+        };
+        Noted::Failed {
+            code,
+            message,
+            took,
+            decision,
+        }
+    }
+
+    /// A DataRow of the running statement, masked as its mask says.
+    fn row(&mut self, message: &[u8], salt: &[u8], out: &mut BytesMut) -> Result<(), Ended> {
+        let run = self
+            .run
+            .as_mut()
+            .expect("rows come for a statement that has begun");
+        if run.unattributed {
+            return Err(ended(
+                "42501",
+                "rows of a portal the agent did not see bound to a statement it saw prepared \
+                 (a cursor or statement declared in SQL) cannot be masked",
+            ));
+        }
+        let mask = &run.statement.mask;
+        if mask.is_empty() {
+            out.extend_from_slice(message);
+            return Ok(());
+        }
+        let body = wire::body(message);
+        let masked = masking::mask_row(body, run.plan.as_deref(), mask, salt)
+            .map_err(|reason| ended("42501", reason))?;
+        match masked {
+            Some((values, n)) => {
+                run.masked += n;
+                if mask.keep {
+                    let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+                    run.kept.row(&values);
+                }
+                wire::put_data_row(out, &values);
+            }
+            None => {
+                if mask.keep {
+                    // Unchanged, so mask_row read it already: it parses.
+                    run.kept.row(&wire::data_row(body).unwrap_or_default());
+                }
+                out.extend_from_slice(message);
+            }
+        }
+        Ok(())
+    }
+
+    /// The running statement completed: what to record.
+    fn completed(&mut self, body: &[u8]) -> Noted {
+        let tag = wire::query_text(body).unwrap_or("?").to_owned();
+        match &mut self.run {
+            Some(run) => Noted::Completed {
+                tag,
+                decision: run.statement.decision.clone(),
+                masked: std::mem::take(&mut run.masked),
+                took: run.started.elapsed(),
+                content: (!run.statement.mask.is_empty() && run.statement.mask.keep)
+                    .then(|| run.kept.take()),
+            },
+            None => Noted::Completed {
+                tag,
+                decision: None,
+                masked: 0,
+                took: Duration::ZERO,
+                content: None,
+            },
+        }
+    }
+}
+
+impl Run {
+    fn new(
+        started: Instant,
+        statement: Statement,
+        unattributed: bool,
+        plan: Option<Vec<ColumnMask>>,
+    ) -> Self {
+        Self {
+            started,
+            statement,
+            unattributed,
+            plan,
+            masked: 0,
+            kept: Kept::default(),
+        }
+    }
+}
+
+/// What to do with each column of `statement`'s rows (`None` when it has no mask).
+fn plan(statement: &Statement, columns: &[Column], catalog: &Catalog) -> Option<Vec<ColumnMask>> {
+    (!statement.mask.is_empty()).then(|| {
+        masking::plan_columns(
+            columns,
+            &statement.mask,
+            std::slice::from_ref(&statement.text),
+            catalog,
+        )
+    })
+}
+
+/// The severity of an ErrorResponse or NoticeResponse (its non-localized field if sent).
+fn severity(body: &[u8]) -> Option<&str> {
+    wire::error_field(body, b'V').or_else(|| wire::error_field(body, b'S'))
+}

@@ -1,0 +1,336 @@
+//! The PostgreSQL wire-protocol state the agent follows, against a real PostgreSQL and real
+//! skill processes in a skill cgroup: after an error in the extended protocol the server skips
+//! every message up to Sync (a simple Query too), and the agent must skip them with it; under
+//! a mask the backend's error and notice texts (which can quote values) are withheld. Canary
+//! values sit in a masked column and must never reach the skill in any byte of any message.
+
+use std::net::SocketAddr;
+
+use skillgate_tests::{Env, PgServer, unused_port};
+
+/// Canary values of the masked `card` column: no detector recognises them, so only the
+/// column mask (or the lack of one) decides whether they reach the skill.
+const CANARIES: [&str; 2] = ["canary-7f3a-card", "canary-91bd-card"];
+
+struct Setup {
+    env: Env,
+    pg: PgServer,
+    dial: SocketAddr,
+}
+
+fn setup(name: &str) -> Setup {
+    let pg = PgServer::start();
+    pg.psql_admin(
+        "shop",
+        &format!(
+            "UPDATE customers SET card = '{}' WHERE id = 1; \
+             UPDATE customers SET card = '{}' WHERE id = 2",
+            CANARIES[0], CANARIES[1]
+        ),
+    );
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let policy = format!(
+        r#"
+[[skill]]
+name = "reporter"
+
+[[backend]]
+name = "shop-db"
+protocol = "postgres"
+dial = ["{dial}"]
+upstream = "{}"
+credentials = "shop-db"
+
+[[rule]]
+name = "read-customers-masked"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "mask"
+sql = {{ kinds = ["select"], objects = ["public.customers"] }}
+mask = {{ columns = ["email", "customers.card"] }}
+
+[[rule]]
+name = "read-orders"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = {{ kinds = ["select"], objects = ["public.orders"] }}
+
+[[rule]]
+name = "session"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = {{ kinds = ["transaction", "show"] }}
+"#,
+        pg.addr()
+    );
+    let env = Env::with_config(
+        name,
+        &policy,
+        "mask_salt_file = \"mask.salt\"\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n",
+    );
+    Setup { env, pg, dial }
+}
+
+impl Setup {
+    fn start_agent(&self) -> skillgate_tests::Agent {
+        // SAFETY: tests run on one thread (--test-threads=1); nothing reads the environment
+        // concurrently.
+        unsafe {
+            std::env::set_var(
+                "SKILLGATE_TEST_PG_LOGIN",
+                format!("postgres:{}", self.pg.password),
+            )
+        };
+        self.env.start_agent()
+    }
+
+    /// Runs `program` as the skill.
+    fn exec(&self, program: &[&str]) -> std::process::Output {
+        self.env
+            .skillgate()
+            .args(["exec", "--skill", "reporter", "--"])
+            .args(program)
+            .env_remove("SKILLGATE_TEST_PG_LOGIN")
+            .output()
+            .expect("run skillgate exec")
+    }
+
+    /// psql as the skill: (stdout, stderr).
+    fn psql(&self, commands: &[&str]) -> (String, String) {
+        let port = self.dial.port().to_string();
+        let host = self.dial.ip().to_string();
+        let mut program = vec![
+            "psql", "-h", &host, "-p", &port, "-U", "whoever", "-d", "shop", "-At", "-w",
+        ];
+        for command in commands {
+            program.extend_from_slice(&["-c", command]);
+        }
+        let out = self.exec(&program);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A Python skill sends `bytes` over a socket to the database's address (redirected to
+    /// the agent) and reads until the connection closes; returns what came back.
+    fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let script = "import socket, sys\n\
+            s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+            s.sendall(bytes.fromhex(sys.argv[3]))\n\
+            data = b''\n\
+            try:\n\
+            \x20   while True:\n\
+            \x20       chunk = s.recv(65536)\n\
+            \x20       if not chunk: break\n\
+            \x20       data += chunk\n\
+            except Exception:\n\
+            \x20   pass\n\
+            sys.stdout.write(data.hex())";
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let out = self.exec(&[
+            "python3",
+            "-c",
+            script,
+            &self.dial.ip().to_string(),
+            &self.dial.port().to_string(),
+            &hex,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn startup() -> Vec<u8> {
+    let body = b"\0\x03\0\0user\0x\0database\0shop\0\0";
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(
+        b'P',
+        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
+    )
+}
+
+fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    let names = [portal.as_bytes(), b"\0", statement.as_bytes(), b"\0"].concat();
+    message(b'B', &[&names[..], b"\0\0\0\0\0\0"].concat())
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    message(b'E', &[portal.as_bytes(), b"\0\0\0\0\0"].concat())
+}
+
+fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+/// The tags of the backend messages after the startup's ReadyForQuery, space-separated.
+fn tags_after_auth(mut answer: &[u8]) -> String {
+    let mut tags = Vec::new();
+    let mut ready = false;
+    while answer.len() >= 5 {
+        let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
+        if ready {
+            tags.push(char::from(answer[0]).to_string());
+        }
+        ready |= answer[0] == b'Z';
+        answer = &answer[(1 + len).min(answer.len())..];
+    }
+    tags.join(" ")
+}
+
+fn assert_no_canary(what: &str, bytes: &[u8], log: &str) {
+    let text = String::from_utf8_lossy(bytes);
+    for canary in CANARIES {
+        assert!(
+            !text.contains(canary),
+            "{what}: a masked value reached the skill: {text:?}\n{log}"
+        );
+    }
+}
+
+/// Issue 24, reproduced: after an error in the extended protocol the server ignores every
+/// message up to Sync, a simple Query included. An agent that opens a response cycle for the
+/// ignored Query matches the next masked query's rows to a phantom (unmasked) cycle.
+#[test]
+fn messages_the_server_skips_after_an_error_open_no_cycle() {
+    let s = setup("pgp-skip");
+    let agent = s.start_agent();
+    let batch = [
+        startup(),
+        // Fails at Execute: the server skips everything up to the Sync.
+        parse("", "SELECT total / 0 FROM orders"),
+        bind("", ""),
+        execute(""),
+        query("SELECT id FROM orders WHERE id = 1"),
+        parse("b", "SELECT id FROM orders WHERE id = 1"),
+        bind("", "b"),
+        execute(""),
+        sync(),
+        // Runs, and its rows are masked.
+        query("SELECT id, card FROM customers ORDER BY id"),
+        message(b'X', b""),
+    ]
+    .concat();
+    let answer = s.raw(&batch);
+    assert_no_canary("skipped query", &answer, &agent.log());
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert_eq!(
+        tags_after_auth(&answer),
+        "1 2 E Z T D D C Z",
+        "{text:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(text.matches("[masked]").count(), 2, "{text:?}");
+
+    // A Parse the server skips does not replace the statement it names: `s` stays the masked
+    // statement, and its rows stay masked.
+    let renamed = [
+        startup(),
+        parse("s", "SELECT card FROM customers ORDER BY id"),
+        sync(),
+        parse("", "SELECT total / 0 FROM orders"),
+        bind("", ""),
+        execute(""),
+        parse("s", "SELECT id FROM orders WHERE id = 1"),
+        sync(),
+        bind("", "s"),
+        execute(""),
+        sync(),
+        message(b'X', b""),
+    ]
+    .concat();
+    let answer = s.raw(&renamed);
+    assert_no_canary("skipped parse", &answer, &agent.log());
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert_eq!(
+        text.matches("[masked]").count(),
+        2,
+        "{text:?}\n{}",
+        agent.log()
+    );
+}
+
+/// Under a mask the backend's error text is withheld: `invalid input syntax for type
+/// integer: "..."` would quote every masked value the cast reads.
+#[test]
+fn errors_under_a_mask_carry_only_their_sqlstate() {
+    let s = setup("pgp-errors");
+    let agent = s.start_agent();
+    let (out, err) = s.psql(&["SELECT (SELECT string_agg(card, ';') FROM customers)::int"]);
+    assert_no_canary("cast error", format!("{out}{err}").as_bytes(), &agent.log());
+    assert!(
+        err.contains("22P02"),
+        "the SQLSTATE is kept: {err}\n{}",
+        agent.log()
+    );
+
+    // XML parse errors quote the document in their detail.
+    let (out, err) = s.psql(&["SELECT xpath('/a', ('<a>' || card || '</b>')::xml) FROM customers"]);
+    assert_no_canary("xml error", format!("{out}{err}").as_bytes(), &agent.log());
+    assert!(err.contains("2200N"), "{err}");
+
+    // In a transaction, an error after a masked statement is withheld too (it can quote what
+    // the statement read, as a deferred constraint's error at COMMIT does).
+    let (out, err) = s.psql(&[
+        "BEGIN",
+        "SELECT card FROM customers",
+        "SELECT (SELECT string_agg(card, ';') FROM customers)::int",
+        "ROLLBACK",
+    ]);
+    assert_no_canary(
+        "error in a masked transaction",
+        format!("{out}{err}").as_bytes(),
+        &agent.log(),
+    );
+
+    // Through the extended protocol, in one implicit transaction.
+    let batch = [
+        startup(),
+        parse("", "SELECT card FROM customers"),
+        bind("", ""),
+        execute(""),
+        parse(
+            "",
+            "SELECT (SELECT string_agg(card, ';') FROM customers)::int",
+        ),
+        bind("", ""),
+        execute(""),
+        sync(),
+        message(b'X', b""),
+    ]
+    .concat();
+    let answer = s.raw(&batch);
+    assert_no_canary("extended protocol", &answer, &agent.log());
+    assert!(String::from_utf8_lossy(&answer).contains("22P02"));
+
+    // Errors of sessions that never read a masked column keep their text.
+    let (_, err) = s.psql(&["SELECT 'needle-3e1c'::int FROM orders"]);
+    assert!(err.contains("needle-3e1c"), "{err}");
+
+    // The store keeps the reduced text only.
+    s.env.wait_for_sessions_to_end();
+    let export = s.env.cli(&["sessions", "export"]);
+    assert_no_canary("the store", export.as_bytes(), "");
+}
