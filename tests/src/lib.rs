@@ -1023,7 +1023,8 @@ impl PgServer {
     }
 
     /// `pg_dump` of `database` as the superuser (schema, data, privileges), straight to the
-    /// server: what tells whether anything in it changed.
+    /// server: what tells whether anything in it changed. (Without the `\restrict` lines,
+    /// whose key pg_dump draws anew each run.)
     pub fn dump(&self, database: &str) -> String {
         let out = Command::new("pg_dump")
             .arg("-h")
@@ -1037,7 +1038,11 @@ impl PgServer {
             "pg_dump: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

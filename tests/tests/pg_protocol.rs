@@ -24,7 +24,10 @@ fn setup(name: &str) -> Setup {
         "shop",
         &format!(
             "UPDATE customers SET card = '{}' WHERE id = 1; \
-             UPDATE customers SET card = '{}' WHERE id = 2",
+             UPDATE customers SET card = '{}' WHERE id = 2; \
+             CREATE VIEW card_ints AS SELECT id, card::int AS card FROM customers; \
+             CREATE VIEW card_docs AS \
+             SELECT id, xpath('/a', ('<a>' || card || '</b>')::xml) AS card FROM customers",
             CANARIES[0], CANARIES[1]
         ),
     );
@@ -48,7 +51,7 @@ name = "read-customers-masked"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "mask"
-sql = {{ kinds = ["select"], objects = ["public.customers"] }}
+sql = {{ kinds = ["select"], objects = ["public.customers", "public.card_ints", "public.card_docs"] }}
 mask = {{ columns = ["email", "customers.card"] }}
 
 [[rule]]
@@ -278,7 +281,10 @@ fn messages_the_server_skips_after_an_error_open_no_cycle() {
 fn errors_under_a_mask_carry_only_their_sqlstate() {
     let s = setup("pgp-errors");
     let agent = s.start_agent();
-    let (out, err) = s.psql(&["SELECT (SELECT string_agg(card, ';') FROM customers)::int"]);
+    // The policy refuses statements that compute on a masked column (the column privilege),
+    // but a view the skill may read can compute on it and fail quoting it: the statement only
+    // projects `card`, and the server's error text holds the values.
+    let (out, err) = s.psql(&["SELECT card FROM card_ints"]);
     assert_no_canary("cast error", format!("{out}{err}").as_bytes(), &agent.log());
     assert!(
         err.contains("22P02"),
@@ -287,7 +293,7 @@ fn errors_under_a_mask_carry_only_their_sqlstate() {
     );
 
     // XML parse errors quote the document in their detail.
-    let (out, err) = s.psql(&["SELECT xpath('/a', ('<a>' || card || '</b>')::xml) FROM customers"]);
+    let (out, err) = s.psql(&["SELECT card FROM card_docs"]);
     assert_no_canary("xml error", format!("{out}{err}").as_bytes(), &agent.log());
     assert!(err.contains("2200N"), "{err}");
 
@@ -296,7 +302,7 @@ fn errors_under_a_mask_carry_only_their_sqlstate() {
     let (out, err) = s.psql(&[
         "BEGIN",
         "SELECT card FROM customers",
-        "SELECT (SELECT string_agg(card, ';') FROM customers)::int",
+        "SELECT card FROM card_ints",
         "ROLLBACK",
     ]);
     assert_no_canary(
@@ -311,10 +317,7 @@ fn errors_under_a_mask_carry_only_their_sqlstate() {
         parse("", "SELECT card FROM customers"),
         bind("", ""),
         execute(""),
-        parse(
-            "",
-            "SELECT (SELECT string_agg(card, ';') FROM customers)::int",
-        ),
+        parse("", "SELECT card FROM card_ints"),
         bind("", ""),
         execute(""),
         sync(),
