@@ -133,6 +133,8 @@ fn depends(bin: &Path) -> Result<String> {
             | "libdl.so.2"
             | "librt.so.1" => "libc6",
             "libgcc_s.so.1" => "libgcc-s1",
+            // `skillgate exec`'s seccomp filter.
+            "libseccomp.so.2" => "libseccomp2",
             other => bail!(
                 "{} needs {other}: add its Debian package here",
                 bin.display()
