@@ -16,6 +16,8 @@ pub(super) trait Visitor {
     fn string(&mut self, _value: &str) {}
     fn boolean(&mut self, _value: bool) {}
     fn integer(&mut self, _value: i64) {}
+    /// An optional value is present (before it is walked).
+    fn some(&mut self) {}
 }
 
 /// Walks `node`, telling `visitor`. The walk itself never fails; an error would be a bug here.
@@ -100,6 +102,7 @@ impl<'v, V: Visitor> ser::Serializer for &mut Tree<'v, V> {
         Ok(())
     }
     fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result {
+        self.0.some();
         value.serialize(self)
     }
     fn serialize_unit(self) -> Result {

@@ -1,6 +1,6 @@
-//! The whole-tree walk: the parse tree is fed through its `serde::Serialize` implementation
-//! into a serializer that builds nothing, so every node of every field is visited (generated
-//! code, no node type can be forgotten), and the walk only keeps what classification needs:
+//! The whole-tree walk: every node of every field of the parse tree is visited (through its
+//! `serde::Serialize` implementation, see [`visit`]: no node type can be forgotten), and the
+//! walk only keeps what classification needs:
 //! relations, function calls, CTE scopes, locking clauses and a few statement flags.
 //!
 //! Relation reads are resolved once the whole tree is seen, because a statement's WITH comes
@@ -8,9 +8,9 @@
 //! visible (its WITH's main query, later sibling CTEs, anything nested in those; with
 //! RECURSIVE, every CTE of that WITH as well), and a real relation everywhere else.
 
-use std::fmt;
+use serde::Serialize;
 
-use serde::ser::{self, Serialize};
+use super::visit::{self, Visitor};
 
 use super::{Access, SqlKind, catalog, qualify, statement_kind_of};
 
@@ -18,7 +18,7 @@ use super::{Access, SqlKind, catalog, qualify, statement_kind_of};
 pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
     let mut walker = Walker::default();
     // The walker never fails; an error here would be a bug in this file, and denies.
-    if node.serialize(&mut walker).is_err() {
+    if visit::visit(node, &mut walker).is_err() {
         return (SqlKind::Unknown, vec![unknown()]);
     }
     let kind = walker.top_kind.unwrap_or(SqlKind::Unknown);
@@ -552,7 +552,7 @@ impl Walker {
         }
     }
 
-    fn int(&mut self, value: i32) {
+    fn int(&mut self, value: i64) {
         let Some(top) = self.frames.last() else {
             return;
         };
@@ -609,208 +609,30 @@ impl Walker {
     }
 }
 
-#[derive(Debug)]
-pub(super) struct WalkError(String);
-
-impl fmt::Display for WalkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl Visitor for Walker {
+    fn open(&mut self, name: &'static str) {
+        Walker::open(self, name);
     }
-}
-
-impl std::error::Error for WalkError {}
-
-impl ser::Error for WalkError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        Self(msg.to_string())
-    }
-}
-
-type Result<T = ()> = std::result::Result<T, WalkError>;
-
-impl ser::Serializer for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    type SerializeSeq = Self;
-    type SerializeTuple = Self;
-    type SerializeTupleStruct = Self;
-    type SerializeTupleVariant = Self;
-    type SerializeMap = Self;
-    type SerializeStruct = Self;
-    type SerializeStructVariant = Self;
-
-    fn serialize_bool(self, v: bool) -> Result {
-        self.flag(v);
-        Ok(())
-    }
-    fn serialize_i8(self, _: i8) -> Result {
-        Ok(())
-    }
-    fn serialize_i16(self, _: i16) -> Result {
-        Ok(())
-    }
-    fn serialize_i32(self, v: i32) -> Result {
-        self.int(v);
-        Ok(())
-    }
-    fn serialize_i64(self, _: i64) -> Result {
-        Ok(())
-    }
-    fn serialize_u8(self, _: u8) -> Result {
-        Ok(())
-    }
-    fn serialize_u16(self, _: u16) -> Result {
-        Ok(())
-    }
-    fn serialize_u32(self, _: u32) -> Result {
-        Ok(())
-    }
-    fn serialize_u64(self, _: u64) -> Result {
-        Ok(())
-    }
-    fn serialize_f32(self, _: f32) -> Result {
-        Ok(())
-    }
-    fn serialize_f64(self, _: f64) -> Result {
-        Ok(())
-    }
-    fn serialize_char(self, _: char) -> Result {
-        Ok(())
-    }
-    fn serialize_str(self, v: &str) -> Result {
-        self.string(v);
-        Ok(())
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result {
-        Ok(())
-    }
-    fn serialize_none(self) -> Result {
-        Ok(())
-    }
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result {
-        self.some();
-        value.serialize(self)
-    }
-    fn serialize_unit(self) -> Result {
-        Ok(())
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result {
-        Ok(())
-    }
-    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result {
-        Ok(())
-    }
-    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, v: &T) -> Result {
-        v.serialize(self)
-    }
-    fn serialize_newtype_variant<T: ?Sized + Serialize>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        value: &T,
-    ) -> Result {
-        value.serialize(self)
-    }
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self> {
-        Ok(self)
-    }
-    fn serialize_tuple(self, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self> {
-        Ok(self)
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self> {
-        Ok(self)
-    }
-    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self> {
-        self.open(name);
-        Ok(self)
-    }
-    fn serialize_struct_variant(
-        self,
-        name: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self> {
-        self.open(name);
-        Ok(self)
-    }
-}
-
-/// Sequences, tuples and maps: every element is walked the same way.
-macro_rules! walk_elements {
-    ($($trait:ident :: $method:ident),*) => {$(
-        impl ser::$trait for &mut Walker {
-            type Ok = ();
-            type Error = WalkError;
-            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
-                value.serialize(&mut **self)
-            }
-            fn end(self) -> Result {
-                Ok(())
-            }
+    fn field(&mut self, key: &'static str) {
+        if let Some(top) = self.frames.last_mut() {
+            top.field = key;
         }
-    )*};
-}
-
-walk_elements!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field,
-    SerializeTupleVariant::serialize_field
-);
-
-impl ser::SerializeMap for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result {
-        key.serialize(&mut **self)
     }
-    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result {
-        Ok(())
-    }
-}
-
-/// Structs (and struct variants): the field name is recorded on the frame before its value
-/// is walked, and the frame is closed at the end.
-macro_rules! walk_fields {
-    ($($trait:ident),*) => {$(
-        impl ser::$trait for &mut Walker {
-            type Ok = ();
-            type Error = WalkError;
-            fn serialize_field<T: ?Sized + Serialize>(
-                &mut self,
-                key: &'static str,
-                value: &T,
-            ) -> Result {
-                if let Some(top) = self.frames.last_mut() {
-                    top.field = key;
-                }
-                value.serialize(&mut **self)
-            }
-            fn end(self) -> Result {
-                if let Some(frame) = self.frames.pop() {
-                    self.close(frame);
-                }
-                Ok(())
-            }
+    fn close(&mut self) {
+        if let Some(frame) = self.frames.pop() {
+            Walker::close(self, frame);
         }
-    )*};
+    }
+    fn string(&mut self, value: &str) {
+        Walker::string(self, value);
+    }
+    fn boolean(&mut self, value: bool) {
+        self.flag(value);
+    }
+    fn integer(&mut self, value: i64) {
+        self.int(value);
+    }
+    fn some(&mut self) {
+        Walker::some(self);
+    }
 }
-
-walk_fields!(SerializeStruct, SerializeStructVariant);
