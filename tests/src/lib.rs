@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod pg;
+
 /// A Python "skill" that dials each `host port` pair given on its command line, sends a line
 /// and prints one JSON object per attempt: `{"target", "ok", "reply" | "error"}`.
 pub const DIAL_PY: &str = include_str!("dial.py");

@@ -11,10 +11,10 @@
 //! longer) and `SKILLGATE_DIFF_SEED` replays one (the seed is printed).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use skillgate_tests::{Env, PGFUZZ_PY, PgServer, unused_port};
+use skillgate_tests::pg::ShopDb;
+use skillgate_tests::{PGFUZZ_PY, PgServer};
 
 /// Canary characters: letters that are not hex digits, so hex output cannot match by chance.
 const ALPHABET: &[u8] = b"ghjkmnpqrstuvwxyzGHJKMNPQRSTUVWXYZ";
@@ -75,43 +75,29 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-fn policy(dial: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        r#"
-[[skill]]
-name = "reporter"
-
-[[backend]]
-name = "shop-db"
-protocol = "postgres"
-dial = ["{dial}"]
-upstream = "{upstream}"
-credentials = "shop-db"
-
+const RULES: &str = r#"
 [[rule]]
 name = "vault-masked"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "mask"
-sql = {{ kinds = ["select"], objects = ["public.vault"] }}
-mask = {{ columns = ["secret"] }}
+sql = { kinds = ["select"], objects = ["public.vault"] }
+mask = { columns = ["secret"] }
 
 [[rule]]
 name = "orders"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["select"], objects = ["public.orders"] }}
+sql = { kinds = ["select"], objects = ["public.orders"] }
 
 [[rule]]
 name = "session"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["transaction", "show"] }}
-"#
-    )
-}
+sql = { kinds = ["transaction", "show"] }
+"#;
 
 #[test]
 fn no_canary_reaches_the_skill_and_no_denied_statement_changes_the_database() {
@@ -141,17 +127,9 @@ fn no_canary_reaches_the_skill_and_no_denied_statement_changes_the_database() {
     );
     let before = pg.dump("shop");
 
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
-    let env = Env::with_config(
-        "pg-differential",
-        &policy(dial, pg.addr()),
-        "mask_salt_file = \"mask.salt\"\n[credentials.shop-db]\nkind = \"basic\"\n\
-         env = \"SKILLGATE_TEST_PG_LOGIN\"\n",
-    );
-    let login = format!("postgres:{}", pg.password);
-    let agent = env.start_agent_with(&[], &[("SKILLGATE_TEST_PG_LOGIN", &login)]);
+    let s = ShopDb::new("pg-differential", pg, RULES, "");
+    let (env, dial, pg) = (&s.env, s.dial, &s.pg);
+    let agent = s.start_agent();
     let out_path = env.dir.join("pgfuzz.jsonl");
     let out = env
         .exec_command("reporter", &["python3", "-c", PGFUZZ_PY])

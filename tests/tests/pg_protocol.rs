@@ -4,21 +4,16 @@
 //! a mask the backend's error and notice texts (which can quote values) are withheld. Canary
 //! values sit in a masked column and must never reach the skill in any byte of any message.
 
-use std::net::SocketAddr;
-
-use skillgate_tests::{Env, PgServer, unused_port};
+use skillgate_tests::PgServer;
+use skillgate_tests::pg::{
+    ShopDb, bind, execute, message, parse, query, startup, sync, tags_after_auth,
+};
 
 /// Canary values of the masked `card` column: no detector recognises them, so only the
 /// column mask (or the lack of one) decides whether they reach the skill.
 const CANARIES: [&str; 2] = ["canary-7f3a-card", "canary-91bd-card"];
 
-struct Setup {
-    env: Env,
-    pg: PgServer,
-    dial: SocketAddr,
-}
-
-fn setup(name: &str) -> Setup {
+fn setup(name: &str) -> ShopDb {
     let pg = PgServer::start();
     pg.psql_admin(
         "shop",
@@ -31,177 +26,32 @@ fn setup(name: &str) -> Setup {
             CANARIES[0], CANARIES[1]
         ),
     );
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
-    let policy = format!(
-        r#"
-[[skill]]
-name = "reporter"
+    ShopDb::new(name, pg, RULES, "")
+}
 
-[[backend]]
-name = "shop-db"
-protocol = "postgres"
-dial = ["{dial}"]
-upstream = "{}"
-credentials = "shop-db"
-
+const RULES: &str = r#"
 [[rule]]
 name = "read-customers-masked"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "mask"
-sql = {{ kinds = ["select"], objects = ["public.customers", "public.card_ints", "public.card_docs"] }}
-mask = {{ columns = ["email", "customers.card"] }}
+sql = { kinds = ["select"], objects = ["public.customers", "public.card_ints", "public.card_docs"] }
+mask = { columns = ["email", "customers.card"] }
 
 [[rule]]
 name = "read-orders"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["select"], objects = ["public.orders"] }}
+sql = { kinds = ["select"], objects = ["public.orders"] }
 
 [[rule]]
 name = "session"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["transaction", "show"] }}
-"#,
-        pg.addr()
-    );
-    let env = Env::with_config(
-        name,
-        &policy,
-        "mask_salt_file = \"mask.salt\"\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n",
-    );
-    Setup { env, pg, dial }
-}
-
-impl Setup {
-    fn start_agent(&self) -> skillgate_tests::Agent {
-        // SAFETY: tests run on one thread (--test-threads=1); nothing reads the environment
-        // concurrently.
-        unsafe {
-            std::env::set_var(
-                "SKILLGATE_TEST_PG_LOGIN",
-                format!("postgres:{}", self.pg.password),
-            )
-        };
-        self.env.start_agent()
-    }
-
-    /// Runs `program` as the skill.
-    fn exec(&self, program: &[&str]) -> std::process::Output {
-        self.env
-            .skillgate()
-            .args(["exec", "--skill", "reporter", "--"])
-            .args(program)
-            .env_remove("SKILLGATE_TEST_PG_LOGIN")
-            .output()
-            .expect("run skillgate exec")
-    }
-
-    /// psql as the skill: (stdout, stderr).
-    fn psql(&self, commands: &[&str]) -> (String, String) {
-        let port = self.dial.port().to_string();
-        let host = self.dial.ip().to_string();
-        let mut program = vec![
-            "psql", "-h", &host, "-p", &port, "-U", "whoever", "-d", "shop", "-At", "-w",
-        ];
-        for command in commands {
-            program.extend_from_slice(&["-c", command]);
-        }
-        let out = self.exec(&program);
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// A Python skill sends `bytes` over a socket to the database's address (redirected to
-    /// the agent) and reads until the connection closes; returns what came back.
-    fn raw(&self, bytes: &[u8]) -> Vec<u8> {
-        let script = "import socket, sys\n\
-            s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
-            s.sendall(bytes.fromhex(sys.argv[3]))\n\
-            data = b''\n\
-            try:\n\
-            \x20   while True:\n\
-            \x20       chunk = s.recv(65536)\n\
-            \x20       if not chunk: break\n\
-            \x20       data += chunk\n\
-            except Exception:\n\
-            \x20   pass\n\
-            sys.stdout.write(data.hex())";
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let out = self.exec(&[
-            "python3",
-            "-c",
-            script,
-            &self.dial.ip().to_string(),
-            &self.dial.port().to_string(),
-            &hex,
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        (0..text.len() / 2)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
-    }
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn startup() -> Vec<u8> {
-    let body = b"\0\x03\0\0user\0x\0database\0shop\0\0";
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(
-        b'P',
-        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
-    )
-}
-
-fn bind(portal: &str, statement: &str) -> Vec<u8> {
-    let names = [portal.as_bytes(), b"\0", statement.as_bytes(), b"\0"].concat();
-    message(b'B', &[&names[..], b"\0\0\0\0\0\0"].concat())
-}
-
-fn execute(portal: &str) -> Vec<u8> {
-    message(b'E', &[portal.as_bytes(), b"\0\0\0\0\0"].concat())
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', b"")
-}
-
-/// The tags of the backend messages after the startup's ReadyForQuery, space-separated.
-fn tags_after_auth(mut answer: &[u8]) -> String {
-    let mut tags = Vec::new();
-    let mut ready = false;
-    while answer.len() >= 5 {
-        let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
-        if ready {
-            tags.push(char::from(answer[0]).to_string());
-        }
-        ready |= answer[0] == b'Z';
-        answer = &answer[(1 + len).min(answer.len())..];
-    }
-    tags.join(" ")
-}
+sql = { kinds = ["transaction", "show"] }
+"#;
 
 fn assert_no_canary(what: &str, bytes: &[u8], log: &str) {
     let text = String::from_utf8_lossy(bytes);

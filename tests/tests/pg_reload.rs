@@ -3,44 +3,33 @@
 //! other masks than the ones its decisions carry.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use skillgate_tests::{Env, PgServer, unused_port};
+use skillgate_tests::PgServer;
+use skillgate_tests::pg::ShopDb;
 
 const CARD: &str = "4111 1111 1111 1111";
 
-fn policy(dial: SocketAddr, upstream: SocketAddr, masked: &str, orders: bool) -> String {
-    let orders = if orders {
-        "[[rule]]\nname = \"read-orders\"\nskills = [\"reporter\"]\nbackend = \"shop-db\"\n\
-         effect = \"allow\"\nsql = { kinds = [\"select\"], objects = [\"public.orders\"] }\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"
-[[skill]]
-name = "reporter"
+const ORDERS: &str = r#"
+[[rule]]
+name = "read-orders"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = { kinds = ["select"], objects = ["public.orders"] }
+"#;
 
-[[backend]]
-name = "shop-db"
-protocol = "postgres"
-dial = ["{dial}"]
-upstream = "{upstream}"
-credentials = "shop-db"
-
+const CUSTOMERS: &str = r#"
 [[rule]]
 name = "read-customers-masked"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "mask"
-sql = {{ kinds = ["select"], objects = ["public.customers"] }}
-mask = {{ columns = [{masked}] }}
+sql = { kinds = ["select"], objects = ["public.customers"] }
+mask = { columns = ["email"] }
 
-{orders}"#
-    )
-}
+"#;
 
 /// A skill holding one session open: a statement, then (once the test writes a line to its
 /// stdin) the same statement and a read of `orders` on that session, then the statement on a
@@ -71,18 +60,14 @@ run(connect(), QUERY)
 
 #[test]
 fn a_reload_mid_session_decides_the_next_statement_and_never_unmasks() {
-    let pg = PgServer::start();
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
-    let env = Env::with_config(
+    let s = ShopDb::new(
         "pg-reload",
-        &policy(dial, pg.addr(), "\"email\"", true),
-        "mask_salt_file = \"mask.salt\"\n[credentials.shop-db]\nkind = \"basic\"\n\
-         env = \"SKILLGATE_TEST_PG_LOGIN\"\n",
+        PgServer::start(),
+        &format!("{CUSTOMERS}{ORDERS}"),
+        "",
     );
-    let login = format!("postgres:{}", pg.password);
-    let agent = env.start_agent_with(&[], &[("SKILLGATE_TEST_PG_LOGIN", &login)]);
+    let (env, dial) = (&s.env, s.dial);
+    let agent = s.start_agent();
     let mut skill = env
         .exec_command("reporter", &["python3", "-c", SKILL])
         .args([dial.ip().to_string(), dial.port().to_string()])
@@ -97,11 +82,12 @@ fn a_reload_mid_session_decides_the_next_statement_and_never_unmasks() {
     assert_eq!(next(), "ready");
 
     // The reload masks `card` too and drops the grant on orders.
-    std::fs::write(
-        env.dir.join("policy.toml"),
-        policy(dial, pg.addr(), "\"email\", \"card\"", false),
-    )
-    .unwrap();
+    // (One write, so no reload sees half the change.)
+    let rules = format!("{CUSTOMERS}{ORDERS}");
+    env.edit_policy(
+        &rules,
+        &CUSTOMERS.replace("[\"email\"]", "[\"email\", \"card\"]"),
+    );
     // SAFETY: kill with the agent's pid and a valid signal number.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
     agent.wait_for_log("policy reloaded", Duration::from_secs(10));

@@ -3,122 +3,50 @@
 //! with 42501 and the session goes on, masked columns come back masked, and the skill never
 //! holds the backend's password.
 
-use std::net::SocketAddr;
-use std::process::Output;
+use skillgate_tests::pg::{ShopDb, dial_address, message, startup, tags_after_auth};
+use skillgate_tests::{PgServer, TestCerts};
 
-use skillgate_tests::{Env, PgServer, TestCerts, unused_port};
-
-struct Setup {
-    env: Env,
-    pg: PgServer,
-    dial: SocketAddr,
+fn setup(name: &str, extra: &str) -> ShopDb {
+    ShopDb::new(name, PgServer::start(), RULES, extra)
 }
 
-fn setup(name: &str, extra: &str) -> Setup {
-    let pg = PgServer::start();
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
-    let policy = format!(
-        r#"
-[[skill]]
-name = "reporter"
-
-[[backend]]
-name = "shop-db"
-protocol = "postgres"
-dial = ["{dial}"]
-upstream = "{}"
-credentials = "shop-db"
-
+const RULES: &str = r#"
 [[rule]]
 name = "read-customers-masked"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "mask"
-sql = {{ kinds = ["select"], objects = ["public.customers"] }}
-mask = {{ columns = ["email", "customers.card"], detectors = ["email"] }}
+sql = { kinds = ["select"], objects = ["public.customers"] }
+mask = { columns = ["email", "customers.card"], detectors = ["email"] }
 
 [[rule]]
 name = "read-orders"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["select"], objects = ["public.orders", "public.pgbench_accounts", "public.pgbench_branches"] }}
+sql = { kinds = ["select"], objects = ["public.orders", "public.pgbench_accounts", "public.pgbench_branches"] }
 
 [[rule]]
 name = "export-customers"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["copy"], objects = ["public.customers"] }}
+sql = { kinds = ["copy"], objects = ["public.customers"] }
 
 [[rule]]
 name = "session"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "allow"
-sql = {{ kinds = ["transaction", "show"] }}
+sql = { kinds = ["transaction", "show"] }
 
 [[rule]]
 name = "refunds-need-approval"
 skills = ["reporter"]
 backend = "shop-db"
 effect = "approve"
-sql = {{ kinds = ["insert"], objects = ["public.refunds"] }}
-"#,
-        pg.addr()
-    );
-    let env = Env::with_config(
-        name,
-        &policy,
-        &format!(
-            "mask_salt_file = \"mask.salt\"\n{extra}\n[credentials.shop-db]\nkind = \"basic\"\nenv = \"SKILLGATE_TEST_PG_LOGIN\"\n"
-        ),
-    );
-    Setup { env, pg, dial }
-}
-
-impl Setup {
-    fn start_agent(&self) -> skillgate_tests::Agent {
-        // The agent reads the credential from its environment.
-        // SAFETY: tests run on one thread (--test-threads=1); nothing reads the environment concurrently.
-        unsafe {
-            std::env::set_var(
-                "SKILLGATE_TEST_PG_LOGIN",
-                format!("postgres:{}", self.pg.password),
-            )
-        };
-        self.env.start_agent()
-    }
-
-    fn exec(&self, program: &[&str]) -> Output {
-        self.env
-            .skillgate()
-            .args(["exec", "--skill", "reporter", "--"])
-            .args(program)
-            .env_remove("SKILLGATE_TEST_PG_LOGIN")
-            .output()
-            .expect("run skillgate exec")
-    }
-
-    /// psql as the skill, any user name, no password; each `-c` runs on the same session.
-    fn psql(&self, commands: &[&str]) -> (String, String) {
-        let port = self.dial.port().to_string();
-        let host = self.dial.ip().to_string();
-        let mut program = vec![
-            "psql", "-h", &host, "-p", &port, "-U", "whoever", "-d", "shop", "-At", "-w",
-        ];
-        for command in commands {
-            program.extend_from_slice(&["-c", command]);
-        }
-        let out = self.exec(&program);
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
+sql = { kinds = ["insert"], objects = ["public.refunds"] }
+"#;
 
 #[test]
 fn allowed_selects_come_back_masked_and_denied_writes_fail_with_42501() {
@@ -460,42 +388,6 @@ fn held_statements_run_only_when_approved() {
     );
 }
 
-/// Raw bytes a skill sends; what came back.
-fn raw(s: &Setup, bytes: &[u8]) -> Vec<u8> {
-    let script = "import socket, sys\n\
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
-        s.sendall(bytes.fromhex(sys.argv[3]))\n\
-        data = b''\n\
-        try:\n\
-        \x20   while True:\n\
-        \x20       chunk = s.recv(65536)\n\
-        \x20       if not chunk: break\n\
-        \x20       data += chunk\n\
-        except Exception:\n\
-        \x20   pass\n\
-        sys.stdout.write(data.hex())";
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let out = s.exec(&[
-        "python3",
-        "-c",
-        script,
-        &s.dial.ip().to_string(),
-        &s.dial.port().to_string(),
-        &hex,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
-fn startup() -> Vec<u8> {
-    let body = b"\0\x03\0\0user\0x\0database\0shop\0\0";
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
 #[test]
 fn malformed_messages_end_the_session_and_never_reach_the_backend() {
     let s = setup("pg-bad-input", "");
@@ -544,7 +436,7 @@ fn malformed_messages_end_the_session_and_never_reach_the_backend() {
         ),
     ];
     for (what, bytes) in &cases {
-        let answer = raw(&s, bytes);
+        let answer = s.raw(bytes);
         let text = String::from_utf8_lossy(&answer);
         assert!(
             text.contains("FATAL") || text.contains("42501"),
@@ -557,33 +449,10 @@ fn malformed_messages_end_the_session_and_never_reach_the_backend() {
     );
     // A flood of startup packets: every one answered or closed, the agent still serves.
     for _ in 0..50 {
-        raw(&s, &[0, 0, 0, 8, 0, 2, 0, 0]);
+        s.raw(&[0, 0, 0, 8, 0, 2, 0, 0]);
     }
     let (out, err) = s.psql(&["SELECT count(*) FROM orders"]);
     assert_eq!(out, "20\n", "{err}\n{}", agent.log());
-}
-
-/// A frontend message: tag, length, body.
-/// The tags of the backend messages after the startup's ReadyForQuery, space-separated.
-fn tags_after_auth(mut answer: &[u8]) -> String {
-    let mut tags = Vec::new();
-    let mut ready = false;
-    while answer.len() >= 5 {
-        let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
-        if ready {
-            tags.push(char::from(answer[0]).to_string());
-        }
-        ready |= answer[0] == b'Z';
-        answer = &answer[(1 + len).min(answer.len())..];
-    }
-    tags.join(" ")
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
 }
 
 #[test]
@@ -627,7 +496,7 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         message(b'X', b""),
     ]
     .concat();
-    let answer = raw(&s, &batch);
+    let answer = s.raw(&batch);
     let text = String::from_utf8_lossy(&answer).into_owned();
     assert!(!text.contains("4111"), "no card number: {text:?}");
     assert_eq!(
@@ -652,7 +521,7 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         message(b'X', b""),
     ]
     .concat();
-    let answer = raw(&s, &swapped);
+    let answer = s.raw(&swapped);
     let text = String::from_utf8_lossy(&answer).into_owned();
     assert!(!text.contains("4111"), "no card number: {text:?}");
     assert_eq!(tags_after_auth(&answer), "1 2 1 2 T D C Z", "{text:?}");
@@ -673,7 +542,7 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         message(b'X', b""),
     ]
     .concat();
-    let answer = String::from_utf8_lossy(&raw(&s, &later)).into_owned();
+    let answer = String::from_utf8_lossy(&s.raw(&later)).into_owned();
     assert!(!answer.contains("alice@"), "{answer:?}\n{}", agent.log());
     assert!(answer.contains("[masked]"), "{answer:?}");
 
@@ -689,7 +558,7 @@ fn rows_a_mask_cannot_cover_end_the_session_instead_of_leaking() {
         message(b'X', b""),
     ]
     .concat();
-    let answer = String::from_utf8_lossy(&raw(&s, &cursor)).into_owned();
+    let answer = String::from_utf8_lossy(&s.raw(&cursor)).into_owned();
     assert!(!answer.contains("alice@"), "{answer:?}\n{}", agent.log());
     assert!(
         answer.contains("a portal the agent did not see bound"),
@@ -783,7 +652,7 @@ fn the_server_reads_statements_as_the_classifier_does() {
             s.pg.psql_admin("shop", &format!("ALTER DATABASE shop SET {setting}"));
         }
         let bytes = [startup_with(extra), query.clone(), message(b'X', b"")].concat();
-        let answer = String::from_utf8_lossy(&raw(&s, &bytes)).into_owned();
+        let answer = String::from_utf8_lossy(&s.raw(&bytes)).into_owned();
         if let Some(setting) = setting {
             let name = setting.split_whitespace().next().unwrap();
             s.pg.psql_admin("shop", &format!("ALTER DATABASE shop RESET {name}"));
@@ -893,9 +762,7 @@ fn backends_that_ask_for_a_client_certificate_get_the_agents_over_tls() {
     let certs = TestCerts::new("pg-client-cert");
     let s = setup("pg-client-cert", "");
     s.pg.require_client_certs(&certs);
-    let without: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
+    let without = dial_address();
     let tls = format!(
         "server_name = \"orders.internal\", ca_file = \"{}\"",
         certs.ca.display()
