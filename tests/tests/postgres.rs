@@ -953,3 +953,55 @@ fn the_server_resolves_unqualified_names_where_the_classifier_does() {
         agent.log()
     );
 }
+
+/// Found by review (issue 24): the classifier read names and calls by their look. A CTE named
+/// like a table hid the real table it reads, a function call passed any select grant (a
+/// user-defined function can write anything; ts_stat runs the query it is given), and a
+/// locking clause passed as a plain select. Each now needs the grant PostgreSQL itself checks,
+/// and without it is refused before it runs.
+#[test]
+fn names_calls_and_locks_need_the_grants_the_server_checks() {
+    let s = setup("pg-semantics", "");
+    s.pg.psql_admin(
+        "shop",
+        "CREATE FUNCTION wipe() RETURNS int LANGUAGE sql AS \
+         'DELETE FROM orders RETURNING 1'; \
+         INSERT INTO refunds VALUES (1, 10)",
+    );
+    let agent = s.start_agent();
+    for (sql, reason) in [
+        // The CTE's own body reads the real `refunds` (no grant on it).
+        (
+            "WITH refunds AS (SELECT * FROM refunds) SELECT * FROM refunds",
+            "select public.refunds",
+        ),
+        // A CTE declared in a subquery does not hide the table outside it.
+        (
+            "SELECT * FROM (WITH refunds AS (SELECT 1) SELECT * FROM refunds) a, refunds",
+            "select public.refunds",
+        ),
+        ("SELECT wipe()", "execute public.wipe"),
+        (
+            "SELECT ts_stat('SELECT to_tsvector(name) FROM customers')",
+            "execute pg_catalog.ts_stat",
+        ),
+        ("SELECT * FROM orders FOR UPDATE", "update public.orders"),
+        (
+            "SELECT id FROM orders FOR KEY SHARE",
+            "update public.orders",
+        ),
+    ] {
+        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
+        assert!(
+            err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
+            "{sql}: {err}\n{}",
+            agent.log()
+        );
+        assert_eq!(out, "20\n", "{sql}: refused before it ran");
+    }
+    // Ordinary statements are still allowed: CTEs over granted tables, joins, aggregates,
+    // built-in functions.
+    let (out, err) = s.psql(&["WITH big AS (SELECT * FROM orders WHERE total > 100) \
+         SELECT count(*), max(o.total), lower('X') FROM big JOIN orders o USING (id)"]);
+    assert_eq!(out, "10|200|x\n", "{err}");
+}
