@@ -58,24 +58,30 @@ enum Target {
 struct Frame {
     name: &'static str,
     field: &'static str,
-    /// ColumnRef: its name parts and whether one is `*`.
-    parts: Vec<String>,
-    star: bool,
-    /// SelectStmt: DISTINCT, INTO, its select list and the positions its ORDER BY and GROUP
-    /// BY name.
+    /// SelectStmt only.
+    select: Option<Box<Select>>,
+    /// ResTarget: what its value was; AConst: its integer.
+    target: Option<Target>,
+    integer: Option<i64>,
+}
+
+/// A SelectStmt's DISTINCT, INTO, its select list and the positions its ORDER BY and GROUP BY
+/// name.
+#[derive(Default)]
+struct Select {
     distinct: bool,
     into: bool,
     targets: Vec<Target>,
     positions: Vec<i64>,
-    /// ResTarget: what its value was; AConst: its integer.
-    target: Option<Target>,
-    integer: Option<i64>,
 }
 
 #[derive(Default)]
 struct Walker {
     frames: Vec<Frame>,
     uses: Vec<ColumnUse>,
+    /// The ColumnRef being walked (they do not nest): its name parts and whether one is `*`.
+    parts: Vec<String>,
+    star: bool,
     /// Single-part column references: whole rows if a relation, alias or CTE of the
     /// statement has that name (known only once the whole statement is walked).
     rows: Vec<String>,
@@ -102,17 +108,19 @@ impl Walker {
         self.frames[..i].iter().all(|f| f.name == "Node")
     }
 
-    fn close_column_ref(&mut self, frame: Frame) {
-        let name = frame.parts.last().cloned().unwrap_or_default();
+    fn close_column_ref(&mut self) {
+        let parts = std::mem::take(&mut self.parts);
+        let star = std::mem::take(&mut self.star);
+        let name = parts.last().cloned().unwrap_or_default();
         // A plain reference as a select list entry: SelectStmt.target_list → ResTarget.val.
         let (target, select) = (self.up(0), self.up(1));
         let in_select_list =
             self.is(target, "ResTarget", "val") && self.is(select, "SelectStmt", "target_list");
         let (Some(target), Some(select), true) = (target, select, in_select_list) else {
-            if frame.star {
+            if star {
                 self.uses.push(ColumnUse::Row);
             } else {
-                if frame.parts.len() == 1 {
+                if parts.len() == 1 {
                     self.rows.push(name.clone());
                 }
                 self.uses.push(ColumnUse::Column {
@@ -122,9 +130,12 @@ impl Walker {
             }
             return;
         };
-        let s = &self.frames[select];
-        let projected = self.is_top(select) && !s.distinct && !s.into;
-        if frame.star {
+        let flags = self.frames[select]
+            .select
+            .as_ref()
+            .map_or((false, false), |s| (s.distinct, s.into));
+        let projected = self.is_top(select) && !flags.0 && !flags.1;
+        if star {
             self.frames[target].target = Some(Target::Star);
             if !self.is_top(select) {
                 self.nested_star = true;
@@ -136,7 +147,7 @@ impl Walker {
             return;
         }
         self.frames[target].target = Some(Target::Column(name.clone()));
-        if frame.parts.len() == 1 {
+        if parts.len() == 1 {
             // `SELECT c FROM customers c` is a whole row, if `c` names no column.
             self.rows.push(name.clone());
         }
@@ -144,16 +155,19 @@ impl Walker {
     }
 
     /// A select list's ORDER BY or GROUP BY positions compare the columns they name.
-    fn close_select(&mut self, frame: Frame) {
+    fn close_select(&mut self, select: &Select) {
         // Positions at or past a `*` fall among the columns it expands to.
-        let star = frame.targets.iter().position(|t| matches!(t, Target::Star));
-        for position in frame.positions {
+        let star = select
+            .targets
+            .iter()
+            .position(|t| matches!(t, Target::Star));
+        for &position in &select.positions {
             let Ok(index) = usize::try_from(position - 1) else {
                 continue;
             };
             let target = match star {
                 Some(star) if index >= star => Some(&Target::Star),
-                _ => frame.targets.get(index),
+                _ => select.targets.get(index),
             };
             match target {
                 Some(Target::Column(name)) => self.uses.push(ColumnUse::Column {
@@ -171,25 +185,44 @@ impl Walker {
 
 impl Visitor for Walker {
     fn open(&mut self, name: &'static str) {
-        let parent = self.up(0);
-        if name == "Node" && self.is(parent, "SelectStmt", "distinct_clause") {
-            self.frames[parent.unwrap_or_default()].distinct = true;
-        }
-        if name == "IntoClause" && self.is(parent, "SelectStmt", "into_clause") {
-            self.frames[parent.unwrap_or_default()].into = true;
-        }
-        if name == "RangeVar" && self.is(parent, "CopyStmt", "relation") {
-            self.uses.push(ColumnUse::Opaque(
-                "COPY of a whole table, masked columns included",
-            ));
-        }
-        if name == "AStar" && self.is(parent, "ColumnRef", "fields") {
-            self.frames[parent.unwrap_or_default()].star = true;
-        }
-        self.frames.push(Frame {
+        let mut frame = Frame {
             name,
             ..Frame::default()
-        });
+        };
+        // Most nodes are none of these: only those look at where they are.
+        match name {
+            "Node" => {
+                // One element of a SelectStmt's DISTINCT list (plain DISTINCT has one, empty).
+                if let Some(parent) = self.frames.last_mut()
+                    && parent.name == "SelectStmt"
+                    && parent.field == "distinct_clause"
+                    && let Some(select) = parent.select.as_mut()
+                {
+                    select.distinct = true;
+                }
+            }
+            "SelectStmt" => frame.select = Some(Box::default()),
+            "ColumnRef" => {
+                self.parts.clear();
+                self.star = false;
+            }
+            "IntoClause" => {
+                let parent = self.up(0);
+                if self.is(parent, "SelectStmt", "into_clause")
+                    && let Some(select) = self.frames[parent.unwrap_or_default()].select.as_mut()
+                {
+                    select.into = true;
+                }
+            }
+            "RangeVar" if self.is(self.up(0), "CopyStmt", "relation") => {
+                self.uses.push(ColumnUse::Opaque(
+                    "COPY of a whole table, masked columns included",
+                ));
+            }
+            "AStar" if self.is(self.up(0), "ColumnRef", "fields") => self.star = true,
+            _ => {}
+        }
+        self.frames.push(frame);
     }
 
     fn field(&mut self, key: &'static str) {
@@ -203,12 +236,14 @@ impl Visitor for Walker {
             return;
         };
         match frame.name {
-            "ColumnRef" => self.close_column_ref(frame),
+            "ColumnRef" => self.close_column_ref(),
             "ResTarget" => {
                 let select = self.up(0);
                 if self.is(select, "SelectStmt", "target_list") {
                     let target = frame.target.unwrap_or(Target::Other);
-                    self.frames[select.unwrap_or_default()].targets.push(target);
+                    if let Some(select) = self.frames[select.unwrap_or_default()].select.as_mut() {
+                        select.targets.push(target);
+                    }
                 }
             }
             "AConst" => {
@@ -223,54 +258,64 @@ impl Visitor for Walker {
                 } else {
                     None
                 };
-                if let (Some(select), Some(position)) = (select, frame.integer) {
-                    self.frames[select].positions.push(position);
+                if let (Some(select), Some(position)) = (select, frame.integer)
+                    && let Some(select) = self.frames[select].select.as_mut()
+                {
+                    select.positions.push(position);
                 }
             }
-            "SelectStmt" => self.close_select(frame),
+            "SelectStmt" => {
+                if let Some(select) = &frame.select {
+                    self.close_select(select);
+                }
+            }
             _ => {}
         }
     }
 
     fn string(&mut self, value: &str) {
-        let Some(top) = self.up(0) else {
+        let Some(top) = self.frames.last() else {
             return;
         };
-        let (name, field) = (self.frames[top].name, self.frames[top].field);
-        let owner = self.up(1);
-        match (name, field) {
-            ("String", "sval") if self.is(owner, "ColumnRef", "fields") => {
-                self.frames[owner.unwrap_or_default()]
-                    .parts
-                    .push(value.to_owned());
-            }
-            // JOIN ... USING (email) compares the columns it names.
-            ("String", "sval") if self.is(owner, "JoinExpr", "using_clause") => {
+        match (top.name, top.field) {
+            ("String", "sval") => {}
+            // ON CONFLICT (email) compares it; so does an index on it.
+            ("IndexElem", "name") => {
                 self.uses.push(ColumnUse::Column {
                     name: value.to_owned(),
                     projected: false,
                 });
+                return;
             }
-            ("String", "sval")
-                if self.is(owner, "Alias", "colnames")
-                    || self.is(owner, "CommonTableExpr", "aliascolnames") =>
-            {
-                self.renamed = true;
+            ("RangeVar", "relname") | ("Alias", "aliasname") | ("CommonTableExpr", "ctename") => {
+                self.relations.push(value.to_owned());
+                return;
             }
-            // ON CONFLICT (email) compares it; so does an index on it.
-            ("IndexElem", "name") => self.uses.push(ColumnUse::Column {
+            _ => return,
+        }
+        // A String node: what it names depends on where it is.
+        let owner = self.up(1);
+        if self.is(owner, "ColumnRef", "fields") {
+            self.parts.push(value.to_owned());
+        } else if self.is(owner, "JoinExpr", "using_clause") {
+            // JOIN ... USING (email) compares the columns it names.
+            self.uses.push(ColumnUse::Column {
                 name: value.to_owned(),
                 projected: false,
-            }),
-            ("RangeVar", "relname") | ("Alias", "aliasname") | ("CommonTableExpr", "ctename") => {
-                self.relations.push(value.to_owned())
-            }
-            _ => {}
+            });
+        } else if self.is(owner, "Alias", "colnames")
+            || self.is(owner, "CommonTableExpr", "aliascolnames")
+        {
+            self.renamed = true;
         }
     }
 
     fn boolean(&mut self, value: bool) {
-        if value && self.is(self.up(0), "JoinExpr", "is_natural") {
+        if value
+            && let Some(top) = self.frames.last()
+            && top.name == "JoinExpr"
+            && top.field == "is_natural"
+        {
             self.uses.push(ColumnUse::Opaque(
                 "NATURAL JOIN, which compares every column two tables share by name",
             ));
@@ -278,10 +323,15 @@ impl Visitor for Walker {
     }
 
     fn integer(&mut self, value: i64) {
-        // AConst.val → Integer.ival.
-        let (top, owner) = (self.up(0), self.up(1));
-        if self.is(top, "Integer", "ival") && self.is(owner, "AConst", "val") {
-            self.frames[owner.unwrap_or_default()].integer = Some(value);
+        // AConst.val → Integer.ival (every node's `location` is an integer too: skip those
+        // at once).
+        let n = self.frames.len();
+        if n < 2 || self.frames[n - 1].name != "Integer" || self.frames[n - 1].field != "ival" {
+            return;
+        }
+        let owner = &mut self.frames[n - 2];
+        if owner.name == "AConst" && owner.field == "val" {
+            owner.integer = Some(value);
         }
     }
 }
