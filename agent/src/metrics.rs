@@ -98,6 +98,22 @@ impl Metrics {
                 }
             }
         }
+        let audit = crate::audit::audit(&proxy.skills.dir);
+        let unconfined = audit.unconfined().count();
+        let shared: usize = audit.shared_uids.iter().map(|s| s.outside).sum();
+        let _ = writeln!(
+            out,
+            "# HELP skillgate_skill_processes Processes in the skills cgroup, by whether they \
+             are confined as skillgate exec confines them\n\
+             # TYPE skillgate_skill_processes gauge\n\
+             skillgate_skill_processes{{confined=\"true\"}} {}\n\
+             skillgate_skill_processes{{confined=\"false\"}} {unconfined}\n\
+             # HELP skillgate_shared_uid_processes Processes outside the skills cgroup running \
+             as a uid a skill process runs as\n\
+             # TYPE skillgate_shared_uid_processes gauge\n\
+             skillgate_shared_uid_processes {shared}",
+            audit.processes.len() - unconfined
+        );
         proxy.ops.render_prometheus(&mut out);
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out

@@ -113,7 +113,12 @@ fn a_skill_cannot_borrow_a_socket_or_process_of_its_uid_or_open_other_families()
 
 #[test]
 fn status_audits_every_skill_process_and_flags_the_unconfined() {
-    let env = Env::new("confine-audit", POLICY);
+    let metrics = skillgate_tests::free_port();
+    let env = Env::with_config(
+        "confine-audit",
+        POLICY,
+        &format!("metrics_listen = \"127.0.0.1:{metrics}\""),
+    );
     let _agent = env.start_agent();
     // A confined skill, a process put straight into the cgroup, and a process of the skill's
     // uid outside the cgroup.
@@ -185,6 +190,22 @@ fn status_audits_every_skill_process_and_flags_the_unconfined() {
         String::from_utf8_lossy(&gate.stderr).contains("1 process(es) in the skills cgroup"),
         "{}",
         String::from_utf8_lossy(&gate.stderr)
+    );
+
+    // The same counts for Prometheus.
+    let scrape = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let scrape = String::from_utf8_lossy(&scrape.stdout);
+    assert!(
+        scrape.contains("skillgate_skill_processes{confined=\"true\"} 2\n")
+            && scrape.contains("skillgate_skill_processes{confined=\"false\"} 1\n"),
+        "{scrape}"
+    );
+    assert!(
+        !scrape.contains("skillgate_shared_uid_processes 0\n"),
+        "{scrape}"
     );
 
     for child in [
