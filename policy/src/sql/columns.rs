@@ -6,6 +6,9 @@
 //!
 //! Columns are compared by name only (the classifier has no catalog), which errs on the side of
 //! refusing: a column of another table that shares a masked column's name counts as masked.
+//! For the same reason every `*` but the statement's own select list, every column alias list
+//! and every qualified reference named like a built-in function (attribute notation) count as
+//! reading whole rows.
 
 use serde::Serialize;
 
@@ -31,14 +34,30 @@ pub(super) fn uses(node: &impl Serialize) -> Vec<ColumnUse> {
         return vec![ColumnUse::Opaque("the statement could not be walked")];
     }
     let mut uses = walker.uses;
+    // A reference by an output column's alias (ORDER BY e, GROUP BY e) uses that column.
+    let by_alias: Vec<ColumnUse> = uses
+        .iter()
+        .filter_map(|u| match u {
+            ColumnUse::Column {
+                name,
+                projected: false,
+            } => walker.aliases.iter().find(|(a, _)| a == name),
+            _ => None,
+        })
+        .map(|(_, column)| ColumnUse::Column {
+            name: column.clone(),
+            projected: false,
+        })
+        .collect();
+    uses.extend(by_alias);
     for name in &walker.rows {
         if walker.relations.contains(name) {
             uses.push(ColumnUse::Row);
         }
     }
-    if walker.nested_star && walker.renamed {
+    if walker.renamed {
         uses.push(ColumnUse::Opaque(
-            "a subquery's `*` under column aliases, which can rename a masked column",
+            "a column alias list, which can rename a masked column",
         ));
     }
     uses.sort();
@@ -60,8 +79,9 @@ struct Frame {
     field: &'static str,
     /// SelectStmt only.
     select: Option<Box<Select>>,
-    /// ResTarget: what its value was; AConst: its integer.
+    /// ResTarget: what its value was, and its alias; AConst: its integer.
     target: Option<Target>,
+    alias: Option<String>,
     integer: Option<i64>,
 }
 
@@ -86,7 +106,9 @@ struct Walker {
     /// statement has that name (known only once the whole statement is walked).
     rows: Vec<String>,
     relations: Vec<String>,
-    nested_star: bool,
+    /// Output-column aliases of plain column references (`email AS e`): ORDER BY and GROUP BY
+    /// may name an output column by its alias.
+    aliases: Vec<(String, String)>,
     renamed: bool,
 }
 
@@ -117,7 +139,7 @@ impl Walker {
         let in_select_list =
             self.is(target, "ResTarget", "val") && self.is(select, "SelectStmt", "target_list");
         let (Some(target), Some(select), true) = (target, select, in_select_list) else {
-            if star {
+            if star || Self::calls_on_row(&parts) {
                 self.uses.push(ColumnUse::Row);
             } else {
                 if parts.len() == 1 {
@@ -137,8 +159,11 @@ impl Walker {
         let projected = self.is_top(select) && !flags.0 && !flags.1;
         if star {
             self.frames[target].target = Some(Target::Star);
+            // A `*` anywhere but the statement's own select list passes every column on, to
+            // comparisons (ROW(...) < (SELECT *)), set operations and COPY whose output has
+            // no table origin to mask by, or another relation.
             if !self.is_top(select) {
-                self.nested_star = true;
+                self.uses.push(ColumnUse::Row);
             } else if !projected {
                 self.uses.push(ColumnUse::Opaque(
                     "DISTINCT or INTO over a select list's `*`",
@@ -146,12 +171,24 @@ impl Walker {
             }
             return;
         }
+        if Self::calls_on_row(&parts) {
+            self.uses.push(ColumnUse::Row);
+        }
         self.frames[target].target = Some(Target::Column(name.clone()));
         if parts.len() == 1 {
             // `SELECT c FROM customers c` is a whole row, if `c` names no column.
             self.rows.push(name.clone());
         }
         self.uses.push(ColumnUse::Column { name, projected });
+    }
+
+    /// `c.row_to_json` is `row_to_json(c)` when `c` has no such column (attribute notation):
+    /// a qualified reference whose last part is a built-in function counts as the whole row.
+    fn calls_on_row(parts: &[String]) -> bool {
+        parts.len() >= 2
+            && parts
+                .last()
+                .is_some_and(|f| super::is_builtin_function(&f.to_lowercase()))
     }
 
     /// A select list's ORDER BY or GROUP BY positions compare the columns they name.
@@ -241,24 +278,20 @@ impl Visitor for Walker {
                 let select = self.up(0);
                 if self.is(select, "SelectStmt", "target_list") {
                     let target = frame.target.unwrap_or(Target::Other);
+                    if let (Target::Column(column), Some(alias)) = (&target, frame.alias) {
+                        self.aliases.push((alias, column.clone()));
+                    }
                     if let Some(select) = self.frames[select.unwrap_or_default()].select.as_mut() {
                         select.targets.push(target);
                     }
                 }
             }
             "AConst" => {
-                // ORDER BY 2 (SelectStmt.sort_clause → SortBy.node) or GROUP BY 2.
-                let (parent, grand) = (self.up(0), self.up(1));
-                let select = if self.is(parent, "SortBy", "node")
-                    && self.is(grand, "SelectStmt", "sort_clause")
-                {
-                    grand
-                } else if self.is(parent, "SelectStmt", "group_clause") {
-                    parent
-                } else {
-                    None
-                };
+                // An integer anywhere in ORDER BY or GROUP BY (ORDER BY 2, ROLLUP (1),
+                // GROUPING SETS ((1))) may name an output column by position: counted as one.
+                let select = self.frames.iter().rposition(|f| f.name == "SelectStmt");
                 if let (Some(select), Some(position)) = (select, frame.integer)
+                    && matches!(self.frames[select].field, "sort_clause" | "group_clause")
                     && let Some(select) = self.frames[select].select.as_mut()
                 {
                     select.positions.push(position);
@@ -279,6 +312,11 @@ impl Visitor for Walker {
         };
         match (top.name, top.field) {
             ("String", "sval") => {}
+            ("ResTarget", "name") => {
+                let top = self.frames.len() - 1;
+                self.frames[top].alias = Some(value.to_owned());
+                return;
+            }
             // ON CONFLICT (email) compares it; so does an index on it.
             ("IndexElem", "name") => {
                 self.uses.push(ColumnUse::Column {
@@ -305,6 +343,8 @@ impl Visitor for Walker {
             });
         } else if self.is(owner, "Alias", "colnames")
             || self.is(owner, "CommonTableExpr", "aliascolnames")
+            || self.is(owner, "IntoClause", "col_names")
+            || self.is(owner, "ViewStmt", "aliases")
         {
             self.renamed = true;
         }

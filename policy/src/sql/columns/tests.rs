@@ -30,7 +30,6 @@ fn masked_columns_may_be_selected_as_they_are() {
         "SELECT name, count(*) FROM customers GROUP BY name ORDER BY 2",
         "WITH o AS (SELECT customer_id, sum(total) t FROM orders GROUP BY 1) \
          SELECT email, t FROM customers JOIN o ON o.customer_id = customers.id",
-        "SELECT name FROM (SELECT * FROM customers) s",
         "SELECT email FROM customers WHERE id IN (SELECT customer_id FROM orders)",
         "SELECT 1; SELECT card FROM customers LIMIT 5 OFFSET 2",
         "UPDATE customers SET name = 'x' WHERE id = 1",
@@ -94,6 +93,32 @@ fn any_other_use_of_a_masked_column_is_refused_with_the_column_named() {
             "SELECT CASE WHEN email > 'm' THEN 1 END FROM customers",
             "email",
         ),
+        // Found by review: output aliases and positions in grouping sets.
+        (
+            "SELECT name, email AS e FROM customers ORDER BY e LIMIT 1",
+            "email",
+        ),
+        (
+            "SELECT card AS c, count(*) FROM customers GROUP BY c",
+            "card",
+        ),
+        (
+            "SELECT email AS \"E\" FROM customers ORDER BY \"E\"",
+            "email",
+        ),
+        ("SELECT DISTINCT ON (e) email AS e FROM customers", "email"),
+        (
+            "SELECT email, count(*) FROM customers GROUP BY ROLLUP (1)",
+            "email",
+        ),
+        (
+            "SELECT email, count(*) FROM customers GROUP BY GROUPING SETS ((1))",
+            "email",
+        ),
+        (
+            "SELECT email, count(*) FROM customers GROUP BY CUBE (1)",
+            "email",
+        ),
     ] {
         let why = under_mask(sql).expect_err(sql);
         assert!(
@@ -142,11 +167,77 @@ fn whole_rows_and_unchecked_reads_are_refused_under_a_mask() {
         ),
         (
             "SELECT x FROM (SELECT * FROM customers) s(a, b, x)",
-            "a subquery's `*`",
+            "a whole-row reference",
         ),
         (
             "WITH s(a, b, x) AS (SELECT * FROM customers) SELECT x FROM s",
-            "a subquery's `*`",
+            "a whole-row reference",
+        ),
+        // Found by review: renaming lists, `*` passed on, attribute notation.
+        (
+            "SELECT count(*) FROM customers AS c(i, n, x) WHERE x LIKE 'a%'",
+            "a column alias list",
+        ),
+        (
+            "SELECT 1 FROM (customers c JOIN customers o ON o.id = c.id) AS j(a, b, x)",
+            "a column alias list",
+        ),
+        (
+            "SELECT ROW(1, 'bob', 'c', '') < (SELECT * FROM customers WHERE id = 1)",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT 1 FROM customers c WHERE ROW(1, 'b', 'c', '') < (SELECT c.*)",
+            "a whole-row reference",
+        ),
+        (
+            "TABLE customers UNION ALL TABLE customers",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT * FROM (TABLE customers UNION ALL TABLE customers) s",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT 1, 'b', 'a@x', '4' INTERSECT SELECT * FROM customers",
+            "a whole-row reference",
+        ),
+        ("COPY (TABLE customers) TO STDOUT", "a whole-row reference"),
+        (
+            "COPY (SELECT * FROM customers) TO STDOUT",
+            "a whole-row reference",
+        ),
+        (
+            "INSERT INTO copy SELECT * FROM customers",
+            "a whole-row reference",
+        ),
+        (
+            "CREATE TABLE t AS SELECT * FROM customers",
+            "a whole-row reference",
+        ),
+        (
+            "CREATE VIEW v AS SELECT * FROM customers",
+            "a whole-row reference",
+        ),
+        (
+            "CREATE TABLE t (a, b, x) AS SELECT id, name, note FROM customers",
+            "a column alias list",
+        ),
+        (
+            "SELECT name FROM (SELECT * FROM customers) s",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT c.row_to_json FROM customers c",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT customers.to_jsonb FROM customers",
+            "a whole-row reference",
+        ),
+        (
+            "SELECT name FROM customers c WHERE c.row_to_json::text LIKE '%a%'",
+            "a whole-row reference",
         ),
         ("COPY customers TO STDOUT", "COPY of a whole table"),
     ] {
