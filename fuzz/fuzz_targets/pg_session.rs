@@ -72,6 +72,26 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Parse of `text` as statement `name`, no parameter types.
+fn parse_message(name: &str, text: &str) -> Vec<u8> {
+    message(
+        b'P',
+        &[cstrs(&[name.as_bytes(), text.as_bytes()]), vec![0, 0]].concat(),
+    )
+}
+
+/// Bind of `statement` to `portal`, no parameters, text results.
+fn bind_message(portal: &str, statement: &str) -> Vec<u8> {
+    message(
+        b'B',
+        &[
+            cstrs(&[portal.as_bytes(), statement.as_bytes()]),
+            vec![0; 6],
+        ]
+        .concat(),
+    )
+}
+
 fn cstrs(parts: &[&[u8]]) -> Vec<u8> {
     parts.iter().flat_map(|p| [*p, b"\0"].concat()).collect()
 }
@@ -111,24 +131,8 @@ fn client_message(script: &mut Script, step: u8) -> (Vec<u8>, bool) {
     let kind = script.byte().unwrap_or(0) % 10;
     let msg = match kind {
         0 => message(b'Q', &cstrs(&[sql.as_bytes()])),
-        1 => {
-            let name = script.name();
-            message(
-                b'P',
-                &[cstrs(&[name.as_bytes(), sql.as_bytes()]), vec![0, 0]].concat(),
-            )
-        }
-        2 => {
-            let (portal, statement) = (script.name(), script.name());
-            message(
-                b'B',
-                &[
-                    cstrs(&[portal.as_bytes(), statement.as_bytes()]),
-                    vec![0; 6],
-                ]
-                .concat(),
-            )
-        }
+        1 => parse_message(&script.name(), &sql),
+        2 => bind_message(&script.name(), &script.name()),
         3 => {
             let what = if script.byte().unwrap_or(0) & 1 == 0 {
                 b'P'
@@ -568,23 +572,9 @@ fn faithful_backend(mut script: Script) {
                 0 => message(b'Q', &cstrs(&[script.pick(TEXTS).as_bytes()])),
                 1 => {
                     let name = script.name();
-                    let text = script.pick(TEXTS);
-                    message(
-                        b'P',
-                        &[cstrs(&[name.as_bytes(), text.as_bytes()]), vec![0, 0]].concat(),
-                    )
+                    parse_message(&name, script.pick(TEXTS))
                 }
-                2 => {
-                    let (portal, statement) = (script.name(), script.name());
-                    message(
-                        b'B',
-                        &[
-                            cstrs(&[portal.as_bytes(), statement.as_bytes()]),
-                            vec![0; 6],
-                        ]
-                        .concat(),
-                    )
-                }
+                2 => bind_message(&script.name(), &script.name()),
                 3 => {
                     let what = if step & 0x10 == 0 { b'P' } else { b'S' };
                     let tag = if step & 0x20 == 0 { b'D' } else { b'C' };

@@ -307,6 +307,33 @@ impl Env {
         }
     }
 
+    /// As skill `skill`, sends `bytes` over a TCP connection to `dial` (redirected to the
+    /// agent) and reads until the connection closes; returns what came back.
+    pub fn raw_exchange(&self, skill: &str, dial: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+        let script = "import socket, sys\n\
+            s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+            s.sendall(bytes.fromhex(sys.argv[3]))\n\
+            data = b''\n\
+            try:\n\
+            \x20   while True:\n\
+            \x20       chunk = s.recv(65536)\n\
+            \x20       if not chunk: break\n\
+            \x20       data += chunk\n\
+            except Exception:\n\
+            \x20   pass\n\
+            sys.stdout.write(data.hex())";
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let out = self.exec_python(
+            skill,
+            script,
+            &[dial.ip().to_string(), dial.port().to_string(), hex],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
     /// Runs `script` (Python) as skill `skill` through `skillgate exec`.
     pub fn exec_python(&self, skill: &str, script: &str, args: &[String]) -> Output {
         self.skillgate()

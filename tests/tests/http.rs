@@ -384,31 +384,7 @@ fn a_mask_that_keeps_content_records_the_masked_response() {
 
 /// Raw bytes a skill sends; what it got back (the status line, or the error).
 fn raw(env: &Env, dial: SocketAddr, request: &[u8]) -> String {
-    let script = "import socket, sys\n\
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
-        s.sendall(bytes.fromhex(sys.argv[3]))\n\
-        data = b''\n\
-        try:\n\
-        \x20   while True:\n\
-        \x20       chunk = s.recv(65536)\n\
-        \x20       if not chunk: break\n\
-        \x20       data += chunk\n\
-        except Exception as e:\n\
-        \x20   pass\n\
-        print(data.decode('latin-1'))";
-    let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
-    let out = exec(
-        env,
-        &[
-            "python3",
-            "-c",
-            script,
-            &dial.ip().to_string(),
-            &dial.port().to_string(),
-            &hex,
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&env.raw_exchange("reporter", dial, request)).into_owned()
 }
 
 #[test]
