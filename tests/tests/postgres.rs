@@ -611,6 +611,17 @@ fn masked_columns_cannot_leak_through_whole_rows_errors_or_predicates() {
             "SELECT upper(email) FROM customers",
             "masked column `email` may only be selected as it is",
         ),
+        // Found by an adversarial review, both confirmed on PostgreSQL before the fix: an
+        // alias list renames `card` for a predicate, and attribute notation (`c.row_to_json`
+        // is `row_to_json(c)`) returns the whole row with no table origin to mask by.
+        (
+            "SELECT count(*) FROM customers AS c(i, n, e, x) WHERE x LIKE '4%'",
+            "a column alias list",
+        ),
+        (
+            "SELECT c.row_to_json FROM customers c",
+            "a whole-row reference",
+        ),
     ] {
         let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
         for canary in canaries {
