@@ -28,7 +28,7 @@ pub(crate) fn misuse<'m>(statements: &[Statement], mask: &'m Mask) -> Option<(&'
                         format!(
                             "masked column `{name}` may only be selected as it is: its use \
                              here (a condition, join, grouping, ordering, function argument, \
-                             subquery or RETURNING) would reveal its values"
+                             subquery, RETURNING or a written value) would reveal its values"
                         ),
                     ));
                 }

@@ -312,15 +312,30 @@ impl Policy {
             reason = format!("{who} {}", on(&units_summary(&units)));
         }
         deciding.sort_by_key(|r| r.id);
-        if effect == Effect::Allow
-            && let Operation::Sql(statements) = operation
+        // A mask follows what it protects, whatever grant let the operation through: a table
+        // with masked columns stays masked for every statement touching it (an UPDATE's
+        // predicate or a failed constraint's DETAIL would read them too), an approved request
+        // is masked like an allowed one.
+        let mut masking: Vec<&Rule> = deciding.clone();
+        for rule in rules
+            .iter()
+            .copied()
+            .filter(|r| r.effect != Effect::Deny && !r.mask.is_empty())
+        {
+            if !masking.iter().any(|m| m.id == rule.id)
+                && units
+                    .iter()
+                    .any(|unit| masks(rule, backend_def.protocol, unit, operation))
+            {
+                mask.extend(&rule.mask);
+                masking.push(rule);
+            }
+        }
+        if let Operation::Sql(statements) = operation
             && let Some((column, why)) = crate::column_privilege::misuse(statements, &mask)
         {
-            let masking: Vec<&Rule> = deciding
-                .iter()
-                .copied()
-                .filter(|r| r.mask.columns.iter().any(|c| c == column))
-                .collect();
+            masking.retain(|r| r.mask.columns.iter().any(|c| c == column));
+            masking.sort_by_key(|r| r.id);
             return Decision {
                 rule: masking.first().map(|r| r.name.as_str()),
                 rules: self.refs(&masking),
@@ -334,11 +349,7 @@ impl Policy {
             backend: Some(backend_def),
             rule: deciding.first().map(|r| r.name.as_str()),
             rules: self.refs(&deciding),
-            mask: if effect == Effect::Allow {
-                mask
-            } else {
-                Mask::default()
-            },
+            mask,
             reason,
             observed: None,
         }
@@ -431,6 +442,19 @@ fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation
         }
         _ => false,
     }
+}
+
+/// Whether mask `rule` applies to `unit`: it covers it, or (SQL) it masks a relation the
+/// access touches, whatever the kind of access.
+fn masks(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation<'_>) -> bool {
+    if let (RuleOp::Sql(op), Unit::Sql(access)) = (&rule.op, unit)
+        && let Some(object) = &access.object
+        && access.kind.needs_objects()
+        && op.objects.iter().any(|p| p.matches(object))
+    {
+        return true;
+    }
+    covers(rule, protocol, unit, operation)
 }
 
 /// Settings that change how the server reads a statement. Two of them change how it splits a

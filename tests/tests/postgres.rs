@@ -1016,3 +1016,63 @@ fn names_calls_and_locks_need_the_grants_the_server_checks() {
          SELECT count(*), max(o.total), lower('X') FROM big JOIN orders o USING (id)"]);
     assert_eq!(out, "10|200|x\n", "{err}");
 }
+
+/// A mask follows its table through grants that carry none. With only an update or insert
+/// grant (no column read, so no select grant needed), a failed CHECK constraint's DETAIL
+/// quoted the whole row, card numbers included, and a unique index on the masked column
+/// answered guesses written into it. Both confirmed on PostgreSQL before the fix.
+#[test]
+fn writes_to_a_masked_table_keep_its_mask() {
+    let writes = "\n[[rule]]\nname = \"write-customers\"\nskills = [\"reporter\"]\n\
+                  backend = \"shop-db\"\neffect = \"allow\"\n\
+                  sql = { kinds = [\"insert\", \"update\"], objects = [\"public.customers\"] }\n";
+    let s = ShopDb::new(
+        "pg-mask-writes",
+        PgServer::start(),
+        &format!("{RULES}{writes}"),
+        "",
+    );
+    s.pg.psql_admin(
+        "shop",
+        "ALTER TABLE customers ADD CONSTRAINT short_name CHECK (length(name) < 50); \
+         CREATE UNIQUE INDEX customers_card ON customers (card)",
+    );
+    let agent = s.start_agent();
+    let canaries = [
+        "4111 1111 1111 1111",
+        "5500 0000 0000 0004",
+        "alice@example.com",
+    ];
+    // The constraint fails on the server: its message is withheld, its SQLSTATE kept.
+    let (out, err) = s.psql(&[
+        "UPDATE customers SET name = repeat('x', 60)",
+        "SELECT count(*) FROM orders",
+    ]);
+    for canary in canaries {
+        assert!(
+            !out.contains(canary) && !err.contains(canary),
+            "`{canary}` reached the skill:\n{out}{err}\n{}",
+            agent.log()
+        );
+    }
+    assert_eq!(out, "20\n", "{err}");
+    // Writing a guess into the masked column is refused before the server sees it.
+    let guess = "INSERT INTO customers (id, name, card) VALUES (9, 'Eve', '4111 1111 1111 1111')";
+    let (out, err) = s.psql(&[guess, "SELECT count(*) FROM orders"]);
+    assert!(
+        err.contains("skillgate: permission denied: masked column `card` may only be selected"),
+        "{err}\n{}",
+        agent.log()
+    );
+    assert_eq!(out, "20\n");
+    // Writes that leave the masked columns alone still go through.
+    let (out, err) = s.psql(&[
+        "INSERT INTO customers (id, name) VALUES (9, 'Eve')",
+        "SELECT count(*) FROM orders",
+    ]);
+    assert_eq!(out, "INSERT 0 1\n20\n", "{err}\n{}", agent.log());
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT name FROM customers WHERE id = 9"),
+        "Eve\n"
+    );
+}

@@ -771,7 +771,9 @@ impl PgConn {
         }
         let rule_text = rule.as_deref().unwrap_or("none (default deny)");
         match decision.effect {
-            Effect::Allow | Effect::Mask if !self.catalog_covers(&decision.mask) => {
+            Effect::Allow | Effect::Mask | Effect::Approve
+                if !self.catalog_covers(&decision.mask) =>
+            {
                 warn!(statement = %id, "statement refused: the policy in force masks columns this session's catalog snapshot was not taken for");
                 Answer::Deny {
                     message: "skillgate: the policy now masks columns this session cannot find \
@@ -786,7 +788,8 @@ impl PgConn {
                 detail: format!("rule: {rule_text}; decision {id}"),
             },
             Effect::Approve => {
-                self.hold(id, &shown, &recorded, rule.as_deref(), decision.reason)
+                let (reason, mask) = (decision.reason, decision.mask);
+                self.hold(id, &shown, &recorded, rule.as_deref(), reason, mask)
                     .await
             }
         }
@@ -810,6 +813,7 @@ impl PgConn {
         recorded: &str,
         rule: Option<&str>,
         reason: String,
+        mask: Mask,
     ) -> Answer {
         let Some(session) = self.session else {
             return Answer::Deny {
@@ -851,7 +855,8 @@ impl PgConn {
             };
         }
         if go {
-            return Answer::Allow(Mask::default());
+            // Approved, and masked as an allowed statement would be.
+            return Answer::Allow(mask);
         }
         Answer::Deny {
             message: format!("skillgate: approval required ({answer}): {reason}"),

@@ -83,6 +83,9 @@ struct Frame {
     target: Option<Target>,
     alias: Option<String>,
     integer: Option<i64>,
+    /// InsertStmt, MergeWhenClause: whether it names the columns it writes (and for
+    /// MergeWhenClause, `integer` is its command type).
+    written: bool,
 }
 
 /// A SelectStmt's DISTINCT, INTO, its select list and the positions its ORDER BY and GROUP BY
@@ -302,6 +305,16 @@ impl Visitor for Walker {
                     self.close_select(select);
                 }
             }
+            // Without a column list, INSERT writes every column, masked ones included.
+            "InsertStmt" if !frame.written => self.uses.push(ColumnUse::Opaque(
+                "an INSERT without a column list, which writes every column",
+            )),
+            // CmdType 4 is CMD_INSERT (the numbering walk.rs reads MERGE's actions by).
+            "MergeWhenClause" if frame.integer == Some(4) && !frame.written => {
+                self.uses.push(ColumnUse::Opaque(
+                    "a MERGE INSERT without a column list, which writes every column",
+                ));
+            }
             _ => {}
         }
     }
@@ -314,6 +327,22 @@ impl Visitor for Walker {
             ("String", "sval") => {}
             ("ResTarget", "name") => {
                 let top = self.frames.len() - 1;
+                let owner = self.up(1);
+                // A written column: INSERT's column list, UPDATE's and MERGE's SET. Writing a
+                // masked column tests guesses against its values (a unique index answers).
+                if self.is(owner, "InsertStmt", "cols")
+                    || self.is(owner, "UpdateStmt", "target_list")
+                    || self.is(owner, "MergeWhenClause", "target_list")
+                {
+                    if let Some(owner) = owner {
+                        self.frames[owner].written = true;
+                    }
+                    self.uses.push(ColumnUse::Column {
+                        name: value.to_owned(),
+                        projected: false,
+                    });
+                    return;
+                }
                 self.frames[top].alias = Some(value.to_owned());
                 return;
             }
@@ -366,6 +395,13 @@ impl Visitor for Walker {
         // AConst.val → Integer.ival (every node's `location` is an integer too: skip those
         // at once).
         let n = self.frames.len();
+        if let Some(top) = self.frames.last_mut()
+            && top.name == "MergeWhenClause"
+            && top.field == "command_type"
+        {
+            top.integer = Some(value);
+            return;
+        }
         if n < 2 || self.frames[n - 1].name != "Integer" || self.frames[n - 1].field != "ival" {
             return;
         }

@@ -119,6 +119,23 @@ fn any_other_use_of_a_masked_column_is_refused_with_the_column_named() {
             "SELECT email, count(*) FROM customers GROUP BY CUBE (1)",
             "email",
         ),
+        // Written values: a unique index or a failed constraint answers guesses.
+        ("INSERT INTO customers (id, email) VALUES (3, 'x')", "email"),
+        ("UPDATE customers SET email = 'x' WHERE id = 1", "email"),
+        (
+            "UPDATE customers SET (name, card) = ('x', '4') WHERE id = 1",
+            "card",
+        ),
+        (
+            "MERGE INTO customers c USING src s ON c.id = s.id \
+             WHEN MATCHED THEN UPDATE SET email = s.e",
+            "email",
+        ),
+        (
+            "MERGE INTO customers c USING src s ON c.id = s.id \
+             WHEN NOT MATCHED THEN INSERT (id, card) VALUES (s.id, s.c)",
+            "card",
+        ),
     ] {
         let why = under_mask(sql).expect_err(sql);
         assert!(
@@ -155,6 +172,15 @@ fn whole_rows_and_unchecked_reads_are_refused_under_a_mask() {
             "a whole-row reference",
         ),
         ("DELETE FROM customers RETURNING *", "a whole-row reference"),
+        (
+            "INSERT INTO customers VALUES (3, 'n', 'guess@example.com')",
+            "an INSERT without a column list",
+        ),
+        (
+            "MERGE INTO customers c USING src s ON c.id = s.id \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.n, s.e)",
+            "a MERGE INSERT without a column list",
+        ),
         ("SELECT DISTINCT * FROM customers", "DISTINCT or INTO"),
         ("SELECT * INTO t2 FROM customers", "DISTINCT or INTO"),
         (
