@@ -264,16 +264,17 @@ impl Policy {
         let mut deciding: Vec<&Rule> = Vec::new();
         let mut mask = Mask::default();
         let mut reason = String::new();
-        // What a rule grants matches paths as the backend reads them; what it restricts (deny,
-        // approve, mask) matches them in any case, so that case cannot step around it.
-        let grant_case = if backend_def.case_insensitive_paths {
+        // What a rule grants is read narrowly (paths as the backend reads them, every value of
+        // a repeated parameter or header allowed); what it restricts (deny, approve, mask)
+        // widely (any case, any one value), so that neither can step around a restriction.
+        let grant = Reading::Grant(if backend_def.case_insensitive_paths {
             Case::Ascii
         } else {
             Case::Sensitive
-        };
+        });
         let grants = |rule: &Rule, unit: &Unit<'_>| {
             rule.effect != Effect::Deny
-                && covers(rule, backend_def.protocol, unit, operation, grant_case)
+                && covers(rule, backend_def.protocol, unit, operation, grant)
         };
         for unit in &units {
             let covering: Vec<&Rule> = rules
@@ -287,7 +288,7 @@ impl Policy {
                             backend_def.protocol,
                             unit,
                             operation,
-                            Case::Insensitive,
+                            Reading::Restrict,
                         ))
                         || grants(rule, unit)
                 })
@@ -306,7 +307,7 @@ impl Policy {
                                 backend_def.protocol,
                                 unit,
                                 operation,
-                                Case::Insensitive,
+                                Reading::Grant(Case::Insensitive),
                             )
                     })
                     .map(|rule| rule.name.as_str())
@@ -472,9 +473,19 @@ fn units_summary(units: &[Unit<'_>]) -> String {
     }
 }
 
+/// How a rule is read against an HTTP request.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// For what it grants: literal path segments compared as `Case` says, and every value of a
+    /// repeated query parameter or header allowed (the backend may read any of them, the first
+    /// or the last).
+    Grant(Case),
+    /// For what it restricts: paths in any case, and one value enough.
+    Restrict,
+}
+
 /// Whether a condition (`name` with one of `allowed`) holds for the `values` a request gives
-/// `name`: a grant needs every value allowed (the backend may read any of them, the first or
-/// the last), a deny one.
+/// `name`: every one of them (and at least one), or any one.
 fn condition_holds<'v>(
     mut values: impl Iterator<Item = &'v String>,
     allowed: &[String],
@@ -491,13 +502,13 @@ fn condition_holds<'v>(
     }
 }
 
-/// Whether `rule` covers `unit` of `operation`, literal path segments compared as `case` says.
+/// Whether `rule` covers `unit` of `operation`, an HTTP request read as `reading` says.
 fn covers(
     rule: &Rule,
     protocol: Protocol,
     unit: &Unit<'_>,
     operation: Operation<'_>,
-    case: Case,
+    reading: Reading,
 ) -> bool {
     match (&rule.op, unit) {
         (RuleOp::Any, _) => true,
@@ -516,7 +527,10 @@ fn covers(
             else {
                 return false;
             };
-            let every = rule.effect != Effect::Deny;
+            let (case, every) = match reading {
+                Reading::Grant(case) => (case, true),
+                Reading::Restrict => (Case::Insensitive, false),
+            };
             op.methods.iter().any(|m| m == "*" || m == method)
                 && op
                     .paths

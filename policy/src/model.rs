@@ -207,8 +207,8 @@ pub struct HttpOp {
     pub methods: Vec<String>,
     pub paths: Vec<PathPattern>,
     /// Query parameters that must be present with one of the values. A parameter repeated in
-    /// a request must have one of the values every time for a grant to cover it (the backend
-    /// may read any of them), and once for a deny to cover it.
+    /// a request must have one of the values every time for the rule to grant the request (the
+    /// backend may read any of them), and once for it to restrict it (deny, approve, mask).
     pub query: Vec<(String, Vec<String>)>,
     /// Headers (lower-case names) that must be present with one of the values, read as
     /// `query` is when repeated.
