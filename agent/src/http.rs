@@ -201,6 +201,19 @@ impl HttpConn {
         let path = head::upstream_target(target);
         let line = shown_line(&method, target);
         let decision = &answer.decision;
+        // A POST's form (or JSON) body may carry a `_method` override as its query may: read it
+        // (bounded) to look before the request goes anywhere. Other bodies stream on.
+        let request = match head::form_kind(&method, request.headers()) {
+            Some(kind) if decision.effect != Effect::Deny => {
+                match self.form_without_override(request, kind).await {
+                    Ok(request) => request,
+                    Err((status, reason)) => {
+                        return self.refuse(&id, &line, status, reason, None).await;
+                    }
+                }
+            }
+            _ => request.map(|body| body.boxed()),
+        };
         let outcome = Outcome::of(decision.effect);
         let verdict = outcome.verdict();
         self.proxy
@@ -269,6 +282,46 @@ impl HttpConn {
         response
     }
 
+    /// Reads a form body whole (up to `mask_body_limit`) and refuses it if it carries a
+    /// `_method` override.
+    async fn form_without_override(
+        &self,
+        request: Request<Incoming>,
+        kind: head::FormKind,
+    ) -> Result<Request<ProxyBody>, (StatusCode, String)> {
+        let (parts, body) = request.into_parts();
+        let limit = self.proxy.mask_body_limit;
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(
+                |err| match err.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "a form body larger than mask_body_limit ({limit} bytes) cannot be \
+                             checked for a method override"
+                        ),
+                    ),
+                    Err(err) => (
+                        StatusCode::BAD_REQUEST,
+                        format!("the request body could not be read ({err})"),
+                    ),
+                },
+            )?
+            .to_bytes();
+        if head::body_overrides_method(kind, &body) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "a method override (`_method` in the request body) is never allowed: the \
+                 backend could run another method than the one the policy decided"
+                    .to_owned(),
+            ));
+        }
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+
     /// Holds a request for a human; `None` when approved (go ahead), else the refusal.
     async fn hold(&self, decided: &Decided, rule: Option<&str>) -> Option<Response<ProxyBody>> {
         let Some(session) = self.session else {
@@ -328,7 +381,7 @@ impl HttpConn {
     /// Sends the request upstream and relays (or masks) the response.
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
         decided: &Decided,
         path: &str,
         host: &str,
@@ -482,7 +535,7 @@ impl HttpConn {
     /// request was written is replaced once.
     async fn send(
         &self,
-        mut request: Request<Relay<Incoming>>,
+        mut request: Request<Relay<ProxyBody>>,
     ) -> Result<(Response<Incoming>, Lease), (StatusCode, String)> {
         let unreachable = |reason| (StatusCode::BAD_GATEWAY, reason);
         let pool = &self.proxy.http_pool;

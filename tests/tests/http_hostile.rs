@@ -245,7 +245,39 @@ fn method_overrides_are_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(seen(&s.backend).is_empty(), "{:?}", seen(&s.backend));
+    // A POST body carrying `_method`: a form, a multipart form, JSON (Laravel reads it there);
+    // then a form without one, which reaches the backend as it was sent.
+    let script = format!(
+        "import requests\n\
+         url = 'http://{}/echo'\n\
+         for kw in ({{'data': {{'a': '1', '_method': 'DELETE'}}}},\n\
+                    {{'data': {{'.method': 'DELETE'}}}},\n\
+                    {{'files': {{'f': ('x.txt', b'hi')}}, 'data': {{'_method': 'DELETE'}}}},\n\
+                    {{'json': {{'_method': 'DELETE'}}}},\n\
+                    {{'data': {{'a': '1', 'b': 'two words'}}}}):\n\
+         \x20   r = requests.post(url, timeout=20, **kw)\n\
+         \x20   print(r.status_code, r.json().get('reason', ''))",
+        s.api
+    );
+    let out = s.env.exec_as("reporter", &["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        5,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in &lines[..4] {
+        assert!(
+            line.starts_with("403 ") && line.contains("`_method` in the request body"),
+            "{text}"
+        );
+    }
+    assert!(lines[4].starts_with("200"), "{text}");
+    let requests = s.backend.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["body"], "a=1&b=two+words");
 }
 
 #[test]

@@ -111,6 +111,83 @@ pub fn upstream_headers(
     headers
 }
 
+/// What kind of body a POST carries that frameworks read a `_method` override from (Rack's
+/// MethodOverride, Symfony and Laravel, express's method-override: form fields, and Laravel's
+/// JSON input), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormKind {
+    UrlEncoded,
+    Multipart,
+    Json,
+}
+
+/// The kind of form body `headers` announce on a POST (`None` for other methods or bodies).
+pub fn form_kind(method: &Method, headers: &HeaderMap) -> Option<FormKind> {
+    if method != Method::POST {
+        return None;
+    }
+    let mut kind = None;
+    for value in headers.get_all(header::CONTENT_TYPE) {
+        let text = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+        if text.contains("x-www-form-urlencoded") {
+            kind = Some(FormKind::UrlEncoded);
+        } else if text.contains("multipart/") {
+            kind = Some(FormKind::Multipart);
+        } else if text.contains("json") {
+            kind = Some(FormKind::Json);
+        }
+    }
+    kind
+}
+
+/// Whether a form field name reads as `_method` (or `_method[...]`) to some framework: PHP
+/// turns spaces, dots and `[` in a top-level name into `_`.
+fn names_method(name: &str) -> bool {
+    let name: String = name
+        .trim_matches('"')
+        .chars()
+        .map(|c| match c {
+            ' ' | '.' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    name.starts_with("_method")
+}
+
+/// Whether a POST body of `kind` carries a `_method` field. Names are read as loosely as any
+/// framework reads them; a multipart part whose name is encoded (`name*=`) counts as one.
+pub fn body_overrides_method(kind: FormKind, body: &[u8]) -> bool {
+    match kind {
+        FormKind::UrlEncoded => String::from_utf8_lossy(body).split('&').any(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            names_method(&lossy_decode(&name.replace('+', " ")))
+        }),
+        FormKind::Multipart => {
+            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+            // `name=` and `name*=` as parameters of their own, not the end of `filename=`.
+            let parameter = |needle: &'static str| {
+                text.match_indices(needle)
+                    .filter(|(at, _)| *at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric())
+                    .map(|(at, _)| at + needle.len())
+                    .collect::<Vec<usize>>()
+            };
+            !parameter("name*=").is_empty()
+                || parameter("name=").into_iter().any(|at| {
+                    let rest = &text[at..];
+                    let value = match rest.strip_prefix('"') {
+                        Some(quoted) => quoted.split('"').next().unwrap_or(""),
+                        None => rest.split([';', '\r', '\n']).next().unwrap_or(""),
+                    };
+                    names_method(value)
+                })
+        }
+        FormKind::Json => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => map.keys().any(|k| names_method(k)),
+            _ => false,
+        },
+    }
+}
+
 /// Why a response whose body must be read as it is (masked, or scanned for the credential)
 /// cannot be: it is compressed, in a transfer coding hyper does not undo, or a part of a body.
 pub fn unreadable(status: &StatusCode, headers: &HeaderMap) -> Option<String> {
@@ -283,6 +360,50 @@ mod tests {
         assert_eq!(headers["accept-encoding"], "identity");
         assert!(!headers.contains_key("x-skill-token"));
         assert!(!headers.contains_key("range") && !headers.contains_key("if-range"));
+    }
+
+    #[test]
+    fn method_overrides_in_form_bodies_are_found() {
+        let post = Method::POST;
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(form_kind(&Method::PUT, &headers), None);
+        assert_eq!(form_kind(&post, &headers), Some(FormKind::Json));
+        let cases: &[(FormKind, &str, bool)] = &[
+            (FormKind::UrlEncoded, "a=1&_method=DELETE", true),
+            (FormKind::UrlEncoded, "a=1&%5Fmethod=DELETE", true),
+            (FormKind::UrlEncoded, "_METHOD=PUT", true),
+            (FormKind::UrlEncoded, ".method=PUT", true),
+            (FormKind::UrlEncoded, "+method=PUT", true),
+            (FormKind::UrlEncoded, "_method[]=PUT", true),
+            (FormKind::UrlEncoded, "method=PUT&x=_method", false),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--",
+                true,
+            ),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nX\r\n--b--",
+                true,
+            ),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"_method.txt\"\r\n\r\nX\r\n--b--",
+                false,
+            ),
+            (FormKind::Json, r#"{"_method": "DELETE"}"#, true),
+            (FormKind::Json, r#"{"\u005fmethod": "DELETE"}"#, true),
+            (FormKind::Json, r#"{"a": {"_method": "x"}}"#, false),
+            (FormKind::Json, "not json", false),
+        ];
+        for (kind, body, expected) in cases {
+            assert_eq!(
+                body_overrides_method(*kind, body.as_bytes()),
+                *expected,
+                "{kind:?} {body}"
+            );
+        }
     }
 
     #[test]
