@@ -463,6 +463,9 @@ impl HttpConn {
         scrub::scrub_headers(&mut headers, &secrets);
         head::mask_headers(&mut headers, mask, &self.proxy.mask_salt);
         parts.headers = headers;
+        // Nothing else of the backend's head is relayed: hyper would write a reason phrase it
+        // kept (which can carry anything, the credential too) back to the skill.
+        parts.extensions = hyper::http::Extensions::new();
         if !mask.masks_body() {
             let body = Relay::new(body, Arc::clone(&self.to_skill), secrets)
                 .holding(lease)

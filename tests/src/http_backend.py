@@ -8,7 +8,7 @@
 # (a JSON string of that many bytes, chunked), /stall?s=SECONDS (answers after that long),
 # /cut (promises 1000 bytes, sends 10, closes), /reflect?form=F[&where=headers][&chunk=N][&gzip=1]
 # (the request's Authorization header sent back encoded as F: raw, json, base64, url, urlplus;
-# in the body, or in Location, Set-Cookie and X-Reflected; the body chunked N bytes a chunk;
+# in the body, in Location, Set-Cookie and X-Reflected, or in the status line's reason phrase; the body chunked N bytes a chunk;
 # gzip-compressed whatever the request accepts), /profile (JSON plus headers carrying
 # personal data), anything else 404 JSON. /reflect and /profile answer a Range request with 206.
 import base64
@@ -135,6 +135,14 @@ class Handler(BaseHTTPRequestHandler):
             values = [urllib.parse.quote_plus(auth), urllib.parse.quote_plus(auth).lower()]
         else:
             raise ValueError(form)
+        if query.get("where") == "reason":
+            body = b"{}"
+            self.send_response(200, values[0])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if query.get("where") == "headers":
             headers = {
                 "Location": "/next?token=" + values[0],

@@ -16,7 +16,7 @@
 //! credential (see `forward`), since they cannot be scanned; the relay holds back the tail of
 //! each chunk so a needle split across chunks is found too.
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Derived needles shorter than this are left out: they would star out unrelated text.
 const MIN_DERIVED: usize = 8;
@@ -144,8 +144,22 @@ pub fn scrub(buf: &mut [u8], needles: &[Vec<u8>]) -> usize {
 }
 
 /// Replaces each response header value that carries a needle, whole (what surrounds a
-/// credential in a header, a cookie's name or a redirect's query, tells about it too).
+/// credential in a header, a cookie's name or a redirect's query, tells about it too), and
+/// drops the headers whose (lower-case) name carries one in any case.
 pub fn scrub_headers(headers: &mut HeaderMap, needles: &[Vec<u8>]) {
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            needles.iter().any(|n| {
+                let lower = n.to_ascii_lowercase();
+                memchr::memmem::find(name.as_str().as_bytes(), &lower).is_some()
+            })
+        })
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
     for value in headers.values_mut() {
         let bytes = value.as_bytes();
         if needles
@@ -246,7 +260,12 @@ mod tests {
             HeaderValue::from_static("/next?t=s3cret%2Ftok%2Ben%22for%5Corders%20%C3%A9&x=1"),
         );
         headers.insert("x-other", HeaderValue::from_static("fine"));
-        scrub_headers(&mut headers, &needles(&[SECRET.as_bytes().to_vec()]));
+        headers.insert("x-s3cret-token-1", HeaderValue::from_static("1"));
+        scrub_headers(
+            &mut headers,
+            &needles(&[SECRET.as_bytes().to_vec(), b"S3cret-Token".to_vec()]),
+        );
+        assert!(!headers.contains_key("x-s3cret-token-1"));
         assert_eq!(headers["location"], "[scrubbed]");
         assert_eq!(headers["x-other"], "fine");
     }
