@@ -275,9 +275,22 @@ fn method_overrides_are_refused() {
         );
     }
     assert!(lines[4].starts_with("200"), "{text}");
+    // A chunked form, read whole to be checked, still arrives whole.
+    let (status, _, body) = curl(
+        &s.env,
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data",
+            "c=3",
+            &format!("{base}/echo"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
     let requests = s.backend.requests();
-    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[0]["body"], "a=1&b=two+words");
+    assert_eq!(requests[1]["body"], "c=3");
 }
 
 #[test]
