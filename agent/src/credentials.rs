@@ -52,7 +52,10 @@ pub struct CredentialDef {
 pub struct Credential {
     pub header: HeaderName,
     pub value: HeaderValue,
-    pub secrets: Vec<Vec<u8>>,
+    /// Every form of the secrets (the secret, the header value, a basic credential's base64
+    /// and password) that the HTTP proxy stars out of what reaches a skill, encoded ones
+    /// included (see `http::scrub`).
+    pub needles: Vec<Vec<u8>>,
     /// User and password of a `basic` credential (how PostgreSQL backends log in).
     pub login: Option<(String, String)>,
     pub allow_weak_auth: bool,
@@ -144,10 +147,11 @@ fn load_one(def: &CredentialDef, base: &Path) -> Result<Credential> {
             .map(|(user, password)| (user.to_owned(), password.to_owned())),
         _ => None,
     };
+    let needles = crate::http::scrub::needles(&secrets);
     Ok(Credential {
         header,
         value,
-        secrets,
+        needles,
         login,
         allow_weak_auth: def.allow_weak_auth,
     })
@@ -195,7 +199,7 @@ mod tests {
         assert_eq!(bearer.value, "Bearer tok-123");
         let basic = load_one(&def(Kind::Basic, None, "SG_TEST_BASIC"), Path::new(".")).unwrap();
         assert_eq!(basic.value, "Basic c3ZjOmh1bnRlcjIy");
-        assert!(basic.secrets.contains(&b"hunter22".to_vec()));
+        assert!(basic.needles.contains(&b"hunter22".to_vec()));
         let header = load_one(
             &def(Kind::Header, Some("X-Api-Key"), "SG_TEST_BEARER"),
             Path::new("."),

@@ -35,6 +35,7 @@ use crate::record::{self, Event, Facts};
 
 mod head;
 pub mod pool;
+pub(crate) mod scrub;
 
 use pool::Lease;
 
@@ -167,8 +168,11 @@ impl HttpConn {
             .headers()
             .iter()
             .filter(|(name, _)| **name != self.proxy.token_header)
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            // A value that is not UTF-8 is shown to the policy lossily (it then matches no
+            // condition), never left out: the backend gets it too.
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
             })
             .collect();
         let answer = policy.decide_http(
@@ -197,6 +201,19 @@ impl HttpConn {
         let path = head::upstream_target(target);
         let line = shown_line(&method, target);
         let decision = &answer.decision;
+        // A POST's form (or JSON) body may carry a `_method` override as its query may: read it
+        // (bounded) to look before the request goes anywhere. Other bodies stream on.
+        let request = match head::form_kind(&method, request.headers()) {
+            Some(kind) if decision.effect != Effect::Deny => {
+                match self.form_without_override(request, kind).await {
+                    Ok(request) => request,
+                    Err((status, reason)) => {
+                        return self.refuse(&id, &line, status, reason, None).await;
+                    }
+                }
+            }
+            _ => request.map(|body| body.boxed()),
+        };
         let outcome = Outcome::of(decision.effect);
         let verdict = outcome.verdict();
         self.proxy
@@ -265,6 +282,46 @@ impl HttpConn {
         response
     }
 
+    /// Reads a form body whole (up to `mask_body_limit`) and refuses it if it carries a
+    /// `_method` override.
+    async fn form_without_override(
+        &self,
+        request: Request<Incoming>,
+        kind: head::FormKind,
+    ) -> Result<Request<ProxyBody>, (StatusCode, String)> {
+        let (parts, body) = request.into_parts();
+        let limit = self.proxy.mask_body_limit;
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(
+                |err| match err.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "a form body larger than mask_body_limit ({limit} bytes) cannot be \
+                             checked for a method override"
+                        ),
+                    ),
+                    Err(err) => (
+                        StatusCode::BAD_REQUEST,
+                        format!("the request body could not be read ({err})"),
+                    ),
+                },
+            )?
+            .to_bytes();
+        if head::body_overrides_method(kind, &body) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "a method override (`_method` in the request body) is never allowed: the \
+                 backend could run another method than the one the policy decided"
+                    .to_owned(),
+            ));
+        }
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+
     /// Holds a request for a human; `None` when approved (go ahead), else the refusal.
     async fn hold(&self, decided: &Decided, rule: Option<&str>) -> Option<Response<ProxyBody>> {
         let Some(session) = self.session else {
@@ -324,7 +381,7 @@ impl HttpConn {
     /// Sends the request upstream and relays (or masks) the response.
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
         decided: &Decided,
         path: &str,
         host: &str,
@@ -349,6 +406,8 @@ impl HttpConn {
             },
             None => None,
         };
+        // The body must be read as it is: to be masked, or scanned for the credential.
+        let whole = mask.masks_body() || credential.is_some();
         let (parts, body) = request.into_parts();
         let mut upstream = Request::builder()
             .method(parts.method)
@@ -359,7 +418,7 @@ impl HttpConn {
             &self.proxy.token_header,
             host,
             credential.map(|c| (&c.header, &c.value)),
-            !mask.is_empty(),
+            whole,
         );
         let body = Relay::new(body, Arc::clone(&self.to_backend), Vec::new());
         let upstream = match upstream.body(body) {
@@ -379,19 +438,35 @@ impl HttpConn {
                 return self.failed(decided, status, &reason, started).await;
             }
         };
-        let secrets: Vec<Vec<u8>> = credential.map(|c| c.secrets.clone()).unwrap_or_default();
+        let secrets: Vec<Vec<u8>> = credential.map(|c| c.needles.clone()).unwrap_or_default();
         let (mut parts, body) = response.into_parts();
-        let mut headers = HeaderMap::new();
-        head::copy_end_to_end(&parts.headers, &mut headers);
-        scrub_headers(&mut headers, &secrets);
-        parts.headers = headers;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             let reason = "the backend switched protocols; upgrades are not allowed";
             return self
                 .failed(decided, StatusCode::BAD_GATEWAY, reason, started)
                 .await;
         }
-        if mask.is_empty() {
+        if whole && let Some(why) = head::unreadable(&parts.status, &parts.headers) {
+            let scanned = if mask.masks_body() {
+                "masked"
+            } else {
+                "scanned for the backend's credential"
+            };
+            let reason = format!("the response {why}: it cannot be {scanned}, so it is withheld");
+            warn!(request = %decided.id, %reason, "response withheld");
+            return self
+                .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                .await;
+        }
+        let mut headers = HeaderMap::new();
+        head::copy_end_to_end(&parts.headers, &mut headers);
+        scrub::scrub_headers(&mut headers, &secrets);
+        head::mask_headers(&mut headers, mask, &self.proxy.mask_salt);
+        parts.headers = headers;
+        // Nothing else of the backend's head is relayed: hyper would write a reason phrase it
+        // kept (which can carry anything, the credential too) back to the skill.
+        parts.extensions = hyper::http::Extensions::new();
+        if !mask.masks_body() {
             let body = Relay::new(body, Arc::clone(&self.to_skill), secrets)
                 .holding(lease)
                 .boxed();
@@ -400,7 +475,7 @@ impl HttpConn {
                 .answered(decided, response, started, 0, None, None)
                 .await;
         }
-        match self.mask(&parts.headers, body, mask, &secrets).await {
+        match self.mask(body, mask, &secrets).await {
             Ok((masked, count)) => {
                 lease.release();
                 let content = mask
@@ -432,19 +507,10 @@ impl HttpConn {
     /// Reads a whole response within the bound and masks it.
     async fn mask(
         &self,
-        headers: &HeaderMap,
         body: Incoming,
         mask: &Mask,
         secrets: &[Vec<u8>],
     ) -> Result<(Vec<u8>, usize), String> {
-        if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
-            && encoding.as_bytes() != b"identity"
-        {
-            return Err(format!(
-                "it is encoded ({})",
-                String::from_utf8_lossy(encoding.as_bytes())
-            ));
-        }
         let limit = self.proxy.mask_body_limit;
         let body = Limited::new(body, limit)
             .collect()
@@ -462,7 +528,7 @@ impl HttpConn {
         let (mut masked, count) =
             skillgate_policy::mask::mask_json(&body, mask, &self.proxy.mask_salt)
                 .map_err(|err| err.to_string())?;
-        scrub(&mut masked, secrets);
+        scrub::scrub(&mut masked, secrets);
         Ok((masked, count))
     }
 
@@ -472,7 +538,7 @@ impl HttpConn {
     /// request was written is replaced once.
     async fn send(
         &self,
-        mut request: Request<Relay<Incoming>>,
+        mut request: Request<Relay<ProxyBody>>,
     ) -> Result<(Response<Incoming>, Lease), (StatusCode, String)> {
         let unreachable = |reason| (StatusCode::BAD_GATEWAY, reason);
         let pool = &self.proxy.http_pool;
@@ -618,8 +684,8 @@ impl HttpConn {
         rule: Option<&str>,
     ) -> Response<ProxyBody> {
         // What is logged and stored has sensitive values masked; the skill gets its own.
-        let line = skillgate_policy::mask::scrub(&lossy_decode(line));
-        let kept = skillgate_policy::mask::scrub(&lossy_decode(&reason));
+        let line = skillgate_policy::mask::scrub(&head::lossy_decode(line));
+        let kept = skillgate_policy::mask::scrub(&head::lossy_decode(&reason));
         info!(request = %id, %line, decision = "deny", reason = %kept, "request refused");
         self.proxy
             .ops
@@ -713,56 +779,6 @@ fn shown_line(method: &hyper::Method, target: &skillgate_policy::http::Target) -
     skillgate_policy::mask::scrub(&line)
 }
 
-/// Percent-escapes decoded where they are valid (for masking what a refused target carries).
-fn lossy_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Replaces a response header that carries a secret.
-fn scrub_headers(headers: &mut HeaderMap, secrets: &[Vec<u8>]) {
-    for value in headers.values_mut() {
-        let bytes = value.as_bytes();
-        if secrets
-            .iter()
-            .any(|s| memchr::memmem::find(bytes, s).is_some())
-        {
-            *value = HeaderValue::from_static("[scrubbed]");
-        }
-    }
-}
-
-/// Stars out every occurrence of a secret, keeping the length.
-fn scrub(buf: &mut [u8], secrets: &[Vec<u8>]) {
-    for secret in secrets {
-        let mut at = 0;
-        while let Some(found) = memchr::memmem::find(&buf[at..], secret) {
-            let start = at + found;
-            buf[start..start + secret.len()].fill(b'*');
-            at = start + secret.len();
-        }
-    }
-}
-
 /// A body relayed between the legs: counts its bytes and stars out secrets, holding back
 /// the tail of each chunk that could be the start of a secret split across chunks.
 pub struct Relay<B> {
@@ -838,7 +854,7 @@ where
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             }
                             this.held.extend_from_slice(&data);
-                            scrub(&mut this.held, &this.secrets);
+                            scrub::scrub(&mut this.held, &this.secrets);
                             let keep = this.secrets.iter().map(Vec::len).max().unwrap_or(1) - 1;
                             if this.held.len() <= keep {
                                 continue;
@@ -873,17 +889,5 @@ where
     fn size_hint(&self) -> hyper::body::SizeHint {
         // Scrubbing keeps lengths, so the inner hint holds.
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_are_starred_in_place() {
-        let mut buf = b"token=abc123; again abc123".to_vec();
-        scrub(&mut buf, &[b"abc123".to_vec()]);
-        assert_eq!(buf, b"token=******; again ******");
     }
 }

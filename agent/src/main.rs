@@ -228,6 +228,9 @@ enum PolicyCommand {
         /// An HTTP request line without the version: "METHOD /path?query".
         #[arg(long)]
         http: Option<String>,
+        /// A request header of the `--http` request, "Name: value" (repeatable).
+        #[arg(long = "header", requires = "http")]
+        headers: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -300,6 +303,7 @@ fn main() -> ExitCode {
             groups,
             sql,
             http,
+            headers,
             json,
         }) => policy_cli::explain(
             &file,
@@ -309,6 +313,7 @@ fn main() -> ExitCode {
                 groups: &groups,
                 sql: sql.as_deref(),
                 http: http.as_deref(),
+                headers: &headers,
                 json,
             },
         ),

@@ -75,6 +75,8 @@ pub struct ExplainArgs<'a> {
     pub groups: &'a [String],
     pub sql: Option<&'a str>,
     pub http: Option<&'a str>,
+    /// Headers of the `http` request, "Name: value".
+    pub headers: &'a [String],
     pub json: bool,
 }
 
@@ -101,8 +103,21 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
             let (method, target) = http
                 .split_once(' ')
                 .context("--http takes \"METHOD /path?query\", e.g. \"GET /orders/1\"")?;
-            let answer =
-                policy.decide_http(args.skill, args.groups, args.backend, method, target, &[]);
+            let mut headers = Vec::with_capacity(args.headers.len());
+            for header in args.headers {
+                let (name, value) = header
+                    .split_once(':')
+                    .with_context(|| format!("--header takes \"Name: value\", not `{header}`"))?;
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+            let answer = policy.decide_http(
+                args.skill,
+                args.groups,
+                args.backend,
+                method,
+                target,
+                &headers,
+            );
             let detail = match &answer.target {
                 Ok(target) => json!({ "normalised_path": target.path() }),
                 Err(err) => json!({ "error": err.to_string() }),
@@ -130,6 +145,7 @@ fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: 
                 "columns": decision.mask.columns,
                 "fields": decision.mask.fields,
                 "detectors": decision.mask.detectors.iter().map(|d| format!("{d:?}").to_lowercase()).collect::<Vec<_>>(),
+                "headers": decision.mask.headers,
             },
             "observed": decision.observed.map(|e| e.as_str()),
             "input": detail,
@@ -142,9 +158,9 @@ fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: 
     for rule in &decision.rules {
         println!("rule:     {} ({})", rule.name, rule.location);
     }
-    if !decision.mask.is_empty() {
+    if !decision.mask.is_empty() || !decision.mask.headers.is_empty() {
         println!(
-            "mask:     columns [{}] fields [{}] detectors [{}]",
+            "mask:     columns [{}] fields [{}] detectors [{}] headers [{}]",
             decision.mask.columns.join(", "),
             decision.mask.fields.join(", "),
             decision
@@ -153,7 +169,8 @@ fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: 
                 .iter()
                 .map(|d| format!("{d:?}").to_lowercase())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            decision.mask.headers.join(", ")
         );
     }
     if let Some(observed) = decision.observed {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::http::Target;
+use crate::http::{Case, Target};
 use crate::model::{
     Backend, Mask, Mode, ObjectPattern, Policy, Protocol, Rule, RuleOp, Skill, canonical,
 };
@@ -174,6 +174,20 @@ impl Policy {
                 format!("`{}` is not a declared backend", request.backend),
             );
         };
+        if let Operation::Http {
+            target, headers, ..
+        } = request.operation
+            && let Some(what) = crate::http::method_override(target, headers)
+        {
+            return Decision::deny(
+                Some(&self.skills[skill]),
+                Some(&self.backends[backend]),
+                format!(
+                    "a method override ({what}) is never allowed: the backend could run another \
+                     method than the one the policy decided"
+                ),
+            );
+        }
         if let Operation::Sql(statements) = request.operation
             && let Some(setting) = reading_setting(statements)
         {
@@ -250,21 +264,73 @@ impl Policy {
         let mut deciding: Vec<&Rule> = Vec::new();
         let mut mask = Mask::default();
         let mut reason = String::new();
+        // What a rule grants is read narrowly (paths as the backend reads them, every value of
+        // a repeated parameter or header allowed); what it restricts (deny, approve, mask)
+        // widely (any case, any one value), so that neither can step around a restriction.
+        let grant = Reading::Grant(if backend_def.case_insensitive_paths {
+            Case::Ascii
+        } else {
+            Case::Sensitive
+        });
+        let grants = |rule: &Rule, unit: &Unit<'_>| {
+            rule.effect != Effect::Deny
+                && covers(rule, backend_def.protocol, unit, operation, grant)
+        };
         for unit in &units {
             let covering: Vec<&Rule> = rules
                 .iter()
                 .copied()
-                .filter(|rule| covers(rule, backend_def.protocol, unit, operation))
+                .filter(|rule| {
+                    let restricts = rule.effect != Effect::Allow || !rule.mask.is_empty_for_http();
+                    (restricts
+                        && covers(
+                            rule,
+                            backend_def.protocol,
+                            unit,
+                            operation,
+                            Reading::Restrict,
+                        ))
+                        || grants(rule, unit)
+                })
                 .collect();
             let strictest = covering.iter().map(|r| r.effect).max();
-            match strictest {
-                None => {
-                    return Decision {
-                        reason: format!("no rule allows {} (default deny)", on(&unit.describe())),
-                        ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
-                    };
-                }
-                Some(Effect::Deny) => {
+            let granted = covering.iter().any(|rule| grants(rule, unit));
+            // A deny covering it decides; otherwise some rule must grant it as written.
+            let Some(strict) = strictest.filter(|s| *s == Effect::Deny || granted) else {
+                // Grants that would cover the path in another case: say so.
+                let other_case: Vec<&str> = rules
+                    .iter()
+                    .filter(|rule| {
+                        rule.effect != Effect::Deny
+                            && covers(
+                                rule,
+                                backend_def.protocol,
+                                unit,
+                                operation,
+                                Reading::Grant(Case::Insensitive),
+                            )
+                    })
+                    .map(|rule| rule.name.as_str())
+                    .collect();
+                let hint = if other_case.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; `{}` match the path only in another case: set \
+                         `case_insensitive_paths = true` on the backend if it ignores case",
+                        other_case.join("`, `")
+                    )
+                };
+                return Decision {
+                    reason: format!(
+                        "no rule allows {} (default deny{hint})",
+                        on(&unit.describe())
+                    ),
+                    ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
+                };
+            };
+            match strict {
+                Effect::Deny => {
                     let denying: Vec<&Rule> = covering
                         .into_iter()
                         .filter(|r| r.effect == Effect::Deny)
@@ -281,7 +347,7 @@ impl Policy {
                         observed: None,
                     };
                 }
-                Some(strict) => {
+                strict => {
                     let chosen: Vec<&Rule> = covering
                         .into_iter()
                         .filter(|r| r.effect.max(Effect::Mask) == strict.max(Effect::Mask))
@@ -330,6 +396,27 @@ impl Policy {
                 mask.extend(&rule.mask);
                 masking.push(rule);
             }
+        }
+        if mask.masks_body()
+            && let Operation::Http { headers, .. } = operation
+            && let Some((name, _)) = headers
+                .iter()
+                .find(|(name, _)| name == "range" || name == "if-range")
+        {
+            let masking: Vec<&Rule> = masking
+                .into_iter()
+                .filter(|r| r.mask.masks_body())
+                .collect();
+            return Decision {
+                rule: masking.first().map(|r| r.name.as_str()),
+                rules: self.refs(&masking),
+                reason: format!(
+                    "`{name}` is refused where the response is masked: a part of a body cannot \
+                     be masked ({})",
+                    on(&units_summary(&units))
+                ),
+                ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
+            };
         }
         if let Operation::Sql(statements) = operation
             && let Some((column, why)) = crate::column_privilege::misuse(statements, &mask)
@@ -395,8 +482,43 @@ fn units_summary(units: &[Unit<'_>]) -> String {
     }
 }
 
-/// Whether `rule` covers `unit` of `operation`.
-fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation<'_>) -> bool {
+/// How a rule is read against an HTTP request.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// For what it grants: literal path segments compared as `Case` says, and every value of a
+    /// repeated query parameter or header allowed (the backend may read any of them, the first
+    /// or the last).
+    Grant(Case),
+    /// For what it restricts: paths in any case, and one value enough.
+    Restrict,
+}
+
+/// Whether a condition (`name` with one of `allowed`) holds for the `values` a request gives
+/// `name`: every one of them (and at least one), or any one.
+fn condition_holds<'v>(
+    mut values: impl Iterator<Item = &'v String>,
+    allowed: &[String],
+    every: bool,
+) -> bool {
+    if every {
+        let mut seen = false;
+        values.all(|v| {
+            seen = true;
+            allowed.contains(v)
+        }) && seen
+    } else {
+        values.any(|v| allowed.contains(v))
+    }
+}
+
+/// Whether `rule` covers `unit` of `operation`, an HTTP request read as `reading` says.
+fn covers(
+    rule: &Rule,
+    protocol: Protocol,
+    unit: &Unit<'_>,
+    operation: Operation<'_>,
+    reading: Reading,
+) -> bool {
     match (&rule.op, unit) {
         (RuleOp::Any, _) => true,
         // Any grant on an http or postgres backend lets the skill connect; requests and
@@ -414,16 +536,22 @@ fn covers(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation
             else {
                 return false;
             };
+            let (case, every) = match reading {
+                Reading::Grant(case) => (case, true),
+                Reading::Restrict => (Case::Insensitive, false),
+            };
             op.methods.iter().any(|m| m == "*" || m == method)
-                && op.paths.iter().any(|p| p.matches(&target.segments))
-                && op.query.iter().all(|(name, values)| {
-                    target
-                        .query
-                        .iter()
-                        .any(|(n, v)| n == name && values.contains(v))
+                && op
+                    .paths
+                    .iter()
+                    .any(|p| p.matches_as(&target.segments, case))
+                && op.query.iter().all(|(name, allowed)| {
+                    let values = target.query.iter().filter(|(n, _)| n == name);
+                    condition_holds(values.map(|(_, v)| v), allowed, every)
                 })
-                && op.headers.iter().all(|(name, values)| {
-                    headers.iter().any(|(n, v)| n == name && values.contains(v))
+                && op.headers.iter().all(|(name, allowed)| {
+                    let values = headers.iter().filter(|(n, _)| n == name);
+                    condition_holds(values.map(|(_, v)| v), allowed, every)
                 })
         }
         (RuleOp::Sql(op), Unit::Sql(access)) => {

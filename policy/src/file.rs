@@ -64,6 +64,8 @@ pub(crate) struct BackendDef {
     /// agent terminates their TLS with a certificate from its host-local CA.
     #[serde(default)]
     pub intercept_tls: Vec<Spanned<String>>,
+    /// `http` backends that ignore the case of paths: grants match paths in any ASCII case.
+    pub case_insensitive_paths: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +123,9 @@ pub(crate) struct MaskDef {
     pub fields: Vec<String>,
     #[serde(default)]
     pub detectors: Vec<Detector>,
+    /// `http`: response headers dropped before the skill sees the response.
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
     /// redact (default), partial (last 4 kept) or hash.
     #[serde(default)]
     pub strategy: Strategy,

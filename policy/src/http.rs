@@ -13,6 +13,18 @@
 //! - case is kept: paths are case-sensitive, and so are methods (`get` is not `GET`).
 //!
 //! The proxy forwards the normalised path, never the original one.
+//!
+//! Case: many backends ignore the case of paths, so `/ADMIN` reaches what `/admin` names.
+//! What a rule *restricts* (a deny, an approval, a mask) therefore matches whatever the case
+//! ([`Case::Insensitive`]); what it *grants* matches exactly, unless the backend says it ignores
+//! case (`case_insensitive_paths = true`, then [`Case::Ascii`]). A deny cannot be bypassed by
+//! case, and a grant is never broader than written on a backend that tells `/Orders` from
+//! `/orders`.
+//!
+//! Method overrides: frameworks that honour `X-HTTP-Method-Override` (or `X-HTTP-Method`,
+//! `X-Method-Override`) or a `_method` query parameter run another method than the request
+//! line's, which is the one the policy decides; [`method_override`] finds them so that such
+//! requests are refused.
 
 use std::fmt;
 
@@ -151,6 +163,55 @@ fn decode(raw: &str, plus_is_space: bool) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "decodes to bytes that are not UTF-8".to_owned())
 }
 
+/// How literal path segments compare with the request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// Byte for byte.
+    Sensitive,
+    /// ASCII letters in either case (what a backend that ignores case does).
+    Ascii,
+    /// Any Unicode case mapping (lower or upper): the widest reading, for what a rule restricts.
+    Insensitive,
+}
+
+impl Case {
+    fn same(self, request: &str, literal: &str) -> bool {
+        match self {
+            Self::Sensitive => request == literal,
+            Self::Ascii => request.eq_ignore_ascii_case(literal),
+            Self::Insensitive => {
+                request.eq_ignore_ascii_case(literal)
+                    || request.to_lowercase() == literal.to_lowercase()
+                    || request.to_uppercase() == literal.to_uppercase()
+            }
+        }
+    }
+}
+
+/// Headers (lower-case names) that ask a framework to run another method.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The method override a request carries, named for a reason (``header `x-http-method` ``), if
+/// any: one of [`METHOD_OVERRIDE_HEADERS`] (names lower-case) or a `_method` query parameter
+/// (in any case).
+pub fn method_override(target: &Target, headers: &[(String, String)]) -> Option<String> {
+    if let Some((name, _)) = headers
+        .iter()
+        .find(|(name, _)| METHOD_OVERRIDE_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
+    {
+        return Some(format!("header `{name}`"));
+    }
+    target
+        .query
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("_method"))
+        .map(|(name, _)| format!("query parameter `{name}`"))
+}
+
 /// A path pattern: `/orders`, `/orders/*` (one segment), `/orders/**` (any number of
 /// segments, including none). Literal segments match exactly (case-sensitive).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +269,11 @@ impl PathPattern {
     }
 
     pub fn matches(&self, segments: &[String]) -> bool {
+        self.matches_as(segments, Case::Sensitive)
+    }
+
+    /// Whether the pattern matches, its literal segments compared as `case` says.
+    pub fn matches_as(&self, segments: &[String], case: Case) -> bool {
         let mut rest = segments;
         for (i, pattern) in self.segments.iter().enumerate() {
             match pattern {
@@ -217,7 +283,7 @@ impl PathPattern {
                     None => return false,
                 },
                 PatternSegment::Literal(literal) => match rest.split_first() {
-                    Some((head, tail)) if head == literal => rest = tail,
+                    Some((head, tail)) if case.same(head, literal) => rest = tail,
                     _ => return false,
                 },
             }
@@ -313,6 +379,50 @@ mod tests {
             let p = PathPattern::parse(pattern).unwrap();
             let t = normalize(path).unwrap();
             assert_eq!(p.matches(&t.segments), *expected, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn patterns_match_case_as_asked() {
+        let cases: &[(&str, &str, [bool; 3])] = &[
+            // (pattern, path, [sensitive, ascii, insensitive])
+            ("/admin/**", "/admin/x", [true, true, true]),
+            ("/admin/**", "/ADMIN/x", [false, true, true]),
+            ("/admin/**", "/aDmIn", [false, true, true]),
+            ("/orders/*", "/Orders/7", [false, true, true]),
+            // The Kelvin sign lower-cases to `k`: only the widest reading folds it.
+            ("/kelvin", "/\u{212A}elvin", [false, false, true]),
+            ("/stra\u{df}e", "/STRASSE", [false, false, true]),
+            ("/admin", "/admins", [false, false, false]),
+        ];
+        for (pattern, path, expected) in cases {
+            let p = PathPattern::parse(pattern).unwrap();
+            let segments: Vec<String> = path[1..].split('/').map(str::to_owned).collect();
+            for (case, want) in [Case::Sensitive, Case::Ascii, Case::Insensitive]
+                .into_iter()
+                .zip(expected)
+            {
+                assert_eq!(
+                    p.matches_as(&segments, case),
+                    *want,
+                    "{pattern} vs {path} ({case:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn method_overrides_are_found() {
+        let none = normalize("/orders?method=x").unwrap();
+        assert_eq!(method_override(&none, &[]), None);
+        let query = normalize("/orders?_METHOD=DELETE").unwrap();
+        assert_eq!(
+            method_override(&query, &[]).as_deref(),
+            Some("query parameter `_METHOD`")
+        );
+        for name in METHOD_OVERRIDE_HEADERS {
+            let headers = [(name.to_string(), "DELETE".to_owned())];
+            assert!(method_override(&none, &headers).is_some(), "{name}");
         }
     }
 

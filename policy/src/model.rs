@@ -99,6 +99,9 @@ pub struct Backend {
     pub tls: Option<Tls>,
     /// Server names whose TLS the agent terminates for this (`http`) backend.
     pub intercept_tls: Vec<String>,
+    /// `http` backends: the backend ignores the case of paths, so rules grant paths whatever
+    /// their (ASCII) case. Restrictions ignore case either way (see [`crate::http`]).
+    pub case_insensitive_paths: bool,
 }
 
 /// How a masked value is replaced. Ordered from most to least revealing: when several rules
@@ -123,6 +126,8 @@ pub struct Mask {
     /// JSON key names (anywhere) or dotted paths from the root (`*` is any key).
     pub fields: Vec<String>,
     pub detectors: Vec<Detector>,
+    /// Response headers (lower-case names) dropped before the response reaches the skill.
+    pub headers: Vec<String>,
     pub strategy: Strategy,
     /// Keep the masked answer (response body, result rows) in the session record, up to a
     /// bound; nothing unmasked is ever kept.
@@ -131,7 +136,18 @@ pub struct Mask {
 
 impl Mask {
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty() && self.fields.is_empty() && self.detectors.is_empty()
+        self.columns.is_empty() && !self.masks_body()
+    }
+
+    /// Whether an HTTP response body must be read whole and masked (fields or detectors);
+    /// dropping headers alone leaves the body streaming.
+    pub fn masks_body(&self) -> bool {
+        !self.fields.is_empty() || !self.detectors.is_empty()
+    }
+
+    /// Whether there is nothing to do to an HTTP response (no body masking, no header to drop).
+    pub fn is_empty_for_http(&self) -> bool {
+        !self.masks_body() && self.headers.is_empty()
     }
 
     /// Adds what `other` masks (the least revealing strategy wins).
@@ -139,6 +155,7 @@ impl Mask {
         for (dst, src) in [
             (&mut self.columns, &other.columns),
             (&mut self.fields, &other.fields),
+            (&mut self.headers, &other.headers),
         ] {
             for item in src {
                 if !dst.contains(item) {
@@ -189,9 +206,12 @@ pub struct HttpOp {
     /// Upper-case methods; `*` is any.
     pub methods: Vec<String>,
     pub paths: Vec<PathPattern>,
-    /// Query parameters that must be present with one of the values.
+    /// Query parameters that must be present with one of the values. A parameter repeated in
+    /// a request must have one of the values every time for the rule to grant the request (the
+    /// backend may read any of them), and once for it to restrict it (deny, approve, mask).
     pub query: Vec<(String, Vec<String>)>,
-    /// Headers (lower-case names) that must be present with one of the values.
+    /// Headers (lower-case names) that must be present with one of the values, read as
+    /// `query` is when repeated.
     pub headers: Vec<(String, Vec<String>)>,
 }
 

@@ -23,6 +23,10 @@ struct Case {
     /// A SQL string, an HTTP `METHOD /target`, or neither (a connection, by dial address).
     sql: Option<String>,
     http: Option<String>,
+    /// Request headers of an `http` case, `"Name: value"` each (names are lower-cased, as the
+    /// proxy passes them).
+    #[serde(default)]
+    headers: Vec<String>,
     dial: Option<String>,
     /// allow | approve | deny
     expect: String,
@@ -33,6 +37,9 @@ struct Case {
     /// Columns that must be masked.
     #[serde(default)]
     mask_columns: Vec<String>,
+    /// JSON fields that must be masked.
+    #[serde(default)]
+    mask_fields: Vec<String>,
     /// What observe-only rules would have decided.
     observed: Option<String>,
 }
@@ -47,6 +54,14 @@ fn run<'p>(policy: &'p Policy, case: &Case) -> Decision<'p> {
         }
         (None, Some(http), None) => {
             let (method, target) = http.split_once(' ').expect("http = \"METHOD /target\"");
+            let headers: Vec<(String, String)> = case
+                .headers
+                .iter()
+                .map(|h| {
+                    let (name, value) = h.split_once(':').expect("headers = [\"Name: value\"]");
+                    (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+                })
+                .collect();
             policy
                 .decide_http(
                     &case.skill,
@@ -54,7 +69,7 @@ fn run<'p>(policy: &'p Policy, case: &Case) -> Decision<'p> {
                     &case.backend,
                     method,
                     target,
-                    &[],
+                    &headers,
                 )
                 .decision
         }
@@ -122,6 +137,11 @@ fn fixture_corpus() {
             for column in &case.mask_columns {
                 if !d.mask.columns.contains(column) {
                     problems.push(format!("column {column} not masked"));
+                }
+            }
+            for field in &case.mask_fields {
+                if !d.mask.fields.contains(field) {
+                    problems.push(format!("field {field} not masked"));
                 }
             }
             if let Some(observed) = &case.observed

@@ -6,8 +6,15 @@
 # Routes: /orders/N (JSON with personal data), /echo (the request back as JSON, and its
 # Authorization header in X-Seen-Authorization), /broken (invalid JSON), /big?n=BYTES
 # (a JSON string of that many bytes, chunked), /stall?s=SECONDS (answers after that long),
-# /cut (promises 1000 bytes, sends 10, closes), anything else 404 JSON.
+# /cut (promises 1000 bytes, sends 10, closes), /reflect?form=F[&where=headers][&chunk=N][&gzip=1]
+# (the request's Authorization header sent back encoded as F: raw, json, base64, url, urlplus;
+# in the body, in Location, Set-Cookie and X-Reflected, or in the status line's reason phrase; the body chunked N bytes a chunk;
+# gzip-compressed whatever the request accepts), /profile (JSON plus headers carrying
+# personal data), anything else 404 JSON. /reflect and /profile answer a Range request with 206.
+import base64
+import gzip
 import json
+import urllib.parse
 import sys
 import threading
 import time
@@ -94,8 +101,85 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
+        elif path == "/reflect":
+            self.reflect()
+        elif path == "/profile":
+            body = json.dumps({"name": "Alice", "email": "alice@example.com"}).encode()
+            self.send_ranged(body, "application/json", {
+                "X-Customer-Email": "alice@example.com",
+                "Location": "/customers?email=alice%40example.com",
+                "Set-Cookie": "last_customer=alice@example.com; Path=/",
+                "X-Request-Id": "r-1",
+            })
         else:
             self.send_json(404, {"error": "no such route"})
+
+    def reflect(self):
+        query = dict(urllib.parse.parse_qsl(self.path.split("?", 1)[1]))
+        auth = self.headers.get("Authorization", "")
+        form = query["form"]
+        if form == "raw":
+            values = [auth]
+        elif form == "json":
+            values = [json.dumps({"value": auth})]
+        elif form == "base64":
+            # Inside a larger base64 text the secret sits at any offset modulo 3.
+            values = []
+            for k in range(3):
+                whole = ("x" * k + auth).encode()
+                values.append(base64.b64encode(whole).decode())
+                values.append(base64.urlsafe_b64encode(whole).decode())
+        elif form == "url":
+            values = [urllib.parse.quote(auth), urllib.parse.quote(auth, safe="")]
+        elif form == "urlplus":
+            values = [urllib.parse.quote_plus(auth), urllib.parse.quote_plus(auth).lower()]
+        else:
+            raise ValueError(form)
+        if query.get("where") == "reason":
+            body = b"{}"
+            self.send_response(200, values[0])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if query.get("where") == "headers":
+            headers = {
+                "Location": "/next?token=" + values[0],
+                "Set-Cookie": "session=" + values[-1] + "; Path=/",
+                "X-Reflected": " ".join(values),
+            }
+            self.send_raw(200, b"{}", "application/json", headers)
+            return
+        body = ("\n".join(values) + "\n").encode()
+        if query.get("gzip"):
+            self.send_raw(200, gzip.compress(body), "text/plain", {"Content-Encoding": "gzip"})
+            return
+        chunk = int(query.get("chunk", "0"))
+        if not chunk:
+            self.send_ranged(body, "text/plain", {})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(body), chunk):
+            part = body[i:i + chunk]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def send_ranged(self, body, ctype, headers):
+        spec = self.headers.get("Range", "")
+        if spec.startswith("bytes="):
+            start, _, end = spec[6:].partition("-")
+            start, end = int(start), int(end or len(body) - 1)
+            part = body[start:end + 1]
+            headers = dict(headers)
+            headers["Content-Range"] = "bytes %d-%d/%d" % (start, start + len(part) - 1, len(body))
+            self.send_raw(206, part, ctype, headers)
+            return
+        self.send_raw(200, body, ctype, headers)
 
     def send_json(self, status, value, headers=None):
         self.send_raw(status, json.dumps(value).encode(), "application/json", headers)

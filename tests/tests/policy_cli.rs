@@ -180,4 +180,35 @@ fn explain_shows_decision_rule_and_classification() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("decision: deny"), "{text}");
     assert!(text.contains("path:     /admin"), "{text}");
+
+    // Headers take part: a repeated header must be allowed every time, and a mask's response
+    // headers are shown.
+    let hostile = fixture("hostile-http.policy.toml");
+    let explain = |target: &str, headers: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            &hostile,
+            "--skill",
+            "reporter",
+            "--backend",
+            "api",
+            "--http",
+            target,
+        ];
+        for header in headers {
+            args.extend(["--header", header]);
+        }
+        let out = skillgate(&args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain("POST /search?format=json", &["X-Tenant: blue"]);
+    assert!(text.contains("decision: allow"), "{text}");
+    let text = explain(
+        "POST /search?format=json",
+        &["X-Tenant: blue", "X-Tenant: red"],
+    );
+    assert!(text.contains("decision: deny"), "{text}");
+    let text = explain("GET /customers/1", &[]);
+    assert!(text.contains("headers [x-customer-email]"), "{text}");
 }

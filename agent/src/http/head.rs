@@ -7,6 +7,7 @@ use std::time::Duration;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioTimer;
+use skillgate_policy::Mask;
 use skillgate_policy::http::{Target, percent_encode};
 
 /// Largest request head accepted from a skill; larger heads get 431.
@@ -72,13 +73,16 @@ fn encode_query(query: &[(String, String)]) -> String {
 
 /// The headers sent upstream: end-to-end ones only, none of the skill's credentials (the
 /// Authorization headers and the header its token came in), `Host` the backend's, the agent's
-/// credential if the backend has one, and `identity` encoding when the response is masked.
+/// credential if the backend has one. When the response must be read `whole` (it is masked, or
+/// scanned for the credential) the `identity` encoding is asked for, and `Range` and `If-Range`
+/// stay behind: a compressed body cannot be scanned, and a credential fetched a few bytes at a
+/// time would never be whole in one response.
 pub fn upstream_headers(
     from: &HeaderMap,
     token_header: &HeaderName,
     host: &str,
     credential: Option<(&HeaderName, &HeaderValue)>,
-    identity: bool,
+    whole: bool,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     copy_end_to_end(from, &mut headers);
@@ -96,14 +100,186 @@ pub fn upstream_headers(
     if let Some((name, value)) = credential {
         headers.insert(name.clone(), value.clone());
     }
-    if identity {
-        // A compressed body could not be masked.
+    if whole {
         headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        headers.remove(header::RANGE);
+        headers.remove(header::IF_RANGE);
     }
     headers
+}
+
+/// What kind of body a POST carries that frameworks read a `_method` override from (Rack's
+/// MethodOverride, Symfony and Laravel, express's method-override: form fields, and Laravel's
+/// JSON input), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormKind {
+    UrlEncoded,
+    Multipart,
+    Json,
+}
+
+/// The kind of form body `headers` announce on a POST (`None` for other methods or bodies).
+pub fn form_kind(method: &Method, headers: &HeaderMap) -> Option<FormKind> {
+    if method != Method::POST {
+        return None;
+    }
+    let mut kind = None;
+    for value in headers.get_all(header::CONTENT_TYPE) {
+        let text = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+        if text.contains("x-www-form-urlencoded") {
+            kind = Some(FormKind::UrlEncoded);
+        } else if text.contains("multipart/") {
+            kind = Some(FormKind::Multipart);
+        } else if text.contains("json") {
+            kind = Some(FormKind::Json);
+        }
+    }
+    kind
+}
+
+/// Whether a form field name reads as `_method` (or `_method[...]`) to some framework: PHP
+/// turns spaces, dots and `[` in a top-level name into `_`.
+fn names_method(name: &str) -> bool {
+    let name: String = name
+        .trim_matches('"')
+        .chars()
+        .map(|c| match c {
+            ' ' | '.' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    name.starts_with("_method")
+}
+
+/// Whether a POST body of `kind` carries a `_method` field. Names are read as loosely as any
+/// framework reads them; a multipart part whose name is encoded (`name*=`) counts as one.
+pub fn body_overrides_method(kind: FormKind, body: &[u8]) -> bool {
+    match kind {
+        FormKind::UrlEncoded => String::from_utf8_lossy(body).split('&').any(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            names_method(&lossy_decode(&name.replace('+', " ")))
+        }),
+        FormKind::Multipart => {
+            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+            // `name=` and `name*=` as parameters of their own, not the end of `filename=`.
+            let parameter = |needle: &'static str| {
+                text.match_indices(needle)
+                    .filter(|(at, _)| *at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric())
+                    .map(|(at, _)| at + needle.len())
+                    .collect::<Vec<usize>>()
+            };
+            !parameter("name*=").is_empty()
+                || parameter("name=").into_iter().any(|at| {
+                    let rest = &text[at..];
+                    let value = match rest.strip_prefix('"') {
+                        Some(quoted) => quoted.split('"').next().unwrap_or(""),
+                        None => rest.split([';', '\r', '\n']).next().unwrap_or(""),
+                    };
+                    names_method(value)
+                })
+        }
+        FormKind::Json => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => map.keys().any(|k| names_method(k)),
+            _ => false,
+        },
+    }
+}
+
+/// Why a response whose body must be read as it is (masked, or scanned for the credential)
+/// cannot be: it is compressed, in a transfer coding hyper does not undo, or a part of a body.
+pub fn unreadable(status: &StatusCode, headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let codings = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+        if codings
+            .split(',')
+            .map(str::trim)
+            .any(|c| !c.is_empty() && c != "identity")
+        {
+            return Some(format!("is compressed (content-encoding `{codings}`)"));
+        }
+    }
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let codings = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+        if codings
+            .split(',')
+            .map(str::trim)
+            .any(|c| !c.is_empty() && c != "chunked")
+        {
+            return Some(format!("is compressed (transfer-encoding `{codings}`)"));
+        }
+    }
+    if *status == StatusCode::PARTIAL_CONTENT {
+        return Some("is a part of a body (206)".to_owned());
+    }
+    None
+}
+
+/// Response headers whose values the detectors leave alone (framing and metadata).
+const UNMASKED_HEADERS: &[&str] = &["content-type", "content-length", "date"];
+
+/// Applies `mask` to response headers: the headers it names are dropped, and the values its
+/// detectors find are masked, in a header's text as sent and percent-decoded (`Location:
+/// /c?email=a%40b.example`). A value that is not text is dropped where detectors run.
+pub fn mask_headers(headers: &mut HeaderMap, mask: &Mask, salt: &[u8]) {
+    for name in &mask.headers {
+        headers.remove(name.as_str());
+    }
+    if mask.detectors.is_empty() {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| !UNMASKED_HEADERS.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        headers.remove(&name);
+        for value in values {
+            let Ok(text) = value.to_str() else {
+                continue;
+            };
+            let (masked, hits) = skillgate_policy::mask::mask_text(text, mask, salt);
+            let decoded = lossy_decode(text);
+            let (masked, hits) = match hits {
+                0 if decoded != text => skillgate_policy::mask::mask_text(&decoded, mask, salt),
+                _ => (masked, hits),
+            };
+            if hits == 0 {
+                headers.append(&name, value);
+            } else if let Ok(masked) = HeaderValue::from_str(&masked) {
+                headers.append(&name, masked);
+            }
+        }
+    }
+}
+
+/// Percent-escapes decoded where they are valid (for masking what a text carries encoded).
+pub fn lossy_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Copies the end-to-end headers: hop-by-hop ones and those the `Connection` header names
@@ -171,6 +347,9 @@ mod tests {
         from.insert("authorization", HeaderValue::from_static("Bearer skill"));
         from.insert("x-skill-token", HeaderValue::from_static("eyJ..."));
         from.insert("host", HeaderValue::from_static("evil.example"));
+        from.insert("range", HeaderValue::from_static("bytes=0-3"));
+        from.insert("if-range", HeaderValue::from_static("\"e\""));
+        from.insert("accept-encoding", HeaderValue::from_static("gzip"));
         let agent = (
             &header::AUTHORIZATION,
             &HeaderValue::from_static("Bearer agent"),
@@ -180,5 +359,100 @@ mod tests {
         assert_eq!(headers["host"], "10.0.0.1:80");
         assert_eq!(headers["accept-encoding"], "identity");
         assert!(!headers.contains_key("x-skill-token"));
+        assert!(!headers.contains_key("range") && !headers.contains_key("if-range"));
+    }
+
+    #[test]
+    fn method_overrides_in_form_bodies_are_found() {
+        let post = Method::POST;
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(form_kind(&Method::PUT, &headers), None);
+        assert_eq!(form_kind(&post, &headers), Some(FormKind::Json));
+        let cases: &[(FormKind, &str, bool)] = &[
+            (FormKind::UrlEncoded, "a=1&_method=DELETE", true),
+            (FormKind::UrlEncoded, "a=1&%5Fmethod=DELETE", true),
+            (FormKind::UrlEncoded, "_METHOD=PUT", true),
+            (FormKind::UrlEncoded, ".method=PUT", true),
+            (FormKind::UrlEncoded, "+method=PUT", true),
+            (FormKind::UrlEncoded, "_method[]=PUT", true),
+            (FormKind::UrlEncoded, "method=PUT&x=_method", false),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--",
+                true,
+            ),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nX\r\n--b--",
+                true,
+            ),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"_method.txt\"\r\n\r\nX\r\n--b--",
+                false,
+            ),
+            (FormKind::Json, r#"{"_method": "DELETE"}"#, true),
+            (FormKind::Json, r#"{"\u005fmethod": "DELETE"}"#, true),
+            (FormKind::Json, r#"{"a": {"_method": "x"}}"#, false),
+            (FormKind::Json, "not json", false),
+        ];
+        for (kind, body, expected) in cases {
+            assert_eq!(
+                body_overrides_method(*kind, body.as_bytes()),
+                *expected,
+                "{kind:?} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn compressed_or_partial_responses_are_unreadable() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(unreadable(&StatusCode::OK, &headers), None);
+        headers.insert("content-encoding", HeaderValue::from_static("identity"));
+        assert_eq!(unreadable(&StatusCode::OK, &headers), None);
+        headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+        assert!(
+            unreadable(&StatusCode::OK, &headers)
+                .unwrap()
+                .contains("gzip")
+        );
+        headers.remove("content-encoding");
+        headers.insert(
+            "transfer-encoding",
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(unreadable(&StatusCode::OK, &headers).is_some());
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert_eq!(unreadable(&StatusCode::OK, &headers), None);
+        assert!(unreadable(&StatusCode::PARTIAL_CONTENT, &headers).is_some());
+    }
+
+    #[test]
+    fn masked_headers_are_dropped_or_masked() {
+        let mask = Mask {
+            detectors: vec![skillgate_policy::Detector::Email],
+            headers: vec!["x-customer-email".to_owned()],
+            ..Mask::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-customer-email", HeaderValue::from_static("a@b.example"));
+        headers.insert(
+            "location",
+            HeaderValue::from_static("/c?e=alice%40example.com"),
+        );
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append(
+            "set-cookie",
+            HeaderValue::from_static("who=bob@example.org"),
+        );
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        mask_headers(&mut headers, &mask, b"salt");
+        assert!(!headers.contains_key("x-customer-email"));
+        assert_eq!(headers["location"], "/c?e=[email]");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "who=[email]"]);
+        assert_eq!(headers["content-type"], "application/json");
     }
 }

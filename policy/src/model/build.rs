@@ -244,6 +244,16 @@ impl<'a> Builder<'a> {
             }),
             None => None,
         };
+        let case_insensitive_paths = match &def.case_insensitive_paths {
+            Some(flag) if def.protocol != Protocol::Http => {
+                return Err(self.error(
+                    flag,
+                    format!("`case_insensitive_paths` is for `http` backends; `{name}` is not one"),
+                ));
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
         Ok(Backend {
             name,
             protocol: def.protocol,
@@ -252,6 +262,7 @@ impl<'a> Builder<'a> {
             credentials,
             intercept_tls,
             tls,
+            case_insensitive_paths,
         })
     }
 
@@ -382,17 +393,38 @@ impl<'a> Builder<'a> {
         let mask = match (&def.mask, effect) {
             (Some(mask), Effect::Mask) => {
                 let mask = mask.get_ref();
+                let mut headers = Vec::with_capacity(mask.headers.len());
+                for header in &mask.headers {
+                    let value = header.get_ref().to_ascii_lowercase();
+                    if protocol != Protocol::Http {
+                        return Err(self.error(
+                            header,
+                            format!("{name}: `mask.headers` is for http backends"),
+                        ));
+                    }
+                    let token = !value.is_empty()
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    if !token {
+                        return Err(
+                            self.error(header, format!("{name}: `{value}` is not a header name"))
+                        );
+                    }
+                    headers.push(value);
+                }
                 let mask = Mask {
                     columns: mask.columns.clone(),
                     fields: mask.fields.clone(),
                     detectors: mask.detectors.clone(),
+                    headers,
                     strategy: mask.strategy,
                     keep: mask.keep,
                 };
-                if mask.is_empty() {
+                if mask.is_empty() && mask.headers.is_empty() {
                     return Err(self.error(
                         &def.effect,
-                        format!("{name}: `mask` names no columns, fields or detectors"),
+                        format!("{name}: `mask` names no columns, fields, detectors or headers"),
                     ));
                 }
                 mask

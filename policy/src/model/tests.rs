@@ -256,6 +256,26 @@ fn invalid_policies_point_at_the_problem() {
             "`a.b` is listed twice",
         ),
         (
+            format!("{backend}case_insensitive_paths = true\n"),
+            "p.toml:6:26: `case_insensitive_paths` is for `http` backends; `b` is not one",
+        ),
+        (
+            format!(
+                "{skill}{http}[[rule]]\nskills = [\"a\"]\nbackend = \"b\"\neffect = \"mask\"\n\
+                 http = {{ methods = [\"GET\"], paths = [\"/**\"] }}\n\
+                 mask = {{ headers = [\"x bad\"] }}\n"
+            ),
+            "rule #1: `x bad` is not a header name",
+        ),
+        (
+            format!(
+                "{skill}{}[[rule]]\nskills = [\"a\"]\nbackend = \"b\"\neffect = \"mask\"\n\
+                 sql = {{ kinds = [\"select\"], objects = [\"*\"] }}\nmask = {{ headers = [\"x-email\"] }}\n",
+                backend.replace("tcp", "postgres")
+            ),
+            "rule #1: `mask.headers` is for http backends",
+        ),
+        (
             format!("{http}tls = {{ client_cert = \"c.pem\" }}\n"),
             "p.toml:6:23: backend `b` names only one of `client_cert` and `client_key`",
         ),
