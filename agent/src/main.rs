@@ -26,6 +26,7 @@ mod sessions_cli;
 mod stats;
 mod status;
 mod sys;
+mod terminal;
 mod tls;
 
 use std::path::PathBuf;
