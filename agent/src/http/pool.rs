@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use super::Relay;
+use super::body::RequestBody;
 
 /// Idle connections kept per backend; more are closed when given back.
 const MAX_IDLE: usize = 128;
@@ -21,7 +21,7 @@ const MAX_IDLE: usize = 128;
 /// How long a returned connection may take to finish its response before it is dropped.
 const SETTLE: Duration = Duration::from_secs(5);
 
-pub type Sender = SendRequest<Relay<Incoming>>;
+pub type Sender = SendRequest<Relay<RequestBody>>;
 
 /// Which connections are interchangeable: same address, same TLS name and trust.
 #[derive(Clone, PartialEq, Eq, Hash)]
