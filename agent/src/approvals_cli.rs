@@ -42,7 +42,9 @@ pub fn list(config_path: &Path, json: bool) -> Result<()> {
             escape(p.rule.as_deref().unwrap_or("-")),
             escape(&p.operation),
         );
-        if let Some(body) = &p.body {
+        if let Some(body) = p.body.as_ref().filter(|b| b.bytes == 0) {
+            println!("      body: empty (sha256 {})", body.sha256);
+        } else if let Some(body) = &p.body {
             println!(
                 "      body: {} bytes, sha256 {}: {}{}",
                 body.bytes,

@@ -647,6 +647,17 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
     assert!(status.starts_with("403 "), "{status}");
     assert_eq!(backend.requests().len(), 2);
 
+    // An empty body is said to be empty.
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| post_refund(&env, dial, b""));
+        let held = env.wait_for_pending();
+        assert_eq!(held["body"]["bytes"], 0, "{held}");
+        let listed = env.cli(&["approvals"]);
+        assert!(listed.contains("body: empty"), "{listed}");
+        env.cli(&["deny", &held["id"].to_string(), "--reason", "empty"]);
+        assert!(skill.join().unwrap().starts_with("403 "));
+    });
+
     // A body too large to hold for a human is refused at once, and says why.
     let big = vec![b'a'; 1024 * 1024 + 1];
     let (fate, status) = watch(&env, || post_refund(&env, dial, &big));
