@@ -190,8 +190,11 @@ impl Approvals {
                 Verdict::Approved {
                     uid: grant.approver_uid,
                     reason: format!(
-                        "grant {} until {} ns: {}",
-                        grant.id, grant.expires_ns, grant.reason
+                        "{} grant {} until {} ns: {}",
+                        if grant.shape { "shape" } else { "exact" },
+                        grant.id,
+                        grant.expires_ns,
+                        grant.reason
                     ),
                 },
             );

@@ -451,6 +451,22 @@ fn a_grant_covers_the_exact_statement_unless_the_approver_asks_for_its_shape() {
     assert_eq!(refunds(&s), "4\n");
     let grants = s.env.cli(&["grants"]);
     assert!(grants.contains("shape"), "{grants}");
+    // The store says which kind of grant let each statement through.
+    let reasons: Vec<String> = s
+        .env
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "approval" && e["decision"] == "approved")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(": exact grant ")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains(": shape grant ")),
+        "{reasons:?}"
+    );
 }
 
 #[test]
