@@ -554,18 +554,11 @@ async fn handle(
                     (Err(err), _) => Err(err),
                     (Ok((view, _)), _) if !view.shown_whole() && !seen_truncated => {
                         Err(anyhow::anyhow!(
-                            "approval {id} was shown cut: the {} is {} bytes (sha256 {}) and \
-                             approvers see at most {} bytes of it{}; deny it, or approve with \
-                             --seen-truncated to accept what you could not see",
-                            PendingView::noun(&view.kind),
-                            view.operation_bytes,
-                            view.sha256,
+                            "approval {id} was shown cut ({}; approvers see at most {} bytes): \
+                             deny it, or approve with --seen-truncated to accept what you \
+                             could not see",
+                            cut_parts(&view).join("; "),
                             crate::held::SHOWN_MAX,
-                            if view.body.as_ref().is_some_and(|b| b.truncated) {
-                                " (and of its body)"
-                            } else {
-                                ""
-                            },
                         ))
                     }
                     (Ok(_), Some(for_ns)) if for_ns > 0 => approvals
@@ -619,6 +612,27 @@ async fn handle(
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+/// What of `view` was shown cut, with lengths and hashes: `the statement is 5123 bytes
+/// (sha256 ...)`, `its body is ...`.
+fn cut_parts(view: &PendingView) -> Vec<String> {
+    let mut parts = Vec::new();
+    if view.truncated {
+        parts.push(format!(
+            "the {} is {} bytes (sha256 {})",
+            PendingView::noun(&view.kind),
+            view.operation_bytes,
+            view.sha256
+        ));
+    }
+    if let Some(body) = view.body.as_ref().filter(|b| b.truncated) {
+        parts.push(format!(
+            "its body is {} bytes (sha256 {})",
+            body.bytes, body.sha256
+        ));
+    }
+    parts
 }
 
 /// Hands an approver's verdict to the held operation.

@@ -663,6 +663,29 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
     assert!(status.starts_with("403 "), "{status}");
     assert_eq!(backend.requests().len(), 2);
 
+    // A body longer than an approver is shown needs --seen-truncated, and says so.
+    let long = format!("{{\"order\": 7, \"note\": \"{}\"}}", "n".repeat(5000));
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| post_refund(&env, dial, long.as_bytes()));
+        let held = env.wait_for_pending();
+        assert_eq!(held["truncated"], false, "{held}");
+        assert_eq!(held["body"]["truncated"], true, "{held}");
+        let id = held["id"].to_string();
+        let out = env.skillgate().args(["approve", &id]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let sha = sha256_hex(long.as_bytes());
+        assert!(
+            stderr.contains(&format!("its body is {} bytes (sha256 {sha})", long.len()))
+                && stderr.contains("--seen-truncated"),
+            "{stderr}"
+        );
+        env.cli(&["approve", &id, "--seen-truncated"]);
+        assert!(skill.join().unwrap().starts_with("404 "));
+    });
+    assert_eq!(backend.requests().len(), 3);
+    assert_eq!(backend.requests()[2]["body"], long);
+
     // An empty body is said to be empty.
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| post_refund(&env, dial, b""));
@@ -682,5 +705,5 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
         status.starts_with("413 ") && status.contains("too large to hold for approval"),
         "{status}"
     );
-    assert_eq!(backend.requests().len(), 2);
+    assert_eq!(backend.requests().len(), 3);
 }
