@@ -49,34 +49,113 @@ impl Verdict {
     }
 }
 
-/// A held operation, as listed to approvers.
+/// A held operation, as listed to approvers (built by [`crate::held::Held::view`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingView {
     pub id: u64,
+    /// `sql`, `http` or `connect`.
+    #[serde(default)]
+    pub kind: String,
     pub skill: String,
     pub backend: String,
+    /// The operation with detected values masked, at most `held::SHOWN_MAX` bytes.
     pub operation: String,
+    /// The length of the operation as the skill sent it.
+    #[serde(default)]
+    pub operation_bytes: u64,
+    /// SHA-256 (hex) of the operation as the skill sent it: what an approval lets through.
+    #[serde(default)]
+    pub sha256: String,
+    /// Whether `operation` is cut (less than all of it is shown).
+    #[serde(default)]
+    pub truncated: bool,
+    /// An HTTP request's body: masked, bounded, with its length and SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<crate::held::BodyView>,
     pub rule: Option<String>,
     pub requested_ns: i64,
     pub expires_ns: i64,
 }
 
+impl PendingView {
+    /// Whether the approver is shown all of it; if not (the operation or the body is cut),
+    /// approving it needs `seen_truncated`.
+    pub fn shown_whole(&self) -> bool {
+        !self.truncated && !self.body.as_ref().is_some_and(|b| b.truncated)
+    }
+
+    /// What it is called in sentences: statement, request, connection.
+    pub fn noun(kind: &str) -> &'static str {
+        match kind {
+            "sql" => "statement",
+            "http" => "request",
+            "connect" => "connection",
+            _ => "operation",
+        }
+    }
+}
+
 struct Pending {
     view: PendingView,
+    /// The shape key a `--shape` grant would match (see `held::Held::view`).
+    shape: String,
     answer: oneshot::Sender<Verdict>,
 }
 
-/// Just-in-time access: an approver let the same skill repeat the same operation on the same
-/// backend until `expires_ns`.
+/// Just-in-time access: an approver let the same skill repeat an operation on the same backend
+/// until `expires_ns`: exactly the operation approved (its SHA-256, and its body's), or, when
+/// the approver asked for it, any operation of the same shape (the same text once detected
+/// values are masked).
+///
+/// Grants saved by agents before exact grants have neither binding: they are dropped when
+/// loaded (fail closed: the operation is held again) rather than read as shape grants.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Grant {
     pub id: u64,
+    #[serde(default)]
+    pub kind: String,
     pub skill: String,
     pub backend: String,
+    /// The operation approved, as the approver saw it (masked, cut).
     pub operation: String,
+    /// Whether the grant is for the operation's shape rather than the exact operation.
+    #[serde(default)]
+    pub shape: bool,
+    /// Exact grants: SHA-256 of the operation approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Exact grants on HTTP requests: SHA-256 of the body approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    /// Shape grants: the shape key matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_sha256: Option<String>,
     pub approver_uid: u32,
     pub reason: String,
     pub expires_ns: i64,
+}
+
+impl Grant {
+    /// Whether the grant covers `view` (whose shape key is `shape`).
+    fn covers(&self, view: &PendingView, shape: &str) -> bool {
+        if self.skill != view.skill || self.backend != view.backend {
+            return false;
+        }
+        if self.shape {
+            return self.shape_sha256.as_deref() == Some(shape);
+        }
+        self.sha256.as_deref() == Some(view.sha256.as_str())
+            && self.body_sha256.as_deref() == view.body.as_ref().map(|b| b.sha256.as_str())
+    }
+
+    /// Whether the grant names what it matches (grants from older agents do not).
+    fn is_bound(&self) -> bool {
+        if self.shape {
+            self.shape_sha256.is_some()
+        } else {
+            self.sha256.is_some()
+        }
+    }
 }
 
 /// Operations waiting for a human, and the grants humans gave.
@@ -103,15 +182,19 @@ impl Approvals {
 
     /// Holds an operation until someone approves or denies it, or `wait` passes; returns the
     /// approval's id (0 when a standing grant answered) and the answer.
-    pub async fn request(&self, mut view: PendingView, wait: Duration) -> (u64, Verdict) {
-        if let Some(grant) = self.active_grant(&view) {
+    pub async fn request(&self, held: crate::held::Held<'_>, wait: Duration) -> (u64, Verdict) {
+        let (mut view, shape) = held.view();
+        if let Some(grant) = self.active_grant(&view, &shape) {
             return (
                 0,
                 Verdict::Approved {
                     uid: grant.approver_uid,
                     reason: format!(
-                        "grant {} until {} ns: {}",
-                        grant.id, grant.expires_ns, grant.reason
+                        "{} grant {} until {} ns: {}",
+                        if grant.shape { "shape" } else { "exact" },
+                        grant.id,
+                        grant.expires_ns,
+                        grant.reason
                     ),
                 },
             );
@@ -125,7 +208,14 @@ impl Approvals {
         if let Some(webhook) = &self.webhook {
             tokio::spawn(notify(Arc::clone(&self.tls), webhook.clone(), view.clone()));
         }
-        self.lock().insert(id, Pending { view, answer });
+        self.lock().insert(
+            id,
+            Pending {
+                view,
+                shape,
+                answer,
+            },
+        );
         let verdict = tokio::time::timeout(wait, verdict).await;
         self.lock().remove(&id);
         match verdict {
@@ -145,7 +235,13 @@ impl Approvals {
             }
         };
         let now = record::now_ns();
-        let live: Vec<Grant> = grants.into_iter().filter(|g| g.expires_ns > now).collect();
+        let (live, unbound): (Vec<Grant>, Vec<Grant>) = grants
+            .into_iter()
+            .filter(|g| g.expires_ns > now)
+            .partition(Grant::is_bound);
+        if !unbound.is_empty() {
+            warn!(grants = unbound.len(), file = %path.display(), "grants saved without an exact or shape binding (by an older agent) dropped: their operations are held again");
+        }
         if !live.is_empty() {
             info!(grants = live.len(), file = %path.display(), "grants restored");
         }
@@ -190,26 +286,38 @@ impl Approvals {
         grants.clone()
     }
 
-    fn active_grant(&self, view: &PendingView) -> Option<Grant> {
-        self.grants().into_iter().find(|g| {
-            g.skill == view.skill && g.backend == view.backend && g.operation == view.operation
-        })
+    fn active_grant(&self, view: &PendingView, shape: &str) -> Option<Grant> {
+        self.grants().into_iter().find(|g| g.covers(view, shape))
     }
 
-    /// Approves pending `id` and lets the same operation through until `for_ns` from now.
-    fn grant(&self, id: u64, uid: u32, reason: &str, for_ns: i64) -> Result<Grant> {
-        let view = self
-            .lock()
+    /// The pending approval `id` and its shape key.
+    fn pending(&self, id: u64) -> Result<(PendingView, String)> {
+        self.lock()
             .get(&id)
-            .map(|p| p.view.clone())
+            .map(|p| (p.view.clone(), p.shape.clone()))
             .with_context(|| {
                 format!("no pending approval {id} (answered, expired, or never asked)")
-            })?;
+            })
+    }
+
+    /// Approves pending `id` and lets the same operation (or, with `shape`, any of its shape)
+    /// through until `for_ns` from now.
+    fn grant(&self, id: u64, uid: u32, reason: &str, for_ns: i64, shape: bool) -> Result<Grant> {
+        let (view, shape_key) = self.pending(id)?;
         let grant = Grant {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            kind: view.kind,
             skill: view.skill,
             backend: view.backend,
             operation: view.operation,
+            shape,
+            sha256: (!shape).then_some(view.sha256),
+            body_sha256: if shape {
+                None
+            } else {
+                view.body.map(|b| b.sha256)
+            },
+            shape_sha256: shape.then_some(shape_key),
             approver_uid: uid,
             reason: reason.to_owned(),
             expires_ns: record::now_ns() + for_ns,
@@ -218,7 +326,7 @@ impl Approvals {
         grants.push(grant.clone());
         self.save_grants(&grants);
         drop(grants);
-        info!(grant = grant.id, skill = %grant.skill, backend = %grant.backend, operation = %grant.operation, approver_uid = uid, "grant created");
+        info!(grant = grant.id, skill = %grant.skill, backend = %grant.backend, operation = %grant.operation, shape, approver_uid = uid, "grant created");
         Ok(grant)
     }
 
@@ -292,12 +400,17 @@ async fn post(
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AdminRequest {
     List,
-    /// `for_ns`: also grant the same operation for this long.
+    /// `for_ns`: also grant the same operation for this long; `shape`: any operation of its
+    /// shape; `seen_truncated`: the approver accepts an operation shown cut.
     Approve {
         id: u64,
         reason: String,
         #[serde(default)]
         for_ns: Option<i64>,
+        #[serde(default)]
+        shape: bool,
+        #[serde(default)]
+        seen_truncated: bool,
     },
     Deny {
         id: u64,
@@ -434,25 +547,43 @@ async fn handle(
                 id,
                 mut reason,
                 for_ns,
+                shape,
+                seen_truncated,
             }) => {
-                let granted = match for_ns {
-                    Some(for_ns) if for_ns > 0 => {
-                        approvals.grant(id, cred.uid(), &reason, for_ns).map(Some)
+                let granted = match (approvals.pending(id), for_ns) {
+                    (Err(err), _) => Err(err),
+                    (Ok((view, _)), _) if !view.shown_whole() && !seen_truncated => {
+                        Err(anyhow::anyhow!(
+                            "approval {id} was shown cut ({}; approvers see at most {} bytes): \
+                             deny it, or approve with --seen-truncated to accept what you \
+                             could not see",
+                            cut_parts(&view).join("; "),
+                            crate::held::SHOWN_MAX,
+                        ))
                     }
-                    Some(_) => Err(anyhow::anyhow!("--for must be longer than 0s")),
-                    None => Ok(None),
+                    (Ok(_), Some(for_ns)) if for_ns > 0 => approvals
+                        .grant(id, cred.uid(), &reason, for_ns, shape)
+                        .map(Some),
+                    (Ok(_), Some(_)) => Err(anyhow::anyhow!("--for must be longer than 0s")),
+                    (Ok(_), None) if shape => {
+                        Err(anyhow::anyhow!("--shape is for grants: give --for too"))
+                    }
+                    (Ok(_), None) => Ok(None),
                 };
                 match granted {
                     Err(err) => refuse(format!("{err:#}")),
                     Ok(grant) => {
-                        if let Some(grant) = grant {
-                            reason = format!("{reason} (grant {} created)", grant.id);
+                        if let Some(grant) = &grant {
+                            let what = if grant.shape { "shape " } else { "" };
+                            reason = format!("{reason} ({what}grant {} created)", grant.id);
                         }
                         let verdict = Verdict::Approved {
                             uid: cred.uid(),
                             reason,
                         };
-                        answer(approvals, id, verdict)
+                        let mut response = answer(approvals, id, verdict);
+                        response.grants.extend(grant);
+                        response
                     }
                 }
             }
@@ -481,6 +612,27 @@ async fn handle(
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+/// What of `view` was shown cut, with lengths and hashes: `the statement is 5123 bytes
+/// (sha256 ...)`, `its body is ...`.
+fn cut_parts(view: &PendingView) -> Vec<String> {
+    let mut parts = Vec::new();
+    if view.truncated {
+        parts.push(format!(
+            "the {} is {} bytes (sha256 {})",
+            PendingView::noun(&view.kind),
+            view.operation_bytes,
+            view.sha256
+        ));
+    }
+    if let Some(body) = view.body.as_ref().filter(|b| b.truncated) {
+        parts.push(format!(
+            "its body is {} bytes (sha256 {})",
+            body.bytes, body.sha256
+        ));
+    }
+    parts
 }
 
 /// Hands an approver's verdict to the held operation.

@@ -28,7 +28,6 @@ use skillgate_policy::{Effect, Mask};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::admin::PendingView;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
@@ -40,6 +39,10 @@ pub(crate) mod scrub;
 use pool::Lease;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The most a request held for approval may carry: its body is read whole before it is held,
+/// so that the approver sees (part of) it and its hash, and exactly it is forwarded.
+const HELD_MAX: usize = 1024 * 1024;
 
 /// One skill connection to an `http` backend.
 pub struct HttpConn {
@@ -241,7 +244,7 @@ impl HttpConn {
             return response;
         }
         let decided = Decided { id, line };
-        match decision.effect {
+        let request = match decision.effect {
             Effect::Deny => {
                 return json_response(
                     StatusCode::FORBIDDEN,
@@ -254,12 +257,14 @@ impl HttpConn {
                 );
             }
             Effect::Approve => {
-                if let Some(response) = self.hold(&decided, decision.rule).await {
-                    return response;
+                let line = format!("{method} {raw_target}");
+                match self.hold(&decided, &line, decision.rule, request).await {
+                    Ok(request) => request,
+                    Err(response) => return response,
                 }
             }
-            Effect::Allow | Effect::Mask => {}
-        }
+            Effect::Allow | Effect::Mask => request,
+        };
         let mask = decision.mask.clone();
         let credential_name = decision.backend.and_then(|b| b.credentials.clone());
         let host = match &self.tls {
@@ -322,27 +327,62 @@ impl HttpConn {
         Ok(Request::from_parts(parts, body))
     }
 
-    /// Holds a request for a human; `None` when approved (go ahead), else the refusal.
-    async fn hold(&self, decided: &Decided, rule: Option<&str>) -> Option<Response<ProxyBody>> {
+    /// Holds a request for a human: reads its body first (at most `HELD_MAX` bytes), so
+    /// that the approver sees it (masked, bounded, hashed) and exactly those bytes go ahead.
+    /// `line` is the request line as sent. The request to forward when approved, else the
+    /// refusal.
+    async fn hold(
+        &self,
+        decided: &Decided,
+        line: &str,
+        rule: Option<&str>,
+        request: Request<ProxyBody>,
+    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
         let Some(session) = self.session else {
-            return Some(json_response(
+            return Err(json_response(
                 StatusCode::FORBIDDEN,
                 &json!({"error": "approval required", "reason": "held requests need a recorded session", "rule": rule, "decision_id": decided.id}),
             ));
         };
-        let view = PendingView {
-            id: 0,
-            skill: self.skill.clone(),
-            backend: self.backend.clone(),
-            operation: decided.line.clone(),
-            rule: rule.map(str::to_owned),
-            requested_ns: 0,
-            expires_ns: 0,
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, HELD_MAX).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                let too_large = err.is::<http_body_util::LengthLimitError>();
+                let (status, reason) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the request body is too large to hold for approval: a held request is \
+                             read whole before an approver sees it, and at most {} bytes are",
+                            HELD_MAX
+                        ),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the request body to hold it for approval: {err}"),
+                    )
+                };
+                info!(request = %decided.id, %reason, "held request refused");
+                return Err(self
+                    .refuse(&decided.id, &decided.line, status, reason, rule)
+                    .await);
+            }
+        };
+        let held = crate::held::Held {
+            kind: "http",
+            skill: &self.skill,
+            backend: &self.backend,
+            rule,
+            shown: &decided.line,
+            exact: line.as_bytes(),
+            body: Some(&body),
         };
         let (approval, verdict) = self
             .proxy
             .approvals
-            .request(view, self.proxy.approval_wait)
+            .request(held, self.proxy.approval_wait)
             .await;
         let (answer, reason, go) = verdict.describe(self.proxy.approval_wait);
         info!(request = %decided.id, approval, decision = answer, reason = %reason, "approval answered");
@@ -361,12 +401,13 @@ impl HttpConn {
         };
         if let Err(err) = self.proxy.recorder.event(session, event).await {
             warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the request");
-            return Some(store_failure(&decided.id));
+            return Err(store_failure(&decided.id));
         }
         if go {
-            return None;
+            let body = Full::new(body).map_err(|never| match never {}).boxed();
+            return Ok(Request::from_parts(parts, body));
         }
-        Some(json_response(
+        Err(json_response(
             StatusCode::FORBIDDEN,
             &json!({
                 "error": "approval required",

@@ -11,6 +11,7 @@ mod credentials;
 mod dns;
 mod enforce;
 mod exec;
+mod held;
 mod host;
 mod http;
 mod identity;
@@ -26,6 +27,7 @@ mod sessions_cli;
 mod stats;
 mod status;
 mod sys;
+mod terminal;
 mod tls;
 
 use std::path::PathBuf;
@@ -126,15 +128,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Let a held operation go ahead (recorded with your uid).
+    /// Let a held operation go ahead (recorded with your uid): exactly the one held, the
+    /// statement or request line and body whose SHA-256 `approvals` shows.
     Approve {
         id: u64,
         #[arg(long, default_value = "")]
         reason: String,
-        /// Also let the same skill repeat the same operation on the same backend for this
-        /// long without asking (just-in-time access): 90s, 30m, 1h.
+        /// Also let the same skill repeat this exact operation (the same bytes: statement, or
+        /// request line and body) on the same backend for this long without asking
+        /// (just-in-time access): 90s, 30m, 1h.
         #[arg(long = "for", value_name = "DURATION")]
         grant_for: Option<String>,
+        /// With --for: let through any operation of the same shape instead, i.e. the same text
+        /// once the values detectors find (emails, card numbers, ...) are masked, so those
+        /// values may differ. The command prints the shape it granted.
+        #[arg(long, requires = "grant_for")]
+        shape: bool,
+        /// Approve an operation `approvals` showed cut (longer than 4096 bytes, or with a body
+        /// longer than that): without this flag such an approval is refused, since you could
+        /// not see all of what would run. Compare its length and SHA-256 with what you expect.
+        #[arg(long)]
+        seen_truncated: bool,
     },
     /// List the active time-bounded grants.
     Grants {
@@ -268,7 +282,18 @@ fn main() -> ExitCode {
             id,
             reason,
             grant_for,
-        } => approvals_cli::approve(&cli.config, id, reason, grant_for.as_deref()),
+            shape,
+            seen_truncated,
+        } => approvals_cli::approve(
+            &cli.config,
+            approvals_cli::ApproveArgs {
+                id,
+                reason,
+                grant_for: grant_for.as_deref(),
+                shape,
+                seen_truncated,
+            },
+        ),
         Command::Grants { json } => approvals_cli::grants(&cli.config, json),
         Command::Revoke { id } => approvals_cli::revoke(&cli.config, id),
         Command::Deny { id, reason } => approvals_cli::deny(&cli.config, id, reason),

@@ -11,7 +11,7 @@ use skillgate_policy::{ConnectRequest, Effect, Mode, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
-use crate::admin::{Approvals, PendingView};
+use crate::admin::Approvals;
 use crate::cgroup::SkillsCgroup;
 use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
@@ -235,16 +235,17 @@ impl Proxy {
             // branch (9.4 KB unboxed, for every idle HTTP connection).
             let upstream = match (verdict, upstream, id) {
                 ("approve", Some(upstream), Some(id)) => {
-                    let view = PendingView {
-                        id: 0,
-                        skill: skill.to_owned(),
-                        backend: backend.to_owned(),
-                        operation: format!("connect {origin}"),
-                        rule: decision.rule.map(str::to_owned),
-                        requested_ns: 0,
-                        expires_ns: 0,
+                    let operation = format!("connect {origin}");
+                    let held = crate::held::Held {
+                        kind: "connect",
+                        skill,
+                        backend,
+                        rule: decision.rule,
+                        shown: &operation,
+                        exact: operation.as_bytes(),
+                        body: None,
                     };
-                    let (approval, answer) = self.approvals.request(view, self.approval_wait).await;
+                    let (approval, answer) = self.approvals.request(held, self.approval_wait).await;
                     let (decided, reason, go) = answer.describe(self.approval_wait);
                     info!(decision = decided, reason = %reason, "approval answered");
                     let event = Event {

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::config::{AgentConfig, parse_duration};
 use crate::host;
 use crate::record::{self, query};
+use crate::terminal::escape;
 
 /// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn timestamp(ns: i64) -> String {
@@ -71,12 +72,12 @@ pub fn sessions(config_path: &Path, args: &SessionsArgs<'_>) -> Result<()> {
             "{:>6}  {}  skill={} pid={} uid={} origin={} backend={} outcome={} bytes={}/{}",
             s.id,
             timestamp(s.started_ns),
-            s.skill.as_deref().unwrap_or("-"),
+            escape(s.skill.as_deref().unwrap_or("-")),
             s.pid,
             s.uid,
-            s.origin,
-            s.backend.as_deref().unwrap_or("-"),
-            s.outcome.as_deref().unwrap_or("open"),
+            escape(&s.origin),
+            escape(s.backend.as_deref().unwrap_or("-")),
+            escape(s.outcome.as_deref().unwrap_or("open")),
             s.bytes_to_backend.unwrap_or(0),
             s.bytes_to_skill.unwrap_or(0),
         );
@@ -108,16 +109,16 @@ pub fn replay(config_path: &Path, id: i64, as_json: bool, pace: bool) -> Result<
         return Ok(());
     }
     println!(
-        "session {} skill={} pid={} uid={} exe={} cmdline={:?} cgroup={} origin={} backend={}",
+        "session {} skill={} pid={} uid={} exe={} cmdline=\"{}\" cgroup={} origin={} backend={}",
         session.id,
-        session.skill.as_deref().unwrap_or("-"),
+        escape(session.skill.as_deref().unwrap_or("-")),
         session.pid,
         session.uid,
-        session.exe.as_deref().unwrap_or("-"),
-        session.cmdline.as_deref().unwrap_or(""),
-        session.cgroup.as_deref().unwrap_or("-"),
-        session.origin,
-        session.backend.as_deref().unwrap_or("-"),
+        escape(session.exe.as_deref().unwrap_or("-")),
+        escape(session.cmdline.as_deref().unwrap_or("")),
+        escape(session.cgroup.as_deref().unwrap_or("-")),
+        escape(&session.origin),
+        escape(session.backend.as_deref().unwrap_or("-")),
     );
     let mut previous_ns = session.started_ns;
     for event in &events {
@@ -130,15 +131,15 @@ pub fn replay(config_path: &Path, id: i64, as_json: bool, pace: bool) -> Result<
         let offset_ms = (event.at_ns - session.started_ns) as f64 / 1e6;
         println!(
             "  +{offset_ms:9.3} ms  {:<8} {:<7} {}  rule={}  {}{}",
-            event.kind,
-            event.decision,
-            event.operation,
-            event.rule.as_deref().unwrap_or("-"),
-            event.reason,
-            facts_text(&event.facts),
+            escape(&event.kind),
+            escape(&event.decision),
+            escape(&event.operation),
+            escape(event.rule.as_deref().unwrap_or("-")),
+            escape(&event.reason),
+            escape(&facts_text(&event.facts)),
         );
         if let Some(content) = &event.facts.content {
-            println!("             kept: {content}");
+            println!("             kept: {}", escape(content));
         }
     }
     Ok(())

@@ -211,8 +211,8 @@ fn print_audit(audit: &crate::audit::Audit, unconfined: usize) {
             "NOT CONFINED pid {} uid {} `{}` in {}: {}",
             p.pid,
             p.uid,
-            p.command,
-            if p.cgroup.is_empty() { "." } else { &p.cgroup },
+            crate::terminal::escape(&p.command),
+            crate::terminal::escape(if p.cgroup.is_empty() { "." } else { &p.cgroup }),
             p.lacks().join("; ")
         );
     }
@@ -220,7 +220,7 @@ fn print_audit(audit: &crate::audit::Audit, unconfined: usize) {
         let examples: Vec<String> = shared
             .examples
             .iter()
-            .map(|(pid, command)| format!("pid {pid} `{command}`"))
+            .map(|(pid, command)| format!("pid {pid} `{}`", crate::terminal::escape(command)))
             .collect();
         println!(
             "SHARED UID {}: {} process(es) outside the skills cgroup ({}): an unconfined skill \

@@ -582,7 +582,7 @@ fn masks(rule: &Rule, protocol: Protocol, unit: &Unit<'_>, operation: Operation<
     {
         return true;
     }
-    covers(rule, protocol, unit, operation)
+    covers(rule, protocol, unit, operation, Reading::Restrict)
 }
 
 /// Settings that change how the server reads a statement. Two of them change how it splits a

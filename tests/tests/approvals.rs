@@ -315,3 +315,395 @@ fn pending_approvals_are_posted_to_the_webhook() {
     assert_eq!(posted["backend"], "vault");
     assert_eq!(posted["operation"], format!("connect {dial}"));
 }
+
+// What an approver sees and what an approval lets through, with real skills on real backends:
+// the exact statement or request held (not any of its shape), shown whole or said to be cut,
+// with skill-controlled text escaped for the approver's terminal.
+
+use skillgate_tests::pg::ShopDb;
+use skillgate_tests::{HttpBackend, PgServer};
+
+const REFUNDS_NEED_APPROVAL: &str = r#"
+[[rule]]
+name = "refunds-need-approval"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "approve"
+sql = { kinds = ["insert"], objects = ["public.refunds"] }
+"#;
+
+/// What became of a statement or request a skill sent while an approver watched.
+#[derive(Debug, PartialEq)]
+enum Fate {
+    /// Held for approval (and then denied, so the skill gets its answer).
+    Held(serde_json::Value),
+    /// Went through without anyone being asked.
+    Ran,
+}
+
+/// Runs `skill` and watches the approvals list: a held operation is denied and reported.
+fn watch<T: Send>(env: &Env, skill: impl FnOnce() -> T + Send) -> (Fate, T) {
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(skill);
+        let start = Instant::now();
+        loop {
+            if let Some(held) = env.pending().into_iter().next() {
+                env.cli(&["deny", &held["id"].to_string(), "--reason", "watched"]);
+                return (Fate::Held(held), skill.join().unwrap());
+            }
+            if skill.is_finished() {
+                return (Fate::Ran, skill.join().unwrap());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the skill hangs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Runs `skill`, waits until it is held and answers with `skillgate ARGS ID` (which must
+/// succeed); returns what the CLI printed, what was pending and the skill's result.
+fn answer_held<T: Send>(
+    env: &Env,
+    args: &[&str],
+    skill: impl FnOnce() -> T + Send,
+) -> (String, serde_json::Value, T) {
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(skill);
+        let held = env.wait_for_pending();
+        let id = held["id"].to_string();
+        let printed = env.cli(&[args, &[id.as_str()]].concat());
+        (printed, held, skill.join().unwrap())
+    })
+}
+
+/// SHA-256 (hex) of `bytes`, by Python's hashlib (the tests have no hash crate).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn refunds(s: &ShopDb) -> String {
+    s.pg.psql_admin("shop", "SELECT count(*) FROM refunds")
+}
+
+#[test]
+fn a_grant_covers_the_exact_statement_unless_the_approver_asks_for_its_shape() {
+    let s = ShopDb::new(
+        "grant-exact",
+        PgServer::start(),
+        REFUNDS_NEED_APPROVAL,
+        "approval_wait_ms = 8000",
+    );
+    let _agent = s.start_agent();
+    let alice = "INSERT INTO refunds VALUES (7, 70) -- for alice@example.com";
+    let mallory = "INSERT INTO refunds VALUES (7, 70) -- for mallory@example.com";
+
+    // An exact grant: the CLI says so, the same statement runs again without asking...
+    let (printed, held, (out, err)) =
+        answer_held(&s.env, &["approve", "--for", "1m"], || s.psql(&[alice]));
+    assert_eq!(out, "INSERT 0 1\n", "{err}");
+    let (fate, (out, _)) = watch(&s.env, || s.psql(&[alice]));
+    assert_eq!(fate, Fate::Ran);
+    assert_eq!(out, "INSERT 0 1\n");
+    // ...but one that differs only in a value the scrubber masks is held again.
+    let (fate, (out, err)) = watch(&s.env, || s.psql(&[mallory]));
+    assert!(matches!(fate, Fate::Held(_)), "{fate:?}");
+    assert!(out.is_empty(), "{out}{err}");
+    assert!(
+        printed.contains("for 1m, this exact statement"),
+        "{printed}"
+    );
+    assert_eq!(held["sha256"], sha256_hex(alice.as_bytes()), "{held}");
+    let grants = s.env.cli_json(&["grants", "--json"]);
+    assert_eq!(grants[0]["shape"], false, "{grants}");
+    s.env.cli(&["revoke", &grants[0]["id"].to_string()]);
+
+    // A shape grant, asked for and said plainly: any value the scrubber masks goes through.
+    let (printed, _, (out, err)) =
+        answer_held(&s.env, &["approve", "--for", "1m", "--shape"], || {
+            s.psql(&[mallory])
+        });
+    assert_eq!(out, "INSERT 0 1\n", "{err}");
+    assert!(
+        printed.contains("for 1m, any statement of the same shape: INSERT INTO refunds VALUES (7, 70) -- for [email]"),
+        "{printed}"
+    );
+    let other = "INSERT INTO refunds VALUES (7, 70) -- for eve@example.net";
+    let (fate, (out, _)) = watch(&s.env, || s.psql(&[other]));
+    assert_eq!(fate, Fate::Ran);
+    assert_eq!(out, "INSERT 0 1\n");
+    // Other values the scrubber keeps are another shape.
+    let (fate, _) = watch(&s.env, || {
+        s.psql(&["INSERT INTO refunds VALUES (7, 7000) -- for eve@example.net"])
+    });
+    assert!(matches!(fate, Fate::Held(_)), "{fate:?}");
+    assert_eq!(refunds(&s), "4\n");
+    let grants = s.env.cli(&["grants"]);
+    assert!(grants.contains("shape"), "{grants}");
+    // The store says which kind of grant let each statement through.
+    let reasons: Vec<String> = s
+        .env
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "approval" && e["decision"] == "approved")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(": exact grant ")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains(": shape grant ")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn grants_saved_without_an_exact_binding_are_dropped_on_load() {
+    let s = ShopDb::new(
+        "grant-old",
+        PgServer::start(),
+        REFUNDS_NEED_APPROVAL,
+        "approval_wait_ms = 4000",
+    );
+    let statement = "INSERT INTO refunds VALUES (7, 70)";
+    // A grant as agents before exact grants wrote it.
+    let old = serde_json::json!([{
+        "id": 1, "skill": "reporter", "backend": "shop-db", "operation": statement,
+        "approver_uid": 0, "reason": "old", "expires_ns": 4_000_000_000_000_000_000i64
+    }]);
+    std::fs::write(s.env.dir.join("grants.json"), old.to_string()).unwrap();
+    let _agent = s.start_agent();
+    assert_eq!(s.env.cli_json(&["grants", "--json"]), serde_json::json!([]));
+    let (fate, _) = watch(&s.env, || s.psql(&[statement]));
+    assert!(matches!(fate, Fate::Held(_)), "{fate:?}");
+    assert_eq!(refunds(&s), "0\n");
+}
+
+/// What a hostile comment does to a terminal: set its title, clear it, reverse the text.
+const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J\u{202e}gnp.exe";
+const HOSTILE_ESCAPED: &str = "\\x1b]0;pwned\\x07\\x1b[2J\\u{202e}gnp.exe";
+
+fn assert_terminal_safe(what: &str, printed: &str) {
+    assert!(
+        !printed
+            .chars()
+            .any(|c| c.is_control() && c != '\n' || ('\u{202a}'..='\u{202e}').contains(&c)),
+        "{what} printed raw control characters: {printed:?}"
+    );
+    assert!(printed.contains(HOSTILE_ESCAPED), "{what}: {printed:?}");
+}
+
+#[test]
+fn skill_text_reaches_the_approvers_terminal_escaped() {
+    let s = ShopDb::new(
+        "escapes",
+        PgServer::start(),
+        REFUNDS_NEED_APPROVAL,
+        "approval_wait_ms = 8000",
+    );
+    let _agent = s.start_agent();
+    let statement = format!("INSERT INTO refunds VALUES (7, 70) -- {HOSTILE}");
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.psql(&[&statement]));
+        let held = s.env.wait_for_pending();
+        assert_terminal_safe("approvals", &s.env.cli(&["approvals"]));
+        s.env
+            .cli(&["approve", &held["id"].to_string(), "--for", "1m"]);
+        let (out, err) = skill.join().unwrap();
+        assert_eq!(out, "INSERT 0 1\n", "{err}");
+    });
+    assert_terminal_safe("grants", &s.env.cli(&["grants"]));
+    s.env.wait_for_sessions_to_end();
+    let sessions = s.env.cli_json(&["sessions", "--json"]);
+    let id = sessions[0]["id"].to_string();
+    assert_terminal_safe("replay", &s.env.cli(&["replay", &id]));
+    // JSON keeps the text as it was (JSON escapes what a terminal must not see).
+    let replay = s.env.cli_json(&["replay", &id, "--json"]);
+    assert!(replay.to_string().contains("\\u001b]0;pwned"), "{replay}");
+}
+
+#[test]
+fn a_statement_shown_cut_is_approved_only_by_an_approver_who_says_so() {
+    let s = ShopDb::new(
+        "cut",
+        PgServer::start(),
+        REFUNDS_NEED_APPROVAL,
+        "approval_wait_ms = 20000",
+    );
+    let _agent = s.start_agent();
+    // The tail an approver would not see: a second statement after the comment runs too.
+    let statement = format!(
+        "INSERT INTO refunds VALUES (7, 70) /* {} */; INSERT INTO refunds VALUES (666, 66600)",
+        "x".repeat(5000)
+    );
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.psql(&[&statement]));
+        let held = s.env.wait_for_pending();
+        let id = held["id"].to_string();
+        assert_eq!(held["truncated"], true, "{held}");
+        assert_eq!(held["operation_bytes"], statement.len(), "{held}");
+        let sha = sha256_hex(statement.as_bytes());
+        assert_eq!(held["sha256"], sha, "{held}");
+        assert!(held["operation"].as_str().unwrap().len() <= 4096);
+        let listed = s.env.cli(&["approvals"]);
+        assert!(
+            listed.contains(&format!(
+                "[cut: {} bytes total, sha256 {sha}]",
+                statement.len()
+            )),
+            "{listed}"
+        );
+        // A plain approve is refused and says why; the statement stays held.
+        let out = s.env.skillgate().args(["approve", &id]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--seen-truncated"), "{stderr}");
+        assert_eq!(s.env.pending().len(), 1);
+        assert_eq!(refunds(&s), "0\n");
+        s.env.cli(&["approve", &id, "--seen-truncated"]);
+        let (_, err) = skill.join().unwrap();
+        assert!(!err.contains("approval required"), "{err}");
+    });
+    assert_eq!(refunds(&s), "2\n");
+}
+
+fn http_policy(dial: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "[[skill]]\nname = \"reporter\"\n[[backend]]\nname = \"orders-api\"\nprotocol = \"http\"\n\
+         dial = [\"{dial}\"]\nupstream = \"{upstream}\"\n[[rule]]\nname = \"refunds-need-approval\"\n\
+         skills = [\"reporter\"]\nbackend = \"orders-api\"\neffect = \"approve\"\n\
+         http = {{ methods = [\"POST\"], paths = [\"/refunds\"] }}\n"
+    )
+}
+
+/// POSTs `body` to `/refunds` as the skill (Python urllib): the status it got.
+fn post_refund(env: &Env, dial: SocketAddr, body: &[u8]) -> String {
+    let script = "import sys, urllib.request, urllib.error\n\
+        a = sys.argv[2]\n\
+        body = b'a' * int(a[4:]) if a.startswith('big:') else bytes.fromhex(a)\n\
+        r = urllib.request.Request(sys.argv[1], data=body, method='POST')\n\
+        try:\n\
+        \x20   print(urllib.request.urlopen(r, timeout=30).status)\n\
+        except urllib.error.HTTPError as e:\n\
+        \x20   print(e.code, e.read().decode())\n";
+    // Large bodies of `a` are made by the skill (an argument is at most 128 KiB).
+    let hex: String = if body.len() > 64 * 1024 && body.iter().all(|&b| b == b'a') {
+        format!("big:{}", body.len())
+    } else {
+        body.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let out = env.exec_python("reporter", script, &[format!("http://{dial}/refunds"), hex]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
+    let backend = HttpBackend::start();
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let env = Env::with_config(
+        "http-body",
+        &http_policy(dial, backend.addr),
+        "approval_wait_ms = 8000",
+    );
+    let _agent = env.start_agent();
+    let body = format!(
+        "{{\"order\": 7, \"amount\": 70, \"to\": \"alice@example.com\", \"note\": \"{HOSTILE}\"}}"
+    );
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| post_refund(&env, dial, body.as_bytes()));
+        let held = env.wait_for_pending();
+        // The body, masked and bounded, with its length and hash; bound to the approval.
+        let shown = &held["body"];
+        assert_eq!(shown["bytes"], body.len(), "{held}");
+        assert_eq!(shown["sha256"], sha256_hex(body.as_bytes()), "{held}");
+        let text = shown["shown"].as_str().unwrap();
+        assert!(
+            text.contains("\"order\": 7") && text.contains("[email]"),
+            "{held}"
+        );
+        assert!(!text.contains("alice@"), "{held}");
+        let listed = env.cli(&["approvals"]);
+        assert_terminal_safe("approvals", &listed);
+        assert!(
+            listed.contains(&format!(
+                "body: {} bytes, sha256 {}",
+                body.len(),
+                sha256_hex(body.as_bytes())
+            )),
+            "{listed}"
+        );
+        env.cli(&["approve", &held["id"].to_string(), "--for", "1m"]);
+        let status = skill.join().unwrap();
+        assert!(status.starts_with("404 "), "the backend answered: {status}");
+    });
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["body"], body);
+
+    // The grant is for that request: the same line with another body is held again.
+    let (fate, _) = watch(&env, || post_refund(&env, dial, body.as_bytes()));
+    assert_eq!(fate, Fate::Ran);
+    let other = body.replace("\"amount\": 70", "\"amount\": 7000");
+    let (fate, status) = watch(&env, || post_refund(&env, dial, other.as_bytes()));
+    assert!(matches!(fate, Fate::Held(_)), "{fate:?}");
+    assert!(status.starts_with("403 "), "{status}");
+    assert_eq!(backend.requests().len(), 2);
+
+    // A body longer than an approver is shown needs --seen-truncated, and says so.
+    let long = format!("{{\"order\": 7, \"note\": \"{}\"}}", "n".repeat(5000));
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| post_refund(&env, dial, long.as_bytes()));
+        let held = env.wait_for_pending();
+        assert_eq!(held["truncated"], false, "{held}");
+        assert_eq!(held["body"]["truncated"], true, "{held}");
+        let id = held["id"].to_string();
+        let out = env.skillgate().args(["approve", &id]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let sha = sha256_hex(long.as_bytes());
+        assert!(
+            stderr.contains(&format!("its body is {} bytes (sha256 {sha})", long.len()))
+                && stderr.contains("--seen-truncated"),
+            "{stderr}"
+        );
+        env.cli(&["approve", &id, "--seen-truncated"]);
+        assert!(skill.join().unwrap().starts_with("404 "));
+    });
+    assert_eq!(backend.requests().len(), 3);
+    assert_eq!(backend.requests()[2]["body"], long);
+
+    // An empty body is said to be empty.
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| post_refund(&env, dial, b""));
+        let held = env.wait_for_pending();
+        assert_eq!(held["body"]["bytes"], 0, "{held}");
+        let listed = env.cli(&["approvals"]);
+        assert!(listed.contains("body: empty"), "{listed}");
+        env.cli(&["deny", &held["id"].to_string(), "--reason", "empty"]);
+        assert!(skill.join().unwrap().starts_with("403 "));
+    });
+
+    // A body too large to hold for a human is refused at once, and says why.
+    let big = vec![b'a'; 1024 * 1024 + 1];
+    let (fate, status) = watch(&env, || post_refund(&env, dial, &big));
+    assert_eq!(fate, Fate::Ran);
+    assert!(
+        status.starts_with("413 ") && status.contains("too large to hold for approval"),
+        "{status}"
+    );
+    assert_eq!(backend.requests().len(), 3);
+}

@@ -43,8 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::admin::PendingView;
 use crate::config::SqlLiterals;
+use crate::held::Held;
 use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
@@ -788,8 +788,16 @@ impl PgConn {
                 detail: format!("rule: {rule_text}; decision {id}"),
             },
             Effect::Approve => {
-                let (reason, mask) = (decision.reason, decision.mask);
-                self.hold(id, &shown, &recorded, rule.as_deref(), reason, mask)
+                let held = Held {
+                    kind: "sql",
+                    skill: &self.skill,
+                    backend: &self.backend,
+                    rule: rule.as_deref(),
+                    shown: classified.scrubbed.trim(),
+                    exact: text.as_bytes(),
+                    body: None,
+                };
+                self.hold(id, held, &recorded, decision.reason, decision.mask)
                     .await
             }
         }
@@ -805,33 +813,25 @@ impl PgConn {
         })
     }
 
-    /// Holds a statement for approval: approvers see `shown`, the store keeps `recorded`.
+    /// Holds a statement for approval: approvers see `held` (masked, its length and hash if
+    /// cut), the store keeps `recorded`; if approved, it runs under `mask`.
     async fn hold(
         &self,
         id: &str,
-        shown: &str,
+        held: Held<'_>,
         recorded: &str,
-        rule: Option<&str>,
         reason: String,
         mask: Mask,
     ) -> Answer {
+        let rule = held.rule;
         let Some(session) = self.session else {
             return Answer::Deny {
                 message: format!("skillgate: approval required: {reason}"),
                 detail: "held statements need a recorded session".to_owned(),
             };
         };
-        let view = PendingView {
-            id: 0,
-            skill: self.skill.clone(),
-            backend: self.backend.clone(),
-            operation: shown.to_owned(),
-            rule: rule.map(str::to_owned),
-            requested_ns: 0,
-            expires_ns: 0,
-        };
         let wait = self.proxy.approval_wait;
-        let (approval, verdict) = self.proxy.approvals.request(view, wait).await;
+        let (approval, verdict) = self.proxy.approvals.request(held, wait).await;
         let (answer, why, go) = verdict.describe(wait);
         info!(statement = %id, approval, decision = answer, reason = %why, "approval answered");
         let event = Event {
