@@ -3,7 +3,9 @@
 //! with 42501 and the session goes on, masked columns come back masked, and the skill never
 //! holds the backend's password.
 
-use skillgate_tests::pg::{ShopDb, dial_address, message, startup, tags_after_auth};
+use skillgate_tests::pg::{
+    ShopDb, dial_address, execute, message, parse, startup, sync, tags_after_auth,
+};
 use skillgate_tests::{PgServer, TestCerts};
 
 fn setup(name: &str, extra: &str) -> ShopDb {
@@ -1075,4 +1077,76 @@ fn writes_to_a_masked_table_keep_its_mask() {
         s.pg.psql_admin("shop", "SELECT name FROM customers WHERE id = 9"),
         "Eve\n"
     );
+}
+
+/// A statement held for approval comes as a Query, values included. Before, a Parse of
+/// `INSERT INTO refunds VALUES ($1, $2)` was held with no values to show, and once approved
+/// the prepared statement ran again and again with whatever the skill bound.
+#[test]
+fn a_prepared_statement_is_never_held_for_approval() {
+    let s = setup("pg-approve-prepared", "approval_wait_ms = 20000\n");
+    let agent = s.start_agent();
+    let bind = |values: [&str; 2]| {
+        let mut body = b"\0held\0\0\0\0\x02".to_vec();
+        for value in values {
+            body.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            body.extend_from_slice(value.as_bytes());
+        }
+        body.extend_from_slice(b"\0\0");
+        message(b'B', &body)
+    };
+    let session = [
+        startup(),
+        parse("held", "INSERT INTO refunds VALUES ($1, $2)"),
+        bind(["7", "70"]),
+        execute(""),
+        bind(["8", "80000"]),
+        execute(""),
+        sync(),
+        message(b'X', b""),
+    ]
+    .concat();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let answer = std::thread::scope(|scope| {
+        // An approver who approves whatever is held (as one who cannot see the values might).
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for held in s.env.pending() {
+                    let id = held["id"].to_string();
+                    s.env
+                        .skillgate()
+                        .args(["approve", &id, "--reason", "looks fine"])
+                        .output()
+                        .unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let answer = s.raw(&session);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer
+    });
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        text.contains("a statement held for approval must be sent as a simple Query"),
+        "{text:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM refunds"),
+        "0\n",
+        "{text:?}"
+    );
+    // The same statement as a Query is held, and runs once approved.
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.psql(&["INSERT INTO refunds VALUES (7, 70)"]));
+        let id = s.env.wait_for_pending()["id"].to_string();
+        let out = s
+            .env
+            .skillgate()
+            .args(["approve", &id, "--reason", "ticket 7"])
+            .output();
+        assert!(out.unwrap().status.success());
+        assert_eq!(skill.join().unwrap().0, "INSERT 0 1\n");
+    });
 }

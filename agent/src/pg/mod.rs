@@ -689,20 +689,21 @@ type ClientWriter<W> = tokio::sync::Mutex<W>;
 impl PgConn {
     /// Classifies, decides (holding for approval if a rule says so) and records a statement;
     /// the answer carries the decision's id (`session.n`).
-    async fn decide(&self, text: &str) -> Decided {
+    async fn decide(&self, text: &str, prepared: bool) -> Decided {
         let n = self.statements.fetch_add(1, Ordering::Relaxed) + 1;
         let id = match self.session {
             Some(session) => format!("{session}.{n}"),
             None => format!("unrecorded.{n}"),
         };
-        let answer = self.answer(&id, text).await;
+        let answer = self.answer(&id, text, prepared).await;
         Decided { id, answer }
     }
 
-    async fn answer(&self, id: &str, text: &str) -> Answer {
+    /// `prepared`: the statement comes in a Parse, to run later with values bound then.
+    async fn answer(&self, id: &str, text: &str, prepared: bool) -> Answer {
         let policy = self.proxy.current_policy();
         let classified = self.proxy.classify(text);
-        let decision = match &classified.statements {
+        let mut decision = match &classified.statements {
             Ok(statements) => policy.decide(&Request {
                 skill: &self.skill,
                 token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
@@ -723,6 +724,18 @@ impl PgConn {
                 observed: None,
             },
         };
+        // A prepared statement is decided at Parse, before its parameters exist, and may be
+        // executed any number of times with any values: an approver would approve neither the
+        // values nor how often. Held statements must come as a Query, values included.
+        if prepared && decision.effect == Effect::Approve {
+            decision.effect = Effect::Deny;
+            decision.reason = format!(
+                "{}, and a statement held for approval must be sent as a simple Query with its \
+                 values: a prepared statement (Parse) would be approved before its parameters \
+                 exist and could run again with any",
+                decision.reason
+            );
+        }
         let outcome = Outcome::of(decision.effect);
         let verdict = outcome.verdict();
         self.proxy
@@ -897,7 +910,10 @@ impl PgConn {
                         debug!("statement discarded by the backend until Sync: not decided");
                         None
                     }
-                    Ok(Some(text)) => Some(self.decide(text).await),
+                    Ok(Some(text)) => {
+                        let prepared = message.first() == Some(&b'P');
+                        Some(self.decide(text, prepared).await)
+                    }
                     Ok(None) => None,
                     Err(reason) => return self.violation(writer, &reason).await,
                 };
