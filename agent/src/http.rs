@@ -167,8 +167,11 @@ impl HttpConn {
                 }
             }
         }
-        let headers: Vec<(String, String)> = request
-            .headers()
+        // The policy reads the headers the backend will get: not hop-by-hop ones, nor those a
+        // `Connection` header names (which would satisfy a condition and then be dropped).
+        let mut end_to_end = hyper::HeaderMap::new();
+        head::copy_end_to_end(request.headers(), &mut end_to_end);
+        let headers: Vec<(String, String)> = end_to_end
             .iter()
             .filter(|(name, _)| **name != self.proxy.token_header)
             // A value that is not UTF-8 is shown to the policy lossily (it then matches no

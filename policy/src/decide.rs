@@ -540,7 +540,13 @@ fn covers(
                 Reading::Grant(case) => (case, true),
                 Reading::Restrict => (Case::Insensitive, false),
             };
-            op.methods.iter().any(|m| m == "*" || m == method)
+            // Methods are case-sensitive, but many frameworks upper-case them (`delete` runs
+            // a DELETE): a restriction matches them in any case, a grant exactly.
+            let same_method = |m: &String| match reading {
+                Reading::Restrict => m.eq_ignore_ascii_case(method),
+                Reading::Grant(_) => m == method,
+            };
+            op.methods.iter().any(|m| m == "*" || same_method(m))
                 && op
                     .paths
                     .iter()

@@ -328,11 +328,12 @@ impl Visitor for Walker {
             ("ResTarget", "name") => {
                 let top = self.frames.len() - 1;
                 let owner = self.up(1);
-                // A written column: INSERT's column list, UPDATE's and MERGE's SET. Writing a
+                // A written column: INSERT's column list, UPDATE's, MERGE's and ON CONFLICT's SET. Writing a
                 // masked column tests guesses against its values (a unique index answers).
                 if self.is(owner, "InsertStmt", "cols")
                     || self.is(owner, "UpdateStmt", "target_list")
                     || self.is(owner, "MergeWhenClause", "target_list")
+                    || self.is(owner, "OnConflictClause", "target_list")
                 {
                     if let Some(owner) = owner {
                         self.frames[owner].written = true;

@@ -122,6 +122,11 @@ fn any_other_use_of_a_masked_column_is_refused_with_the_column_named() {
         // Written values: a unique index or a failed constraint answers guesses.
         ("INSERT INTO customers (id, email) VALUES (3, 'x')", "email"),
         ("UPDATE customers SET email = 'x' WHERE id = 1", "email"),
+        // Found by review: ON CONFLICT's SET writes too.
+        (
+            "INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET email = 'a@b.c'",
+            "email",
+        ),
         (
             "UPDATE customers SET (name, card) = ('x', '4') WHERE id = 1",
             "card",
