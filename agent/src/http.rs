@@ -209,9 +209,10 @@ impl HttpConn {
         let decision = &answer.decision;
         // A POST's form (or JSON) body may carry a `_method` override as its query may: read it
         // (bounded) to look before the request goes anywhere. Other bodies stream on.
-        let request = match head::form_kind(&method, request.headers()) {
-            Some(kind) if decision.effect != Effect::Deny => {
-                match self.form_without_override(request, kind).await {
+        let kinds = head::form_kinds(&method, request.headers());
+        let request = match kinds.as_slice() {
+            [_, ..] if decision.effect != Effect::Deny => {
+                match self.form_without_override(request, &kinds).await {
                     Ok(request) => request,
                     Err((status, reason)) => {
                         return self.refuse(&id, &line, status, reason, None).await;
@@ -295,7 +296,7 @@ impl HttpConn {
     async fn form_without_override(
         &self,
         request: Request<Incoming>,
-        kind: head::FormKind,
+        kinds: &[head::FormKind],
     ) -> Result<Request<ProxyBody>, (StatusCode, String)> {
         let (parts, body) = request.into_parts();
         let limit = self.proxy.mask_body_limit;
@@ -318,13 +319,8 @@ impl HttpConn {
                 },
             )?
             .to_bytes();
-        if head::body_overrides_method(kind, &body) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "a method override (`_method` in the request body) is never allowed: the \
-                 backend could run another method than the one the policy decided"
-                    .to_owned(),
-            ));
+        if let Some(reason) = head::body_override(kinds, &body) {
+            return Err((StatusCode::FORBIDDEN, reason.to_owned()));
         }
         let body = Full::new(body).map_err(|never| match never {}).boxed();
         Ok(Request::from_parts(parts, body))

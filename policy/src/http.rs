@@ -196,20 +196,39 @@ pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
 ];
 
 /// The method override a request carries, named for a reason (``header `x-http-method` ``), if
-/// any: one of [`METHOD_OVERRIDE_HEADERS`] (names lower-case) or a `_method` query parameter
-/// (in any case).
+/// any: one of [`METHOD_OVERRIDE_HEADERS`] in any case and with `_` for `-` (servers such as
+/// WEBrick and Thin pass `X_HTTP_Method_Override` on as the same CGI variable), or a query
+/// parameter that [`names_method_override`].
 pub fn method_override(target: &Target, headers: &[(String, String)]) -> Option<String> {
-    if let Some((name, _)) = headers
-        .iter()
-        .find(|(name, _)| METHOD_OVERRIDE_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
-    {
+    if let Some((name, _)) = headers.iter().find(|(name, _)| {
+        let folded = name.to_ascii_lowercase().replace('_', "-");
+        METHOD_OVERRIDE_HEADERS.contains(&folded.as_str())
+    }) {
         return Some(format!("header `{name}`"));
     }
     target
         .query
         .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("_method"))
+        .find(|(name, _)| names_method_override(name))
         .map(|(name, _)| format!("query parameter `{name}`"))
+}
+
+/// Whether a (decoded) parameter or form field name reads as `_method` to some framework, read
+/// as loosely as any of them reads it: PHP turns spaces, dots and `[` into `_` and drops
+/// leading spaces, Rack splits pairs on `& *`, multipart names may be quoted either way. Any
+/// name that folds to underscores followed by `method` counts (`_method`, ` _method`,
+/// `.method`, `_METHOD[]`), so a little more is refused than any one framework honours.
+pub fn names_method_override(name: &str) -> bool {
+    let folded: String = name
+        .trim_matches(|c| c == '"' || c == '\'')
+        .chars()
+        .map(|c| match c {
+            '.' | '[' | '-' => '_',
+            c if c.is_whitespace() => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    folded.starts_with('_') && folded.trim_start_matches('_').starts_with("method")
 }
 
 /// A path pattern: `/orders`, `/orders/*` (one segment), `/orders/**` (any number of
@@ -415,6 +434,23 @@ mod tests {
     fn method_overrides_are_found() {
         let none = normalize("/orders?method=x").unwrap();
         assert_eq!(method_override(&none, &[]), None);
+        for name in [
+            "_method",
+            " _method",
+            ".method",
+            "%20_method",
+            "__Method[x]",
+            "'_method'",
+        ] {
+            let target = normalize(&format!("/orders?{name}=DELETE")).unwrap();
+            assert!(method_override(&target, &[]).is_some(), "{name}");
+        }
+        for name in ["method", "payment_method", "a_method"] {
+            let target = normalize(&format!("/orders?{name}=card")).unwrap();
+            assert_eq!(method_override(&target, &[]), None, "{name}");
+        }
+        let underscored = [("X_HTTP_Method_Override".to_owned(), "DELETE".to_owned())];
+        assert!(method_override(&none, &underscored).is_some());
         let query = normalize("/orders?_METHOD=DELETE").unwrap();
         assert_eq!(
             method_override(&query, &[]).as_deref(),

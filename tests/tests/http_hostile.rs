@@ -237,6 +237,65 @@ fn method_overrides_are_refused() {
         reason(&body).contains("query parameter `_method`"),
         "{body}"
     );
+    // Found by review: names PHP, Rack or a CGI server read as the same override.
+    for (args, what) in [
+        (
+            vec![format!("{base}/echo?.method=DELETE")],
+            "query parameter",
+        ),
+        (
+            vec![format!("{base}/echo?%20_method=DELETE")],
+            "query parameter",
+        ),
+        (
+            vec![
+                "-H".to_owned(),
+                "X_HTTP_Method_Override: DELETE".to_owned(),
+                format!("{base}/echo"),
+            ],
+            "header `x_http_method_override`",
+        ),
+        // A POST without a media type: Rack reads its body as a form.
+        (
+            vec![
+                "-X".to_owned(),
+                "POST".to_owned(),
+                "-H".to_owned(),
+                "Content-Type:".to_owned(),
+                "--data-binary".to_owned(),
+                "a=1& _method=DELETE".to_owned(),
+                format!("{base}/echo"),
+            ],
+            "`_method` in the request body",
+        ),
+        // Read as a form by some, as JSON by others (Laravel).
+        (
+            vec![
+                "-H".to_owned(),
+                "Content-Type: application/x-www-form-urlencoded+json".to_owned(),
+                "--data-binary".to_owned(),
+                r#"{"_method":"DELETE"}"#.to_owned(),
+                format!("{base}/echo"),
+            ],
+            "`_method` in the request body",
+        ),
+        // JSON serde cannot read but PHP can (1e400 is INF there).
+        (
+            vec![
+                "-H".to_owned(),
+                "Content-Type: application/json".to_owned(),
+                "--data-binary".to_owned(),
+                r#"{"_method":"DELETE","n":1e400}"#.to_owned(),
+                format!("{base}/echo"),
+            ],
+            "a JSON body that cannot be read",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, _, body) = curl(&s.env, &args);
+        assert_eq!(status, 403, "{args:?}: {body}");
+        assert!(reason(&body).contains(what), "{args:?}: {body}");
+    }
     // Python requests, a POST carrying an override.
     let script = format!(
         "import requests\n\

@@ -8,7 +8,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioTimer;
 use skillgate_policy::Mask;
-use skillgate_policy::http::{Target, percent_encode};
+use skillgate_policy::http::{Target, names_method_override, percent_encode};
 
 /// Largest request head accepted from a skill; larger heads get 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -111,9 +111,8 @@ pub fn upstream_headers(
     headers
 }
 
-/// What kind of body a POST carries that frameworks read a `_method` override from (Rack's
-/// MethodOverride, Symfony and Laravel, express's method-override: form fields, and Laravel's
-/// JSON input), if any.
+/// How a framework may read a POST body for a `_method` override (Rack's MethodOverride,
+/// Symfony and Laravel, express's method-override: form fields, and Laravel's JSON input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormKind {
     UrlEncoded,
@@ -121,71 +120,86 @@ pub enum FormKind {
     Json,
 }
 
-/// The kind of form body `headers` announce on a POST (`None` for other methods or bodies).
-pub fn form_kind(method: &Method, headers: &HeaderMap) -> Option<FormKind> {
+/// Every way a framework may read this request's body for a `_method` field: each media type
+/// its Content-Type values name (`application/x-www-form-urlencoded+json` is read as a form by
+/// some and as JSON by others), and a form when it names none (Rack reads a POST without a
+/// media type as one). Empty: not a POST, or a body no framework reads fields from.
+pub fn form_kinds(method: &Method, headers: &HeaderMap) -> Vec<FormKind> {
     if method != Method::POST {
-        return None;
+        return Vec::new();
     }
-    let mut kind = None;
-    for value in headers.get_all(header::CONTENT_TYPE) {
-        let text = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
-        if text.contains("x-www-form-urlencoded") {
-            kind = Some(FormKind::UrlEncoded);
-        } else if text.contains("multipart/") {
-            kind = Some(FormKind::Multipart);
-        } else if text.contains("json") {
-            kind = Some(FormKind::Json);
-        }
-    }
-    kind
-}
-
-/// Whether a form field name reads as `_method` (or `_method[...]`) to some framework: PHP
-/// turns spaces, dots and `[` in a top-level name into `_`.
-fn names_method(name: &str) -> bool {
-    let name: String = name
-        .trim_matches('"')
-        .chars()
-        .map(|c| match c {
-            ' ' | '.' | '[' => '_',
-            c => c.to_ascii_lowercase(),
-        })
+    let types: Vec<String> = headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase())
         .collect();
-    name.starts_with("_method")
+    if types.iter().all(|t| t.trim().is_empty()) {
+        return vec![FormKind::UrlEncoded];
+    }
+    let mut kinds = Vec::new();
+    for (needle, kind) in [
+        ("form-urlencoded", FormKind::UrlEncoded),
+        ("multipart", FormKind::Multipart),
+        ("json", FormKind::Json),
+    ] {
+        if types.iter().any(|t| t.contains(needle)) {
+            kinds.push(kind);
+        }
+    }
+    kinds
 }
 
-/// Whether a POST body of `kind` carries a `_method` field. Names are read as loosely as any
-/// framework reads them; a multipart part whose name is encoded (`name*=`) counts as one.
-pub fn body_overrides_method(kind: FormKind, body: &[u8]) -> bool {
-    match kind {
-        FormKind::UrlEncoded => String::from_utf8_lossy(body).split('&').any(|pair| {
-            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-            names_method(&lossy_decode(&name.replace('+', " ")))
-        }),
-        FormKind::Multipart => {
-            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-            // `name=` and `name*=` as parameters of their own, not the end of `filename=`.
-            let parameter = |needle: &'static str| {
-                text.match_indices(needle)
-                    .filter(|(at, _)| *at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric())
-                    .map(|(at, _)| at + needle.len())
-                    .collect::<Vec<usize>>()
-            };
-            !parameter("name*=").is_empty()
-                || parameter("name=").into_iter().any(|at| {
-                    let rest = &text[at..];
-                    let value = match rest.strip_prefix('"') {
-                        Some(quoted) => quoted.split('"').next().unwrap_or(""),
-                        None => rest.split([';', '\r', '\n']).next().unwrap_or(""),
-                    };
-                    names_method(value)
-                })
+/// Why a POST body read as `kinds` cannot go upstream, if it cannot: it carries a `_method`
+/// field (as [`names_method_override`] reads names), or it is JSON that cannot be read to
+/// look (PHP's decoder takes numbers and depths serde refuses).
+pub fn body_override(kinds: &[FormKind], body: &[u8]) -> Option<&'static str> {
+    const OVERRIDE: &str = "a method override (`_method` in the request body) is never allowed: \
+                            the backend could run another method than the one the policy decided";
+    for kind in kinds {
+        let found = match kind {
+            FormKind::UrlEncoded => String::from_utf8_lossy(body).split('&').any(|pair| {
+                let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+                names_method_override(&lossy_decode(&name.replace('+', " ")))
+            }),
+            FormKind::Multipart => {
+                let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+                // `name=` and `name*=` as parameters of their own, not the end of `filename=`.
+                let parameter = |needle: &'static str| {
+                    text.match_indices(needle)
+                        .filter(|(at, _)| {
+                            *at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric()
+                        })
+                        .map(|(at, _)| at + needle.len())
+                        .collect::<Vec<usize>>()
+                };
+                !parameter("name*=").is_empty()
+                    || parameter("name=").into_iter().any(|at| {
+                        let rest = text[at..].trim_start();
+                        let value = match rest.chars().next() {
+                            Some(quote @ ('"' | '\'')) => {
+                                rest[1..].split(quote).next().unwrap_or("")
+                            }
+                            _ => rest.split([';', '\r', '\n']).next().unwrap_or(""),
+                        };
+                        names_method_override(value)
+                    })
+            }
+            FormKind::Json => match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(serde_json::Value::Object(map)) => map.keys().any(|k| names_method_override(k)),
+                Ok(_) => false,
+                Err(_) => {
+                    return Some(
+                        "a JSON body that cannot be read is refused: it cannot be checked for \
+                         a method override (`_method`)",
+                    );
+                }
+            },
+        };
+        if found {
+            return Some(OVERRIDE);
         }
-        FormKind::Json => match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(map)) => map.keys().any(|k| names_method(k)),
-            _ => false,
-        },
     }
+    None
 }
 
 /// Why a response whose body must be read as it is (masked, or scanned for the credential)
@@ -366,20 +380,42 @@ mod tests {
     fn method_overrides_in_form_bodies_are_found() {
         let post = Method::POST;
         let mut headers = HeaderMap::new();
+        assert_eq!(form_kinds(&post, &headers), [FormKind::UrlEncoded]);
         headers.insert("content-type", HeaderValue::from_static("application/json"));
-        assert_eq!(form_kind(&Method::PUT, &headers), None);
-        assert_eq!(form_kind(&post, &headers), Some(FormKind::Json));
+        assert!(form_kinds(&Method::PUT, &headers).is_empty());
+        assert_eq!(form_kinds(&post, &headers), [FormKind::Json]);
+        let both = HeaderValue::from_static("application/x-www-form-urlencoded+json");
+        headers.insert("content-type", both);
+        assert_eq!(
+            form_kinds(&post, &headers),
+            [FormKind::UrlEncoded, FormKind::Json]
+        );
+        headers.insert("content-type", HeaderValue::from_static("image/png"));
+        assert!(form_kinds(&post, &headers).is_empty());
         let cases: &[(FormKind, &str, bool)] = &[
             (FormKind::UrlEncoded, "a=1&_method=DELETE", true),
             (FormKind::UrlEncoded, "a=1&%5Fmethod=DELETE", true),
             (FormKind::UrlEncoded, "_METHOD=PUT", true),
             (FormKind::UrlEncoded, ".method=PUT", true),
-            (FormKind::UrlEncoded, "+method=PUT", true),
+            (FormKind::UrlEncoded, "+_method=PUT", true),
+            (FormKind::UrlEncoded, "%20_method=PUT", true),
+            (FormKind::UrlEncoded, "a=1& _method=DELETE", true),
             (FormKind::UrlEncoded, "_method[]=PUT", true),
             (FormKind::UrlEncoded, "method=PUT&x=_method", false),
+            (FormKind::UrlEncoded, "payment_method=card", false),
             (
                 FormKind::Multipart,
                 "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--",
+                true,
+            ),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--b--",
+                true,
+            ),
+            (
+                FormKind::Multipart,
+                "--b\r\nContent-Disposition: form-data; name= \"_method\"\r\n\r\nDELETE\r\n--b--",
                 true,
             ),
             (
@@ -395,11 +431,14 @@ mod tests {
             (FormKind::Json, r#"{"_method": "DELETE"}"#, true),
             (FormKind::Json, r#"{"\u005fmethod": "DELETE"}"#, true),
             (FormKind::Json, r#"{"a": {"_method": "x"}}"#, false),
-            (FormKind::Json, "not json", false),
+            (FormKind::Json, r#"[1, 2]"#, false),
+            // Unreadable JSON is refused: PHP reads 1e400 (as INF) where serde does not.
+            (FormKind::Json, r#"{"_method": "DELETE", "n": 1e400}"#, true),
+            (FormKind::Json, "not json", true),
         ];
         for (kind, body, expected) in cases {
             assert_eq!(
-                body_overrides_method(*kind, body.as_bytes()),
+                body_override(&[*kind], body.as_bytes()).is_some(),
                 *expected,
                 "{kind:?} {body}"
             );
