@@ -369,13 +369,32 @@ impl HttpConn {
                     .await);
             }
         };
+        // The headers that say how the backend reads the body are shown and bound with it:
+        // the same bytes as JSON or as a form are different requests.
+        let body_headers: Vec<String> = [header::CONTENT_TYPE, header::CONTENT_ENCODING]
+            .iter()
+            .flat_map(|name| {
+                parts.headers.get_all(name).iter().map(move |value| {
+                    format!("{name}: {}", String::from_utf8_lossy(value.as_bytes()))
+                })
+            })
+            .collect();
+        let (shown, exact) = if body_headers.is_empty() {
+            (decided.line.clone(), line.to_owned())
+        } else {
+            let headers = body_headers.join("; ");
+            (
+                format!("{} ({headers})", decided.line),
+                format!("{line}\n{}", body_headers.join("\n")),
+            )
+        };
         let held = crate::held::Held {
             kind: "http",
             skill: &self.skill,
             backend: &self.backend,
             rule,
-            shown: &decided.line,
-            exact: line.as_bytes(),
+            shown: &shown,
+            exact: exact.as_bytes(),
             body: Some(&body),
         };
         let (approval, verdict) = self
@@ -807,14 +826,27 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Proxy
 }
 
 /// The request line as logs, the store and approvers see it: the target as the policy read
-/// it (decoded), with the values any detector finds masked.
+/// it (decoded, so detectors find values however they were escaped), with the bytes that would
+/// read as structure escaped again (a decoded `&` in a value would show a parameter the
+/// backend never gets), and the values any detector finds masked.
 fn shown_line(method: &hyper::Method, target: &skillgate_policy::http::Target) -> String {
-    let mut line = format!("{method} /{}", target.segments.join("/"));
+    let escape = |text: &str, structural: &[u8]| {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            match u8::try_from(c) {
+                Ok(byte) if structural.contains(&byte) => out.push_str(&format!("%{byte:02X}")),
+                _ => out.push(c),
+            }
+        }
+        out
+    };
+    let segments: Vec<String> = target.segments.iter().map(|s| escape(s, b"/?#%")).collect();
+    let mut line = format!("{method} /{}", segments.join("/"));
     for (i, (name, value)) in target.query.iter().enumerate() {
         line.push(if i == 0 { '?' } else { '&' });
-        line.push_str(name);
+        line.push_str(&escape(name, b"&=#%+"));
         line.push('=');
-        line.push_str(value);
+        line.push_str(&escape(value, b"&=#%+"));
     }
     skillgate_policy::mask::scrub(&line)
 }
@@ -929,5 +961,29 @@ where
     fn size_hint(&self) -> hyper::body::SizeHint {
         // Scrubbing keeps lengths, so the inner hint holds.
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_line;
+
+    #[test]
+    fn shown_lines_escape_what_would_read_as_structure() {
+        let shown = |target: &str| {
+            let target = skillgate_policy::http::normalize(target).unwrap();
+            shown_line(&hyper::Method::POST, &target)
+        };
+        // Found by review: shown decoded, these read as a `dry_run` the backend never gets.
+        assert_eq!(
+            shown("/orders/7/cancel?reason=x%26dry_run%3Dtrue"),
+            "POST /orders/7/cancel?reason=x%26dry_run%3Dtrue"
+        );
+        assert_eq!(
+            shown("/orders/7%3Fdry_run=true"),
+            "POST /orders/7%3Fdry_run=true"
+        );
+        assert_eq!(shown("/a?q=1%2B2+3"), "POST /a?q=1%2B2 3");
+        assert_eq!(shown("/a?to=bob%40example.org"), "POST /a?to=[email]");
     }
 }

@@ -590,10 +590,16 @@ fn http_policy(dial: SocketAddr, upstream: SocketAddr) -> String {
 
 /// POSTs `body` to `/refunds` as the skill (Python urllib): the status it got.
 fn post_refund(env: &Env, dial: SocketAddr, body: &[u8]) -> String {
+    post_refund_as(env, dial, body, "application/x-www-form-urlencoded")
+}
+
+/// [`post_refund`] with a Content-Type of `content_type`.
+fn post_refund_as(env: &Env, dial: SocketAddr, body: &[u8], content_type: &str) -> String {
     let script = "import sys, urllib.request, urllib.error\n\
         a = sys.argv[2]\n\
         body = b'a' * int(a[4:]) if a.startswith('big:') else bytes.fromhex(a)\n\
-        r = urllib.request.Request(sys.argv[1], data=body, method='POST')\n\
+        r = urllib.request.Request(sys.argv[1], data=body, method='POST',\n\
+        \x20   headers={'Content-Type': sys.argv[3]})\n\
         try:\n\
         \x20   print(urllib.request.urlopen(r, timeout=30).status)\n\
         except urllib.error.HTTPError as e:\n\
@@ -604,7 +610,12 @@ fn post_refund(env: &Env, dial: SocketAddr, body: &[u8]) -> String {
     } else {
         body.iter().map(|b| format!("{b:02x}")).collect()
     };
-    let out = env.exec_python("reporter", script, &[format!("http://{dial}/refunds"), hex]);
+    let args = [
+        format!("http://{dial}/refunds"),
+        hex,
+        content_type.to_owned(),
+    ];
+    let out = env.exec_python("reporter", script, &args);
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -628,6 +639,11 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
         let held = env.wait_for_pending();
         // The body, masked and bounded, with its length and hash; bound to the approval.
         let shown = &held["body"];
+        let operation = held["operation"].as_str().unwrap();
+        assert!(
+            operation.ends_with("(content-type: application/x-www-form-urlencoded)"),
+            "{held}"
+        );
         assert_eq!(shown["bytes"], body.len(), "{held}");
         assert_eq!(shown["sha256"], sha256_hex(body.as_bytes()), "{held}");
         let text = shown["shown"].as_str().unwrap();
@@ -662,6 +678,19 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
     assert!(matches!(fate, Fate::Held(_)), "{fate:?}");
     assert!(status.starts_with("403 "), "{status}");
     assert_eq!(backend.requests().len(), 2);
+    // Found by review: the same bytes sent to be read another way are another request.
+    let clean = "{\"order\": 8}";
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| post_refund(&env, dial, clean.as_bytes()));
+        let held = env.wait_for_pending();
+        env.cli(&["approve", &held["id"].to_string(), "--for", "1m"]);
+        assert!(skill.join().unwrap().starts_with("404 "));
+    });
+    let as_json = || post_refund_as(&env, dial, clean.as_bytes(), "application/json");
+    let (fate, status) = watch(&env, as_json);
+    assert!(matches!(fate, Fate::Held(_)), "{fate:?}");
+    assert!(status.starts_with("403 "), "{status}");
+    assert_eq!(backend.requests().len(), 3);
 
     // A body longer than an approver is shown needs --seen-truncated, and says so.
     let long = format!("{{\"order\": 7, \"note\": \"{}\"}}", "n".repeat(5000));
@@ -683,8 +712,8 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
         env.cli(&["approve", &id, "--seen-truncated"]);
         assert!(skill.join().unwrap().starts_with("404 "));
     });
-    assert_eq!(backend.requests().len(), 3);
-    assert_eq!(backend.requests()[2]["body"], long);
+    assert_eq!(backend.requests().len(), 4);
+    assert_eq!(backend.requests()[3]["body"], long);
 
     // An empty body is said to be empty.
     std::thread::scope(|scope| {
@@ -705,5 +734,5 @@ fn a_held_request_shows_its_body_and_only_that_body_goes_through() {
         status.starts_with("413 ") && status.contains("too large to hold for approval"),
         "{status}"
     );
-    assert_eq!(backend.requests().len(), 3);
+    assert_eq!(backend.requests().len(), 4);
 }

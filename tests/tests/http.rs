@@ -453,7 +453,10 @@ fn held_requests_go_ahead_when_approved_and_fail_with_the_approval_id_when_not()
     std::thread::scope(|scope| {
         let skill = scope.spawn(|| exec(&s.env, &["python3", "-c", &script]));
         let p = s.env.wait_for_pending();
-        assert_eq!(p["operation"], "POST /refunds");
+        assert_eq!(
+            p["operation"],
+            "POST /refunds (content-type: application/json)"
+        );
         let id = p["id"].to_string();
         s.env.cli(&["approve", &id, "--reason", "refund ok"]);
         let out = skill.join().unwrap();
