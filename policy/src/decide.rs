@@ -493,6 +493,41 @@ enum Reading {
     Restrict,
 }
 
+/// Whether a condition on parameter or header `name` holds for a request's `pairs`. Every
+/// pair some backend takes for `name` counts as one of its values (`tenant.id` is `tenant_id`
+/// to PHP, `X_Tenant` is `x-tenant` to CGI servers, ASP.NET ignores case): to grant (`every`)
+/// all of them must be allowed and `name` itself be there as written (a backend that reads
+/// names exactly sees no other); to restrict, any one is enough.
+fn condition_on(
+    pairs: &[(String, String)],
+    name: &str,
+    allowed: &[String],
+    every: bool,
+    fold: fn(&str) -> String,
+) -> bool {
+    let folded = fold(name);
+    let values = pairs.iter().filter(|(n, _)| fold(n) == folded);
+    condition_holds(values.map(|(_, v)| v), allowed, every)
+        && (!every || pairs.iter().any(|(n, _)| n == name))
+}
+
+/// A query parameter's name as the loosest backend reads it: PHP drops leading spaces and
+/// turns spaces, dots and `[` into `_`; ASP.NET ignores case.
+fn fold_parameter(name: &str) -> String {
+    name.trim_start()
+        .chars()
+        .map(|c| match c {
+            ' ' | '.' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// A header's name as CGI-style servers read it (`X_Tenant` and `x-tenant` are one variable).
+fn fold_header(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
 /// Whether a condition (`name` with one of `allowed`) holds for the `values` a request gives
 /// `name`: every one of them (and at least one), or any one.
 fn condition_holds<'v>(
@@ -552,13 +587,12 @@ fn covers(
                     .iter()
                     .any(|p| p.matches_as(&target.segments, case))
                 && op.query.iter().all(|(name, allowed)| {
-                    let values = target.query.iter().filter(|(n, _)| n == name);
-                    condition_holds(values.map(|(_, v)| v), allowed, every)
+                    condition_on(&target.query, name, allowed, every, fold_parameter)
                 })
-                && op.headers.iter().all(|(name, allowed)| {
-                    let values = headers.iter().filter(|(n, _)| n == name);
-                    condition_holds(values.map(|(_, v)| v), allowed, every)
-                })
+                && op
+                    .headers
+                    .iter()
+                    .all(|(name, allowed)| condition_on(headers, name, allowed, every, fold_header))
         }
         (RuleOp::Sql(op), Unit::Sql(access)) => {
             op.kinds.contains(&access.kind)
