@@ -300,25 +300,21 @@ impl HttpConn {
     ) -> Result<Request<ProxyBody>, (StatusCode, String)> {
         let (parts, body) = request.into_parts();
         let limit = self.proxy.mask_body_limit;
-        let body = Limited::new(body, limit)
-            .collect()
+        let body = read_whole(body, limit)
             .await
-            .map_err(
-                |err| match err.downcast::<http_body_util::LengthLimitError>() {
-                    Ok(_) => (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "a form body larger than mask_body_limit ({limit} bytes) cannot be \
-                             checked for a method override"
-                        ),
+            .map_err(|unread| match unread {
+                Unread::TooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "a form body larger than mask_body_limit ({limit} bytes) cannot be checked \
+                         for a method override"
                     ),
-                    Err(err) => (
-                        StatusCode::BAD_REQUEST,
-                        format!("the request body could not be read ({err})"),
-                    ),
-                },
-            )?
-            .to_bytes();
+                ),
+                Unread::Failed(err) => (
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read ({err})"),
+                ),
+            })?;
         if let Some(reason) = head::body_override(kinds, &body) {
             return Err((StatusCode::FORBIDDEN, reason.to_owned()));
         }
@@ -344,24 +340,21 @@ impl HttpConn {
             ));
         };
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, HELD_MAX).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                let too_large = err.is::<http_body_util::LengthLimitError>();
-                let (status, reason) = if too_large {
-                    (
+        let body = match read_whole(body, HELD_MAX).await {
+            Ok(body) => body,
+            Err(unread) => {
+                let (status, reason) = match unread {
+                    Unread::TooLarge => (
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!(
                             "the request body is too large to hold for approval: a held request is \
-                             read whole before an approver sees it, and at most {} bytes are",
-                            HELD_MAX
+                             read whole before an approver sees it, and at most {HELD_MAX} bytes are"
                         ),
-                    )
-                } else {
-                    (
+                    ),
+                    Unread::Failed(err) => (
                         StatusCode::BAD_REQUEST,
                         format!("cannot read the request body to hold it for approval: {err}"),
-                    )
+                    ),
                 };
                 info!(request = %decided.id, %reason, "held request refused");
                 return Err(self
@@ -571,16 +564,12 @@ impl HttpConn {
         secrets: &[Vec<u8>],
     ) -> Result<(Vec<u8>, usize), String> {
         let limit = self.proxy.mask_body_limit;
-        let body = Limited::new(body, limit)
-            .collect()
+        let body = read_whole(body, limit)
             .await
-            .map_err(
-                |err| match err.downcast::<http_body_util::LengthLimitError>() {
-                    Ok(_) => format!("it is larger than mask_body_limit ({limit} bytes)"),
-                    Err(err) => format!("the backend failed while sending it ({err})"),
-                },
-            )?
-            .to_bytes();
+            .map_err(|unread| match unread {
+                Unread::TooLarge => format!("it is larger than mask_body_limit ({limit} bytes)"),
+                Unread::Failed(err) => format!("the backend failed while sending it ({err})"),
+            })?;
         if body.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -823,6 +812,27 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Proxy
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Why a body could not be read whole.
+enum Unread {
+    /// It is larger than the bound.
+    TooLarge,
+    /// The peer failed while sending it.
+    Failed(String),
+}
+
+/// Reads `body` whole, at most `limit` bytes.
+async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, Unread>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Unread::TooLarge),
+        Err(err) => Err(Unread::Failed(err.to_string())),
+    }
 }
 
 /// The request line as logs, the store and approvers see it: the target as the policy read
