@@ -44,6 +44,11 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     let account = user.map(lookup_user).transpose()?;
     let (program, args) = command.split_first().context("no command given")?;
     let dir = skills.enter(&declared.cgroup, std::process::id())?;
+    if declared.serve {
+        let id = crate::cgroup::cgroup_id(&dir)?;
+        enforce::allow_serving(&config.agent.bpf_pin_dir, id)
+            .context("cannot let the skill serve, as its policy says it may")?;
+    }
     sys::confine_capabilities().context("cannot drop the capabilities a skill must not hold")?;
     tracing::debug!(skill, cgroup = %dir.display(), "entered skill cgroup");
     let mut cmd = std::process::Command::new(program);

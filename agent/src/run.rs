@@ -221,6 +221,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     )
     .await?;
     let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
+    sync_serving(&enforcement, &skills, &config.policy);
     thaw(&skills);
     if let Some(logger) = enforcement.logger.take() {
         tokio::spawn(forward_ebpf_logs(logger));
@@ -368,6 +369,32 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     }
 }
 
+/// Lets exactly the skills whose policy says `serve = true` listen, by the cgroups they have
+/// now (a skill started later by `skillgate exec` is added then). A failure leaves the
+/// previous set, logged: the programs keep refusing whoever is not in it.
+fn sync_serving(
+    enforcement: &Enforcement,
+    skills: &SkillsCgroup,
+    policy: &skillgate_policy::Policy,
+) {
+    let ids: Vec<u64> = policy
+        .skills
+        .iter()
+        .filter(|skill| skill.serve)
+        .filter_map(|skill| crate::cgroup::cgroup_id(&skills.dir.join(&skill.cgroup)).ok())
+        .collect();
+    match enforcement.set_serving(&ids) {
+        Ok(()) => info!(
+            serving = ?policy.skills.iter().filter(|s| s.serve).map(|s| &s.name).collect::<Vec<_>>(),
+            "skills allowed to serve"
+        ),
+        Err(err) => error!(
+            error = %format!("{err:#}"),
+            "cannot update the skills allowed to serve; the previous set stays"
+        ),
+    }
+}
+
 /// Puts enforcement back when the skills cgroup was removed and created again (a stopped and
 /// restarted systemd slice): the kernel drops the links of a removed cgroup, so the new one
 /// would start bare. A missing cgroup is created at once, enforced, before anything else can
@@ -405,6 +432,8 @@ fn watch_cgroup(proxy: &Proxy) {
                 cgroup_id = id,
                 "enforcement re-attached to the skills cgroup"
             );
+            let policy = Arc::clone(&proxy.policy.read().unwrap_or_else(|e| e.into_inner()));
+            sync_serving(&proxy.enforcement, &proxy.skills, &policy);
             // Whoever got in before the programs did may have connected directly: such
             // connections cannot be told apart or taken back, so their processes go.
             if recreated && proxy.skills.populated() {
@@ -487,6 +516,7 @@ fn reload(proxy: &Proxy, path: &Path, config_path: &Path) {
                 rules = policy.rules.len(),
                 "policy reloaded"
             );
+            sync_serving(&proxy.enforcement, &proxy.skills, &policy);
             *proxy.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
             // Certificates and keys the policy names are read again (rotated in place).
             proxy.tls.forget();

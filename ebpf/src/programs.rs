@@ -8,23 +8,25 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_ns,
+            bpf_ktime_get_ns, bpf_skb_cgroup_id,
         },
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 use skillgate_common::{
-    AF_INET, AF_INET6, CgroupCounters, ConnMeta, DNS_PORT, MAX_COUNTED_CGROUPS, MAX_TRACKED,
-    ProxyConfig, TupleKey, V4_MAPPED_WORD, counter,
+    AF_INET, AF_INET6, CgroupCounters, ConnMeta, DNS_PORT, MAX_COUNTED_CGROUPS, MAX_SERVING,
+    MAX_TRACKED, ProxyConfig, TupleKey, V4_MAPPED_WORD, counter,
 };
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
+/// `sk_state` of a listening socket (include/net/tcp_states.h).
+const TCP_LISTEN: u32 = 10;
 
 /// Per-CPU LRU lists: inserts never contend on one global list.
 const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
@@ -32,6 +34,9 @@ const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
 /// Return values of cgroup sock and sock_addr programs.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
+/// Return values of cgroup skb programs.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
 
 #[map(name = "SG_CONFIG")]
 static CONFIG: Array<ProxyConfig> = Array::pinned(1, 0);
@@ -52,6 +57,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map(name = "SG_SKILL_CNT")]
 static SKILL_COUNTERS: LruPerCpuHashMap<u64, CgroupCounters> =
     LruPerCpuHashMap::pinned(MAX_COUNTED_CGROUPS, 0);
+
+/// Cgroups (by id) of skills the policy allows to serve: they may bind() any port and accept
+/// connections. Written by the agent (at start and on reload) and by `skillgate exec`.
+#[map(name = "SG_SERVE")]
+static SERVE: HashMap<u64, u32> = HashMap::pinned(MAX_SERVING, 0);
 
 /// Counts an event of the calling task's cgroup.
 #[inline(always)]
@@ -297,6 +307,89 @@ fn unmask_peer(ctx: &SockAddrContext, family: u16, dns_only: bool) {
             set_user_addr(sa, family, &meta.orig_ip, u32::from(meta.orig_port.to_be()));
         }
     }
+}
+
+/// A skill may bind() port 0 (the kernel picks one) and the ephemeral ports, which clients
+/// use; any other port only when the policy lets it serve. Its listening sockets are what
+/// `sg_ingress` closes.
+#[inline(always)]
+fn bind(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the helper takes no arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the kernel hands sock_addr programs a valid context; in-bounds read.
+    let port = u16::from_be(unsafe { read_volatile(&(*ctx.sock_addr).user_port) } as u16);
+    let result = match config() {
+        Err(reason) => Err(reason),
+        Ok(config)
+            if port == 0
+                || (config.ephemeral_lo..=config.ephemeral_hi).contains(&port)
+                || serves(cgroup_id) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(counter::REFUSED_BIND),
+    };
+    match result {
+        Ok(()) => ALLOW,
+        Err(reason) => {
+            count_for(cgroup_id, reason);
+            let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            warn!(
+                ctx,
+                "refused pid {}: {} (port {})",
+                pid,
+                counter::reason(reason),
+                port
+            );
+            REJECT
+        }
+    }
+}
+
+/// Whether the policy lets the skill in cgroup `cgroup_id` serve.
+#[inline(always)]
+fn serves(cgroup_id: u64) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { SERVE.get(&cgroup_id) }.is_some()
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn sg_bind4(ctx: SockAddrContext) -> i32 {
+    bind(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn sg_bind6(ctx: SockAddrContext) -> i32 {
+    bind(&ctx)
+}
+
+/// Drops what arrives for a skill's listening socket (a SYN, or the ACK that would complete a
+/// handshake) unless the skill may serve: a connection a skill accepts never passed a connect
+/// hook, so the proxy would never see it. A socket autobound by listen() never passed the bind
+/// hook either; this is what closes it. Established connections (the skills' own, to the
+/// proxy) pass.
+#[cgroup_skb(ingress)]
+pub fn sg_ingress(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the kernel hands skb programs a valid context; `sk` is checked for null before
+    // the one field read through it, which the verifier allows on any socket.
+    let state = unsafe {
+        let sk = read_volatile(&(*skb).__bindgen_anon_2.sk);
+        if sk.is_null() {
+            return PASS;
+        }
+        read_volatile(&(*sk).state)
+    };
+    if state != TCP_LISTEN {
+        return PASS;
+    }
+    // SAFETY: the helper reads the cgroup of the socket behind the context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    if serves(cgroup_id) {
+        return PASS;
+    }
+    count_for(cgroup_id, counter::REFUSED_INBOUND);
+    DROP
 }
 
 /// Only TCP and UDP sockets may be created: no raw sockets, no ping (ICMP datagram) sockets,

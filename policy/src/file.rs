@@ -37,6 +37,9 @@ pub(crate) struct SkillDef {
     #[serde(default)]
     pub groups: Vec<Spanned<String>>,
     pub oidc: Option<OidcDef>,
+    /// The skill may listen: bind() any port and accept connections (which bypass the proxy).
+    #[serde(default)]
+    pub serve: bool,
 }
 
 #[derive(Debug, Deserialize)]

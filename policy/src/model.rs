@@ -79,6 +79,9 @@ pub struct Skill {
     pub cgroup: String,
     pub groups: Vec<String>,
     pub oidc: Option<Oidc>,
+    /// The skill may bind() ports outside the ephemeral range and accept connections, which
+    /// the proxy never sees. Off by default.
+    pub serve: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

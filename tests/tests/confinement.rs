@@ -218,3 +218,174 @@ fn status_audits_every_skill_process_and_flags_the_unconfined() {
         let _ = child.wait();
     }
 }
+
+/// A skill that binds `argv[1]`, then listens on a port the kernel picks (autobind, which no
+/// bind hook sees) and prints every connection's first bytes for `argv[2]` seconds.
+const LISTENER: &str = r#"
+import socket, sys, time
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    print("bind ok", flush=True)
+except OSError as e:
+    print(f"bind err {e.errno}", flush=True)
+l = socket.socket()
+l.listen()
+print(f"listening {l.getsockname()[1]}", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while (left := end - time.monotonic()) > 0:
+    l.settimeout(left)
+    try:
+        c, _ = l.accept()
+    except socket.timeout:
+        break
+    c.settimeout(5)
+    print(f"accepted {c.recv(64).decode()}", flush=True)
+"#;
+
+/// A port outside the ephemeral range that nothing listens on.
+fn service_port() -> u16 {
+    (20_000..30_000)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
+/// A LISTENER skill, killed if a test fails before it ends.
+struct Listener {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    /// What it printed so far.
+    printed: String,
+    /// The port it listens on.
+    port: u16,
+}
+
+impl Listener {
+    /// Starts `cmd` (LISTENER) and reads what it prints up to its port.
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the listener");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut listener = Self {
+            child,
+            out,
+            printed: String::new(),
+            port: 0,
+        };
+        while listener.port == 0 {
+            let mut line = String::new();
+            let read = listener.out.read_line(&mut line).unwrap_or(0);
+            assert_ne!(read, 0, "the listener said {:?}", listener.printed);
+            listener.printed.push_str(&line);
+            if let Some(port) = line.strip_prefix("listening ") {
+                listener.port = port.trim().parse().unwrap();
+            }
+        }
+        listener
+    }
+
+    /// Everything it printed, once it has ended.
+    fn finish(mut self) -> String {
+        let mut printed = std::mem::take(&mut self.printed);
+        self.out.read_to_string(&mut printed).unwrap();
+        self.child.wait().unwrap();
+        printed
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects from outside the skills cgroup and sends `canary`; whether the handshake completed.
+fn connect_and_send(port: u16, canary: &str) -> bool {
+    use std::io::Write as _;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+        Ok(mut stream) => {
+            stream.write_all(canary.as_bytes()).unwrap();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_skill_accepts_connections_only_when_its_policy_lets_it_serve() {
+    let policy = "[[skill]]\nname = \"reporter\"\n[[skill]]\nname = \"api\"\nserve = true\n";
+    let env = Env::new("serve", policy);
+    let agent = env.start_agent();
+    let port = service_port();
+
+    // A confined skill, and a process put straight into the same cgroup: the programs hold
+    // for both.
+    let mut confined = env.skillgate();
+    confined.args(["exec", "--skill", "reporter", "--user", "nobody", "--"]);
+    confined.args(["python3", "-c", LISTENER, &port.to_string(), "4"]);
+    let dir = env.skills_dir().join("reporter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut unconfined = Command::new("sh");
+    unconfined.args([
+        "-c",
+        &format!(
+            "echo $$ > '{}/cgroup.procs' && exec python3 -c \"$0\" \"$@\"",
+            dir.display()
+        ),
+        LISTENER,
+        &port.to_string(),
+        "4",
+    ]);
+    for (name, cmd) in [("confined", confined), ("unconfined", unconfined)] {
+        let listener = Listener::start(cmd);
+        let printed = &listener.printed;
+        assert!(printed.starts_with("bind err 1\n"), "{name}: {printed}");
+        let canary = format!("canary-{name}");
+        assert!(
+            !connect_and_send(listener.port, &canary),
+            "{name}: a connection was accepted"
+        );
+        let printed = listener.finish();
+        assert!(!printed.contains(&canary), "{name}: {printed}");
+    }
+
+    // The skill the policy lets serve binds its port and accepts, until a reload takes
+    // `serve` away: then new connections are dropped.
+    let mut api = env.skillgate();
+    api.args(["exec", "--skill", "api", "--user", "nobody", "--"]);
+    api.args(["python3", "-c", LISTENER, &port.to_string(), "15"]);
+    let listener = Listener::start(api);
+    assert!(
+        listener.printed.starts_with("bind ok\n"),
+        "{}",
+        listener.printed
+    );
+    assert!(connect_and_send(listener.port, "served"));
+    env.edit_policy("serve = true", "serve = false");
+    agent.wait_for_log("policy reloaded", std::time::Duration::from_secs(10));
+    assert!(!connect_and_send(listener.port, "canary-revoked"));
+    let printed = listener.finish();
+    assert!(printed.contains("accepted served"), "{printed}");
+    assert!(!printed.contains("canary-revoked"), "{printed}");
+
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    let out = env.skillgate().args(["stats", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    let reporter = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["skill"] == "reporter")
+        .unwrap_or_else(|| panic!("{report:#}"))["counters"]
+        .clone();
+    assert_eq!(reporter["refused_bind"], 2, "{reporter:#}");
+    assert!(
+        reporter["refused_inbound"].as_u64().unwrap() >= 2,
+        "{reporter:#}"
+    );
+}

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+};
 use aya_obj::btf::BtfKind;
 
 use super::raw::RawSpec;
@@ -42,6 +44,26 @@ macro_rules! aya_cgroup_program {
 }
 
 aya_cgroup_program!(CgroupSockAddr, CgroupSock, SockOps);
+
+/// skillgate's one skb program filters what arrives for skill sockets.
+impl CgroupProgram for CgroupSkb {
+    fn load(&mut self) -> Result<()> {
+        Ok(CgroupSkb::load(self)?)
+    }
+    fn program_fd(&self) -> Result<BorrowedFd<'_>> {
+        Ok(CgroupSkb::fd(self)?.as_fd())
+    }
+    fn attach_pinned(&mut self, cgroup: &File, path: &Path) -> Result<()> {
+        let id = self.attach(
+            cgroup,
+            CgroupSkbAttachType::Ingress,
+            CgroupAttachMode::default(),
+        )?;
+        let link: FdLink = self.take_link(id)?.try_into()?;
+        link.pin(path)?;
+        Ok(())
+    }
+}
 
 /// A hand-assembled program (see `raw`) on a hook aya 0.14 cannot attach to.
 pub struct RawProgram {

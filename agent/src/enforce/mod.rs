@@ -35,7 +35,7 @@ use crate::host;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skillgate"));
 
 /// Bump when a map's key, value or size changes: maps of another layout are never reused.
-const MAP_LAYOUT_VERSION: u32 = 3;
+const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// A program skillgate puts on the skills cgroup.
 pub struct ProgramSpec {
@@ -80,10 +80,13 @@ static LSM_SOCKET: RawSpec = RawSpec {
 
 /// Every program, in attach order. sock_create comes first so that no socket type it refuses
 /// is created while the others attach.
-pub const PROGRAMS: [ProgramSpec; 14] = [
+pub const PROGRAMS: [ProgramSpec; 17] = [
     object(program_names::SOCK_CREATE),
     object(program_names::CONNECT4),
     object(program_names::CONNECT6),
+    object(program_names::BIND4),
+    object(program_names::BIND6),
+    object(program_names::INGRESS),
     object(program_names::SENDMSG4),
     object(program_names::SENDMSG6),
     object(program_names::RECVMSG4),
@@ -131,6 +134,8 @@ pub struct Enforcement {
     ebpf: Mutex<Ebpf>,
     layout: PinLayout,
     conns: Mutex<HashMap<MapData, TupleKey, ConnMeta>>,
+    /// Cgroup ids of the skills allowed to serve (see [`Enforcement::set_serving`]).
+    serving: Mutex<HashMap<MapData, u64, u32>>,
     pub counters: Counters,
     pub attachment: Attachment,
     cgroup_id: AtomicU64,
@@ -165,7 +170,7 @@ impl Enforcement {
         let mut config: Array<_, ProxyConfig> =
             Array::try_from(map(&mut ebpf, map_names::CONFIG)?)?;
         config
-            .set(0, proxy_config(ports), 0)
+            .set(0, proxy_config(ports, ephemeral_ports()?), 0)
             .context("cannot write the proxy address into SG_CONFIG")?;
 
         let cgroup_id = skills.id()?;
@@ -174,6 +179,7 @@ impl Enforcement {
         remove_other_map_layouts(pin_dir, &layout.maps());
 
         let conns = HashMap::try_from(take_map(&mut ebpf, map_names::CONNS)?)?;
+        let serving = HashMap::try_from(take_map(&mut ebpf, map_names::SERVE)?)?;
         let counters = Counters::from_maps(
             take_map(&mut ebpf, map_names::COUNTERS)?,
             take_map(&mut ebpf, map_names::SKILL_COUNTERS)?,
@@ -182,6 +188,7 @@ impl Enforcement {
             ebpf: Mutex::new(ebpf),
             layout,
             conns: Mutex::new(conns),
+            serving: Mutex::new(serving),
             counters,
             attachment,
             cgroup_id: AtomicU64::new(cgroup_id),
@@ -204,6 +211,29 @@ impl Enforcement {
         attach_all(&mut ebpf, skills, &self.layout, cgroup_id, false)?;
         self.cgroup_id.store(cgroup_id, Ordering::Relaxed);
         Ok(cgroup_id)
+    }
+
+    /// Makes `ids` the cgroups whose skills may serve: bind() any port and accept connections.
+    /// `skillgate exec` adds the cgroup of a serving skill it starts; the agent sets the whole
+    /// set at start and on every policy reload, which is how a revoked `serve` takes effect.
+    pub fn set_serving(&self, ids: &[u64]) -> Result<()> {
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<u64> = serving
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !ids.contains(id))
+            .collect();
+        for id in stale {
+            serving
+                .remove(&id)
+                .with_context(|| format!("cannot remove cgroup {id} from {}", map_names::SERVE))?;
+        }
+        for id in ids {
+            serving
+                .insert(id, 1, 0)
+                .with_context(|| format!("cannot add cgroup {id} to {}", map_names::SERVE))?;
+        }
+        Ok(())
     }
 
     /// Takes the metadata the programs recorded for the connection `key`. Each entry is
@@ -243,6 +273,7 @@ fn attach_all(
                 Some(Program::CgroupSockAddr(p)) => put(p, load),
                 Some(Program::CgroupSock(p)) => put(p, load),
                 Some(Program::SockOps(p)) => put(p, load),
+                Some(Program::CgroupSkb(p)) => put(p, load),
                 Some(other) => bail!(
                     "program {} has unexpected type {:?}",
                     spec.name,
@@ -286,12 +317,54 @@ pub struct Ports {
     pub dns: u16,
 }
 
-fn proxy_config(ports: Ports) -> ProxyConfig {
+/// The host's ephemeral port range, which skills may bind() without serving.
+fn ephemeral_ports() -> Result<(u16, u16)> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(PATH).with_context(|| format!("cannot read {PATH}"))?;
+    parse_port_range(&text).with_context(|| format!("{PATH} holds `{}`", text.trim()))
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16)> {
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    match (ports.next(), ports.next(), ports.next()) {
+        (Some(Ok(lo)), Some(Ok(hi)), None) if lo <= hi => Ok((lo, hi)),
+        _ => bail!("not a port range"),
+    }
+}
+
+/// Adds cgroup `id` to the pinned set of serving skills (see [`Enforcement::set_serving`]):
+/// `skillgate exec`, which runs beside the agent, starting a skill the policy lets serve.
+pub fn allow_serving(pin_dir: &Path, id: u64) -> Result<()> {
+    let path = PinLayout::new(pin_dir).maps().join(map_names::SERVE);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
+    let mut serving: HashMap<MapData, u64, u32> = HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    serving
+        .insert(id, 1, 0)
+        .with_context(|| format!("cannot add cgroup {id} to {}", path.display()))
+}
+
+fn proxy_config(ports: Ports, (ephemeral_lo, ephemeral_hi): (u16, u16)) -> ProxyConfig {
     ProxyConfig {
         ip4: u32::from_ne_bytes(std::net::Ipv4Addr::LOCALHOST.octets()),
         port_be: u32::from(ports.proxy.to_be()),
         ip6: ip_words(std::net::Ipv6Addr::LOCALHOST.octets()),
         dns_port_be: u32::from(ports.dns.to_be()),
         enabled: 1,
+        ephemeral_lo,
+        ephemeral_hi,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges_read_as_the_kernel_writes_them() {
+        assert_eq!(parse_port_range("32768\t60999\n").unwrap(), (32768, 60999));
+        for bad in ["", "32768", "60999 32768", "1 2 3", "0x10 20", "1 70000"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod map_names {
     pub const CONNS: &str = "SG_CONNS";
     pub const COUNTERS: &str = "SG_COUNTERS";
     pub const SKILL_COUNTERS: &str = "SG_SKILL_CNT";
+    pub const SERVE: &str = "SG_SERVE";
 }
 
 /// Names of the programs in the object, which are also the names of their pinned links.
@@ -27,6 +28,9 @@ pub mod program_names {
     pub const SOCK_CREATE: &str = "sg_sock_create";
     pub const SOCK_RELEASE: &str = "sg_sock_release";
     pub const SOCKOPS: &str = "sg_sockops";
+    pub const BIND4: &str = "sg_bind4";
+    pub const BIND6: &str = "sg_bind6";
+    pub const INGRESS: &str = "sg_ingress";
 }
 
 /// The port skills use for DNS; UDP to any other port is refused.
@@ -47,6 +51,10 @@ pub struct ProxyConfig {
     pub dns_port_be: u32,
     /// Non-zero once the agent has configured the programs.
     pub enabled: u32,
+    /// The host's ephemeral port range (`net.ipv4.ip_local_port_range`), host order: the
+    /// ports a skill may bind() without being allowed to serve.
+    pub ephemeral_lo: u16,
+    pub ephemeral_hi: u16,
 }
 
 /// What the connect programs learn about a skill socket, keyed first by socket cookie and then,
@@ -112,8 +120,12 @@ pub mod counter {
     pub const BRIDGE_MISSING: u32 = 9;
     /// An established skill connection whose 4-tuple could not be stored.
     pub const BRIDGE_MAP_FULL: u32 = 10;
+    /// bind() to a port outside the ephemeral range by a skill not allowed to serve.
+    pub const REFUSED_BIND: u32 = 11;
+    /// A connection attempt to a listening skill socket not allowed to serve, dropped.
+    pub const REFUSED_INBOUND: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
     /// Human names, by index, for logs and `skillgate stats`.
     pub const NAMES: [&str; COUNT as usize] = [
         "redirected_ipv4",
@@ -127,6 +139,8 @@ pub mod counter {
         "bridged",
         "bridge_missing_metadata",
         "bridge_map_full",
+        "refused_bind",
+        "refused_inbound",
     ];
     /// Why a counter refused something, for logs.
     pub const fn reason(index: u32) -> &'static str {
@@ -136,6 +150,10 @@ pub mod counter {
             REFUSED_SOCKET => "a socket other than TCP or UDP (raw, ping, ...)",
             REFUSED_NO_CONFIG => "the agent has not configured the programs",
             REFUSED_MAP_FULL => "the connection table is full",
+            REFUSED_BIND => {
+                "bind() to a port outside the ephemeral range (the skill may not serve)"
+            }
+            REFUSED_INBOUND => "a connection to a listening socket (the skill may not serve)",
             _ => "unknown",
         }
     }
@@ -150,6 +168,8 @@ pub struct CgroupCounters {
 
 /// Maximum number of in-flight sockets and connections tracked.
 pub const MAX_TRACKED: u32 = 65_536;
+/// Maximum number of skill cgroups allowed to serve.
+pub const MAX_SERVING: u32 = 1_024;
 /// Maximum number of cgroups with their own counters (least recently used ones are dropped).
 pub const MAX_COUNTED_CGROUPS: u32 = 4_096;
 

@@ -180,6 +180,7 @@ impl<'a> Builder<'a> {
             cgroup,
             groups,
             oidc,
+            serve: def.serve,
         })
     }
 
