@@ -185,6 +185,12 @@ def in_child(action, *args):
     return result[3:]
 
 
+def cgroup():
+    """This process's cgroup v2 path."""
+    with open("/proc/self/cgroup") as f:
+        return next(l for l in f.read().splitlines() if l.startswith("0::"))[3:]
+
+
 def escape(procs):
     """Tries to move this process into another cgroup."""
     with open(procs, "w") as f:

@@ -389,3 +389,79 @@ fn a_skill_accepts_connections_only_when_its_policy_lets_it_serve() {
         "{reporter:#}"
     );
 }
+
+/// `skill@.service`'s ExecStart, expanded the way systemd expands it (`%i`, `${VAR}` as one
+/// word, `$VAR` split at spaces), with the packaged paths pointed at this test's.
+fn unit_command(env: &Env, instance: &str, vars: &[(&str, &str)]) -> Command {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/skill@.service"),
+    )
+    .unwrap();
+    let exec_start = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart=");
+    let skillgate = env.skillgate();
+    let mut words: Vec<String> = Vec::new();
+    for word in exec_start.replace("%i", instance).split_whitespace() {
+        match word {
+            "/usr/bin/skillgate" => words.push(skillgate.get_program().to_string_lossy().into()),
+            "/etc/skillgate/skillgate.toml" => {
+                words.push(
+                    skillgate
+                        .get_args()
+                        .nth(1)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into(),
+                );
+            }
+            _ => match vars
+                .iter()
+                .find(|(name, _)| word == format!("${{{name}}}") || word == format!("${name}"))
+            {
+                Some((_, value)) if word.starts_with("${") => words.push((*value).to_owned()),
+                Some((_, value)) => words.extend(value.split_whitespace().map(str::to_owned)),
+                None => {
+                    assert!(!word.contains('$') && !word.contains('%'), "{word}");
+                    words.push(word.to_owned());
+                }
+            },
+        }
+    }
+    let mut cmd = Command::new(&words[0]);
+    cmd.args(&words[1..]);
+    cmd
+}
+
+#[test]
+fn the_template_unit_runs_a_skill_confined_in_its_units_cgroup() {
+    let env = Env::new(
+        "unit",
+        "[[skill]]\nname = \"reporter\"\nunit = \"skill@reporter.service\"\n",
+    );
+    let _agent = env.start_agent();
+    let probe = env.dir.join("probe.py");
+    std::fs::write(&probe, skillgate_tests::PROBE_PY).unwrap();
+    let command = format!(
+        "python3 {} cgroup socket_family:40 resolve:localhost",
+        probe.display()
+    );
+    let output = unit_command(
+        &env,
+        "reporter",
+        &[("SKILL_USER", "nobody"), ("SKILL_COMMAND", &command)],
+    )
+    .output()
+    .unwrap();
+    let probe = skillgate_tests::Probe::from_output(output);
+    assert_eq!(
+        probe.result(0),
+        format!("ok /{}/skill@reporter.service", env.skills_cgroup),
+        "{:?}",
+        probe.output
+    );
+    // vsock (a VM's host): exec's seccomp filter, which the unit's own family list allows.
+    assert_eq!(probe.result(1), EPERM);
+    assert_eq!(probe.result(2), "ok 127.0.0.1");
+}

@@ -78,7 +78,9 @@ fn the_installed_package_has_its_files_and_enforces() {
         ("lib/systemd/system/skillgate.service", 0o644),
         ("lib/systemd/system/skills.slice", 0o644),
         ("lib/systemd/system/skillgate-enforcing.service", 0o644),
+        ("lib/systemd/system/skill@.service", 0o644),
         ("etc/skillgate/skillgate.toml", 0o644),
+        ("etc/skillgate/skills", 0o700),
         ("etc/skillgate/policy.toml", 0o644),
         ("var/lib/skillgate", 0o711),
         ("usr/share/bash-completion/completions/skillgate", 0o644),
@@ -113,6 +115,7 @@ fn the_installed_package_has_its_files_and_enforces() {
         "skillgate.service",
         "skillgate-enforcing.service",
         "skills.slice",
+        "skill@.service",
     ];
     for unit in unit_files {
         let text = std::fs::read_to_string(root.join("lib/systemd/system").join(unit)).unwrap();
@@ -121,7 +124,7 @@ fn the_installed_package_has_its_files_and_enforces() {
     }
     let verify = Command::new("systemd-analyze")
         .arg("verify")
-        .args(unit_files.map(|u| units.join(u)))
+        .args(unit_files.map(|u| units.join(u.replace("@.", "@reporter."))))
         .output()
         .expect("systemd-analyze (Debian package systemd; `cargo xtask setup` installs it)");
     assert!(

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! /usr/bin/skillgate
-//! /lib/systemd/system/skillgate.service, skillgate-enforcing.service, skills.slice
+//! /lib/systemd/system/skillgate.service, skillgate-enforcing.service, skills.slice,
+//!                     skill@.service (a skill through `skillgate exec`)
 //! /etc/skillgate/skillgate.toml, policy.toml              (conffiles)
+//! /etc/skillgate/skills/                                  (skill@.service's env files, 0700)
 //! /var/lib/skillgate/                                     (state, 0711)
 //! /usr/share/bash-completion/completions/skillgate, zsh, fish completions
 //! /usr/share/doc/skillgate/README.md, copyright
@@ -17,10 +19,11 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// The systemd units, from deploy/systemd/.
-pub const UNITS: [&str; 3] = [
+pub const UNITS: [&str; 4] = [
     "skillgate.service",
     "skillgate-enforcing.service",
     "skills.slice",
+    "skill@.service",
 ];
 
 /// Builds the package from the binary `bin` and returns its path (in `target/debian/`).
@@ -52,9 +55,14 @@ pub fn package(root: &Path, bin: &Path) -> Result<PathBuf> {
             0o644,
         )?;
     }
-    let state = stage.join("var/lib/skillgate");
-    std::fs::create_dir_all(&state)?;
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711))?;
+    for (dir, mode) in [
+        ("var/lib/skillgate", 0o711),
+        ("etc/skillgate/skills", 0o700),
+    ] {
+        let dir = stage.join(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+    }
     for (shell, path) in [
         ("bash", "usr/share/bash-completion/completions/skillgate"),
         ("zsh", "usr/share/zsh/vendor-completions/_skillgate"),
