@@ -43,6 +43,7 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     })?;
     let account = user.map(lookup_user).transpose()?;
     let (program, args) = command.split_first().context("no command given")?;
+    withhold_network_sockets(skill)?;
     let dir = skills.enter(&declared.cgroup, std::process::id())?;
     if declared.serve {
         let id = crate::cgroup::cgroup_id(&dir)?;
@@ -72,6 +73,32 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run `{program}`"))
+}
+
+/// A socket inherited from the caller was made outside the skills cgroup: the hooks follow a
+/// socket's cgroup, so the skill could send on it to anywhere. Inherited network sockets are
+/// closed at exec (unix sockets, pipes and files pass); a standard stream that is one refuses
+/// the start, since closing it would break the skill in ways it cannot report.
+fn withhold_network_sockets(skill: &str) -> Result<()> {
+    let sockets = sys::network_sockets().context("cannot list the inherited descriptors")?;
+    for (fd, family) in sockets {
+        let family = family.map_or_else(|| "unknown".to_owned(), |f| f.to_string());
+        if fd <= 2 {
+            bail!(
+                "standard {} (fd {fd}) is a network socket (family {family}): the skill could                  send anything on it without the proxy; give it a pipe, a file or a unix socket",
+                ["input", "output", "error"][fd as usize]
+            );
+        }
+        sys::set_cloexec(fd).with_context(|| format!("cannot close inherited socket fd {fd}"))?;
+        tracing::warn!(
+            skill,
+            fd,
+            family,
+            "an inherited network socket is not passed to the skill: it was opened outside the \
+             skills cgroup and would reach the network without the proxy"
+        );
+    }
+    Ok(())
 }
 
 /// Variables TLS clients read their trusted CAs from: OpenSSL (and Python's ssl, Go), curl,

@@ -263,3 +263,53 @@ fn clear_inheritable() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// This process's open descriptors that are sockets of a family other than AF_UNIX, with
+/// their family (`None` when the kernel would not say, which counts as one).
+pub fn network_sockets() -> io::Result<Vec<(i32, Option<i32>)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: fstat writes into the zeroed struct it is given; a closed fd (the directory
+        // listing's own, once done) fails with EBADF, which is skipped.
+        let mut stat: libc::stat = unsafe { zeroed() };
+        if unsafe { libc::fstat(fd, &mut stat) } != 0
+            || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK
+        {
+            continue;
+        }
+        let mut domain: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_DOMAIN writes one c_int into `domain`, whose size `len` gives.
+        let read = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&raw mut domain).cast(),
+                &mut len,
+            )
+        };
+        match read {
+            0 if domain == libc::AF_UNIX => {}
+            0 => found.push((fd, Some(domain))),
+            _ => found.push((fd, None)),
+        }
+    }
+    Ok(found)
+}
+
+/// Marks `fd` close-on-exec.
+pub fn set_cloexec(fd: i32) -> io::Result<()> {
+    // SAFETY: F_SETFD takes an int flag; an invalid fd fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

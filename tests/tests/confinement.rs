@@ -465,3 +465,83 @@ fn the_template_unit_runs_a_skill_confined_in_its_units_cgroup() {
     assert_eq!(probe.result(1), EPERM);
     assert_eq!(probe.result(2), "ok 127.0.0.1");
 }
+
+/// Writes `argv[2]` to the descriptor `argv[1]`, as a skill handed a socket would.
+const WRITE_FD: &str = r#"
+import os, sys
+try:
+    os.write(int(sys.argv[1]), sys.argv[2].encode())
+    print("sent", flush=True)
+except OSError as e:
+    print(f"err {e.errno}", flush=True)
+"#;
+
+#[test]
+fn a_skill_is_not_handed_a_network_socket_opened_outside_its_cgroup() {
+    use std::os::fd::{AsRawFd as _, OwnedFd};
+
+    let canary = TcpListener::bind("127.0.0.3:0").unwrap();
+    let canary_addr = canary.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    let reader = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = canary.accept().unwrap();
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes);
+            sink.lock().unwrap().extend(bytes);
+        }
+    });
+    let env = Env::new("inherit", POLICY);
+    let _agent = env.start_agent();
+
+    // A runtime outside the cgroup with a connection open, without close-on-exec.
+    let stream = std::net::TcpStream::connect(canary_addr).unwrap();
+    let fd = stream.as_raw_fd();
+    // SAFETY: clears the flags of a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let out = env
+        .skillgate()
+        .args(["exec", "--skill", "reporter", "--user", "nobody", "--"])
+        .args([
+            "python3",
+            "-c",
+            WRITE_FD,
+            &fd.to_string(),
+            "canary-inherited",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "err 9\n", "{stderr}"); // EBADF
+    assert!(
+        stderr.contains("inherited network socket is not passed"),
+        "{stderr}"
+    );
+    drop(stream);
+
+    // Standard output a socket: the skill is not started.
+    let stream = std::net::TcpStream::connect(canary_addr).unwrap();
+    let out = env
+        .skillgate()
+        .args(["exec", "--skill", "reporter", "--user", "nobody", "--"])
+        .args(["sh", "-c", "echo canary-stdout"])
+        .stdout(OwnedFd::from(stream))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("standard output (fd 1) is a network socket"),
+        "{stderr}"
+    );
+
+    reader.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.lock().unwrap()),
+        "",
+        "the canary received bytes from the skill"
+    );
+}
