@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         ],
         detectors: DETECTORS.to_vec(),
         strategy,
-        keep: false,
+        ..Mask::default()
     };
     if let Ok((masked, _)) = mask_json(body, &mask, b"salt") {
         if let Err(err) = serde_json::from_slice::<serde_json::Value>(&masked) {
