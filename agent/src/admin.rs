@@ -73,6 +73,9 @@ pub struct PendingView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<crate::held::BodyView>,
     pub rule: Option<String>,
+    /// Why the policy holds it.
+    #[serde(default)]
+    pub reason: String,
     pub requested_ns: i64,
     pub expires_ns: i64,
 }

@@ -42,6 +42,9 @@ pub fn list(config_path: &Path, json: bool) -> Result<()> {
             escape(p.rule.as_deref().unwrap_or("-")),
             escape(&p.operation),
         );
+        if !p.reason.is_empty() {
+            println!("      why: {}", escape(&p.reason));
+        }
         if let Some(body) = p.body.as_ref().filter(|b| b.bytes == 0) {
             println!("      body: empty (sha256 {})", body.sha256);
         } else if let Some(body) = &p.body {

@@ -17,6 +17,8 @@ pub struct Held<'a> {
     pub skill: &'a str,
     pub backend: &'a str,
     pub rule: Option<&'a str>,
+    /// Why the policy holds it (names the rule, the access, a masked column; never a value).
+    pub reason: &'a str,
     /// The operation as approvers see it (detector hits masked), whole: it is cut here.
     pub shown: &'a str,
     /// The operation exactly as the skill sent it (the statement, the request line as sent):
@@ -71,6 +73,8 @@ impl Held<'_> {
             truncated: self.shown.len() > SHOWN_MAX,
             body,
             rule: self.rule.map(str::to_owned),
+            // The reason can quote the operation (an HTTP path): masked like it.
+            reason: skillgate_policy::mask::scrub(self.reason),
             requested_ns: 0,
             expires_ns: 0,
         };
@@ -108,6 +112,7 @@ mod tests {
             skill: "s",
             backend: "b",
             rule: None,
+            reason: "r",
             shown,
             exact: exact.as_bytes(),
             body,

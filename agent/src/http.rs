@@ -63,6 +63,8 @@ pub struct HttpConn {
 struct Decided {
     id: String,
     line: String,
+    /// The policy's reason, shown to approvers.
+    reason: String,
 }
 
 impl HttpConn {
@@ -247,7 +249,11 @@ impl HttpConn {
         if let Err(response) = self.record(event).await {
             return response;
         }
-        let decided = Decided { id, line };
+        let decided = Decided {
+            id,
+            line,
+            reason: decision.reason.clone(),
+        };
         let request = match decision.effect {
             Effect::Deny => {
                 return json_response(
@@ -386,6 +392,7 @@ impl HttpConn {
             skill: &self.skill,
             backend: &self.backend,
             rule,
+            reason: &decided.reason,
             shown: &shown,
             exact: exact.as_bytes(),
             body: Some(&body),

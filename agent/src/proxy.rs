@@ -241,6 +241,7 @@ impl Proxy {
                         skill,
                         backend,
                         rule: decision.rule,
+                        reason: &decision.reason,
                         shown: &operation,
                         exact: operation.as_bytes(),
                         body: None,

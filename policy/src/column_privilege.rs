@@ -2,57 +2,67 @@
 //! name a masked column only as a plain output column (which the agent masks on the way back).
 //! Any other use would let the values out unmasked: through a predicate answering one
 //! character at a time, an aggregate's error message, a whole-row value, a copy into another
-//! table. Such a statement is refused, with the column named.
+//! table. Such a statement is refused, with the column named, or held for an approver where
+//! every rule masking that column says `misuse = "approve"`.
 
 use crate::model::Mask;
 use crate::sql::{ColumnUse, Statement};
 
-/// Why `statements` cannot run under `mask`, if they cannot: the masked column concerned
-/// (as the mask names it) and the reason.
-pub(crate) fn misuse<'m>(statements: &[Statement], mask: &'m Mask) -> Option<(&'m str, String)> {
-    let masked = |name: &str| {
-        mask.columns
-            .iter()
-            .find(|c| c.rsplit('.').next().unwrap_or(c).eq_ignore_ascii_case(name))
-    };
-    let any = mask.columns.first()?;
+/// A use of masked columns that would reveal them.
+pub(crate) struct Misused<'s> {
+    /// The column used, as the statement names it; `None`: every masked column (a whole row,
+    /// or a use that cannot be told by name).
+    pub column: Option<&'s str>,
+    pub reason: String,
+}
+
+/// Whether a mask's column (`name` or `table.name`) is the column a statement calls `used`.
+/// Columns are compared by name, whatever their table: the check errs towards refusing.
+pub(crate) fn names(mask_column: &str, used: &str) -> bool {
+    mask_column
+        .rsplit('.')
+        .next()
+        .unwrap_or(mask_column)
+        .eq_ignore_ascii_case(used)
+}
+
+/// Every way `statements` would reveal what `mask` masks, in the order they use them.
+pub(crate) fn misuses<'s>(statements: &'s [Statement], mask: &Mask) -> Vec<Misused<'s>> {
+    if mask.columns.is_empty() {
+        return Vec::new();
+    }
+    let all = || mask.columns.join("`, `");
+    let mut found = Vec::new();
     for use_ in statements.iter().flat_map(|s| &s.columns) {
         match use_ {
             ColumnUse::Column {
                 name,
                 projected: false,
             } => {
-                if let Some(column) = masked(name) {
-                    return Some((
-                        column,
-                        format!(
+                if mask.columns.iter().any(|c| names(c, name)) {
+                    found.push(Misused {
+                        column: Some(name),
+                        reason: format!(
                             "masked column `{name}` may only be selected as it is: its use \
                              here (a condition, join, grouping, ordering, function argument, \
                              subquery, RETURNING or a written value) would reveal its values"
                         ),
-                    ));
+                    });
                 }
             }
             ColumnUse::Column { .. } => {}
-            ColumnUse::Row => {
-                return Some((
-                    any,
-                    format!(
-                        "a whole-row reference would read masked columns (`{}`) unmasked",
-                        mask.columns.join("`, `")
-                    ),
-                ));
-            }
-            ColumnUse::Opaque(what) => {
-                return Some((
-                    any,
-                    format!(
-                        "{what} would read masked columns (`{}`) unmasked",
-                        mask.columns.join("`, `")
-                    ),
-                ));
-            }
+            ColumnUse::Row => found.push(Misused {
+                column: None,
+                reason: format!(
+                    "a whole-row reference would read masked columns (`{}`) unmasked",
+                    all()
+                ),
+            }),
+            ColumnUse::Opaque(what) => found.push(Misused {
+                column: None,
+                reason: format!("{what} would read masked columns (`{}`) unmasked", all()),
+            }),
         }
     }
-    None
+    found
 }

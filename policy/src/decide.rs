@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::http::{Case, Target};
 use crate::model::{
-    Backend, Mask, Mode, ObjectPattern, Policy, Protocol, Rule, RuleOp, Skill, canonical,
+    Backend, Mask, Misuse, Mode, ObjectPattern, Policy, Protocol, Rule, RuleOp, Skill, canonical,
 };
 use crate::sql::{Access, SqlKind, Statement};
 
@@ -418,17 +418,64 @@ impl Policy {
                 ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
             };
         }
-        if let Operation::Sql(statements) = operation
-            && let Some((column, why)) = crate::column_privilege::misuse(statements, &mask)
-        {
-            masking.retain(|r| r.mask.columns.iter().any(|c| c == column));
-            masking.sort_by_key(|r| r.id);
-            return Decision {
-                rule: masking.first().map(|r| r.name.as_str()),
-                rules: self.refs(&masking),
-                reason: format!("{why} ({})", on(&units_summary(&units))),
-                ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
+        if let Operation::Sql(statements) = operation {
+            let misuses = crate::column_privilege::misuses(statements, &mask);
+            // The rules masking what a misuse reveals.
+            let concerned = |misused: &crate::column_privilege::Misused<'_>| -> Vec<&Rule> {
+                let mut rules: Vec<&Rule> = masking
+                    .iter()
+                    .copied()
+                    .filter(|r| match misused.column {
+                        Some(column) => r
+                            .mask
+                            .columns
+                            .iter()
+                            .any(|c| crate::column_privilege::names(c, column)),
+                        None => !r.mask.columns.is_empty(),
+                    })
+                    .collect();
+                rules.sort_by_key(|r| r.id);
+                rules
             };
+            let refused = misuses.iter().find_map(|misused| {
+                let rules = concerned(misused);
+                let approvable =
+                    !rules.is_empty() && rules.iter().all(|r| r.mask.misuse == Misuse::Approve);
+                (!approvable).then_some((misused, rules))
+            });
+            if let Some((misused, rules)) = refused {
+                return Decision {
+                    rule: rules.first().map(|r| r.name.as_str()),
+                    rules: self.refs(&rules),
+                    reason: format!("{} ({})", misused.reason, on(&units_summary(&units))),
+                    ..Decision::deny(Some(skill_def), Some(backend_def), String::new())
+                };
+            }
+            if let Some(misused) = misuses.first() {
+                let rules = concerned(misused);
+                let reason = format!(
+                    "{}: rule `{}` lets an approver allow it ({})",
+                    misused.reason,
+                    rules[0].name,
+                    on(&units_summary(&units))
+                );
+                for rule in &rules {
+                    if !deciding.iter().any(|d| d.id == rule.id) {
+                        deciding.push(rule);
+                    }
+                }
+                deciding.sort_by_key(|r| r.id);
+                return Decision {
+                    effect: Effect::Approve,
+                    skill: Some(skill_def),
+                    backend: Some(backend_def),
+                    rule: rules.first().map(|r| r.name.as_str()),
+                    rules: self.refs(&deciding),
+                    mask,
+                    reason,
+                    observed: None,
+                };
+            }
         }
         Decision {
             effect,

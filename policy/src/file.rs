@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::decide::Effect;
-use crate::model::{Detector, Mode, Protocol, Strategy};
+use crate::model::{Detector, Misuse, Mode, Protocol, Strategy};
 use crate::sql::SqlKind;
 
 #[derive(Debug, Deserialize)]
@@ -135,4 +135,7 @@ pub(crate) struct MaskDef {
     /// Keep the masked answer in the session record.
     #[serde(default)]
     pub keep: bool,
+    /// deny (default) or approve: what a use of the masked columns other than as output
+    /// columns gets.
+    pub misuse: Option<Spanned<Misuse>>,
 }

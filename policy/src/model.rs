@@ -121,6 +121,17 @@ pub enum Strategy {
     Redact,
 }
 
+/// What a statement that uses a masked column other than as a plain output column (a
+/// predicate, a join, a whole row, ...) gets: refused, or held for an approver. Where rules
+/// differ on one column, refusal wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Misuse {
+    #[default]
+    Deny,
+    Approve,
+}
+
 /// What masking a rule asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mask {
@@ -135,6 +146,8 @@ pub struct Mask {
     /// Keep the masked answer (response body, result rows) in the session record, up to a
     /// bound; nothing unmasked is ever kept.
     pub keep: bool,
+    /// SQL: what a use of the masked columns other than as output columns gets.
+    pub misuse: Misuse,
 }
 
 impl Mask {
@@ -173,6 +186,7 @@ impl Mask {
         }
         self.strategy = self.strategy.max(other.strategy);
         self.keep |= other.keep;
+        self.misuse = self.misuse.min(other.misuse);
     }
 }
 

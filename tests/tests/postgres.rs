@@ -1150,3 +1150,58 @@ fn a_prepared_statement_is_never_held_for_approval() {
         assert_eq!(skill.join().unwrap().0, "INSERT 0 1\n");
     });
 }
+
+/// A mask whose rule says `misuse = "approve"`: a predicate on a masked column is held for
+/// an approver instead of refused; approved, it runs (its output columns still masked);
+/// denied, nothing of the column reaches the skill.
+#[test]
+fn a_masked_column_used_in_a_condition_waits_for_an_approver_when_its_rule_says_so() {
+    let rules = RULES.replace(
+        "mask = { columns = [\"email\", \"customers.card\"], detectors = [\"email\"] }",
+        "mask = { columns = [\"email\", \"customers.card\"], detectors = [\"email\"], misuse = \"approve\" }",
+    );
+    let s = ShopDb::new(
+        "pg-misuse-approve",
+        PgServer::start(),
+        &rules,
+        "approval_wait_ms = 20000\n",
+    );
+    let _agent = s.start_agent();
+    let approve = |verb: &str, sql: &'static str| {
+        std::thread::scope(|scope| {
+            let skill = scope.spawn(|| s.psql(&[sql]));
+            let p = s.env.wait_for_pending();
+            assert_eq!(p["operation"], sql);
+            let reason = p["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("masked column `card`") || reason.contains("whole-row reference"),
+                "{p:#}"
+            );
+            assert!(
+                reason.contains("rule `read-customers-masked` lets an approver allow it"),
+                "{p:#}"
+            );
+            let out = s
+                .env
+                .skillgate()
+                .args([verb, &p["id"].to_string(), "--reason", "ticket 9"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            skill.join().unwrap()
+        })
+    };
+    let (out, err) = approve(
+        "approve",
+        "SELECT id, card FROM customers WHERE card LIKE '4%'",
+    );
+    assert_eq!(out, "1|[masked]\n", "{err}");
+    let (out, err) = approve("deny", "SELECT row_to_json(c) FROM customers c");
+    assert!(
+        out.is_empty() && err.contains("approval required (denied)"),
+        "{err}"
+    );
+    for canary in ["4111", "5500", "alice@example.com"] {
+        assert!(!out.contains(canary) && !err.contains(canary), "{out}{err}");
+    }
+}

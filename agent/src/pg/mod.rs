@@ -801,11 +801,13 @@ impl PgConn {
                 detail: format!("rule: {rule_text}; decision {id}"),
             },
             Effect::Approve => {
+                let reason = decision.reason.clone();
                 let held = Held {
                     kind: "sql",
                     skill: &self.skill,
                     backend: &self.backend,
                     rule: rule.as_deref(),
+                    reason: &reason,
                     shown: classified.scrubbed.trim(),
                     exact: text.as_bytes(),
                     body: None,

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use toml::Spanned;
 
 use super::{
-    Backend, HttpOp, Mask, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp, Skill, SqlOp, Tls,
-    canonical,
+    Backend, HttpOp, Mask, Misuse, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp, Skill,
+    SqlOp, Tls, canonical,
 };
 use crate::decide::Effect;
 use crate::error::PolicyError;
@@ -394,6 +394,7 @@ impl<'a> Builder<'a> {
         let mask = match (&def.mask, effect) {
             (Some(mask), Effect::Mask) => {
                 let mask = mask.get_ref();
+                let misuse = mask.misuse.as_ref();
                 let mut headers = Vec::with_capacity(mask.headers.len());
                 for header in &mask.headers {
                     let value = header.get_ref().to_ascii_lowercase();
@@ -421,7 +422,16 @@ impl<'a> Builder<'a> {
                     headers,
                     strategy: mask.strategy,
                     keep: mask.keep,
+                    misuse: misuse.map_or_else(Misuse::default, |m| *m.get_ref()),
                 };
+                if let Some(misuse) = misuse
+                    && (protocol != Protocol::Postgres || mask.columns.is_empty())
+                {
+                    return Err(self.error(
+                        misuse,
+                        format!("{name}: `mask.misuse` is for masked columns of postgres backends"),
+                    ));
+                }
                 if mask.is_empty() && mask.headers.is_empty() {
                     return Err(self.error(
                         &def.effect,

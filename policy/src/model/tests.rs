@@ -276,6 +276,32 @@ fn invalid_policies_point_at_the_problem() {
             "rule #1: `mask.headers` is for http backends",
         ),
         (
+            format!(
+                "{skill}{http}[[rule]]\nskills = [\"a\"]\nbackend = \"b\"\neffect = \"mask\"\n\
+                 http = {{ methods = [\"GET\"], paths = [\"/**\"] }}\n\
+                 mask = {{ fields = [\"email\"], misuse = \"approve\" }}\n"
+            ),
+            "rule #1: `mask.misuse` is for masked columns of postgres backends",
+        ),
+        (
+            format!(
+                "{skill}{}[[rule]]\nskills = [\"a\"]\nbackend = \"b\"\neffect = \"mask\"\n\
+                 sql = {{ kinds = [\"select\"], objects = [\"*\"] }}\n\
+                 mask = {{ detectors = [\"email\"], misuse = \"approve\" }}\n",
+                backend.replace("tcp", "postgres")
+            ),
+            "rule #1: `mask.misuse` is for masked columns of postgres backends",
+        ),
+        (
+            format!(
+                "{skill}{}[[rule]]\nskills = [\"a\"]\nbackend = \"b\"\neffect = \"mask\"\n\
+                 sql = {{ kinds = [\"select\"], objects = [\"*\"] }}\n\
+                 mask = {{ columns = [\"c\"], misuse = \"maybe\" }}\n",
+                backend.replace("tcp", "postgres")
+            ),
+            "unknown variant `maybe`",
+        ),
+        (
             format!("{http}tls = {{ client_cert = \"c.pem\" }}\n"),
             "p.toml:6:23: backend `b` names only one of `client_cert` and `client_key`",
         ),

@@ -1,4 +1,4 @@
-use crate::column_privilege::misuse;
+use crate::column_privilege::misuses;
 use crate::model::Mask;
 use crate::sql::classify;
 
@@ -10,9 +10,9 @@ fn under_mask(sql: &str) -> Result<(), String> {
         columns: vec!["email".to_owned(), "customers.card".to_owned()],
         ..Mask::default()
     };
-    match misuse(&statements, &mask) {
+    match misuses(&statements, &mask).into_iter().next() {
         None => Ok(()),
-        Some((_, why)) => Err(why),
+        Some(misused) => Err(misused.reason),
     }
 }
 
@@ -280,5 +280,5 @@ fn whole_rows_and_unchecked_reads_are_refused_under_a_mask() {
 #[test]
 fn without_masked_columns_nothing_is_checked() {
     let statements = classify("SELECT row_to_json(c) FROM customers c WHERE email = 'x'").unwrap();
-    assert_eq!(misuse(&statements, &Mask::default()), None);
+    assert!(misuses(&statements, &Mask::default()).is_empty());
 }
