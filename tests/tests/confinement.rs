@@ -27,19 +27,34 @@ sys.stdin.read()
 
 const EPERM: &str = "err PermissionError 1";
 
-#[test]
-fn a_skill_cannot_borrow_a_socket_or_process_of_its_uid_or_open_other_families() {
-    // The canary: one connection (the helper's), and every byte it ever receives.
+/// A listener no skill may reach: its address, every byte its first `connections`
+/// connections receive, and the thread that reads them (joined once they are closed).
+fn canary(
+    connections: usize,
+) -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<u8>>>,
+    std::thread::JoinHandle<()>,
+) {
     let canary = TcpListener::bind("127.0.0.3:0").unwrap();
-    let canary_addr = canary.local_addr().unwrap();
+    let addr = canary.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&received);
     let reader = std::thread::spawn(move || {
-        let (mut stream, _) = canary.accept().unwrap();
-        let mut bytes = Vec::new();
-        let _ = stream.read_to_end(&mut bytes);
-        sink.lock().unwrap().extend(bytes);
+        for _ in 0..connections {
+            let (mut stream, _) = canary.accept().unwrap();
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes);
+            sink.lock().unwrap().extend(bytes);
+        }
     });
+    (addr, received, reader)
+}
+
+#[test]
+fn a_skill_cannot_borrow_a_socket_or_process_of_its_uid_or_open_other_families() {
+    // The canary: one connection (the helper's), and every byte it ever receives.
+    let (canary_addr, received, reader) = canary(1);
 
     let env = Env::new("confine", POLICY);
     let _agent = env.start_agent();
@@ -480,18 +495,7 @@ except OSError as e:
 fn a_skill_is_not_handed_a_network_socket_opened_outside_its_cgroup() {
     use std::os::fd::{AsRawFd as _, OwnedFd};
 
-    let canary = TcpListener::bind("127.0.0.3:0").unwrap();
-    let canary_addr = canary.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&received);
-    let reader = std::thread::spawn(move || {
-        for _ in 0..2 {
-            let (mut stream, _) = canary.accept().unwrap();
-            let mut bytes = Vec::new();
-            let _ = stream.read_to_end(&mut bytes);
-            sink.lock().unwrap().extend(bytes);
-        }
-    });
+    let (canary_addr, received, reader) = canary(2);
     let env = Env::new("inherit", POLICY);
     let _agent = env.start_agent();
 
