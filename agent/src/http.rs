@@ -223,31 +223,19 @@ impl HttpConn {
             }
             _ => request.map(|body| body.boxed()),
         };
-        let outcome = Outcome::of(decision.effect);
-        let verdict = outcome.verdict();
-        self.proxy
-            .ops
-            .decided(&self.skill, &self.backend, "http", outcome);
-        // Every request is in the store; the log says why for what was not simply allowed.
-        if decision.effect == Effect::Allow {
-            debug!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
-        } else {
-            info!(request = %id, %line, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "request decided");
-        }
-        let event = Event {
-            at_ns: record::now_ns(),
-            kind: "http".to_owned(),
-            operation: line.clone(),
-            decision: verdict.to_owned(),
-            rule: decision.rule.map(str::to_owned),
-            reason: decision.reason.clone(),
-            facts: Facts {
-                decision_id: Some(id.clone()),
-                ..Facts::default()
-            },
+        let operation = crate::gate::Operation {
+            kind: "http",
+            skill: &self.skill,
+            backend: &self.backend,
+            session: self.session,
+            id: &id,
+            shown: &line,
         };
-        if let Err(response) = self.record(event).await {
-            return response;
+        if let Err(err) =
+            crate::gate::decided(&self.proxy, &operation, decision, Facts::default()).await
+        {
+            warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the request: refusing it");
+            return store_failure("-");
         }
         let decided = Decided {
             id,
@@ -397,31 +385,22 @@ impl HttpConn {
             exact: exact.as_bytes(),
             body: Some(&body),
         };
-        let (approval, verdict) = self
-            .proxy
-            .approvals
-            .request(held, self.proxy.approval_wait)
-            .await;
-        let (answer, reason, go) = verdict.describe(self.proxy.approval_wait);
-        info!(request = %decided.id, approval, decision = answer, reason = %reason, "approval answered");
-        let event = Event {
-            at_ns: record::now_ns(),
-            kind: "approval".to_owned(),
-            operation: decided.line.clone(),
-            decision: answer.to_owned(),
-            rule: rule.map(str::to_owned),
-            reason: reason.clone(),
-            facts: Facts {
-                decision_id: Some(decided.id.clone()),
-                approval_id: crate::proxy::approval_id(approval),
-                ..Facts::default()
-            },
+        let answered = match crate::gate::hold(
+            &self.proxy,
+            session,
+            Some(&decided.id),
+            &decided.line,
+            held,
+        )
+        .await
+        {
+            Ok(answered) => answered,
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the request");
+                return Err(store_failure(&decided.id));
+            }
         };
-        if let Err(err) = self.proxy.recorder.event(session, event).await {
-            warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the request");
-            return Err(store_failure(&decided.id));
-        }
-        if go {
+        if answered.go {
             let body = Full::new(body).map_err(|never| match never {}).boxed();
             return Ok(Request::from_parts(parts, body));
         }
@@ -429,9 +408,9 @@ impl HttpConn {
             StatusCode::FORBIDDEN,
             &json!({
                 "error": "approval required",
-                "reason": reason,
+                "reason": answered.why,
                 "rule": rule,
-                "approval_id": approval,
+                "approval_id": answered.approval,
                 "decision_id": decided.id,
             }),
         ))

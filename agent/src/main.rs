@@ -11,6 +11,7 @@ mod credentials;
 mod dns;
 mod enforce;
 mod exec;
+mod gate;
 mod held;
 mod host;
 mod http;

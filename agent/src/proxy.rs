@@ -246,26 +246,12 @@ impl Proxy {
                         exact: operation.as_bytes(),
                         body: None,
                     };
-                    let (approval, answer) = self.approvals.request(held, self.approval_wait).await;
-                    let (decided, reason, go) = answer.describe(self.approval_wait);
-                    info!(decision = decided, reason = %reason, "approval answered");
-                    let event = Event {
-                        at_ns: record::now_ns(),
-                        kind: "approval".to_owned(),
-                        operation: format!("connect {origin}"),
-                        decision: decided.to_owned(),
-                        rule: decision.rule.map(str::to_owned),
-                        reason,
-                        facts: Facts {
-                            approval_id: approval_id(approval),
-                            ..Facts::default()
-                        },
-                    };
-                    if let Err(err) = self.recorder.event(id, event).await {
-                        error!(error = %format!("{err:#}"), "cannot record the approval: refusing the connection");
-                        None
-                    } else {
-                        go.then_some(upstream)
+                    match crate::gate::hold(&self, id, None, &operation, held).await {
+                        Ok(answered) => answered.go.then_some(upstream),
+                        Err(err) => {
+                            error!(error = %format!("{err:#}"), "cannot record the approval: refusing the connection");
+                            None
+                        }
                     }
                 }
                 // Held operations need a record to hang the approval on.
@@ -562,11 +548,6 @@ fn orig_destination(meta: &ConnMeta) -> SocketAddr {
         _ => IpAddr::V6(ip),
     };
     SocketAddr::new(ip, meta.orig_port)
-}
-
-/// An approval's id for the record; 0 (a standing grant answered, nobody was asked) is none.
-pub fn approval_id(id: u64) -> Option<i64> {
-    (id != 0).then_some(id as i64)
 }
 
 /// Whether the skill's first byte opens a TLS handshake record (HTTP starts with a method).

@@ -45,7 +45,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::SqlLiterals;
 use crate::held::Held;
-use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
 use session::{Answer, Catalog, Decided, Ended, Noted, Session};
@@ -736,11 +735,6 @@ impl PgConn {
                 decision.reason
             );
         }
-        let outcome = Outcome::of(decision.effect);
-        let verdict = outcome.verdict();
-        self.proxy
-            .ops
-            .decided(&self.skill, &self.backend, "sql", outcome);
         // Logs, the store and approvers see the statement with sensitive values masked.
         let shown = statement_text(&classified.scrubbed);
         // The store and the logs keep literals, or not, as the config says; an approver always
@@ -752,28 +746,20 @@ impl PgConn {
                 None => format!("(a statement the scanner refused, {} bytes)", text.len()),
             },
         };
-        if decision.effect == Effect::Allow {
-            debug!(statement = %id, sql = %recorded, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
-        } else {
-            info!(statement = %id, sql = %recorded, decision = verdict, rule = decision.rule.unwrap_or("-"), reason = %decision.reason, "statement decided");
-        }
         let rule = decision.rule.map(str::to_owned);
-        let event = Event {
-            at_ns: record::now_ns(),
-            kind: "sql".to_owned(),
-            operation: recorded.clone(),
-            decision: verdict.to_owned(),
-            rule: rule.clone(),
-            reason: decision.reason.clone(),
-            facts: Facts {
-                decision_id: Some(id.to_owned()),
-                classification: classification(&classified.statements),
-                ..Facts::default()
-            },
+        let operation = crate::gate::Operation {
+            kind: "sql",
+            skill: &self.skill,
+            backend: &self.backend,
+            session: self.session,
+            id,
+            shown: &recorded,
         };
-        if let Some(session) = self.session
-            && let Err(err) = self.proxy.recorder.event(session, event).await
-        {
+        let facts = Facts {
+            classification: classification(&classified.statements),
+            ..Facts::default()
+        };
+        if let Err(err) = crate::gate::decided(&self.proxy, &operation, &decision, facts).await {
             warn!(error = %format!("{err:#}"), "cannot record the statement: refusing it");
             return Answer::Deny {
                 message:
@@ -838,44 +824,36 @@ impl PgConn {
         reason: String,
         mask: Mask,
     ) -> Answer {
-        let rule = held.rule;
         let Some(session) = self.session else {
             return Answer::Deny {
                 message: format!("skillgate: approval required: {reason}"),
                 detail: "held statements need a recorded session".to_owned(),
             };
         };
-        let wait = self.proxy.approval_wait;
-        let (approval, verdict) = self.proxy.approvals.request(held, wait).await;
-        let (answer, why, go) = verdict.describe(wait);
-        info!(statement = %id, approval, decision = answer, reason = %why, "approval answered");
-        let event = Event {
-            at_ns: record::now_ns(),
-            kind: "approval".to_owned(),
-            operation: recorded.to_owned(),
-            decision: answer.to_owned(),
-            rule: rule.map(str::to_owned),
-            reason: why.clone(),
-            facts: Facts {
-                decision_id: Some(id.to_owned()),
-                approval_id: crate::proxy::approval_id(approval),
-                ..Facts::default()
-            },
+        let answered = match crate::gate::hold(&self.proxy, session, Some(id), recorded, held).await
+        {
+            Ok(answered) => answered,
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the statement");
+                return Answer::Deny {
+                    message: "skillgate: the session store cannot record this approval".to_owned(),
+                    detail: format!("decision {id}"),
+                };
+            }
         };
-        if let Err(err) = self.proxy.recorder.event(session, event).await {
-            warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the statement");
-            return Answer::Deny {
-                message: "skillgate: the session store cannot record this approval".to_owned(),
-                detail: format!("decision {id}"),
-            };
-        }
-        if go {
+        if answered.go {
             // Approved, and masked as an allowed statement would be.
             return Answer::Allow(mask);
         }
         Answer::Deny {
-            message: format!("skillgate: approval required ({answer}): {reason}"),
-            detail: format!("approval {approval}; {why}; decision {id}"),
+            message: format!(
+                "skillgate: approval required ({}): {reason}",
+                answered.answer
+            ),
+            detail: format!(
+                "approval {}; {}; decision {id}",
+                answered.approval, answered.why
+            ),
         }
     }
 
