@@ -19,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::lock::Locked as _;
 use crate::record;
 
 /// What a human decided about a held operation.
@@ -284,7 +285,7 @@ impl Approvals {
     /// The grants still valid (expired ones are dropped on the way).
     fn grants(&self) -> Vec<Grant> {
         let now = record::now_ns();
-        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grants = self.grants.locked();
         grants.retain(|g| g.expires_ns > now);
         grants.clone()
     }
@@ -325,7 +326,7 @@ impl Approvals {
             reason: reason.to_owned(),
             expires_ns: record::now_ns() + for_ns,
         };
-        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grants = self.grants.locked();
         grants.push(grant.clone());
         self.save_grants(&grants);
         drop(grants);
@@ -334,7 +335,7 @@ impl Approvals {
     }
 
     fn revoke(&self, id: u64) -> Result<()> {
-        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grants = self.grants.locked();
         let before = grants.len();
         grants.retain(|g| g.id != id);
         if grants.len() == before {
@@ -346,7 +347,7 @@ impl Approvals {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.locked()
     }
 
     fn list(&self) -> Vec<PendingView> {
@@ -498,14 +499,10 @@ pub async fn serve(
 
 /// Whether process `pid` runs inside the skills cgroup (`/skills`, relative to the mount).
 fn in_skills_cgroup(pid: i32, skills_cgroup: &str) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        // Cannot tell: treat as inside (refuse).
-        return true;
-    };
-    let skills = format!("/{skills_cgroup}");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("0::"))
-        .any(|path| path == skills || path.starts_with(&format!("{skills}/")))
+    // Cannot tell: treat as inside (refuse).
+    u32::try_from(pid).map_or(true, |pid| {
+        crate::cgroup::process_in(pid, &format!("/{skills_cgroup}"), true).unwrap_or(true)
+    })
 }
 
 async fn handle(

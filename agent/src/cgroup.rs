@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use anyhow::{Context as _, Result, bail};
 
 use crate::host;
+use crate::lock::Locked as _;
 
 #[derive(Debug)]
 pub struct SkillsCgroup {
@@ -57,7 +58,7 @@ impl SkillsCgroup {
     /// The path, relative to the skills cgroup, of the cgroup with id `id`, if it lies in the
     /// skills subtree. Unknown ids trigger a rescan, so cgroups created later are found.
     pub fn resolve(&self, id: u64) -> Option<String> {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.locked();
         if let Some(path) = known.get(&id) {
             return Some(path.clone());
         }
@@ -128,12 +129,26 @@ fn scan(dir: &Path, relative: &str, known: &mut HashMap<u64, String>) {
     }
 }
 
+/// The cgroup v2 path in the text of a `/proc/PID/cgroup` file (its `0::` line).
+pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+}
+
+/// Whether the process `pid` is in the cgroup `path` (`/skills.slice/reporter`) or, with
+/// `below`, under it. `None`: the process is gone or its cgroup cannot be read.
+pub fn process_in(pid: u32, path: &str, below: bool) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = v2_path(&text)?;
+    Some(own == path || (below && own.strip_prefix(path).is_some_and(|r| r.starts_with('/'))))
+}
+
 /// This process's cgroup v2 path (the `0::` line of /proc/self/cgroup).
 fn own_cgroup() -> Result<String> {
     let text =
         std::fs::read_to_string("/proc/self/cgroup").context("cannot read /proc/self/cgroup")?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
+    v2_path(&text)
         .map(str::to_owned)
         .context("/proc/self/cgroup has no cgroup v2 (`0::`) line")
 }

@@ -26,6 +26,47 @@ pub struct Operation<'a> {
     pub shown: &'a str,
 }
 
+/// The id of a connection's `n`th decision: `SESSION.N`, or `unrecorded.N` where the
+/// connection has no recorded session.
+pub fn decision_id(session: Option<i64>, n: u64) -> String {
+    match session {
+        Some(session) => format!("{session}.{n}"),
+        None => format!("unrecorded.{n}"),
+    }
+}
+
+/// Why a backend could not be reached.
+pub enum Unreachable {
+    Refused(std::io::Error),
+    /// It did not accept within this long.
+    Timeout(std::time::Duration),
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(err) => write!(f, "the backend is unreachable: {err}"),
+            Self::Timeout(timeout) => write!(
+                f,
+                "the backend did not accept within {} ms",
+                timeout.as_millis()
+            ),
+        }
+    }
+}
+
+/// Connects to a backend within `timeout`.
+pub async fn connect_upstream(
+    upstream: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<tokio::net::TcpStream, Unreachable> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(upstream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(Unreachable::Refused(err)),
+        Err(_) => Err(Unreachable::Timeout(timeout)),
+    }
+}
+
 /// Counts `decision` on `operation`, logs it and records it (with `facts`) before it takes
 /// effect. `Err`: it is not recorded, so it must not take effect.
 pub async fn decided(

@@ -25,7 +25,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use skillgate_policy::{Effect, Mask};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::opstats::Outcome;
@@ -126,10 +125,7 @@ impl HttpConn {
     async fn request(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = match self.session {
-            Some(session) => format!("{session}.{n}"),
-            None => format!("unrecorded.{n}"),
-        };
+        let id = crate::gate::decision_id(self.session, n);
         let policy = self.proxy.current_policy();
         let method = request.method().clone();
         let raw_target = request
@@ -613,17 +609,10 @@ impl HttpConn {
     }
 
     async fn connect(&self) -> Result<pool::Sender, String> {
-        let timeout = self.proxy.upstream_connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.upstream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(format!("the backend is unreachable: {err}")),
-            Err(_) => {
-                return Err(format!(
-                    "the backend did not accept within {} ms",
-                    timeout.as_millis()
-                ));
-            }
-        };
+        let stream =
+            crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
+                .await
+                .map_err(|err| err.to_string())?;
         let _ = stream.set_nodelay(true);
         let upstream_local = stream
             .local_addr()

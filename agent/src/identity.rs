@@ -10,6 +10,7 @@
 //! then the binding: the subject (or client id) the policy names for the skill. Anything else
 //! is refused with its reason.
 
+use crate::lock::{Locked as _, Shared as _};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -258,7 +259,7 @@ impl Identities {
     async fn key(&self, issuer: &Issuer, kid: &str) -> Result<DecodingKey, Refused> {
         let refresh = Duration::from_secs(issuer.def.refresh_s);
         let (found, fresh) = {
-            let keys = issuer.keys.read().unwrap_or_else(|e| e.into_inner());
+            let keys = issuer.keys.read_locked();
             match keys.as_ref() {
                 Some(keys) => (
                     keys.set.find(kid).cloned(),
@@ -270,7 +271,7 @@ impl Identities {
         if found.is_none() || !fresh {
             self.refresh(issuer).await;
         }
-        let keys = issuer.keys.read().unwrap_or_else(|e| e.into_inner());
+        let keys = issuer.keys.read_locked();
         let Some(keys) = keys.as_ref() else {
             return Err(refused(format!(
                 "the keys of issuer `{}` are unavailable",
@@ -292,7 +293,7 @@ impl Identities {
 
     async fn refresh(&self, issuer: &Issuer) {
         {
-            let mut last = issuer.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = issuer.last_fetch.locked();
             if last.is_some_and(|at| at.elapsed() < Duration::from_secs(issuer.def.refresh_min_s)) {
                 return;
             }
@@ -301,7 +302,7 @@ impl Identities {
         match self.fetch(&issuer.def, &issuer.base).await {
             Ok(set) => {
                 info!(issuer = %issuer.def.issuer, keys = set.keys.len(), "OIDC keys loaded");
-                *issuer.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Keys {
+                *issuer.keys.write_locked() = Some(Keys {
                     set,
                     fetched: Instant::now(),
                 });

@@ -7,6 +7,7 @@
 //! through `SSL_CERT_FILE` and friends. It is created on first start and kept across restarts,
 //! so skills keep trusting the same CA. Nothing is created until a policy intercepts.
 
+use crate::lock::Locked as _;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -53,7 +54,7 @@ impl SkillsCa {
     }
 
     pub fn get(&self) -> Result<Arc<Interceptor>> {
-        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        let mut opened = self.opened.locked();
         if let Some(interceptor) = &*opened {
             return Ok(Arc::clone(interceptor));
         }
@@ -173,7 +174,7 @@ impl Interceptor {
     /// The server configuration for `name`, minting its certificate when there is none yet or
     /// the one there is has lived half its validity.
     fn config(&self, name: &str) -> Result<Arc<rustls::ServerConfig>> {
-        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut minted = self.minted.locked();
         if let Some((at, config)) = minted.get(name)
             && at.elapsed() < LEAF_VALIDITY / 2
         {

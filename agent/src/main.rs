@@ -17,6 +17,7 @@ mod host;
 mod http;
 mod identity;
 mod intercept;
+mod lock;
 mod metrics;
 mod opstats;
 mod pg;

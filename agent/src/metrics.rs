@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use skillgate_common::counter;
 use tracing::{info, warn};
 
+use crate::lock::Shared as _;
 use crate::proxy::Proxy;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,11 +74,7 @@ impl Metrics {
         if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
             warn!("cannot encode metrics");
         }
-        let policy = proxy
-            .policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let policy = proxy.policy.read_locked().clone();
         let _ = writeln!(
             out,
             "# HELP skillgate_ebpf_events Socket events the eBPF programs saw, by skill and kind\n\

@@ -2,6 +2,7 @@
 //! and their latency, kept by the agent for `skillgate stats` (through the admin API) and
 //! exported as Prometheus metrics.
 
+use crate::lock::Locked as _;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -97,7 +98,7 @@ impl OpStats {
             backend: backend.to_owned(),
             kind: kind.to_owned(),
         };
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.0.locked();
         f(map.entry(key).or_default());
     }
 
@@ -130,7 +131,7 @@ impl OpStats {
     /// at powers of two microseconds).
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.0.locked();
         let labels = |k: &Key| {
             let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
             format!(
@@ -206,7 +207,7 @@ impl OpStats {
     }
 
     pub fn report(&self) -> Vec<OpReport> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.0.locked();
         map.iter()
             .map(|(key, c)| {
                 let answered = c.latency.iter().sum();

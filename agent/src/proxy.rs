@@ -17,6 +17,7 @@ use crate::credentials::Credentials;
 use crate::enforce::Enforcement;
 use crate::http::HttpConn;
 use crate::intercept::Handshake;
+use crate::lock::{Locked as _, Shared as _};
 use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
 use crate::pg::PgConn;
 use crate::record::{self, Event, Facts, Recorder, Session};
@@ -93,15 +94,12 @@ pub async fn bind(port: u16) -> Result<Vec<TcpListener>> {
 
 impl Proxy {
     pub fn current_policy(&self) -> Arc<Policy> {
-        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.policy.read_locked())
     }
 
     /// Classifies SQL through the shared cache (a repeated statement is not parsed again).
     pub fn classify(&self, sql: &str) -> Arc<skillgate_policy::sql::Classified> {
-        self.sql_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .classify(sql)
+        self.sql_cache.locked().classify(sql)
     }
 
     /// The token the agent holds for `skill`, if its config names a token file.
@@ -115,7 +113,7 @@ impl Proxy {
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
-        Arc::clone(&self.credentials.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.credentials.read_locked())
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -434,21 +432,18 @@ impl Proxy {
         upstream: SocketAddr,
         prefix: &[u8],
     ) -> (&'static str, (u64, u64)) {
-        let connect =
-            tokio::time::timeout(self.upstream_connect_timeout, TcpStream::connect(upstream));
-        let mut server = match connect.await {
-            Ok(Ok(server)) => server,
-            Ok(Err(err)) => {
-                warn!(%upstream, error = %err, "backend unreachable");
-                reset(client);
-                return ("backend unreachable", (0, 0));
-            }
-            Err(_) => {
-                warn!(%upstream, timeout_ms = self.upstream_connect_timeout.as_millis() as u64, "backend did not accept in time");
-                reset(client);
-                return ("backend timeout", (0, 0));
-            }
-        };
+        let mut server =
+            match crate::gate::connect_upstream(upstream, self.upstream_connect_timeout).await {
+                Ok(server) => server,
+                Err(err) => {
+                    warn!(%upstream, error = %err, "backend unreachable");
+                    reset(client);
+                    return match err {
+                        crate::gate::Unreachable::Refused(_) => ("backend unreachable", (0, 0)),
+                        crate::gate::Unreachable::Timeout(_) => ("backend timeout", (0, 0)),
+                    };
+                }
+            };
         let upstream_local = server
             .local_addr()
             .map_or_else(|_| "-".to_owned(), |a| a.to_string());
@@ -479,12 +474,7 @@ impl Proxy {
 /// The executable and command line of `pid`, if it still exists and is still the process that
 /// connected: a pid reused by a process in another cgroup is not attributed.
 fn process_info(pid: u32, cgroup: &str) -> (Option<String>, Option<String>) {
-    let current = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let same = current
-        .lines()
-        .filter_map(|line| line.strip_prefix("0::"))
-        .any(|path| path == cgroup);
-    if !same {
+    if crate::cgroup::process_in(pid, cgroup, false) != Some(true) {
         tracing::debug!(
             pid,
             cgroup,

@@ -13,6 +13,7 @@ use crate::config::{AgentConfig, Config};
 use crate::dns::Forwarder;
 use crate::enforce::{self, Enforcement, Ports};
 use crate::host;
+use crate::lock::Shared as _;
 use crate::proxy::{self, Proxy};
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -432,7 +433,7 @@ fn watch_cgroup(proxy: &Proxy) {
                 cgroup_id = id,
                 "enforcement re-attached to the skills cgroup"
             );
-            let policy = Arc::clone(&proxy.policy.read().unwrap_or_else(|e| e.into_inner()));
+            let policy = Arc::clone(&proxy.policy.read_locked());
             sync_serving(&proxy.enforcement, &proxy.skills, &policy);
             // Whoever got in before the programs did may have connected directly: such
             // connections cannot be told apart or taken back, so their processes go.
@@ -517,7 +518,7 @@ fn reload(proxy: &Proxy, path: &Path, config_path: &Path) {
                 "policy reloaded"
             );
             sync_serving(&proxy.enforcement, &proxy.skills, &policy);
-            *proxy.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+            *proxy.policy.write_locked() = Arc::new(policy);
             // Certificates and keys the policy names are read again (rotated in place).
             proxy.tls.forget();
             proxy.policy_loaded_ns.store(

@@ -1,6 +1,7 @@
 //! TLS with rustls: the agent's client leg to TLS backends, and reading a skill's ClientHello
 //! (for the server name it asks for) without decrypting anything.
 
+use crate::lock::Locked as _;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -104,15 +105,12 @@ impl Connectors {
     /// Drops the configurations built so far: the next connections read their files again
     /// (a policy reload, after a certificate was rotated in place).
     pub fn forget(&self) {
-        self.configs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.configs.locked().clear();
     }
 
     fn config(&self, to: &Upstream) -> Result<Arc<rustls::ClientConfig>> {
         let key = (to.ca_file.clone(), to.client_cert.clone());
-        let mut cache = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.configs.locked();
         if let Some(config) = cache.get(&key) {
             return Ok(Arc::clone(config));
         }

@@ -30,6 +30,7 @@ pub use self::pins::{check_enforced, detach, pinned_programs};
 use self::raw::RawSpec;
 use crate::cgroup::SkillsCgroup;
 use crate::host;
+use crate::lock::Locked as _;
 
 /// The programs, built from `ebpf/` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skillgate"));
@@ -206,7 +207,7 @@ impl Enforcement {
     /// anew (a stopped and restarted systemd slice): the kernel detaches links from a removed
     /// cgroup, so the new one starts bare. Returns the new cgroup id.
     pub fn reattach(&self, skills: &SkillsCgroup) -> Result<u64> {
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ebpf = self.ebpf.locked();
         let cgroup_id = skills.id()?;
         attach_all(&mut ebpf, skills, &self.layout, cgroup_id, false)?;
         self.cgroup_id.store(cgroup_id, Ordering::Relaxed);
@@ -217,7 +218,7 @@ impl Enforcement {
     /// `skillgate exec` adds the cgroup of a serving skill it starts; the agent sets the whole
     /// set at start and on every policy reload, which is how a revoked `serve` takes effect.
     pub fn set_serving(&self, ids: &[u64]) -> Result<()> {
-        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut serving = self.serving.locked();
         let stale: Vec<u64> = serving
             .keys()
             .filter_map(Result::ok)
@@ -239,7 +240,7 @@ impl Enforcement {
     /// Takes the metadata the programs recorded for the connection `key`. Each entry is
     /// handed out once: a later connection reusing the 4-tuple must be recorded anew.
     pub fn take_conn(&self, key: &TupleKey) -> Option<ConnMeta> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self.conns.locked();
         let meta = conns.get(key, 0).ok()?;
         if let Err(err) = conns.remove(key) {
             tracing::warn!(error = %err, "cannot remove used connection metadata");

@@ -14,6 +14,8 @@ use hyper::client::conn::http1::SendRequest;
 
 use super::{ProxyBody, Relay};
 
+use crate::lock::Locked as _;
+
 /// Idle connections kept per backend; more are closed when given back.
 const MAX_IDLE: usize = 128;
 
@@ -40,7 +42,7 @@ impl Pool {
     /// and so are ones hyper has not finished with [`SETTLE`] after they were given back;
     /// the others (given back with their response's last frame) stay for a later request.
     pub fn take(&self, key: &Key) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.locked();
         let list = idle.get_mut(key)?;
         list.retain(|(s, at)| !s.is_closed() && (s.is_ready() || at.elapsed() < SETTLE));
         let ready = list.iter().rposition(|(s, _)| s.is_ready())?;
@@ -48,7 +50,7 @@ impl Pool {
     }
 
     fn put(&self, key: Key, sender: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle.locked();
         let list = idle.entry(key).or_default();
         list.retain(|(s, _)| !s.is_closed());
         if list.len() < MAX_IDLE {

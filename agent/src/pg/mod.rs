@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::SqlLiterals;
 use crate::held::Held;
+use crate::lock::Locked as _;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
 use session::{Answer, Catalog, Decided, Ended, Noted, Session};
@@ -74,7 +75,7 @@ pub struct CancelKeys(Mutex<HashMap<(i32, i32), SocketAddr>>);
 
 impl CancelKeys {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), SocketAddr>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.locked()
     }
 }
 
@@ -364,16 +365,9 @@ impl PgConn {
         let (user, password) = credential.login.clone().ok_or_else(|| {
             format!("credential `{name}` must be kind = \"basic\" (user:password) for PostgreSQL")
         })?;
-        let timeout = self.proxy.upstream_connect_timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.upstream))
+        let tcp = crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
             .await
-            .map_err(|_| {
-                format!(
-                    "the backend did not accept within {} ms",
-                    timeout.as_millis()
-                )
-            })?
-            .map_err(|err| format!("the backend is unreachable: {err}"))?;
+            .map_err(|err| err.to_string())?;
         let _ = tcp.set_nodelay(true);
         let mut server: Box<dyn Stream> = match tls {
             None => Box::new(tcp),
@@ -690,10 +684,7 @@ impl PgConn {
     /// the answer carries the decision's id (`session.n`).
     async fn decide(&self, text: &str, prepared: bool) -> Decided {
         let n = self.statements.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = match self.session {
-            Some(session) => format!("{session}.{n}"),
-            None => format!("unrecorded.{n}"),
-        };
+        let id = crate::gate::decision_id(self.session, n);
         let answer = self.answer(&id, text, prepared).await;
         Decided { id, answer }
     }
@@ -881,10 +872,7 @@ impl PgConn {
                 };
                 // After an error in the extended protocol the server discards what comes
                 // up to the next Sync: such a statement runs nothing and is not decided.
-                let discarded = session
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .discarding();
+                let discarded = session.locked().discarding();
                 let answer = match session::statement(&message) {
                     Ok(Some(_)) if discarded => {
                         debug!("statement discarded by the backend until Sync: not decided");
@@ -897,10 +885,7 @@ impl PgConn {
                     Ok(None) => None,
                     Err(reason) => return self.violation(writer, &reason).await,
                 };
-                let taken = session
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .client(&message, answer, &mut out);
+                let taken = session.locked().client(&message, answer, &mut out);
                 match taken {
                     Ok(false) => {}
                     Ok(true) => {
@@ -969,7 +954,7 @@ impl PgConn {
         loop {
             let mut failed = None;
             {
-                let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
+                let mut session = session.locked();
                 loop {
                     let message = match wire::frame(&mut inbox, wire::MAX_BACKEND_MESSAGE) {
                         Ok(Some(message)) => message,

@@ -14,6 +14,7 @@ pub mod query;
 pub mod sink;
 mod store;
 
+use crate::lock::Locked as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -467,7 +468,7 @@ fn commit(store: &mut Store, batch: Vec<Job>) {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+    mutex.locked()
 }
 
 #[cfg(test)]
