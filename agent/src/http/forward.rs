@@ -1,0 +1,308 @@
+//! Forwarding an allowed request: an upstream connection from the pool (or a new one, TLS
+//! where the backend has it), the agent's credential injected, and the response relayed, or
+//! read whole and masked, with the credential scrubbed from what comes back.
+
+use super::*;
+
+impl HttpConn {
+    /// Sends the request upstream and relays (or masks) the response.
+    pub(super) async fn forward(
+        &self,
+        request: Request<ProxyBody>,
+        decided: &Decided,
+        path: &str,
+        host: &str,
+        credential: Option<&str>,
+        mask: &Mask,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let credentials = self.proxy.credentials();
+        let credential = match credential {
+            Some(name) => match credentials.get(name) {
+                Some(credential) => Some(credential),
+                None => {
+                    warn!(
+                        credential = name,
+                        "the backend's credential is not configured"
+                    );
+                    let reason = format!("credential `{name}` is not configured on this host");
+                    return self
+                        .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                        .await;
+                }
+            },
+            None => None,
+        };
+        // The body must be read as it is: to be masked, or scanned for the credential.
+        let whole = mask.masks_body() || credential.is_some();
+        let (parts, body) = request.into_parts();
+        let mut upstream = Request::builder()
+            .method(parts.method)
+            .uri(path)
+            .version(hyper::Version::HTTP_11);
+        *upstream.headers_mut().expect("a fresh builder has headers") = head::upstream_headers(
+            &parts.headers,
+            &self.proxy.token_header,
+            host,
+            credential.map(|c| (&c.header, &c.value)),
+            whole,
+        );
+        let body = Relay::new(body, Arc::clone(&self.to_backend), Vec::new());
+        let upstream = match upstream.body(body) {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &decided.id,
+                    &format!("cannot rebuild the request: {err}"),
+                );
+            }
+        };
+        let (response, lease) = match self.send(upstream).await {
+            Ok(sent) => sent,
+            Err((status, reason)) => {
+                warn!(request = %decided.id, upstream = %self.upstream, %reason, "backend failed");
+                return self.failed(decided, status, &reason, started).await;
+            }
+        };
+        let secrets: Vec<Vec<u8>> = credential.map(|c| c.needles.clone()).unwrap_or_default();
+        let (mut parts, body) = response.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let reason = "the backend switched protocols; upgrades are not allowed";
+            return self
+                .failed(decided, StatusCode::BAD_GATEWAY, reason, started)
+                .await;
+        }
+        if whole && let Some(why) = head::unreadable(&parts.status, &parts.headers) {
+            let scanned = if mask.masks_body() {
+                "masked"
+            } else {
+                "scanned for the backend's credential"
+            };
+            let reason = format!("the response {why}: it cannot be {scanned}, so it is withheld");
+            warn!(request = %decided.id, %reason, "response withheld");
+            return self
+                .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                .await;
+        }
+        let mut headers = HeaderMap::new();
+        head::copy_end_to_end(&parts.headers, &mut headers);
+        scrub::scrub_headers(&mut headers, &secrets);
+        head::mask_headers(&mut headers, mask, &self.proxy.mask_salt);
+        parts.headers = headers;
+        // Nothing else of the backend's head is relayed: hyper would write a reason phrase it
+        // kept (which can carry anything, the credential too) back to the skill.
+        parts.extensions = hyper::http::Extensions::new();
+        if !mask.masks_body() {
+            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets)
+                .holding(lease)
+                .boxed();
+            let response = Response::from_parts(parts, body);
+            return self
+                .answered(decided, response, started, 0, None, None)
+                .await;
+        }
+        match self.mask(body, mask, &secrets).await {
+            Ok((masked, count)) => {
+                lease.release();
+                let content = mask
+                    .keep
+                    .then(|| record::kept(&String::from_utf8_lossy(&masked)));
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+                self.to_skill
+                    .fetch_add(masked.len() as u64, Ordering::Relaxed);
+                let body = Full::new(Bytes::from(masked))
+                    .map_err(|never| match never {})
+                    .boxed();
+                let response = Response::from_parts(parts, body);
+                self.answered(decided, response, started, count, None, content)
+                    .await
+            }
+            Err(reason) => {
+                warn!(request = %decided.id, %reason, "response withheld: it cannot be masked");
+                let reason = format!("the response cannot be masked, so it is withheld: {reason}");
+                self.failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                    .await
+            }
+        }
+    }
+
+    /// Reads a whole response within the bound and masks it.
+    pub(super) async fn mask(
+        &self,
+        body: Incoming,
+        mask: &Mask,
+        secrets: &[Vec<u8>],
+    ) -> Result<(Vec<u8>, usize), String> {
+        let limit = self.proxy.mask_body_limit;
+        let body = read_whole(body, limit)
+            .await
+            .map_err(|unread| match unread {
+                Unread::TooLarge => format!("it is larger than mask_body_limit ({limit} bytes)"),
+                Unread::Failed(err) => format!("the backend failed while sending it ({err})"),
+            })?;
+        if body.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let (mut masked, count) =
+            skillgate_policy::mask::mask_json(&body, mask, &self.proxy.mask_salt)
+                .map_err(|err| err.to_string())?;
+        scrub::scrub(&mut masked, secrets);
+        Ok((masked, count))
+    }
+
+    /// Sends `request` on a pooled upstream connection, or a new one: a backend that cannot
+    /// be reached or fails gives 502, one that does not answer within
+    /// `upstream_response_timeout_ms` 504. A pooled connection the backend closed before the
+    /// request was written is replaced once.
+    pub(super) async fn send(
+        &self,
+        mut request: Request<Relay<ProxyBody>>,
+    ) -> Result<(Response<Incoming>, Lease), (StatusCode, String)> {
+        let unreachable = |reason| (StatusCode::BAD_GATEWAY, reason);
+        let pool = &self.proxy.http_pool;
+        let timeout = self.proxy.upstream_response_timeout;
+        loop {
+            let (mut sender, pooled) = match pool.take(&self.pool_key) {
+                Some(sender) => (sender, true),
+                None => (self.connect().await.map_err(unreachable)?, false),
+            };
+            match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+                Ok(Ok(response)) => {
+                    let lease = Lease::new(sender, self.pool_key.clone(), Arc::clone(pool));
+                    return Ok((response, lease));
+                }
+                Ok(Err(mut err)) => match err.take_message() {
+                    Some(unsent) if pooled => {
+                        debug!(error = %err.error(), "a pooled backend connection had closed; using another");
+                        request = unsent;
+                    }
+                    _ => {
+                        return Err(unreachable(format!(
+                            "the backend failed: {}",
+                            err.into_error()
+                        )));
+                    }
+                },
+                Err(_) => {
+                    return Err((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "the backend did not answer within {} ms",
+                            timeout.as_millis()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    pub(super) async fn connect(&self) -> Result<pool::Sender, String> {
+        let stream =
+            crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
+                .await
+                .map_err(|err| err.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let upstream_local = stream
+            .local_addr()
+            .map_or_else(|_| "-".to_owned(), |a| a.to_string());
+        let sender = match &self.tls {
+            None => handshake(stream).await?,
+            Some(tls) => {
+                let stream = self
+                    .proxy
+                    .tls
+                    .connect(stream, tls)
+                    .await
+                    .map_err(|err| format!("{err:#}"))?;
+                handshake(stream).await?
+            }
+        };
+        info!(upstream = %self.upstream, %upstream_local, tls = self.tls.is_some(), "upstream connected");
+        Ok(sender)
+    }
+
+    /// Records the answer (without waiting: the decision was recorded before it took effect).
+    pub(super) async fn answered(
+        &self,
+        decided: &Decided,
+        response: Response<ProxyBody>,
+        started: Instant,
+        masked: usize,
+        failure: Option<&str>,
+        content: Option<String>,
+    ) -> Response<ProxyBody> {
+        self.proxy.ops.answered(
+            &self.skill,
+            &self.backend,
+            "http",
+            started.elapsed(),
+            masked,
+        );
+        if let Some(session) = self.session {
+            let bytes = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok());
+            let took = started.elapsed();
+            let event = Event {
+                at_ns: record::now_ns(),
+                kind: "response".to_owned(),
+                operation: decided.line.clone(),
+                decision: response.status().as_u16().to_string(),
+                rule: None,
+                reason: match (failure, bytes) {
+                    (Some(failure), _) => failure.to_owned(),
+                    (None, Some(bytes)) => format!("{bytes} bytes, {masked} values masked"),
+                    (None, None) => format!("streamed, {masked} values masked"),
+                },
+                facts: Facts {
+                    decision_id: Some(decided.id.clone()),
+                    status: Some(response.status().as_u16().to_string()),
+                    bytes,
+                    masked: Some(masked as i64),
+                    duration_us: Some(took.as_micros() as i64),
+                    content,
+                    ..Facts::default()
+                },
+            };
+            self.proxy.recorder.event_detached(session, event);
+        }
+        response
+    }
+
+    /// Answers with an error of the agent's own (the backend failed, or its answer cannot be
+    /// passed on), recorded with the reason.
+    pub(super) async fn failed(
+        &self,
+        decided: &Decided,
+        status: StatusCode,
+        reason: &str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let response = error_response(status, &decided.id, reason);
+        self.answered(decided, response, started, 0, Some(reason), None)
+            .await
+    }
+}
+
+/// Speaks HTTP/1.1 over `io`; the connection is driven by its own task.
+pub(super) async fn handshake<T>(io: T) -> Result<pool::Sender, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|err| format!("cannot speak HTTP to the backend: {err}"))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            info!(error = %err, "backend connection ended with an error");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,204 @@
+//! One statement's decision: classified, decided by the policy in force, recorded through the
+//! gate before it takes effect, held for an approver where a rule says so, and answered as
+//! the session model carries it out (forwarded, masked, or replaced by a refusal).
+
+use super::*;
+
+impl PgConn {
+    /// Classifies, decides (holding for approval if a rule says so) and records a statement;
+    /// the answer carries the decision's id (`session.n`).
+    pub(super) async fn decide(&self, text: &str, prepared: bool) -> Decided {
+        let n = self.statements.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = crate::gate::decision_id(self.session, n);
+        let answer = self.answer(&id, text, prepared).await;
+        Decided { id, answer }
+    }
+
+    /// `prepared`: the statement comes in a Parse, to run later with values bound then.
+    pub(super) async fn answer(&self, id: &str, text: &str, prepared: bool) -> Answer {
+        let policy = self.proxy.current_policy();
+        let classified = self.proxy.classify(text);
+        let mut decision = match &classified.statements {
+            Ok(statements) => policy.decide(&Request {
+                skill: &self.skill,
+                token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
+                backend: &self.backend,
+                operation: Operation::Sql(statements),
+            }),
+            Err(err) => Decision {
+                effect: Effect::Deny,
+                skill: None,
+                backend: None,
+                rule: None,
+                rules: Vec::new(),
+                mask: Mask::default(),
+                // The parser's message may quote part of the statement.
+                reason: skillgate_policy::mask::scrub(&format!(
+                    "the statement cannot be classified: {err}"
+                )),
+                observed: None,
+            },
+        };
+        // A prepared statement is decided at Parse, before its parameters exist, and may be
+        // executed any number of times with any values: an approver would approve neither the
+        // values nor how often. Held statements must come as a Query, values included.
+        if prepared && decision.effect == Effect::Approve {
+            decision.effect = Effect::Deny;
+            decision.reason = format!(
+                "{}, and a statement held for approval must be sent as a simple Query with its \
+                 values: a prepared statement (Parse) would be approved before its parameters \
+                 exist and could run again with any",
+                decision.reason
+            );
+        }
+        // Logs, the store and approvers see the statement with sensitive values masked.
+        let shown = statement_text(&classified.scrubbed);
+        // The store and the logs keep literals, or not, as the config says; an approver always
+        // sees them (detector hits masked): the values are often what is being approved.
+        let recorded = match self.proxy.sql_literals {
+            SqlLiterals::Keep => shown.clone(),
+            SqlLiterals::Redact => match skillgate_policy::sql::redact(text) {
+                Some(redacted) => statement_text(&redacted),
+                None => format!("(a statement the scanner refused, {} bytes)", text.len()),
+            },
+        };
+        let rule = decision.rule.map(str::to_owned);
+        let operation = crate::gate::Operation {
+            kind: "sql",
+            skill: &self.skill,
+            backend: &self.backend,
+            session: self.session,
+            id,
+            shown: &recorded,
+        };
+        let facts = Facts {
+            classification: classification(&classified.statements),
+            ..Facts::default()
+        };
+        if let Err(err) = crate::gate::decided(&self.proxy, &operation, &decision, facts).await {
+            warn!(error = %format!("{err:#}"), "cannot record the statement: refusing it");
+            return Answer::Deny {
+                message:
+                    "skillgate: the session store cannot record this statement, so it is refused"
+                        .to_owned(),
+                detail: format!("decision {id}"),
+            };
+        }
+        let rule_text = rule.as_deref().unwrap_or("none (default deny)");
+        match decision.effect {
+            Effect::Allow | Effect::Mask | Effect::Approve
+                if !self.catalog_covers(&decision.mask) =>
+            {
+                warn!(statement = %id, "statement refused: the policy in force masks columns this session's catalog snapshot was not taken for");
+                Answer::Deny {
+                    message: "skillgate: the policy now masks columns this session cannot find \
+                              (it changed after the session began): reconnect"
+                        .to_owned(),
+                    detail: format!("rule: {rule_text}; decision {id}"),
+                }
+            }
+            Effect::Allow | Effect::Mask => Answer::Allow(decision.mask),
+            Effect::Deny => Answer::Deny {
+                message: format!("skillgate: permission denied: {}", decision.reason),
+                detail: format!("rule: {rule_text}; decision {id}"),
+            },
+            Effect::Approve => {
+                let reason = decision.reason.clone();
+                let held = Held {
+                    kind: "sql",
+                    skill: &self.skill,
+                    backend: &self.backend,
+                    rule: rule.as_deref(),
+                    reason: &reason,
+                    shown: classified.scrubbed.trim(),
+                    exact: text.as_bytes(),
+                    body: None,
+                };
+                self.hold(id, held, &recorded, decision.reason, decision.mask)
+                    .await
+            }
+        }
+    }
+
+    /// Whether the login's catalog snapshot was taken for every column `mask` names.
+    pub(super) fn catalog_covers(&self, mask: &Mask) -> bool {
+        let names = self.catalog_names.get().map_or(&[][..], Vec::as_slice);
+        mask.columns.iter().all(|c| {
+            names
+                .binary_search_by(|n| n.as_str().cmp(column_name(c)))
+                .is_ok()
+        })
+    }
+
+    /// Holds a statement for approval: approvers see `held` (masked, its length and hash if
+    /// cut), the store keeps `recorded`; if approved, it runs under `mask`.
+    pub(super) async fn hold(
+        &self,
+        id: &str,
+        held: Held<'_>,
+        recorded: &str,
+        reason: String,
+        mask: Mask,
+    ) -> Answer {
+        let Some(session) = self.session else {
+            return Answer::Deny {
+                message: format!("skillgate: approval required: {reason}"),
+                detail: "held statements need a recorded session".to_owned(),
+            };
+        };
+        let answered = match crate::gate::hold(&self.proxy, session, Some(id), recorded, held).await
+        {
+            Ok(answered) => answered,
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the statement");
+                return Answer::Deny {
+                    message: "skillgate: the session store cannot record this approval".to_owned(),
+                    detail: format!("decision {id}"),
+                };
+            }
+        };
+        if answered.go {
+            // Approved, and masked as an allowed statement would be.
+            return Answer::Allow(mask);
+        }
+        Answer::Deny {
+            message: format!(
+                "skillgate: approval required ({}): {reason}",
+                answered.answer
+            ),
+            detail: format!(
+                "approval {}; {}; decision {id}",
+                answered.approval, answered.why
+            ),
+        }
+    }
+}
+
+/// What the policy saw in a statement, for the record: its accesses (`select public.orders,
+/// function nextval`), or `unparsed`.
+pub(super) fn classification(
+    statements: &Result<Vec<skillgate_policy::sql::Statement>, skillgate_policy::sql::SqlError>,
+) -> Option<String> {
+    let Ok(statements) = statements else {
+        return Some("unparsed".to_owned());
+    };
+    let accesses: Vec<String> = statements
+        .iter()
+        .flat_map(|s| s.accesses.iter().map(ToString::to_string))
+        .collect();
+    (!accesses.is_empty()).then(|| accesses.join(", "))
+}
+
+/// The statement as recorded and logged (bounded).
+pub(super) fn statement_text(text: &str) -> String {
+    const MAX: usize = 4096;
+    let text = text.trim();
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
