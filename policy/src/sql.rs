@@ -317,18 +317,13 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
         let Some(node) = raw.stmt.as_ref() else {
             continue;
         };
-        // One walk of the tree for both passes: the accesses, and the column uses.
-        let (mut access_walk, mut column_walk) =
-            (walk::Walker::default(), columns::Walker::default());
-        let walked =
-            visit::visit(node, &mut visit::Both(&mut access_walk, &mut column_walk)).is_ok();
-        let (kind, mut accesses) = access_walk.finish(walked);
+        let (kind, mut accesses) = walk::walk(node);
         if !accesses.iter().any(|a| a.kind == kind) {
             accesses.push(Access { kind, object: None });
         }
         accesses.sort();
         accesses.dedup();
-        let columns = column_walk.finish(walked);
+        let columns = columns::uses(node);
         statements.push(Statement {
             kind,
             accesses,

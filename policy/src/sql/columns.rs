@@ -10,7 +10,9 @@
 //! and every qualified reference named like a built-in function (attribute notation) count as
 //! reading whole rows.
 
-use super::visit::Visitor;
+use serde::Serialize;
+
+use super::visit::{self, Visitor};
 
 /// One use of columns in a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,44 +27,42 @@ pub enum ColumnUse {
     Opaque(&'static str),
 }
 
-impl Walker {
-    /// Every column use the walk found, sorted and without duplicates, once the walk (`walked`: to its end) is
-    /// over.
-    pub(super) fn finish(self, walked: bool) -> Vec<ColumnUse> {
-        if !walked {
-            return vec![ColumnUse::Opaque("the statement could not be walked")];
-        }
-        let mut uses = self.uses;
-        // A reference by an output column's alias (ORDER BY e, GROUP BY e) uses that column.
-        let by_alias: Vec<ColumnUse> = uses
-            .iter()
-            .filter_map(|u| match u {
-                ColumnUse::Column {
-                    name,
-                    projected: false,
-                } => self.aliases.iter().find(|(a, _)| a == name),
-                _ => None,
-            })
-            .map(|(_, column)| ColumnUse::Column {
-                name: column.clone(),
-                projected: false,
-            })
-            .collect();
-        uses.extend(by_alias);
-        for name in &self.rows {
-            if self.relations.contains(name) {
-                uses.push(ColumnUse::Row);
-            }
-        }
-        if self.renamed {
-            uses.push(ColumnUse::Opaque(
-                "a column alias list, which can rename a masked column",
-            ));
-        }
-        uses.sort();
-        uses.dedup();
-        uses
+/// Every column use in `node`, sorted and without duplicates.
+pub(super) fn uses(node: &impl Serialize) -> Vec<ColumnUse> {
+    let mut walker = Walker::default();
+    if visit::visit(node, &mut walker).is_err() {
+        return vec![ColumnUse::Opaque("the statement could not be walked")];
     }
+    let mut uses = walker.uses;
+    // A reference by an output column's alias (ORDER BY e, GROUP BY e) uses that column.
+    let by_alias: Vec<ColumnUse> = uses
+        .iter()
+        .filter_map(|u| match u {
+            ColumnUse::Column {
+                name,
+                projected: false,
+            } => walker.aliases.iter().find(|(a, _)| a == name),
+            _ => None,
+        })
+        .map(|(_, column)| ColumnUse::Column {
+            name: column.clone(),
+            projected: false,
+        })
+        .collect();
+    uses.extend(by_alias);
+    for name in &walker.rows {
+        if walker.relations.contains(name) {
+            uses.push(ColumnUse::Row);
+        }
+    }
+    if walker.renamed {
+        uses.push(ColumnUse::Opaque(
+            "a column alias list, which can rename a masked column",
+        ));
+    }
+    uses.sort();
+    uses.dedup();
+    uses
 }
 
 /// An output column of a select list, by position.
@@ -98,9 +98,8 @@ struct Select {
     positions: Vec<i64>,
 }
 
-/// The walk of one top-level statement for its column uses.
 #[derive(Default)]
-pub(super) struct Walker {
+struct Walker {
     frames: Vec<Frame>,
     uses: Vec<ColumnUse>,
     /// The ColumnRef being walked (they do not nest): its name parts and whether one is `*`.

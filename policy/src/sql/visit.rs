@@ -20,40 +20,6 @@ pub(super) trait Visitor {
     fn some(&mut self) {}
 }
 
-/// Two visitors told the same walk, so a tree is walked once for both.
-pub(super) struct Both<'a, A, B>(pub &'a mut A, pub &'a mut B);
-
-impl<A: Visitor, B: Visitor> Visitor for Both<'_, A, B> {
-    fn open(&mut self, name: &'static str) {
-        self.0.open(name);
-        self.1.open(name);
-    }
-    fn field(&mut self, key: &'static str) {
-        self.0.field(key);
-        self.1.field(key);
-    }
-    fn close(&mut self) {
-        self.0.close();
-        self.1.close();
-    }
-    fn string(&mut self, value: &str) {
-        self.0.string(value);
-        self.1.string(value);
-    }
-    fn boolean(&mut self, value: bool) {
-        self.0.boolean(value);
-        self.1.boolean(value);
-    }
-    fn integer(&mut self, value: i64) {
-        self.0.integer(value);
-        self.1.integer(value);
-    }
-    fn some(&mut self) {
-        self.0.some();
-        self.1.some();
-    }
-}
-
 /// Walks `node`, telling `visitor`. The walk itself never fails; an error would be a bug here.
 pub(super) fn visit(node: &impl Serialize, visitor: &mut impl Visitor) -> Result {
     node.serialize(&mut Tree(visitor))

@@ -8,31 +8,32 @@
 //! visible (its WITH's main query, later sibling CTEs, anything nested in those; with
 //! RECURSIVE, every CTE of that WITH as well), and a real relation everywhere else.
 
-use super::visit::Visitor;
+use serde::Serialize;
+
+use super::visit::{self, Visitor};
 
 use super::{Access, SqlKind, catalog, qualify, statement_kind_of};
 
-impl Walker {
-    /// The statement's kind and accesses, once the walk (`walked`: to its end) is over.
-    pub(super) fn finish(mut self, walked: bool) -> (SqlKind, Vec<Access>) {
-        // The walker never fails; an error here would be a bug in this file, and denies.
-        if !walked {
-            return (SqlKind::Unknown, vec![unknown()]);
-        }
-        let kind = self.top_kind.unwrap_or(SqlKind::Unknown);
-        let mut accesses = std::mem::take(&mut self.accesses);
-        for read in &self.reads {
-            // Qualified names never resolve to a CTE.
-            if read.schema.is_empty() && self.is_cte(read.at, &read.name) {
-                continue;
-            }
-            accesses.push(Access {
-                kind: read.kind,
-                object: Some(qualify(&read.schema, &read.name)),
-            });
-        }
-        (kind, accesses)
+/// Accesses of one top-level statement, and its own kind.
+pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
+    let mut walker = Walker::default();
+    // The walker never fails; an error here would be a bug in this file, and denies.
+    if visit::visit(node, &mut walker).is_err() {
+        return (SqlKind::Unknown, vec![unknown()]);
     }
+    let kind = walker.top_kind.unwrap_or(SqlKind::Unknown);
+    let mut accesses = std::mem::take(&mut walker.accesses);
+    for read in &walker.reads {
+        // Qualified names never resolve to a CTE.
+        if read.schema.is_empty() && walker.is_cte(read.at, &read.name) {
+            continue;
+        }
+        accesses.push(Access {
+            kind: read.kind,
+            object: Some(qualify(&read.schema, &read.name)),
+        });
+    }
+    (kind, accesses)
 }
 
 /// nextval and setval need UPDATE on their sequence, currval SELECT (or USAGE, which the
@@ -185,9 +186,8 @@ struct Frame {
     literal: Option<String>,
 }
 
-/// The walk of one top-level statement: its accesses, and its own kind.
 #[derive(Default)]
-pub(super) struct Walker {
+struct Walker {
     frames: Vec<Frame>,
     accesses: Vec<Access>,
     /// Relations read or locked, CTE references filtered at the end.
