@@ -1,5 +1,5 @@
 //! Builds the eBPF programs in `ebpf/` for bpfel-unknown-none (nightly, build-std, bpf-linker)
-//! and leaves the object in OUT_DIR, where `src/enforce.rs` embeds it. `cargo xtask setup`
+//! and leaves the object in OUT_DIR, where `src/kernel/enforce/mod.rs` embeds it. `cargo xtask setup`
 //! installs the toolchain this needs.
 
 fn main() -> anyhow::Result<()> {

@@ -75,7 +75,7 @@ pub struct AgentConfig {
     /// Trusted OIDC issuers (`[[oidc]]`): where their keys are, which algorithms, which claim
     /// carries groups. Skills whose policy entry has an `oidc` table must present a token.
     #[serde(default)]
-    pub oidc: Vec<crate::identity::IssuerDef>,
+    pub oidc: Vec<crate::gate::identity::IssuerDef>,
     /// Tokens the agent reads itself for skills that cannot send one: skill name → file
     /// (relative to this file), read on each use so a rotated token is picked up.
     #[serde(default)]
@@ -85,7 +85,7 @@ pub struct AgentConfig {
     pub oidc_token_header: String,
     /// Backend credentials the agent injects; see `credentials.rs` for the format.
     #[serde(default)]
-    pub credentials: std::collections::BTreeMap<String, crate::credentials::CredentialDef>,
+    pub credentials: std::collections::BTreeMap<String, crate::gate::credentials::CredentialDef>,
     /// Certificate chain (PEM) the agent presents to PostgreSQL skills that ask for TLS
     /// (sslmode=require and up), relative to this file's directory unless absolute. Unset:
     /// the skill leg is plaintext (it is loopback) and SSLRequest is answered "no".
@@ -311,9 +311,12 @@ impl AgentConfig {
     }
 
     /// The credentials the config declares, loaded (secrets read now).
-    pub fn load_credentials(&self, config_path: &Path) -> Result<crate::credentials::Credentials> {
+    pub fn load_credentials(
+        &self,
+        config_path: &Path,
+    ) -> Result<crate::gate::credentials::Credentials> {
         let base = config_path.parent().unwrap_or(Path::new("."));
-        crate::credentials::Credentials::load(&self.credentials, base)
+        crate::gate::credentials::Credentials::load(&self.credentials, base)
             .with_context(|| format!("invalid config `{}`", config_path.display()))
     }
 

@@ -1,35 +1,15 @@
 //! `skillgate`: host-level enforcement agent for AI skills.
 
-mod admin;
-mod approvals_cli;
-mod audit;
-mod cgroup;
-mod client;
+mod cli;
 mod config;
-mod confine;
-mod credentials;
-mod dns;
-mod enforce;
-mod exec;
+mod daemon;
 mod gate;
-mod held;
-mod host;
-mod http;
-mod identity;
-mod intercept;
+mod kernel;
 mod lock;
-mod metrics;
-mod opstats;
-mod pg;
-mod policy_cli;
+mod protocol;
 mod proxy;
 mod record;
-mod run;
-mod sessions_cli;
-mod stats;
-mod status;
-mod sys;
-mod terminal;
+mod telemetry;
 mod tls;
 
 use std::path::PathBuf;
@@ -257,13 +237,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run => run::run(&cli.config),
+        Command::Run => daemon::run::run(&cli.config),
         Command::Exec {
             skill,
             user,
             command,
-        } => exec::exec(&cli.config, &skill, user.as_deref(), &command),
-        Command::Detach => run::detach(&cli.config),
+        } => cli::exec::exec(&cli.config, &skill, user.as_deref(), &command),
+        Command::Detach => daemon::run::detach(&cli.config),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -273,22 +253,22 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Stats { json } => stats::stats(&cli.config, json),
+        Command::Stats { json } => cli::stats::stats(&cli.config, json),
         Command::Status {
             json,
             require_enforcement,
             require_confinement,
-        } => status::status(&cli.config, json, require_enforcement, require_confinement),
-        Command::Approvals { json } => approvals_cli::list(&cli.config, json),
+        } => cli::status::status(&cli.config, json, require_enforcement, require_confinement),
+        Command::Approvals { json } => cli::approvals::list(&cli.config, json),
         Command::Approve {
             id,
             reason,
             grant_for,
             shape,
             seen_truncated,
-        } => approvals_cli::approve(
+        } => cli::approvals::approve(
             &cli.config,
-            approvals_cli::ApproveArgs {
+            cli::approvals::ApproveArgs {
                 id,
                 reason,
                 grant_for: grant_for.as_deref(),
@@ -296,13 +276,13 @@ fn main() -> ExitCode {
                 seen_truncated,
             },
         ),
-        Command::Grants { json } => approvals_cli::grants(&cli.config, json),
-        Command::Revoke { id } => approvals_cli::revoke(&cli.config, id),
-        Command::Deny { id, reason } => approvals_cli::deny(&cli.config, id, reason),
+        Command::Grants { json } => cli::approvals::grants(&cli.config, json),
+        Command::Revoke { id } => cli::approvals::revoke(&cli.config, id),
+        Command::Deny { id, reason } => cli::approvals::deny(&cli.config, id, reason),
         Command::Sessions {
             export: Some(SessionsCommand::Export { since }),
             ..
-        } => sessions_cli::export(&cli.config, since.as_deref()),
+        } => cli::sessions::export(&cli.config, since.as_deref()),
         Command::Sessions {
             export: None,
             skill,
@@ -310,9 +290,9 @@ fn main() -> ExitCode {
             outcome,
             limit,
             json,
-        } => sessions_cli::sessions(
+        } => cli::sessions::sessions(
             &cli.config,
-            &sessions_cli::SessionsArgs {
+            &cli::sessions::SessionsArgs {
                 skill: skill.as_deref(),
                 since: since.as_deref(),
                 outcome: outcome.as_deref(),
@@ -320,9 +300,9 @@ fn main() -> ExitCode {
                 json,
             },
         ),
-        Command::Replay { id, pace, json } => sessions_cli::replay(&cli.config, id, json, pace),
-        Command::Audit(AuditCommand::Verify) => sessions_cli::audit_verify(&cli.config),
-        Command::Policy(PolicyCommand::Check { file, json }) => policy_cli::check(&file, json),
+        Command::Replay { id, pace, json } => cli::sessions::replay(&cli.config, id, json, pace),
+        Command::Audit(AuditCommand::Verify) => cli::sessions::audit_verify(&cli.config),
+        Command::Policy(PolicyCommand::Check { file, json }) => cli::policy::check(&file, json),
         Command::Policy(PolicyCommand::Explain {
             file,
             skill,
@@ -332,9 +312,9 @@ fn main() -> ExitCode {
             http,
             headers,
             json,
-        }) => policy_cli::explain(
+        }) => cli::policy::explain(
             &file,
-            &policy_cli::ExplainArgs {
+            &cli::policy::ExplainArgs {
                 skill: &skill,
                 backend: &backend,
                 groups: &groups,

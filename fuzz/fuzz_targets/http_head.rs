@@ -12,7 +12,7 @@
 
 // The response-side helpers (`unreadable`, `mask_headers`) are not driven here.
 #[allow(dead_code)]
-#[path = "../../agent/src/http/head.rs"]
+#[path = "../../agent/src/protocol/http/head.rs"]
 mod head;
 
 use std::convert::Infallible;

@@ -4,7 +4,7 @@
 //! panic. The first byte picks: even, a token; odd, a JWKS.
 #![no_main]
 
-#[path = "../../agent/src/identity/token.rs"]
+#[path = "../../agent/src/gate/identity/token.rs"]
 mod token;
 
 use base64::Engine as _;

@@ -17,18 +17,18 @@
 //!   desync (only, if it must, because rows cannot be masked).
 #![no_main]
 
-#[path = "../../agent/src/pg/wire.rs"]
+#[path = "../../agent/src/protocol/pg/wire.rs"]
 #[allow(dead_code)]
 mod wire;
 
-#[path = "../../agent/src/pg/session.rs"]
+#[path = "../../agent/src/protocol/pg/session.rs"]
 #[allow(dead_code)]
 mod session;
 
-#[path = "../../agent/src/pg/state.rs"]
+#[path = "../../agent/src/protocol/pg/state.rs"]
 mod state;
 
-#[path = "../../agent/src/pg/masking.rs"]
+#[path = "../../agent/src/protocol/pg/masking.rs"]
 mod masking;
 
 use std::collections::{HashMap, VecDeque};

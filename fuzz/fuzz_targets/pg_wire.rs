@@ -3,7 +3,7 @@
 //! ErrorResponse). Any bytes are decoded or refused, never a panic or an overread.
 #![no_main]
 
-#[path = "../../agent/src/pg/wire.rs"]
+#[path = "../../agent/src/protocol/pg/wire.rs"]
 #[allow(dead_code)]
 mod wire;
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::admin::PendingView;
+use crate::gate::admin::PendingView;
 
 /// How much of an operation, and of a body, an approver is shown (bytes).
 pub const SHOWN_MAX: usize = 4096;

@@ -7,10 +7,10 @@ use anyhow::Result;
 use serde::Serialize;
 use skillgate_common::counter;
 
-use crate::cgroup::SkillsCgroup;
 use crate::config::Config;
-use crate::enforce::{self, Counters, Counts, describe};
-use crate::host;
+use crate::kernel::cgroup::SkillsCgroup;
+use crate::kernel::enforce::{self, Counters, Counts, describe};
+use crate::kernel::host;
 
 #[derive(Serialize)]
 struct Report {
@@ -20,7 +20,7 @@ struct Report {
     bpf_stats_enabled: bool,
     programs: Vec<ProgramReport>,
     /// Requests and statements per skill (from the running agent; `None` if it is not).
-    operations: Option<Vec<crate::opstats::OpReport>>,
+    operations: Option<Vec<crate::telemetry::opstats::OpReport>>,
 }
 
 /// Run counts and time of one attached program, as the kernel measures them.
@@ -94,7 +94,8 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
     let skills = SkillsCgroup::locate(&config.agent.skills_cgroup)?;
     let totals = counters.totals();
     let per_cgroup = counters.per_cgroup();
-    let operations = crate::admin::agent_stats(config_path, &config.agent).map(|(ops, _, _)| ops);
+    let operations =
+        crate::gate::admin::agent_stats(config_path, &config.agent).map(|(ops, _, _)| ops);
     if json {
         let report = Report {
             total: Named::new(&totals),

@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
+use crate::cli::terminal::escape;
 use crate::config::{AgentConfig, parse_duration};
-use crate::host;
+use crate::kernel::host;
 use crate::record::{self, query};
-use crate::terminal::escape;
 
 /// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn timestamp(ns: i64) -> String {

@@ -8,12 +8,12 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::cgroup::SkillsCgroup;
 use crate::config::{AgentConfig, Config};
-use crate::dns::Forwarder;
-use crate::enforce::{self, Enforcement, Ports};
-use crate::host;
+use crate::kernel::cgroup::SkillsCgroup;
+use crate::kernel::enforce::{self, Enforcement, Ports};
+use crate::kernel::host;
 use crate::lock::Shared as _;
+use crate::proxy::dns::Forwarder;
 use crate::proxy::{self, Proxy};
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -41,7 +41,7 @@ pub fn run(config_path: &Path) -> Result<()> {
 /// The sink's connection settings from its config and credential.
 fn sink_for(
     def: &crate::config::SinkDef,
-    credentials: &crate::credentials::Credentials,
+    credentials: &crate::gate::credentials::Credentials,
     base: &std::path::Path,
 ) -> Result<crate::record::sink::Sink> {
     let (host, port) = def
@@ -164,7 +164,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         .backends
         .iter()
         .any(|b| !b.intercept_tls.is_empty());
-    let intercept = crate::intercept::SkillsCa::new(ca_dir.clone());
+    let intercept = crate::proxy::intercept::SkillsCa::new(ca_dir.clone());
     if intercepting {
         intercept.get().with_context(|| {
             format!(
@@ -173,7 +173,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
             )
         })?;
     }
-    let identities = crate::identity::Identities::new(
+    let identities = crate::gate::identity::Identities::new(
         &agent.oidc,
         config.path.parent().unwrap_or(Path::new(".")).to_owned(),
         Arc::clone(&tls),
@@ -204,17 +204,17 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         crate::record::sink::start(config.store_path.clone(), sink)?;
     }
     let approvals = Arc::new(
-        crate::admin::Approvals::with_webhook(agent.approval_webhook_uri(), Arc::clone(&tls))
+        crate::gate::admin::Approvals::with_webhook(agent.approval_webhook_uri(), Arc::clone(&tls))
             .with_grants_file(config.store_path.with_file_name("grants.json"))?,
     );
-    let ops = Arc::new(crate::opstats::OpStats::default());
+    let ops = Arc::new(crate::telemetry::opstats::OpStats::default());
     let policy_loaded_ns = Arc::new(std::sync::atomic::AtomicI64::new(crate::record::now_ns()));
-    let facts = Arc::new(crate::admin::AgentFacts {
+    let facts = Arc::new(crate::gate::admin::AgentFacts {
         ops: Arc::clone(&ops),
         started_ns: crate::record::now_ns(),
         policy_loaded_ns: Arc::clone(&policy_loaded_ns),
     });
-    crate::admin::serve(
+    crate::gate::admin::serve(
         agent.admin_socket_path(&config.path),
         Arc::clone(&approvals),
         agent.skills_cgroup.clone(),
@@ -253,7 +253,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         unrecorded_in_observe: agent.allow_unrecorded_in_observe_mode,
         approvals,
         approval_wait: Duration::from_millis(agent.approval_wait_ms),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: crate::telemetry::metrics::Metrics::default(),
         credentials: RwLock::new(Arc::new(credentials)),
         upstream_response_timeout: Duration::from_millis(agent.upstream_response_timeout_ms),
         mask_body_limit: agent.mask_body_limit,
@@ -274,12 +274,12 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
                 (skill.clone(), base.join(path))
             })
             .collect(),
-        pg_cancel: crate::pg::CancelKeys::default(),
+        pg_cancel: crate::protocol::pg::CancelKeys::default(),
         http_pool: Default::default(),
         sql_cache: std::sync::Mutex::new(skillgate_policy::sql::Cache::new(10_000)),
     });
     if let Some(addr) = agent.metrics_listen {
-        crate::metrics::serve(addr, Arc::clone(&proxy)).await?;
+        crate::telemetry::metrics::serve(addr, Arc::clone(&proxy)).await?;
     }
     for listener in listeners {
         let addr = listener.local_addr()?;
@@ -382,7 +382,7 @@ fn sync_serving(
         .skills
         .iter()
         .filter(|skill| skill.serve)
-        .filter_map(|skill| crate::cgroup::cgroup_id(&skills.dir.join(&skill.cgroup)).ok())
+        .filter_map(|skill| crate::kernel::cgroup::cgroup_id(&skills.dir.join(&skill.cgroup)).ok())
         .collect();
     match enforcement.set_serving(&ids) {
         Ok(()) => info!(
@@ -480,7 +480,7 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 /// each request to such a backend would fail upstream. Checked at start and on every reload.
 fn check_credentials(
     policy: &skillgate_policy::Policy,
-    credentials: &crate::credentials::Credentials,
+    credentials: &crate::gate::credentials::Credentials,
     config_path: &Path,
 ) -> Result<()> {
     let missing = credentials.missing(
@@ -535,7 +535,7 @@ fn reload(proxy: &Proxy, path: &Path, config_path: &Path) {
 }
 
 async fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let mut logger = match crate::sys::async_fd(logger) {
+    let mut logger = match crate::kernel::sys::async_fd(logger) {
         Ok(fd) => fd,
         Err(err) => return warn!(error = %err, "cannot watch the eBPF log buffer"),
     };

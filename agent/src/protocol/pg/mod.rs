@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use self::login::{column_name, param};
 use crate::config::SqlLiterals;
-use crate::held::Held;
+use crate::gate::held::Held;
 use crate::lock::Locked as _;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};

@@ -5,9 +5,11 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cgroup::SkillsCgroup;
 use crate::config::Config;
-use crate::{enforce, host, sys};
+use crate::kernel::cgroup::SkillsCgroup;
+use crate::kernel::enforce;
+use crate::kernel::host;
+use crate::kernel::sys;
 
 pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[String]) -> Result<()> {
     let config = Config::load(config_path)?;
@@ -46,7 +48,7 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     withhold_network_sockets(skill)?;
     let dir = skills.enter(&declared.cgroup, std::process::id())?;
     if declared.serve {
-        let id = crate::cgroup::cgroup_id(&dir)?;
+        let id = crate::kernel::cgroup::cgroup_id(&dir)?;
         enforce::allow_serving(&config.agent.bpf_pin_dir, id)
             .context("cannot let the skill serve, as its policy says it may")?;
     }
@@ -67,7 +69,7 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
         None => {}
     }
     // Last, so nothing of this process's own runs under the filter.
-    let applied = crate::confine::confine().context("cannot confine the skill")?;
+    let applied = crate::kernel::confine::confine().context("cannot confine the skill")?;
     for missing in applied.missing {
         tracing::warn!(skill, "CONFINEMENT LAYER MISSING: {missing}");
     }
@@ -120,7 +122,7 @@ fn trust_skills_ca(cmd: &mut std::process::Command, config: &Config, other_user:
     let bundle = config
         .agent
         .intercept_ca_dir(&config.path)
-        .join(crate::intercept::BUNDLE);
+        .join(crate::proxy::intercept::BUNDLE);
     if !bundle.is_file() {
         tracing::debug!(bundle = %bundle.display(), "no skills CA bundle: CA variables left as they are");
         return;

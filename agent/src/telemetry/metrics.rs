@@ -95,7 +95,7 @@ impl Metrics {
                 }
             }
         }
-        let audit = crate::audit::audit(&proxy.skills.dir);
+        let audit = crate::kernel::audit::audit(&proxy.skills.dir);
         let unconfined = audit.unconfined().count();
         let shared: usize = audit.shared_uids.iter().map(|s| s.outside).sum();
         let _ = writeln!(

@@ -95,7 +95,7 @@ impl HttpConn {
                 format!("{line}\n{}", body_headers.join("\n")),
             )
         };
-        let held = crate::held::Held {
+        let held = crate::gate::held::Held {
             kind: "http",
             skill: &self.skill,
             backend: &self.backend,

@@ -2,7 +2,7 @@
 //! protocol state (`state.rs`), the statements and portals as the server has them, which
 //! statement every reply belongs to, what each message in either direction becomes (denied
 //! statements' stand-ins, masked rows, errors withheld under a mask). This file takes the
-//! skill's messages, `reply.rs` the backend's. The proxy loops in `pg/mod.rs` frame the
+//! skill's messages, `reply.rs` the backend's. The proxy loops in `pumps.rs` frame the
 //! bytes, ask the policy and do the writing; the fuzz target `pg_session` drives these files
 //! with any interleaving of client and backend messages.
 //!

@@ -28,8 +28,8 @@ pub use self::counters::{Counters, Counts, describe};
 use self::pins::{PinLayout, remove_other_map_layouts, remove_unknown_links};
 pub use self::pins::{check_enforced, detach, pinned_programs};
 use self::raw::RawSpec;
-use crate::cgroup::SkillsCgroup;
-use crate::host;
+use crate::kernel::cgroup::SkillsCgroup;
+use crate::kernel::host;
 use crate::lock::Locked as _;
 
 /// The programs, built from `ebpf/` by the build script.

@@ -147,7 +147,7 @@ fn load_one(def: &CredentialDef, base: &Path) -> Result<Credential> {
             .map(|(user, password)| (user.to_owned(), password.to_owned())),
         _ => None,
     };
-    let needles = crate::http::scrub::needles(&secrets);
+    let needles = crate::protocol::http::scrub::needles(&secrets);
     Ok(Credential {
         header,
         value,

@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use crate::cgroup::SkillsCgroup;
 use crate::config::{AgentConfig, load_policy};
-use crate::{enforce, host};
+use crate::kernel::cgroup::SkillsCgroup;
+use crate::kernel::enforce;
+use crate::kernel::host;
 
 /// Whether something listens on 127.0.0.1:`port` (TCP or UDP), from /proc/net.
 fn listening(table: &str, port: u16, udp: bool) -> bool {
@@ -41,11 +42,11 @@ pub fn status(
 ) -> Result<()> {
     let agent = AgentConfig::load(config_path)?;
     host::require_root("skillgate status")?;
-    let running = crate::admin::agent_stats(config_path, &agent);
+    let running = crate::gate::admin::agent_stats(config_path, &agent);
     let skills = SkillsCgroup::locate(&agent.skills_cgroup)?;
     let cgroup_id = skills.id().ok();
     let programs = enforce::pinned_programs(&agent.bpf_pin_dir);
-    let on_cgroup = |info: &Option<crate::sys::LinkInfo>| {
+    let on_cgroup = |info: &Option<crate::kernel::sys::LinkInfo>| {
         info.as_ref()
             .is_some_and(|i| Some(i.cgroup_id) == cgroup_id)
     };
@@ -83,7 +84,7 @@ pub fn status(
         }
         (false, _) => "not attached: skills in the cgroup have direct network access",
     };
-    let audit = crate::audit::audit(&skills.dir);
+    let audit = crate::kernel::audit::audit(&skills.dir);
     let unconfined = audit.unconfined().count();
     let verdict = if require_enforcement && !required_attached {
         Err(anyhow::anyhow!(
@@ -192,7 +193,7 @@ pub fn status(
                 secs / 3600,
                 secs / 60 % 60,
                 secs % 60,
-                crate::sessions_cli::timestamp(*policy_loaded_ns)
+                crate::cli::sessions::timestamp(*policy_loaded_ns)
             );
         }
         Err(err) => println!("agent: not reachable ({err:#})"),
@@ -201,7 +202,7 @@ pub fn status(
     verdict
 }
 
-fn print_audit(audit: &crate::audit::Audit, unconfined: usize) {
+fn print_audit(audit: &crate::kernel::audit::Audit, unconfined: usize) {
     println!(
         "skill processes: {} ({unconfined} not confined)",
         audit.processes.len()
@@ -211,8 +212,8 @@ fn print_audit(audit: &crate::audit::Audit, unconfined: usize) {
             "NOT CONFINED pid {} uid {} `{}` in {}: {}",
             p.pid,
             p.uid,
-            crate::terminal::escape(&p.command),
-            crate::terminal::escape(if p.cgroup.is_empty() { "." } else { &p.cgroup }),
+            crate::cli::terminal::escape(&p.command),
+            crate::cli::terminal::escape(if p.cgroup.is_empty() { "." } else { &p.cgroup }),
             p.lacks().join("; ")
         );
     }
@@ -220,7 +221,7 @@ fn print_audit(audit: &crate::audit::Audit, unconfined: usize) {
         let examples: Vec<String> = shared
             .examples
             .iter()
-            .map(|(pid, command)| format!("pid {pid} `{}`", crate::terminal::escape(command)))
+            .map(|(pid, command)| format!("pid {pid} `{}`", crate::cli::terminal::escape(command)))
             .collect();
         println!(
             "SHARED UID {}: {} process(es) outside the skills cgroup ({}): an unconfined skill \

@@ -1,6 +1,9 @@
 //! The proxy every skill socket is sent to: it recovers what the kernel recorded about the
 //! connection, asks the policy, and carries the decision out.
 
+pub mod dns;
+pub mod intercept;
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -11,17 +14,17 @@ use skillgate_policy::{ConnectRequest, Effect, Mode, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
-use crate::admin::Approvals;
-use crate::cgroup::SkillsCgroup;
-use crate::credentials::Credentials;
-use crate::enforce::Enforcement;
-use crate::http::HttpConn;
-use crate::intercept::Handshake;
+use crate::gate::admin::Approvals;
+use crate::gate::credentials::Credentials;
+use crate::kernel::cgroup::SkillsCgroup;
+use crate::kernel::enforce::Enforcement;
+use crate::kernel::sys;
 use crate::lock::{Locked as _, Shared as _};
-use crate::metrics::{ConnectionLabels, Metrics, SkillLabels};
-use crate::pg::PgConn;
+use crate::protocol::http::HttpConn;
+use crate::protocol::pg::PgConn;
+use crate::proxy::intercept::Handshake;
 use crate::record::{self, Event, Facts, Recorder, Session};
-use crate::sys;
+use crate::telemetry::metrics::{ConnectionLabels, Metrics, SkillLabels};
 
 /// Metadata older than this when its connection is accepted is refused as stale.
 const MAX_METADATA_AGE: Duration = Duration::from_secs(30);
@@ -51,23 +54,23 @@ pub struct Proxy {
     /// TLS for PostgreSQL skills that ask for it, when a certificate is configured.
     pub pg_tls: Option<tokio_rustls::TlsAcceptor>,
     /// The CA of HTTPS interception for `http` backends with `intercept_tls` names.
-    pub intercept: crate::intercept::SkillsCa,
+    pub intercept: crate::proxy::intercept::SkillsCa,
     /// Whether recorded SQL keeps its literals.
     pub sql_literals: crate::config::SqlLiterals,
     /// When the policy in force was loaded (`skillgate status`).
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
     /// Requests and statements per skill, for `skillgate stats` and /metrics.
-    pub ops: Arc<crate::opstats::OpStats>,
+    pub ops: Arc<crate::telemetry::opstats::OpStats>,
     /// Trusted OIDC issuers, for skills whose policy requires a token.
-    pub identities: crate::identity::Identities,
+    pub identities: crate::gate::identity::Identities,
     /// Where HTTP skills put their token (`authorization`: a Bearer token).
     pub token_header: hyper::header::HeaderName,
     /// Token files the agent reads for skills that cannot send a token (skill → path).
     pub token_files: std::collections::BTreeMap<String, std::path::PathBuf>,
     /// PostgreSQL sessions' cancel keys → their backends.
-    pub pg_cancel: crate::pg::CancelKeys,
+    pub pg_cancel: crate::protocol::pg::CancelKeys,
     /// Idle upstream connections of `http` backends.
-    pub http_pool: Arc<crate::http::pool::Pool>,
+    pub http_pool: Arc<crate::protocol::http::pool::Pool>,
     /// SQL classifications of recent statement texts.
     pub sql_cache: std::sync::Mutex<skillgate_policy::sql::Cache>,
 }
@@ -234,7 +237,7 @@ impl Proxy {
             let upstream = match (verdict, upstream, id) {
                 ("approve", Some(upstream), Some(id)) => {
                     let operation = format!("connect {origin}");
-                    let held = crate::held::Held {
+                    let held = crate::gate::held::Held {
                         kind: "connect",
                         skill,
                         backend,
@@ -474,7 +477,7 @@ impl Proxy {
 /// The executable and command line of `pid`, if it still exists and is still the process that
 /// connected: a pid reused by a process in another cgroup is not attributed.
 fn process_info(pid: u32, cgroup: &str) -> (Option<String>, Option<String>) {
-    if crate::cgroup::process_in(pid, cgroup, false) != Some(true) {
+    if crate::kernel::cgroup::process_in(pid, cgroup, false) != Some(true) {
         tracing::debug!(
             pid,
             cgroup,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 
 use super::{MAP_LAYOUT_VERSION, PROGRAMS, ProgramSpec};
-use crate::sys;
+use crate::kernel::sys;
 
 /// ```text
 /// <pin dir>/links/<program>          the cgroup links (enforcement)

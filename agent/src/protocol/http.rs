@@ -27,9 +27,9 @@ use serde_json::json;
 use skillgate_policy::{Effect, Mask};
 use tracing::{debug, info, warn};
 
-use crate::opstats::Outcome;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
+use crate::telemetry::opstats::Outcome;
 
 mod body;
 mod forward;
@@ -150,14 +150,15 @@ impl HttpConn {
             && skill.oidc.is_some()
         {
             let line = format!("{method} {raw_target}");
-            let presented = crate::identity::bearer(request.headers(), &self.proxy.token_header)
-                .map(Ok)
-                .or_else(|| self.proxy.token_file(&self.skill));
+            let presented =
+                crate::gate::identity::bearer(request.headers(), &self.proxy.token_header)
+                    .map(Ok)
+                    .or_else(|| self.proxy.token_file(&self.skill));
             let identity = match presented {
-                None => Err(crate::identity::Refused(
+                None => Err(crate::gate::identity::Refused(
                     "missing token: this skill must present its OIDC token".to_owned(),
                 )),
-                Some(Err(why)) => Err(crate::identity::Refused(why)),
+                Some(Err(why)) => Err(crate::gate::identity::Refused(why)),
                 Some(Ok(token)) => self.proxy.identities.validate(skill, &token).await,
             };
             match identity {

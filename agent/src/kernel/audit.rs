@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::sys::SKILL_FORBIDDEN_CAPS;
+use crate::kernel::sys::SKILL_FORBIDDEN_CAPS;
 
 /// One process in the skills cgroup.
 #[derive(Debug, Serialize)]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::sys;
+use crate::kernel::sys;
 
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

@@ -50,7 +50,7 @@ impl Verdict {
     }
 }
 
-/// A held operation, as listed to approvers (built by [`crate::held::Held::view`]).
+/// A held operation, as listed to approvers (built by [`crate::gate::held::Held::view`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingView {
     pub id: u64,
@@ -72,7 +72,7 @@ pub struct PendingView {
     pub truncated: bool,
     /// An HTTP request's body: masked, bounded, with its length and SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<crate::held::BodyView>,
+    pub body: Option<crate::gate::held::BodyView>,
     pub rule: Option<String>,
     /// Why the policy holds it.
     #[serde(default)]
@@ -186,7 +186,11 @@ impl Approvals {
 
     /// Holds an operation until someone approves or denies it, or `wait` passes; returns the
     /// approval's id (0 when a standing grant answered) and the answer.
-    pub async fn request(&self, held: crate::held::Held<'_>, wait: Duration) -> (u64, Verdict) {
+    pub async fn request(
+        &self,
+        held: crate::gate::held::Held<'_>,
+        wait: Duration,
+    ) -> (u64, Verdict) {
         let (mut view, shape) = held.view();
         if let Some(grant) = self.active_grant(&view, &shape) {
             return (
@@ -388,7 +392,7 @@ async fn post(
     view: &PendingView,
 ) -> Result<hyper::StatusCode> {
     let body = serde_json::to_vec(view)?;
-    let (status, _) = crate::client::request(
+    let (status, _) = crate::gate::client::request(
         tls,
         hyper::Method::POST,
         webhook,
@@ -439,7 +443,7 @@ pub struct AdminResponse {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<Grant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operations: Option<Vec<crate::opstats::OpReport>>,
+    pub operations: Option<Vec<crate::telemetry::opstats::OpReport>>,
     /// When the agent started (ns since the epoch), with Stats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ns: Option<i64>,
@@ -450,7 +454,7 @@ pub struct AdminResponse {
 
 /// What the admin API serves besides approvals.
 pub struct AgentFacts {
-    pub ops: Arc<crate::opstats::OpStats>,
+    pub ops: Arc<crate::telemetry::opstats::OpStats>,
     pub started_ns: i64,
     /// When the policy in force was loaded.
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
@@ -501,7 +505,7 @@ pub async fn serve(
 fn in_skills_cgroup(pid: i32, skills_cgroup: &str) -> bool {
     // Cannot tell: treat as inside (refuse).
     u32::try_from(pid).map_or(true, |pid| {
-        crate::cgroup::process_in(pid, &format!("/{skills_cgroup}"), true).unwrap_or(true)
+        crate::kernel::cgroup::process_in(pid, &format!("/{skills_cgroup}"), true).unwrap_or(true)
     })
 }
 
@@ -558,7 +562,7 @@ async fn handle(
                              deny it, or approve with --seen-truncated to accept what you \
                              could not see",
                             cut_parts(&view).join("; "),
-                            crate::held::SHOWN_MAX,
+                            crate::gate::held::SHOWN_MAX,
                         ))
                     }
                     (Ok(_), Some(for_ns)) if for_ns > 0 => approvals
@@ -656,7 +660,7 @@ fn answer(approvals: &Approvals, id: u64, verdict: Verdict) -> AdminResponse {
 pub fn agent_stats(
     config_path: &Path,
     agent: &crate::config::AgentConfig,
-) -> Result<(Vec<crate::opstats::OpReport>, i64, i64)> {
+) -> Result<(Vec<crate::telemetry::opstats::OpReport>, i64, i64)> {
     let response = call(&agent.admin_socket_path(config_path), &AdminRequest::Stats)?;
     Ok((
         response.operations.unwrap_or_default(),

@@ -333,7 +333,8 @@ impl Identities {
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
         let uri: hyper::Uri = uri.parse()?;
         let (status, body) =
-            crate::client::request(&self.tls, hyper::Method::GET, &uri, None, MAX_JWKS).await?;
+            crate::gate::client::request(&self.tls, hyper::Method::GET, &uri, None, MAX_JWKS)
+                .await?;
         if !status.is_success() {
             bail!("HTTP {status}");
         }

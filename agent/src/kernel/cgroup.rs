@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::host;
+use crate::kernel::host;
 use crate::lock::Locked as _;
 
 #[derive(Debug)]

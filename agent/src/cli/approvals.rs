@@ -1,15 +1,15 @@
 //! `skillgate approvals`, `approve`, `deny`: talking to the running agent's admin socket.
 //!
 //! Everything a skill controls (statements, request lines and bodies) is printed through
-//! [`crate::terminal::escape`]; `--json` prints it as JSON.
+//! [`crate::cli::terminal::escape`]; `--json` prints it as JSON.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::admin::{self, AdminRequest, PendingView};
+use crate::cli::terminal::escape;
 use crate::config::AgentConfig;
-use crate::terminal::escape;
+use crate::gate::admin::{self, AdminRequest, PendingView};
 
 fn socket(config_path: &Path) -> Result<PathBuf> {
     Ok(AgentConfig::load(config_path)?.admin_socket_path(config_path))

@@ -13,7 +13,7 @@ use aya_obj::btf::BtfKind;
 
 use super::raw::RawSpec;
 
-use crate::sys;
+use crate::kernel::sys;
 
 /// A cgroup program that can be loaded, attached through a pinned link, or swapped into one.
 pub trait CgroupProgram {

@@ -3,14 +3,20 @@
 //! cannot record fails, and the protocol refuses the operation; each protocol only renders
 //! the outcome (a JSON 403, a PostgreSQL error, a reset connection).
 
+pub mod admin;
+pub mod client;
+pub mod credentials;
+pub mod held;
+pub mod identity;
+
 use anyhow::Result;
 use skillgate_policy::{Decision, Effect};
 use tracing::{debug, info};
 
-use crate::held::Held;
-use crate::opstats::Outcome;
+use crate::gate::held::Held;
 use crate::proxy::Proxy;
 use crate::record::{self, Event, Facts};
+use crate::telemetry::opstats::Outcome;
 
 /// One decided operation of a skill on a backend, as the store and the logs keep it.
 pub struct Operation<'a> {

@@ -1,0 +1,3 @@
+//! The agent as a service: start-up, reload, the skills cgroup watch, shutdown.
+
+pub mod run;

@@ -1,0 +1,4 @@
+//! What the agent tells about itself: Prometheus metrics and per-skill operation counts.
+
+pub mod metrics;
+pub mod opstats;
