@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use skillgate_common::{ConnMeta, TupleKey, ip_words};
-use skillgate_policy::{ConnectRequest, Effect, Mode, Policy, Protocol};
+use skillgate_policy::{ConnectRequest, Decision, Effect, Mode, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
@@ -170,20 +170,20 @@ impl Proxy {
             let backend = decision.backend.map_or("-", |b| b.name.as_str());
             let rule = decision.rule.unwrap_or("-");
             let cgroup_name = cgroup.as_deref().unwrap_or("-");
-            let (verdict, reason, upstream) = match (decision.effect, decision.backend) {
+            let (verdict, upstream) = match (decision.effect, decision.backend) {
                 // Requests are decided (and held for approval) one by one.
                 (Effect::Allow | Effect::Approve, Some(b))
                     if matches!(b.protocol, Protocol::Http | Protocol::Postgres) =>
                 {
-                    ("allow", decision.reason.clone(), Some(b.upstream))
+                    ("allow", Some(b.upstream))
                 }
-                (Effect::Allow, Some(b)) => ("allow", decision.reason.clone(), Some(b.upstream)),
+                (Effect::Allow, Some(b)) => ("allow", Some(b.upstream)),
                 (Effect::Approve, Some(b)) if matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => {
-                    ("approve", decision.reason.clone(), Some(b.upstream))
+                    ("approve", Some(b.upstream))
                 }
-                _ => ("deny", decision.reason.clone(), None),
+                _ => ("deny", None),
             };
-            info!(skill, uid = meta.uid, cgroup = cgroup_name, backend, rule, decision = verdict, reason = %reason, "connection decided");
+            info!(skill, uid = meta.uid, cgroup = cgroup_name, backend, rule, decision = verdict, reason = %decision.reason, "connection decided");
             self.metrics
                 .connections
                 .get_or_create(&ConnectionLabels {
@@ -193,68 +193,17 @@ impl Proxy {
                 })
                 .inc();
             // The record is committed before the decision takes effect; no record, no access.
-            let expected = match cgroup.as_deref() {
-                Some("") | None => format!("/{}", self.skills.relative),
-                Some(sub) => format!("/{}/{sub}", self.skills.relative),
+            let Ok(id) = self
+                .open_session(&meta, cgroup, origin, &decision, verdict, &policy)
+                .await
+            else {
+                return reset(stream);
             };
-            let (exe, cmdline) = process_info(meta.pid, &expected);
-            let session = Session {
-                started_ns: record::now_ns(),
-                skill: decision.skill.map(|s| s.name.clone()),
-                pid: meta.pid,
-                uid: meta.uid,
-                gid: meta.gid,
-                exe,
-                cmdline,
-                cgroup: cgroup.clone(),
-                origin: origin.to_string(),
-                backend: decision.backend.map(|b| b.name.clone()),
-            };
-            let event = Event {
-                at_ns: session.started_ns,
-                kind: "connect".to_owned(),
-                operation: origin.to_string(),
-                decision: verdict.to_owned(),
-                rule: decision.rule.map(str::to_owned),
-                reason: reason.clone(),
-                facts: Facts::default(),
-            };
-            let id = match self.recorder.open(session, event).await {
-                Ok(id) => Some(id),
-                // Observe-only roll-outs may choose availability over the record.
-                Err(err) if self.unrecorded_in_observe && policy.mode == Mode::Observe => {
-                    error!(error = %format!("{err:#}"), "cannot record the session: going ahead unrecorded (observe mode, allow_unrecorded_in_observe_mode)");
-                    None
-                }
-                Err(err) => {
-                    error!(error = %format!("{err:#}"), decision = "deny", "cannot record the session: refusing the connection");
-                    return reset(stream);
-                }
-            };
-            // The protocols' futures are boxed below, each only as large as its own state: a
-            // connection's task is allocated for its whole life at the size of its largest
-            // branch (9.4 KB unboxed, for every idle HTTP connection).
             let upstream = match (verdict, upstream, id) {
-                ("approve", Some(upstream), Some(id)) => {
-                    let operation = format!("connect {origin}");
-                    let held = crate::gate::held::Held {
-                        kind: "connect",
-                        skill,
-                        backend,
-                        rule: decision.rule,
-                        reason: &decision.reason,
-                        shown: &operation,
-                        exact: operation.as_bytes(),
-                        body: None,
-                    };
-                    match crate::gate::hold(&self, id, None, &operation, held).await {
-                        Ok(answered) => answered.go.then_some(upstream),
-                        Err(err) => {
-                            error!(error = %format!("{err:#}"), "cannot record the approval: refusing the connection");
-                            None
-                        }
-                    }
-                }
+                ("approve", Some(upstream), Some(id)) => self
+                    .hold_connection(id, origin, &decision)
+                    .await
+                    .then_some(upstream),
                 // Held operations need a record to hang the approval on.
                 ("approve", _, _) => None,
                 (_, upstream, _) => upstream,
@@ -265,65 +214,188 @@ impl Proxy {
                     skill: skill.to_owned(),
                 })
                 .observe(accepted.elapsed().as_secs_f64());
-            let protocol = decision.backend.map(|b| b.protocol);
-            let tls = decision.backend.and_then(|b| b.tls.clone());
-            let (outcome, bytes) = match upstream {
-                Some(upstream) if protocol == Some(Protocol::Http) => {
-                    let tls = tls.map(|t| crate::tls::Upstream::resolve(&t, upstream, &policy.origin));
-                    let conn = Arc::new(HttpConn::new(Arc::clone(&self), skill.to_owned(), backend.to_owned(), id, upstream, tls));
-                    // Responses are written in pieces (head, then streamed body): without this,
-                    // Nagle's algorithm and the skill's delayed ACK add 40 ms to each of them.
-                    if let Err(err) = stream.set_nodelay(true) {
-                        warn!(error = %err, "cannot set TCP_NODELAY on the skill's connection");
-                    }
-                    let names = decision.backend.map_or(&[][..], |b| &b.intercept_tls[..]);
-                    if names.is_empty() || !starts_with_tls(&stream).await {
-                        Box::pin(conn.serve(stream)).await
-                    } else {
-                        match Box::pin(self.intercept(stream, names, id)).await {
-                            Some(decrypted) => Box::pin(conn.serve(decrypted)).await,
-                            None => ("denied", (0, 0)),
-                        }
-                    }
-                }
-                Some(upstream) if protocol == Some(Protocol::Postgres) => {
-                    let conn = PgConn::new(Arc::clone(&self), Arc::clone(&policy), skill.to_owned(), backend.to_owned(), id, upstream);
-                    Box::pin(Arc::new(conn).serve(stream)).await
-                }
-                Some(upstream) if protocol == Some(Protocol::Tls) => {
-                    let mut stream = stream;
-                    let server_name = tls.and_then(|t| t.server_name);
-                    match Box::pin(self.sni_gate(&mut stream, server_name.as_deref(), id)).await {
-                        Some(hello) => Box::pin(self.forward(stream, upstream, &hello)).await,
-                        None => {
-                            reset(stream);
-                            ("denied", (0, 0))
-                        }
-                    }
-                }
-                Some(upstream) => Box::pin(self.forward(stream, upstream, &[])).await,
-                None => {
-                    reset(stream);
-                    ("denied", (0, 0))
-                }
-            };
-            let end = Event {
-                at_ns: record::now_ns(),
-                kind: "close".to_owned(),
-                operation: origin.to_string(),
-                decision: outcome.to_owned(),
-                rule: None,
-                reason: format!("{} bytes to the backend, {} to the skill", bytes.0, bytes.1),
-                facts: Facts::default(),
-            };
-            if let Some(id) = id
-                && let Err(err) = self.recorder.close(id, outcome, bytes, end).await
-            {
-                error!(session = id, error = %format!("{err:#}"), "cannot record the end of the session");
-            }
+            let (outcome, bytes) = Box::pin(self.dispatch(stream, upstream, &decision, id, &policy)).await;
+            self.record_close(id, origin, outcome, bytes).await;
         }
         .instrument(span)
         .await
+    }
+
+    /// Opens the connection's session in the store, with its first event (the connect and
+    /// its `verdict`). `Ok(None)`: going ahead unrecorded, which only observe mode may choose;
+    /// `Err`: not recorded, so the connection is refused.
+    async fn open_session(
+        &self,
+        meta: &ConnMeta,
+        cgroup: Option<String>,
+        origin: SocketAddr,
+        decision: &Decision<'_>,
+        verdict: &str,
+        policy: &Policy,
+    ) -> Result<Option<i64>, ()> {
+        let expected = match cgroup.as_deref() {
+            Some("") | None => format!("/{}", self.skills.relative),
+            Some(sub) => format!("/{}/{sub}", self.skills.relative),
+        };
+        let (exe, cmdline) = process_info(meta.pid, &expected);
+        let session = Session {
+            started_ns: record::now_ns(),
+            skill: decision.skill.map(|s| s.name.clone()),
+            pid: meta.pid,
+            uid: meta.uid,
+            gid: meta.gid,
+            exe,
+            cmdline,
+            cgroup: cgroup.clone(),
+            origin: origin.to_string(),
+            backend: decision.backend.map(|b| b.name.clone()),
+        };
+        let event = Event {
+            at_ns: session.started_ns,
+            kind: "connect".to_owned(),
+            operation: origin.to_string(),
+            decision: verdict.to_owned(),
+            rule: decision.rule.map(str::to_owned),
+            reason: decision.reason.clone(),
+            facts: Facts::default(),
+        };
+        match self.recorder.open(session, event).await {
+            Ok(id) => Ok(Some(id)),
+            // Observe-only roll-outs may choose availability over the record.
+            Err(err) if self.unrecorded_in_observe && policy.mode == Mode::Observe => {
+                error!(error = %format!("{err:#}"), "cannot record the session: going ahead unrecorded (observe mode, allow_unrecorded_in_observe_mode)");
+                Ok(None)
+            }
+            Err(err) => {
+                error!(error = %format!("{err:#}"), decision = "deny", "cannot record the session: refusing the connection");
+                Err(())
+            }
+        }
+    }
+
+    /// Holds a connection to a `tcp` or `tls` backend for an approver (its session is
+    /// `session`); whether it may go ahead. An answer that cannot be recorded refuses it.
+    async fn hold_connection(
+        &self,
+        session: i64,
+        origin: SocketAddr,
+        decision: &Decision<'_>,
+    ) -> bool {
+        let operation = format!("connect {origin}");
+        let held = crate::gate::held::Held {
+            kind: "connect",
+            skill: decision.skill.map_or("-", |s| s.name.as_str()),
+            backend: decision.backend.map_or("-", |b| b.name.as_str()),
+            rule: decision.rule,
+            reason: &decision.reason,
+            shown: &operation,
+            exact: operation.as_bytes(),
+            body: None,
+        };
+        match crate::gate::hold(self, session, None, &operation, held).await {
+            Ok(answered) => answered.go,
+            Err(err) => {
+                error!(error = %format!("{err:#}"), "cannot record the approval: refusing the connection");
+                false
+            }
+        }
+    }
+
+    /// Carries a decided connection out by its backend's protocol (`upstream`: where to, if it
+    /// may go at all); how it ended and the bytes each way. The protocols' futures are boxed,
+    /// each only as large as its own state: a connection's task is allocated for its whole
+    /// life at the size of its largest branch (9.4 KB unboxed, for every idle HTTP
+    /// connection).
+    async fn dispatch(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        upstream: Option<SocketAddr>,
+        decision: &Decision<'_>,
+        id: Option<i64>,
+        policy: &Arc<Policy>,
+    ) -> (&'static str, (u64, u64)) {
+        let skill = decision.skill.map_or("-", |s| s.name.as_str());
+        let backend = decision.backend.map_or("-", |b| b.name.as_str());
+        let protocol = decision.backend.map(|b| b.protocol);
+        let tls = decision.backend.and_then(|b| b.tls.clone());
+        match upstream {
+            Some(upstream) if protocol == Some(Protocol::Http) => {
+                let tls = tls.map(|t| crate::tls::Upstream::resolve(&t, upstream, &policy.origin));
+                let conn = Arc::new(HttpConn::new(
+                    Arc::clone(self),
+                    skill.to_owned(),
+                    backend.to_owned(),
+                    id,
+                    upstream,
+                    tls,
+                ));
+                // Responses are written in pieces (head, then streamed body): without this,
+                // Nagle's algorithm and the skill's delayed ACK add 40 ms to each of them.
+                if let Err(err) = stream.set_nodelay(true) {
+                    warn!(error = %err, "cannot set TCP_NODELAY on the skill's connection");
+                }
+                let names = decision.backend.map_or(&[][..], |b| &b.intercept_tls[..]);
+                if names.is_empty() || !starts_with_tls(&stream).await {
+                    Box::pin(conn.serve(stream)).await
+                } else {
+                    match Box::pin(self.intercept(stream, names, id)).await {
+                        Some(decrypted) => Box::pin(conn.serve(decrypted)).await,
+                        None => ("denied", (0, 0)),
+                    }
+                }
+            }
+            Some(upstream) if protocol == Some(Protocol::Postgres) => {
+                let conn = PgConn::new(
+                    Arc::clone(self),
+                    Arc::clone(policy),
+                    skill.to_owned(),
+                    backend.to_owned(),
+                    id,
+                    upstream,
+                );
+                Box::pin(Arc::new(conn).serve(stream)).await
+            }
+            Some(upstream) if protocol == Some(Protocol::Tls) => {
+                let mut stream = stream;
+                let server_name = tls.and_then(|t| t.server_name);
+                match Box::pin(self.sni_gate(&mut stream, server_name.as_deref(), id)).await {
+                    Some(hello) => Box::pin(self.forward(stream, upstream, &hello)).await,
+                    None => {
+                        reset(stream);
+                        ("denied", (0, 0))
+                    }
+                }
+            }
+            Some(upstream) => Box::pin(self.forward(stream, upstream, &[])).await,
+            None => {
+                reset(stream);
+                ("denied", (0, 0))
+            }
+        }
+    }
+
+    /// Records how a connection ended.
+    async fn record_close(
+        &self,
+        session: Option<i64>,
+        origin: SocketAddr,
+        outcome: &str,
+        bytes: (u64, u64),
+    ) {
+        let end = Event {
+            at_ns: record::now_ns(),
+            kind: "close".to_owned(),
+            operation: origin.to_string(),
+            decision: outcome.to_owned(),
+            rule: None,
+            reason: format!("{} bytes to the backend, {} to the skill", bytes.0, bytes.1),
+            facts: Facts::default(),
+        };
+        if let Some(id) = session
+            && let Err(err) = self.recorder.close(id, outcome, bytes, end).await
+        {
+            error!(session = id, error = %format!("{err:#}"), "cannot record the end of the session");
+        }
     }
 
     /// Reads the skill's TLS ClientHello and checks the server name it asks for against the
