@@ -64,6 +64,17 @@ pub struct HttpConn {
 }
 
 /// What the policy said about one request, as recorded.
+/// What a decision asks of a request, owned, so that the policy it came from is not held
+/// while the request waits for an approver or is forwarded.
+struct Ruling {
+    effect: Effect,
+    rule: Option<String>,
+    reason: String,
+    mask: skillgate_policy::Mask,
+    /// The credential the agent injects upstream, by name.
+    credential: Option<String>,
+}
+
 struct Decided {
     id: String,
     line: String,
@@ -127,6 +138,32 @@ impl HttpConn {
         }
     }
 
+    /// The groups of the skill's OIDC token, for skills whose policy entry requires one
+    /// (shown on every request, or read from the agent's token file); none for the others.
+    /// `Err`: the reason the token is refused.
+    async fn token_groups(
+        &self,
+        policy: &skillgate_policy::Policy,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Vec<String>, String> {
+        let Some(skill) = policy.skill(&self.skill).filter(|s| s.oidc.is_some()) else {
+            return Ok(Vec::new());
+        };
+        let presented = crate::gate::identity::bearer(headers, &self.proxy.token_header)
+            .map(Ok)
+            .or_else(|| self.proxy.token_file(&self.skill));
+        let identity = match presented {
+            None => Err(crate::gate::identity::Refused(
+                "missing token: this skill must present its OIDC token".to_owned(),
+            )),
+            Some(Err(why)) => Err(crate::gate::identity::Refused(why)),
+            Some(Ok(token)) => self.proxy.identities.validate(skill, &token).await,
+        };
+        identity
+            .map(|identity| identity.groups)
+            .map_err(|why| format!("token refused: {why}"))
+    }
+
     async fn request(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
@@ -144,47 +181,16 @@ impl HttpConn {
                 .refuse(&id, &line, status, reason.to_owned(), None)
                 .await;
         }
-        // Skills with an OIDC requirement must show their token on every request.
-        let mut token_groups = Vec::new();
-        if let Some(skill) = policy.skill(&self.skill)
-            && skill.oidc.is_some()
-        {
-            let line = format!("{method} {raw_target}");
-            let presented =
-                crate::gate::identity::bearer(request.headers(), &self.proxy.token_header)
-                    .map(Ok)
-                    .or_else(|| self.proxy.token_file(&self.skill));
-            let identity = match presented {
-                None => Err(crate::gate::identity::Refused(
-                    "missing token: this skill must present its OIDC token".to_owned(),
-                )),
-                Some(Err(why)) => Err(crate::gate::identity::Refused(why)),
-                Some(Ok(token)) => self.proxy.identities.validate(skill, &token).await,
-            };
-            match identity {
-                Ok(identity) => token_groups = identity.groups,
-                Err(why) => {
-                    let reason = format!("token refused: {why}");
-                    return self
-                        .refuse(&id, &line, StatusCode::UNAUTHORIZED, reason, None)
-                        .await;
-                }
+        let token_groups = match self.token_groups(&policy, request.headers()).await {
+            Ok(groups) => groups,
+            Err(reason) => {
+                let line = format!("{method} {raw_target}");
+                return self
+                    .refuse(&id, &line, StatusCode::UNAUTHORIZED, reason, None)
+                    .await;
             }
-        }
-        // The policy reads the headers the backend will get: not hop-by-hop ones, nor those a
-        // `Connection` header names (which would satisfy a condition and then be dropped).
-        let mut end_to_end = hyper::HeaderMap::new();
-        head::copy_end_to_end(request.headers(), &mut end_to_end);
-        let headers: Vec<(String, String)> = end_to_end
-            .iter()
-            .filter(|(name, _)| **name != self.proxy.token_header)
-            // A value that is not UTF-8 is shown to the policy lossily (it then matches no
-            // condition), never left out: the backend gets it too.
-            .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                (name.as_str().to_owned(), value)
-            })
-            .collect();
+        };
+        let headers = policy_headers(request.headers(), &self.proxy.token_header);
         let answer = policy.decide_http(
             &self.skill,
             &token_groups,
@@ -196,15 +202,12 @@ impl HttpConn {
         let target = match &answer.target {
             Ok(target) => target,
             Err(bad) => {
-                let reason = format!("bad request target: {bad}");
+                let (line, reason) = (
+                    format!("{method} {raw_target}"),
+                    format!("bad request target: {bad}"),
+                );
                 return self
-                    .refuse(
-                        &id,
-                        &format!("{method} {raw_target}"),
-                        StatusCode::BAD_REQUEST,
-                        reason,
-                        None,
-                    )
+                    .refuse(&id, &line, StatusCode::BAD_REQUEST, reason, None)
                     .await;
             }
         };
@@ -225,66 +228,103 @@ impl HttpConn {
             }
             _ => request.map(|body| body.boxed()),
         };
-        let operation = crate::gate::Operation {
-            kind: "http",
-            skill: &self.skill,
-            backend: &self.backend,
-            session: self.session,
-            id: &id,
-            shown: &line,
-        };
-        if let Err(err) =
-            crate::gate::decided(&self.proxy, &operation, decision, Facts::default()).await
-        {
-            warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the request: refusing it");
-            return store_failure("-");
+        if let Err(response) = self.record_decision(&id, &line, decision).await {
+            return response;
         }
         let decided = Decided {
             id,
             line,
             reason: decision.reason.clone(),
         };
-        let request = match decision.effect {
-            Effect::Deny => {
-                return json_response(
-                    StatusCode::FORBIDDEN,
-                    &json!({
-                        "error": "forbidden",
-                        "reason": decision.reason,
-                        "rule": decision.rule,
-                        "decision_id": decided.id,
-                    }),
-                );
-            }
-            Effect::Approve => {
-                let line = format!("{method} {raw_target}");
-                match self.hold(&decided, &line, decision.rule, request).await {
-                    Ok(request) => request,
-                    Err(response) => return response,
-                }
-            }
-            Effect::Allow | Effect::Mask => request,
+        let ruling = Ruling {
+            effect: decision.effect,
+            rule: decision.rule.map(str::to_owned),
+            reason: decision.reason.clone(),
+            mask: decision.mask.clone(),
+            credential: decision.backend.and_then(|b| b.credentials.clone()),
         };
-        let mask = decision.mask.clone();
-        let credential_name = decision.backend.and_then(|b| b.credentials.clone());
-        let host = match &self.tls {
-            Some(tls) => tls.server_name.clone(),
-            None => self.upstream.to_string(),
-        };
+        // The policy in force is not held while the request is held or forwarded.
         drop(answer);
         let response = self
-            .forward(
+            .carry_out(
                 request,
                 &decided,
+                ruling,
+                &format!("{method} {raw_target}"),
                 &path,
-                &host,
-                credential_name.as_deref(),
-                &mask,
             )
             .await;
         let status = response.status();
         debug!(request = %decided.id, status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request answered");
         response
+    }
+
+    /// Counts, logs and records a request's decision before it takes effect (see
+    /// [`crate::gate::decided`]); the response to send when it cannot be recorded.
+    async fn record_decision(
+        &self,
+        id: &str,
+        line: &str,
+        decision: &skillgate_policy::Decision<'_>,
+    ) -> Result<(), Response<ProxyBody>> {
+        let operation = crate::gate::Operation {
+            kind: "http",
+            skill: &self.skill,
+            backend: &self.backend,
+            session: self.session,
+            id,
+            shown: line,
+        };
+        crate::gate::decided(&self.proxy, &operation, decision, Facts::default())
+            .await
+            .map_err(|err| {
+                warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the request: refusing it");
+                store_failure("-")
+            })
+    }
+
+    /// Carries a recorded decision out: refuses the request, holds it for an approver
+    /// (`held_line` is how it is shown) or forwards it to `path`, masked as `ruling` says.
+    async fn carry_out(
+        &self,
+        request: Request<ProxyBody>,
+        decided: &Decided,
+        ruling: Ruling,
+        held_line: &str,
+        path: &str,
+    ) -> Response<ProxyBody> {
+        let rule = ruling.rule.as_deref();
+        let request = match ruling.effect {
+            Effect::Deny => {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    &json!({
+                        "error": "forbidden",
+                        "reason": ruling.reason,
+                        "rule": rule,
+                        "decision_id": decided.id,
+                    }),
+                );
+            }
+            Effect::Approve => match self.hold(decided, held_line, rule, request).await {
+                Ok(request) => request,
+                Err(response) => return response,
+            },
+            Effect::Allow | Effect::Mask => request,
+        };
+        let host = match &self.tls {
+            Some(tls) => tls.server_name.clone(),
+            None => self.upstream.to_string(),
+        };
+        self.forward(
+            request,
+            decided,
+            path,
+            &host,
+            ruling.credential.as_deref(),
+            &ruling.mask,
+        )
+        .await
     }
 
     /// Refuses a request before the policy could decide it (malformed, upgrade), recorded.
@@ -335,6 +375,27 @@ impl HttpConn {
             store_failure("-")
         })
     }
+}
+
+/// The request headers as the policy reads them: those the backend will get, so neither
+/// hop-by-hop ones nor those a `Connection` header names (which would satisfy a condition and
+/// then be dropped), and not the skill's token header.
+fn policy_headers(
+    headers: &hyper::HeaderMap,
+    token_header: &hyper::header::HeaderName,
+) -> Vec<(String, String)> {
+    let mut end_to_end = hyper::HeaderMap::new();
+    head::copy_end_to_end(headers, &mut end_to_end);
+    end_to_end
+        .iter()
+        .filter(|(name, _)| *name != token_header)
+        // A value that is not UTF-8 is shown to the policy lossily (it then matches no
+        // condition), never left out: the backend gets it too.
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
 }
 
 fn store_failure(id: &str) -> Response<ProxyBody> {
