@@ -18,50 +18,8 @@ impl PgConn {
     pub(super) async fn answer(&self, id: &str, text: &str, prepared: bool) -> Answer {
         let policy = self.proxy.current_policy();
         let classified = self.proxy.classify(text);
-        let mut decision = match &classified.statements {
-            Ok(statements) => policy.decide(&Request {
-                skill: &self.skill,
-                token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
-                backend: &self.backend,
-                operation: Operation::Sql(statements),
-            }),
-            Err(err) => Decision {
-                effect: Effect::Deny,
-                skill: None,
-                backend: None,
-                rule: None,
-                rules: Vec::new(),
-                mask: Mask::default(),
-                // The parser's message may quote part of the statement.
-                reason: skillgate_policy::mask::scrub(&format!(
-                    "the statement cannot be classified: {err}"
-                )),
-                observed: None,
-            },
-        };
-        // A prepared statement is decided at Parse, before its parameters exist, and may be
-        // executed any number of times with any values: an approver would approve neither the
-        // values nor how often. Held statements must come as a Query, values included.
-        if prepared && decision.effect == Effect::Approve {
-            decision.effect = Effect::Deny;
-            decision.reason = format!(
-                "{}, and a statement held for approval must be sent as a simple Query with its \
-                 values: a prepared statement (Parse) would be approved before its parameters \
-                 exist and could run again with any",
-                decision.reason
-            );
-        }
-        // Logs, the store and approvers see the statement with sensitive values masked.
-        let shown = statement_text(&classified.scrubbed);
-        // The store and the logs keep literals, or not, as the config says; an approver always
-        // sees them (detector hits masked): the values are often what is being approved.
-        let recorded = match self.proxy.sql_literals {
-            SqlLiterals::Keep => shown.clone(),
-            SqlLiterals::Redact => match skillgate_policy::sql::redact(text) {
-                Some(redacted) => statement_text(&redacted),
-                None => format!("(a statement the scanner refused, {} bytes)", text.len()),
-            },
-        };
+        let decision = self.statement_decision(&policy, &classified, prepared);
+        let recorded = self.recorded_text(text, &classified.scrubbed);
         let rule = decision.rule.map(str::to_owned);
         let operation = crate::gate::Operation {
             kind: "sql",
@@ -117,6 +75,65 @@ impl PgConn {
                 self.hold(id, held, &recorded, decision.reason, decision.mask)
                     .await
             }
+        }
+    }
+
+    /// The policy's decision on a classified statement: a statement that cannot be classified
+    /// is denied, and one held for approval must come as a Query (`prepared`: it came in a
+    /// Parse).
+    fn statement_decision<'p>(
+        &self,
+        policy: &'p skillgate_policy::Policy,
+        classified: &skillgate_policy::sql::Classified,
+        prepared: bool,
+    ) -> Decision<'p> {
+        let mut decision = match &classified.statements {
+            Ok(statements) => policy.decide(&Request {
+                skill: &self.skill,
+                token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
+                backend: &self.backend,
+                operation: Operation::Sql(statements),
+            }),
+            Err(err) => Decision {
+                effect: Effect::Deny,
+                skill: None,
+                backend: None,
+                rule: None,
+                rules: Vec::new(),
+                mask: Mask::default(),
+                // The parser's message may quote part of the statement.
+                reason: skillgate_policy::mask::scrub(&format!(
+                    "the statement cannot be classified: {err}"
+                )),
+                observed: None,
+            },
+        };
+        // A prepared statement is decided at Parse, before its parameters exist, and may be
+        // executed any number of times with any values: an approver would approve neither the
+        // values nor how often. Held statements must come as a Query, values included.
+        if prepared && decision.effect == Effect::Approve {
+            decision.effect = Effect::Deny;
+            decision.reason = format!(
+                "{}, and a statement held for approval must be sent as a simple Query with its \
+                 values: a prepared statement (Parse) would be approved before its parameters \
+                 exist and could run again with any",
+                decision.reason
+            );
+        }
+        decision
+    }
+
+    /// The statement as logs and the store keep it: detected values masked, and literals
+    /// kept or redacted as the config says (`scrubbed`: the text with detector hits masked).
+    fn recorded_text(&self, text: &str, scrubbed: &str) -> String {
+        // An approver always sees the literals (detector hits masked): the values are often
+        // what is being approved.
+        match self.proxy.sql_literals {
+            SqlLiterals::Keep => statement_text(scrubbed),
+            SqlLiterals::Redact => match skillgate_policy::sql::redact(text) {
+                Some(redacted) => statement_text(&redacted),
+                None => format!("(a statement the scanner refused, {} bytes)", text.len()),
+            },
         }
     }
 
