@@ -80,6 +80,7 @@ impl Policy {
             mask: Mask::default(),
             reason,
             observed: None,
+            exact_only: false,
         }
     }
 }

@@ -96,6 +96,10 @@ pub struct Decision<'p> {
     pub reason: String,
     /// What the decision would be with observe-only rules (or file) enforced, when different.
     pub observed: Option<Effect>,
+    /// An approval may be for this exact operation only, never for its shape: its values are
+    /// what it reveals (a masked column used in a condition), so a shape grant would let the
+    /// skill ask again with any.
+    pub exact_only: bool,
 }
 
 impl<'p> Decision<'p> {
@@ -109,6 +113,7 @@ impl<'p> Decision<'p> {
             mask: Mask::default(),
             reason,
             observed: None,
+            exact_only: false,
         }
     }
 }
@@ -345,6 +350,7 @@ impl Policy {
                         mask: Mask::default(),
                         reason: format!("rule `{name}` denies {}", on(&unit.describe())),
                         observed: None,
+                        exact_only: false,
                     };
                 }
                 strict => {
@@ -474,6 +480,7 @@ impl Policy {
                     mask,
                     reason,
                     observed: None,
+                    exact_only: true,
                 };
             }
         }
@@ -486,6 +493,7 @@ impl Policy {
             mask,
             reason,
             observed: None,
+            exact_only: false,
         }
     }
 

@@ -1181,6 +1181,21 @@ fn a_masked_column_used_in_a_condition_waits_for_an_approver_when_its_rule_says_
                 reason.contains("rule `read-customers-masked` lets an approver allow it"),
                 "{p:#}"
             );
+            assert_eq!(p["exact_only"], true, "{p:#}");
+            // A shape grant would let the skill ask again with any value: refused.
+            let shape = s
+                .env
+                .skillgate()
+                .args(["approve", &p["id"].to_string(), "--reason", "r"])
+                .args(["--for", "1h", "--shape"])
+                .output()
+                .unwrap();
+            assert!(!shape.status.success());
+            assert!(
+                String::from_utf8_lossy(&shape.stderr).contains("can only be granted exactly"),
+                "{}",
+                String::from_utf8_lossy(&shape.stderr)
+            );
             let out = s
                 .env
                 .skillgate()

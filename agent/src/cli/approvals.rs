@@ -45,6 +45,9 @@ pub fn list(config_path: &Path, json: bool) -> Result<()> {
         if !p.reason.is_empty() {
             println!("      why: {}", escape(&p.reason));
         }
+        if p.exact_only {
+            println!("      exact approval only: its values are what it reveals (no --shape)");
+        }
         if let Some(body) = p.body.as_ref().filter(|b| b.bytes == 0) {
             println!("      body: empty (sha256 {})", body.sha256);
         } else if let Some(body) = &p.body {

@@ -77,6 +77,9 @@ pub struct PendingView {
     /// Why the policy holds it.
     #[serde(default)]
     pub reason: String,
+    /// Only an exact approval covers it: no shape grant matches it, none is made from it.
+    #[serde(default)]
+    pub exact_only: bool,
     pub requested_ns: i64,
     pub expires_ns: i64,
 }
@@ -146,7 +149,7 @@ impl Grant {
             return false;
         }
         if self.shape {
-            return self.shape_sha256.as_deref() == Some(shape);
+            return !view.exact_only && self.shape_sha256.as_deref() == Some(shape);
         }
         self.sha256.as_deref() == Some(view.sha256.as_str())
             && self.body_sha256.as_deref() == view.body.as_ref().map(|b| b.sha256.as_str())
@@ -565,6 +568,11 @@ async fn handle(
                             crate::gate::held::SHOWN_MAX,
                         ))
                     }
+                    (Ok((view, _)), _) if shape && view.exact_only => Err(anyhow::anyhow!(
+                        "approval {id} can only be granted exactly (no --shape): it uses a \
+                         masked column in a condition or as a whole row, so its values are what \
+                         it reveals, and a shape grant would let the skill ask again with any"
+                    )),
                     (Ok(_), Some(for_ns)) if for_ns > 0 => approvals
                         .grant(id, cred.uid(), &reason, for_ns, shape)
                         .map(Some),
@@ -688,4 +696,43 @@ pub fn call(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {
         bail!("{}", response.error.unwrap_or_else(|| "refused".to_owned()));
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::held::Held;
+
+    #[test]
+    fn a_shape_grant_never_covers_an_operation_held_for_its_values() {
+        let held = |exact_only| Held {
+            kind: "sql",
+            skill: "s",
+            backend: "b",
+            rule: None,
+            reason: "r",
+            shown: "SELECT id FROM t WHERE email LIKE [email]",
+            exact: b"SELECT id FROM t WHERE email LIKE 'a%@example.com'",
+            body: None,
+            exact_only,
+        };
+        let (view, shape) = held(false).view();
+        let grant = Grant {
+            id: 1,
+            kind: "sql".to_owned(),
+            skill: "s".to_owned(),
+            backend: "b".to_owned(),
+            operation: view.operation.clone(),
+            shape: true,
+            sha256: None,
+            body_sha256: None,
+            shape_sha256: Some(shape),
+            approver_uid: 0,
+            reason: "r".to_owned(),
+            expires_ns: i64::MAX,
+        };
+        assert!(grant.covers(&view, &grant.shape_sha256.clone().unwrap()));
+        let (view, shape) = held(true).view();
+        assert!(!grant.covers(&view, &shape));
+    }
 }

@@ -26,6 +26,8 @@ pub struct Held<'a> {
     pub exact: &'a [u8],
     /// An HTTP request's body, the bytes that will be forwarded.
     pub body: Option<&'a [u8]>,
+    /// Only an exact approval may let it through (see `skillgate_policy::Decision`).
+    pub exact_only: bool,
 }
 
 /// An HTTP body as approvers see it.
@@ -75,6 +77,7 @@ impl Held<'_> {
             rule: self.rule.map(str::to_owned),
             // The reason can quote the operation (an HTTP path): masked like it.
             reason: skillgate_policy::mask::scrub(self.reason),
+            exact_only: self.exact_only,
             requested_ns: 0,
             expires_ns: 0,
         };
@@ -116,6 +119,7 @@ mod tests {
             shown,
             exact: exact.as_bytes(),
             body,
+            exact_only: false,
         }
     }
 

@@ -291,6 +291,7 @@ impl Proxy {
             shown: &operation,
             exact: operation.as_bytes(),
             body: None,
+            exact_only: false,
         };
         match crate::gate::hold(self, session, None, &operation, held).await {
             Ok(answered) => answered.go,

@@ -104,6 +104,7 @@ impl HttpConn {
             shown: &shown,
             exact: exact.as_bytes(),
             body: Some(&body),
+            exact_only: false,
         };
         let answered = match crate::gate::hold(
             &self.proxy,

@@ -71,6 +71,7 @@ impl PgConn {
                     shown: classified.scrubbed.trim(),
                     exact: text.as_bytes(),
                     body: None,
+                    exact_only: decision.exact_only,
                 };
                 self.hold(id, held, &recorded, decision.reason, decision.mask)
                     .await
@@ -106,6 +107,7 @@ impl PgConn {
                     "the statement cannot be classified: {err}"
                 )),
                 observed: None,
+                exact_only: false,
             },
         };
         // A prepared statement is decided at Parse, before its parameters exist, and may be
