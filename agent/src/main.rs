@@ -66,6 +66,10 @@ enum Command {
         /// Run the command as this user (name or uid), with that user's primary group.
         #[arg(long)]
         user: Option<String>,
+        /// Pass this inherited descriptor (besides 0, 1 and 2) to the skill; repeatable. Others
+        /// are closed, and a network socket is never passed.
+        #[arg(long = "keep-fd", value_name = "FD")]
+        keep_fds: Vec<i32>,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -241,8 +245,9 @@ fn main() -> ExitCode {
         Command::Exec {
             skill,
             user,
+            keep_fds,
             command,
-        } => cli::exec::exec(&cli.config, &skill, user.as_deref(), &command),
+        } => cli::exec::exec(&cli.config, &skill, user.as_deref(), &keep_fds, &command),
         Command::Detach => daemon::run::detach(&cli.config),
         Command::Completions { shell } => {
             clap_complete::generate(

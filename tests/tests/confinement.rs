@@ -523,7 +523,50 @@ fn a_skill_is_not_handed_a_network_socket_opened_outside_its_cgroup() {
         stderr.contains("inherited network socket is not passed"),
         "{stderr}"
     );
+    // Kept on purpose, it is still refused: the skill does not start.
+    let out = env
+        .skillgate()
+        .args(["exec", "--skill", "reporter", "--user", "nobody"])
+        .args(["--keep-fd", &fd.to_string(), "--"])
+        .args(["python3", "-c", WRITE_FD, &fd.to_string(), "canary-kept"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("is a network socket"), "{stderr}");
     drop(stream);
+
+    // Any other inherited descriptor (here a pipe) is closed too, unless the caller keeps it.
+    let mut ends = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array it is given; they are closed below.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let (read_end, write_end) = (ends[0], ends[1]);
+    let write_to_pipe = |keep: bool| {
+        let mut cmd = env.skillgate();
+        cmd.args(["exec", "--skill", "reporter", "--user", "nobody"]);
+        if keep {
+            cmd.args(["--keep-fd", &write_end.to_string()]);
+        }
+        cmd.args([
+            "--",
+            "python3",
+            "-c",
+            WRITE_FD,
+            &write_end.to_string(),
+            "piped",
+        ]);
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    assert_eq!(write_to_pipe(false), "err 9\n");
+    assert_eq!(write_to_pipe(true), "sent\n");
+    // SAFETY: the test's own descriptors, closed once; the read end has the 5 bytes written.
+    unsafe {
+        libc::close(write_end);
+        let mut bytes = [0u8; 16];
+        let n = libc::read(read_end, bytes.as_mut_ptr().cast(), bytes.len());
+        assert_eq!(&bytes[..usize::try_from(n).unwrap()], b"piped");
+        libc::close(read_end);
+    }
 
     // Standard output a socket: the skill is not started.
     let stream = std::net::TcpStream::connect(canary_addr).unwrap();

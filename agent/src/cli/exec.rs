@@ -11,7 +11,13 @@ use crate::kernel::enforce;
 use crate::kernel::host;
 use crate::kernel::sys;
 
-pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[String]) -> Result<()> {
+pub fn exec(
+    config_path: &Path,
+    skill: &str,
+    user: Option<&str>,
+    keep_fds: &[i32],
+    command: &[String],
+) -> Result<()> {
     let config = Config::load(config_path)?;
     host::require_root("skillgate exec")?;
     let Some(declared) = config.policy.skill(skill) else {
@@ -45,7 +51,7 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     })?;
     let account = user.map(lookup_user).transpose()?;
     let (program, args) = command.split_first().context("no command given")?;
-    withhold_network_sockets(skill)?;
+    withhold_inherited(skill, keep_fds)?;
     let dir = skills.enter(&declared.cgroup, std::process::id())?;
     if declared.serve {
         let id = crate::kernel::cgroup::cgroup_id(&dir)?;
@@ -77,28 +83,59 @@ pub fn exec(config_path: &Path, skill: &str, user: Option<&str>, command: &[Stri
     Err(err).with_context(|| format!("cannot run `{program}`"))
 }
 
-/// A socket inherited from the caller was made outside the skills cgroup: the hooks follow a
-/// socket's cgroup, so the skill could send on it to anywhere. Inherited network sockets are
-/// closed at exec (unix sockets, pipes and files pass); a standard stream that is one refuses
-/// the start, since closing it would break the skill in ways it cannot report.
-fn withhold_network_sockets(skill: &str) -> Result<()> {
-    let sockets = sys::network_sockets().context("cannot list the inherited descriptors")?;
-    for (fd, family) in sockets {
-        let family = family.map_or_else(|| "unknown".to_owned(), |f| f.to_string());
-        if fd <= 2 {
-            bail!(
-                "standard {} (fd {fd}) is a network socket (family {family}): the skill could                  send anything on it without the proxy; give it a pipe, a file or a unix socket",
-                ["input", "output", "error"][fd as usize]
-            );
+/// What a skill inherits besides its standard streams is closed at exec unless the caller
+/// keeps it (`keep`): a socket made outside the skills cgroup reaches the network without the
+/// proxy (the hooks follow a socket's cgroup), and other descriptors can reach outside too (a
+/// TUN device, a cgroup.procs file opened by root). A standard stream, or a kept descriptor,
+/// that is a network socket refuses the start: closing a standard stream would break the skill
+/// in ways it cannot report. Unix sockets, pipes and files may be standard streams.
+fn withhold_inherited(skill: &str, keep: &[i32]) -> Result<()> {
+    const STREAMS: [&str; 3] = ["standard input", "standard output", "standard error"];
+    let fds = sys::open_fds().context("cannot list the inherited descriptors")?;
+    for (fd, socket) in fds {
+        let network = match socket {
+            Some(Some(family)) if family == libc::AF_UNIX => None,
+            Some(family) => Some(family.map_or_else(|| "unknown".to_owned(), |f| f.to_string())),
+            None => None,
+        };
+        let name = usize::try_from(fd)
+            .ok()
+            .and_then(|i| STREAMS.get(i))
+            .map(|s| (*s).to_owned());
+        let kept = name.is_some() || keep.contains(&fd);
+        match (kept, network) {
+            (true, Some(family)) => bail!(
+                "{} (fd {fd}) is a network socket (family {family}): the skill could send \
+                 anything on it without the proxy; give it a pipe, a file or a unix socket",
+                name.unwrap_or_else(|| format!("kept descriptor {fd}"))
+            ),
+            (true, None) => {}
+            (false, network) => {
+                match sys::set_cloexec(fd) {
+                    Ok(()) => {}
+                    // The listing's own descriptor, closed once the listing was read.
+                    Err(err) if err.raw_os_error() == Some(libc::EBADF) => continue,
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("cannot close inherited descriptor {fd}"));
+                    }
+                }
+                match network {
+                    Some(family) => tracing::warn!(
+                        skill,
+                        fd,
+                        family,
+                        "an inherited network socket is not passed to the skill: it was opened \
+                         outside the skills cgroup and would reach the network without the proxy"
+                    ),
+                    None => tracing::debug!(
+                        skill,
+                        fd,
+                        "an inherited descriptor is not passed to the skill (--keep-fd passes one)"
+                    ),
+                }
+            }
         }
-        sys::set_cloexec(fd).with_context(|| format!("cannot close inherited socket fd {fd}"))?;
-        tracing::warn!(
-            skill,
-            fd,
-            family,
-            "an inherited network socket is not passed to the skill: it was opened outside the \
-             skills cgroup and would reach the network without the proxy"
-        );
     }
     Ok(())
 }

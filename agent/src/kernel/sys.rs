@@ -264,9 +264,10 @@ fn clear_inheritable() -> io::Result<()> {
     Ok(())
 }
 
-/// This process's open descriptors that are sockets of a family other than AF_UNIX, with
-/// their family (`None` when the kernel would not say, which counts as one).
-pub fn network_sockets() -> io::Result<Vec<(i32, Option<i32>)>> {
+/// This process's open descriptors, each with what it is: `None` when it is not a socket,
+/// `Some(Some(family))` for a socket, `Some(None)` for a socket whose family the kernel would
+/// not say (which counts as a network socket).
+pub fn open_fds() -> io::Result<Vec<(i32, Option<Option<i32>>)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
@@ -279,9 +280,11 @@ pub fn network_sockets() -> io::Result<Vec<(i32, Option<i32>)>> {
         // SAFETY: fstat writes into the zeroed struct it is given; a closed fd (the directory
         // listing's own, once done) fails with EBADF, which is skipped.
         let mut stat: libc::stat = unsafe { zeroed() };
-        if unsafe { libc::fstat(fd, &mut stat) } != 0
-            || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK
-        {
+        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+            continue;
+        }
+        if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            found.push((fd, None));
             continue;
         }
         let mut domain: libc::c_int = 0;
@@ -296,11 +299,7 @@ pub fn network_sockets() -> io::Result<Vec<(i32, Option<i32>)>> {
                 &mut len,
             )
         };
-        match read {
-            0 if domain == libc::AF_UNIX => {}
-            0 => found.push((fd, Some(domain))),
-            _ => found.push((fd, None)),
-        }
+        found.push((fd, Some((read == 0).then_some(domain))));
     }
     Ok(found)
 }
