@@ -592,3 +592,37 @@ fn a_skill_is_not_handed_a_network_socket_opened_outside_its_cgroup() {
         "the canary received bytes from the skill"
     );
 }
+
+/// The agent keeps the serving set to the policy on every tick: a serving skill's cgroup made
+/// after the agent started (as systemd makes a unit's, without `skillgate exec`) may serve
+/// within a tick, and nothing else may.
+#[test]
+fn a_serving_skills_cgroup_made_later_may_serve_within_a_tick() {
+    let policy = "[[skill]]\nname = \"reporter\"\n[[skill]]\nname = \"api\"\nserve = true\n";
+    let env = Env::new("serve-later", policy);
+    let _agent = env.start_agent();
+    let listen_in = |cgroup: &str| {
+        let dir = env.skills_dir().join(cgroup);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A tick (250 ms) for the agent to see the new cgroup.
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "echo $$ > '{}/cgroup.procs' && exec python3 -c \"$0\" \"$@\"",
+                dir.display()
+            ),
+            LISTENER,
+            "0",
+            "4",
+        ]);
+        Listener::start(cmd)
+    };
+    let api = listen_in("api");
+    assert!(connect_and_send(api.port, "served-later"));
+    assert!(api.finish().contains("accepted served-later"));
+    let reporter = listen_in("reporter");
+    assert!(!connect_and_send(reporter.port, "canary-later"));
+    assert!(!reporter.finish().contains("canary-later"));
+}

@@ -339,7 +339,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
                 }
             }
             _ = cgroup_watch.tick() => {
-                watch_cgroup(&proxy);
+                on_tick(&proxy);
                 if watchdog {
                     notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -385,14 +385,33 @@ fn sync_serving(
         .filter_map(|skill| crate::kernel::cgroup::cgroup_id(&skills.dir.join(&skill.cgroup)).ok())
         .collect();
     match enforcement.set_serving(&ids) {
-        Ok(()) => info!(
+        Ok(false) => {}
+        Ok(true) => info!(
             serving = ?policy.skills.iter().filter(|s| s.serve).map(|s| &s.name).collect::<Vec<_>>(),
+            cgroups = ids.len(),
             "skills allowed to serve"
         ),
         Err(err) => error!(
             error = %format!("{err:#}"),
-            "cannot update the skills allowed to serve; the previous set stays"
+            "cannot update the skills allowed to serve: no skill may serve until it can"
         ),
+    }
+}
+
+/// What the main loop checks on every tick: the skills cgroup still enforced, the skills
+/// allowed to serve as the policy in force says (a serving skill's cgroup recreated by
+/// systemd, or an entry `skillgate exec` added just before a reload took `serve` away, is
+/// set right within a tick), and the ephemeral port range binds are judged by.
+fn on_tick(proxy: &Proxy) {
+    watch_cgroup(proxy);
+    let policy = Arc::clone(&proxy.policy.read_locked());
+    sync_serving(&proxy.enforcement, &proxy.skills, &policy);
+    match proxy.enforcement.refresh_ephemeral_ports() {
+        Ok(false) => {}
+        Ok(true) => {
+            info!("the host's ephemeral port range changed: binds are judged by the new one")
+        }
+        Err(err) => warn!(error = %format!("{err:#}"), "cannot refresh the ephemeral port range"),
     }
 }
 

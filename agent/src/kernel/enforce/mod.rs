@@ -217,24 +217,61 @@ impl Enforcement {
     /// Makes `ids` the cgroups whose skills may serve: bind() any port and accept connections.
     /// `skillgate exec` adds the cgroup of a serving skill it starts; the agent sets the whole
     /// set at start and on every policy reload, which is how a revoked `serve` takes effect.
-    pub fn set_serving(&self, ids: &[u64]) -> Result<()> {
+    /// Whether the set changed. On a failure the set is emptied, as far as the kernel lets
+    /// it be (fail closed: nobody serves), and the error returned.
+    pub fn set_serving(&self, ids: &[u64]) -> Result<bool> {
         let mut serving = self.serving.locked();
-        let stale: Vec<u64> = serving
-            .keys()
-            .filter_map(Result::ok)
+        let current: Vec<u64> = serving.keys().filter_map(Result::ok).collect();
+        let stale: Vec<u64> = current
+            .iter()
+            .copied()
             .filter(|id| !ids.contains(id))
             .collect();
-        for id in stale {
-            serving
-                .remove(&id)
-                .with_context(|| format!("cannot remove cgroup {id} from {}", map_names::SERVE))?;
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !current.contains(id))
+            .collect();
+        let mut update = || -> Result<()> {
+            for id in &stale {
+                serving.remove(id).with_context(|| {
+                    format!("cannot remove cgroup {id} from {}", map_names::SERVE)
+                })?;
+            }
+            for id in &missing {
+                serving
+                    .insert(id, 1, 0)
+                    .with_context(|| format!("cannot add cgroup {id} to {}", map_names::SERVE))?;
+            }
+            Ok(())
+        };
+        if let Err(err) = update() {
+            for id in serving.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+                let _ = serving.remove(&id);
+            }
+            return Err(err);
         }
-        for id in ids {
-            serving
-                .insert(id, 1, 0)
-                .with_context(|| format!("cannot add cgroup {id} to {}", map_names::SERVE))?;
+        Ok(!stale.is_empty() || !missing.is_empty())
+    }
+
+    /// Writes the host's ephemeral port range into the programs' configuration again if it
+    /// changed since (`net.ipv4.ip_local_port_range` is a sysctl an admin may narrow): binds
+    /// are judged by the range in force. Whether it changed.
+    pub fn refresh_ephemeral_ports(&self) -> Result<bool> {
+        let (lo, hi) = ephemeral_ports()?;
+        let mut ebpf = self.ebpf.locked();
+        let mut config: Array<_, ProxyConfig> =
+            Array::try_from(map(&mut ebpf, map_names::CONFIG)?)?;
+        let mut current = config.get(&0, 0)?;
+        if (current.ephemeral_lo, current.ephemeral_hi) == (lo, hi) {
+            return Ok(false);
         }
-        Ok(())
+        current.ephemeral_lo = lo;
+        current.ephemeral_hi = hi;
+        config
+            .set(0, current, 0)
+            .context("cannot write the ephemeral port range into SG_CONFIG")?;
+        Ok(true)
     }
 
     /// Takes the metadata the programs recorded for the connection `key`. Each entry is
