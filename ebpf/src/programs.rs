@@ -363,11 +363,13 @@ pub fn sg_bind6(ctx: SockAddrContext) -> i32 {
     bind(&ctx)
 }
 
-/// Drops what arrives for a skill's listening socket (a SYN, or the ACK that would complete a
-/// handshake) unless the skill may serve: a connection a skill accepts never passed a connect
-/// hook, so the proxy would never see it. A socket autobound by listen() never passed the bind
-/// hook either; this is what closes it. Established connections (the skills' own, to the
-/// proxy) pass.
+/// Drops what arrives for a skill that may not serve, but for the answers to what it sent
+/// through the proxy: a connection a skill accepts never passed a connect hook, so the proxy
+/// would never see it, and a datagram sent to it is a channel nothing records.
+/// - TCP: what arrives for a listening socket (a SYN, or the ACK that would complete a
+///   handshake) is dropped, which also closes a socket listen() autobound (no bind hook sees
+///   that); established connections (the skill's own, to the proxy) pass.
+/// - UDP: only the DNS forwarder's answers pass (from 127.0.0.1 or ::1, its port).
 #[cgroup_skb(ingress)]
 pub fn sg_ingress(ctx: SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
@@ -380,7 +382,12 @@ pub fn sg_ingress(ctx: SkBuffContext) -> i32 {
         }
         read_volatile(&(*sk).state)
     };
-    if state != TCP_LISTEN {
+    let allowed = if state == TCP_LISTEN {
+        false
+    } else {
+        answers_only(&ctx)
+    };
+    if allowed {
         return PASS;
     }
     // SAFETY: the helper reads the cgroup of the socket behind the context.
@@ -390,6 +397,59 @@ pub fn sg_ingress(ctx: SkBuffContext) -> i32 {
     }
     count_for(cgroup_id, counter::REFUSED_INBOUND);
     DROP
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// Whether a packet for a socket that is not listening is one a skill that may not serve
+/// gets: TCP (its connections, to the proxy), or UDP from the agent's DNS forwarder. Anything
+/// that cannot be read, and IPv6 with extension headers, is not. One helper call for TCP, the
+/// common case; more only for UDP.
+#[inline(always)]
+fn answers_only(ctx: &SkBuffContext) -> bool {
+    // SAFETY: a context field the verifier lets skb programs read.
+    let protocol = u16::from_be(unsafe { read_volatile(&(*ctx.skb.skb).protocol) } as u16);
+    if protocol == ETH_P_IP {
+        match ctx.load::<u8>(9) {
+            Ok(PROTO_TCP) => true,
+            Ok(PROTO_UDP) => {
+                let (Ok(config), Ok(first), Ok(source)) =
+                    (config(), ctx.load::<u8>(0), ctx.load::<u32>(12))
+                else {
+                    return false;
+                };
+                let header = usize::from(first & 0x0f) * 4;
+                source == config.ip4 && ctx.load::<u16>(header) == Ok(config.dns_port_be as u16)
+            }
+            _ => false,
+        }
+    } else if protocol == ETH_P_IPV6 {
+        match ctx.load::<u8>(6) {
+            Ok(PROTO_TCP) => true,
+            Ok(PROTO_UDP) => {
+                let Ok(config) = config() else {
+                    return false;
+                };
+                let source = [
+                    ctx.load::<u32>(8),
+                    ctx.load::<u32>(12),
+                    ctx.load::<u32>(16),
+                    ctx.load::<u32>(20),
+                ];
+                source
+                    .iter()
+                    .zip(config.ip6.iter())
+                    .all(|(word, own)| *word == Ok(*own))
+                    && ctx.load::<u16>(40) == Ok(config.dns_port_be as u16)
+            }
+            _ => false,
+        }
+    } else {
+        false
+    }
 }
 
 /// Only TCP and UDP sockets may be created: no raw sockets, no ping (ICMP datagram) sockets,

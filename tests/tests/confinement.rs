@@ -626,3 +626,43 @@ fn a_serving_skills_cgroup_made_later_may_serve_within_a_tick() {
     assert!(!connect_and_send(reporter.port, "canary-later"));
     assert!(!reporter.finish().contains("canary-later"));
 }
+
+/// Binds a UDP socket on an ephemeral port and prints the first datagram it gets within
+/// `argv[1]` seconds.
+const UDP_LISTENER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(f"listening {s.getsockname()[1]}", flush=True)
+s.settimeout(float(sys.argv[1]))
+try:
+    data, _ = s.recvfrom(64)
+    print(f"accepted {data.decode()}", flush=True)
+except socket.timeout:
+    pass
+"#;
+
+/// A datagram is a channel too: a skill that may not serve receives none but the DNS
+/// forwarder's answers.
+#[test]
+fn a_skill_that_may_not_serve_receives_no_datagrams() {
+    let policy = "[[skill]]\nname = \"reporter\"\n[[skill]]\nname = \"api\"\nserve = true\n";
+    let env = Env::new("serve-udp", policy);
+    let _agent = env.start_agent();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (skill, expect) in [("reporter", false), ("api", true)] {
+        let mut cmd = env.skillgate();
+        cmd.args(["exec", "--skill", skill, "--user", "nobody", "--"]);
+        cmd.args(["python3", "-c", UDP_LISTENER, "3"]);
+        let listener = Listener::start(cmd);
+        let canary = format!("canary-udp-{skill}");
+        for _ in 0..5 {
+            sender
+                .send_to(canary.as_bytes(), ("127.0.0.1", listener.port))
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let printed = listener.finish();
+        assert_eq!(printed.contains(&canary), expect, "{skill}: {printed}");
+    }
+}
