@@ -607,6 +607,8 @@ impl Dialed {
 pub struct Server {
     pub addr: SocketAddr,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Peers that sent a line.
+    talkers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Server {
@@ -614,28 +616,43 @@ impl Server {
         let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&peers);
+        let talkers = Arc::new(Mutex::new(Vec::new()));
+        let (seen, heard) = (Arc::clone(&peers), Arc::clone(&talkers));
         let name = name.to_owned();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let peer = stream.peer_addr().unwrap();
                 seen.lock().unwrap().push(peer);
                 let name = name.clone();
-                std::thread::spawn(move || answer(stream, &name, peer));
+                let heard = Arc::clone(&heard);
+                std::thread::spawn(move || answer(stream, &name, peer, &heard));
             }
         });
-        Self { addr, peers }
+        Self {
+            addr,
+            peers,
+            talkers,
+        }
     }
 
+    /// Every peer that connected.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap().clone()
     }
+
+    /// The peers that sent a line: a connection that carried a skill's bytes.
+    pub fn talkers(&self) -> Vec<SocketAddr> {
+        self.talkers.lock().unwrap().clone()
+    }
 }
 
-fn answer(mut stream: TcpStream, name: &str, peer: SocketAddr) {
+fn answer(mut stream: TcpStream, name: &str, peer: SocketAddr, talkers: &Mutex<Vec<SocketAddr>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     let _ = BufReader::new(&stream).read_line(&mut line);
+    if !line.is_empty() {
+        talkers.lock().unwrap().push(peer);
+    }
     // One write: the reply must not reach the skill in pieces.
     let reply = format!("{name} saw {peer} say {}\n", line.trim());
     let _ = stream.write_all(reply.as_bytes());
