@@ -254,7 +254,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         approvals,
         approval_wait: Duration::from_millis(agent.approval_wait_ms),
         metrics: crate::telemetry::metrics::Metrics::default(),
-        credentials: RwLock::new(Arc::new(credentials)),
+        credentials: Arc::new(credentials),
         upstream_response_timeout: Duration::from_millis(agent.upstream_response_timeout_ms),
         mask_body_limit: agent.mask_body_limit,
         mask_salt,

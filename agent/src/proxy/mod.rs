@@ -45,7 +45,7 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Backend credentials, loaded from the config at start (a reload keeps them, and
     /// rejects a policy naming one they lack).
-    pub credentials: RwLock<Arc<Credentials>>,
+    pub credentials: Arc<Credentials>,
     pub upstream_response_timeout: Duration,
     pub mask_body_limit: usize,
     pub mask_salt: Vec<u8>,
@@ -116,7 +116,7 @@ impl Proxy {
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
-        Arc::clone(&self.credentials.read_locked())
+        Arc::clone(&self.credentials)
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
