@@ -5,7 +5,6 @@
 use super::*;
 
 impl PgConn {
-    /// Connects and authenticates upstream with the backend's credential.
     /// Connects and authenticates upstream with the backend's credential; returns the
     /// connection, the backend's greeting after AuthenticationOk (ParameterStatus,
     /// BackendKeyData, ReadyForQuery) for the skill, and the session's cancel key.
@@ -28,34 +27,7 @@ impl PgConn {
         let (user, password) = credential.login.clone().ok_or_else(|| {
             format!("credential `{name}` must be kind = \"basic\" (user:password) for PostgreSQL")
         })?;
-        let tcp = crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
-            .await
-            .map_err(|err| err.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let mut server: Box<dyn Stream> = match tls {
-            None => Box::new(tcp),
-            Some(tls) => {
-                let mut tcp = tcp;
-                let mut buf = BytesMut::new();
-                frontend::ssl_request(&mut buf);
-                tcp.write_all(&buf).await.map_err(|e| e.to_string())?;
-                let mut answer = [0u8; 1];
-                tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
-                    .await
-                    .map_err(|e| format!("no answer to SSLRequest: {e}"))?;
-                if answer[0] != b'S' {
-                    return Err("the backend does not offer TLS".to_owned());
-                }
-                let to = crate::tls::Upstream::resolve(&tls, self.upstream, &policy.origin);
-                let stream = self
-                    .proxy
-                    .tls
-                    .connect(tcp, &to)
-                    .await
-                    .map_err(|err| format!("{err:#}"))?;
-                Box::new(stream)
-            }
-        };
+        let mut server = self.upstream_stream(tls).await?;
         let database = param(params, "database").unwrap_or(&user).to_owned();
         let mut startup: Vec<(&str, &str)> = vec![("user", &user), ("database", &database)];
         for (name, value) in params {
@@ -76,70 +48,14 @@ impl PgConn {
                     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                     let data = &body[4..];
                     let mut out = BytesMut::new();
-                    match code {
-                        0 => return greet(server, inbox).await,
-                        3 if credential.allow_weak_auth => {
-                            frontend::password_message(password.as_bytes(), &mut out)
-                                .map_err(|e| e.to_string())?;
-                        }
-                        5 if credential.allow_weak_auth && data.len() == 4 => {
-                            let salt = [data[0], data[1], data[2], data[3]];
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                user.as_bytes(),
-                                password.as_bytes(),
-                                salt,
-                            );
-                            frontend::password_message(hash.as_bytes(), &mut out)
-                                .map_err(|e| e.to_string())?;
-                        }
-                        3 | 5 => {
-                            return Err(format!(
-                                "the backend asks for {} authentication; only SCRAM-SHA-256 is \
-                                 used unless credential `{name}` sets allow_weak_auth = true",
-                                if code == 3 { "cleartext" } else { "md5" }
-                            ));
-                        }
-                        10 => {
-                            let mut rest = data;
-                            let mut mechanisms = Vec::new();
-                            while let Some(m) = wire::cstr(&mut rest).filter(|m| !m.is_empty()) {
-                                mechanisms.push(m);
-                            }
-                            if !mechanisms.contains(&SCRAM_SHA_256) {
-                                return Err(format!(
-                                    "the backend offers SASL {mechanisms:?}, not SCRAM-SHA-256"
-                                ));
-                            }
-                            let state = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            frontend::sasl_initial_response(
-                                SCRAM_SHA_256,
-                                state.message(),
-                                &mut out,
-                            )
-                            .map_err(|e| e.to_string())?;
-                            scram = Some(state);
-                        }
-                        11 => {
-                            let state = scram.as_mut().ok_or("unexpected SASLContinue")?;
-                            state
-                                .update(data)
-                                .map_err(|e| format!("SCRAM exchange failed: {e}"))?;
-                            frontend::sasl_response(state.message(), &mut out)
-                                .map_err(|e| e.to_string())?;
-                        }
-                        12 => {
-                            let state = scram.as_mut().ok_or("unexpected SASLFinal")?;
-                            // Verifies the server's signature: a fake backend cannot pass.
-                            state.finish(data).map_err(|e| {
-                                format!("the backend's SCRAM signature is wrong: {e}")
-                            })?;
-                        }
-                        other => {
-                            return Err(format!("unsupported authentication request {other}"));
-                        }
+                    let login = Credential {
+                        name: &name,
+                        user: &user,
+                        password: &password,
+                        allow_weak_auth: credential.allow_weak_auth,
+                    };
+                    if auth_answer(code, data, &login, &mut scram, &mut out)? {
+                        return greet(server, inbox).await;
                     }
                     if !out.is_empty() {
                         server.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -160,6 +76,43 @@ impl PgConn {
                 }
             }
         }
+    }
+
+    /// The connection to the backend: TCP, then TLS when the backend has a `tls` table (after
+    /// PostgreSQL's SSLRequest).
+    async fn upstream_stream(
+        &self,
+        tls: Option<skillgate_policy::Tls>,
+    ) -> Result<Box<dyn Stream>, String> {
+        let tcp = crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
+            .await
+            .map_err(|err| err.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let server: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let mut tcp = tcp;
+                let mut buf = BytesMut::new();
+                frontend::ssl_request(&mut buf);
+                tcp.write_all(&buf).await.map_err(|e| e.to_string())?;
+                let mut answer = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
+                    .await
+                    .map_err(|e| format!("no answer to SSLRequest: {e}"))?;
+                if answer[0] != b'S' {
+                    return Err("the backend does not offer TLS".to_owned());
+                }
+                let to = crate::tls::Upstream::resolve(&tls, self.upstream, &self.policy.origin);
+                let stream = self
+                    .proxy
+                    .tls
+                    .connect(tcp, &to)
+                    .await
+                    .map_err(|err| format!("{err:#}"))?;
+                Box::new(stream)
+            }
+        };
+        Ok(server)
     }
 
     /// The catalog entries of every column a mask rule on this backend names, read as the
@@ -260,6 +213,84 @@ impl PgConn {
 }
 
 /// After AuthenticationOk: collects what the backend sends up to its first ReadyForQuery.
+/// The backend's credential, as the login uses it.
+struct Credential<'a> {
+    name: &'a str,
+    user: &'a str,
+    password: &'a str,
+    allow_weak_auth: bool,
+}
+
+/// Writes into `out` what the agent answers the backend's authentication request `code`
+/// (with `data`) with: SCRAM-SHA-256 (its state in `scram`), or md5 and cleartext where the
+/// credential allows them. `Ok(true)`: authentication is done (AuthenticationOk).
+fn auth_answer(
+    code: i32,
+    data: &[u8],
+    login: &Credential<'_>,
+    scram: &mut Option<ScramSha256>,
+    out: &mut BytesMut,
+) -> Result<bool, String> {
+    match code {
+        0 => return Ok(true),
+        3 if login.allow_weak_auth => {
+            frontend::password_message(login.password.as_bytes(), out)
+                .map_err(|e| e.to_string())?;
+        }
+        5 if login.allow_weak_auth && data.len() == 4 => {
+            let salt = [data[0], data[1], data[2], data[3]];
+            let hash = postgres_protocol::authentication::md5_hash(
+                login.user.as_bytes(),
+                login.password.as_bytes(),
+                salt,
+            );
+            frontend::password_message(hash.as_bytes(), out).map_err(|e| e.to_string())?;
+        }
+        3 | 5 => {
+            return Err(format!(
+                "the backend asks for {} authentication; only SCRAM-SHA-256 is \
+                 used unless credential `{}` sets allow_weak_auth = true",
+                if code == 3 { "cleartext" } else { "md5" },
+                login.name
+            ));
+        }
+        10 => {
+            let mut rest = data;
+            let mut mechanisms = Vec::new();
+            while let Some(m) = wire::cstr(&mut rest).filter(|m| !m.is_empty()) {
+                mechanisms.push(m);
+            }
+            if !mechanisms.contains(&SCRAM_SHA_256) {
+                return Err(format!(
+                    "the backend offers SASL {mechanisms:?}, not SCRAM-SHA-256"
+                ));
+            }
+            let state = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
+            frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), out)
+                .map_err(|e| e.to_string())?;
+            *scram = Some(state);
+        }
+        11 => {
+            let state = scram.as_mut().ok_or("unexpected SASLContinue")?;
+            state
+                .update(data)
+                .map_err(|e| format!("SCRAM exchange failed: {e}"))?;
+            frontend::sasl_response(state.message(), out).map_err(|e| e.to_string())?;
+        }
+        12 => {
+            let state = scram.as_mut().ok_or("unexpected SASLFinal")?;
+            // Verifies the server's signature: a fake backend cannot pass.
+            state
+                .finish(data)
+                .map_err(|e| format!("the backend's SCRAM signature is wrong: {e}"))?;
+        }
+        other => {
+            return Err(format!("unsupported authentication request {other}"));
+        }
+    }
+    Ok(false)
+}
+
 pub(super) async fn greet(
     mut server: Box<dyn Stream>,
     mut inbox: BytesMut,
