@@ -979,6 +979,26 @@ impl PgServer {
         );
     }
 
+    /// From now on TCP logins use `method` (`md5` or `password`, cleartext) instead of
+    /// SCRAM-SHA-256, the superuser's password stored as an md5 hash (which `md5` needs);
+    /// [`Self::psql_admin`] goes on through the Unix socket.
+    pub fn use_weak_auth(&self, method: &str) {
+        self.psql_admin(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'md5'; ALTER ROLE postgres PASSWORD '{}'",
+                self.password
+            ),
+        );
+        let data = self.dir.join("data");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("local all all md5\nhost all all 127.0.0.1/32 {method}\n"),
+        )
+        .unwrap();
+        self.as_postgres(&["pg_ctl", "-D", "data", "reload"]);
+    }
+
     /// From now on the server speaks TLS with `certs`' server certificate and admits only
     /// TCP clients over TLS with a certificate `certs`' CA signed (`clientcert=verify-ca`);
     /// [`Self::psql_admin`] goes on through the Unix socket.

@@ -1220,3 +1220,32 @@ fn a_masked_column_used_in_a_condition_waits_for_an_approver_when_its_rule_says_
         assert!(!out.contains(canary) && !err.contains(canary), "{out}{err}");
     }
 }
+
+/// A backend that asks for md5 or a cleartext password gets it only where the credential
+/// says `allow_weak_auth = true`; otherwise the skill is told why, and nothing is sent.
+#[test]
+fn weak_upstream_authentication_is_used_only_where_the_credential_allows_it() {
+    for (method, named) in [("md5", "md5"), ("password", "cleartext")] {
+        let s = setup(&format!("pg-weak-{method}"), "");
+        s.pg.use_weak_auth(method);
+        let agent = s.start_agent();
+        let (out, err) = s.psql(&["SELECT count(*) FROM orders"]);
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains(&format!("the backend asks for {named} authentication"))
+                && err.contains("allow_weak_auth = true"),
+            "{err}"
+        );
+        let (status, _) = agent.stop();
+        assert!(status.success());
+
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&s.env.config)
+            .unwrap();
+        std::io::Write::write_all(&mut config, b"allow_weak_auth = true\n").unwrap();
+        let _agent = s.start_agent();
+        let (out, err) = s.psql(&["SELECT count(*) FROM orders"]);
+        assert_eq!(out, "20\n", "{method}: {err}");
+    }
+}
