@@ -192,145 +192,15 @@ impl Session {
                     };
                     ("", deny)
                 };
-                if discarding {
-                    put_query(out, DISCARDED);
-                    return Ok(false);
-                }
-                self.described.clear();
-                let mut statement = Statement {
-                    text: text.to_lowercase(),
-                    decision,
-                    ..Statement::default()
-                };
-                // A FunctionCall goes out as a stand-in that fails: it runs nothing.
-                let poison = match answer {
-                    Answer::Allow(mask) => {
-                        statement.mask = mask;
-                        out.extend_from_slice(message);
-                        None
-                    }
-                    Answer::Deny { message, detail } => {
-                        let poison = poison(message, detail, statement.decision.clone());
-                        put_query(out, &poison.nonce);
-                        Some(poison)
-                    }
-                };
-                let masked = !statement.mask.is_empty();
-                self.masking |= masked;
-                self.protocol
-                    .send(Step::Query { statement, poison }, masked);
+                self.query(message, text, answer, decision, out);
             }
             b'P' => {
                 let (name, text, rest) = parse_message(body).ok_or("malformed Parse")?;
-                if discarding {
-                    put_parse(out, name, DISCARDED, rest);
-                    return Ok(false);
-                }
-                let (statement, poison) = match answer() {
-                    Answer::Allow(mask) => {
-                        out.extend_from_slice(message);
-                        let statement = Statement {
-                            mask,
-                            text: text.to_lowercase(),
-                            decision,
-                        };
-                        (Some(statement), None)
-                    }
-                    Answer::Deny { message, detail } => {
-                        let poison = poison(message, detail, decision);
-                        put_parse(out, name, &poison.nonce, rest);
-                        (None, Some(poison))
-                    }
-                };
-                let masked = statement.as_ref().is_some_and(|s| !s.mask.is_empty());
-                self.masking |= masked;
-                let name = name.to_owned();
-                let step = Step::Parse {
-                    name,
-                    statement,
-                    poison,
-                };
-                self.protocol.send(step, masked);
+                self.parse(message, (name, text, rest), answer(), decision, out);
             }
-            b'B' => {
-                let mut rest = body;
-                let (Some(portal), Some(statement)) =
-                    (wire::cstr(&mut rest), wire::cstr(&mut rest))
-                else {
-                    return Err("malformed Bind".to_owned());
-                };
-                out.extend_from_slice(message);
-                if !discarding {
-                    self.described.remove(portal);
-                    let step = Step::Bind {
-                        portal: portal.to_owned(),
-                        statement: statement.to_owned(),
-                    };
-                    self.protocol.send(step, self.masking);
-                }
-            }
-            b'E' => {
-                let mut rest = body;
-                let portal = wire::cstr(&mut rest).ok_or("malformed Execute")?;
-                if !discarding {
-                    // Masked rows follow a description of their own portal, with the formats
-                    // its Bind chose: if the skill did not ask for one since the Bind, the
-                    // agent does, and keeps the answer to itself.
-                    if self.masking && self.described.insert(portal.to_owned()) {
-                        let mut body = BytesMut::with_capacity(portal.len() + 2);
-                        body.put_u8(b'P');
-                        body.put_slice(portal.as_bytes());
-                        body.put_u8(0);
-                        wire::put_message(out, b'D', &body);
-                        let step = Step::Describe {
-                            portal: Some(portal.to_owned()),
-                            agent: true,
-                        };
-                        self.protocol.send(step, false);
-                    }
-                    let step = Step::Execute {
-                        portal: portal.to_owned(),
-                    };
-                    self.protocol.send(step, self.masking);
-                }
-                out.extend_from_slice(message);
-            }
-            b'D' | b'C' => {
-                let (what, name) = match body.split_first() {
-                    Some((&what @ (b'S' | b'P'), mut rest)) => {
-                        (what, wire::cstr(&mut rest).filter(|_| rest.is_empty()))
-                    }
-                    _ => (0, None),
-                };
-                let Some(name) = name else {
-                    return Err(format!(
-                        "malformed {}",
-                        if tag == b'D' { "Describe" } else { "Close" }
-                    ));
-                };
-                out.extend_from_slice(message);
-                if !discarding {
-                    let portal = what == b'P';
-                    let step = if tag == b'D' {
-                        if portal {
-                            self.described.insert(name.to_owned());
-                        }
-                        Step::Describe {
-                            portal: portal.then(|| name.to_owned()),
-                            agent: false,
-                        }
-                    } else {
-                        if portal {
-                            self.described.remove(name);
-                        }
-                        Step::Close {
-                            portal,
-                            name: name.to_owned(),
-                        }
-                    };
-                    self.protocol.send(step, false);
-                }
-            }
+            b'B' => self.bind(message, body, out)?,
+            b'E' => self.execute(message, body, out)?,
+            b'D' | b'C' => self.describe_or_close(tag, message, body, out)?,
             // What the skill described is forgotten at the end of its batch (the agent then
             // describes a portal itself if it must): the set stays small.
             b'S' => {
@@ -358,6 +228,178 @@ impl Session {
             }
         }
         Ok(false)
+    }
+
+    /// A Query (or a FunctionCall, which is always refused): forwarded, or replaced by a
+    /// stand-in that fails where it is denied.
+    fn query(
+        &mut self,
+        message: &[u8],
+        text: &str,
+        answer: Answer,
+        decision: Option<String>,
+        out: &mut BytesMut,
+    ) {
+        if self.protocol.discarding {
+            put_query(out, DISCARDED);
+            return;
+        }
+        self.described.clear();
+        let mut statement = Statement {
+            text: text.to_lowercase(),
+            decision,
+            ..Statement::default()
+        };
+        // A FunctionCall goes out as a stand-in that fails: it runs nothing.
+        let poison = match answer {
+            Answer::Allow(mask) => {
+                statement.mask = mask;
+                out.extend_from_slice(message);
+                None
+            }
+            Answer::Deny { message, detail } => {
+                let poison = poison(message, detail, statement.decision.clone());
+                put_query(out, &poison.nonce);
+                Some(poison)
+            }
+        };
+        let masked = !statement.mask.is_empty();
+        self.masking |= masked;
+        self.protocol
+            .send(Step::Query { statement, poison }, masked);
+    }
+
+    /// A Parse (`parsed`: its name, text and parameter types): forwarded, or replaced by one
+    /// whose text fails to parse where it is denied.
+    fn parse(
+        &mut self,
+        message: &[u8],
+        (name, text, rest): (&str, &str, &[u8]),
+        answer: Answer,
+        decision: Option<String>,
+        out: &mut BytesMut,
+    ) {
+        if self.protocol.discarding {
+            put_parse(out, name, DISCARDED, rest);
+            return;
+        }
+        let (statement, poison) = match answer {
+            Answer::Allow(mask) => {
+                out.extend_from_slice(message);
+                let statement = Statement {
+                    mask,
+                    text: text.to_lowercase(),
+                    decision,
+                };
+                (Some(statement), None)
+            }
+            Answer::Deny { message, detail } => {
+                let poison = poison(message, detail, decision);
+                put_parse(out, name, &poison.nonce, rest);
+                (None, Some(poison))
+            }
+        };
+        let masked = statement.as_ref().is_some_and(|s| !s.mask.is_empty());
+        self.masking |= masked;
+        let step = Step::Parse {
+            name: name.to_owned(),
+            statement,
+            poison,
+        };
+        self.protocol.send(step, masked);
+    }
+
+    /// A Bind: forwarded, its portal described afresh when it next executes.
+    fn bind(&mut self, message: &[u8], body: &[u8], out: &mut BytesMut) -> Result<(), String> {
+        let mut rest = body;
+        let (Some(portal), Some(statement)) = (wire::cstr(&mut rest), wire::cstr(&mut rest)) else {
+            return Err("malformed Bind".to_owned());
+        };
+        out.extend_from_slice(message);
+        if !self.protocol.discarding {
+            self.described.remove(portal);
+            let step = Step::Bind {
+                portal: portal.to_owned(),
+                statement: statement.to_owned(),
+            };
+            self.protocol.send(step, self.masking);
+        }
+        Ok(())
+    }
+
+    /// An Execute: forwarded, after a Describe of its portal the agent sends itself where the
+    /// session masks and the skill did not ask for one.
+    fn execute(&mut self, message: &[u8], body: &[u8], out: &mut BytesMut) -> Result<(), String> {
+        let mut rest = body;
+        let portal = wire::cstr(&mut rest).ok_or("malformed Execute")?;
+        if !self.protocol.discarding {
+            // Masked rows follow a description of their own portal, with the formats its Bind
+            // chose: if the skill did not ask for one since the Bind, the agent does, and keeps
+            // the answer to itself.
+            if self.masking && self.described.insert(portal.to_owned()) {
+                let mut body = BytesMut::with_capacity(portal.len() + 2);
+                body.put_u8(b'P');
+                body.put_slice(portal.as_bytes());
+                body.put_u8(0);
+                wire::put_message(out, b'D', &body);
+                let step = Step::Describe {
+                    portal: Some(portal.to_owned()),
+                    agent: true,
+                };
+                self.protocol.send(step, false);
+            }
+            let step = Step::Execute {
+                portal: portal.to_owned(),
+            };
+            self.protocol.send(step, self.masking);
+        }
+        out.extend_from_slice(message);
+        Ok(())
+    }
+
+    /// A Describe or Close (`tag`) of a statement or portal: forwarded, and followed.
+    fn describe_or_close(
+        &mut self,
+        tag: u8,
+        message: &[u8],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
+        let (what, name) = match body.split_first() {
+            Some((&what @ (b'S' | b'P'), mut rest)) => {
+                (what, wire::cstr(&mut rest).filter(|_| rest.is_empty()))
+            }
+            _ => (0, None),
+        };
+        let Some(name) = name else {
+            return Err(format!(
+                "malformed {}",
+                if tag == b'D' { "Describe" } else { "Close" }
+            ));
+        };
+        out.extend_from_slice(message);
+        if !self.protocol.discarding {
+            let portal = what == b'P';
+            let step = if tag == b'D' {
+                if portal {
+                    self.described.insert(name.to_owned());
+                }
+                Step::Describe {
+                    portal: portal.then(|| name.to_owned()),
+                    agent: false,
+                }
+            } else {
+                if portal {
+                    self.described.remove(name);
+                }
+                Step::Close {
+                    portal,
+                    name: name.to_owned(),
+                }
+            };
+            self.protocol.send(step, false);
+        }
+        Ok(())
     }
 }
 
