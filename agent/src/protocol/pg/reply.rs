@@ -57,37 +57,8 @@ impl Session {
         };
         let body = wire::body(message);
         // What the backend may send at any time.
-        match tag {
-            b'N' => {
-                if self.under_mask() {
-                    masking::reduce(out, b'N', body);
-                } else {
-                    out.extend_from_slice(message);
-                }
-                return Ok(None);
-            }
-            // A setting changed under which the server reads statements differently from
-            // the classifier (a SET the policy could not see, in a function, say).
-            b'S' => {
-                wire::parameter_status_safe(body).map_err(|reason| ended("42501", reason))?;
-                out.extend_from_slice(message);
-                return Ok(None);
-            }
-            // A notification's payload can carry values too (pg_notify in a trigger).
-            b'A' => {
-                if self.under_mask() {
-                    masking::withhold_payload(out, body)
-                        .ok_or_else(|| ended("08P01", "malformed NotificationResponse"))?;
-                } else {
-                    out.extend_from_slice(message);
-                }
-                return Ok(None);
-            }
-            // The backend ends the session, wherever it was.
-            b'E' if matches!(severity(body), Some("FATAL" | "PANIC")) => {
-                return Ok(Some(self.error(message, out)));
-            }
-            _ => {}
+        if let Some(answered) = self.asynchronous(tag, message, body, out) {
+            return answered;
         }
         let Some(front) = self.protocol.front() else {
             return Err(ended(
@@ -189,71 +160,17 @@ impl Session {
                 | K::Close,
                 _,
                 b'E',
-            ) => {
-                if phase == P::CopyIn {
-                    self.protocol
-                        .copy_in_ended(false)
-                        .map_err(|reason| ended("08P01", reason))?;
-                }
-                let noted = self.error(message, out);
-                match self.protocol.front().map(|s| &s.step) {
-                    // A failed Parse of the unnamed statement has dropped the old one.
-                    Some(Step::Parse { name, .. }) if name.is_empty() => {
-                        self.prepared.remove("");
-                    }
-                    Some(Step::Bind { portal, .. }) => {
-                        self.portals.remove(portal);
-                        self.descriptions.remove(portal);
-                    }
-                    _ => {}
-                }
-                self.run = None;
-                self.tx_masked |= self.protocol.fail_extended();
-                return Ok(Some(noted));
-            }
+            ) => return self.extended_error(phase, message, out).map(Some),
             (K::Parse, P::Start, b'1') => {
-                if let Some(Sent {
-                    step:
-                        Step::Parse {
-                            name, statement, ..
-                        },
-                    ..
-                }) = self.finish()
-                {
-                    match statement {
-                        Some(statement) => self.prepared.insert(name, statement),
-                        None => self.prepared.remove(&name),
-                    };
-                }
+                self.parse_complete();
                 None
             }
             (K::Bind, P::Start, b'2') => {
-                if let Some(Sent {
-                    step: Step::Bind { portal, statement },
-                    ..
-                }) = self.finish()
-                {
-                    self.descriptions.remove(&portal);
-                    match self.prepared.get(&statement).cloned() {
-                        Some(statement) => self.portals.insert(portal, statement),
-                        None => self.portals.remove(&portal),
-                    };
-                }
+                self.bind_complete();
                 None
             }
             (K::Close, P::Start, b'3') => {
-                if let Some(Sent {
-                    step: Step::Close { portal, name },
-                    ..
-                }) = self.finish()
-                {
-                    if portal {
-                        self.portals.remove(&name);
-                        self.descriptions.remove(&name);
-                    } else {
-                        self.prepared.remove(&name);
-                    }
-                }
+                self.close_complete();
                 None
             }
             (K::DescribeStatement, P::Start, b't') => {
@@ -265,30 +182,9 @@ impl Session {
                 None
             }
             (K::DescribePortal, P::Start, b'T' | b'n') => {
-                let columns = match tag {
-                    b'T' => Some(
-                        wire::row_description(body)
-                            .ok_or_else(|| ended("08P01", "malformed RowDescription"))?,
-                    ),
-                    _ => None,
-                };
-                if let Some(Sent {
-                    step:
-                        Step::Describe {
-                            portal: Some(portal),
-                            agent,
-                        },
-                    ..
-                }) = self.finish()
-                {
-                    match columns {
-                        Some(columns) => self.descriptions.insert(portal, columns),
-                        None => self.descriptions.remove(&portal),
-                    };
-                    // The answer to a Describe the agent added is the agent's alone.
-                    if agent {
-                        return Ok(None);
-                    }
+                // The answer to a Describe the agent added is the agent's alone.
+                if self.portal_described(tag, body)? {
+                    return Ok(None);
                 }
                 None
             }
@@ -306,6 +202,158 @@ impl Session {
         };
         out.extend_from_slice(message);
         Ok(noted)
+    }
+
+    /// ParseComplete: the statement is prepared as the server has it (or, denied, dropped).
+    fn parse_complete(&mut self) {
+        if let Some(Sent {
+            step: Step::Parse {
+                name, statement, ..
+            },
+            ..
+        }) = self.finish()
+        {
+            match statement {
+                Some(statement) => self.prepared.insert(name, statement),
+                None => self.prepared.remove(&name),
+            };
+        }
+    }
+
+    /// BindComplete: the portal runs the statement its Bind named.
+    fn bind_complete(&mut self) {
+        if let Some(Sent {
+            step: Step::Bind { portal, statement },
+            ..
+        }) = self.finish()
+        {
+            self.descriptions.remove(&portal);
+            match self.prepared.get(&statement).cloned() {
+                Some(statement) => self.portals.insert(portal, statement),
+                None => self.portals.remove(&portal),
+            };
+        }
+    }
+
+    /// CloseComplete: the statement or portal is gone.
+    fn close_complete(&mut self) {
+        if let Some(Sent {
+            step: Step::Close { portal, name },
+            ..
+        }) = self.finish()
+        {
+            if portal {
+                self.portals.remove(&name);
+                self.descriptions.remove(&name);
+            } else {
+                self.prepared.remove(&name);
+            }
+        }
+    }
+
+    /// A portal's description (`tag`: RowDescription or NoData), kept for masking its rows.
+    /// `Ok(true)`: the Describe was the agent's own, so the answer is not the skill's.
+    fn portal_described(&mut self, tag: u8, body: &[u8]) -> Result<bool, Ended> {
+        let columns = match tag {
+            b'T' => Some(
+                wire::row_description(body)
+                    .ok_or_else(|| ended("08P01", "malformed RowDescription"))?,
+            ),
+            _ => None,
+        };
+        if let Some(Sent {
+            step:
+                Step::Describe {
+                    portal: Some(portal),
+                    agent,
+                },
+            ..
+        }) = self.finish()
+        {
+            match columns {
+                Some(columns) => self.descriptions.insert(portal, columns),
+                None => self.descriptions.remove(&portal),
+            };
+            return Ok(agent);
+        }
+        Ok(false)
+    }
+
+    /// An extended-protocol message's error: recorded, and the server skips the rest of the
+    /// batch up to Sync (`phase`: where its answer had come).
+    fn extended_error(
+        &mut self,
+        phase: Phase,
+        message: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Noted, Ended> {
+        if phase == Phase::CopyIn {
+            self.protocol
+                .copy_in_ended(false)
+                .map_err(|reason| ended("08P01", reason))?;
+        }
+        let noted = self.error(message, out);
+        match self.protocol.front().map(|s| &s.step) {
+            // A failed Parse of the unnamed statement has dropped the old one.
+            Some(Step::Parse { name, .. }) if name.is_empty() => {
+                self.prepared.remove("");
+            }
+            Some(Step::Bind { portal, .. }) => {
+                self.portals.remove(portal);
+                self.descriptions.remove(portal);
+            }
+            _ => {}
+        }
+        self.run = None;
+        self.tx_masked |= self.protocol.fail_extended();
+        Ok(noted)
+    }
+
+    /// A message the backend may send whatever it is answering: a notice, a setting, a
+    /// notification (the latter two checked, masked texts withheld), or a FATAL error that
+    /// ends the session. `None`: not one of those.
+    fn asynchronous(
+        &mut self,
+        tag: u8,
+        message: &[u8],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Option<Result<Option<Noted>, Ended>> {
+        match tag {
+            b'N' => {
+                if self.under_mask() {
+                    masking::reduce(out, b'N', body);
+                } else {
+                    out.extend_from_slice(message);
+                }
+                Some(Ok(None))
+            }
+            // A setting changed under which the server reads statements differently from
+            // the classifier (a SET the policy could not see, in a function, say).
+            b'S' => {
+                if let Err(reason) = wire::parameter_status_safe(body) {
+                    return Some(Err(ended("42501", reason)));
+                }
+                out.extend_from_slice(message);
+                Some(Ok(None))
+            }
+            // A notification's payload can carry values too (pg_notify in a trigger).
+            b'A' => {
+                if self.under_mask() {
+                    if masking::withhold_payload(out, body).is_none() {
+                        return Some(Err(ended("08P01", "malformed NotificationResponse")));
+                    }
+                } else {
+                    out.extend_from_slice(message);
+                }
+                Some(Ok(None))
+            }
+            // The backend ends the session, wherever it was.
+            b'E' if matches!(severity(body), Some("FATAL" | "PANIC")) => {
+                Some(Ok(Some(self.error(message, out))))
+            }
+            _ => None,
+        }
     }
 
     /// The oldest message's answer begins: what it runs is resolved as the server has it.
