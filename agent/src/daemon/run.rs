@@ -371,8 +371,8 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 }
 
 /// Lets exactly the skills whose policy says `serve = true` listen, by the cgroups they have
-/// now (a skill started later by `skillgate exec` is added then). A failure leaves the
-/// previous set, logged: the programs keep refusing whoever is not in it.
+/// now (run at start, on reload and on every tick). A failure empties the set, logged: nobody
+/// serves until an update succeeds.
 fn sync_serving(
     enforcement: &Enforcement,
     skills: &SkillsCgroup,

@@ -216,9 +216,9 @@ impl Enforcement {
 
     /// Makes `ids` the cgroups whose skills may serve: bind() any port and accept connections.
     /// `skillgate exec` adds the cgroup of a serving skill it starts; the agent sets the whole
-    /// set at start and on every policy reload, which is how a revoked `serve` takes effect.
-    /// Whether the set changed. On a failure the set is emptied, as far as the kernel lets
-    /// it be (fail closed: nobody serves), and the error returned.
+    /// set at start, on every policy reload and on every tick, which is how a revoked `serve`
+    /// takes effect. Whether the set changed. On a failure the set is emptied, as far as the
+    /// kernel lets it be (fail closed: nobody serves), and the error returned.
     pub fn set_serving(&self, ids: &[u64]) -> Result<bool> {
         let mut serving = self.serving.locked();
         let current: Vec<u64> = serving.keys().filter_map(Result::ok).collect();
