@@ -666,3 +666,63 @@ fn a_skill_that_may_not_serve_receives_no_datagrams() {
         assert_eq!(printed.contains(&canary), expect, "{skill}: {printed}");
     }
 }
+
+/// Listens on `::` (both families) and prints the first connection's bytes, or nothing.
+const LISTENER6: &str = r#"
+import socket, sys
+l = socket.socket(socket.AF_INET6)
+l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+l.bind(("::", 0))
+l.listen()
+print(f"listening {l.getsockname()[1]}", flush=True)
+l.settimeout(float(sys.argv[1]))
+try:
+    c, _ = l.accept()
+    c.settimeout(5)
+    print(f"accepted {c.recv(64).decode()}", flush=True)
+except socket.timeout:
+    pass
+"#;
+
+/// What a hostile skill would try around the listener and datagram rules: an IPv6 dual-stack
+/// listener reached over ::1 and over IPv4, and datagrams sent from the DNS forwarder's port on
+/// another loopback address (only 127.0.0.1 and ::1 are the forwarder).
+#[test]
+fn a_skill_cannot_serve_over_ipv6_nor_take_datagrams_posing_as_dns() {
+    let env = Env::new("serve-hostile", POLICY);
+    let _agent = env.start_agent();
+    let mut cmd = env.skillgate();
+    cmd.args(["exec", "--skill", "reporter", "--user", "nobody", "--"]);
+    cmd.args(["python3", "-c", LISTENER6, "4"]);
+    let listener = Listener::start(cmd);
+    for addr in [
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listener.port)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], listener.port)),
+    ] {
+        let reached =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2));
+        assert!(reached.is_err(), "{addr} was accepted");
+    }
+    let printed = listener.finish();
+    assert!(!printed.contains("accepted"), "{printed}");
+
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let dns_port: u16 = config
+        .lines()
+        .find_map(|l| l.strip_prefix("dns_port = "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("dns_port in the test config");
+    let sender = std::net::UdpSocket::bind(("127.0.0.2", dns_port)).unwrap();
+    let mut cmd = env.skillgate();
+    cmd.args(["exec", "--skill", "reporter", "--user", "nobody", "--"]);
+    cmd.args(["python3", "-c", UDP_LISTENER, "3"]);
+    let listener = Listener::start(cmd);
+    for _ in 0..5 {
+        sender
+            .send_to(b"canary-posing-as-dns", ("127.0.0.1", listener.port))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let printed = listener.finish();
+    assert!(!printed.contains("canary-posing-as-dns"), "{printed}");
+}
