@@ -28,7 +28,29 @@ impl Policy {
         backend: &str,
         text: &str,
     ) -> SqlAnswer<'_> {
-        let statements = sql::classify(text);
+        self.decide_sql_in(skill, token_groups, backend, text, None)
+    }
+
+    /// [`Policy::decide_sql`] with the names a login's catalog resolves (see
+    /// [`sql::LoginCatalog`]); `None`: the defaults, as without a database.
+    pub fn decide_sql_in(
+        &self,
+        skill: &str,
+        token_groups: &[String],
+        backend: &str,
+        text: &str,
+        catalog: Option<&sql::LoginCatalog>,
+    ) -> SqlAnswer<'_> {
+        let mut statements = sql::classify(text);
+        if let (Some(catalog), Ok(classified)) = (catalog, &mut statements) {
+            let resolved = match catalog.resolve(classified) {
+                std::borrow::Cow::Owned(resolved) => Some(resolved),
+                std::borrow::Cow::Borrowed(_) => None,
+            };
+            if let Some(resolved) = resolved {
+                *classified = resolved;
+            }
+        }
         let decision = match &statements {
             Ok(statements) => self.decide(&Request {
                 skill,

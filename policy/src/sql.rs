@@ -25,14 +25,32 @@
 //! Unqualified relation names resolve to `public`, except `pg_*` names, which PostgreSQL
 //! resolves in `pg_catalog` first; unqualified functions, operators and types resolve to
 //! `pg_catalog` when built in, else `public`. Names are compared as the parser folds them
-//! (unquoted: lowercase). The session's search path is assumed to be the default.
+//! (unquoted: lowercase). The session's search path is assumed to be the default. These are
+//! the defaults, what `skillgate policy explain` (no database) and the cache go by; each
+//! statement also records the names it resolved so ([`Statement::names`]), and the agent
+//! resolves them again per session with the catalog it reads at login ([`LoginCatalog`], a
+//! post-pass over the cached classification that only adds accesses, but for dropping the
+//! default `pg_catalog.pg_x` of a `pg_x` that `pg_catalog` does not have):
+//! - overloads: an unqualified call of a built-in function's name, or a built-in operator
+//!   (named, or implied: `IN`, `BETWEEN`, `CASE x WHEN`, `JOIN ... USING`, `NATURAL JOIN`),
+//!   whose name `public` also has may run that one (PostgreSQL picks the best match of the
+//!   argument types, which the classifier does not know): also `execute public.NAME`;
+//! - attribute notation: `q.f` and `(expr).f` call `f(q)` when `q` has no column `f`: with a
+//!   function `f` in `public`, `execute public.f` (and a whole-row read of `q`) unless every
+//!   relation `q` names in the statement has a column `f` (subqueries, CTEs and anything but
+//!   a relation count as not having it);
+//! - relations: an unqualified name is in `pg_catalog` when that schema has it, else in
+//!   `public`, not by its prefix. The session's temporary schema, which the server searches
+//!   first for relations, is not in the snapshot (its tables are created after login, and
+//!   only with a DDL grant): a temporary table shadowing `t` is classified as `t`, which asks
+//!   for more than the statement touches. Functions and operators are never looked up there.
 //!
-//! Known gaps (the classifier reads the text, not the database's catalog):
-//! - overloads: an unqualified call of a pure built-in's name, or a built-in operator, or a
-//!   cast from a user type, runs a user's function when one in `public` (or `$user`) matches
-//!   the argument types better, which only the catalog knows;
-//! - attribute notation: `SELECT t.f FROM t` calls a function `f(t)` when `t` has no column
-//!   `f`, which only the catalog tells from a column;
+//! Known gaps:
+//! - the login snapshot is the catalog at login: a function, operator or `pg_*` table created
+//!   in `public` during the session (by another session, or by a DDL grant) is resolved by
+//!   the next session;
+//! - casts: a cast from a user type (to a built-in one, or implicit in a call) may run that
+//!   type's cast function, which only the types of the operands tell;
 //! - a granted `SET search_path` (or `execute pg_catalog.set_config`) changes how later names
 //!   resolve;
 //! - functions the statement runs without naming them (triggers, column defaults, row
@@ -147,6 +165,9 @@ pub struct Statement {
     pub accesses: Vec<Access>,
     /// How it uses columns, sorted and without duplicates (what a mask checks).
     pub columns: Vec<ColumnUse>,
+    /// The names it resolved without the database's catalog, sorted and without duplicates:
+    /// what [`LoginCatalog::resolve`] resolves again for a session.
+    pub names: Vec<Name>,
 }
 
 /// SQL the parser refused.
@@ -317,17 +338,20 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
         let Some(node) = raw.stmt.as_ref() else {
             continue;
         };
-        let (kind, mut accesses) = walk::walk(node);
+        let (kind, mut accesses, mut names) = walk::walk(node);
         if !accesses.iter().any(|a| a.kind == kind) {
             accesses.push(Access { kind, object: None });
         }
         accesses.sort();
         accesses.dedup();
+        names.sort();
+        names.dedup();
         let columns = columns::uses(node);
         statements.push(Statement {
             kind,
             accesses,
             columns,
+            names,
         });
     }
     if statements.is_empty() {
@@ -393,6 +417,7 @@ fn qualify(schema: &str, name: &str) -> String {
 
 mod catalog;
 mod columns;
+mod names;
 mod parse;
 mod visit;
 mod walk;
@@ -400,6 +425,7 @@ mod walk;
 pub use catalog::PG_CATALOG;
 pub(crate) use catalog::is_builtin_function;
 pub use columns::ColumnUse;
+pub use names::{LoginCatalog, Name};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
+use skillgate_policy::sql::LoginCatalog;
 use skillgate_policy::{Decision, Policy};
 
 #[derive(Deserialize)]
@@ -42,14 +43,69 @@ struct Case {
     mask_fields: Vec<String>,
     /// What observe-only rules would have decided.
     observed: Option<String>,
+    /// Decide an `sql` case with the names `NAME.catalog.toml` says the login's catalog has
+    /// (else as without a database).
+    #[serde(default)]
+    catalog: bool,
 }
 
-fn run<'p>(policy: &'p Policy, case: &Case) -> Decision<'p> {
+/// What a login reads from the database's catalog (see `sql::LoginCatalog`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFixture {
+    /// Functions and operators in `public`.
+    #[serde(default)]
+    functions: Vec<String>,
+    #[serde(default)]
+    operators: Vec<String>,
+    /// Relations in `pg_catalog`.
+    #[serde(default)]
+    catalog_relations: Vec<String>,
+    /// Columns named like a function in `public`: `schema.relation.column`.
+    #[serde(default)]
+    columns: Vec<String>,
+}
+
+fn login_catalog(path: &Path) -> Option<LoginCatalog> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let fixture: CatalogFixture =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut catalog = LoginCatalog::default();
+    fixture
+        .functions
+        .iter()
+        .for_each(|f| catalog.add_function(f));
+    fixture
+        .operators
+        .iter()
+        .for_each(|o| catalog.add_operator(o));
+    for name in &fixture.catalog_relations {
+        catalog.add_catalog_relation(name);
+    }
+    for column in &fixture.columns {
+        let parts: Vec<&str> = column.split('.').collect();
+        let [schema, relation, column] = parts.as_slice() else {
+            panic!(
+                "{}: column `{column}` is not schema.relation.column",
+                path.display()
+            );
+        };
+        catalog.add_column(schema, relation, column);
+    }
+    Some(catalog)
+}
+
+fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> Decision<'p> {
     let what = (&case.sql, &case.http, &case.dial);
     match what {
         (Some(sql), None, None) => {
+            let catalog = if case.catalog {
+                Some(catalog.expect("`catalog = true` needs a NAME.catalog.toml"))
+            } else {
+                None
+            };
             policy
-                .decide_sql(&case.skill, &case.groups, &case.backend, sql)
+                .decide_sql_in(&case.skill, &case.groups, &case.backend, sql, catalog)
                 .decision
         }
         (None, Some(http), None) => {
@@ -102,9 +158,10 @@ fn fixture_corpus() {
         let cases_path = dir.join(format!("{stem}.cases.toml"));
         let cases: Cases = toml::from_str(&std::fs::read_to_string(&cases_path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", cases_path.display()));
+        let catalog = login_catalog(&dir.join(format!("{stem}.catalog.toml")));
         for (i, case) in cases.cases.iter().enumerate() {
             total += 1;
-            let d = run(&policy, case);
+            let d = run(&policy, case, catalog.as_ref());
             let label = format!(
                 "{stem} case #{} ({} on {}: {})",
                 i + 1,

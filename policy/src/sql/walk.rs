@@ -12,28 +12,49 @@ use serde::Serialize;
 
 use super::visit::{self, Visitor};
 
+use super::names::Name;
 use super::{Access, SqlKind, catalog, qualify, statement_kind_of};
 
-/// Accesses of one top-level statement, and its own kind.
-pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>) {
+/// Accesses of one top-level statement, its own kind, and the names it resolved by default
+/// (see [`Name`]).
+pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>, Vec<Name>) {
     let mut walker = Walker::default();
     // The walker never fails; an error here would be a bug in this file, and denies.
     if visit::visit(node, &mut walker).is_err() {
-        return (SqlKind::Unknown, vec![unknown()]);
+        return (SqlKind::Unknown, vec![unknown()], Vec::new());
     }
     let kind = walker.top_kind.unwrap_or(SqlKind::Unknown);
     let mut accesses = std::mem::take(&mut walker.accesses);
+    let mut names = std::mem::take(&mut walker.names);
     for read in &walker.reads {
         // Qualified names never resolve to a CTE.
         if read.schema.is_empty() && walker.is_cte(read.at, &read.name) {
+            // `cte.f` is not a relation's column.
+            walker.ranges.push((read.eref.clone(), None));
             continue;
+        }
+        if read.schema.is_empty() {
+            names.push(Name::Relation {
+                kind: read.kind,
+                name: read.name.clone(),
+            });
         }
         accesses.push(Access {
             kind: read.kind,
             object: Some(qualify(&read.schema, &read.name)),
         });
+        walker.ranges.push((
+            read.eref.clone(),
+            Some((read.schema.clone(), read.name.clone())),
+        ));
     }
-    (kind, accesses)
+    for (of, name) in std::mem::take(&mut walker.attributes) {
+        names.push(Name::Attribute {
+            relations: walker.relations_named(&of),
+            name,
+        });
+    }
+    (kind, accesses, names)
 }
 
 /// nextval and setval need UPDATE on their sequence, currval SELECT (or USAGE, which the
@@ -162,8 +183,9 @@ struct Frame {
     is_program: bool,
     filename: String,
     setting: String,
-    /// Relations named in the statement's target fields, kind decided at its end.
-    targets: Vec<String>,
+    /// Relations named in the statement's target fields, kind decided at its end (and their
+    /// name when unqualified).
+    targets: Vec<(String, Option<String>)>,
     /// Query statements: their scope.
     scope: Option<usize>,
     /// CommonTableExpr: its position in its WITH.
@@ -190,6 +212,19 @@ struct Frame {
 struct Walker {
     frames: Vec<Frame>,
     accesses: Vec<Access>,
+    /// Names resolved by default (see [`Name`]).
+    names: Vec<Name>,
+    /// The ColumnRef being walked (they do not nest): how many name parts so far, the last
+    /// two, and whether it ends in `*` (buffers reused from one reference to the next).
+    column_parts: usize,
+    column_qualifier: String,
+    column_last: String,
+    column_star: bool,
+    /// `q.f` references (`q` empty for `(expr).f`), resolved once every range is known.
+    attributes: Vec<(String, String)>,
+    /// What names a FROM item (or a DML target) has in the statement: a relation
+    /// (`schema`, `name`), or `None` for anything else (a subquery, a function, a join, a CTE).
+    ranges: Vec<(String, Option<(String, String)>)>,
     /// Relations read or locked, CTE references filtered at the end.
     reads: Vec<Read>,
     scopes: Vec<Scope>,
@@ -270,6 +305,18 @@ impl Walker {
         false
     }
 
+    /// The relations `q` names in the statement, `None` if it names anything else too (or
+    /// nothing).
+    fn relations_named(&self, q: &str) -> Option<Vec<(String, String)>> {
+        let mut relations = Vec::new();
+        for (eref, relation) in &self.ranges {
+            if eref == q {
+                relations.push(relation.clone()?);
+            }
+        }
+        (!relations.is_empty()).then_some(relations)
+    }
+
     fn open(&mut self, name: &'static str) {
         if let Some(call) = self.frames.last_mut()
             && call.name == "FuncCall"
@@ -298,12 +345,15 @@ impl Walker {
             // UPDATE ... SET a = b reads the target's columns.
             // (in a subquery too: it may be correlated).
             "ColumnRef" => {
+                self.column_parts = 0;
+                self.column_star = false;
                 for update in &mut self.frames {
                     if update.name == "UpdateStmt" && update.field == "target_list" {
                         update.reads_target = true;
                     }
                 }
             }
+            "AStar" => self.column_star = true,
             _ => {}
         }
         self.frames.push(frame);
@@ -320,8 +370,16 @@ impl Walker {
             "RangeVar" => self.close_range_var(frame),
             "Alias" => {
                 if let Some(parent) = self.frames.last_mut() {
+                    if parent.name != "RangeVar" {
+                        self.ranges.push((frame.relname.clone(), None));
+                    }
                     parent.alias = frame.relname;
                 }
+            }
+            "ColumnRef" if self.column_parts >= 2 && !self.column_star => {
+                let of = self.column_qualifier.clone();
+                let name = self.column_last.clone();
+                self.attributes.push((of, name));
             }
             "RangeSubselect" => {
                 for read in &mut self.reads[frame.start..] {
@@ -346,7 +404,8 @@ impl Walker {
                         [] => ("", ""),
                     };
                     let object = qualify(schema, name);
-                    self.frames[i].targets.push(object);
+                    let bare = schema.is_empty().then(|| name.to_owned());
+                    self.frames[i].targets.push((object, bare));
                 }
             }
             "FuncCall" => {
@@ -358,13 +417,26 @@ impl Walker {
                 } else {
                     catalog::function_call(&frame.parts)
                 };
+                // Resolved to pg_catalog by its name alone: a function of that name in
+                // `public` may match better.
+                if let [name] = frame.parts.as_slice()
+                    && catalog::is_builtin_function(name)
+                {
+                    self.names.push(Name::Function(name.clone()));
+                }
                 match sequence_access(object.as_deref(), frame.literal.as_deref()) {
                     Some(access) => self.accesses.push(access),
                     None => self.execute(object),
                 }
             }
             "AExpr" | "SubLink" | "SortBy" if !frame.parts.is_empty() => {
-                self.execute(catalog::operator(&frame.parts));
+                let object = catalog::operator(&frame.parts);
+                if object.is_none()
+                    && let [name] = frame.parts.as_slice()
+                {
+                    self.builtin_operator(name);
+                }
+                self.execute(object);
             }
             "TypeName" => {
                 let cast = self
@@ -387,6 +459,18 @@ impl Walker {
         }
     }
 
+    /// An unqualified built-in operator (or the parser's name for a comparison it expands
+    /// into operators, `BETWEEN`), resolved by name: `public` may have a better match.
+    fn builtin_operator(&mut self, name: &str) {
+        if name.contains("BETWEEN") {
+            for op in ["<", "<=", ">", ">="] {
+                self.names.push(Name::Operator(op.to_owned()));
+            }
+        } else if name.chars().all(|c| "+-*/<>=~!@#%^&|`?".contains(c)) {
+            self.names.push(Name::Operator(name.to_owned()));
+        }
+    }
+
     fn execute(&mut self, object: Option<String>) {
         if let Some(object) = object {
             self.accesses.push(Access {
@@ -406,7 +490,15 @@ impl Walker {
         }
         if let Some(i) = self.statement_target() {
             let target = qualify(&frame.schema, &frame.relname);
-            self.frames[i].targets.push(target);
+            let eref = if frame.alias.is_empty() {
+                frame.relname.clone()
+            } else {
+                frame.alias
+            };
+            self.ranges
+                .push((eref, Some((frame.schema.clone(), frame.relname.clone()))));
+            let bare = frame.schema.is_empty().then_some(frame.relname);
+            self.frames[i].targets.push((target, bare));
             return;
         }
         let index = self.reads.len();
@@ -433,13 +525,19 @@ impl Walker {
     fn close_statement(&mut self, frame: Frame) {
         let name = frame.name;
         let kind = statement_kind_of(name, frame.into, frame.is_program, &frame.filename);
-        for target in &frame.targets {
+        for (target, bare) in &frame.targets {
             let mut kinds = vec![kind];
             kinds.extend(&frame.extra);
             if frame.reads_target && is_query(name) {
                 kinds.push(SqlKind::Select);
             }
             for kind in kinds {
+                if let Some(bare) = bare {
+                    self.names.push(Name::Relation {
+                        kind,
+                        name: bare.clone(),
+                    });
+                }
                 self.accesses.push(Access {
                     kind,
                     object: Some(target.clone()),
@@ -512,6 +610,26 @@ impl Walker {
             ("VariableSetStmt" | "VariableShowStmt", "name") => top.setting = value.to_owned(),
             ("String", "sval") => {
                 self.first_literal(value);
+                match self.owner().map(|f| (f.name, f.field)) {
+                    Some(("ColumnRef", "fields")) => {
+                        self.column_parts += 1;
+                        std::mem::swap(&mut self.column_qualifier, &mut self.column_last);
+                        self.column_last.clear();
+                        self.column_last.push_str(value);
+                        return;
+                    }
+                    // `(expr).f`: a field, or a call `f(expr)`.
+                    Some(("AIndirection", "indirection")) => {
+                        self.attributes.push((String::new(), value.to_owned()));
+                        return;
+                    }
+                    // JOIN ... USING compares with `=`, found by name.
+                    Some(("JoinExpr", "using_clause")) => {
+                        self.names.push(Name::Operator("=".to_owned()));
+                        return;
+                    }
+                    _ => {}
+                }
                 if let Some(owner) = self.owner()
                     && matches!(
                         (owner.name, owner.field),
@@ -563,6 +681,11 @@ impl Walker {
             self.accesses.push(unknown());
             return;
         }
+        // `x IN (SELECT ...)` compares with `=`, found by name (pg_query's SubLinkType).
+        if (top.name, top.field, value) == ("SubLink", "sub_link_type", 3) {
+            self.names.push(Name::Operator("=".to_owned()));
+            return;
+        }
         // pg_query's OnConflictAction and CmdType numbers.
         let more = match (top.name, top.field, value) {
             ("OnConflictClause", "action", 3) => Some(SqlKind::Update),
@@ -589,6 +712,8 @@ impl Walker {
             ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", "returning_clause") => {
                 top.reads_target = true;
             }
+            // CASE x WHEN y compares with `=`, found by name.
+            ("CaseExpr", "arg") => self.names.push(Name::Operator("=".to_owned())),
             _ => {}
         }
     }
@@ -599,6 +724,10 @@ impl Walker {
         };
         match (top.name, top.field) {
             ("CopyStmt", "is_program") => top.is_program = value,
+            // NATURAL JOIN compares the common columns with `=`, found by name.
+            ("JoinExpr", "is_natural") if value => {
+                self.names.push(Name::Operator("=".to_owned()));
+            }
             ("WithClause", "recursive") if value => {
                 if let Some(owner) = self.frames.iter().rev().find_map(|f| f.scope) {
                     self.scopes[owner].recursive = true;
