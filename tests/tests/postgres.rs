@@ -1249,3 +1249,76 @@ fn weak_upstream_authentication_is_used_only_where_the_credential_allows_it() {
         assert_eq!(out, "20\n", "{method}: {err}");
     }
 }
+
+/// Found by review (issue 24): an unqualified call of a built-in's name, a built-in operator,
+/// or `t.f` runs a user's function when `public` has one that matches better (or when `t` has
+/// no column `f`), and `pg_x` is in `public` when pg_catalog has none. The classifier read
+/// only the text; each is now resolved against the catalog the agent reads at login, and the
+/// user's function needs an `execute` grant. Each function here writes a canary row.
+#[test]
+fn calls_operators_and_relations_resolve_as_the_login_catalog_says() {
+    const MORE: &str = r#"
+[[rule]]
+name = "introspect"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = { kinds = ["select"], objects = ["pg_catalog.*"] }
+"#;
+    let s = ShopDb::new(
+        "pg-login-catalog",
+        PgServer::start(),
+        &format!("{RULES}{MORE}"),
+        "",
+    );
+    s.pg.psql_admin(
+        "shop",
+        "CREATE FUNCTION public.lower(numeric) RETURNS text LANGUAGE sql AS \
+         $$ INSERT INTO refunds VALUES (-1, 0); SELECT 'lowered' $$; \
+         CREATE FUNCTION public.num_plus(numeric, int) RETURNS numeric LANGUAGE sql AS \
+         $$ INSERT INTO refunds VALUES (-2, 0); SELECT $1 $$; \
+         CREATE OPERATOR public.+ (LEFTARG = numeric, RIGHTARG = int, FUNCTION = num_plus); \
+         CREATE FUNCTION public.secret_total(orders) RETURNS numeric LANGUAGE sql AS \
+         $$ INSERT INTO refunds VALUES (-3, 0); SELECT $1.total $$; \
+         CREATE FUNCTION public.customer_id(orders) RETURNS int LANGUAGE sql AS \
+         $$ INSERT INTO refunds VALUES (-4, 0); SELECT 0 $$; \
+         CREATE TABLE public.pg_secrets (v text); INSERT INTO pg_secrets VALUES ('not granted')",
+    );
+    let agent = s.start_agent();
+    for (sql, reason) in [
+        ("SELECT lower(total) FROM orders", "execute public.lower"),
+        ("SELECT total + 1 FROM orders", "execute public.+"),
+        (
+            "SELECT o.secret_total FROM orders o",
+            "execute public.secret_total",
+        ),
+        (
+            "SELECT (o).secret_total FROM orders o",
+            "execute public.secret_total",
+        ),
+        ("SELECT * FROM pg_secrets", "select public.pg_secrets"),
+    ] {
+        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
+        assert!(
+            err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
+            "{sql}: {err}\n{}",
+            agent.log()
+        );
+        assert_eq!(out, "20\n", "{sql}: refused before it ran");
+    }
+    // Ordinary built-ins, joins and a column named like a function still pass: the server
+    // reads the column, as it would.
+    let (out, err) = s.psql(&[
+        "SELECT count(*), max(o.total), upper('x'), abs(-1) FROM orders o JOIN orders p \
+         USING (id) WHERE o.total BETWEEN 0 AND 1000 AND o.id IN (SELECT id FROM orders)",
+        "SELECT o.customer_id FROM orders o WHERE o.id = 3",
+        "SELECT count(*) > 0 FROM pg_class",
+    ]);
+    assert_eq!(out, "20|200|X|1\n2\nt\n", "{err}\n{}", agent.log());
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM refunds")
+            .trim(),
+        "0",
+        "no user function ran"
+    );
+}

@@ -2,6 +2,10 @@
 //! gate before it takes effect, held for an approver where a rule says so, and answered as
 //! the session model carries it out (forwarded, masked, or replaced by a refusal).
 
+use std::borrow::Cow;
+
+use skillgate_policy::sql::{SqlError, Statement};
+
 use super::*;
 
 impl PgConn {
@@ -18,7 +22,14 @@ impl PgConn {
     pub(super) async fn answer(&self, id: &str, text: &str, prepared: bool) -> Answer {
         let policy = self.proxy.current_policy();
         let classified = self.proxy.classify(text);
-        let decision = self.statement_decision(&policy, &classified, prepared);
+        // The cached classification resolved names by the defaults; this session's login
+        // catalog resolves them as its server will.
+        let statements = match &classified.statements {
+            Ok(statements) => Ok(self.resolve(statements)),
+            Err(err) => Err(err),
+        };
+        let statements = statements.as_ref().map(|s| &**s).map_err(|e| *e);
+        let decision = self.statement_decision(&policy, statements, prepared);
         let recorded = self.recorded_text(text, &classified.scrubbed);
         let rule = decision.rule.map(str::to_owned);
         let operation = crate::gate::Operation {
@@ -30,7 +41,7 @@ impl PgConn {
             shown: &recorded,
         };
         let facts = Facts {
-            classification: classification(&classified.statements),
+            classification: classification(statements),
             ..Facts::default()
         };
         if let Err(err) = crate::gate::decided(&self.proxy, &operation, &decision, facts).await {
@@ -85,10 +96,10 @@ impl PgConn {
     fn statement_decision<'p>(
         &self,
         policy: &'p skillgate_policy::Policy,
-        classified: &skillgate_policy::sql::Classified,
+        statements: Result<&[Statement], &SqlError>,
         prepared: bool,
     ) -> Decision<'p> {
-        let mut decision = match &classified.statements {
+        let mut decision = match statements {
             Ok(statements) => policy.decide(&Request {
                 skill: &self.skill,
                 token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
@@ -136,6 +147,16 @@ impl PgConn {
                 Some(redacted) => statement_text(&redacted),
                 None => format!("(a statement the scanner refused, {} bytes)", text.len()),
             },
+        }
+    }
+
+    /// `statements` with their unqualified names resolved by the login's catalog snapshot
+    /// (see [`skillgate_policy::sql::LoginCatalog`]). Statements are decided only once the
+    /// login took it; without it (never), the defaults.
+    fn resolve<'s>(&self, statements: &'s [Statement]) -> Cow<'s, [Statement]> {
+        match self.login_catalog.get() {
+            Some(catalog) => catalog.resolve(statements),
+            None => Cow::Borrowed(statements),
         }
     }
 
@@ -195,9 +216,7 @@ impl PgConn {
 
 /// What the policy saw in a statement, for the record: its accesses (`select public.orders,
 /// function nextval`), or `unparsed`.
-pub(super) fn classification(
-    statements: &Result<Vec<skillgate_policy::sql::Statement>, skillgate_policy::sql::SqlError>,
-) -> Option<String> {
+pub(super) fn classification(statements: Result<&[Statement], &SqlError>) -> Option<String> {
     let Ok(statements) = statements else {
         return Some("unparsed".to_owned());
     };

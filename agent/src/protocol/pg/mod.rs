@@ -96,6 +96,9 @@ pub struct PgConn {
     policy: Arc<skillgate_policy::Policy>,
     /// The masked column names the catalog snapshot was taken for.
     catalog_names: std::sync::OnceLock<Vec<String>>,
+    /// How the login's catalog resolves unqualified names (set at login, before any
+    /// statement is decided).
+    login_catalog: std::sync::OnceLock<skillgate_policy::sql::LoginCatalog>,
     pub skill: String,
     pub backend: String,
     pub session: Option<i64>,
@@ -120,6 +123,7 @@ impl PgConn {
             proxy,
             policy,
             catalog_names: std::sync::OnceLock::new(),
+            login_catalog: std::sync::OnceLock::new(),
             skill,
             backend,
             session,
