@@ -6,11 +6,16 @@
 //! constant's value changed has the same shape, and when it parses, the same classification.
 //! Oracle for `sql::redact` (what the store keeps with `sql_literals = "redact"`): that text
 //! redacts exactly as the original, so the record shows nothing of any constant's value.
+//! Oracle for the login catalog's post-pass (`sql::LoginCatalog`): with a catalog that has
+//! every name a statement resolved by default (pg_catalog holding each relation), it only
+//! adds accesses, and each function or operator name is an `execute public.NAME` access.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pg_query::protobuf::Token;
-use skillgate_policy::sql::{classify, redact, scan, shape};
+use skillgate_policy::sql::{
+    Access, LoginCatalog, Name, SqlKind, Statement, classify, redact, scan, shape,
+};
 
 /// `sql` with each constant replaced by another of its kind.
 fn other_constants(sql: &str) -> Option<String> {
@@ -35,12 +40,44 @@ fn other_constants(sql: &str) -> Option<String> {
     Some(out)
 }
 
+/// The post-pass with a catalog that has every name `statements` resolved by default.
+fn resolves_by_adding(statements: &[Statement]) {
+    let mut catalog = LoginCatalog::default();
+    for name in statements.iter().flat_map(|s| &s.names) {
+        match name {
+            Name::Function(f) | Name::Attribute { name: f, .. } => catalog.add_function(f),
+            Name::Operator(o) => catalog.add_operator(o),
+            Name::Relation { name, .. } => catalog.add_catalog_relation(name),
+        }
+    }
+    let resolved = catalog.resolve(statements);
+    for (before, after) in statements.iter().zip(resolved.iter()) {
+        for access in &before.accesses {
+            assert!(
+                after.accesses.contains(access),
+                "the login catalog dropped {access}"
+            );
+        }
+        for name in &before.names {
+            let (Name::Function(f) | Name::Operator(f)) = name else {
+                continue;
+            };
+            let execute = Access {
+                kind: SqlKind::Execute,
+                object: Some(format!("public.{f}")),
+            };
+            assert!(after.accesses.contains(&execute), "{f} not resolved");
+        }
+    }
+}
+
 fuzz_target!(|sql: &str| {
     let classified = classify(sql);
     if let Ok(statements) = &classified {
         for statement in statements {
             let _ = format!("{statement:?}");
         }
+        resolves_by_adding(statements);
     }
     let Some(shape_of) = shape(sql) else {
         return;

@@ -175,3 +175,6 @@ impl LoginCatalog {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,29 +26,36 @@ pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>, Vec<Name>) {
     let kind = walker.top_kind.unwrap_or(SqlKind::Unknown);
     let mut accesses = std::mem::take(&mut walker.accesses);
     let mut names = std::mem::take(&mut walker.names);
-    for read in &walker.reads {
+    // What FROM items are named matters only to `q.f` references.
+    let mut attributes = std::mem::take(&mut walker.attributes);
+    attributes.sort();
+    attributes.dedup();
+    let ranges = !attributes.is_empty();
+    for read in std::mem::take(&mut walker.reads) {
         // Qualified names never resolve to a CTE.
         if read.schema.is_empty() && walker.is_cte(read.at, &read.name) {
             // `cte.f` is not a relation's column.
-            walker.ranges.push((read.eref.clone(), None));
+            if ranges {
+                walker.ranges.push((read.eref, None));
+            }
             continue;
-        }
-        if read.schema.is_empty() {
-            names.push(Name::Relation {
-                kind: read.kind,
-                name: read.name.clone(),
-            });
         }
         accesses.push(Access {
             kind: read.kind,
             object: Some(qualify(&read.schema, &read.name)),
         });
-        walker.ranges.push((
-            read.eref.clone(),
-            Some((read.schema.clone(), read.name.clone())),
-        ));
+        if ranges {
+            let relation = (read.schema.clone(), read.name.clone());
+            walker.ranges.push((read.eref, Some(relation)));
+        }
+        if read.schema.is_empty() {
+            names.push(Name::Relation {
+                kind: read.kind,
+                name: read.name,
+            });
+        }
     }
-    for (of, name) in std::mem::take(&mut walker.attributes) {
+    for (of, name) in attributes {
         names.push(Name::Attribute {
             relations: walker.relations_named(&of),
             name,
@@ -61,22 +68,27 @@ pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>, Vec<Name>) {
 /// policy has no kind for): when the sequence is a constant the classifier reads it, so the
 /// access is on the sequence rather than the function. (`sql::shape` never shares a text that
 /// names these functions: here a constant's value changes the classification.)
-fn sequence_access(function: Option<&str>, literal: Option<&str>) -> Option<Access> {
+/// Also the sequence's name when unqualified (the login's catalog may resolve it otherwise).
+fn sequence_access(
+    function: Option<&str>,
+    literal: Option<&str>,
+) -> Option<(Access, Option<String>)> {
     let kind = match function? {
         "pg_catalog.nextval" | "pg_catalog.setval" => SqlKind::Update,
         "pg_catalog.currval" => SqlKind::Select,
         _ => return None,
     };
     let parts = qualified_name(literal?)?;
-    let object = match parts.as_slice() {
-        [name] => qualify("", name),
-        [.., schema, name] => qualify(schema, name),
+    let (object, bare) = match parts.as_slice() {
+        [name] => (qualify("", name), Some(name.clone())),
+        [.., schema, name] => (qualify(schema, name), None),
         [] => return None,
     };
-    Some(Access {
+    let access = Access {
         kind,
         object: Some(object),
-    })
+    };
+    Some((access, bare))
 }
 
 /// A name as `regclass` reads it from text: dot-separated identifiers, unquoted ones folded
@@ -425,7 +437,15 @@ impl Walker {
                     self.names.push(Name::Function(name.clone()));
                 }
                 match sequence_access(object.as_deref(), frame.literal.as_deref()) {
-                    Some(access) => self.accesses.push(access),
+                    Some((access, bare)) => {
+                        if let Some(name) = bare {
+                            self.names.push(Name::Relation {
+                                kind: access.kind,
+                                name,
+                            });
+                        }
+                        self.accesses.push(access);
+                    }
                     None => self.execute(object),
                 }
             }
