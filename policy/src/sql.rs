@@ -43,7 +43,11 @@
 //!   `public`, not by its prefix. The session's temporary schema, which the server searches
 //!   first for relations, is not in the snapshot (its tables are created after login, and
 //!   only with a DDL grant): a temporary table shadowing `t` is classified as `t`, which asks
-//!   for more than the statement touches. Functions and operators are never looked up there.
+//!   for more than the statement touches. Functions and operators are never looked up there;
+//! - masks by table: a qualified use `q.c` of a masked column's name (other than as a projected
+//!   output column) is resolved to the tables `q` names that have a column `c`, so a mask of
+//!   `t.c` refuses `t`'s column and not another table's (unqualified uses, and `q` naming a
+//!   subquery or CTE, stay compared by name).
 //!
 //! Known gaps:
 //! - the login snapshot is the catalog at login: a function, operator or `pg_*` table created

@@ -64,6 +64,9 @@ struct CatalogFixture {
     /// Columns named like a function in `public`: `schema.relation.column`.
     #[serde(default)]
     columns: Vec<String>,
+    /// Every column named like a masked column: `schema.relation.column`.
+    #[serde(default)]
+    masked_columns: Vec<String>,
 }
 
 fn login_catalog(path: &Path) -> Option<LoginCatalog> {
@@ -82,7 +85,8 @@ fn login_catalog(path: &Path) -> Option<LoginCatalog> {
     for name in &fixture.catalog_relations {
         catalog.add_catalog_relation(name);
     }
-    for column in &fixture.columns {
+    let columns = fixture.columns.iter().map(|c| (c, false));
+    for (column, masked) in columns.chain(fixture.masked_columns.iter().map(|c| (c, true))) {
         let parts: Vec<&str> = column.split('.').collect();
         let [schema, relation, column] = parts.as_slice() else {
             panic!(
@@ -90,7 +94,11 @@ fn login_catalog(path: &Path) -> Option<LoginCatalog> {
                 path.display()
             );
         };
-        catalog.add_column(schema, relation, column);
+        if masked {
+            catalog.add_masked_column(schema, relation, column);
+        } else {
+            catalog.add_column(schema, relation, column);
+        }
     }
     Some(catalog)
 }

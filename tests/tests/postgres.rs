@@ -1322,3 +1322,46 @@ sql = { kinds = ["select"], objects = ["pg_catalog.*"] }
         "no user function ran"
     );
 }
+
+/// A mask of `customers.card` refused every other use of a column named `card` (columns were
+/// compared by name). With the login's catalog, a qualified use is resolved to its table:
+/// another table's `card` may be compared, the masked one still may not.
+#[test]
+fn a_mask_by_table_refuses_only_that_tables_column() {
+    const MORE: &str = r#"
+[[rule]]
+name = "read-gift-cards"
+skills = ["reporter"]
+backend = "shop-db"
+effect = "allow"
+sql = { kinds = ["select"], objects = ["public.gift_cards"] }
+"#;
+    let s = ShopDb::new(
+        "pg-mask-by-table",
+        PgServer::start(),
+        &format!("{RULES}{MORE}"),
+        "",
+    );
+    s.pg.psql_admin(
+        "shop",
+        "CREATE TABLE gift_cards (id int, card text); \
+         INSERT INTO gift_cards VALUES (1, '5000'), (2, '1000')",
+    );
+    let agent = s.start_agent();
+    let (out, err) = s.psql(&[
+        "SELECT c.id FROM customers c JOIN gift_cards g ON g.id = c.id WHERE g.card > '4'",
+    ]);
+    assert_eq!(out, "1\n", "{err}\n{}", agent.log());
+    for sql in [
+        "SELECT c.id FROM customers c JOIN gift_cards g ON g.id = c.id WHERE c.card > '4'",
+        "SELECT c.id FROM customers c JOIN gift_cards g ON g.id = c.id WHERE card > '4'",
+    ] {
+        let (out, err) = s.psql(&[sql]);
+        assert!(
+            err.contains("masked column `card` may only be selected as it is"),
+            "{sql}: {err}\n{}",
+            agent.log()
+        );
+        assert_eq!(out, "", "{sql}");
+    }
+}

@@ -6,6 +6,8 @@
 //!
 //! Columns are compared by name only (the classifier has no catalog), which errs on the side of
 //! refusing: a column of another table that shares a masked column's name counts as masked.
+//! Qualified uses (`q.c`) keep their qualifier, so that the login's catalog can resolve them
+//! to the tables `q` names (`LoginCatalog::resolve`): a mask of `t.c` then refuses only `t`'s.
 //! For the same reason every `*` but the statement's own select list, every column alias list
 //! and every qualified reference named like a built-in function (attribute notation) count as
 //! reading whole rows.
@@ -20,6 +22,17 @@ pub enum ColumnUse {
     /// A column named (its last name part, as the parser folds it); `projected` when it is a
     /// plain reference in the top-level select list of a statement that returns it as it is.
     Column { name: String, projected: bool },
+    /// A qualified column `of.name` (`of`: the name its FROM item is known by) used other
+    /// than as a projected output column: by name, as an unqualified one, unless the
+    /// login's catalog resolves it.
+    Qualified { of: String, name: String },
+    /// A column use the login's catalog resolved (see `LoginCatalog::resolve`): the relations
+    /// (`schema`, `name`) whose column `name` it is; none when no relation it can name has
+    /// such a column.
+    Resolved {
+        name: String,
+        tables: Vec<(String, String)>,
+    },
     /// A whole row as a value (`c`, `c.*` or `*` other than as a select list): every column
     /// of it, masked ones included.
     Row,
@@ -144,10 +157,13 @@ impl Walker {
         let (Some(target), Some(select), true) = (target, select, in_select_list) else {
             if star || Self::calls_on_row(&parts) {
                 self.uses.push(ColumnUse::Row);
+            } else if let [.., of, _] = parts.as_slice() {
+                self.uses.push(ColumnUse::Qualified {
+                    of: of.clone(),
+                    name,
+                });
             } else {
-                if parts.len() == 1 {
-                    self.rows.push(name.clone());
-                }
+                self.rows.push(name.clone());
                 self.uses.push(ColumnUse::Column {
                     name,
                     projected: false,

@@ -15,7 +15,10 @@
 //! - `q.f` (also `(expr).f`) is a call `f(q)` when `q`'s row has no column `f`: when a
 //!   function `f` exists in `public`, it is an `execute public.f` access (and reads `q`'s whole
 //!   row) unless every relation `q` can name in the statement has a column `f`;
-//! - an unqualified relation is in `pg_catalog` when that schema has it, else in `public`.
+//! - an unqualified relation is in `pg_catalog` when that schema has it, else in `public`;
+//! - a qualified column use `q.c` (other than as a projected output column) of a masked
+//!   column's name is resolved to the tables `q` names that have a column `c`, so a mask of
+//!   `t.c` does not refuse another table's `c` (unqualified uses stay by name).
 //!
 //! The post-pass only adds accesses, except one: the default `pg_catalog.pg_x` of a `pg_x`
 //! that `pg_catalog` does not have (no such relation; the server reads `public.pg_x`).
@@ -40,6 +43,7 @@ pub enum Name {
     /// `None` when it names anything else too (a subquery, a CTE, a function, a join) or
     /// nothing.
     Attribute {
+        of: String,
         name: String,
         relations: Option<Vec<(String, String)>>,
     },
@@ -55,8 +59,10 @@ pub struct LoginCatalog {
     operators: HashSet<String>,
     /// Names of relations in `pg_catalog`.
     catalog_relations: HashSet<String>,
-    /// (schema, relation, column) of every column named like one of `functions`.
+    /// (schema, relation, column) of every column named like one of `functions` or like a
+    /// masked column (`masked`: those names).
     columns: HashSet<(String, String, String)>,
+    masked: HashSet<String>,
 }
 
 impl LoginCatalog {
@@ -77,6 +83,13 @@ impl LoginCatalog {
             .insert((schema.to_owned(), relation.to_owned(), column.to_owned()));
     }
 
+    /// A column named like a masked column: the catalog's every column of that name is added
+    /// this way, so a qualified use of it can be resolved to its table.
+    pub fn add_masked_column(&mut self, schema: &str, relation: &str, column: &str) {
+        self.masked.insert(column.to_owned());
+        self.add_column(schema, relation, column);
+    }
+
     /// `statements` as this catalog resolves their unqualified names: borrowed as they are
     /// when it changes nothing.
     pub fn resolve<'s>(&self, statements: &'s [Statement]) -> Cow<'s, [Statement]> {
@@ -86,7 +99,8 @@ impl LoginCatalog {
                 continue;
             }
             let (add, remove, row) = self.changes(statement);
-            if add.is_empty() && remove.is_empty() && !row {
+            let columns = self.columns_of(statement);
+            if add.is_empty() && remove.is_empty() && !row && columns.is_none() {
                 continue;
             }
             let out = out.get_or_insert_with(|| statements.to_vec());
@@ -95,16 +109,60 @@ impl LoginCatalog {
             resolved.accesses.extend(add);
             resolved.accesses.sort();
             resolved.accesses.dedup();
+            if let Some(columns) = columns {
+                resolved.columns = columns;
+            }
             if row {
                 resolved.columns.push(ColumnUse::Row);
-                resolved.columns.sort();
-                resolved.columns.dedup();
             }
+            resolved.columns.sort();
+            resolved.columns.dedup();
         }
         match out {
             Some(out) => Cow::Owned(out),
             None => Cow::Borrowed(statements),
         }
+    }
+
+    /// The statement's column uses with its qualified uses of masked column names resolved
+    /// to their tables; `None` when there is none to resolve.
+    fn columns_of(&self, statement: &Statement) -> Option<Vec<ColumnUse>> {
+        let resolvable = |use_: &ColumnUse| matches!(use_, ColumnUse::Qualified { name, .. } if self.masked.contains(name));
+        if !statement.columns.iter().any(resolvable) {
+            return None;
+        }
+        let columns = statement.columns.iter().map(|use_| {
+            let ColumnUse::Qualified { of, name } = use_ else {
+                return use_.clone();
+            };
+            let relations = statement.names.iter().find_map(|n| match n {
+                Name::Attribute {
+                    of: o,
+                    name: n,
+                    relations,
+                } if o == of && n == name => relations.as_ref(),
+                _ => None,
+            });
+            match relations {
+                Some(relations) if self.masked.contains(name) => ColumnUse::Resolved {
+                    name: name.clone(),
+                    tables: relations
+                        .iter()
+                        .map(|(schema, table)| (self.schema_of(schema, table), table))
+                        .filter(|(schema, table)| {
+                            self.columns.contains(&(
+                                (*schema).to_owned(),
+                                (*table).clone(),
+                                name.clone(),
+                            ))
+                        })
+                        .map(|(schema, table)| (schema.to_owned(), table.clone()))
+                        .collect(),
+                },
+                _ => use_.clone(),
+            }
+        });
+        Some(columns.collect())
     }
 
     /// Accesses to add and to remove, and whether a whole row is read (attribute notation).
@@ -137,9 +195,9 @@ impl LoginCatalog {
                         }
                     }
                 }
-                Name::Attribute { name, relations }
-                    if self.functions.contains(name) && !self.all_have(relations, name) =>
-                {
+                Name::Attribute {
+                    name, relations, ..
+                } if self.functions.contains(name) && !self.all_have(relations, name) => {
                     add.push(execute(name));
                     row = true;
                 }

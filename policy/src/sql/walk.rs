@@ -58,6 +58,7 @@ pub(super) fn walk(node: &impl Serialize) -> (SqlKind, Vec<Access>, Vec<Name>) {
     for (of, name) in attributes {
         names.push(Name::Attribute {
             relations: walker.relations_named(&of),
+            of,
             name,
         });
     }

@@ -186,6 +186,7 @@ impl PgConn {
                     };
                     let oid: u32 = text(0)?.parse().map_err(|_| "bad catalog oid")?;
                     let attnum: i16 = text(1)?.parse().map_err(|_| "bad catalog attnum")?;
+                    login_catalog.add_masked_column(text(2)?, text(3)?, text(4)?);
                     catalog.insert(
                         (oid, attnum),
                         [
@@ -197,7 +198,7 @@ impl PgConn {
                 }
                 b'E' => {
                     return Err(format!(
-                        "cannot read the backend's catalog for masking: {}",
+                        "cannot read the backend's catalog (names, masked columns): {}",
                         wire::error_message(body).unwrap_or("(no message)")
                     ));
                 }

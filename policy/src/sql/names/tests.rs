@@ -12,7 +12,9 @@ fn names(sql: &str) -> String {
             Name::Function(f) => format!("f:{f}"),
             Name::Operator(o) => format!("o:{o}"),
             Name::Relation { kind, name } => format!("r:{kind}:{name}"),
-            Name::Attribute { name, relations } => {
+            Name::Attribute {
+                name, relations, ..
+            } => {
                 let relations = match relations {
                     None => "-".to_owned(),
                     Some(r) => r
