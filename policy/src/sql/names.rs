@@ -127,7 +127,10 @@ impl LoginCatalog {
     /// The statement's column uses with its qualified uses of masked column names resolved
     /// to their tables; `None` when there is none to resolve.
     fn columns_of(&self, statement: &Statement) -> Option<Vec<ColumnUse>> {
-        let resolvable = |use_: &ColumnUse| matches!(use_, ColumnUse::Qualified { name, .. } if self.masked.contains(name));
+        let resolvable = |use_: &ColumnUse| match use_ {
+            ColumnUse::Qualified { name, .. } => self.masked.contains(name),
+            _ => false,
+        };
         if !statement.columns.iter().any(resolvable) {
             return None;
         }

@@ -219,6 +219,8 @@ struct Frame {
     /// constant (possibly cast), which names the sequence of nextval/setval/currval.
     args: usize,
     literal: Option<String>,
+    /// SubLink: an ANY sublink (its operator, when it names none, is `=`).
+    any: bool,
 }
 
 #[derive(Default)]
@@ -449,6 +451,10 @@ impl Walker {
                     }
                     None => self.execute(object),
                 }
+            }
+            // `x IN (SELECT ...)` compares with `=`, found by name.
+            "SubLink" if frame.any && frame.parts.is_empty() => {
+                self.names.push(Name::Operator("=".to_owned()));
             }
             "AExpr" | "SubLink" | "SortBy" if !frame.parts.is_empty() => {
                 let object = catalog::operator(&frame.parts);
@@ -702,9 +708,11 @@ impl Walker {
             self.accesses.push(unknown());
             return;
         }
-        // `x IN (SELECT ...)` compares with `=`, found by name (pg_query's SubLinkType).
+        // pg_query's SubLinkType: ANY (`x IN (SELECT ...)` without an operator is `= ANY`).
         if (top.name, top.field, value) == ("SubLink", "sub_link_type", 3) {
-            self.names.push(Name::Operator("=".to_owned()));
+            if let Some(top) = self.frames.last_mut() {
+                top.any = true;
+            }
             return;
         }
         // pg_query's OnConflictAction and CmdType numbers.

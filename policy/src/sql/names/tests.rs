@@ -54,6 +54,8 @@ fn statements_record_what_they_resolved_by_default() {
             "",
         ),
         ("SELECT 1 FROM public.t WHERE a IN (SELECT 1)", "o:="),
+        ("SELECT 1 FROM public.t WHERE a < ANY (SELECT 1)", "o:<"),
+        ("SELECT 1 FROM public.t WHERE a NOT IN (SELECT 1)", "o:="),
         ("SELECT CASE a WHEN 1 THEN 2 END FROM public.t", "o:="),
         ("SELECT CASE WHEN a THEN 2 END FROM public.t", ""),
         ("SELECT 1 FROM public.a JOIN public.b USING (id)", "o:="),
