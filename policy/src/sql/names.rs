@@ -181,21 +181,23 @@ impl LoginCatalog {
             match name {
                 Name::Function(f) if self.functions.contains(f) => add.push(execute(f)),
                 Name::Operator(o) if self.operators.contains(o) => add.push(execute(o)),
-                Name::Relation { kind, name } => {
+                // The default is pg_catalog for `pg_*` names (see `sql::qualify`): the
+                // catalog moves the names where that disagrees with what pg_catalog has.
+                Name::Relation { kind, name }
+                    if name.starts_with("pg_") != self.catalog_relations.contains(name) =>
+                {
                     let default = super::qualify("", name);
                     let resolved = format!("{}.{name}", self.schema_of("", name));
-                    if resolved != default {
-                        add.push(Access {
+                    add.push(Access {
+                        kind: *kind,
+                        object: Some(resolved),
+                    });
+                    // No such relation in pg_catalog: the default names nothing.
+                    if default.starts_with("pg_catalog.") {
+                        remove.push(Access {
                             kind: *kind,
-                            object: Some(resolved),
+                            object: Some(default),
                         });
-                        // No such relation in pg_catalog: the default names nothing.
-                        if default.starts_with("pg_catalog.") {
-                            remove.push(Access {
-                                kind: *kind,
-                                object: Some(default),
-                            });
-                        }
                     }
                 }
                 Name::Attribute {
