@@ -107,7 +107,7 @@ impl PgConn {
     {
         let mut inbox = BytesMut::with_capacity(64 * 1024);
         let mut out = BytesMut::new();
-        let salt = &self.proxy.mask_salt;
+        let salt = &self.ctx.mask_salt;
         loop {
             let mut failed = None;
             {
@@ -192,7 +192,7 @@ impl PgConn {
                 // A backend's message can quote values (`invalid input syntax for type
                 // integer: "..."`): detector hits are masked, and nothing is kept of it when
                 // literals are redacted.
-                let message = match self.proxy.sql_literals {
+                let message = match self.ctx.sql_literals {
                     SqlLiterals::Keep => skillgate_policy::mask::scrub(&message),
                     SqlLiterals::Redact => "(message not kept: sql_literals = redact)".to_owned(),
                 };
@@ -205,9 +205,14 @@ impl PgConn {
                 took,
                 content,
             } => {
-                self.proxy
-                    .ops
-                    .answered(&self.skill, &self.backend, "sql", took, masked);
+                let audit = &self.audit;
+                audit.gate().ops.answered(
+                    &audit.skill,
+                    &audit.backend,
+                    Kind::Sql.as_str(),
+                    took,
+                    masked,
+                );
                 let facts = Facts {
                     decision_id: decision,
                     status: Some("00000".to_owned()),
@@ -224,20 +229,13 @@ impl PgConn {
 
     /// Records how a statement ended (not waited for: its decision is already recorded).
     pub(super) fn result(&self, operation: &str, decision: &str, reason: String, facts: Facts) {
-        if let Some(session) = self.session {
-            self.proxy.recorder.event_detached(
-                session,
-                Event {
-                    at_ns: record::now_ns(),
-                    kind: "result".to_owned(),
-                    operation: operation.to_owned(),
-                    decision: decision.to_owned(),
-                    rule: None,
-                    reason,
-                    facts,
-                },
-            );
-        }
+        self.audit.answered(
+            Kind::Result,
+            operation.to_owned(),
+            decision.to_owned(),
+            reason,
+            facts,
+        );
     }
 }
 

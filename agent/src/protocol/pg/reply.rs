@@ -41,6 +41,16 @@ impl Kind {
     }
 }
 
+/// What becomes of a backend reply.
+enum Reply {
+    /// Passed on to the skill as it is, with what to note about it.
+    Relay(Option<Noted>),
+    /// Already answered (masked, rewritten or withheld) into the output.
+    Answered(Option<Noted>),
+    /// A reply the protocol state did not expect: the session ends.
+    Unexpected,
+}
+
 impl Session {
     /// Takes one whole backend message, appending what the skill gets to `out` (denials
     /// rewritten, masked rows masked, errors withheld under a mask); returns what to record.
@@ -75,10 +85,58 @@ impl Session {
             self.begin(catalog);
         }
         let phase = self.protocol.phase;
+        use Kind as K;
+        let reply = match (kind, tag) {
+            // An extended-protocol message's error: the server skips the rest up to Sync.
+            (
+                K::Parse
+                | K::Bind
+                | K::DescribeStatement
+                | K::DescribePortal
+                | K::Execute
+                | K::Close,
+                b'E',
+            ) => Reply::Answered(Some(self.extended_error(phase, message, out)?)),
+            (K::Query | K::Execute | K::Sync, _) => {
+                self.statement_reply(kind, tag, message, catalog, salt, out)?
+            }
+            _ => self.extended_reply(kind, tag, body)?,
+        };
+        match reply {
+            Reply::Relay(noted) => {
+                out.extend_from_slice(message);
+                Ok(noted)
+            }
+            Reply::Answered(noted) => Ok(noted),
+            Reply::Unexpected => Err(ended(
+                "08P01",
+                format!(
+                    "the backend sent `{}` while the agent awaited the answer to {kind:?} \
+                     ({phase:?}): the agent's protocol state and the server's disagree",
+                    char::from(tag).escape_default()
+                ),
+            )),
+        }
+    }
+
+    /// A reply to a Query, an Execute or a Sync: rows (masked), their description, COPY,
+    /// completions, errors and ReadyForQuery.
+    fn statement_reply(
+        &mut self,
+        kind: Kind,
+        tag: u8,
+        message: &[u8],
+        catalog: &Catalog,
+        salt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Reply, Ended> {
         use {Kind as K, Phase as P};
+        let body = wire::body(message);
+        let phase = self.protocol.phase;
         let noted = match (kind, phase, tag) {
             (K::Query, P::Rows, b'D') | (K::Execute, P::Start, b'D') => {
-                return self.row(message, salt, out).map(|()| None);
+                self.row(message, salt, out)?;
+                return Ok(Reply::Answered(None));
             }
             (K::Query, P::Start, b'T') => {
                 let columns = wire::row_description(body)
@@ -148,60 +206,33 @@ impl Session {
                 }
                 let noted = self.error(message, out);
                 self.protocol.phase = P::Failed;
-                return Ok(Some(noted));
+                return Ok(Reply::Answered(Some(noted)));
             }
-            // An extended-protocol message's error: the server skips the rest up to Sync.
-            (
-                K::Parse
-                | K::Bind
-                | K::DescribeStatement
-                | K::DescribePortal
-                | K::Execute
-                | K::Close,
-                _,
-                b'E',
-            ) => return self.extended_error(phase, message, out).map(Some),
-            (K::Parse, P::Start, b'1') => {
-                self.parse_complete();
-                None
-            }
-            (K::Bind, P::Start, b'2') => {
-                self.bind_complete();
-                None
-            }
-            (K::Close, P::Start, b'3') => {
-                self.close_complete();
-                None
-            }
-            (K::DescribeStatement, P::Start, b't') => {
-                self.protocol.phase = P::Parameters;
-                None
-            }
+            _ => return Ok(Reply::Unexpected),
+        };
+        Ok(Reply::Relay(noted))
+    }
+
+    /// A reply to Parse, Bind, Close or Describe (their errors aside).
+    fn extended_reply(&mut self, kind: Kind, tag: u8, body: &[u8]) -> Result<Reply, Ended> {
+        use {Kind as K, Phase as P};
+        match (kind, self.protocol.phase, tag) {
+            (K::Parse, P::Start, b'1') => self.parse_complete(),
+            (K::Bind, P::Start, b'2') => self.bind_complete(),
+            (K::Close, P::Start, b'3') => self.close_complete(),
+            (K::DescribeStatement, P::Start, b't') => self.protocol.phase = P::Parameters,
             (K::DescribeStatement, P::Parameters, b'T' | b'n') => {
                 self.finish();
-                None
             }
             (K::DescribePortal, P::Start, b'T' | b'n') => {
                 // The answer to a Describe the agent added is the agent's alone.
                 if self.portal_described(tag, body)? {
-                    return Ok(None);
+                    return Ok(Reply::Answered(None));
                 }
-                None
             }
-            _ => {
-                return Err(ended(
-                    "08P01",
-                    format!(
-                        "the backend sent `{}` while the agent awaited the answer to \
-                         {kind:?} ({phase:?}): the agent's protocol state and the server's \
-                         disagree",
-                        char::from(tag).escape_default()
-                    ),
-                ));
-            }
-        };
-        out.extend_from_slice(message);
-        Ok(noted)
+            _ => return Ok(Reply::Unexpected),
+        }
+        Ok(Reply::Relay(None))
     }
 
     /// ParseComplete: the statement is prepared as the server has it (or, denied, dropped).
