@@ -97,33 +97,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         http,
         pg,
     });
-    if let Some(addr) = agent.metrics_listen {
-        let from = Arc::clone(&proxy);
-        let render = move || {
-            from.metrics.render(&crate::telemetry::metrics::Sources {
-                policy: &from.gate.policy(),
-                counters: &from.enforcement.counters,
-                skills: &from.skills,
-                ops: &from.gate.ops,
-            })
-        };
-        crate::telemetry::metrics::serve(addr, Arc::new(render)).await?;
-    }
-    for listener in listeners {
-        let addr = listener.local_addr()?;
-        info!(%addr, "proxy listening");
-        tokio::spawn(Arc::clone(&proxy).serve(listener));
-    }
-    let resolvers: Vec<String> = forwarder
-        .upstream()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    for socket in dns_sockets {
-        let addr = socket.local_addr()?;
-        info!(%addr, upstream = %resolvers.join(","), "DNS forwarder listening");
-        tokio::spawn(Arc::clone(&forwarder).serve(socket));
-    }
+    start_serving(&proxy, agent, listeners, &forwarder, dns_sockets).await?;
     info!("skillgate ready");
     notify_systemd(&[
         sd_notify::NotifyState::Ready,
@@ -144,6 +118,45 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         "enforcement stays pinned: skills get `connection refused` until the agent runs again; \
          `skillgate detach` removes it"
     );
+    Ok(())
+}
+
+/// Serves metrics (when configured), the proxy on its listeners and the DNS forwarder on
+/// its sockets.
+async fn start_serving(
+    proxy: &Arc<Proxy>,
+    agent: &crate::config::AgentConfig,
+    listeners: Vec<tokio::net::TcpListener>,
+    forwarder: &Arc<Forwarder>,
+    dns_sockets: Vec<tokio::net::UdpSocket>,
+) -> Result<()> {
+    if let Some(addr) = agent.metrics_listen {
+        let from = Arc::clone(proxy);
+        let render = move || {
+            from.metrics.render(&crate::telemetry::metrics::Sources {
+                policy: &from.gate.policy(),
+                counters: &from.enforcement.counters,
+                skills: &from.skills,
+                ops: &from.gate.ops,
+            })
+        };
+        crate::telemetry::metrics::serve(addr, Arc::new(render)).await?;
+    }
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        info!(%addr, "proxy listening");
+        tokio::spawn(Arc::clone(proxy).serve(listener));
+    }
+    let resolvers: Vec<String> = forwarder
+        .upstream()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for socket in dns_sockets {
+        let addr = socket.local_addr()?;
+        info!(%addr, upstream = %resolvers.join(","), "DNS forwarder listening");
+        tokio::spawn(Arc::clone(forwarder).serve(socket));
+    }
     Ok(())
 }
 

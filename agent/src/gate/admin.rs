@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use super::approvals::{Approvals, Grant, PendingView, Verdict};
+use super::approvals::{Answer, Approvals, Grant, PendingView};
 
 /// A request to the admin API.
 #[derive(Debug, Serialize, Deserialize)]
@@ -202,11 +202,11 @@ async fn handle(
                             let what = if grant.shape { "shape " } else { "" };
                             reason = format!("{reason} ({what}grant {} created)", grant.id);
                         }
-                        let verdict = Verdict::Approved {
+                        let given = Answer::Approved {
                             uid: cred.uid(),
                             reason,
                         };
-                        let mut response = answer(approvals, id, verdict);
+                        let mut response = answer(approvals, id, given);
                         response.grants.extend(grant);
                         response
                     }
@@ -225,11 +225,11 @@ async fn handle(
                 Err(err) => refuse(format!("{err:#}")),
             },
             Ok(AdminRequest::Deny { id, reason }) => {
-                let verdict = Verdict::Denied {
+                let given = Answer::Denied {
                     uid: cred.uid(),
                     reason,
                 };
-                answer(approvals, id, verdict)
+                answer(approvals, id, given)
             }
         }
     };
@@ -260,10 +260,10 @@ fn cut_parts(view: &PendingView) -> Vec<String> {
     parts
 }
 
-/// Hands an approver's verdict to the held operation.
-fn answer(approvals: &Approvals, id: u64, verdict: Verdict) -> AdminResponse {
-    info!(approval = id, verdict = ?verdict, "approval answered by an approver");
-    match approvals.answer(id, verdict) {
+/// Hands an approver's answer to the held operation.
+fn answer(approvals: &Approvals, id: u64, given: Answer) -> AdminResponse {
+    info!(approval = id, answer = ?given, "approval answered by an approver");
+    match approvals.answer(id, given) {
         Ok(()) => AdminResponse {
             ok: true,
             ..AdminResponse::default()

@@ -18,13 +18,13 @@ use crate::record;
 
 /// What a human decided about a held operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Answer {
     Approved { uid: u32, reason: String },
     Denied { uid: u32, reason: String },
     Expired,
 }
 
-impl Verdict {
+impl Answer {
     /// The answer as recorded (`approved`, `denied`, `expired`), why, and whether the held
     /// operation goes ahead. `wait` is how long it was held.
     pub fn describe(&self, wait: Duration) -> (&'static str, String, bool) {
@@ -100,7 +100,7 @@ struct Pending {
     view: PendingView,
     /// The shape key a `--shape` grant would match (see `held::Held::view`).
     shape: String,
-    answer: oneshot::Sender<Verdict>,
+    answer: oneshot::Sender<Answer>,
 }
 
 /// Just-in-time access: an approver let the same skill repeat an operation on the same backend
@@ -187,12 +187,12 @@ impl Approvals {
         &self,
         held: crate::gate::held::Held<'_>,
         wait: Duration,
-    ) -> (u64, Verdict) {
+    ) -> (u64, Answer) {
         let (mut view, shape) = held.view();
         if let Some(grant) = self.active_grant(&view, &shape) {
             return (
                 0,
-                Verdict::Approved {
+                Answer::Approved {
                     uid: grant.approver_uid,
                     reason: format!(
                         "{} grant {} until {} ns: {}",
@@ -208,7 +208,7 @@ impl Approvals {
         view.id = id;
         view.requested_ns = record::now_ns();
         view.expires_ns = view.requested_ns + wait.as_nanos() as i64;
-        let (answer, verdict) = oneshot::channel();
+        let (answer, answered) = oneshot::channel();
         info!(approval = id, skill = %view.skill, backend = %view.backend, operation = %view.operation, "approval requested");
         if let Some(webhook) = &self.webhook {
             tokio::spawn(notify(Arc::clone(&self.tls), webhook.clone(), view.clone()));
@@ -221,11 +221,11 @@ impl Approvals {
                 answer,
             },
         );
-        let verdict = tokio::time::timeout(wait, verdict).await;
+        let answered = tokio::time::timeout(wait, answered).await;
         self.lock().remove(&id);
-        match verdict {
-            Ok(Ok(verdict)) => (id, verdict),
-            _ => (id, Verdict::Expired),
+        match answered {
+            Ok(Ok(given)) => (id, given),
+            _ => (id, Answer::Expired),
         }
     }
 
@@ -364,13 +364,13 @@ impl Approvals {
         views
     }
 
-    pub(super) fn answer(&self, id: u64, verdict: Verdict) -> Result<()> {
+    pub(super) fn answer(&self, id: u64, given: Answer) -> Result<()> {
         let pending = self.lock().remove(&id).with_context(|| {
             format!("no pending approval {id} (answered, expired, or never asked)")
         })?;
         pending
             .answer
-            .send(verdict)
+            .send(given)
             .map_err(|_| anyhow::anyhow!("approval {id} is no longer waiting"))
     }
 }

@@ -111,7 +111,7 @@ impl Audit {
     /// effect; what the protocol does next.
     pub async fn enforce(&self, op: &Op<'_>, decision: &Decision<'_>, facts: Facts) -> Verdict {
         let outcome = Outcome::of(decision.effect);
-        let verdict = outcome.verdict();
+        let decided = outcome.as_str();
         let kind = op.kind.as_str();
         self.gate
             .ops
@@ -119,9 +119,9 @@ impl Audit {
         let rule = decision.rule.unwrap_or("-");
         // Every operation is in the store; the log says why for what was not simply allowed.
         if decision.effect == Effect::Allow {
-            debug!(kind, decision_id = op.id, operation = %op.shown, decision = verdict, rule, reason = %decision.reason, "operation decided");
+            debug!(kind, decision_id = op.id, operation = %op.shown, decision = decided, rule, reason = %decision.reason, "operation decided");
         } else {
-            info!(kind, decision_id = op.id, operation = %op.shown, decision = verdict, rule, reason = %decision.reason, "operation decided");
+            info!(kind, decision_id = op.id, operation = %op.shown, decision = decided, rule, reason = %decision.reason, "operation decided");
         }
         let refusal = |why| {
             Verdict::Refused(Refusal {
@@ -136,7 +136,7 @@ impl Audit {
                 at_ns: record::now_ns(),
                 kind: op.kind,
                 operation: op.shown.to_owned(),
-                decision: verdict.to_owned(),
+                decision: decided.to_owned(),
                 rule: decision.rule.map(str::to_owned),
                 reason: decision.reason.clone(),
                 facts: Facts {
