@@ -30,14 +30,15 @@ pub enum Verdict {
     Refused(Refusal),
 }
 
-/// An operation waiting to be held: what the decision said of it.
+/// An operation waiting to be held: what the recorded decision said of it. Only the crate
+/// builds one (from a decision), so an approved operation runs under its decision's mask.
 pub struct Hold {
     /// The mask it runs under if approved.
-    pub mask: Mask,
-    pub reason: String,
-    pub rule: Option<String>,
+    pub(crate) mask: Mask,
+    pub(crate) reason: String,
+    pub(crate) rule: Option<String>,
     /// Only an exact approval may let it through.
-    pub exact_only: bool,
+    pub(crate) exact_only: bool,
 }
 
 /// A refused operation, for the protocol to render.
@@ -69,6 +70,49 @@ pub enum Refused {
         /// Who answered and why, or that nobody did in time.
         why: String,
     },
+}
+
+/// How a connection ended, as its session records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Either side closed it in good order.
+    Closed,
+    /// The skill said goodbye (PostgreSQL Terminate).
+    Terminated,
+    /// It was refused.
+    Denied,
+    /// A PostgreSQL cancel request, forwarded or ignored.
+    Cancel,
+    /// The backend refused the connection (or the login).
+    BackendUnreachable,
+    /// The backend did not accept in time.
+    BackendTimeout,
+    /// The backend closed while the skill still talked.
+    BackendClosed,
+    /// The skill broke the protocol.
+    ProtocolViolation,
+    /// Rows that must be masked could not be.
+    MaskingFailed,
+    /// A read or write failed.
+    Error,
+}
+
+impl End {
+    /// The outcome as the store keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Terminated => "terminated",
+            End::Denied => "denied",
+            End::Cancel => "cancel",
+            End::BackendUnreachable => "backend unreachable",
+            End::BackendTimeout => "backend timeout",
+            End::BackendClosed => "backend closed",
+            End::ProtocolViolation => "protocol violation",
+            End::MaskingFailed => "masking failed",
+            End::Error => "error",
+        }
+    }
 }
 
 /// A connection's audit: its skill, backend, recorded session and decision counter.
@@ -200,7 +244,7 @@ impl Audit {
             },
         };
         if let Err(err) = self.gate.recorder.event(session, event).await {
-            warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the operation");
+            error!(error = %format!("{err:#}"), "cannot record the approval: refusing the operation");
             return refusal(Refused::AnswerUnrecorded);
         }
         if go {
@@ -250,10 +294,11 @@ impl Audit {
         let Some(session) = self.session else {
             return true;
         };
+        let event_kind = event.kind.as_str();
         match self.gate.recorder.event(session, event).await {
             Ok(()) => true,
             Err(err) => {
-                warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the operation: refusing it");
+                error!(error = %format!("{err:#}"), kind = event_kind, decision = "deny", "cannot record the operation: refusing it");
                 false
             }
         }
@@ -284,7 +329,8 @@ impl Audit {
     }
 
     /// Records how the connection ended (`operation`: where it went).
-    pub async fn close(&self, operation: String, outcome: &str, bytes: (u64, u64)) {
+    pub async fn close(&self, operation: String, end: End, bytes: (u64, u64)) {
+        let outcome = end.as_str();
         let Some(session) = self.session else {
             return;
         };

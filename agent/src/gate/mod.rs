@@ -23,7 +23,7 @@ use std::time::Duration;
 use skillgate_policy::{Mode, Policy, Skill};
 use tracing::error;
 
-pub use self::audit::{Audit, Hold, Op, Refusal, Refused, Verdict};
+pub use self::audit::{Audit, End, Hold, Op, Refusal, Refused, Verdict};
 use crate::gate::approvals::Approvals;
 use crate::gate::credentials::Credentials;
 use crate::gate::identity::{Identities, Identity};

@@ -27,7 +27,7 @@ use serde_json::json;
 use skillgate_policy::{Effect, Mask};
 use tracing::{debug, info, warn};
 
-use crate::gate::{Audit, Hold, Op, Refusal, Refused, Verdict};
+use crate::gate::{Audit, End, Hold, Op, Refusal, Refused, Verdict};
 use crate::record::{self, Facts, Kind};
 
 mod body;
@@ -107,7 +107,7 @@ impl HttpConn {
     /// moved (to the backend, to the skill).
     /// Serves the skill's requests on `client` (its TCP connection, or the TLS stream inside it
     /// when the agent intercepts HTTPS) until it closes.
-    pub async fn serve<S>(self: Arc<Self>, client: S) -> (&'static str, (u64, u64))
+    pub async fn serve<S>(self: Arc<Self>, client: S) -> (End, (u64, u64))
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -124,10 +124,10 @@ impl HttpConn {
             self.to_skill.load(Ordering::Relaxed),
         );
         match result {
-            Ok(()) => ("closed", bytes),
+            Ok(()) => (End::Closed, bytes),
             Err(err) => {
                 info!(error = %err, "http connection ended with an error");
-                ("error", bytes)
+                (End::Error, bytes)
             }
         }
     }
@@ -302,16 +302,16 @@ fn refusal_response(refusal: &Refusal) -> Response<ProxyBody> {
         decision_id,
     } = refusal;
     let approval_required = |reason: &str, approval: Option<u64>| {
-        json_response(
-            StatusCode::FORBIDDEN,
-            &json!({
-                "error": "approval required",
-                "reason": reason,
-                "rule": rule,
-                "approval_id": approval,
-                "decision_id": decision_id,
-            }),
-        )
+        let mut body = json!({
+            "error": "approval required",
+            "reason": reason,
+            "rule": rule,
+            "decision_id": decision_id,
+        });
+        if let Some(approval) = approval {
+            body["approval_id"] = json!(approval);
+        }
+        json_response(StatusCode::FORBIDDEN, &body)
     };
     match why {
         Refused::Policy => json_response(

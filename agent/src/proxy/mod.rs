@@ -16,7 +16,7 @@ use skillgate_policy::{ConnectRequest, Decision, Effect, Mask, Policy, Protocol}
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::gate::{Audit, Gate, Hold, Op};
+use crate::gate::{Audit, End, Gate, Hold, Op};
 use crate::kernel::cgroup::SkillsCgroup;
 use crate::kernel::conn;
 use crate::kernel::enforce::Enforcement;
@@ -243,10 +243,10 @@ impl Proxy {
         decision: &Decision<'_>,
         audit: &Arc<Audit>,
         policy: &Arc<Policy>,
-    ) -> (&'static str, (u64, u64)) {
+    ) -> (End, (u64, u64)) {
         let (Some(upstream), Some(backend)) = (upstream, decision.backend) else {
             reset(stream);
-            return ("denied", (0, 0));
+            return (End::Denied, (0, 0));
         };
         let tls = backend.tls.clone();
         match backend.protocol {
@@ -269,7 +269,7 @@ impl Proxy {
                 } else {
                     match Box::pin(self.intercept(stream, names, audit)).await {
                         Some(decrypted) => Box::pin(conn.serve(decrypted)).await,
-                        None => ("denied", (0, 0)),
+                        None => (End::Denied, (0, 0)),
                     }
                 }
             }
@@ -289,7 +289,7 @@ impl Proxy {
                     Some(hello) => Box::pin(self.forward(stream, upstream, &hello)).await,
                     None => {
                         reset(stream);
-                        ("denied", (0, 0))
+                        (End::Denied, (0, 0))
                     }
                 }
             }
@@ -309,7 +309,9 @@ fn connect_verdict(decision: &Decision<'_>) -> &'static str {
             "allow"
         }
         (Effect::Allow, Some(_)) => "allow",
-        (Effect::Approve, Some(_)) => "approve",
+        (Effect::Approve, Some(b)) if matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => {
+            "approve"
+        }
         _ => "deny",
     }
 }

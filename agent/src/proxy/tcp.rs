@@ -6,6 +6,7 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::{Proxy, reset};
+use crate::gate::End;
 
 impl Proxy {
     /// Relays until either side closes, after sending `prefix` (bytes already read from the
@@ -15,7 +16,7 @@ impl Proxy {
         mut client: TcpStream,
         upstream: SocketAddr,
         prefix: &[u8],
-    ) -> (&'static str, (u64, u64)) {
+    ) -> (End, (u64, u64)) {
         let mut server =
             match crate::gate::connect_upstream(upstream, self.upstream_connect_timeout).await {
                 Ok(server) => server,
@@ -23,8 +24,8 @@ impl Proxy {
                     warn!(%upstream, error = %err, "backend unreachable");
                     reset(client);
                     return match err {
-                        crate::gate::Unreachable::Refused(_) => ("backend unreachable", (0, 0)),
-                        crate::gate::Unreachable::Timeout(_) => ("backend timeout", (0, 0)),
+                        crate::gate::Unreachable::Refused(_) => (End::BackendUnreachable, (0, 0)),
+                        crate::gate::Unreachable::Timeout(_) => (End::BackendTimeout, (0, 0)),
                     };
                 }
             };
@@ -35,7 +36,7 @@ impl Proxy {
         if let Err(err) = tokio::io::AsyncWriteExt::write_all(&mut server, prefix).await {
             info!(error = %err, "backend closed at once");
             reset(client);
-            return ("error", (0, 0));
+            return (End::Error, (0, 0));
         }
         match tokio::io::copy_bidirectional(&mut client, &mut server).await {
             Ok((to_backend, to_skill)) => {
@@ -45,11 +46,11 @@ impl Proxy {
                     bytes_to_skill = to_skill,
                     "connection closed"
                 );
-                ("closed", (to_backend, to_skill))
+                (End::Closed, (to_backend, to_skill))
             }
             Err(err) => {
                 info!(error = %err, "connection ended with an error");
-                ("error", (0, 0))
+                (End::Error, (0, 0))
             }
         }
     }

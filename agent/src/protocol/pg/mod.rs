@@ -49,7 +49,7 @@ use tracing::{debug, info, warn};
 use self::login::{column_name, param};
 use crate::config::SqlLiterals;
 use crate::gate::held::Held;
-use crate::gate::{Audit, Op, Refusal, Refused, Verdict};
+use crate::gate::{Audit, End, Op, Refusal, Refused, Verdict};
 use crate::lock::Locked as _;
 use crate::record::{self, Facts, Kind};
 use session::{Answer, Catalog, Decided, Ended, Noted, Session};
@@ -155,7 +155,7 @@ impl PgConn {
     }
 
     /// Serves the skill's connection; returns the outcome and the bytes moved.
-    pub async fn serve(self: Arc<Self>, tcp: TcpStream) -> (&'static str, (u64, u64)) {
+    pub async fn serve(self: Arc<Self>, tcp: TcpStream) -> (End, (u64, u64)) {
         let (mut client, params) = match self.startup(tcp).await {
             Ok(started) => started,
             Err(outcome) => return (outcome, (0, 0)),
@@ -178,7 +178,7 @@ impl PgConn {
                     &format!("skillgate: token refused: {reason}"),
                 )
                 .await;
-                return ("denied", (0, 0));
+                return (End::Denied, (0, 0));
             }
         }
         let (mut server, greeting, key) = match self.login(&params).await {
@@ -187,7 +187,7 @@ impl PgConn {
                 warn!(skill_user = %skill_user, %reason, "cannot log in to the PostgreSQL backend");
                 self.fatal(&mut client, "08006", &format!("skillgate: {reason}"))
                     .await;
-                return ("backend unreachable", (0, 0));
+                return (End::BackendUnreachable, (0, 0));
             }
         };
         // The catalog snapshot is taken before the skill gets the connection.
@@ -196,14 +196,14 @@ impl PgConn {
             Err(reason) => {
                 self.fatal(&mut client, "08006", &format!("skillgate: {reason}"))
                     .await;
-                return ("error", self.bytes());
+                return (End::Error, self.bytes());
             }
         };
         let mut hello = BytesMut::new();
         wire::put_message(&mut hello, b'R', &0i32.to_be_bytes());
         hello.extend_from_slice(&greeting);
         if client.write_all(&hello).await.is_err() {
-            return ("closed", (0, 0));
+            return (End::Closed, (0, 0));
         }
         info!(skill_user = %skill_user, database = param(&params, "database").unwrap_or("-"), "PostgreSQL session started");
         if let Some(key) = key {
@@ -223,7 +223,7 @@ impl PgConn {
     async fn startup(
         &self,
         mut tcp: TcpStream,
-    ) -> Result<(Box<dyn Stream>, Vec<(String, String)>), &'static str> {
+    ) -> Result<(Box<dyn Stream>, Vec<(String, String)>), End> {
         let _ = tcp.set_nodelay(true);
         let tls = self.ctx.tls_acceptor.clone();
         let (mut client, startup): (Box<dyn Stream>, _) =
@@ -235,11 +235,11 @@ impl PgConn {
                         Ok(Ok(stream)) => Box::new(stream),
                         Ok(Err(err)) => {
                             warn!(error = %err, "PostgreSQL skill's TLS handshake failed");
-                            return Err("error");
+                            return Err(End::Error);
                         }
                         Err(_) => {
                             warn!("PostgreSQL skill's TLS handshake timed out");
-                            return Err("error");
+                            return Err(End::Error);
                         }
                     };
                     let startup = wire::read_startup(&mut client, false).await;
@@ -251,17 +251,17 @@ impl PgConn {
             Ok(Startup::Session(params)) => params,
             Ok(Startup::Cancel { pid, secret }) => {
                 self.cancel(pid, secret).await;
-                return Err("cancel");
+                return Err(End::Cancel);
             }
             Ok(Startup::Tls) => {
                 self.fatal(&mut client, "08P01", "skillgate: SSLRequest inside TLS")
                     .await;
-                return Err("error");
+                return Err(End::Error);
             }
             Err(reason) => {
                 self.fatal(&mut client, "08P01", &format!("skillgate: {reason}"))
                     .await;
-                return Err("error");
+                return Err(End::Error);
             }
         };
         if param(&params, "replication").is_some() {
@@ -271,7 +271,7 @@ impl PgConn {
                 "skillgate: replication connections are not allowed",
             )
             .await;
-            return Err("denied");
+            return Err(End::Denied);
         }
         if let Some(encoding) = param(&params, "client_encoding")
             && !wire::reads_as_utf8(encoding)
@@ -284,7 +284,7 @@ impl PgConn {
             warn!(skill_user = %skill_user, %reason, "PostgreSQL session refused");
             self.fatal(&mut client, "22023", &format!("skillgate: {reason}"))
                 .await;
-            return Err("denied");
+            return Err(End::Denied);
         }
         Ok((client, params))
     }
@@ -296,7 +296,7 @@ impl PgConn {
         client: Box<dyn Stream>,
         server: Box<dyn Stream>,
         catalog: &Catalog,
-    ) -> &'static str {
+    ) -> End {
         let session = Mutex::new(Session::default());
         let (client_read, client_write) = tokio::io::split(client);
         let (server_read, server_write) = tokio::io::split(server);
@@ -308,11 +308,11 @@ impl PgConn {
             outcome = &mut frontend => outcome,
             outcome = &mut backend => outcome,
         };
-        if outcome == "terminated" {
+        if outcome == End::Terminated {
             // The skill said goodbye after pipelining messages: the backend's answers to them
             // still go to it, until the backend closes (as it does after Terminate).
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut backend).await;
-            return "closed";
+            return End::Closed;
         }
         outcome
     }

@@ -12,7 +12,7 @@ impl PgConn {
         mut server: S,
         writer: &ClientWriter<W>,
         session: &Mutex<Session>,
-    ) -> &'static str
+    ) -> End
     where
         R: AsyncRead + Unpin,
         S: AsyncWrite + Unpin,
@@ -47,14 +47,14 @@ impl PgConn {
                     Ok(false) => {}
                     Ok(true) => {
                         let _ = server.write_all(&out).await;
-                        return "terminated";
+                        return End::Terminated;
                     }
                     Err(reason) => return self.violation(writer, &reason).await,
                 }
             }
             if !out.is_empty() {
                 if server.write_all(&out).await.is_err() {
-                    return "error";
+                    return End::Error;
                 }
                 self.to_backend
                     .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -62,13 +62,13 @@ impl PgConn {
             }
             match wire::fill(&mut client, &mut inbox).await {
                 Ok(true) => {}
-                Ok(false) if inbox.is_empty() => return "closed",
+                Ok(false) if inbox.is_empty() => return End::Closed,
                 Ok(false) => {
                     return self
                         .violation(writer, "the connection ended inside a message")
                         .await;
                 }
-                Err(_) => return "error",
+                Err(_) => return End::Error,
             }
         }
     }
@@ -78,7 +78,7 @@ impl PgConn {
         &self,
         writer: &ClientWriter<W>,
         reason: &str,
-    ) -> &'static str {
+    ) -> End {
         warn!(%reason, "PostgreSQL protocol violation: ending the session");
         let mut out = BytesMut::new();
         wire::error_response(
@@ -90,7 +90,7 @@ impl PgConn {
             None,
         );
         let _ = writer.lock().await.write_all(&out).await;
-        "protocol violation"
+        End::ProtocolViolation
     }
 
     /// Backend → skill: denied statements' errors rewritten, masked rows masked.
@@ -100,7 +100,7 @@ impl PgConn {
         writer: &ClientWriter<W>,
         session: &Mutex<Session>,
         catalog: &Catalog,
-    ) -> &'static str
+    ) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -146,22 +146,22 @@ impl PgConn {
                 );
                 let _ = writer.lock().await.write_all(&out).await;
                 return if code == "42501" {
-                    "masking failed"
+                    End::MaskingFailed
                 } else {
-                    "error"
+                    End::Error
                 };
             }
             if !out.is_empty() {
                 if writer.lock().await.write_all(&out).await.is_err() {
-                    return "error";
+                    return End::Error;
                 }
                 self.to_skill.fetch_add(out.len() as u64, Ordering::Relaxed);
                 out.clear();
             }
             match wire::fill(&mut server, &mut inbox).await {
                 Ok(true) => {}
-                Ok(false) => return "backend closed",
-                Err(_) => return "error",
+                Ok(false) => return End::BackendClosed,
+                Err(_) => return End::Error,
             }
         }
     }
