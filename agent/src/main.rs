@@ -1,21 +1,11 @@
-//! `skillgate`: host-level enforcement agent for AI skills.
-
-mod cli;
-mod config;
-mod daemon;
-mod gate;
-mod kernel;
-mod lock;
-mod protocol;
-mod proxy;
-mod record;
-mod telemetry;
-mod tls;
+//! `skillgate`: host-level enforcement agent for AI skills. The command line; the agent
+//! itself is the library (`lib.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use skillgate::{cli, config, daemon};
 
 /// Host-level enforcement agent for AI skills.
 ///

@@ -1,5 +1,5 @@
 //! The HTTP request head path as the agent runs it: hyper's server side configured exactly as
-//! the agent configures it (its `http/head.rs`, included as is), reading any bytes a skill
+//! the agent configures it (`protocol::http::head` of the agent library), reading any bytes a skill
 //! might send, then the agent's refusals, the policy's normalisation and the head rebuilt
 //! for the backend.
 //!
@@ -11,9 +11,7 @@
 #![no_main]
 
 // The response-side helpers (`unreadable`, `mask_headers`) are not driven here.
-#[allow(dead_code)]
-#[path = "../../agent/src/protocol/http/head.rs"]
-mod head;
+use skillgate::protocol::http::head;
 
 use std::convert::Infallible;
 use std::sync::OnceLock;

@@ -1,11 +1,10 @@
-//! Tokens and key sets from outside: the agent's pre-signature token inspection (its
-//! `identity/token.rs`, included as is), signature checking of whatever passes it, group
-//! claims, and JWKS documents turned into keys. Any input is refused or accepted, never a
+//! Tokens and key sets from outside: the agent's pre-signature token inspection
+//! (`gate::identity::token` of the agent library), signature checking of whatever passes it,
+//! group claims, and JWKS documents turned into keys. Any input is refused or accepted, never a
 //! panic. The first byte picks: even, a token; odd, a JWKS.
 #![no_main]
 
-#[path = "../../agent/src/gate/identity/token.rs"]
-mod token;
+use skillgate::gate::identity::token;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,6 +1,6 @@
-//! The agent's PostgreSQL session state machine (its `pg/session.rs` with `state.rs` and
-//! `masking.rs`, included as they are), driven by any interleaving of client messages (with the
-//! policy's answers) and backend messages.
+//! The agent's PostgreSQL session state machine (`protocol::pg::session` of the agent
+//! library, with its protocol state and masking), driven by any interleaving of client messages
+//! (with the policy's answers) and backend messages.
 //!
 //! Two modes, by the script's first byte:
 //! - any backend: backend messages are made up (any tag, any order). Checked, besides never
@@ -17,19 +17,7 @@
 //!   desync (only, if it must, because rows cannot be masked).
 #![no_main]
 
-#[path = "../../agent/src/protocol/pg/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
-#[path = "../../agent/src/protocol/pg/session.rs"]
-#[allow(dead_code)]
-mod session;
-
-#[path = "../../agent/src/protocol/pg/state.rs"]
-mod state;
-
-#[path = "../../agent/src/protocol/pg/masking.rs"]
-mod masking;
+use skillgate::protocol::pg::{session, wire};
 
 use std::collections::{HashMap, VecDeque};
 

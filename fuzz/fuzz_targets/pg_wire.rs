@@ -1,11 +1,9 @@
-//! The agent's PostgreSQL wire decoding (its `pg/wire.rs`, included as is): startup packets,
+//! The agent's PostgreSQL wire decoding (`protocol::pg::wire` of the agent library): startup packets,
 //! message framing and the messages the proxy reads (Query, RowDescription, DataRow,
 //! ErrorResponse). Any bytes are decoded or refused, never a panic or an overread.
 #![no_main]
 
-#[path = "../../agent/src/protocol/pg/wire.rs"]
-#[allow(dead_code)]
-mod wire;
+use skillgate::protocol::pg::wire;
 
 use std::sync::OnceLock;
 

@@ -38,6 +38,9 @@ fn sessions_are_recorded_replayable_and_tamper_evident() {
     let _agent = env.start_agent();
     let dialed = env.dial_as_skill("reporter", &[dial, canary.addr]);
     assert!(dialed.get(0).ok && !dialed.get(1).ok);
+    // A session's outcome is its close, recorded once the connection is over: the skill
+    // can see its reset before the agent records it.
+    env.wait_for_sessions_to_end();
 
     let sessions = env.cli_json(&["sessions", "--skill", "reporter", "--json"]);
     let sessions = sessions.as_array().unwrap();
@@ -304,6 +307,9 @@ fn local_events(env: &Env) -> Vec<String> {
 
 /// Waits until the sink holds exactly the local events.
 fn wait_shipped(env: &Env, sink: &PgServer) -> Vec<String> {
+    // What the store will hold: every session closed (a close is recorded once the skill's
+    // connection is over, which the skill may see first).
+    env.wait_for_sessions_to_end();
     let local = local_events(env);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {

@@ -9,7 +9,8 @@ use anyhow::Result;
 
 use crate::cli::terminal::escape;
 use crate::config::AgentConfig;
-use crate::gate::admin::{self, AdminRequest, PendingView};
+use crate::gate::admin::{self, AdminRequest};
+use crate::gate::approvals::PendingView;
 
 fn socket(config_path: &Path) -> Result<PathBuf> {
     Ok(AgentConfig::load(config_path)?.admin_socket_path(config_path))

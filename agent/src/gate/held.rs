@@ -5,15 +5,14 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::gate::admin::PendingView;
+use crate::gate::approvals::PendingView;
 
 /// How much of an operation, and of a body, an approver is shown (bytes).
 pub const SHOWN_MAX: usize = 4096;
 
 /// An operation to hold, as a protocol module describes it.
 pub struct Held<'a> {
-    /// `sql`, `http` or `connect`.
-    pub kind: &'static str,
+    pub kind: crate::record::Kind,
     pub skill: &'a str,
     pub backend: &'a str,
     pub rule: Option<&'a str>,
@@ -50,7 +49,7 @@ impl Held<'_> {
     /// matches.
     pub fn view(&self) -> (PendingView, String) {
         let mut shape = Sha256::new();
-        shape.update(self.kind.as_bytes());
+        shape.update(self.kind.as_str().as_bytes());
         shape.update([0]);
         shape.update(self.shown.as_bytes());
         let body = self.body.map(|body| {
@@ -66,7 +65,7 @@ impl Held<'_> {
         });
         let view = PendingView {
             id: 0,
-            kind: self.kind.to_owned(),
+            kind: self.kind.as_str().to_owned(),
             skill: self.skill.to_owned(),
             backend: self.backend.to_owned(),
             operation: cut(self.shown).to_owned(),
@@ -111,7 +110,7 @@ mod tests {
 
     fn held<'a>(shown: &'a str, exact: &'a str, body: Option<&'a [u8]>) -> Held<'a> {
         Held {
-            kind: "sql",
+            kind: crate::record::Kind::Sql,
             skill: "s",
             backend: "b",
             rule: None,

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use skillgate_policy::Skill;
 use tracing::{info, warn};
 
-mod token;
+pub mod token;
 
 /// Tokens larger than this are refused unread.
 const MAX_TOKEN: usize = 8 * 1024;

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cgroup;
 pub mod confine;
+pub mod conn;
 pub mod enforce;
 pub mod host;
 pub mod sys;

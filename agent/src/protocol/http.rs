@@ -27,13 +27,12 @@ use serde_json::json;
 use skillgate_policy::{Effect, Mask};
 use tracing::{debug, info, warn};
 
-use crate::proxy::Proxy;
-use crate::record::{self, Event, Facts};
-use crate::telemetry::opstats::Outcome;
+use crate::gate::{Audit, End, Hold, Op, Refusal, Refused, Verdict};
+use crate::record::{self, Facts, Kind};
 
 mod body;
 mod forward;
-mod head;
+pub mod head;
 mod hold;
 pub mod pool;
 
@@ -48,31 +47,31 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// so that the approver sees (part of) it and its hash, and exactly it is forwarded.
 const HELD_MAX: usize = 1024 * 1024;
 
+/// What every connection to an `http` backend shares.
+pub struct HttpContext {
+    pub connect_timeout: std::time::Duration,
+    /// How long a backend has to answer a request (`upstream_response_timeout_ms`).
+    pub response_timeout: std::time::Duration,
+    /// The largest body the agent reads whole to mask or check (`mask_body_limit`).
+    pub mask_body_limit: usize,
+    /// The salt of hashed masks.
+    pub mask_salt: Vec<u8>,
+    /// TLS client configurations for backends reached over TLS.
+    pub tls: Arc<crate::tls::Connectors>,
+    /// Idle upstream connections.
+    pub pool: Arc<pool::Pool>,
+}
+
 /// One skill connection to an `http` backend.
 pub struct HttpConn {
-    pub proxy: Arc<Proxy>,
-    pub skill: String,
-    pub backend: String,
-    pub session: Option<i64>,
-    pub upstream: SocketAddr,
+    ctx: Arc<HttpContext>,
+    audit: Arc<Audit>,
+    upstream: SocketAddr,
     tls: Option<crate::tls::Upstream>,
     /// Which pooled upstream connections this skill connection may borrow.
     pool_key: pool::Key,
-    requests: AtomicU64,
     to_backend: Arc<AtomicU64>,
     to_skill: Arc<AtomicU64>,
-}
-
-/// What the policy said about one request, as recorded.
-/// What a decision asks of a request, owned, so that the policy it came from is not held
-/// while the request waits for an approver or is forwarded.
-struct Ruling {
-    effect: Effect,
-    rule: Option<String>,
-    reason: String,
-    mask: skillgate_policy::Mask,
-    /// The credential the agent injects upstream, by name.
-    credential: Option<String>,
 }
 
 struct Decided {
@@ -84,10 +83,8 @@ struct Decided {
 
 impl HttpConn {
     pub fn new(
-        proxy: Arc<Proxy>,
-        skill: String,
-        backend: String,
-        session: Option<i64>,
+        ctx: Arc<HttpContext>,
+        audit: Arc<Audit>,
         upstream: SocketAddr,
         tls: Option<crate::tls::Upstream>,
     ) -> Self {
@@ -96,14 +93,11 @@ impl HttpConn {
             tls: tls.clone(),
         };
         Self {
-            proxy,
-            skill,
-            backend,
-            session,
+            ctx,
+            audit,
             upstream,
             tls,
             pool_key,
-            requests: AtomicU64::new(0),
             to_backend: Arc::default(),
             to_skill: Arc::default(),
         }
@@ -113,7 +107,7 @@ impl HttpConn {
     /// moved (to the backend, to the skill).
     /// Serves the skill's requests on `client` (its TCP connection, or the TLS stream inside it
     /// when the agent intercepts HTTPS) until it closes.
-    pub async fn serve<S>(self: Arc<Self>, client: S) -> (&'static str, (u64, u64))
+    pub async fn serve<S>(self: Arc<Self>, client: S) -> (End, (u64, u64))
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -130,10 +124,10 @@ impl HttpConn {
             self.to_skill.load(Ordering::Relaxed),
         );
         match result {
-            Ok(()) => ("closed", bytes),
+            Ok(()) => (End::Closed, bytes),
             Err(err) => {
                 info!(error = %err, "http connection ended with an error");
-                ("error", bytes)
+                (End::Error, bytes)
             }
         }
     }
@@ -146,29 +140,21 @@ impl HttpConn {
         policy: &skillgate_policy::Policy,
         headers: &hyper::HeaderMap,
     ) -> Result<Vec<String>, String> {
-        let Some(skill) = policy.skill(&self.skill).filter(|s| s.oidc.is_some()) else {
+        let Some(skill) = policy.skill(&self.audit.skill).filter(|s| s.oidc.is_some()) else {
             return Ok(Vec::new());
         };
-        let presented = crate::gate::identity::bearer(headers, &self.proxy.token_header)
-            .map(Ok)
-            .or_else(|| self.proxy.token_file(&self.skill));
-        let identity = match presented {
-            None => Err(crate::gate::identity::Refused(
-                "missing token: this skill must present its OIDC token".to_owned(),
-            )),
-            Some(Err(why)) => Err(crate::gate::identity::Refused(why)),
-            Some(Ok(token)) => self.proxy.identities.validate(skill, &token).await,
-        };
-        identity
+        let gate = self.audit.gate();
+        let presented = crate::gate::identity::bearer(headers, &gate.token_header);
+        gate.identify(skill, presented.as_deref())
+            .await
             .map(|identity| identity.groups)
             .map_err(|why| format!("token refused: {why}"))
     }
 
     async fn request(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = crate::gate::decision_id(self.session, n);
-        let policy = self.proxy.current_policy();
+        let id = self.audit.next_decision();
+        let policy = self.audit.gate().policy();
         let method = request.method().clone();
         let raw_target = request
             .uri()
@@ -190,11 +176,11 @@ impl HttpConn {
                     .await;
             }
         };
-        let headers = policy_headers(request.headers(), &self.proxy.token_header);
+        let headers = policy_headers(request.headers(), &self.audit.gate().token_header);
         let answer = policy.decide_http(
-            &self.skill,
+            &self.audit.skill,
             &token_groups,
-            &self.backend,
+            &self.audit.backend,
             method.as_str(),
             &raw_target,
             &headers,
@@ -228,103 +214,52 @@ impl HttpConn {
             }
             _ => request.map(|body| body.boxed()),
         };
-        if let Err(response) = self.record_decision(&id, &line, decision).await {
-            return response;
-        }
-        let decided = Decided {
-            id,
-            line,
-            reason: decision.reason.clone(),
+        let op = Op {
+            kind: Kind::Http,
+            id: Some(&id),
+            shown: &line,
         };
-        let ruling = Ruling {
-            effect: decision.effect,
-            rule: decision.rule.map(str::to_owned),
-            reason: decision.reason.clone(),
-            mask: decision.mask.clone(),
-            credential: decision.backend.and_then(|b| b.credentials.clone()),
-        };
+        let verdict = self.audit.enforce(&op, decision, Facts::default()).await;
+        let credential = decision.backend.and_then(|b| b.credentials.clone());
+        let reason = decision.reason.clone();
         // The policy in force is not held while the request is held or forwarded.
         drop(answer);
+        let decided = Decided { id, line, reason };
+        let held_line = format!("{method} {raw_target}");
         let response = self
-            .carry_out(
-                request,
-                &decided,
-                ruling,
-                &format!("{method} {raw_target}"),
-                &path,
-            )
+            .carry_out(request, &decided, verdict, credential, &held_line, &path)
             .await;
         let status = response.status();
         debug!(request = %decided.id, status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request answered");
         response
     }
 
-    /// Counts, logs and records a request's decision before it takes effect (see
-    /// [`crate::gate::decided`]); the response to send when it cannot be recorded.
-    async fn record_decision(
-        &self,
-        id: &str,
-        line: &str,
-        decision: &skillgate_policy::Decision<'_>,
-    ) -> Result<(), Response<ProxyBody>> {
-        let operation = crate::gate::Operation {
-            kind: "http",
-            skill: &self.skill,
-            backend: &self.backend,
-            session: self.session,
-            id,
-            shown: line,
-        };
-        crate::gate::decided(&self.proxy, &operation, decision, Facts::default())
-            .await
-            .map_err(|err| {
-                warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the request: refusing it");
-                store_failure("-")
-            })
-    }
-
-    /// Carries a recorded decision out: refuses the request, holds it for an approver
-    /// (`held_line` is how it is shown) or forwards it to `path`, masked as `ruling` says.
+    /// Carries a recorded verdict out: refuses the request, holds it for an approver
+    /// (`held_line` is how it is shown) or forwards it to `path` with `credential`, masked as
+    /// the verdict says.
     async fn carry_out(
         &self,
         request: Request<ProxyBody>,
         decided: &Decided,
-        ruling: Ruling,
+        verdict: Verdict,
+        credential: Option<String>,
         held_line: &str,
         path: &str,
     ) -> Response<ProxyBody> {
-        let rule = ruling.rule.as_deref();
-        let request = match ruling.effect {
-            Effect::Deny => {
-                return json_response(
-                    StatusCode::FORBIDDEN,
-                    &json!({
-                        "error": "forbidden",
-                        "reason": ruling.reason,
-                        "rule": rule,
-                        "decision_id": decided.id,
-                    }),
-                );
-            }
-            Effect::Approve => match self.hold(decided, held_line, rule, request).await {
-                Ok(request) => request,
+        let (request, mask) = match verdict {
+            Verdict::Go(mask) => (request, mask),
+            Verdict::Hold(hold) => match self.hold(decided, held_line, hold, request).await {
+                Ok(approved) => approved,
                 Err(response) => return response,
             },
-            Effect::Allow | Effect::Mask => request,
+            Verdict::Refused(refusal) => return refusal_response(&refusal),
         };
         let host = match &self.tls {
             Some(tls) => tls.server_name.clone(),
             None => self.upstream.to_string(),
         };
-        self.forward(
-            request,
-            decided,
-            path,
-            &host,
-            ruling.credential.as_deref(),
-            &ruling.mask,
-        )
-        .await
+        self.forward(request, decided, path, &host, credential.as_deref(), &mask)
+            .await
     }
 
     /// Refuses a request before the policy could decide it (malformed, upgrade), recorded.
@@ -339,41 +274,60 @@ impl HttpConn {
         // What is logged and stored has sensitive values masked; the skill gets its own.
         let line = skillgate_policy::mask::scrub(&head::lossy_decode(line));
         let kept = skillgate_policy::mask::scrub(&head::lossy_decode(&reason));
-        info!(request = %id, %line, decision = "deny", reason = %kept, "request refused");
-        self.proxy
-            .ops
-            .decided(&self.skill, &self.backend, "http", Outcome::Denied);
-        let event = Event {
-            at_ns: record::now_ns(),
-            kind: "http".to_owned(),
-            operation: line,
-            decision: "deny".to_owned(),
-            rule: rule.map(str::to_owned),
-            reason: kept,
-            facts: Facts {
-                decision_id: Some(id.to_owned()),
-                status: Some(status.as_u16().to_string()),
-                ..Facts::default()
-            },
+        let op = Op {
+            kind: Kind::Http,
+            id: Some(id),
+            shown: &line,
         };
-        if let Err(response) = self.record(event).await {
-            return response;
+        let facts = Facts {
+            status: Some(status.as_u16().to_string()),
+            ..Facts::default()
+        };
+        if !self.audit.refused(&op, &kept, rule, facts).await {
+            return store_failure("-");
         }
         json_response(
             status,
             &json!({"error": status.canonical_reason().unwrap_or("refused").to_lowercase(), "reason": reason, "rule": rule, "decision_id": id}),
         )
     }
+}
 
-    /// Commits a decision before it takes effect; a store failure refuses the request.
-    async fn record(&self, event: Event) -> Result<(), Response<ProxyBody>> {
-        let Some(session) = self.session else {
-            return Ok(());
-        };
-        self.proxy.recorder.event(session, event).await.map_err(|err| {
-            warn!(error = %format!("{err:#}"), decision = "deny", "cannot record the request: refusing it");
-            store_failure("-")
-        })
+/// A refusal as the skill gets it.
+fn refusal_response(refusal: &Refusal) -> Response<ProxyBody> {
+    let Refusal {
+        why,
+        reason,
+        rule,
+        decision_id,
+    } = refusal;
+    let approval_required = |reason: &str, approval: Option<u64>| {
+        let mut body = json!({
+            "error": "approval required",
+            "reason": reason,
+            "rule": rule,
+            "decision_id": decision_id,
+        });
+        if let Some(approval) = approval {
+            body["approval_id"] = json!(approval);
+        }
+        json_response(StatusCode::FORBIDDEN, &body)
+    };
+    match why {
+        Refused::Policy => json_response(
+            StatusCode::FORBIDDEN,
+            &json!({
+                "error": "forbidden",
+                "reason": reason,
+                "rule": rule,
+                "decision_id": decision_id,
+            }),
+        ),
+        // Not recorded: the decision id names nothing in the store.
+        Refused::Unrecorded => store_failure("-"),
+        Refused::AnswerUnrecorded => store_failure(decision_id),
+        Refused::NoSession => approval_required("held requests need a recorded session", None),
+        Refused::Unapproved { approval, why, .. } => approval_required(why, Some(*approval)),
     }
 }
 

@@ -43,12 +43,70 @@ pub struct Session {
     pub backend: Option<String>,
 }
 
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A skill's connection and its decision (the session's first event).
+    Connect,
+    /// A decision on a skill's TLS: a `tls` backend's server name, HTTPS interception.
+    Tls,
+    /// An HTTP request's decision.
+    Http,
+    /// An SQL statement's decision.
+    Sql,
+    /// An approver's answer to a held operation.
+    Approval,
+    /// How an HTTP request was answered.
+    Response,
+    /// How an SQL statement ended (and the skill's token, refused at login).
+    Result,
+    /// The end of a session.
+    Close,
+}
+
+impl Kind {
+    const ALL: [Kind; 8] = [
+        Kind::Connect,
+        Kind::Tls,
+        Kind::Http,
+        Kind::Sql,
+        Kind::Approval,
+        Kind::Response,
+        Kind::Result,
+        Kind::Close,
+    ];
+
+    /// The name the store keeps (and hashes), logs and `replay` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Connect => "connect",
+            Kind::Tls => "tls",
+            Kind::Http => "http",
+            Kind::Sql => "sql",
+            Kind::Approval => "approval",
+            Kind::Response => "response",
+            Kind::Result => "result",
+            Kind::Close => "close",
+        }
+    }
+
+    /// The kind the store names `name`, if it is one this agent writes.
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One decision (or the end of a session).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub at_ns: i64,
-    /// `connect`, `close`, later `sql` and `http`.
-    pub kind: String,
+    pub kind: Kind,
     /// What was asked (an address, a statement, a request line), masked.
     pub operation: String,
     pub decision: String,
@@ -475,10 +533,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn event(kind: &str, operation: String) -> Event {
+    fn event(kind: Kind, operation: String) -> Event {
         Event {
             at_ns: now_ns(),
-            kind: kind.to_owned(),
+            kind,
             operation,
             decision: "allow".to_owned(),
             rule: None,
@@ -514,21 +572,21 @@ mod tests {
                         backend: None,
                     };
                     let id = recorder
-                        .open(session, event("connect", String::new()))
+                        .open(session, event(Kind::Connect, String::new()))
                         .await
                         .unwrap();
                     for step in 0..steps {
                         recorder
-                            .event(id, event("sql", step.to_string()))
+                            .event(id, event(Kind::Sql, step.to_string()))
                             .await
                             .unwrap();
-                        recorder.event_detached(id, event("result", step.to_string()));
+                        recorder.event_detached(id, event(Kind::Result, step.to_string()));
                         if step % 7 == 0 {
                             tokio::task::yield_now().await;
                         }
                     }
                     recorder
-                        .close(id, "closed", (0, 0), event("close", String::new()))
+                        .close(id, "closed", (0, 0), event(Kind::Close, String::new()))
                         .await
                         .unwrap();
                     id

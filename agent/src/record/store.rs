@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use sha2::{Digest as _, Sha256};
 
-use super::{Event, Facts, Session};
+use super::{Event, Facts, Kind, Session};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -187,7 +187,7 @@ impl Store {
             .execute(params![
                 session,
                 event.at_ns,
-                event.kind,
+                event.kind.as_str(),
                 event.operation,
                 event.decision,
                 event.rule,
@@ -252,7 +252,7 @@ impl Store {
                     None,
                     Event {
                         at_ns: now_ns,
-                        kind: "approval".to_owned(),
+                        kind: Kind::Approval,
                         operation: format!("connect {origin}"),
                         decision: "expired".to_owned(),
                         rule: rule.clone(),
@@ -266,7 +266,7 @@ impl Store {
                 Some("interrupted"),
                 Event {
                     at_ns: now_ns,
-                    kind: "close".to_owned(),
+                    kind: Kind::Close,
                     operation: origin.clone(),
                     decision: "interrupted".to_owned(),
                     rule: None,
@@ -460,9 +460,15 @@ pub fn verify(path: &Path) -> Result<u64> {
     let mut count = 0;
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
+        let kind: String = row.get(3)?;
+        let Some(kind) = Kind::parse(&kind) else {
+            bail!(
+                "event {id} is of a kind this agent does not know (`{kind}`): a newer agent wrote it, or it was altered"
+            );
+        };
         let event = Event {
             at_ns: row.get(2)?,
-            kind: row.get(3)?,
+            kind,
             operation: row.get(4)?,
             decision: row.get(5)?,
             rule: row.get(6)?,
@@ -511,10 +517,10 @@ mod tests {
         }
     }
 
-    fn event(kind: &str) -> Event {
+    fn event(kind: Kind) -> Event {
         Event {
             at_ns: 2,
-            kind: kind.to_owned(),
+            kind,
             operation: "op".to_owned(),
             decision: "allow".to_owned(),
             rule: None,
@@ -527,7 +533,7 @@ mod tests {
     fn facts_are_stored_and_chained() {
         let path = store_path("facts");
         let mut store = Store::open(&path, false).unwrap();
-        let mut answer = event("result");
+        let mut answer = event(Kind::Result);
         answer.facts = Facts {
             decision_id: Some("1.1".to_owned()),
             status: Some("00000".to_owned()),
@@ -536,7 +542,7 @@ mod tests {
             duration_us: Some(450),
             ..Facts::default()
         };
-        let plain = event("sql");
+        let plain = event(Kind::Sql);
         let opened = store
             .write(&[Write::Open(&session(), &plain), Write::Event(1, &answer)])
             .unwrap();
@@ -575,7 +581,7 @@ mod tests {
     fn kept_content_is_stored_and_chained() {
         let path = store_path("content");
         let mut store = Store::open(&path, false).unwrap();
-        let mut answer = event("result");
+        let mut answer = event(Kind::Result);
         answer.facts.status = Some("00000".to_owned());
         let mut kept = answer.clone();
         kept.facts.content = Some("[\"1\",\"[masked]\"]".to_owned());
@@ -606,7 +612,12 @@ mod tests {
     fn a_session_is_its_events_within_its_id_range() {
         let path = store_path("range");
         let mut store = Store::open(&path, false).unwrap();
-        let (s, open, sql, close) = (session(), event("connect"), event("sql"), event("close"));
+        let (s, open, sql, close) = (
+            session(),
+            event(Kind::Connect),
+            event(Kind::Sql),
+            event(Kind::Close),
+        );
         let ids = store
             .write(&[Write::Open(&s, &open), Write::Open(&s, &open)])
             .unwrap();
@@ -641,7 +652,7 @@ mod tests {
         let mut store = Store::open(&path, false).unwrap();
         let at = |at_ns| Event {
             at_ns,
-            ..event("sql")
+            ..event(Kind::Sql)
         };
         let events: Vec<Event> = [10, 20, 30, 50, 40, 60].into_iter().map(at).collect();
         let s = session();

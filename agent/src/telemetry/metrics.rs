@@ -18,9 +18,6 @@ use prometheus_client::registry::Registry;
 use skillgate_common::counter;
 use tracing::{info, warn};
 
-use crate::lock::Shared as _;
-use crate::proxy::Proxy;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub skill: String,
@@ -67,21 +64,34 @@ impl Default for Metrics {
     }
 }
 
+/// What `/metrics` shows besides the registry, from where each lives.
+pub struct Sources<'a> {
+    /// The policy in force, which names the skills.
+    pub policy: &'a skillgate_policy::Policy,
+    pub counters: &'a crate::kernel::enforce::Counters,
+    pub skills: &'a crate::kernel::cgroup::SkillsCgroup,
+    pub ops: &'a crate::telemetry::opstats::OpStats,
+}
+
+/// Renders the metrics page.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 impl Metrics {
-    /// The registry's metrics, then the eBPF programs' per-skill counters.
-    fn render(&self, proxy: &Proxy) -> String {
+    /// The registry's metrics, then the eBPF programs' per-skill counters, the confinement
+    /// audit and the operation counts.
+    pub fn render(&self, sources: &Sources<'_>) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
             warn!("cannot encode metrics");
         }
-        let policy = proxy.policy.read_locked().clone();
+        let policy = sources.policy;
         let _ = writeln!(
             out,
             "# HELP skillgate_ebpf_events Socket events the eBPF programs saw, by skill and kind\n\
              # TYPE skillgate_ebpf_events counter"
         );
-        for (cgroup_id, counts) in proxy.enforcement.counters.per_cgroup() {
-            let skill = proxy
+        for (cgroup_id, counts) in sources.counters.per_cgroup() {
+            let skill = sources
                 .skills
                 .resolve(cgroup_id)
                 .and_then(|c| policy.skill_for_cgroup(&c).map(|s| s.name.clone()))
@@ -95,7 +105,7 @@ impl Metrics {
                 }
             }
         }
-        let audit = crate::kernel::audit::audit(&proxy.skills.dir);
+        let audit = crate::kernel::audit::audit(&sources.skills.dir);
         let unconfined = audit.unconfined().count();
         let shared: usize = audit.shared_uids.iter().map(|s| s.outside).sum();
         let _ = writeln!(
@@ -111,14 +121,14 @@ impl Metrics {
              skillgate_shared_uid_processes {shared}",
             audit.processes.len() - unconfined
         );
-        proxy.ops.render_prometheus(&mut out);
+        sources.ops.render_prometheus(&mut out);
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 }
 
 /// Serves `/metrics` on `addr` (validated to be a loopback address).
-pub async fn serve(addr: SocketAddr, proxy: Arc<Proxy>) -> Result<()> {
+pub async fn serve(addr: SocketAddr, render: Render) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr} (metrics_listen)"))?;
@@ -128,12 +138,12 @@ pub async fn serve(addr: SocketAddr, proxy: Arc<Proxy>) -> Result<()> {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let proxy = Arc::clone(&proxy);
+            let render = Arc::clone(&render);
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let proxy = Arc::clone(&proxy);
-                        async move { Ok::<_, Infallible>(answer(&request, &proxy)) }
+                        let render = Arc::clone(&render);
+                        async move { Ok::<_, Infallible>(answer(&request, &render)) }
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -144,13 +154,13 @@ pub async fn serve(addr: SocketAddr, proxy: Arc<Proxy>) -> Result<()> {
     Ok(())
 }
 
-fn answer(request: &Request<hyper::body::Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
+fn answer(request: &Request<hyper::body::Incoming>, render: &Render) -> Response<Full<Bytes>> {
     if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
         let mut response = Response::new(Full::new(Bytes::from_static(b"only GET /metrics\n")));
         *response.status_mut() = StatusCode::NOT_FOUND;
         return response;
     }
-    let mut response = Response::new(Full::new(Bytes::from(proxy.metrics.render(proxy))));
+    let mut response = Response::new(Full::new(Bytes::from(render())));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(

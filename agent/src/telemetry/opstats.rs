@@ -82,7 +82,7 @@ impl Outcome {
     }
 
     /// The decision as logged and recorded.
-    pub fn verdict(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Allowed => "allow",
             Self::Denied => "deny",

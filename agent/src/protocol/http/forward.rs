@@ -16,7 +16,7 @@ impl HttpConn {
         mask: &Mask,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let credentials = self.proxy.credentials();
+        let credentials = self.audit.gate().credentials();
         let credential = match credential {
             Some(name) => match credentials.get(name) {
                 Some(credential) => Some(credential),
@@ -42,7 +42,7 @@ impl HttpConn {
             .version(hyper::Version::HTTP_11);
         *upstream.headers_mut().expect("a fresh builder has headers") = head::upstream_headers(
             &parts.headers,
-            &self.proxy.token_header,
+            &self.audit.gate().token_header,
             host,
             credential.map(|c| (&c.header, &c.value)),
             whole,
@@ -65,7 +65,24 @@ impl HttpConn {
                 return self.failed(decided, status, &reason, started).await;
             }
         };
-        let secrets: Vec<Vec<u8>> = credential.map(|c| c.needles.clone()).unwrap_or_default();
+        let secrets = credential.map(|c| c.needles.as_slice());
+        self.respond(decided, (response, lease), secrets, mask, started)
+            .await
+    }
+
+    /// Answers the skill with the backend's response: relayed as it streams, or read whole to
+    /// be masked or, where the agent injected a credential, scanned for its forms (`secrets`),
+    /// which are scrubbed either way; withheld when it cannot be.
+    async fn respond(
+        &self,
+        decided: &Decided,
+        (response, lease): (Response<Incoming>, Lease),
+        secrets: Option<&[Vec<u8>]>,
+        mask: &Mask,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let whole = mask.masks_body() || secrets.is_some();
+        let secrets = secrets.unwrap_or_default();
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             let reason = "the backend switched protocols; upgrades are not allowed";
@@ -87,14 +104,14 @@ impl HttpConn {
         }
         let mut headers = HeaderMap::new();
         head::copy_end_to_end(&parts.headers, &mut headers);
-        scrub::scrub_headers(&mut headers, &secrets);
-        head::mask_headers(&mut headers, mask, &self.proxy.mask_salt);
+        scrub::scrub_headers(&mut headers, secrets);
+        head::mask_headers(&mut headers, mask, &self.ctx.mask_salt);
         parts.headers = headers;
         // Nothing else of the backend's head is relayed: hyper would write a reason phrase it
         // kept (which can carry anything, the credential too) back to the skill.
         parts.extensions = hyper::http::Extensions::new();
         if !mask.masks_body() {
-            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets)
+            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets.to_vec())
                 .holding(lease)
                 .boxed();
             let response = Response::from_parts(parts, body);
@@ -102,7 +119,7 @@ impl HttpConn {
                 .answered(decided, response, started, 0, None, None)
                 .await;
         }
-        match self.mask(body, mask, &secrets).await {
+        match self.mask(body, mask, secrets).await {
             Ok((masked, count)) => {
                 lease.release();
                 let content = mask
@@ -138,7 +155,7 @@ impl HttpConn {
         mask: &Mask,
         secrets: &[Vec<u8>],
     ) -> Result<(Vec<u8>, usize), String> {
-        let limit = self.proxy.mask_body_limit;
+        let limit = self.ctx.mask_body_limit;
         let body = read_whole(body, limit)
             .await
             .map_err(|unread| match unread {
@@ -149,7 +166,7 @@ impl HttpConn {
             return Ok((Vec::new(), 0));
         }
         let (mut masked, count) =
-            skillgate_policy::mask::mask_json(&body, mask, &self.proxy.mask_salt)
+            skillgate_policy::mask::mask_json(&body, mask, &self.ctx.mask_salt)
                 .map_err(|err| err.to_string())?;
         scrub::scrub(&mut masked, secrets);
         Ok((masked, count))
@@ -164,8 +181,8 @@ impl HttpConn {
         mut request: Request<Relay<ProxyBody>>,
     ) -> Result<(Response<Incoming>, Lease), (StatusCode, String)> {
         let unreachable = |reason| (StatusCode::BAD_GATEWAY, reason);
-        let pool = &self.proxy.http_pool;
-        let timeout = self.proxy.upstream_response_timeout;
+        let pool = &self.ctx.pool;
+        let timeout = self.ctx.response_timeout;
         loop {
             let (mut sender, pooled) = match pool.take(&self.pool_key) {
                 Some(sender) => (sender, true),
@@ -202,10 +219,9 @@ impl HttpConn {
     }
 
     pub(super) async fn connect(&self) -> Result<pool::Sender, String> {
-        let stream =
-            crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
-                .await
-                .map_err(|err| err.to_string())?;
+        let stream = crate::gate::connect_upstream(self.upstream, self.ctx.connect_timeout)
+            .await
+            .map_err(|err| err.to_string())?;
         let _ = stream.set_nodelay(true);
         let upstream_local = stream
             .local_addr()
@@ -214,7 +230,7 @@ impl HttpConn {
             None => handshake(stream).await?,
             Some(tls) => {
                 let stream = self
-                    .proxy
+                    .ctx
                     .tls
                     .connect(stream, tls)
                     .await
@@ -236,43 +252,35 @@ impl HttpConn {
         failure: Option<&str>,
         content: Option<String>,
     ) -> Response<ProxyBody> {
-        self.proxy.ops.answered(
-            &self.skill,
-            &self.backend,
-            "http",
+        self.audit.gate().ops.answered(
+            &self.audit.skill,
+            &self.audit.backend,
+            Kind::Http.as_str(),
             started.elapsed(),
             masked,
         );
-        if let Some(session) = self.session {
-            let bytes = response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i64>().ok());
-            let took = started.elapsed();
-            let event = Event {
-                at_ns: record::now_ns(),
-                kind: "response".to_owned(),
-                operation: decided.line.clone(),
-                decision: response.status().as_u16().to_string(),
-                rule: None,
-                reason: match (failure, bytes) {
-                    (Some(failure), _) => failure.to_owned(),
-                    (None, Some(bytes)) => format!("{bytes} bytes, {masked} values masked"),
-                    (None, None) => format!("streamed, {masked} values masked"),
-                },
-                facts: Facts {
-                    decision_id: Some(decided.id.clone()),
-                    status: Some(response.status().as_u16().to_string()),
-                    bytes,
-                    masked: Some(masked as i64),
-                    duration_us: Some(took.as_micros() as i64),
-                    content,
-                    ..Facts::default()
-                },
-            };
-            self.proxy.recorder.event_detached(session, event);
-        }
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        let reason = match (failure, bytes) {
+            (Some(failure), _) => failure.to_owned(),
+            (None, Some(bytes)) => format!("{bytes} bytes, {masked} values masked"),
+            (None, None) => format!("streamed, {masked} values masked"),
+        };
+        let status = response.status().as_u16().to_string();
+        let facts = Facts {
+            decision_id: Some(decided.id.clone()),
+            status: Some(status.clone()),
+            bytes,
+            masked: Some(masked as i64),
+            duration_us: Some(started.elapsed().as_micros() as i64),
+            content,
+            ..Facts::default()
+        };
+        self.audit
+            .answered(Kind::Response, decided.line.clone(), status, reason, facts);
         response
     }
 

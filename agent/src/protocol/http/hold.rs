@@ -13,7 +13,7 @@ impl HttpConn {
         kinds: &[head::FormKind],
     ) -> Result<Request<ProxyBody>, (StatusCode, String)> {
         let (parts, body) = request.into_parts();
-        let limit = self.proxy.mask_body_limit;
+        let limit = self.ctx.mask_body_limit;
         let body = read_whole(body, limit)
             .await
             .map_err(|unread| match unread {
@@ -38,21 +38,16 @@ impl HttpConn {
 
     /// Holds a request for a human: reads its body first (at most `HELD_MAX` bytes), so
     /// that the approver sees it (masked, bounded, hashed) and exactly those bytes go ahead.
-    /// `line` is the request line as sent. The request to forward when approved, else the
-    /// refusal.
+    /// `line` is the request line as sent. The request to forward when approved, and its
+    /// mask; else the refusal.
     pub(super) async fn hold(
         &self,
         decided: &Decided,
         line: &str,
-        rule: Option<&str>,
+        hold: Hold,
         request: Request<ProxyBody>,
-    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
-        let Some(session) = self.session else {
-            return Err(json_response(
-                StatusCode::FORBIDDEN,
-                &json!({"error": "approval required", "reason": "held requests need a recorded session", "rule": rule, "decision_id": decided.id}),
-            ));
-        };
+    ) -> Result<(Request<ProxyBody>, Mask), Response<ProxyBody>> {
+        let rule = hold.rule.clone();
         let (parts, body) = request.into_parts();
         let body = match read_whole(body, HELD_MAX).await {
             Ok(body) => body,
@@ -72,7 +67,7 @@ impl HttpConn {
                 };
                 info!(request = %decided.id, %reason, "held request refused");
                 return Err(self
-                    .refuse(&decided.id, &decided.line, status, reason, rule)
+                    .refuse(&decided.id, &decided.line, status, reason, rule.as_deref())
                     .await);
             }
         };
@@ -96,44 +91,27 @@ impl HttpConn {
             )
         };
         let held = crate::gate::held::Held {
-            kind: "http",
-            skill: &self.skill,
-            backend: &self.backend,
-            rule,
+            kind: Kind::Http,
+            skill: &self.audit.skill,
+            backend: &self.audit.backend,
+            rule: rule.as_deref(),
             reason: &decided.reason,
             shown: &shown,
             exact: exact.as_bytes(),
             body: Some(&body),
             exact_only: false,
         };
-        let answered = match crate::gate::hold(
-            &self.proxy,
-            session,
-            Some(&decided.id),
-            &decided.line,
-            held,
-        )
-        .await
-        {
-            Ok(answered) => answered,
-            Err(err) => {
-                warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the request");
-                return Err(store_failure(&decided.id));
-            }
+        let op = Op {
+            kind: Kind::Http,
+            id: Some(&decided.id),
+            shown: &decided.line,
         };
-        if answered.go {
-            let body = Full::new(body).map_err(|never| match never {}).boxed();
-            return Ok(Request::from_parts(parts, body));
+        match self.audit.hold(&op, hold, held).await {
+            Ok(mask) => {
+                let body = Full::new(body).map_err(|never| match never {}).boxed();
+                Ok((Request::from_parts(parts, body), mask))
+            }
+            Err(refusal) => Err(refusal_response(&refusal)),
         }
-        Err(json_response(
-            StatusCode::FORBIDDEN,
-            &json!({
-                "error": "approval required",
-                "reason": answered.why,
-                "rule": rule,
-                "approval_id": answered.approval,
-                "decision_id": decided.id,
-            }),
-        ))
     }
 }

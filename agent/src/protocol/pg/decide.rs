@@ -12,16 +12,15 @@ impl PgConn {
     /// Classifies, decides (holding for approval if a rule says so) and records a statement;
     /// the answer carries the decision's id (`session.n`).
     pub(super) async fn decide(&self, text: &str, prepared: bool) -> Decided {
-        let n = self.statements.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = crate::gate::decision_id(self.session, n);
+        let id = self.audit.next_decision();
         let answer = self.answer(&id, text, prepared).await;
         Decided { id, answer }
     }
 
     /// `prepared`: the statement comes in a Parse, to run later with values bound then.
     pub(super) async fn answer(&self, id: &str, text: &str, prepared: bool) -> Answer {
-        let policy = self.proxy.current_policy();
-        let classified = self.proxy.classify(text);
+        let policy = self.audit.gate().policy();
+        let classified = self.ctx.classify(text);
         // The cached classification resolved names by the defaults; this session's login
         // catalog resolves them as its server will.
         let statements = match &classified.statements {
@@ -31,61 +30,47 @@ impl PgConn {
         let statements = statements.as_ref().map(|s| &**s).map_err(|e| *e);
         let decision = self.statement_decision(&policy, statements, prepared);
         let recorded = self.recorded_text(text, &classified.scrubbed);
-        let rule = decision.rule.map(str::to_owned);
-        let operation = crate::gate::Operation {
-            kind: "sql",
-            skill: &self.skill,
-            backend: &self.backend,
-            session: self.session,
-            id,
+        let op = Op {
+            kind: Kind::Sql,
+            id: Some(id),
             shown: &recorded,
         };
         let facts = Facts {
             classification: classification(statements),
             ..Facts::default()
         };
-        if let Err(err) = crate::gate::decided(&self.proxy, &operation, &decision, facts).await {
-            warn!(error = %format!("{err:#}"), "cannot record the statement: refusing it");
+        let verdict = self.audit.enforce(&op, &decision, facts).await;
+        if !matches!(verdict, Verdict::Refused(_)) && !self.catalog_covers(&decision.mask) {
+            let rule = decision.rule.unwrap_or("none (default deny)");
+            warn!(statement = %id, "statement refused: the policy in force masks columns this session's catalog snapshot was not taken for");
             return Answer::Deny {
-                message:
-                    "skillgate: the session store cannot record this statement, so it is refused"
-                        .to_owned(),
-                detail: format!("decision {id}"),
+                message: "skillgate: the policy now masks columns this session cannot find \
+                          (it changed after the session began): reconnect"
+                    .to_owned(),
+                detail: format!("rule: {rule}; decision {id}"),
             };
         }
-        let rule_text = rule.as_deref().unwrap_or("none (default deny)");
-        match decision.effect {
-            Effect::Allow | Effect::Mask | Effect::Approve
-                if !self.catalog_covers(&decision.mask) =>
-            {
-                warn!(statement = %id, "statement refused: the policy in force masks columns this session's catalog snapshot was not taken for");
-                Answer::Deny {
-                    message: "skillgate: the policy now masks columns this session cannot find \
-                              (it changed after the session began): reconnect"
-                        .to_owned(),
-                    detail: format!("rule: {rule_text}; decision {id}"),
-                }
-            }
-            Effect::Allow | Effect::Mask => Answer::Allow(decision.mask),
-            Effect::Deny => Answer::Deny {
-                message: format!("skillgate: permission denied: {}", decision.reason),
-                detail: format!("rule: {rule_text}; decision {id}"),
-            },
-            Effect::Approve => {
-                let reason = decision.reason.clone();
+        match verdict {
+            Verdict::Go(mask) => Answer::Allow(mask),
+            Verdict::Refused(refusal) => refused(&refusal),
+            Verdict::Hold(hold) => {
+                let (rule, reason) = (hold.rule.clone(), hold.reason.clone());
                 let held = Held {
-                    kind: "sql",
-                    skill: &self.skill,
-                    backend: &self.backend,
+                    kind: Kind::Sql,
+                    skill: &self.audit.skill,
+                    backend: &self.audit.backend,
                     rule: rule.as_deref(),
                     reason: &reason,
                     shown: classified.scrubbed.trim(),
                     exact: text.as_bytes(),
                     body: None,
-                    exact_only: decision.exact_only,
+                    exact_only: hold.exact_only,
                 };
-                self.hold(id, held, &recorded, decision.reason, decision.mask)
-                    .await
+                match self.audit.hold(&op, hold, held).await {
+                    // Approved, and masked as an allowed statement would be.
+                    Ok(mask) => Answer::Allow(mask),
+                    Err(refusal) => refused(&refusal),
+                }
             }
         }
     }
@@ -101,9 +86,9 @@ impl PgConn {
     ) -> Decision<'p> {
         let mut decision = match statements {
             Ok(statements) => policy.decide(&Request {
-                skill: &self.skill,
+                skill: &self.audit.skill,
                 token_groups: self.token_groups.get().map_or(&[][..], Vec::as_slice),
-                backend: &self.backend,
+                backend: &self.audit.backend,
                 operation: Operation::Sql(statements),
             }),
             Err(err) => Decision {
@@ -141,7 +126,7 @@ impl PgConn {
     fn recorded_text(&self, text: &str, scrubbed: &str) -> String {
         // An approver always sees the literals (detector hits masked): the values are often
         // what is being approved.
-        match self.proxy.sql_literals {
+        match self.ctx.sql_literals {
             SqlLiterals::Keep => statement_text(scrubbed),
             SqlLiterals::Redact => match skillgate_policy::sql::redact(text) {
                 Some(redacted) => statement_text(&redacted),
@@ -169,49 +154,42 @@ impl PgConn {
                 .is_ok()
         })
     }
+}
 
-    /// Holds a statement for approval: approvers see `held` (masked, its length and hash if
-    /// cut), the store keeps `recorded`; if approved, it runs under `mask`.
-    pub(super) async fn hold(
-        &self,
-        id: &str,
-        held: Held<'_>,
-        recorded: &str,
-        reason: String,
-        mask: Mask,
-    ) -> Answer {
-        let Some(session) = self.session else {
-            return Answer::Deny {
-                message: format!("skillgate: approval required: {reason}"),
-                detail: "held statements need a recorded session".to_owned(),
-            };
-        };
-        let answered = match crate::gate::hold(&self.proxy, session, Some(id), recorded, held).await
-        {
-            Ok(answered) => answered,
-            Err(err) => {
-                warn!(error = %format!("{err:#}"), "cannot record the approval: refusing the statement");
-                return Answer::Deny {
-                    message: "skillgate: the session store cannot record this approval".to_owned(),
-                    detail: format!("decision {id}"),
-                };
-            }
-        };
-        if answered.go {
-            // Approved, and masked as an allowed statement would be.
-            return Answer::Allow(mask);
-        }
-        Answer::Deny {
-            message: format!(
-                "skillgate: approval required ({}): {reason}",
-                answered.answer
-            ),
-            detail: format!(
-                "approval {}; {}; decision {id}",
-                answered.approval, answered.why
-            ),
-        }
-    }
+/// A refusal as the skill gets it: an error (SQLSTATE 42501) with the reason, and the rule and
+/// decision in its detail.
+fn refused(refusal: &Refusal) -> Answer {
+    let id = &refusal.decision_id;
+    let rule = refusal.rule.as_deref().unwrap_or("none (default deny)");
+    let reason = &refusal.reason;
+    let (message, detail) = match &refusal.why {
+        Refused::Policy => (
+            format!("skillgate: permission denied: {reason}"),
+            format!("rule: {rule}; decision {id}"),
+        ),
+        Refused::Unrecorded => (
+            "skillgate: the session store cannot record this statement, so it is refused"
+                .to_owned(),
+            format!("decision {id}"),
+        ),
+        Refused::AnswerUnrecorded => (
+            "skillgate: the session store cannot record this approval".to_owned(),
+            format!("decision {id}"),
+        ),
+        Refused::NoSession => (
+            format!("skillgate: approval required: {reason}"),
+            "held statements need a recorded session".to_owned(),
+        ),
+        Refused::Unapproved {
+            approval,
+            answer,
+            why,
+        } => (
+            format!("skillgate: approval required ({answer}): {reason}"),
+            format!("approval {approval}; {why}; decision {id}"),
+        ),
+    };
+    Answer::Deny { message, detail }
 }
 
 /// What the policy saw in a statement, for the record: its accesses (`select public.orders,

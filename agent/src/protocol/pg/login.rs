@@ -14,16 +14,16 @@ impl PgConn {
     pub(super) async fn login(&self, params: &[(String, String)]) -> Result<Login, String> {
         let policy = &self.policy;
         let backend = policy
-            .backend(&self.backend)
+            .backend(&self.audit.backend)
             .ok_or("the backend is no longer in the policy")?;
         let name = backend.credentials.clone().ok_or_else(|| {
             format!(
                 "backend `{}` names no credentials; the agent cannot log in",
-                self.backend
+                self.audit.backend
             )
         })?;
         let tls = backend.tls.clone();
-        let credentials = self.proxy.credentials();
+        let credentials = self.audit.gate().credentials();
         let credential = credentials
             .get(&name)
             .ok_or_else(|| format!("credential `{name}` is not configured on this host"))?;
@@ -87,7 +87,7 @@ impl PgConn {
         &self,
         tls: Option<skillgate_policy::Tls>,
     ) -> Result<Box<dyn Stream>, String> {
-        let tcp = crate::gate::connect_upstream(self.upstream, self.proxy.upstream_connect_timeout)
+        let tcp = crate::gate::connect_upstream(self.upstream, self.ctx.connect_timeout)
             .await
             .map_err(|err| err.to_string())?;
         let _ = tcp.set_nodelay(true);
@@ -107,7 +107,7 @@ impl PgConn {
                 }
                 let to = crate::tls::Upstream::resolve(&tls, self.upstream, &self.policy.origin);
                 let stream = self
-                    .proxy
+                    .ctx
                     .tls
                     .connect(tcp, &to)
                     .await
@@ -128,7 +128,7 @@ impl PgConn {
         let mut names: Vec<String> = policy
             .rules
             .iter()
-            .filter(|r| policy.backends[r.backend].name == self.backend)
+            .filter(|r| policy.backends[r.backend].name == self.audit.backend)
             .flat_map(|r| r.mask.columns.iter())
             .map(|c| column_name(c).to_owned())
             .collect();

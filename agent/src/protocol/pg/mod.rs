@@ -26,10 +26,10 @@
 
 mod decide;
 mod login;
-mod masking;
+pub mod masking;
 mod pumps;
-mod session;
-mod state;
+pub mod session;
+pub mod state;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -49,9 +49,9 @@ use tracing::{debug, info, warn};
 use self::login::{column_name, param};
 use crate::config::SqlLiterals;
 use crate::gate::held::Held;
+use crate::gate::{Audit, End, Op, Refusal, Refused, Verdict};
 use crate::lock::Locked as _;
-use crate::proxy::Proxy;
-use crate::record::{self, Event, Facts};
+use crate::record::{self, Facts, Kind};
 use session::{Answer, Catalog, Decided, Ended, Noted, Session};
 use wire::Startup;
 
@@ -83,6 +83,30 @@ impl CancelKeys {
     }
 }
 
+/// What every connection to a `postgres` backend shares.
+pub struct PgContext {
+    pub connect_timeout: Duration,
+    /// The salt of hashed masks.
+    pub mask_salt: Vec<u8>,
+    /// TLS client configurations for backends reached over TLS.
+    pub tls: Arc<crate::tls::Connectors>,
+    /// TLS for skills that ask for it, when a certificate is configured.
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Live sessions' cancel keys → their backends.
+    pub cancel: CancelKeys,
+    /// SQL classifications of recent statement texts.
+    pub sql_cache: Mutex<skillgate_policy::sql::Cache>,
+    /// Whether recorded SQL keeps its literals.
+    pub sql_literals: SqlLiterals,
+}
+
+impl PgContext {
+    /// Classifies SQL through the shared cache (a repeated statement is not parsed again).
+    pub fn classify(&self, sql: &str) -> Arc<skillgate_policy::sql::Classified> {
+        self.sql_cache.locked().classify(sql)
+    }
+}
+
 /// One skill connection to a `postgres` backend.
 ///
 /// Which policy it sees: the session is set up (token, upstream login, the mask catalog) by
@@ -91,7 +115,8 @@ impl CancelKeys {
 /// a column name the login's catalog snapshot was not taken for (the reload added it) is
 /// refused: its masked values could not be found by table and column number.
 pub struct PgConn {
-    pub proxy: Arc<Proxy>,
+    ctx: Arc<PgContext>,
+    audit: Arc<Audit>,
     /// The policy that let the session connect, which sets it up.
     policy: Arc<skillgate_policy::Policy>,
     /// The masked column names the catalog snapshot was taken for.
@@ -99,11 +124,7 @@ pub struct PgConn {
     /// How the login's catalog resolves unqualified names (set at login, before any
     /// statement is decided).
     login_catalog: std::sync::OnceLock<skillgate_policy::sql::LoginCatalog>,
-    pub skill: String,
-    pub backend: String,
-    pub session: Option<i64>,
-    pub upstream: SocketAddr,
-    statements: AtomicU64,
+    upstream: SocketAddr,
     /// Groups the skill's token grants (set once it is validated).
     token_groups: std::sync::OnceLock<Vec<String>>,
     to_backend: AtomicU64,
@@ -112,23 +133,18 @@ pub struct PgConn {
 
 impl PgConn {
     pub fn new(
-        proxy: Arc<Proxy>,
+        ctx: Arc<PgContext>,
+        audit: Arc<Audit>,
         policy: Arc<skillgate_policy::Policy>,
-        skill: String,
-        backend: String,
-        session: Option<i64>,
         upstream: SocketAddr,
     ) -> Self {
         Self {
-            proxy,
+            ctx,
+            audit,
             policy,
             catalog_names: std::sync::OnceLock::new(),
             login_catalog: std::sync::OnceLock::new(),
-            skill,
-            backend,
-            session,
             upstream,
-            statements: AtomicU64::new(0),
             token_groups: std::sync::OnceLock::new(),
             to_backend: AtomicU64::new(0),
             to_skill: AtomicU64::new(0),
@@ -143,69 +159,12 @@ impl PgConn {
     }
 
     /// Serves the skill's connection; returns the outcome and the bytes moved.
-    pub async fn serve(self: Arc<Self>, mut tcp: TcpStream) -> (&'static str, (u64, u64)) {
-        let _ = tcp.set_nodelay(true);
-        let tls = self.proxy.pg_tls.clone();
-        let (mut client, startup): (Box<dyn Stream>, _) =
-            match wire::read_startup(&mut tcp, tls.is_some()).await {
-                Ok(Startup::Tls) => {
-                    let acceptor = tls.expect("TLS is offered only when configured");
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp));
-                    let mut client: Box<dyn Stream> = match handshake.await {
-                        Ok(Ok(stream)) => Box::new(stream),
-                        Ok(Err(err)) => {
-                            warn!(error = %err, "PostgreSQL skill's TLS handshake failed");
-                            return ("error", (0, 0));
-                        }
-                        Err(_) => {
-                            warn!("PostgreSQL skill's TLS handshake timed out");
-                            return ("error", (0, 0));
-                        }
-                    };
-                    let startup = wire::read_startup(&mut client, false).await;
-                    (client, startup)
-                }
-                other => (Box::new(tcp), other),
-            };
-        let params = match startup {
-            Ok(Startup::Session(params)) => params,
-            Ok(Startup::Cancel { pid, secret }) => {
-                self.cancel(pid, secret).await;
-                return ("cancel", (0, 0));
-            }
-            Ok(Startup::Tls) => {
-                self.fatal(&mut client, "08P01", "skillgate: SSLRequest inside TLS")
-                    .await;
-                return ("error", (0, 0));
-            }
-            Err(reason) => {
-                self.fatal(&mut client, "08P01", &format!("skillgate: {reason}"))
-                    .await;
-                return ("error", (0, 0));
-            }
+    pub async fn serve(self: Arc<Self>, tcp: TcpStream) -> (End, (u64, u64)) {
+        let (mut client, params) = match self.startup(tcp).await {
+            Ok(started) => started,
+            Err(outcome) => return (outcome, (0, 0)),
         };
         let skill_user = param(&params, "user").unwrap_or("-").to_owned();
-        if param(&params, "replication").is_some() {
-            self.fatal(
-                &mut client,
-                "28000",
-                "skillgate: replication connections are not allowed",
-            )
-            .await;
-            return ("denied", (0, 0));
-        }
-        if let Some(encoding) = param(&params, "client_encoding")
-            && !wire::reads_as_utf8(encoding)
-        {
-            let reason = format!(
-                "client_encoding {encoding} is not supported: the agent reads statements as \
-                 UTF-8 (use UTF8)"
-            );
-            warn!(skill_user = %skill_user, %reason, "PostgreSQL session refused");
-            self.fatal(&mut client, "22023", &format!("skillgate: {reason}"))
-                .await;
-            return ("denied", (0, 0));
-        }
         match self.authenticate_skill(&mut client).await {
             Ok(groups) => {
                 let _ = self.token_groups.set(groups);
@@ -223,7 +182,7 @@ impl PgConn {
                     &format!("skillgate: token refused: {reason}"),
                 )
                 .await;
-                return ("denied", (0, 0));
+                return (End::Denied, (0, 0));
             }
         }
         let (mut server, greeting, key) = match self.login(&params).await {
@@ -232,7 +191,7 @@ impl PgConn {
                 warn!(skill_user = %skill_user, %reason, "cannot log in to the PostgreSQL backend");
                 self.fatal(&mut client, "08006", &format!("skillgate: {reason}"))
                     .await;
-                return ("backend unreachable", (0, 0));
+                return (End::BackendUnreachable, (0, 0));
             }
         };
         // The catalog snapshot is taken before the skill gets the connection.
@@ -241,42 +200,125 @@ impl PgConn {
             Err(reason) => {
                 self.fatal(&mut client, "08006", &format!("skillgate: {reason}"))
                     .await;
-                return ("error", self.bytes());
+                return (End::Error, self.bytes());
             }
         };
-        if let Some(key) = key {
-            self.proxy.pg_cancel.lock().insert(key, self.upstream);
-        }
         let mut hello = BytesMut::new();
         wire::put_message(&mut hello, b'R', &0i32.to_be_bytes());
         hello.extend_from_slice(&greeting);
         if client.write_all(&hello).await.is_err() {
-            return ("closed", (0, 0));
+            return (End::Closed, (0, 0));
         }
         info!(skill_user = %skill_user, database = param(&params, "database").unwrap_or("-"), "PostgreSQL session started");
+        if let Some(key) = key {
+            self.ctx.cancel.lock().insert(key, self.upstream);
+        }
+        let outcome = self.relay(client, server, &catalog).await;
+        if let Some(key) = key {
+            self.ctx.cancel.lock().remove(&key);
+        }
+        (outcome, self.bytes())
+    }
+
+    /// Reads the skill's startup (after a TLS handshake if it asks for one and the agent
+    /// offers it) and refuses what the agent does not serve: a cancel request is forwarded
+    /// here, replication and encodings other than UTF-8 are refused. The skill's stream and
+    /// its startup parameters; `Err`: how the connection ended.
+    async fn startup(
+        &self,
+        mut tcp: TcpStream,
+    ) -> Result<(Box<dyn Stream>, Vec<(String, String)>), End> {
+        let _ = tcp.set_nodelay(true);
+        let tls = self.ctx.tls_acceptor.clone();
+        let (mut client, startup): (Box<dyn Stream>, _) =
+            match wire::read_startup(&mut tcp, tls.is_some()).await {
+                Ok(Startup::Tls) => {
+                    let acceptor = tls.expect("TLS is offered only when configured");
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp));
+                    let mut client: Box<dyn Stream> = match handshake.await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(err)) => {
+                            warn!(error = %err, "PostgreSQL skill's TLS handshake failed");
+                            return Err(End::Error);
+                        }
+                        Err(_) => {
+                            warn!("PostgreSQL skill's TLS handshake timed out");
+                            return Err(End::Error);
+                        }
+                    };
+                    let startup = wire::read_startup(&mut client, false).await;
+                    (client, startup)
+                }
+                other => (Box::new(tcp), other),
+            };
+        let params = match startup {
+            Ok(Startup::Session(params)) => params,
+            Ok(Startup::Cancel { pid, secret }) => {
+                self.cancel(pid, secret).await;
+                return Err(End::Cancel);
+            }
+            Ok(Startup::Tls) => {
+                self.fatal(&mut client, "08P01", "skillgate: SSLRequest inside TLS")
+                    .await;
+                return Err(End::Error);
+            }
+            Err(reason) => {
+                self.fatal(&mut client, "08P01", &format!("skillgate: {reason}"))
+                    .await;
+                return Err(End::Error);
+            }
+        };
+        if param(&params, "replication").is_some() {
+            self.fatal(
+                &mut client,
+                "28000",
+                "skillgate: replication connections are not allowed",
+            )
+            .await;
+            return Err(End::Denied);
+        }
+        if let Some(encoding) = param(&params, "client_encoding")
+            && !wire::reads_as_utf8(encoding)
+        {
+            let reason = format!(
+                "client_encoding {encoding} is not supported: the agent reads statements as \
+                 UTF-8 (use UTF8)"
+            );
+            let skill_user = param(&params, "user").unwrap_or("-");
+            warn!(skill_user = %skill_user, %reason, "PostgreSQL session refused");
+            self.fatal(&mut client, "22023", &format!("skillgate: {reason}"))
+                .await;
+            return Err(End::Denied);
+        }
+        Ok((client, params))
+    }
+
+    /// Runs the session: the skill's messages through the policy to the backend, the
+    /// backend's replies (masked) to the skill, until either side ends it; how it ended.
+    async fn relay(
+        &self,
+        client: Box<dyn Stream>,
+        server: Box<dyn Stream>,
+        catalog: &Catalog,
+    ) -> End {
         let session = Mutex::new(Session::default());
         let (client_read, client_write) = tokio::io::split(client);
         let (server_read, server_write) = tokio::io::split(server);
         let writer = tokio::sync::Mutex::new(client_write);
         let frontend = self.frontend(client_read, server_write, &writer, &session);
-        let backend = self.backend_loop(server_read, &writer, &session, &catalog);
+        let backend = self.backend_loop(server_read, &writer, &session, catalog);
         tokio::pin!(frontend, backend);
         let outcome = tokio::select! {
             outcome = &mut frontend => outcome,
             outcome = &mut backend => outcome,
         };
-        let outcome = if outcome == "terminated" {
+        if outcome == End::Terminated {
             // The skill said goodbye after pipelining messages: the backend's answers to them
             // still go to it, until the backend closes (as it does after Terminate).
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut backend).await;
-            "closed"
-        } else {
-            outcome
-        };
-        if let Some(key) = key {
-            self.proxy.pg_cancel.lock().remove(&key);
+            return End::Closed;
         }
-        (outcome, self.bytes())
+        outcome
     }
 
     /// A skill whose policy requires an OIDC token sends it as its password; returns the
@@ -286,13 +328,13 @@ impl PgConn {
         client: &mut S,
     ) -> Result<Vec<String>, String> {
         let policy = &self.policy;
-        let Some(skill) = policy.skill(&self.skill).filter(|s| s.oidc.is_some()) else {
+        let Some(skill) = policy.skill(&self.audit.skill).filter(|s| s.oidc.is_some()) else {
             return Ok(Vec::new());
         };
+        let gate = self.audit.gate();
         // A token the agent holds for the skill: no password is asked.
-        if let Some(token) = self.proxy.token_file(&self.skill) {
-            let identity = self.proxy.identities.validate(skill, &token?).await;
-            return identity.map(|i| i.groups).map_err(|why| why.to_string());
+        if gate.holds_token(&skill.name) {
+            return gate.identify(skill, None).await.map(|i| i.groups);
         }
         let mut ask = BytesMut::new();
         wire::put_message(&mut ask, b'R', &3i32.to_be_bytes());
@@ -316,12 +358,7 @@ impl PgConn {
         if token.is_empty() {
             return Err("missing token: the password is empty".to_owned());
         }
-        let identity = self
-            .proxy
-            .identities
-            .validate(skill, token)
-            .await
-            .map_err(|why| why.to_string())?;
+        let identity = gate.identify(skill, Some(token)).await?;
         info!(subject = %identity.subject, groups = ?identity.groups, "skill token accepted");
         Ok(identity.groups)
     }
@@ -334,7 +371,7 @@ impl PgConn {
 
     /// Forwards a cancel request whose key belongs to a live session of this agent.
     async fn cancel(&self, pid: i32, secret: i32) {
-        let target = self.proxy.pg_cancel.lock().get(&(pid, secret)).copied();
+        let target = self.ctx.cancel.lock().get(&(pid, secret)).copied();
         let Some(upstream) = target else {
             warn!(pid, "cancel request for an unknown session: ignored");
             return;

@@ -12,7 +12,7 @@ impl PgConn {
         mut server: S,
         writer: &ClientWriter<W>,
         session: &Mutex<Session>,
-    ) -> &'static str
+    ) -> End
     where
         R: AsyncRead + Unpin,
         S: AsyncWrite + Unpin,
@@ -47,14 +47,14 @@ impl PgConn {
                     Ok(false) => {}
                     Ok(true) => {
                         let _ = server.write_all(&out).await;
-                        return "terminated";
+                        return End::Terminated;
                     }
                     Err(reason) => return self.violation(writer, &reason).await,
                 }
             }
             if !out.is_empty() {
                 if server.write_all(&out).await.is_err() {
-                    return "error";
+                    return End::Error;
                 }
                 self.to_backend
                     .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -62,13 +62,13 @@ impl PgConn {
             }
             match wire::fill(&mut client, &mut inbox).await {
                 Ok(true) => {}
-                Ok(false) if inbox.is_empty() => return "closed",
+                Ok(false) if inbox.is_empty() => return End::Closed,
                 Ok(false) => {
                     return self
                         .violation(writer, "the connection ended inside a message")
                         .await;
                 }
-                Err(_) => return "error",
+                Err(_) => return End::Error,
             }
         }
     }
@@ -78,7 +78,7 @@ impl PgConn {
         &self,
         writer: &ClientWriter<W>,
         reason: &str,
-    ) -> &'static str {
+    ) -> End {
         warn!(%reason, "PostgreSQL protocol violation: ending the session");
         let mut out = BytesMut::new();
         wire::error_response(
@@ -90,7 +90,7 @@ impl PgConn {
             None,
         );
         let _ = writer.lock().await.write_all(&out).await;
-        "protocol violation"
+        End::ProtocolViolation
     }
 
     /// Backend → skill: denied statements' errors rewritten, masked rows masked.
@@ -100,14 +100,14 @@ impl PgConn {
         writer: &ClientWriter<W>,
         session: &Mutex<Session>,
         catalog: &Catalog,
-    ) -> &'static str
+    ) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let mut inbox = BytesMut::with_capacity(64 * 1024);
         let mut out = BytesMut::new();
-        let salt = &self.proxy.mask_salt;
+        let salt = &self.ctx.mask_salt;
         loop {
             let mut failed = None;
             {
@@ -146,22 +146,22 @@ impl PgConn {
                 );
                 let _ = writer.lock().await.write_all(&out).await;
                 return if code == "42501" {
-                    "masking failed"
+                    End::MaskingFailed
                 } else {
-                    "error"
+                    End::Error
                 };
             }
             if !out.is_empty() {
                 if writer.lock().await.write_all(&out).await.is_err() {
-                    return "error";
+                    return End::Error;
                 }
                 self.to_skill.fetch_add(out.len() as u64, Ordering::Relaxed);
                 out.clear();
             }
             match wire::fill(&mut server, &mut inbox).await {
                 Ok(true) => {}
-                Ok(false) => return "backend closed",
-                Err(_) => return "error",
+                Ok(false) => return End::BackendClosed,
+                Err(_) => return End::Error,
             }
         }
     }
@@ -192,7 +192,7 @@ impl PgConn {
                 // A backend's message can quote values (`invalid input syntax for type
                 // integer: "..."`): detector hits are masked, and nothing is kept of it when
                 // literals are redacted.
-                let message = match self.proxy.sql_literals {
+                let message = match self.ctx.sql_literals {
                     SqlLiterals::Keep => skillgate_policy::mask::scrub(&message),
                     SqlLiterals::Redact => "(message not kept: sql_literals = redact)".to_owned(),
                 };
@@ -205,9 +205,14 @@ impl PgConn {
                 took,
                 content,
             } => {
-                self.proxy
-                    .ops
-                    .answered(&self.skill, &self.backend, "sql", took, masked);
+                let audit = &self.audit;
+                audit.gate().ops.answered(
+                    &audit.skill,
+                    &audit.backend,
+                    Kind::Sql.as_str(),
+                    took,
+                    masked,
+                );
                 let facts = Facts {
                     decision_id: decision,
                     status: Some("00000".to_owned()),
@@ -224,20 +229,13 @@ impl PgConn {
 
     /// Records how a statement ended (not waited for: its decision is already recorded).
     pub(super) fn result(&self, operation: &str, decision: &str, reason: String, facts: Facts) {
-        if let Some(session) = self.session {
-            self.proxy.recorder.event_detached(
-                session,
-                Event {
-                    at_ns: record::now_ns(),
-                    kind: "result".to_owned(),
-                    operation: operation.to_owned(),
-                    decision: decision.to_owned(),
-                    rule: None,
-                    reason,
-                    facts,
-                },
-            );
-        }
+        self.audit.answered(
+            Kind::Result,
+            operation.to_owned(),
+            decision.to_owned(),
+            reason,
+            facts,
+        );
     }
 }
 

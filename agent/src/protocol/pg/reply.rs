@@ -13,7 +13,7 @@ use super::{Catalog, Ended, Noted, RENAMING, Run, Session, ended};
 
 /// What the oldest message in flight is, for matching a reply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Query,
     Parse,
     Bind,
@@ -39,6 +39,16 @@ impl Kind {
             Step::CopyEnd => Self::CopyEnd,
         }
     }
+}
+
+/// What becomes of a backend reply.
+pub(super) enum Reply {
+    /// Passed on to the skill as it is, with what to note about it.
+    Relay(Option<Noted>),
+    /// Already answered (masked, rewritten or withheld) into the output.
+    Answered(Option<Noted>),
+    /// A reply the protocol state did not expect: the session ends.
+    Unexpected,
 }
 
 impl Session {
@@ -75,10 +85,58 @@ impl Session {
             self.begin(catalog);
         }
         let phase = self.protocol.phase;
+        use Kind as K;
+        let reply = match (kind, tag) {
+            // An extended-protocol message's error: the server skips the rest up to Sync.
+            (
+                K::Parse
+                | K::Bind
+                | K::DescribeStatement
+                | K::DescribePortal
+                | K::Execute
+                | K::Close,
+                b'E',
+            ) => Reply::Answered(Some(self.extended_error(phase, message, out)?)),
+            (K::Query | K::Execute | K::Sync, _) => {
+                self.statement_reply(kind, tag, message, catalog, salt, out)?
+            }
+            _ => self.extended_reply(kind, tag, body)?,
+        };
+        match reply {
+            Reply::Relay(noted) => {
+                out.extend_from_slice(message);
+                Ok(noted)
+            }
+            Reply::Answered(noted) => Ok(noted),
+            Reply::Unexpected => Err(ended(
+                "08P01",
+                format!(
+                    "the backend sent `{}` while the agent awaited the answer to {kind:?} \
+                     ({phase:?}): the agent's protocol state and the server's disagree",
+                    char::from(tag).escape_default()
+                ),
+            )),
+        }
+    }
+
+    /// A reply to a Query, an Execute or a Sync: rows (masked), their description, COPY,
+    /// completions, errors and ReadyForQuery.
+    fn statement_reply(
+        &mut self,
+        kind: Kind,
+        tag: u8,
+        message: &[u8],
+        catalog: &Catalog,
+        salt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Reply, Ended> {
         use {Kind as K, Phase as P};
+        let body = wire::body(message);
+        let phase = self.protocol.phase;
         let noted = match (kind, phase, tag) {
             (K::Query, P::Rows, b'D') | (K::Execute, P::Start, b'D') => {
-                return self.row(message, salt, out).map(|()| None);
+                self.row(message, salt, out)?;
+                return Ok(Reply::Answered(None));
             }
             (K::Query, P::Start, b'T') => {
                 let columns = wire::row_description(body)
@@ -112,30 +170,14 @@ impl Session {
             (K::Query | K::Execute, P::CopyIn, b'C')
             | (K::Query, P::Start | P::Rows | P::CopyOutDone, b'C')
             | (K::Execute, P::Start | P::CopyOutDone, b'C') => {
-                if phase == P::CopyIn {
-                    self.protocol
-                        .copy_in_ended(true)
-                        .map_err(|reason| ended("08P01", reason))?;
-                }
-                let noted = self.completed(body);
-                self.next_statement(kind);
-                Some(noted)
+                Some(self.command_complete(kind, body)?)
             }
             (K::Execute, P::Start, b's' | b'I') => {
                 self.finish();
                 None
             }
             (K::Query | K::Sync, P::Start | P::Failed, b'Z') => {
-                let [status @ (b'I' | b'T' | b'E')] = body else {
-                    return Err(ended("08P01", "malformed ReadyForQuery"));
-                };
-                self.finish();
-                // Out of any transaction block: the portals are gone with the transaction.
-                if *status == b'I' {
-                    self.portals.clear();
-                    self.descriptions.clear();
-                    self.tx_masked = false;
-                }
+                self.ready_for_query(body)?;
                 None
             }
             // A Query's error ends it (and its implicit transaction); a Sync's is its commit's.
@@ -146,167 +188,40 @@ impl Session {
                         .copy_in_ended(false)
                         .map_err(|reason| ended("08P01", reason))?;
                 }
-                let noted = self.error(message, out);
                 self.protocol.phase = P::Failed;
-                return Ok(Some(noted));
+                return Ok(Reply::Answered(Some(self.error(message, out))));
             }
-            // An extended-protocol message's error: the server skips the rest up to Sync.
-            (
-                K::Parse
-                | K::Bind
-                | K::DescribeStatement
-                | K::DescribePortal
-                | K::Execute
-                | K::Close,
-                _,
-                b'E',
-            ) => return self.extended_error(phase, message, out).map(Some),
-            (K::Parse, P::Start, b'1') => {
-                self.parse_complete();
-                None
-            }
-            (K::Bind, P::Start, b'2') => {
-                self.bind_complete();
-                None
-            }
-            (K::Close, P::Start, b'3') => {
-                self.close_complete();
-                None
-            }
-            (K::DescribeStatement, P::Start, b't') => {
-                self.protocol.phase = P::Parameters;
-                None
-            }
-            (K::DescribeStatement, P::Parameters, b'T' | b'n') => {
-                self.finish();
-                None
-            }
-            (K::DescribePortal, P::Start, b'T' | b'n') => {
-                // The answer to a Describe the agent added is the agent's alone.
-                if self.portal_described(tag, body)? {
-                    return Ok(None);
-                }
-                None
-            }
-            _ => {
-                return Err(ended(
-                    "08P01",
-                    format!(
-                        "the backend sent `{}` while the agent awaited the answer to \
-                         {kind:?} ({phase:?}): the agent's protocol state and the server's \
-                         disagree",
-                        char::from(tag).escape_default()
-                    ),
-                ));
-            }
+            _ => return Ok(Reply::Unexpected),
         };
-        out.extend_from_slice(message);
-        Ok(noted)
+        Ok(Reply::Relay(noted))
     }
 
-    /// ParseComplete: the statement is prepared as the server has it (or, denied, dropped).
-    fn parse_complete(&mut self) {
-        if let Some(Sent {
-            step: Step::Parse {
-                name, statement, ..
-            },
-            ..
-        }) = self.finish()
-        {
-            match statement {
-                Some(statement) => self.prepared.insert(name, statement),
-                None => self.prepared.remove(&name),
-            };
-        }
-    }
-
-    /// BindComplete: the portal runs the statement its Bind named.
-    fn bind_complete(&mut self) {
-        if let Some(Sent {
-            step: Step::Bind { portal, statement },
-            ..
-        }) = self.finish()
-        {
-            self.descriptions.remove(&portal);
-            match self.prepared.get(&statement).cloned() {
-                Some(statement) => self.portals.insert(portal, statement),
-                None => self.portals.remove(&portal),
-            };
-        }
-    }
-
-    /// CloseComplete: the statement or portal is gone.
-    fn close_complete(&mut self) {
-        if let Some(Sent {
-            step: Step::Close { portal, name },
-            ..
-        }) = self.finish()
-        {
-            if portal {
-                self.portals.remove(&name);
-                self.descriptions.remove(&name);
-            } else {
-                self.prepared.remove(&name);
-            }
-        }
-    }
-
-    /// A portal's description (`tag`: RowDescription or NoData), kept for masking its rows.
-    /// `Ok(true)`: the Describe was the agent's own, so the answer is not the skill's.
-    fn portal_described(&mut self, tag: u8, body: &[u8]) -> Result<bool, Ended> {
-        let columns = match tag {
-            b'T' => Some(
-                wire::row_description(body)
-                    .ok_or_else(|| ended("08P01", "malformed RowDescription"))?,
-            ),
-            _ => None,
-        };
-        if let Some(Sent {
-            step:
-                Step::Describe {
-                    portal: Some(portal),
-                    agent,
-                },
-            ..
-        }) = self.finish()
-        {
-            match columns {
-                Some(columns) => self.descriptions.insert(portal, columns),
-                None => self.descriptions.remove(&portal),
-            };
-            return Ok(agent);
-        }
-        Ok(false)
-    }
-
-    /// An extended-protocol message's error: recorded, and the server skips the rest of the
-    /// batch up to Sync (`phase`: where its answer had come).
-    fn extended_error(
-        &mut self,
-        phase: Phase,
-        message: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<Noted, Ended> {
-        if phase == Phase::CopyIn {
+    /// CommandComplete of the statement in flight (`kind`): its COPY IN ended, what to
+    /// record, and on to the next statement of a Query.
+    fn command_complete(&mut self, kind: Kind, body: &[u8]) -> Result<Noted, Ended> {
+        if self.protocol.phase == Phase::CopyIn {
             self.protocol
-                .copy_in_ended(false)
+                .copy_in_ended(true)
                 .map_err(|reason| ended("08P01", reason))?;
         }
-        let noted = self.error(message, out);
-        match self.protocol.front().map(|s| &s.step) {
-            // A failed Parse of the unnamed statement has dropped the old one.
-            Some(Step::Parse { name, .. }) if name.is_empty() => {
-                self.prepared.remove("");
-            }
-            Some(Step::Bind { portal, .. }) => {
-                self.portals.remove(portal);
-                self.descriptions.remove(portal);
-            }
-            _ => {}
-        }
-        self.run = None;
-        self.tx_masked |= self.protocol.fail_extended();
+        let noted = self.completed(body);
+        self.next_statement(kind);
         Ok(noted)
+    }
+
+    /// ReadyForQuery: the batch is answered; out of any transaction block, the portals are
+    /// gone with the transaction.
+    fn ready_for_query(&mut self, body: &[u8]) -> Result<(), Ended> {
+        let [status @ (b'I' | b'T' | b'E')] = body else {
+            return Err(ended("08P01", "malformed ReadyForQuery"));
+        };
+        self.finish();
+        if *status == b'I' {
+            self.portals.clear();
+            self.descriptions.clear();
+            self.tx_masked = false;
+        }
+        Ok(())
     }
 
     /// A message the backend may send whatever it is answering: a notice, a setting, a
@@ -409,7 +324,7 @@ impl Session {
     }
 
     /// The oldest message is answered.
-    fn finish(&mut self) -> Option<Sent> {
+    pub(super) fn finish(&mut self) -> Option<Sent> {
         self.run = None;
         self.protocol.finish()
     }
@@ -451,7 +366,7 @@ impl Session {
 
     /// An ErrorResponse: a denied statement's stand-in's becomes the denial; under a mask any
     /// other is reduced to its SQLSTATE.
-    fn error(&mut self, message: &[u8], out: &mut BytesMut) -> Noted {
+    pub(super) fn error(&mut self, message: &[u8], out: &mut BytesMut) -> Noted {
         let body = wire::body(message);
         let (poison, took) = match self.protocol.front() {
             Some(Sent {

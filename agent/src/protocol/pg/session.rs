@@ -29,6 +29,8 @@ use super::masking::{ColumnMask, Kept};
 use super::state::{Poison, Protocol, Statement, Step};
 use super::wire::{self, Column};
 
+#[path = "extended.rs"]
+mod extended;
 #[path = "reply.rs"]
 mod reply;
 
