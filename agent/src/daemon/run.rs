@@ -106,6 +106,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
                 counters: &from.enforcement.counters,
                 skills: &from.skills,
                 ops: &from.gate.ops,
+                journal: from.gate.recorder.health(),
             })
         };
         crate::telemetry::metrics::serve(addr, Arc::new(render)).await?;
