@@ -1,5 +1,5 @@
-//! Recording: every skill connection is a session in the store, committed before the
-//! decision takes effect, tamper-evident, and still there after a kill -9.
+//! Recording: every skill connection is a session in the store, written to its journal before
+//! the decision takes effect, tamper-evident, and still there after a kill -9.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -139,11 +139,11 @@ fn a_session_survives_kill_9_right_after_the_backend_answered() {
     survives_kill_9("recordkill", "");
 }
 
-/// With store_sync = normal the connection's task commits its record itself (no writer
-/// thread): still committed before the backend is reached.
+/// Every record is appended by the connection's own task (no writer thread); with
+/// store_sync = full it is also fdatasync'd before the backend is reached.
 #[test]
 fn a_session_survives_kill_9_with_inline_commits() {
-    survives_kill_9("recordkill-normal", "store_sync = \"normal\"\n");
+    survives_kill_9("recordkill-full", "store_sync = \"full\"\n");
 }
 
 fn survives_kill_9(name: &str, extra: &str) {
@@ -504,16 +504,20 @@ fn a_torn_last_record_is_cut_and_reported_at_start() {
     assert!(verify.contains("chain intact: 4 events"), "{verify}");
 }
 
-/// A byte flipped in a record with intact records after it is corruption, not a torn tail:
-/// `audit verify` names the place and the agent refuses to start.
+/// A byte flipped in a record the agent had not yet indexed (killed before its fdatasync),
+/// with intact records after it, is corruption, not a torn tail: `audit verify` names the
+/// place and the agent refuses to start.
 #[test]
 fn a_flipped_byte_in_the_middle_refuses_the_start_and_verify_names_it() {
-    let (env, _backend, dial, _canary) = setup("recordflip");
+    let (env, _backend, dial, _canary) =
+        setup_with("recordflip", "store_sync_interval_ms = 60000\n");
     let agent = env.start_agent();
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
-    env.wait_for_sessions_to_end();
-    agent.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
     let (segment, starts, _) = journal_frames(&env);
     assert!(starts.len() >= 4, "{starts:?}");
     let mut bytes = std::fs::read(&segment).unwrap();

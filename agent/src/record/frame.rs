@@ -30,9 +30,16 @@ pub enum What {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Body {
+struct Stored {
     what: What,
     event: Event,
+}
+
+/// A record's body, serialized (before the journal's lock is taken), with the event it holds
+/// (which its hash covers).
+pub struct Body<'a> {
+    pub event: &'a Event,
+    pub bytes: Vec<u8>,
 }
 
 /// A record as read back from the journal.
@@ -47,12 +54,13 @@ pub struct Entry {
     pub event: Event,
 }
 
-/// A record's body, serialized before the journal's lock is taken.
-pub fn body(what: &What, event: &Event) -> serde_json::Result<Vec<u8>> {
-    serde_json::to_vec(&Body {
+/// Serializes a record's body.
+pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
+    let bytes = serde_json::to_vec(&Stored {
         what: what.clone(),
         event: event.clone(),
-    })
+    })?;
+    Ok(Body { event, bytes })
 }
 
 /// The frame of a record whose body is `body`.
@@ -107,7 +115,7 @@ pub fn decode(buf: &[u8]) -> Decoded {
     }
     let number = |at: usize| u64::from_le_bytes(payload[at..at + 8].try_into().unwrap_or_default());
     let hash = |at: usize| -> [u8; 32] { payload[at..at + 32].try_into().unwrap_or_default() };
-    let Ok(body) = serde_json::from_slice::<Body>(&payload[PAYLOAD_HEAD..]) else {
+    let Ok(body) = serde_json::from_slice::<Stored>(&payload[PAYLOAD_HEAD..]) else {
         return Decoded::Invalid("a body this agent cannot read");
     };
     Decoded::Entry(
@@ -182,7 +190,13 @@ mod tests {
             bytes_to_backend: 1,
             bytes_to_skill: 2,
         };
-        let mut bytes = frame(5, 9, &[1; 32], &[2; 32], &body(&what, &event).unwrap());
+        let mut bytes = frame(
+            5,
+            9,
+            &[1; 32],
+            &[2; 32],
+            &body(&what, &event).unwrap().bytes,
+        );
         bytes.extend_from_slice(&[0; 16]);
         let Decoded::Entry(entry, len) = decode(&bytes) else {
             panic!("not decoded");

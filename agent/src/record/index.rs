@@ -75,8 +75,16 @@ impl Indexer {
         let store = Store::open(store_path)?;
         let (indexed, head) = store.position()?;
         let dir = journal::dir_for(store_path);
-        let reader = Reader::at_seq(&dir, indexed + 1)
-            .with_context(|| format!("cannot read the journal {}", dir.display()))?;
+        // Where the next record starts, if the index knows and that segment is there; else
+        // from the start of the segment that holds it.
+        let known = store.cursor()?.filter(|(segment, _)| {
+            journal::segments(&dir).is_ok_and(|s| s.iter().any(|(first, _)| first == segment))
+        });
+        let reader = match known {
+            Some((segment, offset)) => Reader::new(&dir, Cursor { segment, offset }),
+            None => Reader::at_seq(&dir, indexed + 1)
+                .with_context(|| format!("cannot read the journal {}", dir.display()))?,
+        };
         Ok(Self {
             store,
             dir,
@@ -94,7 +102,8 @@ impl Indexer {
             let (start, indexed, head) = (self.reader.at, self.indexed, self.head);
             let (batch, stop) = self.read(upto);
             if !batch.is_empty() {
-                if let Err(err) = self.store.index(&batch) {
+                let next = (self.reader.at.segment, self.reader.at.offset);
+                if let Err(err) = self.store.index(&batch, Some(next)) {
                     // Read again next time.
                     (self.reader.at, self.indexed, self.head) = (start, indexed, head);
                     return Err(Stop::Failed(err));

@@ -9,7 +9,6 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Event;
 use super::chain::chain;
 use super::frame::{self, Decoded, Entry};
 
@@ -130,17 +129,16 @@ impl Journal {
         Arc::clone(&self.file)
     }
 
-    /// Appends a record of `session` (`None`: a new session, given the next id) whose body is
-    /// `body` and whose event is `event`: number, chain, one write.
+    /// Appends a record of `session` (`None`: a new session, given the next id) with `body`:
+    /// number, chain, one write.
     pub fn append(
         &mut self,
         session: Option<i64>,
-        body: &[u8],
-        event: &Event,
+        body: &frame::Body<'_>,
     ) -> Result<Appended, AppendError> {
         let session = session.unwrap_or(self.next_session);
-        let hash = chain(&self.head, session, event);
-        let bytes = frame::frame(self.next_seq, session, &self.head, &hash, body);
+        let hash = chain(&self.head, session, body.event);
+        let bytes = frame::frame(self.next_seq, session, &self.head, &hash, &body.bytes);
         let len = bytes.len() as u64;
         let mut synced_before = false;
         if self.offset > 0 && self.offset + len > self.segment_size {
@@ -202,13 +200,18 @@ impl Journal {
 /// Creates segment `first`, pre-allocated when the filesystem allows, and makes its name
 /// durable.
 fn create_segment(dir: &Path, first: u64, size: u64) -> io::Result<(File, bool)> {
+    let path = segment_path(dir, first);
     let file = File::options()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(segment_path(dir, first))?;
+        .open(&path)?;
     let allocated = allocate(&file, size);
-    File::open(dir)?.sync_all()?;
+    if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+        // Not there for good: gone, so that the next roll can make it again.
+        let _ = std::fs::remove_file(&path);
+        return Err(err);
+    }
     Ok((file, allocated))
 }
 

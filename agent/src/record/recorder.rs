@@ -79,6 +79,11 @@ impl Recorder {
         let indexer = recover(path)?;
         let journal = Journal::open(indexer.dir(), journal::SEGMENT_SIZE, &indexer.tail()?)
             .with_context(|| format!("cannot open the journal {}", indexer.dir().display()))?;
+        // What a previous agent wrote may not have reached the disk: it has now.
+        journal
+            .file()
+            .sync_data()
+            .context("cannot fdatasync the journal")?;
         let open = indexer.store.open_sessions()?;
         let last = journal.last_seq();
         let inner = Arc::new(Inner {
@@ -219,7 +224,7 @@ impl Inner {
             );
         }
         let body = frame::body(what, event)?;
-        let appended = self.journal.locked().append(session, &body, event);
+        let appended = self.journal.locked().append(session, &body);
         match appended {
             Ok(appended) => {
                 self.written.fetch_max(appended.seq, Ordering::AcqRel);

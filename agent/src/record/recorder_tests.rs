@@ -202,10 +202,10 @@ async fn a_torn_tail_is_cut_at_start() {
     drop(file);
     // The index already holds the last record: take it out as if it was never indexed.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "DELETE FROM events WHERE id = 9; UPDATE sessions SET ended_ns = NULL, last_event = NULL WHERE id = 3;
-         UPDATE journal SET indexed = 8, head = (SELECT hash FROM events WHERE id = 8)",
-    )
+         UPDATE journal SET indexed = 8, head = (SELECT hash FROM events WHERE id = 8), offset = {last}"
+    ))
     .unwrap();
     drop(conn);
     let recorder = record(&path, NORMAL, 1).await;
@@ -218,20 +218,30 @@ async fn a_torn_tail_is_cut_at_start() {
     assert_eq!(crate::record::verify_journal(&path).unwrap(), 12);
 }
 
-/// A flipped byte in a record with intact records after it: the agent refuses to start and
-/// says where; the journal's verification names the same place.
+/// A flipped byte in a record not yet indexed, with intact records after it: the agent
+/// refuses to start and says where; the journal's verification names the same place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_in_the_middle_refuses_the_start() {
     let path = temp_store("corrupt");
     record(&path, NORMAL, 3).await.stop().unwrap();
     let (segment, starts) = frames(&path);
+    // As if the agent was killed before it indexed records 5 to 9.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM events WHERE id > 4; DELETE FROM sessions WHERE id = 3;
+         UPDATE sessions SET ended_ns = NULL, last_event = NULL WHERE id = 2;
+         UPDATE journal SET indexed = 4, head = (SELECT hash FROM events WHERE id = 4), offset = {}",
+        starts[4]
+    ))
+    .unwrap();
+    drop(conn);
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[starts[4] as usize + 100] ^= 0x20;
+    bytes[starts[5] as usize + 100] ^= 0x20;
     std::fs::write(&segment, &bytes).unwrap();
     let err = crate::record::verify_journal(&path)
         .unwrap_err()
         .to_string();
-    let place = format!("offset {} (the record after 4)", starts[4]);
+    let place = format!("offset {} (the record after 5)", starts[5]);
     assert!(err.contains(&place), "{err}");
     let err = format!(
         "{:#}",
@@ -241,6 +251,9 @@ async fn corruption_in_the_middle_refuses_the_start() {
         err.contains("refusing to start") && err.contains(&place),
         "{err}"
     );
+    // The CLI, indexing what no agent indexed, stops at the same place.
+    let err = format!("{:#}", crate::record::catch_up(&path).unwrap_err());
+    assert!(err.contains(&place), "{err}");
 }
 
 /// A store from before the journal: its events still verify and its chain goes on in the
@@ -260,4 +273,50 @@ async fn an_earlier_store_continues_its_chain_in_the_journal() {
     let (s3, events) = query::session(&path, 3).unwrap();
     assert_eq!(s3.outcome.as_deref(), Some("closed"));
     assert_eq!(events.first().map(|e| e.id), Some(7));
+}
+
+/// Small segments: records roll over many, are indexed across them and verify; retention
+/// deletes only whole segments whose records are all pruned, never the newest.
+#[test]
+fn records_roll_over_segments_and_retention_deletes_whole_ones() {
+    let path = temp_store("segments");
+    let dir = journal::dir_for(&path);
+    let store = super::super::store::Store::open(&path).unwrap();
+    let tail = journal::Tail {
+        next_seq: 1,
+        head: [0; 32],
+        next_session: store.next_session().unwrap(),
+        segment: None,
+    };
+    drop(store);
+    let mut journal = Journal::open(&dir, 1024, &tail).unwrap();
+    let first = event(Kind::Connect, String::new());
+    let open = frame::body(&What::Open(session(1)), &first).unwrap();
+    let id = journal.append(None, &open).unwrap().session;
+    let mut rolls = 0;
+    for n in 0..30 {
+        let sql = event(Kind::Sql, format!("select {n}"));
+        let body = frame::body(&What::Event, &sql).unwrap();
+        rolls += usize::from(journal.append(Some(id), &body).unwrap().synced_before);
+    }
+    let segments = journal::segments(&dir).unwrap();
+    assert!(
+        segments.len() > 3 && segments.len() == rolls + 1,
+        "{rolls} {segments:?}"
+    );
+    let mut indexer = Indexer::open(&path).unwrap();
+    assert_eq!(indexer.step(u64::MAX).unwrap(), 31);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 31);
+    assert_eq!(verify(&path).unwrap(), 31);
+    // Records up to 10 pruned: the segments holding only those go.
+    let deleted = journal::delete_through(&dir, 10).unwrap();
+    let left = journal::segments(&dir).unwrap();
+    assert_eq!(left.len(), segments.len() - deleted);
+    assert!(deleted > 0 && left[0].0 <= 11, "{left:?}");
+    assert_eq!(
+        journal::delete_through(&dir, u64::MAX).unwrap(),
+        left.len() - 1
+    );
+    let records = crate::record::verify_journal(&path).unwrap();
+    assert_eq!(records, 32 - journal::segments(&dir).unwrap()[0].0);
 }

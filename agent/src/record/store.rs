@@ -63,10 +63,13 @@ CREATE TABLE IF NOT EXISTS anchor (
     id INTEGER NOT NULL,
     hash BLOB NOT NULL
 );
--- How far the journal is indexed: the newest indexed record's sequence number and hash.
+-- How far the journal is indexed: the newest indexed record's sequence number and hash, and
+-- where the next record starts (segment, offset).
 CREATE TABLE IF NOT EXISTS journal (
     indexed INTEGER NOT NULL,
-    head BLOB NOT NULL
+    head BLOB NOT NULL,
+    segment INTEGER,
+    offset INTEGER
 );
 ";
 
@@ -147,9 +150,23 @@ impl Store {
         Ok(max.unwrap_or(0) + 1)
     }
 
-    /// Indexes journal records in one transaction, with the new position; records already
-    /// indexed are skipped.
-    pub fn index(&mut self, entries: &[Entry]) -> Result<()> {
+    /// Where the record after the indexed one starts in the journal, when known.
+    pub fn cursor(&self) -> Result<Option<(u64, u64)>> {
+        let row: Option<(Option<i64>, Option<i64>)> = self
+            .conn
+            .query_row("SELECT segment, offset FROM journal", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(match row {
+            Some((Some(segment), Some(offset))) => Some((segment as u64, offset as u64)),
+            _ => None,
+        })
+    }
+
+    /// Indexes journal records in one transaction, with the new position (and `next`: where
+    /// the record after them starts); records already indexed are skipped.
+    pub fn index(&mut self, entries: &[Entry], next: Option<(u64, u64)>) -> Result<()> {
         let (indexed, _) = self.position()?;
         let tx = self.conn.transaction()?;
         let mut position = None;
@@ -160,8 +177,13 @@ impl Store {
         if let Some((seq, head)) = position {
             tx.execute("DELETE FROM journal", [])?;
             tx.execute(
-                "INSERT INTO journal (indexed, head) VALUES (?1, ?2)",
-                params![seq as i64, &head[..]],
+                "INSERT INTO journal (indexed, head, segment, offset) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    seq as i64,
+                    &head[..],
+                    next.map(|n| n.0 as i64),
+                    next.map(|n| n.1 as i64)
+                ],
             )?;
         }
         tx.commit().context("cannot commit to the session store")?;

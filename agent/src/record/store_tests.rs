@@ -59,7 +59,7 @@ impl Store {
             });
             head = hash;
         }
-        self.index(&entries)?;
+        self.index(&entries, None)?;
         Ok(opened)
     }
 }
