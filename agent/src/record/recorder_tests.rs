@@ -320,3 +320,36 @@ fn records_roll_over_segments_and_retention_deletes_whole_ones() {
     let records = crate::record::verify_journal(&path).unwrap();
     assert_eq!(records, 32 - journal::segments(&dir).unwrap()[0].0);
 }
+
+/// After an fdatasync error the journal is failed: every decision is refused (and `full`
+/// waiters released with an error) until a restart, and health says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fdatasync_refuses_every_decision_until_restart() {
+    let path = temp_store("failed");
+    let recorder = record(&path, NORMAL, 1).await;
+    let inner = recorder.inner.as_ref().unwrap();
+    inner.fail(&std::io::Error::from_raw_os_error(libc::EIO));
+    let err = recorder
+        .open(session(9), event(Kind::Connect, String::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("the journal has failed"),
+        "{err:#}"
+    );
+    assert!(
+        recorder
+            .event(1, event(Kind::Sql, String::new()))
+            .await
+            .is_err()
+    );
+    let health = recorder.health().unwrap();
+    assert!(health.failed.unwrap().contains("fdatasync failed"));
+    assert!(recorder.flush().is_err());
+    assert!(recorder.stop().is_err());
+    // A restart starts afresh from what the journal holds.
+    let recorder = record(&path, NORMAL, 1).await;
+    assert!(recorder.health().unwrap().failed.is_none());
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 6);
+}
