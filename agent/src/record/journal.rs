@@ -337,17 +337,24 @@ impl Reader {
                 return Ok(Decoded::Entry(entry, len));
             }
         }
-        self.fill(offset)?;
+        self.fill(offset, READ_AHEAD)?;
+        // A frame larger than the read-ahead: read it whole.
+        if let Some(head) = self.buf.get(..4) {
+            let len = u32::from_le_bytes(head.try_into().unwrap_or_default()) as usize;
+            let need = frame::FRAME_HEAD + len;
+            if need > self.buf.len() && len <= frame::MAX_PAYLOAD {
+                self.fill(offset, need)?;
+            }
+        }
         Ok(frame::decode(&self.buf))
     }
 
-    /// Reads from `offset` enough for the largest frame (or to the end of the file).
-    fn fill(&mut self, offset: u64) -> io::Result<()> {
+    /// Reads `len` bytes from `offset` (fewer at the end of the file).
+    fn fill(&mut self, offset: u64, len: usize) -> io::Result<()> {
         let Some((_, file)) = &self.file else {
             return Ok(());
         };
-        self.buf
-            .resize(READ_AHEAD.max(frame::MAX_PAYLOAD + frame::FRAME_HEAD), 0);
+        self.buf.resize(len, 0);
         let mut read = 0;
         while read < self.buf.len() {
             match file.read_at(&mut self.buf[read..], offset + read as u64)? {

@@ -353,3 +353,24 @@ async fn a_failed_fdatasync_refuses_every_decision_until_restart() {
     recorder.stop().unwrap();
     assert_eq!(verify(&path).unwrap(), 6);
 }
+
+/// A record larger than the reader's read-ahead (a long statement) is indexed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_read_ahead_is_indexed() {
+    let path = temp_store("large");
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    let id = recorder
+        .open(session(1), event(Kind::Connect, String::new()))
+        .await
+        .unwrap();
+    let long = "x".repeat(300 * 1024);
+    recorder
+        .event(id, event(Kind::Sql, long.clone()))
+        .await
+        .unwrap();
+    recorder.flush().unwrap();
+    let (_, events) = query::session(&path, id).unwrap();
+    assert_eq!(events[1].operation, long);
+    recorder.stop().unwrap();
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 2);
+}
