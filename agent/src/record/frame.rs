@@ -29,10 +29,17 @@ pub enum What {
     },
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Stored {
     what: What,
     event: Event,
+}
+
+/// [`Stored`], borrowed for writing (no copy of the event's texts).
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    what: &'a What,
+    event: &'a Event,
 }
 
 /// A record's body, serialized (before the journal's lock is taken), with the event it holds
@@ -56,10 +63,7 @@ pub struct Entry {
 
 /// Serializes a record's body.
 pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
-    let bytes = serde_json::to_vec(&Stored {
-        what: what.clone(),
-        event: event.clone(),
-    })?;
+    let bytes = serde_json::to_vec(&StoredRef { what, event })?;
     Ok(Body { event, bytes })
 }
 
