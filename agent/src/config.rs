@@ -57,11 +57,15 @@ pub struct AgentConfig {
     /// How long recorded events are kept: 90s, 30m, 12h, 30d.
     #[serde(default = "default_retention")]
     pub retention: String,
-    /// `full` (default): every commit is fsynced, so a record survives a host crash. `normal`:
-    /// a record survives an agent crash (kill -9) but the last ones may be lost if the host
-    /// loses power; much cheaper per request with few concurrent requests.
+    /// Every record is written to the journal before its decision takes effect, so it survives
+    /// a crash of the agent (kill -9, OOM, panic). `normal` (default): the journal is
+    /// fdatasync'd within `store_sync_interval_ms`, which bounds what a power loss can take.
+    /// `full`: no decision takes effect before its record is fdatasync'd (group commit).
     #[serde(default)]
     pub store_sync: StoreSync,
+    /// With `store_sync = "normal"`, the longest a record waits for its fdatasync, in ms.
+    #[serde(default = "default_store_sync_interval_ms")]
+    pub store_sync_interval_ms: u64,
     /// How long the proxy waits for an HTTP backend's response head, in milliseconds.
     #[serde(default = "default_response_timeout_ms")]
     pub upstream_response_timeout_ms: u64,
@@ -159,9 +163,13 @@ pub enum SqlLiterals {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreSync {
-    #[default]
     Full,
+    #[default]
     Normal,
+}
+
+fn default_store_sync_interval_ms() -> u64 {
+    100
 }
 
 fn default_token_header() -> String {

@@ -81,6 +81,15 @@ fn metrics_parse_and_count_decisions_and_kernel_events() {
         value(&samples, "skillgate_ebpf_events_total", &redirected),
         2.0
     );
+    // The journal: not failed, the allowed and the denied connection written.
+    assert_eq!(value(&samples, "skillgate_journal_failed", &[]), 0.0);
+    assert!(
+        value(
+            &samples,
+            "skillgate_journal_records",
+            &[("state", "written")]
+        ) >= 2.0
+    );
 }
 
 #[test]

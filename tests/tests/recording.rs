@@ -1,5 +1,5 @@
-//! Recording: every skill connection is a session in the store, committed before the
-//! decision takes effect, tamper-evident, and still there after a kill -9.
+//! Recording: every skill connection is a session in the store, written to its journal before
+//! the decision takes effect, tamper-evident, and still there after a kill -9.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -142,11 +142,11 @@ fn a_session_survives_kill_9_right_after_the_backend_answered() {
     survives_kill_9("recordkill", "");
 }
 
-/// With store_sync = normal the connection's task commits its record itself (no writer
-/// thread): still committed before the backend is reached.
+/// Every record is appended by the connection's own task (no writer thread); with
+/// store_sync = full it is also fdatasync'd before the backend is reached.
 #[test]
 fn a_session_survives_kill_9_with_inline_commits() {
-    survives_kill_9("recordkill-normal", "store_sync = \"normal\"\n");
+    survives_kill_9("recordkill-full", "store_sync = \"full\"\n");
 }
 
 fn survives_kill_9(name: &str, extra: &str) {
@@ -449,4 +449,189 @@ fn with_recording_off_decisions_hold_and_nothing_is_kept() {
     assert!(!env.dir.join("sessions.db").exists(), "no store is created");
     let status = env.cli(&["status"]);
     assert!(status.contains("recording: OFF"), "{status}");
+}
+
+/// The journal's newest segment and where its frames start (each: u32 length, u32 CRC32C,
+/// payload; zeroes after the last).
+fn journal_frames(env: &Env) -> (std::path::PathBuf, Vec<u64>, u64) {
+    let dir = env.dir.join("sessions.db.journal");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let segment = segments.pop().expect("a journal segment");
+    let bytes = std::fs::read(&segment).unwrap();
+    let (mut at, mut starts) = (0usize, Vec::new());
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(at as u64);
+        at += 8 + len;
+    }
+    (segment, starts, at as u64)
+}
+
+/// A record torn while it was written (here: half a frame after the last one, the agent
+/// stopped) is cut at the next start, which says where; recording goes on and verifies.
+#[test]
+fn a_torn_last_record_is_cut_and_reported_at_start() {
+    let (env, _backend, dial, _canary) = setup("recordtorn");
+    let agent = env.start_agent();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    env.wait_for_sessions_to_end();
+    agent.stop();
+    let (segment, starts, end) = journal_frames(&env);
+    assert!(starts.len() >= 2, "{starts:?}");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let mut torn = 300u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xab; 60]);
+    std::os::unix::fs::FileExt::write_all_at(&file, &torn, end).unwrap();
+    drop(file);
+
+    let agent = env.start_agent();
+    let line = agent.wait_for_log("cut a torn record", Duration::from_secs(5));
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        line.contains(&name) && line.contains(&format!("offset={end}")),
+        "{line}"
+    );
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    env.wait_for_sessions_to_end();
+    let sessions = env.cli_json(&["sessions", "--json"]);
+    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions:#}");
+    let verify = env.cli(&["audit", "verify"]);
+    assert!(verify.contains("chain intact: 4 events"), "{verify}");
+}
+
+/// A byte flipped in a record the agent had not yet indexed (killed before its fdatasync),
+/// with intact records after it, is corruption, not a torn tail: `audit verify` names the
+/// place and the agent refuses to start.
+#[test]
+fn a_flipped_byte_in_the_middle_refuses_the_start_and_verify_names_it() {
+    let (env, _backend, dial, _canary) =
+        setup_with("recordflip", "store_sync_interval_ms = 60000\n");
+    let agent = env.start_agent();
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
+    let (segment, starts, _) = journal_frames(&env);
+    assert!(starts.len() >= 4, "{starts:?}");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[starts[1] as usize + 120] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let place = format!("offset {} (the record after 1)", starts[1]);
+
+    let verify = env.skillgate().args(["audit", "verify"]).output().unwrap();
+    assert!(!verify.status.success());
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(stderr.contains(&place), "{stderr}");
+
+    let mut run = env
+        .skillgate()
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = run.kill();
+            panic!("the agent started on a corrupt journal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains(&place),
+        "{stderr}"
+    );
+}
+
+/// The journal's fdatasyncs, as `skillgate status` shows them.
+fn fdatasyncs(env: &Env) -> u64 {
+    let status = env.cli_json(&["status", "--json"]);
+    status["journal"]["fdatasyncs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no journal in {status:#}"))
+}
+
+/// `full`: no decision takes effect before its record is fdatasync'd, so dials one after
+/// another cost one fdatasync per awaited record (connect, close); `normal` with a long
+/// interval: none while they run. (`status` reads the count without flushing.)
+#[test]
+fn full_sync_fdatasyncs_every_record_before_it_takes_effect() {
+    let dials = 4;
+    for sync in ["full", "normal"] {
+        let extra = format!("store_sync = \"{sync}\"\nstore_sync_interval_ms = 60000\n");
+        let (env, _backend, dial, _canary) = setup_with(&format!("recordsync-{sync}"), &extra);
+        let _agent = env.start_agent();
+        let before = fdatasyncs(&env);
+        for _ in 0..dials {
+            assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
+        }
+        let started = std::time::Instant::now();
+        let mut made = fdatasyncs(&env) - before;
+        while sync == "full" && made < 2 * dials && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+            made = fdatasyncs(&env) - before;
+        }
+        if sync == "full" {
+            assert!(
+                made >= 2 * dials,
+                "full: {made} fdatasyncs for {dials} sessions"
+            );
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            let made = fdatasyncs(&env) - before;
+            assert_eq!(made, 0, "normal: {made} fdatasyncs within the interval");
+        }
+    }
+}
+
+/// `normal` with nothing fdatasync'd yet: a kill -9 loses no record of what took effect
+/// (the records are in the kernel's page cache); the next start indexes them.
+#[test]
+fn with_normal_sync_kill_9_loses_nothing_that_took_effect() {
+    let (env, backend, dial, _canary) =
+        setup_with("recordnormal", "store_sync_interval_ms = 60000\n");
+    let agent = env.start_agent();
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let dialed = env.dial_as_skill("reporter", &[dial]);
+        assert!(dialed.get(0).ok);
+        pids.push(dialed.pid);
+    }
+    assert_eq!(backend.peers().len(), 3);
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
+
+    let _again = env.start_agent();
+    let sessions = env.cli_json(&["sessions", "--json"]);
+    let mut seen: Vec<u64> = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    seen.sort_unstable();
+    pids.sort_unstable();
+    assert_eq!(seen, pids.iter().map(|p| u64::from(*p)).collect::<Vec<_>>());
+    env.cli(&["audit", "verify"]);
 }

@@ -483,13 +483,13 @@ pub fn store(root: &Path) -> Result<()> {
     )
 }
 
-/// The table of what recording costs: per case, the throughput with recording (store_sync =
-/// normal) against the same agent configured with `record = false`. Target: at most 10%.
+/// The table of what recording costs: per case, the throughput with recording (the default,
+/// store_sync = normal) against the same agent configured with `record = false`. Target: at most 10%.
 /// The recording-overhead table: rows of (case, recorded with the shipped defaults, not
 /// recorded).
 pub fn recording_overhead(rows: &[(String, f64, f64)], unit: &str) -> String {
     let mut table = format!(
-        "| case | {unit} recorded (store_sync=full, the default) | {unit} not recorded | recording overhead |\n\
+        "| case | {unit} recorded (store_sync=normal, the default) | {unit} not recorded | recording overhead |\n\
          |---|---|---|---|\n"
     );
     for (case, recorded, unrecorded) in rows {

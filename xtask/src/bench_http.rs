@@ -203,7 +203,7 @@ pub fn http(root: &Path) -> Result<()> {
     for addr in [backend, proxy, haproxy_addr] {
         wait_listening(addr)?;
     }
-    // The shipped defaults (store_sync=full), then no recording (what recording costs); each
+    // The shipped defaults (store_sync=normal), then no recording (what recording costs); each
     // agent has its own skills cgroup.
     let agents = crate::bench::start_agents(
         root,
@@ -306,8 +306,8 @@ pub fn http(root: &Path) -> Result<()> {
              nginx backend serving fixed JSON bodies; each configuration runs alternately, \
              {ROUNDS} rounds, medians shown. nginx (the peer) and haproxy proxy with upstream \
              keep-alive. skillgate runs with the shipped defaults (info logs, every request \
-             decided by the policy and recorded — committed to SQLite before it is forwarded, \
-             fsynced: store_sync=full); for skillgate, \
+             decided by the policy and recorded — written to the journal before it is forwarded, \
+             fdatasync'd within 100 ms: store_sync=normal); for skillgate, \
              wrk runs inside a skill cgroup (`skillgate exec`) and dials an address that only \
              the eBPF redirect reaches. Masking: `email` fields plus the card and email \
              detectors over the whole body. The last configuration records nothing (`record = \

@@ -213,7 +213,7 @@ pub fn postgres(root: &Path) -> Result<()> {
     let credentials = "mask_salt_file = \"mask.salt\"\n[credentials.bench-db]\nkind = \"basic\"\n\
                        env = \"SKILLGATE_BENCH_PG_LOGIN\"";
     let login = format!("postgres:{}", pg.password);
-    // The shipped defaults (store_sync=full), then no recording (what recording costs).
+    // The shipped defaults (store_sync=normal), then no recording (what recording costs).
     let agents = crate::bench::start_agents(
         root,
         &dir,
@@ -326,8 +326,8 @@ pub fn postgres(root: &Path) -> Result<()> {
              configuration alternately, {ROUNDS} rounds, medians shown. PgBouncer (the peer) pools \
              in session mode. Through skillgate pgbench runs in a skill cgroup and dials an \
              address only the eBPF redirect reaches; every statement is classified (cached), \
-             decided and recorded (the shipped default, store_sync=full: committed and fsynced \
-             before it is forwarded) and, with masking, its rows masked (a mask rule on \
+             decided and recorded (the shipped default, store_sync=normal: written to the journal \
+             before it is forwarded, fdatasync'd within 100 ms) and, with masking, its rows masked (a mask rule on \
              pgbench_accounts: the filler column plus the email and card detectors over every \
              text value). The last configuration records nothing (`record = false`), to show \
              what recording costs.\n\n{table}\n{overhead}",

@@ -34,10 +34,13 @@ pub fn timestamp(ns: i64) -> String {
     )
 }
 
+/// The store, showing every record the journal holds.
 fn store(config_path: &Path, what: &str) -> Result<std::path::PathBuf> {
     let agent = AgentConfig::load(config_path)?;
     host::require_root(what)?;
-    Ok(agent.store_path(config_path))
+    let path = agent.store_path(config_path);
+    crate::gate::admin::index_journal(config_path, &agent, &path)?;
+    Ok(path)
 }
 
 pub struct SessionsArgs<'a> {
@@ -181,7 +184,11 @@ fn facts_text(facts: &record::Facts) -> String {
 pub fn audit_verify(config_path: &Path) -> Result<()> {
     let path = store(config_path, "skillgate audit verify")?;
     let count = record::verify(&path)?;
-    println!("chain intact: {count} events in {}", path.display());
+    let records = record::verify_journal(&path)?;
+    println!(
+        "chain intact: {count} events in {} ({records} records in its journal)",
+        path.display()
+    );
     Ok(())
 }
 

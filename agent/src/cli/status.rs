@@ -74,6 +74,9 @@ pub fn status(
     });
     let store_path = agent.store_path(config_path);
     let store = store_health(&store_path);
+    let journal = crate::gate::admin::agent_journal(config_path, &agent)
+        .ok()
+        .flatten();
     let enforcement = match (required_attached, proxy) {
         (true, true) => "enforcing",
         (true, false) => {
@@ -132,6 +135,7 @@ pub fn status(
                 Ok((sessions, events, bytes)) => json!({"file": store_path.display().to_string(), "ok": true, "sessions": sessions, "events": events, "bytes": bytes}),
                 Err(err) => json!({"file": store_path.display().to_string(), "ok": false, "error": format!("{err:#}")}),
             },
+            "journal": journal,
         });
         println!("{report:#}");
         return verdict;
@@ -184,6 +188,17 @@ pub fn status(
             store_path.display()
         ),
         Err(err) => println!("store: UNAVAILABLE {err:#}"),
+    }
+    if let Some(journal) = &journal {
+        match &journal.failed {
+            Some(why) => println!(
+                "journal: FAILED ({why}): every decision is refused until the agent restarts"
+            ),
+            None => println!(
+                "journal: ok, store_sync = {}; records written {}, fdatasync'd {}, indexed {}; {} fdatasyncs",
+                journal.sync, journal.written, journal.synced, journal.indexed, journal.fdatasyncs
+            ),
+        }
     }
     match &running {
         Ok((_, started_ns, policy_loaded_ns)) => {

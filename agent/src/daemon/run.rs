@@ -56,6 +56,7 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         ops: Arc::clone(&gate.ops),
         started_ns,
         policy_loaded_ns: gate.loaded_ns(),
+        recorder: gate.recorder.clone(),
     });
     crate::gate::admin::serve(
         agent.admin_socket_path(&config.path),
@@ -110,7 +111,9 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     ]);
     let signal = main_loop(&proxy, &config).await?;
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
-    proxy.gate.recorder.flush();
+    if let Err(err) = proxy.gate.recorder.stop() {
+        error!(error = %format!("{err:#}"), "cannot flush the journal at shutdown");
+    }
     let totals = proxy.enforcement.counters.totals();
     info!(signal, counters = %enforce::describe(&totals), "stopping");
     warn!(
@@ -138,6 +141,7 @@ async fn start_serving(
                 counters: &from.enforcement.counters,
                 skills: &from.skills,
                 ops: &from.gate.ops,
+                journal: from.gate.recorder.health(),
             })
         };
         crate::telemetry::metrics::serve(addr, Arc::new(render)).await?;
@@ -228,7 +232,10 @@ fn gate(config: &Config, tls: &Arc<crate::tls::Connectors>) -> Result<crate::gat
         crate::record::Recorder::start(
             &config.store_path,
             agent.retention_ns(),
-            agent.store_sync == crate::config::StoreSync::Full,
+            crate::record::Sync {
+                full: agent.store_sync == crate::config::StoreSync::Full,
+                interval: Duration::from_millis(agent.store_sync_interval_ms.max(1)),
+            },
         )?
     } else {
         warn!(config = %config.path.display(), "RECORDING IS OFF (record = false): decisions are enforced but no session or event is kept");

@@ -44,8 +44,10 @@ pub enum AdminRequest {
     Revoke {
         id: u64,
     },
-    /// Requests and statements per skill, and the agent's start time.
+    /// Requests and statements per skill, the agent's start time, the journal's state.
     Stats,
+    /// fdatasync the journal and index it now, so that the store shows every record.
+    Flush,
 }
 
 /// The answer: `ok` with the pending list where asked, or an error.
@@ -66,6 +68,9 @@ pub struct AdminResponse {
     /// When the policy in force was loaded, with Stats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_loaded_ns: Option<i64>,
+    /// The journal's state (with Stats, when recording is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<crate::record::Health>,
 }
 
 /// What the admin API serves besides approvals.
@@ -74,6 +79,7 @@ pub struct AgentFacts {
     pub started_ns: i64,
     /// When the policy in force was loaded.
     pub policy_loaded_ns: Arc<std::sync::atomic::AtomicI64>,
+    pub recorder: crate::record::Recorder,
 }
 
 /// Serves the admin socket at `path` (created root-only).
@@ -161,8 +167,20 @@ async fn handle(
                 operations: Some(facts.ops.report()),
                 started_ns: Some(facts.started_ns),
                 policy_loaded_ns: Some(facts.policy_loaded_ns.load(Ordering::Relaxed)),
+                journal: facts.recorder.health(),
                 ..AdminResponse::default()
             },
+            Ok(AdminRequest::Flush) => {
+                let recorder = facts.recorder.clone();
+                match tokio::task::spawn_blocking(move || recorder.flush()).await {
+                    Ok(Ok(())) => AdminResponse {
+                        ok: true,
+                        ..AdminResponse::default()
+                    },
+                    Ok(Err(err)) => refuse(format!("{err:#}")),
+                    Err(err) => refuse(format!("cannot flush the journal: {err}")),
+                }
+            }
             Ok(AdminRequest::Approve {
                 id,
                 mut reason,
@@ -288,6 +306,31 @@ pub fn agent_stats(
         response.started_ns.unwrap_or_default(),
         response.policy_loaded_ns.unwrap_or_default(),
     ))
+}
+
+/// The running agent's journal state (`None`: recording is off), or why it cannot be had.
+pub fn agent_journal(
+    config_path: &Path,
+    agent: &crate::config::AgentConfig,
+) -> Result<Option<crate::record::Health>> {
+    let response = call(&agent.admin_socket_path(config_path), &AdminRequest::Stats)?;
+    Ok(response.journal)
+}
+
+/// Makes the store show every record: the running agent syncs and indexes its journal; with
+/// no agent running, the journal's valid tail is indexed here.
+pub fn index_journal(
+    config_path: &Path,
+    agent: &crate::config::AgentConfig,
+    store: &Path,
+) -> Result<()> {
+    let socket = agent.admin_socket_path(config_path);
+    if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        crate::record::catch_up(store)?;
+        return Ok(());
+    }
+    call(&socket, &AdminRequest::Flush).context("the agent cannot flush its journal")?;
+    Ok(())
 }
 
 pub fn call(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {

@@ -312,3 +312,37 @@ pub fn set_cloexec(fd: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Allocates `len` bytes of `file` from `offset` (mode 0: the file grows to cover them and
+/// reads zeroes there), so that later writes in that range need no new blocks.
+pub fn fallocate(file: &impl AsRawFd, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate reads only its integer arguments; the descriptor belongs to `file`,
+    // which outlives the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bytes an unprivileged writer could still put on `file`'s filesystem.
+pub fn free_bytes(file: &impl AsRawFd) -> io::Result<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs writes a whole statvfs into the buffer it is given, which is sized for
+    // one; it is read only when the call succeeded.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: initialised by the successful call above.
+    let stat = unsafe { stat.assume_init() };
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}

@@ -71,6 +71,8 @@ pub struct Sources<'a> {
     pub counters: &'a crate::kernel::enforce::Counters,
     pub skills: &'a crate::kernel::cgroup::SkillsCgroup,
     pub ops: &'a crate::telemetry::opstats::OpStats,
+    /// The recorder's journal (`None`: recording is off).
+    pub journal: Option<crate::record::Health>,
 }
 
 /// Renders the metrics page.
@@ -122,9 +124,37 @@ impl Metrics {
             audit.processes.len() - unconfined
         );
         sources.ops.render_prometheus(&mut out);
+        if let Some(journal) = &sources.journal {
+            render_journal(&mut out, journal);
+        }
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
+}
+
+/// The journal: failed or not, its fdatasyncs, and how far it is written, synced, indexed.
+fn render_journal(out: &mut String, journal: &crate::record::Health) {
+    let _ = writeln!(
+        out,
+        "# HELP skillgate_journal_failed 1 once an fdatasync of the journal failed: every \
+         decision is refused until the agent restarts\n\
+         # TYPE skillgate_journal_failed gauge\n\
+         skillgate_journal_failed {}\n\
+         # HELP skillgate_journal_fdatasyncs fdatasyncs of the journal since the agent started\n\
+         # TYPE skillgate_journal_fdatasyncs counter\n\
+         skillgate_journal_fdatasyncs_total {}\n\
+         # HELP skillgate_journal_records The newest journal record written, fdatasync'd and \
+         indexed (sequence numbers)\n\
+         # TYPE skillgate_journal_records gauge\n\
+         skillgate_journal_records{{state=\"written\"}} {}\n\
+         skillgate_journal_records{{state=\"synced\"}} {}\n\
+         skillgate_journal_records{{state=\"indexed\"}} {}",
+        u8::from(journal.failed.is_some()),
+        journal.fdatasyncs,
+        journal.written,
+        journal.synced,
+        journal.indexed
+    );
 }
 
 /// Serves `/metrics` on `addr` (validated to be a loopback address).

@@ -1,0 +1,223 @@
+//! One journal record on disk: a frame of `u32` length, `u32` CRC32C of the payload, then the
+//! payload: sequence number, session id, previous hash and hash (binary), and the record's
+//! body (what it is, and its event) as JSON.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Event, Session};
+
+/// Bytes before a frame's payload: its length and its CRC32C.
+pub const FRAME_HEAD: usize = 8;
+/// Bytes of a payload before its JSON body: seq, session, previous hash, hash.
+const PAYLOAD_HEAD: usize = 8 + 8 + 32 + 32;
+/// Largest payload a frame may have (an event keeps at most 16 KiB of content).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// What a record does to its session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum What {
+    /// A new session, with its first event.
+    Open(Session),
+    /// One more event in a session.
+    Event,
+    /// The end of a session, with its last event.
+    Close {
+        outcome: String,
+        bytes_to_backend: u64,
+        bytes_to_skill: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    what: What,
+    event: Event,
+}
+
+/// [`Stored`], borrowed for writing (no copy of the event's texts).
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    what: &'a What,
+    event: &'a Event,
+}
+
+/// A record's body, serialized (before the journal's lock is taken), with the event it holds
+/// (which its hash covers).
+pub struct Body<'a> {
+    pub event: &'a Event,
+    pub bytes: Vec<u8>,
+}
+
+/// A record as read back from the journal.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The record's place in the journal, and its event's id in the index.
+    pub seq: u64,
+    pub session: i64,
+    pub prev: [u8; 32],
+    pub hash: [u8; 32],
+    pub what: What,
+    pub event: Event,
+}
+
+/// Serializes a record's body.
+pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
+    let bytes = serde_json::to_vec(&StoredRef { what, event })?;
+    Ok(Body { event, bytes })
+}
+
+/// The frame of a record whose body is `body`.
+pub fn frame(seq: u64, session: i64, prev: &[u8; 32], hash: &[u8; 32], body: &[u8]) -> Vec<u8> {
+    let len = PAYLOAD_HEAD + body.len();
+    let mut out = Vec::with_capacity(FRAME_HEAD + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&session.to_le_bytes());
+    out.extend_from_slice(prev);
+    out.extend_from_slice(hash);
+    out.extend_from_slice(body);
+    let crc = crc32c(&out[FRAME_HEAD..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// What the bytes at a frame's place hold.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Zeroes (pre-allocated space) or the end of the file: no more records.
+    End,
+    /// A record, and its frame's length.
+    Entry(Box<Entry>, usize),
+    /// Not a whole, intact frame.
+    Invalid(&'static str),
+}
+
+/// The frame at the start of `buf` (which runs to the end of the segment's bytes).
+pub fn decode(buf: &[u8]) -> Decoded {
+    if buf.len() < FRAME_HEAD {
+        return if buf.iter().all(|b| *b == 0) {
+            Decoded::End
+        } else {
+            Decoded::Invalid("a frame cut short")
+        };
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+    if len == 0 && crc == 0 {
+        return Decoded::End;
+    }
+    if !(PAYLOAD_HEAD..=MAX_PAYLOAD).contains(&len) {
+        return Decoded::Invalid("a frame length out of range");
+    }
+    let Some(payload) = buf.get(FRAME_HEAD..FRAME_HEAD + len) else {
+        return Decoded::Invalid("a frame cut short");
+    };
+    if crc32c(payload) != crc {
+        return Decoded::Invalid("a CRC mismatch");
+    }
+    let number = |at: usize| u64::from_le_bytes(payload[at..at + 8].try_into().unwrap_or_default());
+    let hash = |at: usize| -> [u8; 32] { payload[at..at + 32].try_into().unwrap_or_default() };
+    let Ok(body) = serde_json::from_slice::<Stored>(&payload[PAYLOAD_HEAD..]) else {
+        return Decoded::Invalid("a body this agent cannot read");
+    };
+    Decoded::Entry(
+        Box::new(Entry {
+            seq: number(0),
+            session: number(8) as i64,
+            prev: hash(16),
+            hash: hash(48),
+            what: body.what,
+            event: body.event,
+        }),
+        FRAME_HEAD + len,
+    )
+}
+
+/// CRC-32C (Castagnoli), as ext4, iSCSI and Kafka's record batches use it: a table a byte at a
+/// time is fast enough for records of a few hundred bytes, and needs no new dependency.
+pub fn crc32c(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u32;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82f6_3b78
+                } else {
+                    crc >> 1
+                };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for byte in data {
+        crc = TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Facts, Kind};
+
+    #[test]
+    fn crc32c_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn a_frame_round_trips_and_a_flipped_byte_is_caught() {
+        let event = Event {
+            at_ns: 7,
+            kind: Kind::Close,
+            operation: "op".to_owned(),
+            decision: "closed".to_owned(),
+            rule: Some("r".to_owned()),
+            reason: String::new(),
+            facts: Facts {
+                rows: Some(3),
+                ..Facts::default()
+            },
+        };
+        let what = What::Close {
+            outcome: "closed".to_owned(),
+            bytes_to_backend: 1,
+            bytes_to_skill: 2,
+        };
+        let mut bytes = frame(
+            5,
+            9,
+            &[1; 32],
+            &[2; 32],
+            &body(&what, &event).unwrap().bytes,
+        );
+        bytes.extend_from_slice(&[0; 16]);
+        let Decoded::Entry(entry, len) = decode(&bytes) else {
+            panic!("not decoded");
+        };
+        assert_eq!((entry.seq, entry.session, len), (5, 9, bytes.len() - 16));
+        assert_eq!((entry.prev, entry.hash), ([1; 32], [2; 32]));
+        assert_eq!(entry.event.facts.rows, Some(3));
+        assert!(matches!(
+            entry.what,
+            What::Close {
+                bytes_to_skill: 2,
+                ..
+            }
+        ));
+        assert!(matches!(decode(&bytes[len..]), Decoded::End));
+        assert!(matches!(decode(&bytes[..len - 1]), Decoded::Invalid(_)));
+        bytes[30] ^= 1;
+        assert!(matches!(decode(&bytes), Decoded::Invalid("a CRC mismatch")));
+    }
+}

@@ -1,0 +1,376 @@
+//! The recorder's tests: concurrency, recovery, durability modes, migration.
+
+use super::*;
+use crate::record::{Facts, Kind, query, verify};
+
+const NORMAL: Sync = Sync {
+    full: false,
+    interval: Duration::from_millis(100),
+};
+
+fn event(kind: Kind, operation: String) -> Event {
+    Event {
+        at_ns: now_ns(),
+        kind,
+        operation,
+        decision: "allow".to_owned(),
+        rule: None,
+        reason: String::new(),
+        facts: Facts::default(),
+    }
+}
+
+/// Many sessions at once, some records committed by the writer, some by the tasks
+/// themselves, answers waiting for someone's commit: every record is stored once, each
+/// session's in the order it made them, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_keep_their_order() {
+    let dir = std::env::temp_dir().join(format!("skillgate-recorder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("sessions.db");
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    let (sessions, steps) = (16, 50);
+    let tasks: Vec<_> = (0..sessions)
+        .map(|n| {
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                let session = Session {
+                    started_ns: now_ns(),
+                    skill: Some("s".to_owned()),
+                    pid: n,
+                    uid: 0,
+                    gid: 0,
+                    exe: None,
+                    cmdline: None,
+                    cgroup: None,
+                    origin: format!("task {n}"),
+                    backend: None,
+                };
+                let id = recorder
+                    .open(session, event(Kind::Connect, String::new()))
+                    .await
+                    .unwrap();
+                for step in 0..steps {
+                    recorder
+                        .event(id, event(Kind::Sql, step.to_string()))
+                        .await
+                        .unwrap();
+                    recorder.event_detached(id, event(Kind::Result, step.to_string()));
+                    if step % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                recorder
+                    .close(id, "closed", (0, 0), event(Kind::Close, String::new()))
+                    .await
+                    .unwrap();
+                id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    recorder.stop().unwrap();
+    let mut out = Vec::new();
+    query::export(&path, None, &mut out).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), sessions as usize * (2 + 2 * steps));
+    let mut want = vec!["connect ".to_owned()];
+    for step in 0..steps {
+        want.push(format!("sql {step}"));
+        want.push(format!("result {step}"));
+    }
+    want.push("close ".to_owned());
+    for id in ids {
+        let seen: Vec<String> = lines
+            .iter()
+            .filter(|e| e["session_id"] == id)
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["operation"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(seen, want, "session {id}");
+    }
+    assert_eq!(verify(&path).unwrap(), lines.len() as u64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn temp_store(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("skillgate-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("sessions.db")
+}
+
+fn session(n: u32) -> Session {
+    Session {
+        started_ns: now_ns(),
+        skill: Some("s".to_owned()),
+        pid: n,
+        uid: 0,
+        gid: 0,
+        exe: None,
+        cmdline: None,
+        cgroup: None,
+        origin: format!("task {n}"),
+        backend: None,
+    }
+}
+
+/// Records `sessions` sessions of one event each, closed; returns the recorder, stopped.
+async fn record(path: &Path, sync: Sync, sessions: u32) -> Recorder {
+    let recorder = Recorder::start(path, i64::MAX, sync).unwrap();
+    for n in 0..sessions {
+        let id = recorder
+            .open(session(n), event(Kind::Connect, String::new()))
+            .await
+            .unwrap();
+        recorder
+            .event(id, event(Kind::Sql, format!("select {n}")))
+            .await
+            .unwrap();
+        recorder
+            .close(id, "closed", (1, 2), event(Kind::Close, String::new()))
+            .await
+            .unwrap();
+    }
+    recorder
+}
+
+/// The newest segment and the offsets where its frames start.
+fn frames(path: &Path) -> (std::path::PathBuf, Vec<u64>) {
+    let dir = journal::dir_for(path);
+    let (_, segment) = journal::segments(&dir).unwrap().pop().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let (mut at, mut starts) = (0usize, Vec::new());
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(at as u64);
+        at += 8 + len;
+    }
+    (segment, starts)
+}
+
+/// With `full`, a decision returns only once its record is fdatasync'd: one fdatasync per
+/// record when they come one at a time; with `normal` a handful for the same records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_waits_for_the_fdatasync() {
+    let full = Sync {
+        full: true,
+        interval: Duration::from_secs(10),
+    };
+    let path = temp_store("full");
+    let recorder = record(&path, full, 20).await;
+    let health = recorder.health().unwrap();
+    assert_eq!(health.synced, health.written);
+    assert!(health.fdatasyncs >= 60, "{health:?}");
+    recorder.stop().unwrap();
+    let path = temp_store("normal");
+    let recorder = record(&path, NORMAL, 20).await;
+    let health = recorder.health().unwrap();
+    assert!(health.fdatasyncs < 10, "{health:?}");
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 60);
+}
+
+/// Records written but never indexed (the agent was killed) are indexed at the next start;
+/// a torn last record is cut; the chain goes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_at_start() {
+    let path = temp_store("torn");
+    let recorder = record(&path, NORMAL, 3).await;
+    recorder.stop().unwrap();
+    let (segment, starts) = frames(&path);
+    let last = *starts.last().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(last + 20).unwrap();
+    drop(file);
+    // The index already holds the last record: take it out as if it was never indexed.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM events WHERE id = 9; UPDATE sessions SET ended_ns = NULL, last_event = NULL WHERE id = 3;
+         UPDATE journal SET indexed = 8, head = (SELECT hash FROM events WHERE id = 8), offset = {last}"
+    ))
+    .unwrap();
+    drop(conn);
+    let recorder = record(&path, NORMAL, 1).await;
+    recorder.stop().unwrap();
+    // Session 3 lost its close (torn) and was closed as interrupted; session 4 followed.
+    let (s3, events) = query::session(&path, 3).unwrap();
+    assert_eq!(s3.outcome.as_deref(), Some("interrupted"));
+    assert_eq!(events.len(), 3);
+    assert_eq!(verify(&path).unwrap(), 12);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 12);
+}
+
+/// A flipped byte in a record not yet indexed, with intact records after it: the agent
+/// refuses to start and says where; the journal's verification names the same place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_the_middle_refuses_the_start() {
+    let path = temp_store("corrupt");
+    record(&path, NORMAL, 3).await.stop().unwrap();
+    let (segment, starts) = frames(&path);
+    // As if the agent was killed before it indexed records 5 to 9.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM events WHERE id > 4; DELETE FROM sessions WHERE id = 3;
+         UPDATE sessions SET ended_ns = NULL, last_event = NULL WHERE id = 2;
+         UPDATE journal SET indexed = 4, head = (SELECT hash FROM events WHERE id = 4), offset = {}",
+        starts[4]
+    ))
+    .unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[starts[5] as usize + 100] ^= 0x20;
+    std::fs::write(&segment, &bytes).unwrap();
+    let err = crate::record::verify_journal(&path)
+        .unwrap_err()
+        .to_string();
+    let place = format!("offset {} (the record after 5)", starts[5]);
+    assert!(err.contains(&place), "{err}");
+    let err = format!(
+        "{:#}",
+        Recorder::start(&path, i64::MAX, NORMAL).err().unwrap()
+    );
+    assert!(
+        err.contains("refusing to start") && err.contains(&place),
+        "{err}"
+    );
+    // The CLI, indexing what no agent indexed, stops at the same place.
+    let err = format!("{:#}", crate::record::catch_up(&path).unwrap_err());
+    assert!(err.contains(&place), "{err}");
+}
+
+/// A store from before the journal: its events still verify and its chain goes on in the
+/// journal, with ids after its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_store_continues_its_chain_in_the_journal() {
+    let path = temp_store("migrate");
+    record(&path, NORMAL, 2).await.stop().unwrap();
+    // What an earlier agent left: the same tables, no journal, no position.
+    std::fs::remove_dir_all(journal::dir_for(&path)).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE journal").unwrap();
+    drop(conn);
+    record(&path, NORMAL, 1).await.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 9);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 3);
+    let (s3, events) = query::session(&path, 3).unwrap();
+    assert_eq!(s3.outcome.as_deref(), Some("closed"));
+    assert_eq!(events.first().map(|e| e.id), Some(7));
+}
+
+/// Small segments: records roll over many, are indexed across them and verify; retention
+/// deletes only whole segments whose records are all pruned, never the newest.
+#[test]
+fn records_roll_over_segments_and_retention_deletes_whole_ones() {
+    let path = temp_store("segments");
+    let dir = journal::dir_for(&path);
+    let store = super::super::store::Store::open(&path).unwrap();
+    let tail = journal::Tail {
+        next_seq: 1,
+        head: [0; 32],
+        next_session: store.next_session().unwrap(),
+        segment: None,
+    };
+    drop(store);
+    let mut journal = Journal::open(&dir, 1024, &tail).unwrap();
+    let first = event(Kind::Connect, String::new());
+    let open = frame::body(&What::Open(session(1)), &first).unwrap();
+    let id = journal.append(None, &open).unwrap().session;
+    let mut rolls = 0;
+    for n in 0..30 {
+        let sql = event(Kind::Sql, format!("select {n}"));
+        let body = frame::body(&What::Event, &sql).unwrap();
+        rolls += usize::from(journal.append(Some(id), &body).unwrap().synced_before);
+    }
+    let segments = journal::segments(&dir).unwrap();
+    assert!(
+        segments.len() > 3 && segments.len() == rolls + 1,
+        "{rolls} {segments:?}"
+    );
+    let mut indexer = Indexer::open(&path).unwrap();
+    assert_eq!(indexer.step(u64::MAX).unwrap(), 31);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 31);
+    assert_eq!(verify(&path).unwrap(), 31);
+    // Records up to 10 pruned: the segments holding only those go.
+    let deleted = journal::delete_through(&dir, 10).unwrap();
+    let left = journal::segments(&dir).unwrap();
+    assert_eq!(left.len(), segments.len() - deleted);
+    assert!(deleted > 0 && left[0].0 <= 11, "{left:?}");
+    assert_eq!(
+        journal::delete_through(&dir, u64::MAX).unwrap(),
+        left.len() - 1
+    );
+    let records = crate::record::verify_journal(&path).unwrap();
+    assert_eq!(records, 32 - journal::segments(&dir).unwrap()[0].0);
+}
+
+/// After an fdatasync error the journal is failed: every decision is refused (and `full`
+/// waiters released with an error) until a restart, and health says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fdatasync_refuses_every_decision_until_restart() {
+    let path = temp_store("failed");
+    let recorder = record(&path, NORMAL, 1).await;
+    let inner = recorder.inner.as_ref().unwrap();
+    inner.fail(&std::io::Error::from_raw_os_error(libc::EIO));
+    let err = recorder
+        .open(session(9), event(Kind::Connect, String::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("the journal has failed"),
+        "{err:#}"
+    );
+    assert!(
+        recorder
+            .event(1, event(Kind::Sql, String::new()))
+            .await
+            .is_err()
+    );
+    let health = recorder.health().unwrap();
+    assert!(health.failed.unwrap().contains("fdatasync failed"));
+    assert!(recorder.flush().is_err());
+    assert!(recorder.stop().is_err());
+    // A restart starts afresh from what the journal holds.
+    let recorder = record(&path, NORMAL, 1).await;
+    assert!(recorder.health().unwrap().failed.is_none());
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 6);
+}
+
+/// A record larger than the reader's read-ahead (a long statement) is indexed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_read_ahead_is_indexed() {
+    let path = temp_store("large");
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    let id = recorder
+        .open(session(1), event(Kind::Connect, String::new()))
+        .await
+        .unwrap();
+    let long = "x".repeat(300 * 1024);
+    recorder
+        .event(id, event(Kind::Sql, long.clone()))
+        .await
+        .unwrap();
+    recorder.flush().unwrap();
+    let (_, events) = query::session(&path, id).unwrap();
+    assert_eq!(events[1].operation, long);
+    recorder.stop().unwrap();
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 2);
+}
