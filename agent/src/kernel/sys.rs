@@ -346,3 +346,15 @@ pub fn free_bytes(file: &impl AsRawFd) -> io::Result<u64> {
     let stat = unsafe { stat.assume_init() };
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
+
+/// Lowers the calling thread's scheduling priority to `nice` (on Linux a nice value is per
+/// thread), for background work that must not preempt the data path.
+pub fn nice_this_thread(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions; setpriority reads only its integer arguments.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

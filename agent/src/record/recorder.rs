@@ -340,7 +340,14 @@ fn syncer(inner: &Inner) {
     }
 }
 
+/// Nice value of the indexer thread: off the critical path, it yields the CPU to the tasks
+/// that decide (its bursts otherwise preempt them for a scheduler slice).
+const INDEXER_NICE: i32 = 10;
+
 fn indexer_loop(inner: &Inner) {
+    if let Err(err) = crate::kernel::sys::nice_this_thread(INDEXER_NICE) {
+        tracing::warn!(error = %err, "cannot lower the indexer thread's priority");
+    }
     // Prune about twice per retention period, at most hourly, at least every second.
     let prune_every = Duration::from_nanos((inner.retention_ns / 2).max(0) as u64)
         .clamp(Duration::from_secs(1), Duration::from_secs(3_600));
