@@ -239,6 +239,13 @@ pub fn catch_up(store_path: &Path) -> Result<u64> {
     if !store_path.exists() {
         return Ok(0);
     }
+    // The agent indexes only what it fdatasync'd; the CLI syncs what it is about to index, so
+    // that a power loss cannot take a record the index already holds.
+    for (_, segment) in journal::segments(&journal::dir_for(store_path))? {
+        std::fs::File::open(&segment)
+            .and_then(|file| file.sync_data())
+            .with_context(|| format!("cannot sync the journal segment {}", segment.display()))?;
+    }
     let mut indexer = Indexer::open(store_path)?;
     match indexer.step(u64::MAX) {
         Ok(n) => Ok(n),
