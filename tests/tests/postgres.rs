@@ -1323,6 +1323,49 @@ sql = { kinds = ["select"], objects = ["pg_catalog.*"] }
     );
 }
 
+/// Hostile forms that hide an operator in the syntax: `LIKE` is the operator `~~`, and
+/// `= ANY(array)` compares each element with `=`. With a user's `~~` (numeric, text) and
+/// `=` (numeric, int) in `public`, the server runs them (they match better than any built-in),
+/// so each needs an `execute` grant; the functions write canary rows that must not appear.
+#[test]
+fn operators_hidden_in_like_and_any_need_their_execute_grant() {
+    let s = ShopDb::new("pg-hidden-operators", PgServer::start(), RULES, "");
+    s.pg.psql_admin(
+        "shop",
+        "CREATE FUNCTION public.num_like(numeric, text) RETURNS bool LANGUAGE sql AS \
+         $$ INSERT INTO refunds VALUES (-5, 0); SELECT true $$; \
+         CREATE OPERATOR public.~~ (LEFTARG = numeric, RIGHTARG = text, FUNCTION = num_like); \
+         CREATE FUNCTION public.num_eq_int(numeric, int) RETURNS bool LANGUAGE sql AS \
+         $$ INSERT INTO refunds VALUES (-6, 0); SELECT true $$; \
+         CREATE OPERATOR public.= (LEFTARG = numeric, RIGHTARG = int, FUNCTION = num_eq_int)",
+    );
+    let agent = s.start_agent();
+    for (sql, reason) in [
+        (
+            "SELECT count(*) FROM orders WHERE total LIKE '1%'",
+            "execute public.~~",
+        ),
+        (
+            "SELECT count(*) FROM orders WHERE total = ANY(ARRAY[1, 2])",
+            "execute public.=",
+        ),
+    ] {
+        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
+        assert!(
+            err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
+            "{sql}: {err}\n{}",
+            agent.log()
+        );
+        assert_eq!(out, "20\n", "{sql}: refused before it ran");
+    }
+    assert_eq!(
+        s.pg.psql_admin("shop", "SELECT count(*) FROM refunds")
+            .trim(),
+        "0",
+        "no user operator ran"
+    );
+}
+
 /// A mask of `customers.card` refused every other use of a column named `card` (columns were
 /// compared by name). With the login's catalog, a qualified use is resolved to its table:
 /// another table's `card` may be compared, the masked one still may not.
