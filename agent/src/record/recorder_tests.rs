@@ -34,20 +34,8 @@ async fn concurrent_sessions_keep_their_order() {
         .map(|n| {
             let recorder = recorder.clone();
             tokio::spawn(async move {
-                let session = Session {
-                    started_ns: now_ns(),
-                    skill: Some("s".to_owned()),
-                    pid: n,
-                    uid: 0,
-                    gid: 0,
-                    exe: None,
-                    cmdline: None,
-                    cgroup: None,
-                    origin: format!("task {n}"),
-                    backend: None,
-                };
                 let id = recorder
-                    .open(session, event(Kind::Connect, String::new()))
+                    .open(session(n), event(Kind::Connect, String::new()))
                     .await
                     .unwrap();
                 for step in 0..steps {
