@@ -36,6 +36,16 @@ pub struct AgentConfig {
     /// Resolvers the forwarder asks (`ip:port`); empty: the nameservers of /etc/resolv.conf.
     #[serde(default)]
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// Least time (seconds) the addresses a skill resolved stay matched to the name, whatever
+    /// the answer's TTL: clients and their connection pools keep using an address after its
+    /// TTL (the JVM caches 30 s). A mapping only picks which declared backend a connection is
+    /// for; the agent still connects to that backend's own upstream, so outliving a TTL never
+    /// sends a skill somewhere undeclared.
+    #[serde(default = "default_dns_min_ttl")]
+    pub dns_min_ttl_secs: u32,
+    /// Most time (seconds) a resolved address stays matched, however long its TTL.
+    #[serde(default = "default_dns_max_ttl")]
+    pub dns_max_ttl_secs: u32,
     /// The session store (SQLite), relative to this file's directory unless absolute.
     #[serde(default = "default_store")]
     pub store: PathBuf,
@@ -212,6 +222,12 @@ fn default_store() -> PathBuf {
 }
 fn default_dns_port() -> u16 {
     DEFAULT_DNS_PORT
+}
+fn default_dns_min_ttl() -> u32 {
+    60
+}
+fn default_dns_max_ttl() -> u32 {
+    3600
 }
 
 /// The configuration with its policy loaded and checked.

@@ -201,14 +201,15 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the decision for one SQL string or HTTP request, the deciding rule and, for SQL,
-    /// the classification.
+    /// Show the decision for one SQL string, HTTP request or DNS query, the deciding rule
+    /// and, for SQL, the classification.
     Explain {
         file: PathBuf,
         #[arg(long)]
         skill: String,
-        #[arg(long)]
-        backend: String,
+        /// The backend of the `--sql` or `--http` request.
+        #[arg(long, required_unless_present = "dns")]
+        backend: Option<String>,
         /// Groups a token would grant (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
@@ -221,6 +222,9 @@ enum PolicyCommand {
         /// A request header of the `--http` request, "Name: value" (repeatable).
         #[arg(long = "header", requires = "http")]
         headers: Vec<String>,
+        /// A DNS query the skill would send: "NAME" (an A query) or "NAME TYPE".
+        #[arg(long, conflicts_with_all = ["sql", "http", "backend"])]
+        dns: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -306,16 +310,18 @@ fn main() -> ExitCode {
             sql,
             http,
             headers,
+            dns,
             json,
         }) => cli::policy::explain(
             &file,
             &cli::policy::ExplainArgs {
                 skill: &skill,
-                backend: &backend,
+                backend: backend.as_deref().unwrap_or_default(),
                 groups: &groups,
                 sql: sql.as_deref(),
                 http: http.as_deref(),
                 headers: &headers,
+                dns: dns.as_deref(),
                 json,
             },
         ),

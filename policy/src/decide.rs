@@ -45,6 +45,9 @@ pub struct ConnectRequest<'a> {
     pub cgroup: Option<&'a str>,
     /// The address the skill dialed.
     pub destination: SocketAddr,
+    /// Names (normalized) the skill resolved to the destination's address through the agent,
+    /// still within their time to live.
+    pub names: &'a [String],
 }
 
 /// An operation on a backend, as the protocol layer parsed it.
@@ -103,7 +106,11 @@ pub struct Decision<'p> {
 }
 
 impl<'p> Decision<'p> {
-    fn deny(skill: Option<&'p Skill>, backend: Option<&'p Backend>, reason: String) -> Self {
+    pub(crate) fn deny(
+        skill: Option<&'p Skill>,
+        backend: Option<&'p Backend>,
+        reason: String,
+    ) -> Self {
         Self {
             effect: Effect::Deny,
             skill,
@@ -125,7 +132,13 @@ impl Policy {
         let skill = request
             .cgroup
             .and_then(|cgroup| self.skill_index_for_cgroup(cgroup));
-        let backend = self.backend_for_dial(destination);
+        let backend = match self.backend_by_names(skill, request.names, destination.port()) {
+            Ok(Some(backend)) => Some((backend, &self.backends[backend])),
+            Ok(None) => self.backend_for_dial(destination),
+            Err(reason) => {
+                return Decision::deny(skill.map(|s| &self.skills[s]), None, reason);
+            }
+        };
         let Some(skill) = skill else {
             let reason = match request.cgroup {
                 Some(cgroup) => format!("cgroup `{cgroup}` is not a declared skill"),

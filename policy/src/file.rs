@@ -56,7 +56,8 @@ pub(crate) struct OidcDef {
 pub(crate) struct BackendDef {
     pub name: Spanned<String>,
     pub protocol: Protocol,
-    /// Addresses skills dial to reach this backend (`ip:port`).
+    /// Addresses skills dial to reach this backend: `ip:port`, or `name:port` and
+    /// `*.suffix:port` for names skills resolve through the agent.
     pub dial: Vec<Spanned<String>>,
     /// Where the agent connects on the skill's behalf (`ip:port`).
     pub upstream: Spanned<String>,
@@ -90,12 +91,18 @@ pub(crate) struct RuleDef {
     pub skills: Vec<Spanned<String>>,
     #[serde(default)]
     pub groups: Vec<Spanned<String>>,
-    pub backend: Spanned<String>,
+    /// The backend the rule is about; none for a `dns` rule.
+    pub backend: Option<Spanned<String>>,
     pub effect: Spanned<Effect>,
     pub mode: Option<Mode>,
     pub sql: Option<Spanned<SqlDef>>,
     pub http: Option<Spanned<HttpDef>>,
     pub mask: Option<Spanned<MaskDef>>,
+    /// Names the skills may (or, with `deny`, may not) resolve: `name` or `*.suffix`.
+    pub dns: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Record types beyond A, AAAA and CNAME that `dns` covers (`SRV`, `TXT`, ...).
+    #[serde(default)]
+    pub dns_types: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@
 mod ask;
 mod column_privilege;
 mod decide;
+pub mod dns;
 mod error;
 mod file;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod sql;
 
 pub use ask::{HttpAnswer, SqlAnswer};
 pub use decide::{ConnectRequest, Decision, Effect, Operation, Request, RuleRef};
+pub use dns::DnsRequest;
 pub use error::{PolicyError, line_column};
 pub use model::{
     Backend, Detector, HttpOp, Mask, Mode, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp,

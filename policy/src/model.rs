@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use crate::decide::Effect;
+use crate::dns::{DialName, DnsRule};
 use crate::error::PolicyError;
 use crate::file::PolicyFile;
 use crate::http::PathPattern;
@@ -96,7 +97,10 @@ pub struct Tls {
 pub struct Backend {
     pub name: String,
     pub protocol: Protocol,
+    /// Addresses skills dial to reach it.
     pub dial: Vec<SocketAddr>,
+    /// Names skills resolve (through the agent's DNS forwarder) and dial to reach it.
+    pub dial_names: Vec<DialName>,
     pub upstream: SocketAddr,
     pub credentials: Option<String>,
     pub tls: Option<Tls>,
@@ -269,6 +273,8 @@ pub struct Policy {
     pub skills: Vec<Skill>,
     pub backends: Vec<Backend>,
     pub rules: Vec<Rule>,
+    /// Rules on the names skills may resolve, in file order.
+    pub dns_rules: Vec<DnsRule>,
     /// Every group known: skills' groups and the file's `groups`.
     pub groups: Vec<String>,
     by_dial: HashMap<SocketAddr, usize>,

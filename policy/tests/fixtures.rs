@@ -142,6 +142,7 @@ fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> D
             policy.decide_connect(&skillgate_policy::ConnectRequest {
                 cgroup: cgroup.as_deref(),
                 destination: dial.parse().expect("dial = \"ip:port\""),
+                names: &[],
             })
         }
         _ => panic!("a case needs exactly one of sql, http, dial"),

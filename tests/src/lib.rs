@@ -1225,3 +1225,65 @@ impl Drop for FileServer {
         self.stop();
     }
 }
+
+/// dnsmasq (Debian's) on a free loopback port, answering only from the records given on its
+/// command line (`--host-record`, `--cname`, ...), logging every query it gets.
+pub struct Dnsmasq {
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with `records` (its own options) and `--local-ttl=ttl`.
+    pub fn start(dir: &Path, ttl: u32, records: &[&str]) -> Self {
+        // The port must be free for both UDP and TCP.
+        let port = loop {
+            let port = free_port();
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
+        };
+        let log = dir.join(format!("dnsmasq-{port}.log"));
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--user=root",
+                "--pid-file=",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--log-queries",
+            ])
+            .arg(format!("--log-facility={}", log.display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--local-ttl={ttl}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (Debian package dnsmasq-base)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { addr, child, log }
+    }
+
+    /// What dnsmasq logged: every query it got, by name.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -77,6 +77,65 @@ def dns(server, name):
     return f"from={sender[0]}:{sender[1]} addr={socket.inet_ntoa(answer[-4:])}"
 
 
+def query(server, name, qtype="A", transport="udp"):
+    """One query of type A, AAAA or TXT (by number otherwise) over UDP or TCP: reports the
+    response code and the addresses and CNAME targets of the answer."""
+    types = {"A": 1, "CNAME": 5, "TXT": 16, "AAAA": 28}
+    qid = 0x5348
+    msg = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        msg += bytes([len(label)]) + label.encode()
+    msg += b"\0" + struct.pack(">HH", types.get(qtype) or int(qtype), 1)
+    if transport == "tcp":
+        with socket.create_connection((server, 53), timeout=5) as s:
+            s.sendall(struct.pack(">H", len(msg)) + msg)
+            size = struct.unpack(">H", recv_exact(s, 2))[0]
+            answer = recv_exact(s, size)
+    else:
+        with socket.socket(family(server), socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(msg, (server, 53))
+            answer = s.recvfrom(65535)[0]
+    if answer[:2] != msg[:2]:
+        return "wrong-id"
+    rcode = answer[3] & 0x0F
+    ancount = struct.unpack(">H", answer[6:8])[0]
+    pos = skip_name(answer, 12) + 4
+    found = []
+    for _ in range(ancount):
+        pos = skip_name(answer, pos)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", answer[pos:pos + 10])
+        rdata = answer[pos + 10:pos + 10 + rdlen]
+        if rtype == 1:
+            found.append(socket.inet_ntoa(rdata))
+        elif rtype == 28:
+            found.append(socket.inet_ntop(socket.AF_INET6, rdata))
+        elif rtype == 5:
+            found.append("cname")
+        pos += 10 + rdlen
+    return f"rcode={rcode} " + ",".join(found)
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        if not more:
+            raise ConnectionResetError(104, "closed mid-message")
+        data += more
+    return data
+
+
+def skip_name(msg, pos):
+    while True:
+        length = msg[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        pos += 1 + length
+
+
 def resolve(name):
     return socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
 

@@ -103,9 +103,14 @@ fn raw_ping_and_other_protocol_sockets_are_refused() {
 #[test]
 fn dns_lookups_work_through_the_agent_forwarder() {
     let resolver = DnsServer::start("127.0.0.1:0");
+    // The DNS policy lets the skill resolve this one name.
+    let policy = format!(
+        "{POLICY}\n[[rule]]\nskills = [\"reporter\"]\ndns = [\"orders.skillgate.test\"]\n\
+         effect = \"allow\"\n"
+    );
     let env = Env::with_config(
         "dns",
-        POLICY,
+        &policy,
         &format!("dns_upstream = [\"{}\"]", resolver.addr),
     );
     let agent = env.start_agent();

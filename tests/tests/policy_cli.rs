@@ -212,3 +212,50 @@ fn explain_shows_decision_rule_and_classification() {
     let text = explain("GET /customers/1", &[]);
     assert!(text.contains("headers [x-customer-email]"), "{text}");
 }
+
+#[test]
+fn explain_decides_a_dns_query_with_its_rule() {
+    let dir = std::env::temp_dir().join(format!("skillgate-policy-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.toml");
+    std::fs::write(
+        &file,
+        "[[skill]]\nname = \"reporter\"\n\n[[backend]]\nname = \"orders\"\nprotocol = \"tcp\"\n\
+         dial = [\"orders.internal:443\"]\nupstream = \"127.0.0.1:1\"\n\n[[rule]]\n\
+         skills = [\"reporter\"]\nbackend = \"orders\"\neffect = \"allow\"\n\n[[rule]]\n\
+         name = \"mirror\"\nskills = [\"reporter\"]\ndns = [\"*.pypi.internal\"]\neffect = \"allow\"\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let explain = |query: &str| {
+        let out = skillgate(&[
+            "policy", "explain", &file, "--skill", "reporter", "--dns", query, "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let mirror = explain("files.pypi.internal");
+    assert_eq!(mirror["effect"], "allow");
+    assert_eq!(mirror["rules"][0]["name"], "mirror");
+    assert!(
+        mirror["rules"][0]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("policy.toml:18")
+    );
+    let backend = explain("ORDERS.internal. AAAA");
+    assert_eq!(backend["effect"], "allow");
+    assert!(
+        backend["reason"]
+            .as_str()
+            .unwrap()
+            .contains("backend `orders`")
+    );
+    assert_eq!(explain("orders.internal TXT")["effect"], "deny");
+    assert_eq!(explain("leak.attacker.example")["effect"], "deny");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "policy_file",
     "sql_classify",
     "http_target",
@@ -20,6 +20,7 @@ pub const TARGETS: [&str; 8] = [
     "pg_wire",
     "pg_session",
     "jwt",
+    "dns_message",
 ];
 
 /// The differential harness (tests/tests/pg_differential.rs), which `cargo xtask fuzz` runs

@@ -20,6 +20,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("kill", "procps"),
     ("curl", "curl"),
+    ("dnsmasq", "dnsmasq-base"),
     ("openssl", "openssl"),
     ("psql", "postgresql-client"),
     ("pgbench", "postgresql-client"),

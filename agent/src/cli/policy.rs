@@ -77,6 +77,8 @@ pub struct ExplainArgs<'a> {
     pub http: Option<&'a str>,
     /// Headers of the `http` request, "Name: value".
     pub headers: &'a [String],
+    /// A DNS query: "NAME" or "NAME TYPE".
+    pub dns: Option<&'a str>,
     pub json: bool,
 }
 
@@ -84,6 +86,21 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
     let text = read(path)?;
     let policy = Policy::parse(&path.display().to_string(), &text)
         .map_err(|err| anyhow::anyhow!("invalid policy {err}"))?;
+    if let Some(query) = args.dns {
+        let mut words = query.split_whitespace();
+        let name = words
+            .next()
+            .context("--dns takes \"NAME\" or \"NAME TYPE\"")?;
+        let record_type = words.next().unwrap_or("A").to_ascii_uppercase();
+        let decision = policy.decide_dns(&skillgate_policy::DnsRequest {
+            skill: args.skill,
+            name,
+            record_type: &record_type,
+        });
+        let detail = json!({ "name": name, "type": record_type });
+        print_decision(&decision, &detail, args.json);
+        return Ok(());
+    }
     let (decision, detail) = match (args.sql, args.http) {
         (Some(sql), None) => {
             let answer = policy.decide_sql(args.skill, args.groups, args.backend, sql);
@@ -124,7 +141,9 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
             };
             (answer.decision, detail)
         }
-        _ => bail!("give exactly one of --sql \"...\" or --http \"METHOD /path\""),
+        _ => bail!(
+            "give exactly one of --sql \"...\", --http \"METHOD /path\" or --dns \"NAME [TYPE]\""
+        ),
     };
     print_decision(&decision, &detail, args.json);
     Ok(())

@@ -13,7 +13,7 @@ use crate::config::{AgentConfig, Config};
 use crate::kernel::cgroup::SkillsCgroup;
 use crate::kernel::enforce::{self, Enforcement, Ports};
 use crate::kernel::host;
-use crate::proxy::dns::Forwarder;
+use crate::proxy::dns::{ResolvedNames, Resolvers};
 use crate::proxy::{self, Proxy};
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -42,8 +42,12 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let agent = &config.agent;
     // Listen before attaching, so the first redirected connect finds the proxy.
     let listeners = proxy::bind(agent.proxy_port).await?;
-    let forwarder = Arc::new(Forwarder::new(&agent.dns_upstream));
-    let dns_sockets = Forwarder::bind(agent.dns_port).await?;
+    let dns_sockets = Resolvers::bind(agent.dns_port).await?;
+    let names = ResolvedNames::new(
+        Duration::from_secs(u64::from(agent.dns_min_ttl_secs)),
+        Duration::from_secs(u64::from(agent.dns_max_ttl_secs)),
+    );
+    let dns = Arc::new(Resolvers::new(&agent.dns_upstream, names));
     let ports = Ports {
         proxy: agent.proxy_port,
         dns: agent.dns_port,
@@ -97,8 +101,9 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
         intercept,
         http,
         pg,
+        dns,
     });
-    start_serving(&proxy, agent, listeners, &forwarder, dns_sockets).await?;
+    start_serving(&proxy, agent, listeners, dns_sockets).await?;
     info!("skillgate ready");
     notify_systemd(&[
         sd_notify::NotifyState::Ready,
@@ -130,7 +135,6 @@ async fn start_serving(
     proxy: &Arc<Proxy>,
     agent: &crate::config::AgentConfig,
     listeners: Vec<tokio::net::TcpListener>,
-    forwarder: &Arc<Forwarder>,
     dns_sockets: Vec<tokio::net::UdpSocket>,
 ) -> Result<()> {
     if let Some(addr) = agent.metrics_listen {
@@ -151,7 +155,8 @@ async fn start_serving(
         info!(%addr, "proxy listening");
         tokio::spawn(Arc::clone(proxy).serve(listener));
     }
-    let resolvers: Vec<String> = forwarder
+    let resolvers: Vec<String> = proxy
+        .dns
         .upstream()
         .iter()
         .map(ToString::to_string)
@@ -159,7 +164,7 @@ async fn start_serving(
     for socket in dns_sockets {
         let addr = socket.local_addr()?;
         info!(%addr, upstream = %resolvers.join(","), "DNS forwarder listening");
-        tokio::spawn(Arc::clone(forwarder).serve(socket));
+        tokio::spawn(crate::proxy::dns::serve(Arc::clone(proxy), socket));
     }
     Ok(())
 }

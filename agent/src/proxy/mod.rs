@@ -8,10 +8,10 @@ mod tls_gate;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use skillgate_common::ConnMeta;
+use skillgate_common::{ConnMeta, DNS_PORT};
 use skillgate_policy::{ConnectRequest, Decision, Effect, Mask, Policy, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, info, info_span, warn};
@@ -45,6 +45,8 @@ pub struct Proxy {
     pub http: Arc<crate::protocol::http::HttpContext>,
     /// What `postgres` connections share.
     pub pg: Arc<crate::protocol::pg::PgContext>,
+    /// The resolvers skills' DNS queries go to, and the names each skill resolved.
+    pub dns: Arc<dns::Resolvers>,
 }
 
 /// Binds the proxy on 127.0.0.1 and ::1. IPv4 is required; without IPv6 loopback the IPv6
@@ -109,11 +111,21 @@ impl Proxy {
                 warn!(decision = "deny", reason = "the skill dialed the proxy itself", "connection refused");
                 return reset(stream);
             }
+            if origin.port() == DNS_PORT {
+                // DNS over TCP: each query is decided by the skill's DNS policy.
+                return self.serve_dns_tcp(stream, &meta).await;
+            }
             let cgroup = self.skills.resolve(meta.cgroup_id);
             let policy = self.gate.policy();
+            let names = cgroup
+                .as_deref()
+                .and_then(|c| policy.skill_for_cgroup(c))
+                .map(|s| self.dns.names.names_for(&s.name, origin.ip(), Instant::now()))
+                .unwrap_or_default();
             let decision = policy.decide_connect(&ConnectRequest {
                 cgroup: cgroup.as_deref(),
                 destination: origin,
+                names: &names,
             });
             let verdict = connect_verdict(&decision);
             let skill = decision.skill.map_or("-", |s| s.name.as_str());

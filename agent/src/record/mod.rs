@@ -56,10 +56,12 @@ pub enum Kind {
     Result,
     /// The end of a session.
     Close,
+    /// A DNS query's decision, and then its answer.
+    Dns,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Connect,
         Kind::Tls,
         Kind::Http,
@@ -68,6 +70,7 @@ impl Kind {
         Kind::Response,
         Kind::Result,
         Kind::Close,
+        Kind::Dns,
     ];
 
     /// The name the store keeps (and hashes), logs and `replay` show.
@@ -81,6 +84,7 @@ impl Kind {
             Kind::Response => "response",
             Kind::Result => "result",
             Kind::Close => "close",
+            Kind::Dns => "dns",
         }
     }
 

@@ -10,6 +10,7 @@ use super::{
     SqlOp, Tls, canonical,
 };
 use crate::decide::Effect;
+use crate::dns::{DialName, DnsRule, KNOWN_TYPES, NamePattern};
 use crate::error::PolicyError;
 use crate::file::{BackendDef, HttpDef, PolicyFile, RuleDef, SkillDef, SqlDef, TlsDef};
 use crate::http::PathPattern;
@@ -71,7 +72,19 @@ impl<'a> Builder<'a> {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut shapes: HashMap<String, (Effect, String)> = HashMap::new();
         for (n, def) in file.rules.iter().enumerate() {
-            let rule = self.rule(n, def, &policy)?;
+            let Some(backend) = &def.backend else {
+                let rule = self.dns_rule(n, def, &policy)?;
+                if let Some(name) = &def.name
+                    && names.insert(rule.name.clone(), n).is_some()
+                {
+                    return Err(
+                        self.error(name, format!("rule name `{}` is used twice", rule.name))
+                    );
+                }
+                policy.dns_rules.push(rule);
+                continue;
+            };
+            let rule = self.rule(n, def, backend, &policy)?;
             if let Some(name) = &def.name
                 && names.insert(rule.name.clone(), n).is_some()
             {
@@ -196,7 +209,25 @@ impl<'a> Builder<'a> {
             ));
         }
         let mut dial = Vec::with_capacity(def.dial.len());
+        let mut dial_names: Vec<DialName> = Vec::new();
         for spanned in &def.dial {
+            if let Some(named) = self.dial_name(spanned)? {
+                let taken = policy
+                    .backends
+                    .iter()
+                    .find(|b| b.dial_names.contains(&named));
+                if let Some(other) = taken {
+                    return Err(self.error(
+                        spanned,
+                        format!("`{named}` is dialed for backend `{}` already", other.name),
+                    ));
+                }
+                if dial_names.contains(&named) {
+                    return Err(self.error(spanned, format!("`{named}` is listed twice")));
+                }
+                dial_names.push(named);
+                continue;
+            }
             let addr = canonical(self.socket_addr(spanned, "dial")?);
             if let Some(&other) = policy.by_dial.get(&addr) {
                 return Err(self.error(
@@ -259,12 +290,151 @@ impl<'a> Builder<'a> {
             name,
             protocol: def.protocol,
             dial,
+            dial_names,
             upstream,
             credentials,
             intercept_tls,
             tls,
             case_insensitive_paths,
         })
+    }
+
+    /// The skills and groups a rule names (`at`: where to point when it names none).
+    fn subjects<T>(
+        &self,
+        name: &str,
+        def: &RuleDef,
+        at: &Spanned<T>,
+        policy: &Policy,
+    ) -> Result<(Vec<usize>, Vec<String>), PolicyError> {
+        if def.skills.is_empty() && def.groups.is_empty() {
+            return Err(self.error(
+                at,
+                format!("{name} names no skills and no groups: add `skills` or `groups`"),
+            ));
+        }
+        let mut skills = Vec::new();
+        for skill in &def.skills {
+            let i = policy.skill_index(skill.get_ref()).ok_or_else(|| {
+                self.error(
+                    skill,
+                    format!("{name} names unknown skill `{}`", skill.get_ref()),
+                )
+            })?;
+            skills.push(i);
+        }
+        let mut groups = Vec::new();
+        for group in &def.groups {
+            if !policy.groups.contains(group.get_ref()) {
+                return Err(self.error(
+                    group,
+                    format!(
+                        "{name} names unknown group `{}`: list it in a skill's `groups` or in \
+                         the top-level `groups`",
+                        group.get_ref()
+                    ),
+                ));
+            }
+            groups.push(group.get_ref().clone());
+        }
+        Ok((skills, groups))
+    }
+
+    /// A `dns` rule: which names its skills may (or may not) resolve.
+    fn dns_rule(&self, n: usize, def: &RuleDef, policy: &Policy) -> Result<DnsRule, PolicyError> {
+        let name = match &def.name {
+            Some(name) => self.name(name, "rule")?,
+            None => format!("rule #{}", n + 1),
+        };
+        let Some(dns) = &def.dns else {
+            return Err(self.error(
+                &def.effect,
+                format!("{name} needs a `backend` (or `dns`, for names the skills may resolve)"),
+            ));
+        };
+        for (present, what) in [
+            (def.sql.is_some(), "sql"),
+            (def.http.is_some(), "http"),
+            (def.mask.is_some(), "mask"),
+        ] {
+            if present {
+                return Err(self.error(
+                    dns,
+                    format!("{name}: a `dns` rule has no `{what}`: names are all it covers"),
+                ));
+            }
+        }
+        let effect = *def.effect.get_ref();
+        if !matches!(effect, Effect::Allow | Effect::Deny) {
+            return Err(self.error(
+                &def.effect,
+                format!(
+                    "{name}: a `dns` rule allows or denies; `{}` is not for names",
+                    effect.as_str()
+                ),
+            ));
+        }
+        let (skills, groups) = self.subjects(&name, def, dns, policy)?;
+        if dns.get_ref().is_empty() {
+            return Err(self.error(dns, format!("{name}: `dns` lists no names")));
+        }
+        let mut names = Vec::new();
+        for spanned in dns.get_ref() {
+            let pattern = NamePattern::parse(spanned.get_ref()).ok_or_else(|| {
+                self.error(
+                    spanned,
+                    format!(
+                        "{name}: `{}` is not a host name or `*.` and a host name",
+                        spanned.get_ref()
+                    ),
+                )
+            })?;
+            names.push(pattern);
+        }
+        let mut types = Vec::new();
+        for spanned in &def.dns_types {
+            let upper = spanned.get_ref().to_ascii_uppercase();
+            if !KNOWN_TYPES.contains(&upper.as_str()) {
+                return Err(self.error(
+                    spanned,
+                    format!(
+                        "{name}: `{}` is not a record type this agent forwards ({})",
+                        spanned.get_ref(),
+                        KNOWN_TYPES.join(", ")
+                    ),
+                ));
+            }
+            types.push(upper);
+        }
+        Ok(DnsRule {
+            id: n,
+            name,
+            line: self.line(dns.span().start),
+            skills,
+            groups,
+            effect,
+            mode: def.mode.unwrap_or_default(),
+            names,
+            types,
+        })
+    }
+
+    /// A `dial` entry by name (`name:port`, `*.suffix:port`); `None` when it is an address.
+    fn dial_name(&self, spanned: &Spanned<String>) -> Result<Option<DialName>, PolicyError> {
+        let text = spanned.get_ref();
+        if text.parse::<SocketAddr>().is_ok() {
+            return Ok(None);
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Ok(None);
+        };
+        let (Some(pattern), Ok(port)) = (NamePattern::parse(host), port.parse::<u16>()) else {
+            return Ok(None);
+        };
+        if port == 0 {
+            return Err(self.error(spanned, format!("`{text}`: port 0 cannot be dialed")));
+        }
+        Ok(Some(DialName { pattern, port }))
     }
 
     /// A backend's client certificate and key: both or neither, and only where the agent
@@ -305,47 +475,34 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn rule(&self, n: usize, def: &RuleDef, policy: &Policy) -> Result<Rule, PolicyError> {
+    fn rule(
+        &self,
+        n: usize,
+        def: &RuleDef,
+        backend_name: &Spanned<String>,
+        policy: &Policy,
+    ) -> Result<Rule, PolicyError> {
+        if let Some(dns) = &def.dns {
+            return Err(self.error(
+                dns,
+                "a rule with `dns` is about names, not a backend: drop `backend` or split the \
+                 rule in two"
+                    .to_owned(),
+            ));
+        }
         let name = match &def.name {
             Some(name) => self.name(name, "rule")?,
             None => format!("rule #{}", n + 1),
         };
-        if def.skills.is_empty() && def.groups.is_empty() {
-            return Err(self.error(
-                &def.backend,
-                format!("{name} names no skills and no groups: add `skills` or `groups`"),
-            ));
-        }
-        let mut skills = Vec::new();
-        for skill in &def.skills {
-            let i = policy.skill_index(skill.get_ref()).ok_or_else(|| {
+        let (skills, groups) = self.subjects(&name, def, backend_name, policy)?;
+        let backend = policy
+            .backend_index(backend_name.get_ref())
+            .ok_or_else(|| {
                 self.error(
-                    skill,
-                    format!("{name} names unknown skill `{}`", skill.get_ref()),
+                    backend_name,
+                    format!("{name} names unknown backend `{}`", backend_name.get_ref()),
                 )
             })?;
-            skills.push(i);
-        }
-        let mut groups = Vec::new();
-        for group in &def.groups {
-            if !policy.groups.contains(group.get_ref()) {
-                return Err(self.error(
-                    group,
-                    format!(
-                        "{name} names unknown group `{}`: list it in a skill's `groups` or in \
-                         the top-level `groups`",
-                        group.get_ref()
-                    ),
-                ));
-            }
-            groups.push(group.get_ref().clone());
-        }
-        let backend = policy.backend_index(def.backend.get_ref()).ok_or_else(|| {
-            self.error(
-                &def.backend,
-                format!("{name} names unknown backend `{}`", def.backend.get_ref()),
-            )
-        })?;
         let protocol = policy.backends[backend].protocol;
         let effect = *def.effect.get_ref();
         let op = match (&def.sql, &def.http, protocol) {
@@ -359,7 +516,7 @@ impl<'a> Builder<'a> {
                     sql,
                     format!(
                         "{name}: `sql` needs a postgres backend, `{}` is {}",
-                        def.backend.get_ref(),
+                        backend_name.get_ref(),
                         protocol.as_str()
                     ),
                 ));
@@ -369,7 +526,7 @@ impl<'a> Builder<'a> {
                     http,
                     format!(
                         "{name}: `http` needs an http backend, `{}` is {}",
-                        def.backend.get_ref(),
+                        backend_name.get_ref(),
                         protocol.as_str()
                     ),
                 ));
@@ -385,7 +542,7 @@ impl<'a> Builder<'a> {
                     format!(
                         "{name} on {} backend `{}` needs {hint}",
                         protocol.as_str(),
-                        def.backend.get_ref()
+                        backend_name.get_ref()
                     ),
                 ));
             }
@@ -460,7 +617,7 @@ impl<'a> Builder<'a> {
                 format!("{name}: masking needs an http or postgres backend"),
             ));
         }
-        let line = self.line(def.backend.span().start);
+        let line = self.line(backend_name.span().start);
         Ok(Rule {
             id: n,
             name,
@@ -632,8 +789,13 @@ impl<'a> Builder<'a> {
                 addr,
                 format!(
                     "`{field}` address `{}` is not `ip:port` (e.g. `127.0.0.2:5432`, \
-                     `[::1]:443`)",
-                    addr.get_ref()
+                     `[::1]:443`){}",
+                    addr.get_ref(),
+                    if field == "dial" {
+                        " or `name:port` (e.g. `orders.internal:443`, `*.s3.internal:443`)"
+                    } else {
+                        ""
+                    }
                 ),
             )
         })

@@ -52,6 +52,7 @@ fn decide(cgroup: Option<&str>, destination: &str) -> (Effect, Option<String>, S
     let d = policy.decide_connect(&ConnectRequest {
         cgroup,
         destination,
+        names: &[],
     });
     (d.effect, d.rule.map(str::to_owned), d.reason)
 }
@@ -179,6 +180,7 @@ fn empty_policy_denies_everything() {
     let d = policy.decide_connect(&ConnectRequest {
         cgroup: Some("reporter"),
         destination: "127.0.0.1:80".parse().unwrap(),
+        names: &[],
     });
     assert_eq!(d.effect, Effect::Deny);
 }
@@ -224,8 +226,8 @@ fn invalid_policies_point_at_the_problem() {
             "p.toml:3:12: unknown variant `gopher`",
         ),
         (
-            backend.replace("127.0.0.2:1", "localhost:1"),
-            "p.toml:4:9: `dial` address `localhost:1`",
+            backend.replace("127.0.0.2:1", "local host:1"),
+            "p.toml:4:9: `dial` address `local host:1`",
         ),
         (
             backend.replace("127.0.0.1:2", "nowhere"),

@@ -140,6 +140,8 @@ pub struct Enforcement {
     ebpf: Mutex<Ebpf>,
     layout: PinLayout,
     conns: Mutex<HashMap<MapData, TupleKey, ConnMeta>>,
+    /// What the programs recorded per skill socket (by cookie): who sent a DNS datagram.
+    socks: Mutex<HashMap<MapData, u64, ConnMeta>>,
     /// Cgroup ids of the skills allowed to serve (see [`Enforcement::set_serving`]).
     serving: Mutex<HashMap<MapData, u64, u32>>,
     pub counters: Counters,
@@ -185,6 +187,7 @@ impl Enforcement {
         remove_other_map_layouts(pin_dir, &layout.maps());
 
         let conns = HashMap::try_from(take_map(&mut ebpf, map_names::CONNS)?)?;
+        let socks = HashMap::try_from(take_map(&mut ebpf, map_names::SOCKS)?)?;
         let serving = HashMap::try_from(take_map(&mut ebpf, map_names::SERVE)?)?;
         let counters = Counters::from_maps(
             take_map(&mut ebpf, map_names::COUNTERS)?,
@@ -194,6 +197,7 @@ impl Enforcement {
             ebpf: Mutex::new(ebpf),
             layout,
             conns: Mutex::new(conns),
+            socks: Mutex::new(socks),
             serving: Mutex::new(serving),
             counters,
             attachment,
@@ -288,6 +292,12 @@ impl Enforcement {
             tracing::warn!(error = %err, "cannot remove used connection metadata");
         }
         Some(meta)
+    }
+
+    /// What the programs recorded for the skill socket with this cookie, if any (it stays
+    /// until the socket is released).
+    pub fn sock_meta(&self, cookie: u64) -> Option<ConnMeta> {
+        self.socks.locked().get(&cookie, 0).ok()
     }
 }
 

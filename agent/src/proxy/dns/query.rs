@@ -1,0 +1,260 @@
+//! One DNS query, from the skill that sent it to its answer: identify, decide, record, relay,
+//! check the answer's CNAME chain, remember its addresses.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use skillgate_common::ConnMeta;
+use skillgate_policy::{DnsRequest, Effect, Policy, dns::normalize};
+use tracing::{debug, info, warn};
+
+use super::Transport;
+use super::message::{Answer, Question};
+use crate::gate::{Audit, End};
+use crate::kernel::conn;
+use crate::proxy::Proxy;
+use crate::record::{self, Event, Facts, Kind, Session};
+use crate::telemetry::opstats::Outcome;
+
+/// What the policy said of a query (or of a sender that is no skill).
+struct Decided {
+    effect: Effect,
+    rule: Option<String>,
+    reason: String,
+}
+
+impl Proxy {
+    /// Answers a datagram from `client` to the forwarder at `local`: the sender's socket
+    /// tells which skill asks. `None`: nothing to send back (dropped).
+    pub(super) async fn answer_datagram(
+        &self,
+        local: SocketAddr,
+        client: SocketAddr,
+        query: &[u8],
+    ) -> Option<Vec<u8>> {
+        let meta = match super::sender::socket_cookie(local, client) {
+            Ok(Some(cookie)) => self.enforcement.sock_meta(cookie),
+            Ok(None) => None,
+            Err(err) => {
+                warn!(%client, error = %err, "cannot tell which socket sent a DNS query");
+                None
+            }
+        };
+        let Some(meta) = meta else {
+            // Not a skill's socket (the programs recorded nothing for it): no skill, no
+            // policy to decide by.
+            let question = Question::parse(query).ok()?;
+            info!(%client, query = %question.shown(), decision = "deny", reason = "the sender is not a skill socket", "DNS query refused");
+            return Some(question.refusal());
+        };
+        self.answer_dns(&meta, query, Transport::Udp).await
+    }
+
+    /// Decides, records and answers one query of the skill socket `meta` describes.
+    /// `None`: nothing to send back (a malformed query, or no resolver answered).
+    pub(super) async fn answer_dns(
+        &self,
+        meta: &ConnMeta,
+        bytes: &[u8],
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let question = match Question::parse(bytes) {
+            Ok(question) => question,
+            Err(why) => {
+                self.dns.dropped();
+                debug!(pid = meta.pid, why, "malformed DNS query dropped");
+                return None;
+            }
+        };
+        let shown = question.shown();
+        let cgroup = self.skills.resolve(meta.cgroup_id);
+        let policy = self.gate.policy();
+        let skill = cgroup
+            .as_deref()
+            .and_then(|c| policy.skill_for_cgroup(c))
+            .map(|s| s.name.clone());
+        let decided = decide(&policy, skill.as_deref(), &question);
+        let skill_label = skill.as_deref().unwrap_or("-");
+        let outcome = Outcome::of(decided.effect);
+        self.gate.ops.decided(skill_label, "dns", "dns", outcome);
+        if decided.effect == Effect::Allow {
+            debug!(skill = skill_label, pid = meta.pid, query = %shown, decision = "allow", rule = decided.rule.as_deref().unwrap_or("-"), reason = %decided.reason, "DNS query decided");
+        } else {
+            info!(skill = skill_label, pid = meta.pid, query = %shown, decision = "deny", rule = decided.rule.as_deref().unwrap_or("-"), reason = %decided.reason, "DNS query decided");
+        }
+        // The record is committed before the decision takes effect; no record, no answer.
+        let audit = self
+            .open_dns(meta, cgroup, skill.clone(), &shown, &decided, &policy)
+            .await;
+        let Some(audit) = audit else {
+            return Some(question.refusal());
+        };
+        if decided.effect != Effect::Allow {
+            audit.close(shown, End::Denied, (0, 0)).await;
+            return Some(question.refusal());
+        }
+        let reply = match self.dns.resolve(bytes, transport).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                let why = format!("{err:#}");
+                warn!(query = %shown, error = %why, "DNS query failed");
+                audit.answered(
+                    Kind::Dns,
+                    shown.clone(),
+                    "failed".to_owned(),
+                    why,
+                    Facts::default(),
+                );
+                audit
+                    .close(shown, End::BackendUnreachable, (bytes.len() as u64, 0))
+                    .await;
+                return None;
+            }
+        };
+        let answer = self.check_answer(&policy, skill.as_deref(), &question, &reply);
+        let (outcome, reason, reply) = match answer {
+            Ok(answer) => {
+                let addresses = self.remember(skill.as_deref(), &question, &answer);
+                (answer.code, addresses, reply)
+            }
+            Err(why) => {
+                info!(skill = skill_label, query = %shown, decision = "deny", reason = %why, "DNS answer refused");
+                ("refused".to_owned(), why, question.refusal())
+            }
+        };
+        let facts = Facts {
+            status: Some(outcome.clone()),
+            bytes: Some(reply.len() as i64),
+            ..Facts::default()
+        };
+        audit.answered(Kind::Dns, shown.clone(), outcome, reason, facts);
+        audit
+            .close(shown, End::Closed, (bytes.len() as u64, reply.len() as u64))
+            .await;
+        Some(reply)
+    }
+
+    /// Opens the query's session, with its decision as the first event.
+    async fn open_dns(
+        &self,
+        meta: &ConnMeta,
+        cgroup: Option<String>,
+        skill: Option<String>,
+        shown: &str,
+        decided: &Decided,
+        policy: &Policy,
+    ) -> Option<Audit> {
+        let expected = match cgroup.as_deref() {
+            Some("") | None => format!("/{}", self.skills.relative),
+            Some(sub) => format!("/{}/{sub}", self.skills.relative),
+        };
+        let (exe, cmdline) = conn::process_info(meta.pid, &expected);
+        let session = Session {
+            started_ns: record::now_ns(),
+            skill,
+            pid: meta.pid,
+            uid: meta.uid,
+            gid: meta.gid,
+            exe,
+            cmdline,
+            cgroup,
+            origin: conn::orig_destination(meta).to_string(),
+            backend: Some("dns".to_owned()),
+        };
+        let event = Event {
+            at_ns: session.started_ns,
+            kind: Kind::Dns,
+            operation: shown.to_owned(),
+            decision: if decided.effect == Effect::Allow {
+                "allow"
+            } else {
+                "deny"
+            }
+            .to_owned(),
+            rule: decided.rule.clone(),
+            reason: decided.reason.clone(),
+            facts: Facts::default(),
+        };
+        self.gate.open(session, event, policy.mode).await
+    }
+
+    /// The resolver's answer, if the skill may have it: a response to its question whose
+    /// CNAME chain only passes names the skill may resolve. `Err`: why not.
+    fn check_answer(
+        &self,
+        policy: &Policy,
+        skill: Option<&str>,
+        question: &Question,
+        reply: &[u8],
+    ) -> Result<Answer, String> {
+        let answer = Answer::parse(reply, question)
+            .map_err(|why| format!("the resolver's answer is refused: {why}"))?;
+        let skill = skill.ok_or("no skill")?;
+        for (owner, target) in &answer.aliases {
+            let decision = policy.decide_dns(&DnsRequest {
+                skill,
+                name: target,
+                record_type: "CNAME",
+            });
+            if decision.effect != Effect::Allow {
+                return Err(format!(
+                    "the answer's CNAME chain leads from `{owner}` to `{target}`, which the \
+                     skill may not resolve: {}",
+                    decision.reason
+                ));
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Remembers the answer's addresses under the names of its chain, for the skill's
+    /// connections; the addresses, as the record says them.
+    fn remember(&self, skill: Option<&str>, question: &Question, answer: &Answer) -> String {
+        let mut chain: Vec<String> = normalize(&question.name).into_iter().collect();
+        for (owner, target) in &answer.aliases {
+            if let (Some(owner), Some(target)) = (normalize(owner), normalize(target))
+                && chain.contains(&owner)
+                && !chain.contains(&target)
+            {
+                chain.push(target);
+            }
+        }
+        let now = Instant::now();
+        let mut shown = Vec::new();
+        for (owner, address, ttl) in &answer.addresses {
+            if !normalize(owner).is_some_and(|owner| chain.contains(&owner)) {
+                continue;
+            }
+            if let Some(skill) = skill {
+                self.dns.names.remember(skill, &chain, *address, *ttl, now);
+            }
+            shown.push(format!("{address} (ttl {ttl})"));
+        }
+        if shown.is_empty() {
+            "no address".to_owned()
+        } else {
+            shown.join(", ")
+        }
+    }
+}
+
+/// The policy's decision on `question` for `skill` (none: the sender is no declared skill).
+fn decide(policy: &Policy, skill: Option<&str>, question: &Question) -> Decided {
+    let Some(skill) = skill else {
+        return Decided {
+            effect: Effect::Deny,
+            rule: None,
+            reason: "the sender is not in a declared skill's cgroup".to_owned(),
+        };
+    };
+    let decision = policy.decide_dns(&DnsRequest {
+        skill,
+        name: &question.name,
+        record_type: &question.record_type,
+    });
+    Decided {
+        effect: decision.effect,
+        rule: decision.rule.map(str::to_owned),
+        reason: decision.reason,
+    }
+}

