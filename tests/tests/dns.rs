@@ -150,6 +150,12 @@ fn a_skill_reaches_a_backend_declared_by_name_only_through_the_name() {
             .any(|e| e["decision"] == "deny" && e["skill"] == "other"),
         "{events:#?}"
     );
+    // `replay` shows a query's session; `stats` counts queries per skill.
+    let session = decided[0]["session_id"].to_string();
+    let replay = env.cli(&["replay", &session]);
+    assert!(replay.contains("A orders.skillgate.test."), "{replay}");
+    let stats = env.cli(&["stats"]);
+    assert!(stats.contains("dns"), "{stats}");
 }
 
 #[test]

@@ -86,7 +86,19 @@ pub(crate) fn start_agents(
     let mut ports = Vec::new();
     for (name, extra) in variants {
         let (config, proxy_port) = bench_config(&dir.join(name), name, policy)?;
-        let mut text = std::fs::read_to_string(&config)?;
+        // A line of `extra` replaces the default line setting the same key.
+        let keys: Vec<&str> = extra
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(key, _)| key.trim()))
+            .collect();
+        let mut text: String = std::fs::read_to_string(&config)?
+            .lines()
+            .filter(|l| {
+                !l.split_once('=')
+                    .is_some_and(|(key, _)| keys.contains(&key.trim()))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         text.push_str(extra);
         text.push('\n');
         std::fs::write(&config, text)?;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, tests and the demo, so a newcomer types only the README's commands.
 
 mod bench;
+mod bench_dns;
 mod bench_http;
 mod bench_pg;
 mod bench_scale;
@@ -102,6 +103,8 @@ enum Suite {
     /// Memory per idle proxied connection (10,000 held) and connection setup rate, beside
     /// nginx and haproxy.
     Scale,
+    /// Resolver latency through the DNS forwarder vs dnsmasq directly.
+    Dns,
     /// Every suite.
     All,
 }
@@ -132,6 +135,9 @@ fn main() -> Result<()> {
             }
             if matches!(suite, Suite::Scale | Suite::All) {
                 bench_scale::scale(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Dns | Suite::All) {
+                bench_dns::dns(&workspace_root())?;
             }
             Ok(())
         }
