@@ -1,7 +1,7 @@
 //! `skillgate`: host-level enforcement agent for AI skills. The command line; the agent
 //! itself is the library (`lib.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -234,104 +234,117 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Run => daemon::run::run(&cli.config),
-        Command::Exec {
-            skill,
-            user,
-            keep_fds,
-            command,
-        } => cli::exec::exec(&cli.config, &skill, user.as_deref(), &keep_fds, &command),
-        Command::Detach => daemon::run::detach(&cli.config),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "skillgate",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
-        Command::Stats { json } => cli::stats::stats(&cli.config, json),
-        Command::Status {
-            json,
-            require_enforcement,
-            require_confinement,
-        } => cli::status::status(&cli.config, json, require_enforcement, require_confinement),
-        Command::Approvals { json } => cli::approvals::list(&cli.config, json),
-        Command::Approve {
-            id,
-            reason,
-            grant_for,
-            shape,
-            seen_truncated,
-        } => cli::approvals::approve(
-            &cli.config,
-            cli::approvals::ApproveArgs {
-                id,
-                reason,
-                grant_for: grant_for.as_deref(),
-                shape,
-                seen_truncated,
-            },
-        ),
-        Command::Grants { json } => cli::approvals::grants(&cli.config, json),
-        Command::Revoke { id } => cli::approvals::revoke(&cli.config, id),
-        Command::Deny { id, reason } => cli::approvals::deny(&cli.config, id, reason),
-        Command::Sessions {
-            export: Some(SessionsCommand::Export { since }),
-            ..
-        } => cli::sessions::export(&cli.config, since.as_deref()),
-        Command::Sessions {
-            export: None,
-            skill,
-            since,
-            outcome,
-            limit,
-            json,
-        } => cli::sessions::sessions(
-            &cli.config,
-            &cli::sessions::SessionsArgs {
-                skill: skill.as_deref(),
-                since: since.as_deref(),
-                outcome: outcome.as_deref(),
-                limit,
-                json,
-            },
-        ),
-        Command::Replay { id, pace, json } => cli::sessions::replay(&cli.config, id, json, pace),
-        Command::Audit(AuditCommand::Verify) => cli::sessions::audit_verify(&cli.config),
-        Command::Policy(PolicyCommand::Check { file, json }) => cli::policy::check(&file, json),
-        Command::Policy(PolicyCommand::Explain {
-            file,
-            skill,
-            backend,
-            groups,
-            sql,
-            http,
-            headers,
-            dns,
-            json,
-        }) => cli::policy::explain(
-            &file,
-            &cli::policy::ExplainArgs {
-                skill: &skill,
-                backend: backend.as_deref().unwrap_or_default(),
-                groups: &groups,
-                sql: sql.as_deref(),
-                http: http.as_deref(),
-                headers: &headers,
-                dns: dns.as_deref(),
-                json,
-            },
-        ),
-    };
-    match result {
+    match cli.command.run(&cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: what went wrong and, where we know it, the fix.
             eprintln!("skillgate: error: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    fn run(self, config: &Path) -> anyhow::Result<()> {
+        match self {
+            Command::Run => daemon::run::run(config),
+            Command::Exec {
+                skill,
+                user,
+                keep_fds,
+                command,
+            } => cli::exec::exec(config, &skill, user.as_deref(), &keep_fds, &command),
+            Command::Detach => daemon::run::detach(config),
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut <Cli as clap::CommandFactory>::command(),
+                    "skillgate",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
+            Command::Stats { json } => cli::stats::stats(config, json),
+            Command::Status {
+                json,
+                require_enforcement,
+                require_confinement,
+            } => cli::status::status(config, json, require_enforcement, require_confinement),
+            Command::Approvals { json } => cli::approvals::list(config, json),
+            Command::Approve {
+                id,
+                reason,
+                grant_for,
+                shape,
+                seen_truncated,
+            } => cli::approvals::approve(
+                config,
+                cli::approvals::ApproveArgs {
+                    id,
+                    reason,
+                    grant_for: grant_for.as_deref(),
+                    shape,
+                    seen_truncated,
+                },
+            ),
+            Command::Grants { json } => cli::approvals::grants(config, json),
+            Command::Revoke { id } => cli::approvals::revoke(config, id),
+            Command::Deny { id, reason } => cli::approvals::deny(config, id, reason),
+            Command::Sessions {
+                export: Some(SessionsCommand::Export { since }),
+                ..
+            } => cli::sessions::export(config, since.as_deref()),
+            Command::Sessions {
+                export: None,
+                skill,
+                since,
+                outcome,
+                limit,
+                json,
+            } => cli::sessions::sessions(
+                config,
+                &cli::sessions::SessionsArgs {
+                    skill: skill.as_deref(),
+                    since: since.as_deref(),
+                    outcome: outcome.as_deref(),
+                    limit,
+                    json,
+                },
+            ),
+            Command::Replay { id, pace, json } => cli::sessions::replay(config, id, json, pace),
+            Command::Audit(AuditCommand::Verify) => cli::sessions::audit_verify(config),
+            Command::Policy(command) => command.run(),
+        }
+    }
+}
+
+impl PolicyCommand {
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            PolicyCommand::Check { file, json } => cli::policy::check(&file, json),
+            PolicyCommand::Explain {
+                file,
+                skill,
+                backend,
+                groups,
+                sql,
+                http,
+                headers,
+                dns,
+                json,
+            } => cli::policy::explain(
+                &file,
+                &cli::policy::ExplainArgs {
+                    skill: &skill,
+                    backend: backend.as_deref().unwrap_or_default(),
+                    groups: &groups,
+                    sql: sql.as_deref(),
+                    http: http.as_deref(),
+                    headers: &headers,
+                    dns: dns.as_deref(),
+                    json,
+                },
+            ),
         }
     }
 }

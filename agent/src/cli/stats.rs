@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::kernel::cgroup::SkillsCgroup;
 use crate::kernel::enforce::{self, Counters, Counts, describe};
 use crate::kernel::host;
+use crate::telemetry::opstats::OpReport;
 
 #[derive(Serialize)]
 struct Report {
@@ -20,7 +21,7 @@ struct Report {
     bpf_stats_enabled: bool,
     programs: Vec<ProgramReport>,
     /// Requests and statements per skill (from the running agent; `None` if it is not).
-    operations: Option<Vec<crate::telemetry::opstats::OpReport>>,
+    operations: Option<Vec<OpReport>>,
 }
 
 /// Run counts and time of one attached program, as the kernel measures them.
@@ -99,22 +100,7 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
     if json {
         let report = Report {
             total: Named::new(&totals),
-            cgroups: per_cgroup
-                .iter()
-                .map(|(id, counts)| {
-                    let cgroup = skills.resolve(*id);
-                    let skill = cgroup
-                        .as_deref()
-                        .and_then(|c| config.policy.skill_for_cgroup(c))
-                        .map(|s| s.name.clone());
-                    CgroupReport {
-                        cgroup_id: *id,
-                        cgroup,
-                        skill,
-                        counters: Named::new(counts),
-                    }
-                })
-                .collect(),
+            cgroups: cgroup_reports(&config, &skills, &per_cgroup),
             bpf_stats_enabled: bpf_stats_enabled(),
             operations: operations.as_ref().ok().cloned(),
             programs: program_reports(&config.agent.bpf_pin_dir),
@@ -133,8 +119,39 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
         };
         println!("{who}: {}", describe(counts));
     }
+    print_programs(&config.agent.bpf_pin_dir);
+    print_operations(&operations);
+    Ok(())
+}
+
+/// Each cgroup's counters, with its path and the skill it belongs to where they are known.
+fn cgroup_reports(
+    config: &Config,
+    skills: &SkillsCgroup,
+    per_cgroup: &[(u64, Counts)],
+) -> Vec<CgroupReport> {
+    per_cgroup
+        .iter()
+        .map(|(id, counts)| {
+            let cgroup = skills.resolve(*id);
+            let skill = cgroup
+                .as_deref()
+                .and_then(|c| config.policy.skill_for_cgroup(c))
+                .map(|s| s.name.clone());
+            CgroupReport {
+                cgroup_id: *id,
+                cgroup,
+                skill,
+                counters: Named::new(counts),
+            }
+        })
+        .collect()
+}
+
+/// The programs' run counts and mean run times, or how to have the kernel measure them.
+fn print_programs(pin_dir: &Path) {
     if bpf_stats_enabled() {
-        for program in program_reports(&config.agent.bpf_pin_dir) {
+        for program in program_reports(pin_dir) {
             let avg = program
                 .avg_ns
                 .map_or("-".to_owned(), |ns| format!("{ns:.0} ns"));
@@ -146,7 +163,11 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
     } else {
         println!("program run times: off (sysctl -w kernel.bpf_stats_enabled=1 to measure)");
     }
-    match &operations {
+}
+
+/// The running agent's requests and statements per skill, backend and kind.
+fn print_operations(operations: &Result<Vec<OpReport>>) {
+    match operations {
         Ok(ops) if ops.is_empty() => println!("requests and statements: none yet"),
         Ok(ops) => {
             for op in ops {
@@ -170,5 +191,4 @@ pub fn stats(config_path: &Path, json: bool) -> Result<()> {
         }
         Err(err) => println!("requests and statements: unavailable ({err:#})"),
     }
-    Ok(())
 }

@@ -56,40 +56,9 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
     let started_ns = crate::record::now_ns();
     let gate = Arc::new(gate(&config, &tls)?);
     let (http, pg, intercept) = protocols(&config, &tls)?;
-    let facts = Arc::new(crate::gate::admin::AgentFacts {
-        ops: Arc::clone(&gate.ops),
-        started_ns,
-        policy_loaded_ns: gate.loaded_ns(),
-        recorder: gate.recorder.clone(),
-    });
-    crate::gate::admin::serve(
-        agent.admin_socket_path(&config.path),
-        Arc::clone(&gate.approvals),
-        agent.skills_cgroup.clone(),
-        facts,
-    )
-    .await?;
+    serve_admin(&config, &gate, started_ns).await?;
     let policy = gate.policy();
-    let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, &skills, ports)?;
-    watch::sync_serving(&enforcement, &skills, &policy);
-    watch::thaw(&skills);
-    if let Some(logger) = enforcement.logger.take() {
-        tokio::spawn(forward_ebpf_logs(logger));
-    }
-    info!(
-        config = %config.path.display(),
-        policy = %config.policy_path.display(),
-        skills = policy.skills.len(),
-        backends = policy.backends.len(),
-        rules = policy.rules.len(),
-        skills_cgroup = %skills.dir.display(),
-        cgroup_id = enforcement.cgroup_id(),
-        pin_dir = %agent.bpf_pin_dir.display(),
-        store = %config.store_path.display(),
-        attachment = ?enforcement.attachment,
-        missing_layers = ?enforcement.missing_layers,
-        "enforcement attached"
-    );
+    let enforcement = attach(&config, &skills, ports, &policy)?;
     let proxy = Arc::new(Proxy {
         enforcement,
         skills,
@@ -127,6 +96,59 @@ async fn serve(config: Config, skills: SkillsCgroup) -> Result<()> {
          `skillgate detach` removes it"
     );
     Ok(())
+}
+
+/// Serves the admin socket: approvals, and the agent's counts and journal for the CLI.
+async fn serve_admin(
+    config: &Config,
+    gate: &Arc<crate::gate::Gate>,
+    started_ns: i64,
+) -> Result<()> {
+    let facts = Arc::new(crate::gate::admin::AgentFacts {
+        ops: Arc::clone(&gate.ops),
+        started_ns,
+        policy_loaded_ns: gate.loaded_ns(),
+        recorder: gate.recorder.clone(),
+    });
+    crate::gate::admin::serve(
+        config.agent.admin_socket_path(&config.path),
+        Arc::clone(&gate.approvals),
+        config.agent.skills_cgroup.clone(),
+        facts,
+    )
+    .await
+}
+
+/// Attaches (or adopts) enforcement on the skills cgroup, then thaws the cgroup if an agent
+/// that could not re-attach froze it.
+fn attach(
+    config: &Config,
+    skills: &SkillsCgroup,
+    ports: Ports,
+    policy: &skillgate_policy::Policy,
+) -> Result<Enforcement> {
+    let agent = &config.agent;
+    let mut enforcement = Enforcement::start(&agent.bpf_pin_dir, skills, ports)?;
+    watch::sync_serving(&enforcement, skills, policy);
+    watch::thaw(skills);
+    if let Some(logger) = enforcement.logger.take() {
+        tokio::spawn(forward_ebpf_logs(logger));
+    }
+    info!(
+        config = %config.path.display(),
+        policy = %config.policy_path.display(),
+        skills = policy.skills.len(),
+        backends = policy.backends.len(),
+        rules = policy.rules.len(),
+        skills_cgroup = %skills.dir.display(),
+        cgroup_id = enforcement.cgroup_id(),
+        pin_dir = %agent.bpf_pin_dir.display(),
+        store = %config.store_path.display(),
+        attachment = ?enforcement.attachment,
+        missing_layers = ?enforcement.missing_layers,
+        "enforcement attached"
+    );
+    Ok(enforcement)
 }
 
 /// Serves metrics (when configured), the proxy on its listeners and the DNS forwarder on

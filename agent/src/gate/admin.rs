@@ -142,119 +142,146 @@ async fn handle(
         .context("cannot read the caller's credentials")?;
     let pid = cred.pid().unwrap_or(0);
     let (read, mut write) = stream.into_split();
-    let refuse = |why: String| AdminResponse {
-        ok: false,
-        error: Some(why),
-        ..AdminResponse::default()
-    };
     let response = if cred.uid() != 0 {
-        refuse("the admin API is for root".to_owned())
+        AdminResponse::refused("the admin API is for root".to_owned())
     } else if pid == 0 || in_skills_cgroup(pid, skills_cgroup) {
         warn!(pid, "admin request from inside the skills cgroup refused");
-        refuse("callers inside the skills cgroup are refused".to_owned())
+        AdminResponse::refused("callers inside the skills cgroup are refused".to_owned())
     } else {
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;
         match serde_json::from_str::<AdminRequest>(&line) {
-            Err(err) => refuse(format!("bad request: {err}")),
-            Ok(AdminRequest::List) => AdminResponse {
-                ok: true,
-                pending: approvals.list(),
-                ..AdminResponse::default()
-            },
-            Ok(AdminRequest::Stats) => AdminResponse {
-                ok: true,
-                operations: Some(facts.ops.report()),
-                started_ns: Some(facts.started_ns),
-                policy_loaded_ns: Some(facts.policy_loaded_ns.load(Ordering::Relaxed)),
-                journal: facts.recorder.health(),
-                ..AdminResponse::default()
-            },
-            Ok(AdminRequest::Flush) => {
-                let recorder = facts.recorder.clone();
-                match tokio::task::spawn_blocking(move || recorder.flush()).await {
-                    Ok(Ok(())) => AdminResponse {
-                        ok: true,
-                        ..AdminResponse::default()
-                    },
-                    Ok(Err(err)) => refuse(format!("{err:#}")),
-                    Err(err) => refuse(format!("cannot flush the journal: {err}")),
-                }
-            }
-            Ok(AdminRequest::Approve {
-                id,
-                mut reason,
-                for_ns,
-                shape,
-                seen_truncated,
-            }) => {
-                let granted = match (approvals.pending(id), for_ns) {
-                    (Err(err), _) => Err(err),
-                    (Ok((view, _)), _) if !view.shown_whole() && !seen_truncated => {
-                        Err(anyhow::anyhow!(
-                            "approval {id} was shown cut ({}; approvers see at most {} bytes): \
-                             deny it, or approve with --seen-truncated to accept what you \
-                             could not see",
-                            cut_parts(&view).join("; "),
-                            crate::gate::held::SHOWN_MAX,
-                        ))
-                    }
-                    (Ok((view, _)), _) if shape && view.exact_only => Err(anyhow::anyhow!(
-                        "approval {id} can only be granted exactly (no --shape): it uses a \
-                         masked column in a condition or as a whole row, so its values are what \
-                         it reveals, and a shape grant would let the skill ask again with any"
-                    )),
-                    (Ok(_), Some(for_ns)) if for_ns > 0 => approvals
-                        .grant(id, cred.uid(), &reason, for_ns, shape)
-                        .map(Some),
-                    (Ok(_), Some(_)) => Err(anyhow::anyhow!("--for must be longer than 0s")),
-                    (Ok(_), None) if shape => {
-                        Err(anyhow::anyhow!("--shape is for grants: give --for too"))
-                    }
-                    (Ok(_), None) => Ok(None),
-                };
-                match granted {
-                    Err(err) => refuse(format!("{err:#}")),
-                    Ok(grant) => {
-                        if let Some(grant) = &grant {
-                            let what = if grant.shape { "shape " } else { "" };
-                            reason = format!("{reason} ({what}grant {} created)", grant.id);
-                        }
-                        let given = Answer::Approved {
-                            uid: cred.uid(),
-                            reason,
-                        };
-                        let mut response = answer(approvals, id, given);
-                        response.grants.extend(grant);
-                        response
-                    }
-                }
-            }
-            Ok(AdminRequest::Grants) => AdminResponse {
-                ok: true,
-                grants: approvals.grants(),
-                ..AdminResponse::default()
-            },
-            Ok(AdminRequest::Revoke { id }) => match approvals.revoke(id) {
-                Ok(()) => AdminResponse {
-                    ok: true,
-                    ..AdminResponse::default()
-                },
-                Err(err) => refuse(format!("{err:#}")),
-            },
-            Ok(AdminRequest::Deny { id, reason }) => {
-                let given = Answer::Denied {
-                    uid: cred.uid(),
-                    reason,
-                };
-                answer(approvals, id, given)
-            }
+            Err(err) => AdminResponse::refused(format!("bad request: {err}")),
+            Ok(request) => respond(request, approvals, cred.uid(), facts).await,
         }
     };
     let mut text = serde_json::to_string(&response)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+impl AdminResponse {
+    fn done() -> AdminResponse {
+        AdminResponse {
+            ok: true,
+            ..AdminResponse::default()
+        }
+    }
+
+    fn refused(why: String) -> AdminResponse {
+        AdminResponse {
+            ok: false,
+            error: Some(why),
+            ..AdminResponse::default()
+        }
+    }
+}
+
+/// Carries out one request from root caller `uid` outside the skills cgroup.
+async fn respond(
+    request: AdminRequest,
+    approvals: &Approvals,
+    uid: u32,
+    facts: &AgentFacts,
+) -> AdminResponse {
+    match request {
+        AdminRequest::List => AdminResponse {
+            ok: true,
+            pending: approvals.list(),
+            ..AdminResponse::default()
+        },
+        AdminRequest::Stats => AdminResponse {
+            ok: true,
+            operations: Some(facts.ops.report()),
+            started_ns: Some(facts.started_ns),
+            policy_loaded_ns: Some(facts.policy_loaded_ns.load(Ordering::Relaxed)),
+            journal: facts.recorder.health(),
+            ..AdminResponse::default()
+        },
+        AdminRequest::Flush => {
+            let recorder = facts.recorder.clone();
+            match tokio::task::spawn_blocking(move || recorder.flush()).await {
+                Ok(Ok(())) => AdminResponse::done(),
+                Ok(Err(err)) => AdminResponse::refused(format!("{err:#}")),
+                Err(err) => AdminResponse::refused(format!("cannot flush the journal: {err}")),
+            }
+        }
+        AdminRequest::Approve {
+            id,
+            reason,
+            for_ns,
+            shape,
+            seen_truncated,
+        } => {
+            let asked = Approval {
+                id,
+                for_ns,
+                shape,
+                seen_truncated,
+            };
+            approve(approvals, uid, asked, reason)
+        }
+        AdminRequest::Grants => AdminResponse {
+            ok: true,
+            grants: approvals.grants(),
+            ..AdminResponse::default()
+        },
+        AdminRequest::Revoke { id } => match approvals.revoke(id) {
+            Ok(()) => AdminResponse::done(),
+            Err(err) => AdminResponse::refused(format!("{err:#}")),
+        },
+        AdminRequest::Deny { id, reason } => answer(approvals, id, Answer::Denied { uid, reason }),
+    }
+}
+
+/// What an approver asked of `AdminRequest::Approve`, besides the reason.
+struct Approval {
+    id: u64,
+    for_ns: Option<i64>,
+    shape: bool,
+    seen_truncated: bool,
+}
+
+/// Approves held operation `asked.id`, with a grant where `--for` asks for one; refuses an
+/// operation shown cut unless the approver says they accept it, and a shape grant where the
+/// values are what the operation reveals.
+fn approve(approvals: &Approvals, uid: u32, asked: Approval, mut reason: String) -> AdminResponse {
+    let id = asked.id;
+    let granted = match (approvals.pending(id), asked.for_ns) {
+        (Err(err), _) => Err(err),
+        (Ok((view, _)), _) if !view.shown_whole() && !asked.seen_truncated => Err(anyhow::anyhow!(
+            "approval {id} was shown cut ({}; approvers see at most {} bytes): \
+                 deny it, or approve with --seen-truncated to accept what you \
+                 could not see",
+            cut_parts(&view).join("; "),
+            crate::gate::held::SHOWN_MAX,
+        )),
+        (Ok((view, _)), _) if asked.shape && view.exact_only => Err(anyhow::anyhow!(
+            "approval {id} can only be granted exactly (no --shape): it uses a \
+             masked column in a condition or as a whole row, so its values are what \
+             it reveals, and a shape grant would let the skill ask again with any"
+        )),
+        (Ok(_), Some(for_ns)) if for_ns > 0 => approvals
+            .grant(id, uid, &reason, for_ns, asked.shape)
+            .map(Some),
+        (Ok(_), Some(_)) => Err(anyhow::anyhow!("--for must be longer than 0s")),
+        (Ok(_), None) if asked.shape => {
+            Err(anyhow::anyhow!("--shape is for grants: give --for too"))
+        }
+        (Ok(_), None) => Ok(None),
+    };
+    let grant = match granted {
+        Err(err) => return AdminResponse::refused(format!("{err:#}")),
+        Ok(grant) => grant,
+    };
+    if let Some(grant) = &grant {
+        let what = if grant.shape { "shape " } else { "" };
+        reason = format!("{reason} ({what}grant {} created)", grant.id);
+    }
+    let mut response = answer(approvals, id, Answer::Approved { uid, reason });
+    response.grants.extend(grant);
+    response
 }
 
 /// What of `view` was shown cut, with lengths and hashes: `the statement is 5123 bytes
@@ -282,15 +309,8 @@ fn cut_parts(view: &PendingView) -> Vec<String> {
 fn answer(approvals: &Approvals, id: u64, given: Answer) -> AdminResponse {
     info!(approval = id, answer = ?given, "approval answered by an approver");
     match approvals.answer(id, given) {
-        Ok(()) => AdminResponse {
-            ok: true,
-            ..AdminResponse::default()
-        },
-        Err(err) => AdminResponse {
-            ok: false,
-            error: Some(format!("{err:#}")),
-            ..AdminResponse::default()
-        },
+        Ok(()) => AdminResponse::done(),
+        Err(err) => AdminResponse::refused(format!("{err:#}")),
     }
 }
 

@@ -227,27 +227,7 @@ impl Identities {
             })?;
         let claims = data.claims;
         let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
-        // Binding: the token must be the calling skill's own.
-        let client = claims["client_id"]
-            .as_str()
-            .or_else(|| claims["azp"].as_str());
-        let bound = match (&oidc.subject, &oidc.client_id) {
-            (Some(want), _) if *want != subject => Err(format!(
-                "identity mismatch: the token is for subject `{subject}`, skill `{}` is `{want}`",
-                skill.name
-            )),
-            (_, Some(want)) if client != Some(want.as_str()) => Err(format!(
-                "identity mismatch: the token is for client `{}`, skill `{}` is `{want}`",
-                client.unwrap_or("-"),
-                skill.name
-            )),
-            (None, None) if subject != skill.name => Err(format!(
-                "identity mismatch: the token is for subject `{subject}`, the caller is skill `{}`",
-                skill.name
-            )),
-            _ => Ok(()),
-        };
-        bound.map_err(refused)?;
+        bound_to(skill, oidc, &subject, &claims).map_err(refused)?;
         Ok(Identity {
             subject,
             groups: token::groups(&claims, &issuer.def.groups_claim),
@@ -353,5 +333,34 @@ pub fn bearer(headers: &hyper::HeaderMap, header: &hyper::header::HeaderName) ->
             .then(|| token.trim().to_owned())
     } else {
         Some(value.to_owned())
+    }
+}
+
+/// Binding: the token must be the calling skill's own, by the subject or client the skill's
+/// `oidc` table names, else by a subject that is the skill's name.
+fn bound_to(
+    skill: &Skill,
+    oidc: &skillgate_policy::Oidc,
+    subject: &str,
+    claims: &serde_json::Value,
+) -> Result<(), String> {
+    let client = claims["client_id"]
+        .as_str()
+        .or_else(|| claims["azp"].as_str());
+    match (&oidc.subject, &oidc.client_id) {
+        (Some(want), _) if want != subject => Err(format!(
+            "identity mismatch: the token is for subject `{subject}`, skill `{}` is `{want}`",
+            skill.name
+        )),
+        (_, Some(want)) if client != Some(want.as_str()) => Err(format!(
+            "identity mismatch: the token is for client `{}`, skill `{}` is `{want}`",
+            client.unwrap_or("-"),
+            skill.name
+        )),
+        (None, None) if subject != skill.name => Err(format!(
+            "identity mismatch: the token is for subject `{subject}`, the caller is skill `{}`",
+            skill.name
+        )),
+        _ => Ok(()),
     }
 }

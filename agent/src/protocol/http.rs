@@ -103,10 +103,9 @@ impl HttpConn {
         }
     }
 
-    /// Serves the skill's connection until it closes; returns the outcome and the bytes
-    /// moved (to the backend, to the skill).
     /// Serves the skill's requests on `client` (its TCP connection, or the TLS stream inside it
-    /// when the agent intercepts HTTPS) until it closes.
+    /// when the agent intercepts HTTPS) until it closes; returns the outcome and the bytes
+    /// moved (to the backend, to the skill).
     pub async fn serve<S>(self: Arc<Self>, client: S) -> (End, (u64, u64))
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -200,19 +199,9 @@ impl HttpConn {
         let path = head::upstream_target(target);
         let line = shown_line(&method, target);
         let decision = &answer.decision;
-        // A POST's form (or JSON) body may carry a `_method` override as its query may: read it
-        // (bounded) to look before the request goes anywhere. Other bodies stream on.
-        let kinds = head::form_kinds(&method, request.headers());
-        let request = match kinds.as_slice() {
-            [_, ..] if decision.effect != Effect::Deny => {
-                match self.form_without_override(request, &kinds).await {
-                    Ok(request) => request,
-                    Err((status, reason)) => {
-                        return self.refuse(&id, &line, status, reason, None).await;
-                    }
-                }
-            }
-            _ => request.map(|body| body.boxed()),
+        let request = match self.checked_body(request, decision.effect).await {
+            Ok(request) => request,
+            Err((status, reason)) => return self.refuse(&id, &line, status, reason, None).await,
         };
         let op = Op {
             kind: Kind::Http,
@@ -232,6 +221,21 @@ impl HttpConn {
         let status = response.status();
         debug!(request = %decided.id, status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request answered");
         response
+    }
+
+    /// A POST's form (or JSON) body may carry a `_method` override as its query may: read it
+    /// (bounded) to look before the request goes anywhere. Other bodies stream on, and so does
+    /// a denied request's, which goes nowhere.
+    async fn checked_body(
+        &self,
+        request: Request<Incoming>,
+        effect: Effect,
+    ) -> Result<Request<ProxyBody>, (StatusCode, String)> {
+        let kinds = head::form_kinds(request.method(), request.headers());
+        match kinds.as_slice() {
+            [_, ..] if effect != Effect::Deny => self.form_without_override(request, &kinds).await,
+            _ => Ok(request.map(|body| body.boxed())),
+        }
     }
 
     /// Carries a recorded verdict out: refuses the request, holds it for an approver

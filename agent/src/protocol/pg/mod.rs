@@ -24,6 +24,7 @@
 //! must be masked but cannot be (no RowDescription for it, a binary-format masked column) ends
 //! the session with an error: an unmasked value is never sent.
 
+mod catalog;
 mod decide;
 mod login;
 pub mod masking;
@@ -46,7 +47,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use self::login::{column_name, param};
+use self::catalog::column_name;
+use self::login::param;
 use crate::config::SqlLiterals;
 use crate::gate::held::Held;
 use crate::gate::{Audit, End, Op, Refusal, Refused, Verdict};

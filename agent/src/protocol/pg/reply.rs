@@ -1,14 +1,13 @@
 //! The backend's side of a session: each reply matched to the frontend message it answers
-//! (see `state.rs`), rows masked by their own statement's mask, errors and notices withheld
-//! under a mask, and what each reply leaves to record.
-
-use std::time::{Duration, Instant};
+//! (see `state.rs`), notices and notifications withheld under a mask, and what each reply
+//! leaves to record. What becomes of a statement's rows and errors is in `results.rs`.
 
 use bytes::BytesMut;
 
-use super::super::masking::{self, ColumnMask, Kept};
-use super::super::state::{Phase, Sent, Statement, Step};
-use super::super::wire::{self, Column};
+use super::super::masking;
+use super::super::state::{Phase, Sent, Step};
+use super::super::wire;
+use super::results::plan;
 use super::{Catalog, Ended, Noted, RENAMING, Run, Session, ended};
 
 /// What the oldest message in flight is, for matching a reply to it.
@@ -341,171 +340,6 @@ impl Session {
             }
         }
     }
-
-    /// Whether errors and notices may quote values a mask covers.
-    fn under_mask(&self) -> bool {
-        self.tx_masked || self.protocol.masked_in_flight()
-    }
-
-    /// The decision of the statement the oldest message runs or prepares.
-    fn decision(&mut self) -> Option<String> {
-        match &self.protocol.front()?.step {
-            Step::Query { statement, .. } => statement.decision.clone(),
-            Step::Parse {
-                statement, poison, ..
-            } => match (statement, poison) {
-                (Some(statement), _) => statement.decision.clone(),
-                (None, Some(poison)) => poison.decision.clone(),
-                (None, None) => None,
-            },
-            Step::Bind { statement, .. } => self.prepared.get(statement)?.decision.clone(),
-            Step::Execute { .. } => self.run.as_ref()?.statement.decision.clone(),
-            _ => None,
-        }
-    }
-
-    /// An ErrorResponse: a denied statement's stand-in's becomes the denial; under a mask any
-    /// other is reduced to its SQLSTATE.
-    pub(super) fn error(&mut self, message: &[u8], out: &mut BytesMut) -> Noted {
-        let body = wire::body(message);
-        let (poison, took) = match self.protocol.front() {
-            Some(Sent {
-                step:
-                    Step::Query {
-                        poison: Some(poison),
-                        ..
-                    }
-                    | Step::Parse {
-                        poison: Some(poison),
-                        ..
-                    },
-                at,
-                ..
-            }) => (Some(poison.clone()), at.elapsed()),
-            Some(sent) => (None, sent.at.elapsed()),
-            None => (None, Duration::ZERO),
-        };
-        if let Some(p) = poison
-            && wire::error_message(body).is_some_and(|m| m.contains(&p.nonce))
-        {
-            wire::error_response(out, "ERROR", "42501", &p.message, Some(&p.detail), None);
-            return Noted::Denied {
-                detail: p.detail,
-                decision: p.decision,
-            };
-        }
-        let decision = self.decision();
-        let (code, message) = if self.under_mask() {
-            let code = masking::reduce(out, b'E', body);
-            let text = masking::withheld(&code);
-            (code, text)
-        } else {
-            out.extend_from_slice(message);
-            (
-                wire::error_field(body, b'C').unwrap_or("?").to_owned(),
-                wire::error_message(body).unwrap_or("").to_owned(),
-            )
-        };
-        Noted::Failed {
-            code,
-            message,
-            took,
-            decision,
-        }
-    }
-
-    /// A DataRow of the running statement, masked as its mask says.
-    fn row(&mut self, message: &[u8], salt: &[u8], out: &mut BytesMut) -> Result<(), Ended> {
-        let run = self
-            .run
-            .as_mut()
-            .expect("rows come for a statement that has begun");
-        if run.unattributed {
-            return Err(ended(
-                "42501",
-                "rows of a portal the agent did not see bound to a statement it saw prepared \
-                 (a cursor or statement declared in SQL) cannot be masked",
-            ));
-        }
-        let mask = &run.statement.mask;
-        if mask.is_empty() {
-            out.extend_from_slice(message);
-            return Ok(());
-        }
-        let body = wire::body(message);
-        let masked = masking::mask_row(body, run.plan.as_deref(), mask, salt)
-            .map_err(|reason| ended("42501", reason))?;
-        match masked {
-            Some((values, n)) => {
-                run.masked += n;
-                if mask.keep {
-                    let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
-                    run.kept.row(&values);
-                }
-                wire::put_data_row(out, &values);
-            }
-            None => {
-                if mask.keep {
-                    // Unchanged, so mask_row read it already: it parses.
-                    run.kept.row(&wire::data_row(body).unwrap_or_default());
-                }
-                out.extend_from_slice(message);
-            }
-        }
-        Ok(())
-    }
-
-    /// The running statement completed: what to record.
-    fn completed(&mut self, body: &[u8]) -> Noted {
-        let tag = wire::query_text(body).unwrap_or("?").to_owned();
-        match &mut self.run {
-            Some(run) => Noted::Completed {
-                tag,
-                decision: run.statement.decision.clone(),
-                masked: std::mem::take(&mut run.masked),
-                took: run.started.elapsed(),
-                content: (!run.statement.mask.is_empty() && run.statement.mask.keep)
-                    .then(|| run.kept.take()),
-            },
-            None => Noted::Completed {
-                tag,
-                decision: None,
-                masked: 0,
-                took: Duration::ZERO,
-                content: None,
-            },
-        }
-    }
-}
-
-impl Run {
-    fn new(
-        started: Instant,
-        statement: Statement,
-        unattributed: bool,
-        plan: Option<Vec<ColumnMask>>,
-    ) -> Self {
-        Self {
-            started,
-            statement,
-            unattributed,
-            plan,
-            masked: 0,
-            kept: Kept::default(),
-        }
-    }
-}
-
-/// What to do with each column of `statement`'s rows (`None` when it has no mask).
-fn plan(statement: &Statement, columns: &[Column], catalog: &Catalog) -> Option<Vec<ColumnMask>> {
-    (!statement.mask.is_empty()).then(|| {
-        masking::plan_columns(
-            columns,
-            &statement.mask,
-            std::slice::from_ref(&statement.text),
-            catalog,
-        )
-    })
 }
 
 /// The severity of an ErrorResponse or NoticeResponse (its non-localized field if sent).

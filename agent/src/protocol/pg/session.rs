@@ -2,9 +2,10 @@
 //! protocol state (`state.rs`), the statements and portals as the server has them, which
 //! statement every reply belongs to, what each message in either direction becomes (denied
 //! statements' stand-ins, masked rows, errors withheld under a mask). This file takes the
-//! skill's messages, `reply.rs` the backend's. The proxy loops in `pumps.rs` frame the
-//! bytes, ask the policy and do the writing; the fuzz target `pg_session` drives these files
-//! with any interleaving of client and backend messages.
+//! skill's messages, `reply.rs` the backend's, `results.rs` what becomes of a statement's
+//! rows, completion and errors. The proxy loops in `pumps.rs` frame the bytes, ask the policy
+//! and do the writing; the fuzz target `pg_session` drives these files with any interleaving
+//! of client and backend messages.
 //!
 //! Statement and portal names are resolved when the server takes the message (a Parse the
 //! server skips after an error does not rename anything). Masked rows are masked by the
@@ -33,6 +34,8 @@ use super::wire::{self, Column};
 mod extended;
 #[path = "reply.rs"]
 mod reply;
+#[path = "results.rs"]
+mod results;
 
 /// (table oid, column number) → [schema, table, column] of masked columns.
 pub type Catalog = HashMap<(u32, i16), [String; 3]>;
