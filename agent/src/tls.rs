@@ -59,15 +59,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// From the policy's `tls` table: the server name defaults to the upstream's IP address,
-    /// relative paths are relative to the policy file.
-    pub fn resolve(tls: &skillgate_policy::Tls, upstream: SocketAddr, policy_origin: &str) -> Self {
+    /// From the policy's `tls` table: the server name defaults to the upstream's host (its
+    /// name, or its IP address), relative paths are relative to the policy file.
+    pub fn resolve(
+        tls: &skillgate_policy::Tls,
+        upstream: &skillgate_policy::Upstream,
+        policy_origin: &str,
+    ) -> Self {
         let base = Path::new(policy_origin).parent().unwrap_or(Path::new("."));
         Self {
-            server_name: tls
-                .server_name
-                .clone()
-                .unwrap_or_else(|| upstream.ip().to_string()),
+            server_name: tls.server_name.clone().unwrap_or_else(|| upstream.host()),
             ca_file: tls.ca_file.as_ref().map(|f| base.join(f)),
             client_cert: tls
                 .client_cert
@@ -171,7 +172,8 @@ fn client_builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls
 /// client certificate and key (readable, a matching pair, the key private). A policy that
 /// names a missing or unusable file is refused then, not at a skill's first connection.
 pub fn check_files(tls: &skillgate_policy::Tls, policy_origin: &str) -> Result<()> {
-    let to = Upstream::resolve(tls, SocketAddr::from(([127, 0, 0, 1], 0)), policy_origin);
+    let any = skillgate_policy::Upstream::Addr(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let to = Upstream::resolve(tls, &any, policy_origin);
     if let Some(path) = &to.ca_file
         && read_ca(path)?.is_empty()
     {

@@ -66,6 +66,11 @@ impl NamePattern {
         Some(Self { name, wildcard })
     }
 
+    /// The single name it matches, unless it is a wildcard.
+    pub fn exact(&self) -> Option<&str> {
+        (!self.wildcard).then_some(self.name.as_str())
+    }
+
     /// Whether `name` (normalized, see [`normalize`]) matches.
     pub fn matches(&self, name: &str) -> bool {
         if self.wildcard {
@@ -593,6 +598,33 @@ effect = "deny"
             names: &names,
         });
         assert_eq!(decision.backend.map(|b| b.name.as_str()), Some("billing"));
+    }
+
+    #[test]
+    fn an_upstream_may_be_a_host_name_but_not_a_pattern() {
+        let text = POLICY.replace(
+            "upstream = \"127.0.0.1:18080\"",
+            "upstream = \"DB.internal:5432\"",
+        );
+        let policy = Policy::parse("policy.toml", &text).unwrap();
+        let upstream = &policy.backend("orders").unwrap().upstream;
+        let named = crate::model::Upstream::Name {
+            host: "db.internal".to_owned(),
+            port: 5432,
+        };
+        assert_eq!(
+            (upstream, upstream.host().as_str()),
+            (&named, "db.internal")
+        );
+        let text = POLICY.replace(
+            "upstream = \"127.0.0.1:18080\"",
+            "upstream = \"*.internal:5432\"",
+        );
+        let err = Policy::parse("policy.toml", &text).unwrap_err().to_string();
+        assert!(
+            err.contains("`upstream` address `*.internal:5432`"),
+            "{err}"
+        );
     }
 
     #[test]

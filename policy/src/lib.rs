@@ -26,5 +26,5 @@ pub use dns::DnsRequest;
 pub use error::{PolicyError, line_column};
 pub use model::{
     Backend, Detector, HttpOp, Mask, Mode, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp,
-    Skill, SqlOp, Strategy, Tls,
+    Skill, SqlOp, Strategy, Tls, Upstream,
 };

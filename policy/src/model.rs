@@ -93,6 +93,37 @@ pub struct Tls {
     pub client_cert: Option<(String, String)>,
 }
 
+/// Where the agent connects for a backend's skills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Addr(SocketAddr),
+    /// A host name the agent resolves itself (with the forwarder's resolvers), again when the
+    /// answer's time to live ends.
+    Name {
+        host: String,
+        port: u16,
+    },
+}
+
+impl Upstream {
+    /// The host as TLS names it by default: the name, or the address.
+    pub fn host(&self) -> String {
+        match self {
+            Self::Addr(addr) => addr.ip().to_string(),
+            Self::Name { host, .. } => host.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub name: String,
@@ -101,7 +132,7 @@ pub struct Backend {
     pub dial: Vec<SocketAddr>,
     /// Names skills resolve (through the agent's DNS forwarder) and dial to reach it.
     pub dial_names: Vec<DialName>,
-    pub upstream: SocketAddr,
+    pub upstream: Upstream,
     pub credentials: Option<String>,
     pub tls: Option<Tls>,
     /// Server names whose TLS the agent terminates for this (`http`) backend.

@@ -295,3 +295,49 @@ fn an_expired_answer_no_longer_leads_to_the_backend() {
         later.result(0)
     );
 }
+
+#[test]
+fn the_agent_resolves_an_upstream_host_name_again_when_its_answer_expires() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = Dnsmasq::start(
+        &std::env::temp_dir(),
+        1,
+        &["--host-record=db.upstream.skillgate.test,127.0.0.1"],
+    );
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n\n[[backend]]\nname = \"orders\"\nprotocol = \"tcp\"\n\
+         dial = [\"127.0.0.2:8443\"]\nupstream = \"db.upstream.skillgate.test:{}\"\n\n\
+         [[rule]]\nskills = [\"reporter\"]\nbackend = \"orders\"\neffect = \"allow\"\n",
+        backend.addr.port()
+    );
+    let env = Env::with_config(
+        "dns-upstream",
+        &policy,
+        &format!("dns_upstream = [\"{}\"]", dns.addr),
+    );
+    let _agent = env.start_agent();
+    let asked = || {
+        dns.log()
+            .matches("query[A] db.upstream.skillgate.test")
+            .count()
+    };
+    let dial = || run_probe(&env, "reporter", &["tcp:127.0.0.2,8443".to_owned()]);
+    for _ in 0..2 {
+        let probe = dial();
+        assert!(
+            probe.result(0).starts_with("ok orders saw"),
+            "{}",
+            probe.result(0)
+        );
+    }
+    // Both connections used one answer (a TTL of 1 s is held for the 5 s floor).
+    assert_eq!(asked(), 1, "{}", dns.log());
+    std::thread::sleep(Duration::from_millis(5500));
+    let probe = dial();
+    assert!(
+        probe.result(0).starts_with("ok orders saw"),
+        "{}",
+        probe.result(0)
+    );
+    assert_eq!(asked(), 2, "{}", dns.log());
+}

@@ -144,14 +144,25 @@ impl Proxy {
             else {
                 return reset(stream);
             };
-            let upstream = match verdict {
-                "allow" => decision.backend.map(|b| b.upstream),
+            let endpoint = match verdict {
+                "allow" => decision.backend.map(|b| &b.upstream),
                 "approve" => self
                     .hold_connection(&audit, origin, &decision)
                     .await
-                    .then(|| decision.backend.map(|b| b.upstream))
+                    .then(|| decision.backend.map(|b| &b.upstream))
                     .flatten(),
                 _ => None,
+            };
+            let upstream = match endpoint {
+                Some(endpoint) => match self.dns.upstream_addr(endpoint).await {
+                    Ok(addr) => Some(addr),
+                    Err(err) => {
+                        warn!(upstream = %endpoint, error = %format!("{err:#}"), "backend unreachable");
+                        audit.close(origin.to_string(), End::BackendUnreachable, (0, 0)).await;
+                        return reset(stream);
+                    }
+                },
+                None => None,
             };
             self.metrics
                 .decision_seconds
@@ -263,7 +274,8 @@ impl Proxy {
         let tls = backend.tls.clone();
         match backend.protocol {
             Protocol::Http => {
-                let tls = tls.map(|t| crate::tls::Upstream::resolve(&t, upstream, &policy.origin));
+                let tls = tls
+                    .map(|t| crate::tls::Upstream::resolve(&t, &backend.upstream, &policy.origin));
                 let conn = Arc::new(HttpConn::new(
                     Arc::clone(&self.http),
                     Arc::clone(audit),

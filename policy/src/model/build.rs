@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::{
     Backend, HttpOp, Mask, Misuse, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp, Skill,
-    SqlOp, Tls, canonical,
+    SqlOp, Tls, Upstream, canonical,
 };
 use crate::decide::Effect;
 use crate::dns::{DialName, DnsRule, KNOWN_TYPES, NamePattern};
@@ -243,7 +243,17 @@ impl<'a> Builder<'a> {
             }
             dial.push(addr);
         }
-        let upstream = self.socket_addr(&def.upstream, "upstream")?;
+        let named = self.dial_name(&def.upstream)?;
+        let upstream = match named
+            .as_ref()
+            .and_then(|n| Some((n.pattern.exact()?, n.port)))
+        {
+            Some((host, port)) => Upstream::Name {
+                host: host.to_owned(),
+                port,
+            },
+            None => Upstream::Addr(self.socket_addr(&def.upstream, "upstream")?),
+        };
         let credentials = match &def.credentials {
             Some(reference) => Some(self.name(reference, "credential")?),
             None => None,
@@ -794,7 +804,7 @@ impl<'a> Builder<'a> {
                     if field == "dial" {
                         " or `name:port` (e.g. `orders.internal:443`, `*.s3.internal:443`)"
                     } else {
-                        ""
+                        " or `name:port` (e.g. `orders.internal:443`)"
                     }
                 ),
             )

@@ -27,7 +27,7 @@ impl PgConn {
         let (user, password) = credential.login.clone().ok_or_else(|| {
             format!("credential `{name}` must be kind = \"basic\" (user:password) for PostgreSQL")
         })?;
-        let mut server = self.upstream_stream(tls).await?;
+        let mut server = self.upstream_stream(tls, &backend.upstream).await?;
         let database = param(params, "database").unwrap_or(&user).to_owned();
         let mut startup: Vec<(&str, &str)> = vec![("user", &user), ("database", &database)];
         for (name, value) in params {
@@ -83,6 +83,7 @@ impl PgConn {
     async fn upstream_stream(
         &self,
         tls: Option<skillgate_policy::Tls>,
+        upstream: &skillgate_policy::Upstream,
     ) -> Result<Box<dyn Stream>, String> {
         let tcp = crate::gate::connect_upstream(self.upstream, self.ctx.connect_timeout)
             .await
@@ -102,7 +103,7 @@ impl PgConn {
                 if answer[0] != b'S' {
                     return Err("the backend does not offer TLS".to_owned());
                 }
-                let to = crate::tls::Upstream::resolve(&tls, self.upstream, &self.policy.origin);
+                let to = crate::tls::Upstream::resolve(&tls, upstream, &self.policy.origin);
                 let stream = self
                     .ctx
                     .tls

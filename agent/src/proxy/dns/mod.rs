@@ -11,6 +11,7 @@ mod names;
 mod query;
 mod sender;
 mod tcp;
+mod upstream;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct Resolvers {
     pub names: ResolvedNames,
     /// Queries dropped because they did not parse as one plain question.
     pub malformed: AtomicU64,
+    /// The addresses of backends' upstream host names.
+    upstreams: upstream::UpstreamNames,
 }
 
 /// How a query reached the forwarder, and so how it is relayed.
@@ -84,6 +87,7 @@ impl Resolvers {
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             names,
             malformed: AtomicU64::new(0),
+            upstreams: upstream::UpstreamNames::default(),
         }
     }
 
