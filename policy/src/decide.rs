@@ -48,6 +48,9 @@ pub struct ConnectRequest<'a> {
     /// Names (normalized) the skill resolved to the destination's address through the agent,
     /// still within their time to live.
     pub names: &'a [String],
+    /// The server name the connection's first bytes ask for (TLS SNI, HTTP Host), when the
+    /// names lead to several backends and the proxy read it to tell them apart.
+    pub server_name: Option<&'a str>,
 }
 
 /// An operation on a backend, as the protocol layer parsed it.
@@ -132,7 +135,13 @@ impl Policy {
         let skill = request
             .cgroup
             .and_then(|cgroup| self.skill_index_for_cgroup(cgroup));
-        let backend = match self.backend_by_names(skill, request.names, destination.port()) {
+        let by_names = self.backend_by_names(
+            skill,
+            request.names,
+            destination.port(),
+            request.server_name,
+        );
+        let backend = match by_names {
             Ok(Some(backend)) => Some((backend, &self.backends[backend])),
             Ok(None) => self.backend_for_dial(destination),
             Err(reason) => {

@@ -301,6 +301,13 @@ impl Policy {
         }
     }
 
+    /// Whether a connection of the skill in `cgroup` to `port`, by the names it resolved to
+    /// the address, needs its server name (TLS SNI, HTTP Host) to tell backends apart.
+    pub fn needs_server_name(&self, cgroup: Option<&str>, names: &[String], port: u16) -> bool {
+        let skill = cgroup.and_then(|c| self.skill_index_for_cgroup(c));
+        self.backend_by_names(skill, names, port, None).is_err()
+    }
+
     /// Backends with a `dial` name that matches `name` (normalized), in file order.
     pub fn backends_named(&self, name: &str) -> Vec<usize> {
         self.backends
@@ -346,12 +353,14 @@ impl Policy {
     /// The backend a connection to `port` reaches through `names`, the names the skill
     /// resolved to the address it dialed: `Ok(None)` when no backend is dialed by one of them
     /// (literal addresses decide then). Names of several backends on one address lead to the
-    /// one the skill may reach; `Err` (why) when it may reach more than one.
+    /// one the skill may reach, or else to the one `server_name` (the connection's SNI or
+    /// Host) names; `Err` (why) when that still leaves more than one.
     pub(crate) fn backend_by_names(
         &self,
         skill: Option<usize>,
         names: &[String],
         port: u16,
+        server_name: Option<&str>,
     ) -> Result<Option<usize>, String> {
         if names.is_empty() {
             return Ok(None);
@@ -365,12 +374,30 @@ impl Policy {
             .copied()
             .filter(|&b| skill.is_some_and(|s| self.may_reach(s, b, true)))
             .collect();
+        let server = server_name.and_then(normalize);
+        let by_server: Vec<usize> = reachable
+            .iter()
+            .copied()
+            .filter(|&b| {
+                server.as_ref().is_some_and(|server| {
+                    names.contains(server)
+                        && self.backends[b]
+                            .dial_names
+                            .iter()
+                            .any(|d| d.port == port && d.pattern.matches(server))
+                })
+            })
+            .collect();
+        if let [one] = by_server.as_slice() {
+            return Ok(Some(*one));
+        }
         match reachable.as_slice() {
             [] => Ok(Some(named[0])),
             [one] => Ok(Some(*one)),
             many => Err(format!(
                 "the address was resolved from names of backends `{}`, which the skill may all \
-                 reach: which one it dialed is ambiguous (give each backend its own address)",
+                 reach, and no TLS server name or HTTP Host of the connection names one of them: \
+                 which one it dialed is ambiguous",
                 many.iter()
                     .map(|&b| self.backends[b].name.as_str())
                     .collect::<Vec<_>>()
@@ -555,6 +582,7 @@ effect = "deny"
                 cgroup: Some("reporter"),
                 destination,
                 names,
+                server_name: None,
             });
             (decision.effect, decision.backend.map(|b| b.name.clone()))
         };
@@ -588,14 +616,36 @@ effect = "deny"
             cgroup: Some("reporter"),
             destination: "10.1.2.3:8080".parse().unwrap(),
             names: &names,
+            server_name: None,
         });
         assert_eq!(decision.effect, Effect::Deny);
         assert!(decision.reason.contains("ambiguous"), "{}", decision.reason);
+        // The connection's server name tells them apart, if the skill resolved that name here.
+        for (server, expected) in [
+            ("EU.billing.internal", Some("billing")),
+            ("orders.internal.", Some("orders")),
+            ("x.billing.internal", None),
+        ] {
+            let decision = policy.decide_connect(&ConnectRequest {
+                cgroup: Some("reporter"),
+                destination: "10.1.2.3:8080".parse().unwrap(),
+                names: &names,
+                server_name: Some(server),
+            });
+            assert_eq!(
+                decision.backend.map(|b| b.name.as_str()),
+                expected,
+                "{server}"
+            );
+        }
+        assert!(policy.needs_server_name(Some("reporter"), &names, 8080));
+        assert!(!policy.needs_server_name(Some("other"), &names, 8080));
         // `other` reaches only billing: no ambiguity for it.
         let decision = policy.decide_connect(&ConnectRequest {
             cgroup: Some("other"),
             destination: "10.1.2.3:8080".parse().unwrap(),
             names: &names,
+            server_name: None,
         });
         assert_eq!(decision.backend.map(|b| b.name.as_str()), Some("billing"));
     }

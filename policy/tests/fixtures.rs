@@ -143,6 +143,7 @@ fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> D
                 cgroup: cgroup.as_deref(),
                 destination: dial.parse().expect("dial = \"ip:port\""),
                 names: &[],
+                server_name: None,
             })
         }
         _ => panic!("a case needs exactly one of sql, http, dial"),

@@ -341,3 +341,66 @@ fn the_agent_resolves_an_upstream_host_name_again_when_its_answer_expires() {
     );
     assert_eq!(asked(), 2, "{}", dns.log());
 }
+
+#[test]
+fn names_of_two_backends_on_one_address_are_told_apart_by_the_host_asked_for() {
+    let api = Server::start("api", "127.0.0.1:0");
+    let admin = Server::start("admin", "127.0.0.1:0");
+    let dns = Dnsmasq::start(
+        &std::env::temp_dir(),
+        60,
+        &[
+            "--host-record=api.skillgate.test,127.0.0.8",
+            "--host-record=admin.skillgate.test,127.0.0.8",
+        ],
+    );
+    let mut policy = "[[skill]]\nname = \"reporter\"\n".to_owned();
+    for (name, server) in [("api", &api), ("admin", &admin)] {
+        policy.push_str(&format!(
+            "\n[[backend]]\nname = \"{name}\"\nprotocol = \"tcp\"\n\
+             dial = [\"{name}.skillgate.test:8080\"]\nupstream = \"{}\"\n\n[[rule]]\n\
+             skills = [\"reporter\"]\nbackend = \"{name}\"\neffect = \"allow\"\n",
+            server.addr
+        ));
+    }
+    let env = Env::with_config(
+        "dns-shared",
+        &policy,
+        &format!("dns_upstream = [\"{}\"]", dns.addr),
+    );
+    let _agent = env.start_agent();
+    let resolved = run_probe(
+        &env,
+        "reporter",
+        &[
+            query("api.skillgate.test", ""),
+            query("admin.skillgate.test", ""),
+        ],
+    );
+    assert_eq!(resolved.result(0), "ok rcode=0 127.0.0.8");
+    assert_eq!(resolved.result(1), "ok rcode=0 127.0.0.8");
+    let dial = "127.0.0.8:8080".parse().unwrap();
+    let ask = |host: &str| {
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        String::from_utf8_lossy(&env.raw_exchange("reporter", dial, head.as_bytes())).into_owned()
+    };
+    assert!(
+        ask("admin.skillgate.test:8080").starts_with("admin saw"),
+        "{}",
+        ask("admin.skillgate.test")
+    );
+    assert!(ask("api.skillgate.test").starts_with("api saw"));
+    // A Host that names neither leaves the connection ambiguous: refused.
+    assert_eq!(ask("elsewhere.test"), "");
+    // A TLS ClientHello's server name does the same.
+    let (api_before, admin_before) = (api.peers().len(), admin.peers().len());
+    let hello = "import socket, ssl\n\
+        s = socket.create_connection(('127.0.0.8', 8080), timeout=10)\n\
+        try:\n\
+        \x20   ssl.create_default_context().wrap_socket(s, server_hostname='admin.skillgate.test')\n\
+        except Exception as e:\n\
+        \x20   print(type(e).__name__)";
+    env.exec_python("reporter", hello, &[]);
+    assert_eq!(api.peers().len(), api_before);
+    assert_eq!(admin.peers().len(), admin_before + 1);
+}

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod intercept;
+mod server_name;
 mod tcp;
 mod tls_gate;
 
@@ -122,10 +123,17 @@ impl Proxy {
                 .and_then(|c| policy.skill_for_cgroup(c))
                 .map(|s| self.dns.names.names_for(&s.name, origin.ip(), Instant::now()))
                 .unwrap_or_default();
+            // Names of several backends on this address: the first bytes say which one.
+            let server_name = if policy.needs_server_name(cgroup.as_deref(), &names, origin.port()) {
+                server_name::peek(&stream).await
+            } else {
+                None
+            };
             let decision = policy.decide_connect(&ConnectRequest {
                 cgroup: cgroup.as_deref(),
                 destination: origin,
                 names: &names,
+                server_name: server_name.as_deref(),
             });
             let verdict = connect_verdict(&decision);
             let skill = decision.skill.map_or("-", |s| s.name.as_str());

@@ -53,6 +53,7 @@ fn decide(cgroup: Option<&str>, destination: &str) -> (Effect, Option<String>, S
         cgroup,
         destination,
         names: &[],
+        server_name: None,
     });
     (d.effect, d.rule.map(str::to_owned), d.reason)
 }
@@ -181,6 +182,7 @@ fn empty_policy_denies_everything() {
         cgroup: Some("reporter"),
         destination: "127.0.0.1:80".parse().unwrap(),
         names: &[],
+        server_name: None,
     });
     assert_eq!(d.effect, Effect::Deny);
 }
