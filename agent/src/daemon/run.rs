@@ -168,6 +168,10 @@ async fn start_serving(
                 skills: &from.skills,
                 ops: &from.gate.ops,
                 journal: from.gate.recorder.health(),
+                dns_malformed: from
+                    .dns
+                    .malformed
+                    .load(std::sync::atomic::Ordering::Relaxed),
             })
         };
         crate::telemetry::metrics::serve(addr, Arc::new(render)).await?;

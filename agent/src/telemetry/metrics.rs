@@ -73,6 +73,8 @@ pub struct Sources<'a> {
     pub ops: &'a crate::telemetry::opstats::OpStats,
     /// The recorder's journal (`None`: recording is off).
     pub journal: Option<crate::record::Health>,
+    /// DNS queries dropped because they were not one plain question.
+    pub dns_malformed: u64,
 }
 
 /// Renders the metrics page.
@@ -124,6 +126,14 @@ impl Metrics {
             audit.processes.len() - unconfined
         );
         sources.ops.render_prometheus(&mut out);
+        let _ = writeln!(
+            out,
+            "# HELP skillgate_dns_malformed Skills' DNS queries dropped, never forwarded, because \
+             they were not one plain question\n\
+             # TYPE skillgate_dns_malformed counter\n\
+             skillgate_dns_malformed_total {}",
+            sources.dns_malformed
+        );
         if let Some(journal) = &sources.journal {
             render_journal(&mut out, journal);
         }

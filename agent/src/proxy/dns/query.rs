@@ -41,9 +41,12 @@ impl Proxy {
             }
         };
         let Some(meta) = meta else {
-            // Not a skill's socket (the programs recorded nothing for it): no skill, no
-            // policy to decide by.
-            let question = Question::parse(query).ok()?;
+            // Not a skill's socket (the programs recorded nothing for it), or one already
+            // closed: no skill, no policy to decide by.
+            let Ok(question) = Question::parse(query) else {
+                self.dns.dropped();
+                return None;
+            };
             info!(%client, query = %question.shown(), decision = "deny", reason = "the sender is not a skill socket", "DNS query refused");
             return Some(question.refusal());
         };
