@@ -44,10 +44,16 @@ fn fixed() -> &'static Question {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = Answer::parse(data, fixed());
+    if let Ok(answer) = Answer::parse(data, fixed(), 0x1234) {
+        let reply = Message::from_vec(&answer.for_skill(fixed())).expect("an answer re-encodes");
+        assert_eq!(reply.metadata.id, fixed().id());
+    }
     let Ok(question) = Question::parse(data) else {
         return;
     };
+    let upstream = Message::from_vec(&question.upstream(7)).expect("an upstream query decodes");
+    assert_eq!((upstream.metadata.id, upstream.queries.len()), (7, 1));
+    assert!(upstream.additionals.is_empty() && upstream.answers.is_empty());
     let refusal = Message::from_vec(&question.refusal()).expect("a refusal decodes");
     assert_eq!(refusal.metadata.id, question.id());
     assert_eq!(refusal.metadata.message_type, MessageType::Response);

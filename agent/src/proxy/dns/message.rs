@@ -1,11 +1,17 @@
-//! DNS messages as the forwarder reads them: a skill's query (one question, nothing else it
-//! could hide data in that a resolver would act on), the refusal it may get, and a
-//! resolver's answer (its CNAME chain and addresses). Parsing is hickory-proto's; anything it
-//! cannot decode, or that is not the plain shape asked for, is an error and goes no further.
+//! DNS messages as the forwarder reads them: a skill's query (one question), the refusal it
+//! may get, and a resolver's answer (its CNAME chain and addresses). Parsing is
+//! hickory-proto's; anything it cannot decode, or that is not the plain shape asked for, is an
+//! error and goes no further.
+//!
+//! What goes to a resolver is never the skill's bytes but a query the forwarder writes: the
+//! question in lower case, a fresh id, no EDNS option and no other record. The id, the case
+//! of the name's letters (0x20 bits) and EDNS options would otherwise carry whatever the
+//! skill puts in them past the name the policy allowed. The answer is rebuilt the same way,
+//! with the skill's id and question.
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, RecordType};
 
 /// A skill's query, decoded.
@@ -59,6 +65,24 @@ impl Question {
         format!("{} {}", self.record_type, self.name)
     }
 
+    /// The query a resolver is asked in the skill's stead, with id `id` (see the module doc).
+    pub fn upstream(&self, id: u16) -> Vec<u8> {
+        let asked = &self.message.queries[0];
+        let mut query = Message::query();
+        query.metadata.id = id;
+        query.metadata.recursion_desired = self.message.metadata.recursion_desired;
+        let mut question = Query::query(asked.name().to_lowercase(), asked.query_type());
+        question.set_query_class(asked.query_class());
+        query.add_query(question);
+        if self.message.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            query.set_edns(edns);
+        }
+        // A question decoded from the wire always encodes.
+        query.to_vec().unwrap_or_default()
+    }
+
     /// The answer that refuses it: REFUSED, with the question, as a resolver refuses.
     pub fn refusal(&self) -> Vec<u8> {
         let mut answer = Message::error_msg(self.id(), OpCode::Query, ResponseCode::Refused);
@@ -78,8 +102,9 @@ fn type_name(record_type: RecordType) -> String {
 }
 
 /// What a resolver answered, as far as the forwarder needs it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Answer {
+    message: Message,
     pub code: String,
     pub truncated: bool,
     /// CNAME records: (owner, target), as the wire spells them.
@@ -89,13 +114,11 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// Decodes a resolver's answer to `question`; it must be a response with the question's id
-    /// and question.
-    pub fn parse(bytes: &[u8], question: &Question) -> Result<Self, String> {
+    /// Decodes a resolver's answer to `question`, asked with id `id`: a response with that id
+    /// and the question (letters in any case).
+    pub fn parse(bytes: &[u8], question: &Question, id: u16) -> Result<Self, String> {
         let message = Message::from_vec(bytes).map_err(|e| format!("not a DNS message: {e}"))?;
-        if message.metadata.message_type != MessageType::Response
-            || message.metadata.id != question.id()
-        {
+        if message.metadata.message_type != MessageType::Response || message.metadata.id != id {
             return Err("not the answer to this query".to_owned());
         }
         if message.queries != question.message.queries {
@@ -104,9 +127,11 @@ impl Answer {
         let mut answer = Self {
             code: message.metadata.response_code.to_string(),
             truncated: message.metadata.truncation,
-            ..Self::default()
+            aliases: Vec::new(),
+            addresses: Vec::new(),
+            message,
         };
-        for record in &message.answers {
+        for record in &answer.message.answers {
             let owner = record.name.to_ascii();
             match &record.data {
                 RData::CNAME(target) => answer.aliases.push((owner, target.0.to_ascii())),
@@ -118,6 +143,15 @@ impl Answer {
             }
         }
         Ok(answer)
+    }
+
+    /// The answer as the skill gets it: the resolver's records under the skill's id and
+    /// question.
+    pub fn for_skill(mut self, question: &Question) -> Vec<u8> {
+        self.message.metadata.id = question.id();
+        self.message.queries.clone_from(&question.message.queries);
+        // A message decoded from the wire re-encodes.
+        self.message.to_vec().unwrap_or_else(|_| question.refusal())
     }
 }
 
@@ -191,7 +225,7 @@ mod tests {
             5,
             RData::A(A(Ipv4Addr::new(10, 0, 0, 7))),
         ));
-        let answer = Answer::parse(&message.to_vec().unwrap(), &question).unwrap();
+        let answer = Answer::parse(&message.to_vec().unwrap(), &question, 4242).unwrap();
         assert_eq!(answer.code, "No Error");
         assert_eq!(
             answer.aliases,
@@ -205,7 +239,42 @@ mod tests {
                 5
             )]
         );
-        message.metadata.id = 1;
-        assert!(Answer::parse(&message.to_vec().unwrap(), &question).is_err());
+        assert!(Answer::parse(&message.to_vec().unwrap(), &question, 1).is_err());
+        // The skill gets it under its own id and question.
+        let reply = Message::from_vec(&answer.for_skill(&question)).unwrap();
+        assert_eq!(reply.metadata.id, 4242);
+        assert_eq!(reply.answers.len(), 2);
+    }
+
+    #[test]
+    fn the_resolver_is_asked_only_the_question() {
+        // The skill's id, the case of its letters and its EDNS options are all it controls
+        // beyond the name: none of them reaches the resolver.
+        let mut message =
+            Message::from_vec(&query("SeCrEt.Mirror.internal.", RecordType::A)).unwrap();
+        let mut edns = Edns::new();
+        edns.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                65001,
+                b"exfiltrated".to_vec(),
+            ));
+        message.set_edns(edns);
+        message.add_additional(Record::from_rdata(
+            Name::from_str("x.internal.").unwrap(),
+            0,
+            RData::A(A(Ipv4Addr::new(1, 2, 3, 4))),
+        ));
+        let question = Question::parse(&message.to_vec().unwrap()).unwrap();
+        let upstream = question.upstream(7);
+        assert!(!upstream.windows(11).any(|w| w == b"exfiltrated"));
+        let sent = Message::from_vec(&upstream).unwrap();
+        assert_eq!(sent.metadata.id, 7);
+        assert_eq!(sent.queries[0].name().to_ascii(), "secret.mirror.internal.");
+        assert!(sent.additionals.is_empty());
+        assert!(
+            sent.edns
+                .as_ref()
+                .is_some_and(|e| e.options().as_ref().is_empty())
+        );
     }
 }

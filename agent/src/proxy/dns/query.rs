@@ -96,32 +96,44 @@ impl Proxy {
             audit.close(shown, End::Denied, (0, 0)).await;
             return Some(question.refusal());
         }
-        let reply = match self.dns.resolve(bytes, transport).await {
+        self.relay(&audit, &policy, skill.as_deref(), &question, transport)
+            .await
+    }
+
+    /// Asks the resolvers the allowed `question` (as the forwarder writes it), checks and
+    /// records the answer; what the skill gets (`None`: no resolver answered).
+    async fn relay(
+        &self,
+        audit: &Audit,
+        policy: &Policy,
+        skill: Option<&str>,
+        question: &Question,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let shown = question.shown();
+        let id = self.dns.query_id();
+        let query = question.upstream(id);
+        let reply = match self.dns.resolve(&query, transport).await {
             Ok(reply) => reply,
             Err(err) => {
                 let why = format!("{err:#}");
                 warn!(query = %shown, error = %why, "DNS query failed");
-                audit.answered(
-                    Kind::Dns,
-                    shown.clone(),
-                    "failed".to_owned(),
-                    why,
-                    Facts::default(),
-                );
-                audit
-                    .close(shown, End::BackendUnreachable, (bytes.len() as u64, 0))
-                    .await;
+                let failed = "failed".to_owned();
+                audit.answered(Kind::Dns, shown.clone(), failed, why, Facts::default());
+                let sent = (query.len() as u64, 0);
+                audit.close(shown, End::BackendUnreachable, sent).await;
                 return None;
             }
         };
-        let answer = self.check_answer(&policy, skill.as_deref(), &question, &reply);
-        let (outcome, reason, reply) = match answer {
+        let (outcome, reason, reply) = match self.check_answer(policy, skill, question, &reply, id)
+        {
             Ok(answer) => {
-                let addresses = self.remember(skill.as_deref(), &question, &answer);
-                (answer.code, addresses, reply)
+                let addresses = self.remember(skill, question, &answer);
+                (answer.code.clone(), addresses, answer.for_skill(question))
             }
             Err(why) => {
-                info!(skill = skill_label, query = %shown, decision = "deny", reason = %why, "DNS answer refused");
+                let skill = skill.unwrap_or("-");
+                info!(skill, query = %shown, decision = "deny", reason = %why, "DNS answer refused");
                 ("refused".to_owned(), why, question.refusal())
             }
         };
@@ -131,9 +143,8 @@ impl Proxy {
             ..Facts::default()
         };
         audit.answered(Kind::Dns, shown.clone(), outcome, reason, facts);
-        audit
-            .close(shown, End::Closed, (bytes.len() as u64, reply.len() as u64))
-            .await;
+        let bytes = (query.len() as u64, reply.len() as u64);
+        audit.close(shown, End::Closed, bytes).await;
         Some(reply)
     }
 
@@ -189,8 +200,9 @@ impl Proxy {
         skill: Option<&str>,
         question: &Question,
         reply: &[u8],
+        id: u16,
     ) -> Result<Answer, String> {
-        let answer = Answer::parse(reply, question)
+        let answer = Answer::parse(reply, question, id)
             .map_err(|why| format!("the resolver's answer is refused: {why}"))?;
         let skill = skill.ok_or("no skill")?;
         for (owner, target) in &answer.aliases {

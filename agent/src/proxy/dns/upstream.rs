@@ -64,8 +64,9 @@ impl Resolvers {
     async fn ask_for(&self, host: &str, record_type: RecordType) -> Result<Option<(IpAddr, u32)>> {
         let name = Name::from_str(&format!("{host}."))
             .with_context(|| format!("`{host}` is not a DNS name"))?;
+        let id = self.query_id();
         let mut message = Message::query();
-        message.metadata.id = self.query_id();
+        message.metadata.id = id;
         message.metadata.recursion_desired = true;
         message.add_query(Query::query(name, record_type));
         let query = message.to_vec().context("cannot encode a DNS query")?;
@@ -74,7 +75,7 @@ impl Resolvers {
             .resolve(&query, Transport::Udp)
             .await
             .with_context(|| format!("cannot resolve the upstream host name `{host}`"))?;
-        let answer = Answer::parse(&reply, &question).map_err(anyhow::Error::msg)?;
+        let answer = Answer::parse(&reply, &question, id).map_err(anyhow::Error::msg)?;
         if answer.code != ResponseCode::NoError.to_string() {
             bail!("resolving the upstream host name `{host}`: {}", answer.code);
         }
@@ -87,7 +88,7 @@ impl Resolvers {
     }
 
     /// An unpredictable query id, so that an off-path answer cannot guess it.
-    fn query_id(&self) -> u16 {
+    pub(super) fn query_id(&self) -> u16 {
         let n = self.upstreams.queries.fetch_add(1, Ordering::Relaxed);
         RandomState::new().hash_one(n) as u16
     }
