@@ -422,3 +422,31 @@ fn names_of_two_backends_on_one_address_are_told_apart_by_the_host_asked_for() {
     assert_eq!(api.peers().len(), api_before);
     assert_eq!(admin.peers().len(), admin_before + 1);
 }
+
+#[test]
+fn observe_mode_answers_and_records_what_it_would_refuse() {
+    let backend = Server::start("orders", "127.0.0.1:0");
+    let dns = dnsmasq(60);
+    let policy = format!("mode = \"observe\"\n{}", policy(&backend));
+    let env = Env::with_config(
+        "dns-observe",
+        &policy,
+        &format!("dns_upstream = [\"{}\"]", dns.addr),
+    );
+    let _agent = env.start_agent();
+    let probe = run_probe(&env, "reporter", &[query("lb.elsewhere.test", "")]);
+    assert_eq!(probe.result(0), "ok rcode=0 127.0.0.6");
+    let events = dns_events(&env);
+    let decided = events
+        .iter()
+        .find(|e| e["operation"] == "A lb.elsewhere.test.")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(decided["decision"], "allow");
+    assert!(
+        decided["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("observe mode (would be deny"),
+        "{decided}"
+    );
+}
