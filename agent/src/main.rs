@@ -156,7 +156,8 @@ enum Command {
         #[arg(long)]
         require_confinement: bool,
     },
-    /// Check a policy file, or explain what it decides for a request.
+    /// Check a policy file, explain what it decides for a request, or write and review one
+    /// from what skills did (suggest, test, unused).
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Show what the eBPF programs did: connections redirected and attempts refused, by kind,
@@ -194,6 +195,47 @@ enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
+    /// Suggest the smallest rules that would have allowed what SKILL did (observe-mode
+    /// decisions and denials count), as policy TOML with counts, first and last use and an
+    /// example of each. HTTP path segments that vary (numbers, UUIDs, hashes, long generated
+    /// ids) become `*`. What a deny rule forbids is listed apart, never suggested.
+    Suggest {
+        #[arg(long)]
+        skill: String,
+        /// How far back: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Only this backend's operations.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide every recorded operation again with CANDIDATE and report those whose decision
+    /// would change; exit non-zero if any would be denied (a gate for policy changes in CI).
+    Test {
+        candidate: PathBuf,
+        /// How far back: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Only this skill's operations.
+        #[arg(long)]
+        skill: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rules of the policy in force that decided nothing in the window, and rules far
+    /// broader than their use (a `*` grant used on one table, path or name).
+    Unused {
+        /// How far back: 90s, 30m, 1h, 30d.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a policy file: every error with its file:line:column; exit non-zero if any.
     Check {
         file: PathBuf,
@@ -313,14 +355,43 @@ impl Command {
             ),
             Command::Replay { id, pace, json } => cli::sessions::replay(config, id, json, pace),
             Command::Audit(AuditCommand::Verify) => cli::sessions::audit_verify(config),
-            Command::Policy(command) => command.run(),
+            Command::Policy(command) => command.run(config),
         }
     }
 }
 
 impl PolicyCommand {
-    fn run(self) -> anyhow::Result<()> {
+    fn run(self, config: &Path) -> anyhow::Result<()> {
         match self {
+            PolicyCommand::Suggest {
+                skill,
+                since,
+                backend,
+                json,
+            } => cli::suggest::suggest(
+                config,
+                &cli::suggest::SuggestArgs {
+                    skill: &skill,
+                    since: &since,
+                    backend: backend.as_deref(),
+                    json,
+                },
+            ),
+            PolicyCommand::Test {
+                candidate,
+                since,
+                skill,
+                json,
+            } => cli::review::test(
+                config,
+                &cli::review::TestArgs {
+                    candidate: &candidate,
+                    since: &since,
+                    skill: skill.as_deref(),
+                    json,
+                },
+            ),
+            PolicyCommand::Unused { since, json } => cli::review::unused(config, &since, json),
             PolicyCommand::Check { file, json } => cli::policy::check(&file, json),
             PolicyCommand::Explain {
                 file,

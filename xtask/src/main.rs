@@ -5,6 +5,7 @@ mod bench_dns;
 mod bench_http;
 mod bench_pg;
 mod bench_scale;
+mod bench_tools;
 mod demo;
 mod fuzz;
 mod package;
@@ -126,6 +127,7 @@ fn main() -> Result<()> {
             }
             if matches!(suite, Suite::Store | Suite::All) {
                 bench::store(&workspace_root())?;
+                bench_tools::policy_tools(&workspace_root())?;
             }
             if matches!(suite, Suite::Http | Suite::All) {
                 bench_http::http(&workspace_root())?;

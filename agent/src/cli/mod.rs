@@ -2,8 +2,11 @@
 
 pub mod approvals;
 pub mod exec;
+mod observed;
 pub mod policy;
+pub mod review;
 pub mod sessions;
 pub mod stats;
 pub mod status;
+pub mod suggest;
 pub mod terminal;

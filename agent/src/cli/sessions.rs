@@ -35,7 +35,7 @@ pub fn timestamp(ns: i64) -> String {
 }
 
 /// The store, showing every record the journal holds.
-fn store(config_path: &Path, what: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn store(config_path: &Path, what: &str) -> Result<std::path::PathBuf> {
     let agent = AgentConfig::load(config_path)?;
     host::require_root(what)?;
     let path = agent.store_path(config_path);

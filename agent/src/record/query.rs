@@ -199,3 +199,56 @@ pub fn export(path: &Path, since_ns: Option<i64>, out: &mut impl std::io::Write)
     }
     Ok(count)
 }
+
+/// One decided operation as the store has it, for the policy tools (`policy suggest`,
+/// `policy test`, `policy unused`).
+#[derive(Debug, Clone)]
+pub struct OperationRow {
+    pub at_ns: i64,
+    pub skill: Option<String>,
+    pub backend: Option<String>,
+    /// `connect`, `tls`, `http`, `sql` or `dns`.
+    pub kind: String,
+    pub operation: String,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub classification: Option<String>,
+    /// The address the skill dialed.
+    pub origin: String,
+}
+
+/// Every decision (not answers, approvals or ends) since `since_ns`, of `skill` if given, in
+/// order.
+pub fn operations(
+    path: &Path,
+    since_ns: i64,
+    skill: Option<&str>,
+    mut each: impl FnMut(OperationRow),
+) -> Result<u64> {
+    let conn = open(path)?;
+    let mut stmt = conn.prepare(
+        "SELECT e.at_ns, s.skill, s.backend, e.kind, e.operation, e.decision, e.rule, e.reason, \
+         e.classification, s.origin FROM events e JOIN sessions s ON s.id = e.session_id \
+         WHERE e.at_ns >= ?1 AND (?2 IS NULL OR s.skill = ?2) \
+         AND e.kind IN ('connect', 'tls', 'http', 'sql', 'dns') ORDER BY e.id",
+    )?;
+    let mut rows = stmt.query(params![since_ns, skill])?;
+    let mut count = 0;
+    while let Some(r) = rows.next()? {
+        each(OperationRow {
+            at_ns: r.get(0)?,
+            skill: r.get(1)?,
+            backend: r.get(2)?,
+            kind: r.get(3)?,
+            operation: r.get(4)?,
+            decision: r.get(5)?,
+            rule: r.get(6)?,
+            reason: r.get(7)?,
+            classification: r.get(8)?,
+            origin: r.get(9)?,
+        });
+        count += 1;
+    }
+    Ok(count)
+}
