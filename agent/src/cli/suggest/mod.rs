@@ -238,6 +238,14 @@ fn without_own_rules(text: &str, skill: &str) -> Result<String> {
             !only_skill || groups || deny
         });
     }
+    // An empty array would be written as `rule = []`, which the suggested `[[rule]]`s clash with.
+    if table
+        .get("rule")
+        .and_then(toml::Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        table.remove("rule");
+    }
     toml::to_string(&table).context("cannot write the policy back")
 }
 
@@ -277,4 +285,28 @@ fn report_json(seen: &Seen, args: &SuggestArgs<'_>, text: &str) -> serde_json::V
         })).collect::<Vec<_>>(),
         "policy": text,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_own_rules;
+
+    #[test]
+    fn the_skills_own_grants_go_and_its_deny_rules_and_others_stay() {
+        let text = "[[skill]]\nname = \"a\"\n[[skill]]\nname = \"b\"\n\
+                    [[backend]]\nname = \"x\"\nprotocol = \"tcp\"\ndial = [\"127.0.0.2:1\"]\nupstream = \"127.0.0.1:1\"\n\
+                    [[rule]]\nskills = [\"a\"]\nbackend = \"x\"\neffect = \"allow\"\n";
+        let kept = without_own_rules(text, "a").unwrap();
+        assert!(!kept.contains("rule"), "{kept}");
+        // The suggestion's rules append to what is left, which must still parse.
+        let suggested =
+            format!("{kept}\n[[rule]]\nskills = [\"a\"]\nbackend = \"x\"\neffect = \"allow\"\n");
+        skillgate_policy::Policy::parse("p", &suggested).unwrap();
+        let mixed = format!(
+            "{text}[[rule]]\nskills = [\"a\"]\nbackend = \"x\"\neffect = \"deny\"\n\
+             [[rule]]\nskills = [\"a\", \"b\"]\nbackend = \"x\"\neffect = \"allow\"\nname = \"shared\"\n"
+        );
+        let kept = without_own_rules(&mixed, "a").unwrap();
+        assert_eq!(kept.matches("[[rule]]").count(), 2, "{kept}");
+    }
 }
