@@ -651,6 +651,63 @@ effect = "deny"
     }
 
     #[test]
+    fn dns_rules_before_backend_rules_leave_every_grant_with_its_own_rule() {
+        // Found by review: rules were indexed by id (file position), which a `dns` rule
+        // earlier in the file shifted: another skill's grant applied, or the lookup panicked.
+        let text = r#"
+[[skill]]
+name = "x"
+[[skill]]
+name = "y"
+[[backend]]
+name = "admin"
+protocol = "http"
+dial = ["127.0.0.2:80"]
+upstream = "127.0.0.1:80"
+[[backend]]
+name = "api"
+protocol = "http"
+dial = ["127.0.0.3:80"]
+upstream = "127.0.0.1:81"
+[[rule]]
+skills = ["y"]
+dns = ["a.internal"]
+effect = "allow"
+[[rule]]
+name = "x-status"
+skills = ["x"]
+backend = "admin"
+effect = "allow"
+http = { methods = ["GET"], paths = ["/status"] }
+[[rule]]
+name = "y-api-everything"
+skills = ["y"]
+backend = "api"
+effect = "allow"
+http = { methods = ["*"], paths = ["/**"] }
+"#;
+        let policy = Policy::parse("policy.toml", text).unwrap();
+        let http = |skill, backend, method, target| {
+            let answer = policy.decide_http(skill, &[], backend, method, target, &[]);
+            (
+                answer.decision.effect,
+                answer.decision.rule.map(str::to_owned),
+            )
+        };
+        assert_eq!(http("x", "admin", "DELETE", "/users/1").0, Effect::Deny);
+        assert_eq!(
+            http("x", "admin", "GET", "/status"),
+            (Effect::Allow, Some("x-status".to_owned()))
+        );
+        assert_eq!(
+            http("y", "api", "DELETE", "/users/1"),
+            (Effect::Allow, Some("y-api-everything".to_owned()))
+        );
+        assert_eq!(dns(&policy, "y", "a.internal", "A"), Effect::Allow);
+        assert_eq!(dns(&policy, "x", "a.internal", "A"), Effect::Deny);
+    }
+
+    #[test]
     fn an_upstream_may_be_a_host_name_but_not_a_pattern() {
         let text = POLICY.replace(
             "upstream = \"127.0.0.1:18080\"",

@@ -37,7 +37,7 @@ sql = { kinds = ["select"], objects = ["public.*"] }
 skills = ["reporter"]
 backend = "orders-api"
 effect = "allow"
-http = { methods = ["GET"], paths = ["/orders/*"] }
+http = { methods = ["GET"], paths = ["/orders/**"] }
 "#;
 
 /// Half a million sessions, each with one SQL statement or one HTTP request and its end.

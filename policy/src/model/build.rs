@@ -820,7 +820,9 @@ fn sorted<T: Clone + Ord>(items: &[T]) -> Vec<T> {
 
 /// Builds the (skill, backend) and (group, backend) indexes.
 fn index(policy: &mut Policy) {
-    for rule in &policy.rules {
+    // Positions in `policy.rules`, not rule ids: `dns` rules take ids (file positions) too,
+    // but live in `policy.dns_rules`.
+    for (position, rule) in policy.rules.iter().enumerate() {
         let mut skills = rule.skills.clone();
         for (i, skill) in policy.skills.iter().enumerate() {
             if skill.groups.iter().any(|g| rule.groups.contains(g)) {
@@ -834,17 +836,17 @@ fn index(policy: &mut Policy) {
                 .by_skill
                 .entry((skill, rule.backend))
                 .or_default()
-                .push(rule.id);
+                .push(position);
         }
         for group in &rule.groups {
             policy
                 .by_group
                 .entry((group.clone(), rule.backend))
                 .or_default()
-                .push(rule.id);
+                .push(position);
         }
     }
-    // The indexes hold rule ids, which are positions: keep them in file order.
+    // The indexes hold positions: keep them in file order.
     for rules in policy
         .by_skill
         .values_mut()
