@@ -99,32 +99,38 @@ impl Indexer {
     pub fn step(&mut self, upto: u64) -> Result<u64, Stop> {
         let mut total = 0;
         loop {
-            let (start, indexed, head) = (self.reader.at, self.indexed, self.head);
-            let (batch, stop) = self.read(upto);
-            if !batch.is_empty() {
-                let next = (self.reader.at.segment, self.reader.at.offset);
-                if let Err(err) = self.store.index(&batch, Some(next)) {
-                    // Read again next time.
-                    (self.reader.at, self.indexed, self.head) = (start, indexed, head);
-                    return Err(Stop::Failed(err));
-                }
-                total += batch.len() as u64;
-            }
-            if let Some(stop) = stop {
-                return Err(stop);
-            }
-            if batch.is_empty() {
-                return Ok(total);
+            match self.step_batch(upto, BATCH)? {
+                0 => return Ok(total),
+                n => total += n,
             }
         }
     }
 
-    /// Up to [`BATCH`] checked records after the indexed one, up to `upto`, and why reading
+    /// Indexes up to `most` of the records up to `upto`, in one transaction; returns how many
+    /// (0: none left). What precedes an invalid record is indexed before the stop is reported.
+    pub fn step_batch(&mut self, upto: u64, most: usize) -> Result<u64, Stop> {
+        let (start, indexed, head) = (self.reader.at, self.indexed, self.head);
+        let (batch, stop) = self.read(upto, most);
+        if !batch.is_empty() {
+            let next = (self.reader.at.segment, self.reader.at.offset);
+            if let Err(err) = self.store.index(&batch, Some(next)) {
+                // Read again next time.
+                (self.reader.at, self.indexed, self.head) = (start, indexed, head);
+                return Err(Stop::Failed(err));
+            }
+        }
+        match stop {
+            Some(stop) => Err(stop),
+            None => Ok(batch.len() as u64),
+        }
+    }
+
+    /// Up to `most` checked records after the indexed one, up to `upto`, and why reading
     /// stopped short, if it did.
-    fn read(&mut self, upto: u64) -> (Vec<Entry>, Option<Stop>) {
+    fn read(&mut self, upto: u64, most: usize) -> (Vec<Entry>, Option<Stop>) {
         let mut batch = Vec::new();
         let mut seen = self.indexed;
-        while batch.len() < BATCH && self.indexed < upto {
+        while batch.len() < most && self.indexed < upto {
             let before = self.reader.at;
             let entry = match self.reader.next() {
                 Err(err) => return (batch, Some(err.into())),

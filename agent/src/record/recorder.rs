@@ -340,13 +340,16 @@ fn syncer(inner: &Inner) {
     }
 }
 
-/// Nice value of the indexer thread: off the critical path, it yields the CPU to the tasks
-/// that decide (its bursts otherwise preempt them for a scheduler slice).
-const INDEXER_NICE: i32 = 10;
+/// Records the indexer thread indexes per transaction (and per hold of the indexer's lock, so
+/// that a flush waits for little when the thread is short of CPU).
+const INDEX_BATCH: usize = 128;
 
 fn indexer_loop(inner: &Inner) {
-    if let Err(err) = crate::kernel::sys::nice_this_thread(INDEXER_NICE) {
-        tracing::warn!(error = %err, "cannot lower the indexer thread's priority");
+    // Off the critical path, the indexer takes only CPU time no decision wants. At nice 10 its
+    // bursts (feeding SQLite what the syncer just published) held a CPU for a scheduler slice
+    // while the tasks that decide waited: `cargo run --release --example journal_latency`.
+    if let Err(err) = crate::kernel::sys::idle_this_thread() {
+        tracing::warn!(error = %err, "cannot make the indexer thread a background thread");
     }
     // Prune about twice per retention period, at most hourly, at least every second.
     let prune_every = Duration::from_nanos((inner.retention_ns / 2).max(0) as u64)
@@ -356,11 +359,19 @@ fn indexer_loop(inner: &Inner) {
     while !inner.stop.load(Ordering::Acquire) {
         std::thread::sleep(INDEX_EVERY);
         let upto = *inner.synced.borrow();
-        let mut indexer = inner.indexer.locked();
-        let result = indexer.step(upto);
-        inner.indexed.store(indexer.indexed, Ordering::Release);
+        let result = loop {
+            let mut indexer = inner.indexer.locked();
+            let result = indexer.step_batch(upto, INDEX_BATCH);
+            inner.indexed.store(indexer.indexed, Ordering::Release);
+            match result {
+                Ok(0) => break Ok(()),
+                Ok(_) if !inner.stop.load(Ordering::Acquire) => {}
+                Ok(_) => break Ok(()),
+                Err(stop) => break Err(stop),
+            }
+        };
         match result {
-            Ok(_) => warned = false,
+            Ok(()) => warned = false,
             Err(stop) if !warned => {
                 warned = true;
                 tracing::warn!(error = %stop, "cannot index the journal; the records wait in it");
@@ -369,7 +380,7 @@ fn indexer_loop(inner: &Inner) {
         }
         if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
             last_prune = Some(Instant::now());
-            prune(&mut indexer, now_ns() - inner.retention_ns);
+            prune(&mut inner.indexer.locked(), now_ns() - inner.retention_ns);
         }
     }
 }

@@ -362,3 +362,78 @@ async fn a_record_larger_than_the_read_ahead_is_indexed() {
     recorder.stop().unwrap();
     assert_eq!(crate::record::verify_journal(&path).unwrap(), 2);
 }
+
+/// The indexer thread is a `SCHED_IDLE` thread (a waking decision preempts it at once), and
+/// indexes what the syncer publishes all the same, a batch per transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_runs_as_a_background_thread_and_keeps_up() {
+    let path = temp_store("idle");
+    let recorder = record(&path, NORMAL, 100).await;
+    let indexer: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "skillgate-index")
+        })
+        .map(|task| task.file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    assert!(!indexer.is_empty());
+    // Recorders of other tests run alongside: every indexer thread is one.
+    for tid in indexer {
+        // SAFETY: sched_getscheduler reads only its integer argument.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        assert!(
+            policy == libc::SCHED_IDLE || policy == -1,
+            "thread {tid}: policy {policy}"
+        );
+    }
+    // Within the sync interval and the indexer's next look, without a flush.
+    let start = std::time::Instant::now();
+    while recorder.health().unwrap().indexed < 300 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not indexed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 300);
+}
+
+/// `step_batch` indexes at most the batch it is given, in order, and reports none left at
+/// the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_steps_a_batch_at_a_time() {
+    let path = temp_store("batch");
+    let recorder = Recorder::start(
+        &path,
+        i64::MAX,
+        Sync {
+            full: false,
+            interval: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let id = recorder
+        .open(session(1), event(Kind::Connect, String::new()))
+        .await
+        .unwrap();
+    for n in 0..9 {
+        recorder.event_detached(id, event(Kind::Sql, n.to_string()));
+    }
+    let inner = recorder.inner.as_ref().unwrap();
+    // Held first, so that the indexer thread does not index what the sync publishes.
+    let mut indexer = inner.indexer.locked();
+    inner.sync_now().unwrap();
+    let upto = *inner.synced.borrow();
+    assert_eq!(upto, 10);
+    let mut steps = Vec::new();
+    loop {
+        match indexer.step_batch(upto, 4).unwrap() {
+            0 => break,
+            n => steps.push((n, indexer.indexed)),
+        }
+    }
+    assert_eq!(steps, [(4, 4), (4, 8), (2, 10)]);
+    drop(indexer);
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 10);
+}
