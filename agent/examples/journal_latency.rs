@@ -44,6 +44,9 @@ const MODES: [(&str, Option<u64>, Option<Sched>); 4] = [
     ("normal (as shipped)", Some(100), None),
 ];
 
+/// The benchmark's own nice value.
+const BASE_NICE: i32 = -10;
+
 /// How the indexer thread ran before it became a `SCHED_IDLE` thread.
 #[derive(Clone, Copy)]
 enum Sched {
@@ -62,6 +65,15 @@ fn main() -> Result<()> {
     let seconds: u64 = args.next().map_or(Ok(4), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
     let length = Duration::from_secs(seconds);
+    // Other work on the machine disturbs the figures less at nice -10 (every thread made from
+    // here on inherits it); the indexer at nice 10 is put 10 levels below that.
+    // SAFETY: plain integer arguments; who 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BASE_NICE) } != 0 {
+        eprintln!(
+            "cannot run at nice {BASE_NICE}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,7 +108,7 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "load\tmode\tcount\tper_s\tp50_us\tp99_us\tp99.9_us\tmax_us\t({})",
+        "load\tmode\tcount\tper_s\tp50_us\tp99_us\tp99.9_us\tmax_us\t({}, at nice {BASE_NICE})",
         machine()
     );
     for (mode, (name, ..)) in MODES.iter().enumerate() {
@@ -185,7 +197,7 @@ fn schedule_indexer(sched: Sched) -> Result<()> {
     let tid = found.ok_or_else(|| anyhow::anyhow!("no indexer thread"))?;
     let param = libc::sched_param { sched_priority: 0 };
     let (policy, nice) = match sched {
-        Sched::Nice10 => (libc::SCHED_OTHER, 10),
+        Sched::Nice10 => (libc::SCHED_OTHER, BASE_NICE + 10),
     };
     // SAFETY: plain integer arguments and a pointer to a live sched_param.
     let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };

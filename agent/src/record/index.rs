@@ -162,6 +162,23 @@ impl Indexer {
         (batch, None)
     }
 
+    /// Names the oldest segment left pending (an agent stopped before it sealed the roll to
+    /// it) when its first record follows the indexed ones, else drops it; returns whether it
+    /// was named, `None` when none is pending. For when the journal is indexed to its end.
+    pub fn seal_pending(&self) -> Result<Option<bool>> {
+        let Some((_, path)) = journal::pending(&self.dir)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let named = journal::seal_pending(&path, |entry| self.follows(entry).is_ok())
+            .with_context(|| format!("cannot seal the journal segment {}", path.display()))?;
+        if named {
+            tracing::info!(segment = %path.display(), "named a journal segment an agent rolled to before it stopped");
+        } else {
+            tracing::warn!(segment = %path.display(), after = self.indexed, "dropped a journal segment that does not follow the journal's end (its records lost the ones before them)");
+        }
+        Ok(Some(named))
+    }
+
     /// Whether `entry` is the record that follows the indexed one.
     fn follows(&self, entry: &Entry) -> Result<(), String> {
         if entry.seq != self.indexed + 1 {
@@ -247,16 +264,27 @@ pub fn catch_up(store_path: &Path) -> Result<u64> {
     }
     // The agent indexes only what it fdatasync'd; the CLI syncs what it is about to index, so
     // that a power loss cannot take a record the index already holds.
-    for (_, segment) in journal::segments(&journal::dir_for(store_path))? {
+    let dir = journal::dir_for(store_path);
+    for (_, segment) in journal::segments(&dir)? {
         std::fs::File::open(&segment)
             .and_then(|file| file.sync_data())
             .with_context(|| format!("cannot sync the journal segment {}", segment.display()))?;
     }
+    journal::sync_tail(&dir)
+        .with_context(|| format!("cannot sync the journal {}", dir.display()))?;
     let mut indexer = Indexer::open(store_path)?;
-    match indexer.step(u64::MAX) {
-        Ok(n) => Ok(n),
-        Err(stop) if is_torn(&stop)? => Ok(0),
-        Err(stop) => bail!("{stop}"),
+    let mut total = 0;
+    loop {
+        match indexer.step(u64::MAX) {
+            Ok(n) => {
+                total += n;
+                if indexer.seal_pending()?.is_none() {
+                    return Ok(total);
+                }
+            }
+            Err(stop) if is_torn(&stop)? => return Ok(total),
+            Err(stop) => bail!("{stop}"),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::frame::{self, What};
 use super::index::{self, Indexer};
-use super::journal::{self, AppendError, Journal};
+use super::journal::{self, Journal};
 use super::{Event, Session, now_ns};
 use crate::lock::Locked as _;
 
@@ -54,8 +54,12 @@ struct Inner {
     synced: watch::Sender<u64>,
     failed: Mutex<Option<String>>,
     fdatasyncs: AtomicU64,
-    /// The syncer sleeps on this (with `full`, until a record waits).
+    /// The syncer sleeps on this (with `full`, until a record waits; at a roll).
     wake: (Mutex<()>, Condvar),
+    /// A segment rolled since the syncer last looked.
+    rolled: AtomicBool,
+    /// Held through an fdatasync of the journal.
+    syncing: Mutex<()>,
     indexer: Mutex<Indexer>,
     /// The newest record indexed.
     indexed: AtomicU64,
@@ -81,8 +85,8 @@ impl Recorder {
             .with_context(|| format!("cannot open the journal {}", indexer.dir().display()))?;
         // What a previous agent wrote may not have reached the disk: it has now.
         journal
-            .file()
-            .sync_data()
+            .unsynced()
+            .sync()
             .context("cannot fdatasync the journal")?;
         let open = indexer.store.open_sessions()?;
         let last = journal.last_seq();
@@ -94,6 +98,8 @@ impl Recorder {
             failed: Mutex::new(None),
             fdatasyncs: AtomicU64::new(0),
             wake: (Mutex::new(()), Condvar::new()),
+            rolled: AtomicBool::new(false),
+            syncing: Mutex::new(()),
             indexed: AtomicU64::new(indexer.indexed),
             indexer: Mutex::new(indexer),
             stop: AtomicBool::new(false),
@@ -214,9 +220,9 @@ impl Recorder {
 }
 
 impl Inner {
-    /// Appends a record (the caller's own thread, a short lock); returns its sequence
-    /// number and session. A failed write is cut back and refused; a failed fdatasync fails
-    /// the journal.
+    /// Appends a record (the caller's own thread, a short lock: no fdatasync, even at a
+    /// roll); returns its sequence number and session. A failed write is cut back and
+    /// refused.
     fn append(&self, session: Option<i64>, what: &What, event: &Event) -> Result<(u64, i64)> {
         if let Some(why) = &*self.failed.locked() {
             bail!(
@@ -228,23 +234,17 @@ impl Inner {
         match appended {
             Ok(appended) => {
                 self.written.fetch_max(appended.seq, Ordering::AcqRel);
-                if appended.synced_before {
-                    self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-                    self.publish(appended.seq - 1);
+                if appended.rolled {
+                    // The syncer seals a roll at once, whatever its interval.
+                    self.rolled.store(true, Ordering::Release);
                 }
-                if self.sync.full {
+                if self.sync.full || appended.rolled {
                     drop(self.wake.0.locked());
                     self.wake.1.notify_one();
                 }
                 Ok((appended.seq, appended.session))
             }
-            Err(AppendError::Write(err)) => {
-                Err(anyhow!(err).context("cannot write to the journal"))
-            }
-            Err(AppendError::Sync(err)) => {
-                self.fail(&err);
-                Err(anyhow!(err).context("cannot fdatasync the journal"))
-            }
+            Err(err) => Err(anyhow!(err).context("cannot write to the journal")),
         }
     }
 
@@ -284,24 +284,29 @@ impl Inner {
         });
     }
 
-    /// fdatasyncs what is written (outside the journal's lock) and publishes it.
+    /// fdatasyncs what is written (outside the journal's lock), sealing the rolls made since
+    /// the last time, and publishes it.
     fn sync_now(&self) -> Result<()> {
+        // One at a time (the syncer, a flush): a roll is sealed once.
+        let _syncing = self.syncing.locked();
         if let Some(why) = &*self.failed.locked() {
             bail!("the journal has failed: {why}");
         }
-        let (file, seq) = {
-            let journal = self.journal.locked();
-            (journal.file(), journal.last_seq())
-        };
-        if seq <= *self.synced.borrow() {
+        let unsynced = self.journal.locked().unsynced();
+        if unsynced.last_seq <= *self.synced.borrow() && unsynced.rolls.is_empty() {
             return Ok(());
         }
-        if let Err(err) = file.sync_data() {
-            self.fail(&err);
-            bail!("cannot fdatasync the journal: {err}");
+        match unsynced.sync() {
+            Ok(syncs) => {
+                self.fdatasyncs.fetch_add(syncs, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.fail(&err);
+                bail!("cannot fdatasync the journal: {err}");
+            }
         }
-        self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-        self.publish(seq);
+        self.journal.locked().sealed(unsynced.rolls.len());
+        self.publish(unsynced.last_seq);
         Ok(())
     }
 
@@ -328,9 +333,10 @@ fn syncer(inner: &Inner) {
         {
             let guard = lock.locked();
             let waiting = || inner.written.load(Ordering::Acquire) > *inner.synced.borrow();
-            if !(inner.sync.full && waiting()) {
+            if !((inner.sync.full && waiting()) || inner.rolled.load(Ordering::Acquire)) {
                 let _ = wake.wait_timeout(guard, inner.sync.interval);
             }
+            inner.rolled.store(false, Ordering::Release);
         }
         if inner.failed.locked().is_some() {
             std::thread::sleep(inner.sync.interval);
@@ -406,13 +412,23 @@ fn prune(indexer: &mut Indexer, cutoff_ns: i64) {
 /// Indexes the journal past the index; a torn tail is cut (and said), corruption in the
 /// middle refuses the start, naming its place.
 fn recover(path: &Path) -> Result<Indexer> {
+    // Nothing is indexed that is not on disk.
+    let dir = journal::dir_for(path);
+    journal::sync_tail(&dir)
+        .with_context(|| format!("cannot fdatasync the journal {}", dir.display()))?;
     let mut indexer = Indexer::open(path)?;
+    let mut total = 0;
     loop {
         match indexer.step(u64::MAX) {
             Ok(n) => {
-                if n > 0 {
+                total += n;
+                // An agent that stopped before it sealed a roll left the next segment pending.
+                if indexer.seal_pending()?.is_some() {
+                    continue;
+                }
+                if total > 0 {
                     tracing::info!(
-                        records = n,
+                        records = total,
                         "indexed the journal's records a previous agent left"
                     );
                 }

@@ -138,6 +138,12 @@ async fn record(path: &Path, sync: Sync, sessions: u32) -> Recorder {
 fn frames(path: &Path) -> (std::path::PathBuf, Vec<u64>) {
     let dir = journal::dir_for(path);
     let (_, segment) = journal::segments(&dir).unwrap().pop().unwrap();
+    frames_of(&segment)
+}
+
+/// The offsets where the frames of `segment` start.
+fn frames_of(segment: &Path) -> (std::path::PathBuf, Vec<u64>) {
+    let segment = segment.to_owned();
     let bytes = std::fs::read(&segment).unwrap();
     let (mut at, mut starts) = (0usize, Vec::new());
     while at + 8 <= bytes.len() {
@@ -263,13 +269,9 @@ async fn an_earlier_store_continues_its_chain_in_the_journal() {
     assert_eq!(events.first().map(|e| e.id), Some(7));
 }
 
-/// Small segments: records roll over many, are indexed across them and verify; retention
-/// deletes only whole segments whose records are all pruned, never the newest.
-#[test]
-fn records_roll_over_segments_and_retention_deletes_whole_ones() {
-    let path = temp_store("segments");
-    let dir = journal::dir_for(&path);
-    let store = super::super::store::Store::open(&path).unwrap();
+/// A journal of 1 KiB segments in a fresh store at `path`, with a session opened.
+fn small_journal(path: &Path) -> (Journal, i64) {
+    let store = super::super::store::Store::open(path).unwrap();
     let tail = journal::Tail {
         next_seq: 1,
         head: [0; 32],
@@ -277,21 +279,46 @@ fn records_roll_over_segments_and_retention_deletes_whole_ones() {
         segment: None,
     };
     drop(store);
-    let mut journal = Journal::open(&dir, 1024, &tail).unwrap();
+    let mut journal = Journal::open(&journal::dir_for(path), 1024, &tail).unwrap();
     let first = event(Kind::Connect, String::new());
     let open = frame::body(&What::Open(session(1)), &first).unwrap();
     let id = journal.append(None, &open).unwrap().session;
-    let mut rolls = 0;
-    for n in 0..30 {
-        let sql = event(Kind::Sql, format!("select {n}"));
-        let body = frame::body(&What::Event, &sql).unwrap();
-        rolls += usize::from(journal.append(Some(id), &body).unwrap().synced_before);
-    }
+    (journal, id)
+}
+
+/// Appends `n` statements; returns how many rolls they made.
+fn statements(journal: &mut Journal, id: i64, n: usize) -> usize {
+    (0..n)
+        .map(|n| {
+            let sql = event(Kind::Sql, format!("select {n}"));
+            let body = frame::body(&What::Event, &sql).unwrap();
+            usize::from(journal.append(Some(id), &body).unwrap().rolled)
+        })
+        .sum()
+}
+
+/// Seals what `journal` wrote, as the syncer does.
+fn seal(journal: &mut Journal) {
+    let unsynced = journal.unsynced();
+    unsynced.sync().unwrap();
+    journal.sealed(unsynced.rolls.len());
+}
+
+/// Small segments: records roll over many, are indexed across them and verify; retention
+/// deletes only whole segments whose records are all pruned, never the newest.
+#[test]
+fn records_roll_over_segments_and_retention_deletes_whole_ones() {
+    let path = temp_store("segments");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 30);
+    seal(&mut journal);
     let segments = journal::segments(&dir).unwrap();
     assert!(
         segments.len() > 3 && segments.len() == rolls + 1,
         "{rolls} {segments:?}"
     );
+    assert!(journal::pending(&dir).unwrap().is_empty());
     let mut indexer = Indexer::open(&path).unwrap();
     assert_eq!(indexer.step(u64::MAX).unwrap(), 31);
     assert_eq!(crate::record::verify_journal(&path).unwrap(), 31);
@@ -307,6 +334,85 @@ fn records_roll_over_segments_and_retention_deletes_whole_ones() {
     );
     let records = crate::record::verify_journal(&path).unwrap();
     assert_eq!(records, 32 - journal::segments(&dir).unwrap()[0].0);
+}
+
+/// A roll costs the appending task no fdatasync: the next segment is written at once but
+/// stays pending (readers do not see it) until the syncer seals the roll, fdatasyncing the
+/// segment it ended first.
+#[test]
+fn a_roll_is_pending_until_the_syncer_seals_it() {
+    let path = temp_store("pending");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 12);
+    assert!(rolls >= 2, "{rolls}");
+    assert_eq!(journal::segments(&dir).unwrap().len(), 1);
+    assert_eq!(journal::pending(&dir).unwrap().len(), rolls);
+    let unsynced = journal.unsynced();
+    assert_eq!(unsynced.rolls.len(), rolls);
+    // What the readers see ends with the first segment.
+    let seen = crate::record::verify_journal(&path).unwrap();
+    assert!(seen < 13, "{seen}");
+    // One fdatasync per segment ended, one for the segment being written.
+    assert_eq!(unsynced.sync().unwrap(), rolls as u64 + 1);
+    journal.sealed(unsynced.rolls.len());
+    assert!(journal.unsynced().rolls.is_empty());
+    assert_eq!(journal::segments(&dir).unwrap().len(), rolls + 1);
+    assert!(journal::pending(&dir).unwrap().is_empty());
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 13);
+}
+
+/// An agent killed before its syncer sealed a roll: the pending segment holds records whose
+/// decisions took effect, and the next start names it and indexes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_an_agent_did_not_seal_is_named_at_the_next_start() {
+    let path = temp_store("unsealed");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 12);
+    assert!(rolls >= 1);
+    // Killed: nothing sealed, nothing indexed.
+    drop(journal);
+    assert_eq!(journal::pending(&dir).unwrap().len(), rolls);
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    assert!(journal::pending(&dir).unwrap().is_empty());
+    assert_eq!(journal::segments(&dir).unwrap().len(), rolls + 1);
+    // The session is closed as interrupted, after every record.
+    recorder.stop().unwrap();
+    let (s, events) = query::session(&path, id).unwrap();
+    assert_eq!(s.outcome.as_deref(), Some("interrupted"));
+    assert_eq!(events.len(), 14);
+    assert_eq!(verify(&path).unwrap(), 14);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 14);
+}
+
+/// A power loss took the end of the segment a roll ended (it was never fdatasync'd) but left
+/// the pending one: its records no longer follow, so the next start drops it and goes on
+/// from what is left (a torn tail, as after any power loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_segment_that_does_not_follow_is_dropped() {
+    let path = temp_store("orphan");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 5);
+    assert!(rolls >= 1);
+    drop(journal);
+    // The last record of the first segment did not reach the disk.
+    let (_, first) = journal::segments(&dir).unwrap().remove(0);
+    let (segment, starts) = frames_of(&first);
+    let last = *starts.last().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 64], last).unwrap();
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    assert!(journal::pending(&dir).unwrap().is_empty());
+    recorder.stop().unwrap();
+    let kept = starts.len() as u64 - 1;
+    // What is left, and the close of the session the agent left open.
+    assert_eq!(verify(&path).unwrap(), kept + 1);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), kept + 1);
 }
 
 /// After an fdatasync error the journal is failed: every decision is refused (and `full`
