@@ -1,6 +1,13 @@
 //! One journal record on disk: a frame of `u32` length, `u32` CRC32C of the payload, then the
 //! payload: sequence number, session id, previous hash and hash (binary), and the record's
 //! body (what it is, and its event) as JSON.
+//!
+//! Forward compatibility: a body may say its journal format (`"format": N`; absent, 1, what
+//! this agent writes). A later agent that records something this one cannot read (a new
+//! `what` or event kind) writes a higher format. An intact frame (its CRC holds) whose body
+//! this agent cannot read is never a torn tail: it is [`Decoded::Newer`], and recovery,
+//! `audit verify` and the CLI stop there naming the record and the format, instead of cutting
+//! it or calling the journal corrupt.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +19,8 @@ pub const FRAME_HEAD: usize = 8;
 const PAYLOAD_HEAD: usize = 8 + 8 + 32 + 32;
 /// Largest payload a frame may have (an event keeps at most 16 KiB of content).
 pub const MAX_PAYLOAD: usize = 1 << 20;
+/// The journal format this agent writes and reads (a body without `format` is in format 1).
+pub const FORMAT: u32 = 1;
 
 /// What a record does to its session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +42,17 @@ pub enum What {
 struct Stored {
     what: What,
     event: Event,
+}
+
+/// Only a body's format, from a body this agent cannot read otherwise.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default = "first_format")]
+    format: u32,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 /// [`Stored`], borrowed for writing (no copy of the event's texts).
@@ -92,6 +112,26 @@ pub enum Decoded {
     Entry(Box<Entry>, usize),
     /// Not a whole, intact frame.
     Invalid(&'static str),
+    /// An intact frame (record `seq`) whose body this agent cannot read: written by a later
+    /// agent (journal format `format`), or by none.
+    Newer { seq: u64, format: u32, why: String },
+}
+
+impl Decoded {
+    /// What stops a reader at a [`Decoded::Newer`] frame.
+    pub fn newer_message(seq: u64, format: u32, why: &str) -> String {
+        if format > FORMAT {
+            format!(
+                "record {seq} is in journal format {format}, and this agent reads format {FORMAT} \
+                 (written by a later skillgate: run that version or a later one)"
+            )
+        } else {
+            format!(
+                "record {seq} is intact but this agent cannot read it ({why}): a later skillgate \
+                 may have written it (run that version or a later one)"
+            )
+        }
+    }
 }
 
 /// The frame at the start of `buf` (which runs to the end of the segment's bytes).
@@ -119,8 +159,22 @@ pub fn decode(buf: &[u8]) -> Decoded {
     }
     let number = |at: usize| u64::from_le_bytes(payload[at..at + 8].try_into().unwrap_or_default());
     let hash = |at: usize| -> [u8; 32] { payload[at..at + 32].try_into().unwrap_or_default() };
-    let Ok(body) = serde_json::from_slice::<Stored>(&payload[PAYLOAD_HEAD..]) else {
-        return Decoded::Invalid("a body this agent cannot read");
+    let body = &payload[PAYLOAD_HEAD..];
+    let format = serde_json::from_slice::<Format>(body).map_or(1, |f| f.format);
+    let parsed = if format > FORMAT {
+        Err(format!("journal format {format}"))
+    } else {
+        serde_json::from_slice::<Stored>(body).map_err(|err| err.to_string())
+    };
+    let body = match parsed {
+        Ok(body) => body,
+        Err(why) => {
+            return Decoded::Newer {
+                seq: number(0),
+                format,
+                why,
+            };
+        }
     };
     Decoded::Entry(
         Box::new(Entry {
@@ -219,5 +273,38 @@ mod tests {
         assert!(matches!(decode(&bytes[..len - 1]), Decoded::Invalid(_)));
         bytes[30] ^= 1;
         assert!(matches!(decode(&bytes), Decoded::Invalid("a CRC mismatch")));
+    }
+
+    /// An intact frame this agent cannot read (a later format, a kind it does not know) is
+    /// `Newer`, naming the record, never `Invalid` (which a torn tail is).
+    #[test]
+    fn a_frame_from_a_later_agent_is_newer_not_invalid() {
+        let later = br#"{"format":2,"what":"checkpoint","event":{}}"#;
+        let bytes = frame(7, 1, &[0; 32], &[0; 32], later);
+        let Decoded::Newer { seq, format, .. } = decode(&bytes) else {
+            panic!("not newer");
+        };
+        assert_eq!((seq, format), (7, 2));
+        assert!(Decoded::newer_message(seq, format, "").contains("journal format 2"));
+        let event = Event {
+            at_ns: 1,
+            kind: Kind::Sql,
+            operation: String::new(),
+            decision: "allow".to_owned(),
+            rule: None,
+            reason: String::new(),
+            facts: Facts::default(),
+        };
+        let json = String::from_utf8(body(&What::Event, &event).unwrap().bytes).unwrap();
+        let unknown = json.replace(r#""kind":"sql""#, r#""kind":"mcp""#);
+        let bytes = frame(8, 1, &[0; 32], &[0; 32], unknown.as_bytes());
+        let Decoded::Newer { seq, format, why } = decode(&bytes) else {
+            panic!("not newer");
+        };
+        assert_eq!((seq, format), (8, 1));
+        assert!(why.contains("mcp"), "{why}");
+        // What this agent writes reads back in its own format.
+        let format: Format = serde_json::from_str(&json).unwrap();
+        assert_eq!(format.format, FORMAT);
     }
 }

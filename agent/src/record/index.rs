@@ -27,6 +27,13 @@ pub enum Stop {
         why: String,
         torn: bool,
     },
+    /// An intact record at `segment`+`offset` that this agent cannot read (a later agent's):
+    /// never cut, never called corruption.
+    Newer {
+        segment: PathBuf,
+        offset: u64,
+        why: String,
+    },
     Failed(anyhow::Error),
 }
 
@@ -42,6 +49,15 @@ impl std::fmt::Display for Stop {
             } => write!(
                 f,
                 "the journal is corrupt at {} offset {offset} (the record after {after}): {why}",
+                segment.display()
+            ),
+            Stop::Newer {
+                segment,
+                offset,
+                why,
+            } => write!(
+                f,
+                "the journal at {} offset {offset}: {why}",
                 segment.display()
             ),
             Stop::Failed(err) => write!(f, "{err:#}"),
@@ -137,6 +153,14 @@ impl Indexer {
                 Ok(Next::End) => break,
                 Ok(Next::Invalid(why)) => {
                     let stop = self.invalid(before, seen, why.to_owned(), true);
+                    return (batch, Some(stop));
+                }
+                Ok(Next::Newer(why)) => {
+                    let stop = Stop::Newer {
+                        segment: journal_segment(&self.dir, before.segment),
+                        offset: before.offset,
+                        why,
+                    };
                     return (batch, Some(stop));
                 }
                 Ok(Next::Entry(entry)) => entry,
@@ -317,6 +341,7 @@ pub fn verify_journal(store_path: &Path) -> Result<u64> {
         let after = last.map_or(first.saturating_sub(1), |(seq, _)| seq);
         match reader.next()? {
             Next::End => return Ok(count),
+            Next::Newer(why) => bail!("the journal at {}: {why}", where_()),
             Next::Invalid(why) => {
                 let torn = reader.in_last_segment()?
                     && journal::intact_frame_after(&journal_segment(&dir, at.segment), at.offset)?

@@ -315,6 +315,8 @@ pub enum Next {
     End,
     /// Bytes that are not a record, at the cursor.
     Invalid(&'static str),
+    /// An intact record this agent cannot read, at the cursor: what to say.
+    Newer(String),
 }
 
 /// Reads records in order from a cursor, across segments.
@@ -366,6 +368,9 @@ impl Reader {
                     return Ok(Next::Entry(entry));
                 }
                 Decoded::Invalid(why) => return Ok(Next::Invalid(why)),
+                Decoded::Newer { seq, format, why } => {
+                    return Ok(Next::Newer(Decoded::newer_message(seq, format, &why)));
+                }
                 Decoded::End => {
                     let later = segments(&self.dir)?
                         .into_iter()
@@ -448,7 +453,7 @@ pub fn intact_frame_after(path: &Path, offset: u64) -> io::Result<Option<u64>> {
     let bytes = std::fs::read(path)?;
     let from = (offset as usize + 1).min(bytes.len());
     for at in from..bytes.len() {
-        if let Decoded::Entry(..) = frame::decode(&bytes[at..]) {
+        if let Decoded::Entry(..) | Decoded::Newer { .. } = frame::decode(&bytes[at..]) {
             return Ok(Some(at as u64));
         }
     }
@@ -481,6 +486,12 @@ pub fn seal_pending(path: &Path, follows: impl FnOnce(&Entry) -> bool) -> io::Re
     head.truncate(read);
     let first = match frame::decode(&head) {
         Decoded::Entry(entry, _) if follows(&entry) => Some(entry.seq),
+        Decoded::Newer { seq, format, why } => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                Decoded::newer_message(seq, format, &why),
+            ));
+        }
         _ => None,
     };
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -543,3 +543,43 @@ async fn the_indexer_steps_a_batch_at_a_time() {
     recorder.stop().unwrap();
     assert_eq!(verify(&path).unwrap(), 10);
 }
+
+/// A record a later agent wrote (a journal format this one does not read) at the end of the
+/// journal: not cut as a torn tail, not called corruption; the start, `audit verify` and the
+/// CLI's catch-up all stop there naming the record and the format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_a_later_agent_stops_the_start_without_a_cut() {
+    let path = temp_store("later");
+    record(&path, NORMAL, 1).await.stop().unwrap();
+    let (segment, starts) = frames(&path);
+    let bytes = std::fs::read(&segment).unwrap();
+    let last = *starts.last().unwrap() as usize;
+    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
+    let end = (last + 8 + len) as u64;
+    let later = frame::frame(
+        4,
+        1,
+        &[0; 32],
+        &[0; 32],
+        br#"{"format":2,"what":"checkpoint"}"#,
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &later, end).unwrap();
+    let err = format!(
+        "{:#}",
+        Recorder::start(&path, i64::MAX, NORMAL).err().unwrap()
+    );
+    assert!(
+        err.contains("refusing to start") && err.contains("record 4 is in journal format 2"),
+        "{err}"
+    );
+    let kept = std::fs::read(&segment).unwrap();
+    assert_eq!(&kept[end as usize..end as usize + later.len()], &later[..]);
+    let err = format!("{:#}", crate::record::verify_journal(&path).unwrap_err());
+    assert!(err.contains("journal format 2"), "{err}");
+    let err = format!("{:#}", crate::record::catch_up(&path).unwrap_err());
+    assert!(err.contains("journal format 2"), "{err}");
+}
