@@ -19,8 +19,10 @@ pub const FRAME_HEAD: usize = 8;
 const PAYLOAD_HEAD: usize = 8 + 8 + 32 + 32;
 /// Largest payload a frame may have (an event keeps at most 16 KiB of content).
 pub const MAX_PAYLOAD: usize = 1 << 20;
-/// The journal format this agent writes and reads (a body without `format` is in format 1).
-pub const FORMAT: u32 = 1;
+/// The newest journal format this agent writes and reads (a body without `format` is in
+/// format 1). Format 2: the agent's own `journal` records ([`super::Kind::Journal`]); every
+/// other record stays in format 1, which an agent that reads only format 1 reads.
+pub const FORMAT: u32 = 2;
 
 /// What a record does to its session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,8 +60,14 @@ fn first_format() -> u32 {
 /// [`Stored`], borrowed for writing (no copy of the event's texts).
 #[derive(Serialize)]
 struct StoredRef<'a> {
+    #[serde(skip_serializing_if = "is_first_format")]
+    format: u32,
     what: &'a What,
     event: &'a Event,
+}
+
+fn is_first_format(format: &u32) -> bool {
+    *format == 1
 }
 
 /// A record's body, serialized (before the journal's lock is taken), with the event it holds
@@ -83,7 +91,16 @@ pub struct Entry {
 
 /// Serializes a record's body.
 pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
-    let bytes = serde_json::to_vec(&StoredRef { what, event })?;
+    let format = if event.kind == super::Kind::Journal {
+        2
+    } else {
+        1
+    };
+    let bytes = serde_json::to_vec(&StoredRef {
+        format,
+        what,
+        event,
+    })?;
     Ok(Body { event, bytes })
 }
 
@@ -279,13 +296,13 @@ mod tests {
     /// `Newer`, naming the record, never `Invalid` (which a torn tail is).
     #[test]
     fn a_frame_from_a_later_agent_is_newer_not_invalid() {
-        let later = br#"{"format":2,"what":"checkpoint","event":{}}"#;
+        let later = br#"{"format":3,"what":"checkpoint","event":{}}"#;
         let bytes = frame(7, 1, &[0; 32], &[0; 32], later);
         let Decoded::Newer { seq, format, .. } = decode(&bytes) else {
             panic!("not newer");
         };
-        assert_eq!((seq, format), (7, 2));
-        assert!(Decoded::newer_message(seq, format, "").contains("journal format 2"));
+        assert_eq!((seq, format), (7, 3));
+        assert!(Decoded::newer_message(seq, format, "").contains("journal format 3"));
         let event = Event {
             at_ns: 1,
             kind: Kind::Sql,
@@ -303,8 +320,16 @@ mod tests {
         };
         assert_eq!((seq, format), (8, 1));
         assert!(why.contains("mcp"), "{why}");
-        // What this agent writes reads back in its own format.
-        let format: Format = serde_json::from_str(&json).unwrap();
-        assert_eq!(format.format, FORMAT);
+        // A decision's record stays in format 1 (no `format`); the agent's own in format 2.
+        assert!(!json.contains("format"), "{json}");
+        let own = Event {
+            kind: Kind::Journal,
+            ..event
+        };
+        let own = body(&What::Event, &own).unwrap().bytes;
+        let format: Format = serde_json::from_slice(&own).unwrap();
+        assert_eq!(format.format, 2);
+        let bytes = frame(9, 1, &[0; 32], &[0; 32], &own);
+        assert!(matches!(decode(&bytes), Decoded::Entry(..)));
     }
 }

@@ -510,18 +510,42 @@ pub fn cut(path: &Path, offset: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Deletes the segments whose records all have sequence numbers up to `upto` (never the
-/// newest segment). Returns how many went.
-pub fn delete_through(dir: &Path, upto: u64) -> io::Result<usize> {
+/// Segments whose records all have sequence numbers up to `upto` (never the newest), oldest
+/// first, with the first and last sequence number they hold.
+pub struct Deletable {
+    pub paths: Vec<PathBuf>,
+    pub seqs: (u64, u64),
+}
+
+/// What [`delete_through`] would delete; `None` when nothing.
+pub fn deletable(dir: &Path, upto: u64) -> io::Result<Option<Deletable>> {
     let segments = segments(dir)?;
-    let mut deleted = 0;
+    let mut paths = Vec::new();
+    let mut last = 0;
     for pair in segments.windows(2) {
         let (last_seq, path) = (pair[1].0 - 1, &pair[0].1);
         if last_seq > upto {
             break;
         }
-        std::fs::remove_file(path)?;
-        deleted += 1;
+        paths.push(path.clone());
+        last = last_seq;
     }
-    Ok(deleted)
+    Ok((!paths.is_empty()).then(|| Deletable {
+        paths,
+        seqs: (segments[0].0, last),
+    }))
+}
+
+/// Deletes the segments whose records all have sequence numbers up to `upto` (never the
+/// newest segment). Returns how many went. (The agent deletes them only once its record of
+/// it is on disk: `recorder.rs`.)
+#[cfg(test)]
+pub fn delete_through(dir: &Path, upto: u64) -> io::Result<usize> {
+    let Some(deletable) = deletable(dir, upto)? else {
+        return Ok(0);
+    };
+    for path in &deletable.paths {
+        std::fs::remove_file(path)?;
+    }
+    Ok(deletable.paths.len())
 }

@@ -60,6 +60,8 @@ struct Inner {
     rolled: AtomicBool,
     /// Held through an fdatasync of the journal.
     syncing: Mutex<()>,
+    /// Journal segments past retention, waiting for the agent's record of their deletion.
+    retire: Mutex<Option<Retire>>,
     indexer: Mutex<Indexer>,
     /// The newest record indexed.
     indexed: AtomicU64,
@@ -80,8 +82,13 @@ impl Recorder {
     /// left open, then starts the syncer and the indexer (which also prunes events older
     /// than `retention_ns`).
     pub fn start(path: &Path, retention_ns: i64, sync: Sync) -> Result<Self> {
-        let indexer = recover(path)?;
-        let journal = Journal::open(indexer.dir(), journal::SEGMENT_SIZE, &indexer.tail()?)
+        Self::start_sized(path, retention_ns, sync, journal::SEGMENT_SIZE)
+    }
+
+    /// [`Recorder::start`] with segments of `segment_size` bytes.
+    fn start_sized(path: &Path, retention_ns: i64, sync: Sync, segment_size: u64) -> Result<Self> {
+        let (indexer, done) = recover(path)?;
+        let journal = Journal::open(indexer.dir(), segment_size, &indexer.tail()?)
             .with_context(|| format!("cannot open the journal {}", indexer.dir().display()))?;
         // What a previous agent wrote may not have reached the disk: it has now.
         journal
@@ -100,11 +107,19 @@ impl Recorder {
             wake: (Mutex::new(()), Condvar::new()),
             rolled: AtomicBool::new(false),
             syncing: Mutex::new(()),
+            retire: Mutex::new(None),
             indexed: AtomicU64::new(indexer.indexed),
             indexer: Mutex::new(indexer),
             stop: AtomicBool::new(false),
             retention_ns,
         });
+        // What recovery did to the journal, in the chain before anything else.
+        for event in done {
+            let what = What::Open(super::journal_session(event.at_ns));
+            inner
+                .append(None, &what, &event)
+                .context("cannot record what recovery did to the journal")?;
+        }
         close_interrupted(&inner, &open)?;
         spawn("skillgate-syncer", {
             let inner = Arc::clone(&inner);
@@ -342,8 +357,65 @@ fn syncer(inner: &Inner) {
             std::thread::sleep(inner.sync.interval);
             continue;
         }
+        record_retire(inner);
         let _ = inner.sync_now();
     }
+}
+
+/// Journal segments past retention: deleted by the indexer once the agent's record of it (a
+/// `journal` record, `pruned`) is fdatasync'd.
+struct Retire {
+    paths: Vec<std::path::PathBuf>,
+    event: Event,
+    /// The record's sequence number, once the syncer appended it.
+    seq: Option<u64>,
+}
+
+/// Appends the record of a deletion the indexer asks for. The syncer does it: the indexer, a
+/// `SCHED_IDLE` thread, must never hold the journal's lock (a decision would wait for it to
+/// be given a CPU), nor does the syncer wait for a lock the indexer holds.
+fn record_retire(inner: &Inner) {
+    let mut retire = match inner.retire.try_lock() {
+        Ok(retire) => retire,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    let Some(pending) = retire.as_mut().filter(|r| r.seq.is_none()) else {
+        return;
+    };
+    let what = What::Open(super::journal_session(pending.event.at_ns));
+    match inner.append(None, &what, &pending.event) {
+        Ok((seq, _)) => pending.seq = Some(seq),
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "cannot record the deletion of journal segments; they stay");
+            *retire = None;
+        }
+    }
+}
+
+/// Deletes the segments whose deletion is recorded and fdatasync'd.
+fn delete_retired(inner: &Inner) {
+    let synced = *inner.synced.borrow();
+    let done = {
+        let mut retire = inner.retire.locked();
+        match &*retire {
+            Some(Retire { seq: Some(seq), .. }) if *seq <= synced => retire.take(),
+            _ => None,
+        }
+    };
+    let Some(done) = done else {
+        return;
+    };
+    for path in &done.paths {
+        if let Err(err) = std::fs::remove_file(path) {
+            tracing::warn!(segment = %path.display(), error = %err, "cannot delete a journal segment");
+            return;
+        }
+    }
+    tracing::info!(
+        segments = done.paths.len(),
+        "deleted journal segments past retention"
+    );
 }
 
 /// Records the indexer thread indexes per transaction (and per hold of the indexer's lock, so
@@ -384,15 +456,18 @@ fn indexer_loop(inner: &Inner) {
             }
             Err(_) => {}
         }
+        delete_retired(inner);
         if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
             last_prune = Some(Instant::now());
-            prune(&mut inner.indexer.locked(), now_ns() - inner.retention_ns);
+            prune(inner, now_ns() - inner.retention_ns);
         }
     }
 }
 
-/// Today's pruning of the index, then the journal's segments whose records it all pruned.
-fn prune(indexer: &mut Indexer, cutoff_ns: i64) {
+/// Today's pruning of the index, then the journal's segments whose records it all pruned:
+/// handed to the syncer to record (`pruned`), deleted once that record is fdatasync'd.
+fn prune(inner: &Inner, cutoff_ns: i64) {
+    let mut indexer = inner.indexer.locked();
     match indexer.store.prune(cutoff_ns) {
         Ok(0) => {}
         Ok(n) => tracing::info!(events = n, "pruned events past retention"),
@@ -402,29 +477,80 @@ fn prune(indexer: &mut Indexer, cutoff_ns: i64) {
         }
     }
     let upto = indexer.store.anchor().unwrap_or(0).min(indexer.indexed);
-    match journal::delete_through(indexer.dir(), upto) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(segments = n, "deleted journal segments past retention"),
-        Err(err) => tracing::warn!(error = %err, "cannot delete journal segments"),
+    let deletable = match journal::deletable(indexer.dir(), upto) {
+        Ok(Some(deletable)) => deletable,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list journal segments");
+            return;
+        }
+    };
+    drop(indexer);
+    let mut retire = inner.retire.locked();
+    if retire.is_some() {
+        return;
     }
+    let name = |path: &std::path::PathBuf| {
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    };
+    let (first, last) = deletable.seqs;
+    let event = super::journal_event(
+        match deletable.paths.as_slice() {
+            [one] => format!("segment {}", name(one)),
+            [first_path, .., last_path] => {
+                format!("segments {} to {}", name(first_path), name(last_path))
+            }
+            [] => String::new(),
+        },
+        "pruned",
+        format!(
+            "records {first} to {last} are past retention (pruned from the index, whose chain \
+             now starts after record {upto}): the {} segment(s) holding them are deleted",
+            deletable.paths.len()
+        ),
+    );
+    *retire = Some(Retire {
+        paths: deletable.paths,
+        event,
+        seq: None,
+    });
 }
 
-/// Indexes the journal past the index; a torn tail is cut (and said), corruption in the
-/// middle refuses the start, naming its place.
-fn recover(path: &Path) -> Result<Indexer> {
+/// Indexes the journal past the index; a torn tail is cut, corruption in the middle refuses
+/// the start, naming its place. Returns the index and the agent's records of what it did to
+/// the journal (a tail cut, a pending segment dropped), for the chain.
+fn recover(path: &Path) -> Result<(Indexer, Vec<Event>)> {
     // Nothing is indexed that is not on disk.
     let dir = journal::dir_for(path);
     journal::sync_tail(&dir)
         .with_context(|| format!("cannot fdatasync the journal {}", dir.display()))?;
     let mut indexer = Indexer::open(path)?;
     let mut total = 0;
+    let mut done = Vec::new();
     loop {
         match indexer.step(u64::MAX) {
             Ok(n) => {
                 total += n;
                 // An agent that stopped before it sealed a roll left the next segment pending.
-                if indexer.seal_pending()?.is_some() {
-                    continue;
+                let pending = journal::pending(&dir)?.into_iter().next();
+                match indexer.seal_pending()? {
+                    Some(true) => continue,
+                    Some(false) => {
+                        let name = pending.map(|(_, p)| p.display().to_string());
+                        done.push(super::journal_event(
+                            format!("segment {}", name.unwrap_or_default()),
+                            "dropped",
+                            format!(
+                                "its first record does not follow the journal's last, record \
+                                 {}: the records between were lost (a power loss before the \
+                                 roll to it was sealed)",
+                                indexer.indexed
+                            ),
+                        ));
+                        continue;
+                    }
+                    None => {}
                 }
                 if total > 0 {
                     tracing::info!(
@@ -432,7 +558,7 @@ fn recover(path: &Path) -> Result<Indexer> {
                         "indexed the journal's records a previous agent left"
                     );
                 }
-                return Ok(indexer);
+                return Ok((indexer, done));
             }
             Err(stop) if index::is_torn(&stop)? => {
                 let index::Stop::Invalid {
@@ -444,6 +570,11 @@ fn recover(path: &Path) -> Result<Indexer> {
                 tracing::warn!(segment = %segment.display(), offset, error = %stop, "cut a torn record at the end of the journal");
                 journal::cut(segment, *offset)
                     .with_context(|| format!("cannot cut {}", segment.display()))?;
+                done.push(super::journal_event(
+                    format!("segment {} offset {offset}", segment.display()),
+                    "cut",
+                    format!("a torn record at the end of the journal, cut at start: {stop}"),
+                ));
                 indexer = Indexer::open(path)?;
             }
             Err(stop) => bail!("refusing to start: {stop}; `skillgate audit verify` says more"),

@@ -204,12 +204,29 @@ async fn a_torn_tail_is_cut_at_start() {
     drop(conn);
     let recorder = record(&path, NORMAL, 1).await;
     recorder.stop().unwrap();
-    // Session 3 lost its close (torn) and was closed as interrupted; session 4 followed.
+    // Session 3 lost its close (torn) and was closed as interrupted; the cut is in the chain
+    // (session 4, the agent's own); session 5 followed.
     let (s3, events) = query::session(&path, 3).unwrap();
     assert_eq!(s3.outcome.as_deref(), Some("interrupted"));
     assert_eq!(events.len(), 3);
-    assert_eq!(verify(&path).unwrap(), 12);
-    assert_eq!(crate::record::verify_journal(&path).unwrap(), 12);
+    let (s4, events) = query::session(&path, 4).unwrap();
+    assert_eq!(
+        (s4.origin.as_str(), s4.outcome.as_deref()),
+        ("journal", Some("cut"))
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "journal");
+    assert!(
+        events[0].operation.contains(&format!("offset {last}"))
+            && events[0].reason.contains("torn"),
+        "{:?}",
+        events[0]
+    );
+    assert_eq!(verify(&path).unwrap(), 13);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 13);
+    // Started again, nothing more is cut.
+    record(&path, NORMAL, 0).await.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 13);
 }
 
 /// A flipped byte in a record not yet indexed, with intact records after it: the agent
@@ -410,9 +427,73 @@ async fn a_pending_segment_that_does_not_follow_is_dropped() {
     assert!(journal::pending(&dir).unwrap().is_empty());
     recorder.stop().unwrap();
     let kept = starts.len() as u64 - 1;
-    // What is left, and the close of the session the agent left open.
-    assert_eq!(verify(&path).unwrap(), kept + 1);
-    assert_eq!(crate::record::verify_journal(&path).unwrap(), kept + 1);
+    // What is left, the agent's record of each segment it dropped, and the close of the
+    // session the agent left open.
+    let all = query::Filter {
+        skill: None,
+        since_ns: None,
+        outcome: Some("dropped"),
+        limit: 100,
+    };
+    let dropped = query::sessions(&path, &all)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.origin == "journal")
+        .count();
+    assert_eq!(dropped, rolls);
+    assert_eq!(verify(&path).unwrap(), kept + rolls as u64 + 1);
+    assert_eq!(
+        crate::record::verify_journal(&path).unwrap(),
+        kept + rolls as u64 + 1
+    );
+}
+
+/// Retention deletes whole segments only after a chained `pruned` record of it (the agent's
+/// own, in the newest segment) is fdatasync'd; what is left of the journal verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_records_the_segments_it_deletes() {
+    let path = temp_store("retention");
+    let dir = journal::dir_for(&path);
+    // Everything is past a retention of 1 ns; pruning runs every second.
+    let recorder = Recorder::start_sized(&path, 1, NORMAL, 1024).unwrap();
+    let id = recorder
+        .open(session(1), event(Kind::Connect, String::new()))
+        .await
+        .unwrap();
+    for n in 0..30 {
+        recorder
+            .event(id, event(Kind::Sql, format!("select {n}")))
+            .await
+            .unwrap();
+    }
+    recorder.flush().unwrap();
+    let before = journal::segments(&dir).unwrap().len();
+    assert!(before > 3, "{before}");
+    let start = std::time::Instant::now();
+    while journal::segments(&dir).unwrap().len() > 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    recorder.stop().unwrap();
+    let mut reader = journal::Reader::at_seq(&dir, 0).unwrap();
+    let mut pruned = Vec::new();
+    while let journal::Next::Entry(entry) = reader.next().unwrap() {
+        if entry.event.kind == Kind::Journal {
+            pruned.push(entry);
+        }
+    }
+    let record = pruned.first().expect("no pruned record");
+    assert_eq!(record.event.decision, "pruned");
+    assert!(
+        record
+            .event
+            .operation
+            .starts_with("segments 00000000000000000001.seg to ")
+            && record.event.reason.contains("records 1 to "),
+        "{:?}",
+        record.event
+    );
+    assert!(crate::record::verify_journal(&path).unwrap() > 0);
 }
 
 /// After an fdatasync error the journal is failed: every decision is refused (and `full`
@@ -561,7 +642,7 @@ async fn a_record_from_a_later_agent_stops_the_start_without_a_cut() {
         1,
         &[0; 32],
         &[0; 32],
-        br#"{"format":2,"what":"checkpoint"}"#,
+        br#"{"format":3,"what":"checkpoint"}"#,
     );
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -573,13 +654,13 @@ async fn a_record_from_a_later_agent_stops_the_start_without_a_cut() {
         Recorder::start(&path, i64::MAX, NORMAL).err().unwrap()
     );
     assert!(
-        err.contains("refusing to start") && err.contains("record 4 is in journal format 2"),
+        err.contains("refusing to start") && err.contains("record 4 is in journal format 3"),
         "{err}"
     );
     let kept = std::fs::read(&segment).unwrap();
     assert_eq!(&kept[end as usize..end as usize + later.len()], &later[..]);
     let err = format!("{:#}", crate::record::verify_journal(&path).unwrap_err());
-    assert!(err.contains("journal format 2"), "{err}");
+    assert!(err.contains("journal format 3"), "{err}");
     let err = format!("{:#}", crate::record::catch_up(&path).unwrap_err());
-    assert!(err.contains("journal format 2"), "{err}");
+    assert!(err.contains("journal format 3"), "{err}");
 }
