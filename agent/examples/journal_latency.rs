@@ -82,6 +82,7 @@ fn main() -> Result<()> {
     let mut chain: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
     let mut corrected: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
     let mut appends: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
+    let mut queued: Vec<u64> = vec![0; MODES.len()];
     let mut cpu: Vec<Vec<(String, u64)>> = vec![Vec::new(); MODES.len()];
     for _ in 0..rounds {
         for (mode, (_, interval, sched)) in MODES.iter().enumerate() {
@@ -90,7 +91,8 @@ fn main() -> Result<()> {
                 schedule_indexer(*sched)?;
             }
             let before = thread_cpu();
-            let (trips, took) = runtime.block_on(run_chain(&recorder, length))?;
+            let (trips, took, waited) = runtime.block_on(run_chain(&recorder, length))?;
+            queued[mode] += waited;
             corrected[mode].extend(wrk_corrected(&trips, length));
             chain[mode].extend(trips);
             appends[mode].extend(took);
@@ -142,9 +144,11 @@ fn main() -> Result<()> {
         let p99 = c[((c.len() as f64 * 0.99) as usize).min(c.len() - 1)] as f64 / 1000.0;
         let stalls = |at: u64| chain[mode].iter().filter(|t| **t >= at).count();
         println!(
-            "{name}: p99 {p99:.1} us; round trips over 1 ms: {}, over 5 ms: {}",
+            "{name}: p99 {p99:.1} us; round trips over 1 ms: {}, over 5 ms: {}; the loop's \
+             threads waited for a CPU {:.1} us per round trip",
             stalls(1_000_000),
-            stalls(5_000_000)
+            stalls(5_000_000),
+            queued[mode] as f64 / 1000.0 / chain[mode].len().max(1) as f64
         );
     }
     println!("\nCPU of this process's threads during the chain load, ms per second:");
@@ -320,26 +324,29 @@ async fn run_paced(recorder: &Recorder, rate: u64, length: Duration) -> Result<V
     Ok(took)
 }
 
-/// The closed loop; returns each round trip's nanoseconds, and each append's.
-async fn run_chain(recorder: &Recorder, length: Duration) -> Result<(Vec<u64>, Vec<u64>)> {
+/// The closed loop; returns each round trip's nanoseconds, each append's, and how long the
+/// loop's threads (client, echo, workers) waited runnable for a CPU.
+async fn run_chain(recorder: &Recorder, length: Duration) -> Result<(Vec<u64>, Vec<u64>, u64)> {
     let echo = TcpListener::bind("127.0.0.1:0")?;
     let echo_addr = echo.local_addr()?;
-    std::thread::spawn(move || -> std::io::Result<()> {
+    let echo = std::thread::spawn(move || -> std::io::Result<u64> {
         let (mut conn, _) = echo.accept()?;
         conn.set_nodelay(true)?;
         let mut buf = [0u8; MESSAGE];
-        loop {
-            conn.read_exact(&mut buf)?;
+        let waited = run_queue_wait();
+        while conn.read_exact(&mut buf).is_ok() {
             conn.write_all(&buf)?;
         }
+        Ok(run_queue_wait() - waited)
     });
     let front = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let front_addr = front.local_addr()?;
-    let client = std::thread::spawn(move || -> std::io::Result<Vec<u64>> {
+    let client = std::thread::spawn(move || -> std::io::Result<(Vec<u64>, u64)> {
         let mut conn = TcpStream::connect(front_addr)?;
         conn.set_nodelay(true)?;
         let mut buf = [7u8; MESSAGE];
         let mut took = Vec::new();
+        let waited = run_queue_wait();
         let start = Instant::now();
         while start.elapsed() < length {
             let at = Instant::now();
@@ -347,13 +354,14 @@ async fn run_chain(recorder: &Recorder, length: Duration) -> Result<(Vec<u64>, V
             conn.read_exact(&mut buf)?;
             took.push(at.elapsed().as_nanos() as u64);
         }
-        Ok(took)
+        Ok((took, run_queue_wait() - waited))
     });
     let (mut skill, _) = front.accept().await?;
     skill.set_nodelay(true)?;
     let mut upstream = tokio::net::TcpStream::connect(echo_addr).await?;
     upstream.set_nodelay(true)?;
     let recorder = recorder.clone();
+    let workers = workers_wait();
     let agent = tokio::spawn(async move {
         let session = recorder.open(session(), event(Kind::Connect, 0)).await?;
         let mut buf = [0u8; MESSAGE];
@@ -375,11 +383,42 @@ async fn run_chain(recorder: &Recorder, length: Duration) -> Result<(Vec<u64>, V
         }
         anyhow::Ok(took)
     });
-    let took = client
+    let (took, client_waited) = client
         .join()
         .map_err(|_| anyhow::anyhow!("the client panicked"))??;
     let appends = agent.await??;
-    Ok((took, appends))
+    let echo_waited = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo server panicked"))??;
+    let waited = client_waited + echo_waited + workers_wait().saturating_sub(workers);
+    Ok((took, appends, waited))
+}
+
+/// Nanoseconds the calling thread has spent runnable but waiting for a CPU.
+fn run_queue_wait() -> u64 {
+    schedstat_wait(Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The same, summed over the runtime's worker threads.
+fn workers_wait() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "tokio-rt-worker")
+        })
+        .map(|task| schedstat_wait(&task.path().join("schedstat")))
+        .sum()
+}
+
+fn schedstat_wait(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split(' ').nth(1).and_then(|w| w.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 fn session() -> Session {
