@@ -93,10 +93,36 @@ async fn concurrent_sessions_keep_their_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn temp_store(name: &str) -> std::path::PathBuf {
+/// A store in a fresh directory, removed with it when the test ends (its journal segments are
+/// pre-allocated: 64 MiB each).
+fn temp_store(name: &str) -> TempStore {
     let dir = std::env::temp_dir().join(format!("skillgate-rec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir.join("sessions.db")
+    TempStore(dir.join("sessions.db"))
+}
+
+struct TempStore(std::path::PathBuf);
+
+impl std::ops::Deref for TempStore {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempStore {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn session(n: u32) -> Session {
