@@ -1,7 +1,7 @@
 //! The recorder's tests: concurrency, recovery, durability modes, migration.
 
 use super::*;
-use crate::record::{Facts, Kind, query, verify};
+use crate::record::{Facts, Kind, now_ns, query, verify};
 
 const NORMAL: Sync = Sync {
     full: false,
@@ -510,15 +510,15 @@ async fn retention_records_the_segments_it_deletes() {
     }
     let record = pruned.first().expect("no pruned record");
     assert_eq!(record.event.decision, "pruned");
+    // The first pruning may come before most records are written: from segment 1 on.
     assert!(
-        record
-            .event
-            .operation
-            .starts_with("segments 00000000000000000001.seg to ")
+        record.event.operation.starts_with("segment")
+            && record.event.operation.contains(" 00000000000000000001.seg")
             && record.event.reason.contains("records 1 to "),
         "{:?}",
         record.event
     );
+    assert!(pruned.iter().all(|r| r.event.decision == "pruned"));
     assert!(crate::record::verify_journal(&path).unwrap() > 0);
 }
 
