@@ -504,10 +504,22 @@ fn a_torn_last_record_is_cut_and_reported_at_start() {
     );
     assert!(env.dial_as_skill("reporter", &[dial]).get(0).ok);
     env.wait_for_sessions_to_end();
+    // The cut is in the chain too: the agent's own record, a session of origin `journal`.
     let sessions = env.cli_json(&["sessions", "--json"]);
-    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions:#}");
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 3, "{sessions:#?}");
+    let cut = sessions
+        .iter()
+        .find(|s| s["origin"] == "journal")
+        .expect("the cut's record");
+    assert_eq!(cut["outcome"], "cut", "{cut:#}");
+    let replay = env.cli(&["replay", &cut["id"].to_string()]);
+    assert!(
+        replay.contains(&name) && replay.contains(&format!("offset {end}")),
+        "{replay}"
+    );
     let verify = env.cli(&["audit", "verify"]);
-    assert!(verify.contains("chain intact: 4 events"), "{verify}");
+    assert!(verify.contains("chain intact: 5 events"), "{verify}");
 }
 
 /// A byte flipped in a record the agent had not yet indexed (killed before its fdatasync),

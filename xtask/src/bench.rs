@@ -400,6 +400,42 @@ rows = c.execute("SELECT id, started_ns, ended_ns, skill, pid, uid, exe, cmdline
 print((time.perf_counter() - start) * 1000)
 "#;
 
+/// `cargo xtask bench journal`: what recording costs a decision, through the real recorder
+/// (`agent/examples/journal_latency.rs`): append latency with the syncer on and off, and one
+/// connection's closed loop not recorded, recorded with the syncer off, and recorded with
+/// `store_sync = "normal"`, all in the same run.
+pub fn journal(root: &Path) -> Result<()> {
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "skillgate",
+        "--example",
+        "journal_latency",
+    ])?;
+    let dir = root.join("target/bench-journal");
+    let out = Command::new(root.join("target/release/examples/journal_latency"))
+        .arg(&dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run the journal benchmark")?;
+    if !out.status.success() {
+        bail!("the journal benchmark failed ({})", out.status);
+    }
+    let figures = String::from_utf8_lossy(&out.stdout);
+    print!("{figures}");
+    write_section(
+        root,
+        "Journal",
+        &format!(
+            "Machine: {}. Command: `cargo xtask bench journal` (root), which runs \
+             `agent/examples/journal_latency.rs` (what it measures is described there). Modes \
+             alternate round by round; times in microseconds.\n\n```text\n{figures}```\n",
+            machine()
+        ),
+    )
+}
+
 /// `cargo xtask bench store`: `skillgate sessions` and `replay` over a store of a million
 /// events, against the same query run directly (Python's sqlite3) in the same run.
 pub fn store(root: &Path) -> Result<()> {

@@ -97,6 +97,8 @@ enum Suite {
     Policy,
     /// Session store queries over a million events.
     Store,
+    /// Journal append latency and one connection's round trips, recorded and not (in-process).
+    Journal,
     /// HTTP requests/s and p99 through skillgate vs nginx (wrk).
     Http,
     /// pgbench TPS through skillgate vs PgBouncer and direct.
@@ -116,7 +118,7 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Bench { suite } => {
             setup::setup()?;
-            if !matches!(suite, Suite::Policy) {
+            if !matches!(suite, Suite::Policy | Suite::Journal) {
                 cargo(&["build", "--release", "--package", "skillgate"])?;
             }
             if matches!(suite, Suite::Policy | Suite::All) {
@@ -128,6 +130,9 @@ fn main() -> Result<()> {
             if matches!(suite, Suite::Store | Suite::All) {
                 bench::store(&workspace_root())?;
                 bench_tools::policy_tools(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Journal | Suite::All) {
+                bench::journal(&workspace_root())?;
             }
             if matches!(suite, Suite::Http | Suite::All) {
                 bench_http::http(&workspace_root())?;

@@ -347,14 +347,27 @@ pub fn free_bytes(file: &impl AsRawFd) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Lowers the calling thread's scheduling priority to `nice` (on Linux a nice value is per
-/// thread), for background work that must not preempt the data path.
-pub fn nice_this_thread(nice: i32) -> io::Result<()> {
-    // SAFETY: gettid has no preconditions; setpriority reads only its integer arguments.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+/// Puts the calling thread in the `SCHED_IDLE` class (on Linux a scheduling policy is per
+/// thread): it runs only on CPU time no other thread wants, a waking thread preempts it at
+/// once, and the scheduler counts a CPU running only such threads as idle when it places a
+/// wakeup. Without the class (an old kernel, a seccomp filter), nice 19. Leaving the class
+/// needs CAP_SYS_NICE: it is for threads that stay background.
+pub fn idle_this_thread() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param the call only reads.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if rc == 0 {
-        Ok(())
+        return Ok(());
+    }
+    let idle = io::Error::last_os_error();
+    // SAFETY: gettid has no preconditions; setpriority reads only its integer arguments.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc == 0 {
+        Err(io::Error::new(
+            idle.kind(),
+            format!("SCHED_IDLE refused ({idle}): nice 19 instead"),
+        ))
     } else {
-        Err(io::Error::last_os_error())
+        Err(idle)
     }
 }

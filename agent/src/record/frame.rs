@@ -1,6 +1,13 @@
 //! One journal record on disk: a frame of `u32` length, `u32` CRC32C of the payload, then the
 //! payload: sequence number, session id, previous hash and hash (binary), and the record's
 //! body (what it is, and its event) as JSON.
+//!
+//! Forward compatibility: a body may say its journal format (`"format": N`; absent, 1, what
+//! this agent writes). A later agent that records something this one cannot read (a new
+//! `what` or event kind) writes a higher format. An intact frame (its CRC holds) whose body
+//! this agent cannot read is never a torn tail: it is [`Decoded::Newer`], and recovery,
+//! `audit verify` and the CLI stop there naming the record and the format, instead of cutting
+//! it or calling the journal corrupt.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +19,11 @@ pub const FRAME_HEAD: usize = 8;
 const PAYLOAD_HEAD: usize = 8 + 8 + 32 + 32;
 /// Largest payload a frame may have (an event keeps at most 16 KiB of content).
 pub const MAX_PAYLOAD: usize = 1 << 20;
+/// The newest journal format this agent writes and reads (a body without `format` is in
+/// format 1). Format 2: the agent's own `journal` records ([`super::Kind::Journal`]) and DNS
+/// queries ([`super::Kind::Dns`]); every other record stays in format 1, which an agent that
+/// reads only format 1 reads.
+pub const FORMAT: u32 = 2;
 
 /// What a record does to its session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,11 +47,28 @@ struct Stored {
     event: Event,
 }
 
+/// Only a body's format, from a body this agent cannot read otherwise.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default = "first_format")]
+    format: u32,
+}
+
+fn first_format() -> u32 {
+    1
+}
+
 /// [`Stored`], borrowed for writing (no copy of the event's texts).
 #[derive(Serialize)]
 struct StoredRef<'a> {
+    #[serde(skip_serializing_if = "is_first_format")]
+    format: u32,
     what: &'a What,
     event: &'a Event,
+}
+
+fn is_first_format(format: &u32) -> bool {
+    *format == 1
 }
 
 /// A record's body, serialized (before the journal's lock is taken), with the event it holds
@@ -63,7 +92,16 @@ pub struct Entry {
 
 /// Serializes a record's body.
 pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
-    let bytes = serde_json::to_vec(&StoredRef { what, event })?;
+    let format = if matches!(event.kind, super::Kind::Journal | super::Kind::Dns) {
+        2
+    } else {
+        1
+    };
+    let bytes = serde_json::to_vec(&StoredRef {
+        format,
+        what,
+        event,
+    })?;
     Ok(Body { event, bytes })
 }
 
@@ -92,6 +130,26 @@ pub enum Decoded {
     Entry(Box<Entry>, usize),
     /// Not a whole, intact frame.
     Invalid(&'static str),
+    /// An intact frame (record `seq`) whose body this agent cannot read: written by a later
+    /// agent (journal format `format`), or by none.
+    Newer { seq: u64, format: u32, why: String },
+}
+
+impl Decoded {
+    /// What stops a reader at a [`Decoded::Newer`] frame.
+    pub fn newer_message(seq: u64, format: u32, why: &str) -> String {
+        if format > FORMAT {
+            format!(
+                "record {seq} is in journal format {format}, and this agent reads format {FORMAT} \
+                 (written by a later skillgate: run that version or a later one)"
+            )
+        } else {
+            format!(
+                "record {seq} is intact but this agent cannot read it ({why}): a later skillgate \
+                 may have written it (run that version or a later one)"
+            )
+        }
+    }
 }
 
 /// The frame at the start of `buf` (which runs to the end of the segment's bytes).
@@ -119,8 +177,22 @@ pub fn decode(buf: &[u8]) -> Decoded {
     }
     let number = |at: usize| u64::from_le_bytes(payload[at..at + 8].try_into().unwrap_or_default());
     let hash = |at: usize| -> [u8; 32] { payload[at..at + 32].try_into().unwrap_or_default() };
-    let Ok(body) = serde_json::from_slice::<Stored>(&payload[PAYLOAD_HEAD..]) else {
-        return Decoded::Invalid("a body this agent cannot read");
+    let body = &payload[PAYLOAD_HEAD..];
+    let format = serde_json::from_slice::<Format>(body).map_or(1, |f| f.format);
+    let parsed = if format > FORMAT {
+        Err(format!("journal format {format}"))
+    } else {
+        serde_json::from_slice::<Stored>(body).map_err(|err| err.to_string())
+    };
+    let body = match parsed {
+        Ok(body) => body,
+        Err(why) => {
+            return Decoded::Newer {
+                seq: number(0),
+                format,
+                why,
+            };
+        }
     };
     Decoded::Entry(
         Box::new(Entry {
@@ -219,5 +291,46 @@ mod tests {
         assert!(matches!(decode(&bytes[..len - 1]), Decoded::Invalid(_)));
         bytes[30] ^= 1;
         assert!(matches!(decode(&bytes), Decoded::Invalid("a CRC mismatch")));
+    }
+
+    /// An intact frame this agent cannot read (a later format, a kind it does not know) is
+    /// `Newer`, naming the record, never `Invalid` (which a torn tail is).
+    #[test]
+    fn a_frame_from_a_later_agent_is_newer_not_invalid() {
+        let later = br#"{"format":3,"what":"checkpoint","event":{}}"#;
+        let bytes = frame(7, 1, &[0; 32], &[0; 32], later);
+        let Decoded::Newer { seq, format, .. } = decode(&bytes) else {
+            panic!("not newer");
+        };
+        assert_eq!((seq, format), (7, 3));
+        assert!(Decoded::newer_message(seq, format, "").contains("journal format 3"));
+        let event = Event {
+            at_ns: 1,
+            kind: Kind::Sql,
+            operation: String::new(),
+            decision: "allow".to_owned(),
+            rule: None,
+            reason: String::new(),
+            facts: Facts::default(),
+        };
+        let json = String::from_utf8(body(&What::Event, &event).unwrap().bytes).unwrap();
+        let unknown = json.replace(r#""kind":"sql""#, r#""kind":"mcp""#);
+        let bytes = frame(8, 1, &[0; 32], &[0; 32], unknown.as_bytes());
+        let Decoded::Newer { seq, format, why } = decode(&bytes) else {
+            panic!("not newer");
+        };
+        assert_eq!((seq, format), (8, 1));
+        assert!(why.contains("mcp"), "{why}");
+        // A decision's record stays in format 1 (no `format`); the agent's own in format 2.
+        assert!(!json.contains("format"), "{json}");
+        let own = Event {
+            kind: Kind::Journal,
+            ..event
+        };
+        let own = body(&What::Event, &own).unwrap().bytes;
+        let format: Format = serde_json::from_slice(&own).unwrap();
+        assert_eq!(format.format, 2);
+        let bytes = frame(9, 1, &[0; 32], &[0; 32], &own);
+        assert!(matches!(decode(&bytes), Decoded::Entry(..)));
     }
 }

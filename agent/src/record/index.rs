@@ -27,6 +27,13 @@ pub enum Stop {
         why: String,
         torn: bool,
     },
+    /// An intact record at `segment`+`offset` that this agent cannot read (a later agent's):
+    /// never cut, never called corruption.
+    Newer {
+        segment: PathBuf,
+        offset: u64,
+        why: String,
+    },
     Failed(anyhow::Error),
 }
 
@@ -42,6 +49,15 @@ impl std::fmt::Display for Stop {
             } => write!(
                 f,
                 "the journal is corrupt at {} offset {offset} (the record after {after}): {why}",
+                segment.display()
+            ),
+            Stop::Newer {
+                segment,
+                offset,
+                why,
+            } => write!(
+                f,
+                "the journal at {} offset {offset}: {why}",
                 segment.display()
             ),
             Stop::Failed(err) => write!(f, "{err:#}"),
@@ -99,38 +115,52 @@ impl Indexer {
     pub fn step(&mut self, upto: u64) -> Result<u64, Stop> {
         let mut total = 0;
         loop {
-            let (start, indexed, head) = (self.reader.at, self.indexed, self.head);
-            let (batch, stop) = self.read(upto);
-            if !batch.is_empty() {
-                let next = (self.reader.at.segment, self.reader.at.offset);
-                if let Err(err) = self.store.index(&batch, Some(next)) {
-                    // Read again next time.
-                    (self.reader.at, self.indexed, self.head) = (start, indexed, head);
-                    return Err(Stop::Failed(err));
-                }
-                total += batch.len() as u64;
-            }
-            if let Some(stop) = stop {
-                return Err(stop);
-            }
-            if batch.is_empty() {
-                return Ok(total);
+            match self.step_batch(upto, BATCH)? {
+                0 => return Ok(total),
+                n => total += n,
             }
         }
     }
 
-    /// Up to [`BATCH`] checked records after the indexed one, up to `upto`, and why reading
+    /// Indexes up to `most` of the records up to `upto`, in one transaction; returns how many
+    /// (0: none left). What precedes an invalid record is indexed before the stop is reported.
+    pub fn step_batch(&mut self, upto: u64, most: usize) -> Result<u64, Stop> {
+        let (start, indexed, head) = (self.reader.at, self.indexed, self.head);
+        let (batch, stop) = self.read(upto, most);
+        if !batch.is_empty() {
+            let next = (self.reader.at.segment, self.reader.at.offset);
+            if let Err(err) = self.store.index(&batch, Some(next)) {
+                // Read again next time.
+                (self.reader.at, self.indexed, self.head) = (start, indexed, head);
+                return Err(Stop::Failed(err));
+            }
+        }
+        match stop {
+            Some(stop) => Err(stop),
+            None => Ok(batch.len() as u64),
+        }
+    }
+
+    /// Up to `most` checked records after the indexed one, up to `upto`, and why reading
     /// stopped short, if it did.
-    fn read(&mut self, upto: u64) -> (Vec<Entry>, Option<Stop>) {
+    fn read(&mut self, upto: u64, most: usize) -> (Vec<Entry>, Option<Stop>) {
         let mut batch = Vec::new();
         let mut seen = self.indexed;
-        while batch.len() < BATCH && self.indexed < upto {
+        while batch.len() < most && self.indexed < upto {
             let before = self.reader.at;
             let entry = match self.reader.next() {
                 Err(err) => return (batch, Some(err.into())),
                 Ok(Next::End) => break,
                 Ok(Next::Invalid(why)) => {
                     let stop = self.invalid(before, seen, why.to_owned(), true);
+                    return (batch, Some(stop));
+                }
+                Ok(Next::Newer(why)) => {
+                    let stop = Stop::Newer {
+                        segment: journal_segment(&self.dir, before.segment),
+                        offset: before.offset,
+                        why,
+                    };
                     return (batch, Some(stop));
                 }
                 Ok(Next::Entry(entry)) => entry,
@@ -154,6 +184,23 @@ impl Indexer {
             batch.push(*entry);
         }
         (batch, None)
+    }
+
+    /// Names the oldest segment left pending (an agent stopped before it sealed the roll to
+    /// it) when its first record follows the indexed ones, else drops it; returns whether it
+    /// was named, `None` when none is pending. For when the journal is indexed to its end.
+    pub fn seal_pending(&self) -> Result<Option<bool>> {
+        let Some((_, path)) = journal::pending(&self.dir)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let named = journal::seal_pending(&path, |entry| self.follows(entry).is_ok())
+            .with_context(|| format!("cannot seal the journal segment {}", path.display()))?;
+        if named {
+            tracing::info!(segment = %path.display(), "named a journal segment an agent rolled to before it stopped");
+        } else {
+            tracing::warn!(segment = %path.display(), after = self.indexed, "dropped a journal segment that does not follow the journal's end (its records lost the ones before them)");
+        }
+        Ok(Some(named))
     }
 
     /// Whether `entry` is the record that follows the indexed one.
@@ -241,16 +288,27 @@ pub fn catch_up(store_path: &Path) -> Result<u64> {
     }
     // The agent indexes only what it fdatasync'd; the CLI syncs what it is about to index, so
     // that a power loss cannot take a record the index already holds.
-    for (_, segment) in journal::segments(&journal::dir_for(store_path))? {
+    let dir = journal::dir_for(store_path);
+    for (_, segment) in journal::segments(&dir)? {
         std::fs::File::open(&segment)
             .and_then(|file| file.sync_data())
             .with_context(|| format!("cannot sync the journal segment {}", segment.display()))?;
     }
+    journal::sync_tail(&dir)
+        .with_context(|| format!("cannot sync the journal {}", dir.display()))?;
     let mut indexer = Indexer::open(store_path)?;
-    match indexer.step(u64::MAX) {
-        Ok(n) => Ok(n),
-        Err(stop) if is_torn(&stop)? => Ok(0),
-        Err(stop) => bail!("{stop}"),
+    let mut total = 0;
+    loop {
+        match indexer.step(u64::MAX) {
+            Ok(n) => {
+                total += n;
+                if indexer.seal_pending()?.is_none() {
+                    return Ok(total);
+                }
+            }
+            Err(stop) if is_torn(&stop)? => return Ok(total),
+            Err(stop) => bail!("{stop}"),
+        }
     }
 }
 
@@ -283,6 +341,7 @@ pub fn verify_journal(store_path: &Path) -> Result<u64> {
         let after = last.map_or(first.saturating_sub(1), |(seq, _)| seq);
         match reader.next()? {
             Next::End => return Ok(count),
+            Next::Newer(why) => bail!("the journal at {}: {why}", where_()),
             Next::Invalid(why) => {
                 let torn = reader.in_last_segment()?
                     && journal::intact_frame_after(&journal_segment(&dir, at.segment), at.offset)?

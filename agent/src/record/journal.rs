@@ -2,6 +2,12 @@
 //! a directory beside the index (`sessions.db.journal/`), each named by its first record's
 //! sequence number, rolled by size and pre-allocated (so that an fdatasync flushes data, not
 //! the file's size). Records are frames (`frame.rs`) chained by the same SHA-256 as the index.
+//!
+//! A roll costs the appending task no fdatasync: the next segment is created as
+//! `FIRST.pending` and written at once, and the syncer seals the roll (fdatasyncs the segment
+//! rolled past, then renames the next one to `FIRST.seg`). A segment's name is thus never on
+//! disk before every record ahead of it is, so a power loss can only take a tail; readers see
+//! `.seg` files only, and recovery names (or drops) a `.pending` an agent died before sealing.
 
 use std::fs::File;
 use std::io;
@@ -26,8 +32,21 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
 
+fn pending_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.pending"))
+}
+
 /// The segments in `dir`, oldest first: (first sequence number, path).
 pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    files(dir, ".seg")
+}
+
+/// The segments rolled to whose roll is not sealed, oldest first: (first sequence number, path).
+pub fn pending(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    files(dir, ".pending")
+}
+
+fn files(dir: &Path, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -39,7 +58,7 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         let first = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(first) = first {
             found.push((first, path));
@@ -71,28 +90,67 @@ pub struct Journal {
     next_seq: u64,
     head: [u8; 32],
     next_session: i64,
+    /// Rolls not sealed yet, oldest first.
+    rolls: Vec<Roll>,
 }
 
-/// A record appended: its sequence number and session, and whether the records before it
-/// were just fdatasync'd (a segment roll).
+/// A roll the syncer has to seal: fdatasync `ended`, then rename `pending` to `named`.
+#[derive(Clone)]
+pub struct Roll {
+    ended: Arc<File>,
+    pending: PathBuf,
+    named: PathBuf,
+}
+
+/// A record appended: its sequence number and session, and whether it started a segment
+/// (a roll for the syncer to seal).
 pub struct Appended {
     pub seq: u64,
     pub session: i64,
-    pub synced_before: bool,
+    pub rolled: bool,
 }
 
-#[derive(Debug)]
-pub enum AppendError {
-    /// The record could not be written: cut back, refused; the journal goes on.
-    Write(io::Error),
-    /// An fdatasync failed (at a roll): nothing after it can be trusted to reach the disk.
-    Sync(io::Error),
+/// What an fdatasync of the journal covers, taken under the lock and synced outside it.
+pub struct Unsynced {
+    dir: PathBuf,
+    pub rolls: Vec<Roll>,
+    file: Arc<File>,
+    /// The newest record written.
+    pub last_seq: u64,
+}
+
+impl Unsynced {
+    /// Seals the rolls in order (each segment fdatasync'd before the next one is named), makes
+    /// the names durable, then fdatasyncs the segment being written. Returns how many
+    /// fdatasyncs it made.
+    pub fn sync(&self) -> io::Result<u64> {
+        let mut syncs = 0;
+        for roll in &self.rolls {
+            roll.ended.sync_data()?;
+            syncs += 1;
+            std::fs::rename(&roll.pending, &roll.named).map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot name the segment {}: {err}", roll.named.display()),
+                )
+            })?;
+        }
+        if !self.rolls.is_empty() {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        self.file.sync_data()?;
+        Ok(syncs + 1)
+    }
 }
 
 impl Journal {
     /// Opens the journal for appending after `tail` (creating its directory and first segment).
+    /// A `.pending` segment left is dropped: recovery has named those that follow the tail.
     pub fn open(dir: &Path, segment_size: u64, tail: &Tail) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        for (_, path) in pending(dir)? {
+            std::fs::remove_file(path)?;
+        }
         let (file, allocated, offset) = match tail.segment {
             Some((first, end)) => {
                 let file = File::options()
@@ -116,6 +174,7 @@ impl Journal {
             next_seq: tail.next_seq,
             head: tail.head,
             next_session: tail.next_session,
+            rolls: Vec::new(),
         })
     }
 
@@ -124,39 +183,44 @@ impl Journal {
         self.next_seq - 1
     }
 
-    /// The segment being written, to fdatasync outside the lock.
-    pub fn file(&self) -> Arc<File> {
-        Arc::clone(&self.file)
+    /// What to fdatasync (outside the lock) for every record written so far to be on disk.
+    pub fn unsynced(&self) -> Unsynced {
+        Unsynced {
+            dir: self.dir.clone(),
+            rolls: self.rolls.clone(),
+            file: Arc::clone(&self.file),
+            last_seq: self.last_seq(),
+        }
+    }
+
+    /// The oldest `n` rolls are sealed.
+    pub fn sealed(&mut self, n: usize) {
+        self.rolls.drain(..n.min(self.rolls.len()));
     }
 
     /// Appends a record of `session` (`None`: a new session, given the next id) with `body`:
     /// number, chain, one write.
-    pub fn append(
-        &mut self,
-        session: Option<i64>,
-        body: &frame::Body<'_>,
-    ) -> Result<Appended, AppendError> {
+    /// A failed write is cut back and the record refused; the journal goes on.
+    pub fn append(&mut self, session: Option<i64>, body: &frame::Body<'_>) -> io::Result<Appended> {
         let session = session.unwrap_or(self.next_session);
         let hash = chain(&self.head, session, body.event);
         let bytes = frame::frame(self.next_seq, session, &self.head, &hash, &body.bytes);
         let len = bytes.len() as u64;
-        let mut synced_before = false;
+        let mut rolled = false;
         if self.offset > 0 && self.offset + len > self.segment_size {
             self.roll()?;
-            synced_before = true;
+            rolled = true;
         }
         if !self.allocated {
             // Without pre-allocated space a record needs the filesystem to have room for it.
-            let free = crate::kernel::sys::free_bytes(&self.file).map_err(AppendError::Write)?;
+            let free = crate::kernel::sys::free_bytes(&self.file)?;
             if free < len {
-                return Err(AppendError::Write(io::Error::from_raw_os_error(
-                    libc::ENOSPC,
-                )));
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
         }
         if let Err(err) = self.file.write_all_at(&bytes, self.offset) {
             self.cut_back(len);
-            return Err(AppendError::Write(err));
+            return Err(err);
         }
         self.offset += len;
         let seq = self.next_seq;
@@ -168,7 +232,7 @@ impl Journal {
         Ok(Appended {
             seq,
             session,
-            synced_before,
+            rolled,
         })
     }
 
@@ -185,12 +249,22 @@ impl Journal {
         }
     }
 
-    /// Ends the segment (fdatasync'd) and starts the next, named by the next record.
-    fn roll(&mut self) -> Result<(), AppendError> {
-        self.file.sync_data().map_err(AppendError::Sync)?;
-        let (file, allocated) = create_segment(&self.dir, self.next_seq, self.segment_size)
-            .map_err(AppendError::Write)?;
-        self.file = Arc::new(file);
+    /// Ends the segment and starts the next, pending until the syncer seals the roll: no
+    /// fdatasync here, the appending task does not wait for the disk.
+    fn roll(&mut self) -> io::Result<()> {
+        let pending = pending_path(&self.dir, self.next_seq);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&pending)?;
+        let allocated = allocate(&file, self.segment_size);
+        let ended = std::mem::replace(&mut self.file, Arc::new(file));
+        self.rolls.push(Roll {
+            ended,
+            pending,
+            named: segment_path(&self.dir, self.next_seq),
+        });
         self.allocated = allocated;
         self.offset = 0;
         Ok(())
@@ -241,6 +315,8 @@ pub enum Next {
     End,
     /// Bytes that are not a record, at the cursor.
     Invalid(&'static str),
+    /// An intact record this agent cannot read, at the cursor: what to say.
+    Newer(String),
 }
 
 /// Reads records in order from a cursor, across segments.
@@ -292,6 +368,9 @@ impl Reader {
                     return Ok(Next::Entry(entry));
                 }
                 Decoded::Invalid(why) => return Ok(Next::Invalid(why)),
+                Decoded::Newer { seq, format, why } => {
+                    return Ok(Next::Newer(Decoded::newer_message(seq, format, &why)));
+                }
                 Decoded::End => {
                     let later = segments(&self.dir)?
                         .into_iter()
@@ -374,11 +453,54 @@ pub fn intact_frame_after(path: &Path, offset: u64) -> io::Result<Option<u64>> {
     let bytes = std::fs::read(path)?;
     let from = (offset as usize + 1).min(bytes.len());
     for at in from..bytes.len() {
-        if let Decoded::Entry(..) = frame::decode(&bytes[at..]) {
+        if let Decoded::Entry(..) | Decoded::Newer { .. } = frame::decode(&bytes[at..]) {
             return Ok(Some(at as u64));
         }
     }
     Ok(None)
+}
+
+/// fdatasyncs what an agent that stopped may have left unsynced: the newest segment and any
+/// pending one (the segments before them were synced when their rolls were sealed).
+pub fn sync_tail(dir: &Path) -> io::Result<()> {
+    let newest = segments(dir)?.pop();
+    for (_, path) in newest.into_iter().chain(pending(dir)?) {
+        File::open(&path)?.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Names the segment pending at `path` (its roll was not sealed when an agent stopped) if its
+/// first record is `follows`'s choice; else drops it, whatever it holds (records a power loss
+/// left without the ones before them, or nothing). Returns whether it was named.
+pub fn seal_pending(path: &Path, follows: impl FnOnce(&Entry) -> bool) -> io::Result<bool> {
+    let mut head = vec![0; frame::FRAME_HEAD + frame::MAX_PAYLOAD];
+    let file = File::open(path)?;
+    let mut read = 0;
+    while read < head.len() {
+        match file.read_at(&mut head[read..], read as u64)? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    head.truncate(read);
+    let first = match frame::decode(&head) {
+        Decoded::Entry(entry, _) if follows(&entry) => Some(entry.seq),
+        Decoded::Newer { seq, format, why } => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                Decoded::newer_message(seq, format, &why),
+            ));
+        }
+        _ => None,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match first {
+        Some(first) => std::fs::rename(path, segment_path(dir, first))?,
+        None => std::fs::remove_file(path)?,
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(first.is_some())
 }
 
 /// Cuts a torn tail: the segment ends at `offset` (pre-allocation is redone when appending).
@@ -388,18 +510,42 @@ pub fn cut(path: &Path, offset: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Deletes the segments whose records all have sequence numbers up to `upto` (never the
-/// newest segment). Returns how many went.
-pub fn delete_through(dir: &Path, upto: u64) -> io::Result<usize> {
+/// Segments whose records all have sequence numbers up to `upto` (never the newest), oldest
+/// first, with the first and last sequence number they hold.
+pub struct Deletable {
+    pub paths: Vec<PathBuf>,
+    pub seqs: (u64, u64),
+}
+
+/// What [`delete_through`] would delete; `None` when nothing.
+pub fn deletable(dir: &Path, upto: u64) -> io::Result<Option<Deletable>> {
     let segments = segments(dir)?;
-    let mut deleted = 0;
+    let mut paths = Vec::new();
+    let mut last = 0;
     for pair in segments.windows(2) {
         let (last_seq, path) = (pair[1].0 - 1, &pair[0].1);
         if last_seq > upto {
             break;
         }
-        std::fs::remove_file(path)?;
-        deleted += 1;
+        paths.push(path.clone());
+        last = last_seq;
     }
-    Ok(deleted)
+    Ok((!paths.is_empty()).then(|| Deletable {
+        paths,
+        seqs: (segments[0].0, last),
+    }))
+}
+
+/// Deletes the segments whose records all have sequence numbers up to `upto` (never the
+/// newest segment). Returns how many went. (The agent deletes them only once its record of
+/// it is on disk: `recorder.rs`.)
+#[cfg(test)]
+pub fn delete_through(dir: &Path, upto: u64) -> io::Result<usize> {
+    let Some(deletable) = deletable(dir, upto)? else {
+        return Ok(0);
+    };
+    for path in &deletable.paths {
+        std::fs::remove_file(path)?;
+    }
+    Ok(deletable.paths.len())
 }

@@ -58,10 +58,13 @@ pub enum Kind {
     Close,
     /// A DNS query's decision, and then its answer.
     Dns,
+    /// The agent's own record of what it did to the journal (a torn tail cut at start, a
+    /// pending segment dropped, segments deleted past retention): a session of its own.
+    Journal,
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
+    const ALL: [Kind; 10] = [
         Kind::Connect,
         Kind::Tls,
         Kind::Http,
@@ -71,6 +74,7 @@ impl Kind {
         Kind::Result,
         Kind::Close,
         Kind::Dns,
+        Kind::Journal,
     ];
 
     /// The name the store keeps (and hashes), logs and `replay` show.
@@ -85,6 +89,7 @@ impl Kind {
             Kind::Result => "result",
             Kind::Close => "close",
             Kind::Dns => "dns",
+            Kind::Journal => "journal",
         }
     }
 
@@ -168,6 +173,39 @@ fn interrupted_approval(at_ns: i64, origin: &str, rule: Option<String>) -> Event
         decision: "expired".to_owned(),
         rule,
         reason: "the agent stopped while the approval was pending".to_owned(),
+        facts: Facts::default(),
+    }
+}
+
+/// The session the agent's own record of what it did to the journal opens (and ends: the
+/// index stores it ended, with `decision` as its outcome).
+fn journal_session(at_ns: i64) -> Session {
+    Session {
+        started_ns: at_ns,
+        skill: None,
+        pid: std::process::id(),
+        uid: 0,
+        gid: 0,
+        exe: std::env::current_exe()
+            .ok()
+            .map(|p| p.display().to_string()),
+        cmdline: None,
+        cgroup: None,
+        origin: "journal".to_owned(),
+        backend: None,
+    }
+}
+
+/// The agent's own record of what it did to the journal: `operation` what it did it to,
+/// `decision` what it did (`cut`, `dropped`, `pruned`), `reason` why.
+fn journal_event(operation: String, decision: &str, reason: String) -> Event {
+    Event {
+        at_ns: now_ns(),
+        kind: Kind::Journal,
+        operation,
+        decision: decision.to_owned(),
+        rule: None,
+        reason,
         facts: Facts::default(),
     }
 }

@@ -2,21 +2,22 @@
 //! task itself, under a short lock (ids, chain, one write): no channel, no thread hand-off.
 //! A syncer thread fdatasyncs the journal (every `interval` with `normal`, as soon as a
 //! record waits with `full`) and publishes the newest synced record; an indexer thread feeds
-//! the index from the journal up to it, and prunes.
+//! the index from the journal up to it, and prunes (`recorder_threads.rs`). Recovery at start
+//! is `recovery.rs`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::frame::{self, What};
-use super::index::{self, Indexer};
-use super::journal::{self, AppendError, Journal};
-use super::{Event, Session, now_ns};
+use super::index::Indexer;
+use super::journal::{self, Journal};
+use super::{Event, Session};
 use crate::lock::Locked as _;
 
 /// When the journal is fdatasync'd.
@@ -26,9 +27,6 @@ pub struct Sync {
     pub full: bool,
     pub interval: Duration,
 }
-
-/// How often the indexer looks for synced records.
-const INDEX_EVERY: Duration = Duration::from_millis(20);
 
 /// The journal's state, for `skillgate status` and the metrics.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,8 +52,14 @@ struct Inner {
     synced: watch::Sender<u64>,
     failed: Mutex<Option<String>>,
     fdatasyncs: AtomicU64,
-    /// The syncer sleeps on this (with `full`, until a record waits).
+    /// The syncer sleeps on this (with `full`, until a record waits; at a roll).
     wake: (Mutex<()>, Condvar),
+    /// A segment rolled since the syncer last looked.
+    rolled: AtomicBool,
+    /// Held through an fdatasync of the journal.
+    syncing: Mutex<()>,
+    /// Journal segments past retention, waiting for the agent's record of their deletion.
+    retire: Mutex<Option<Retire>>,
     indexer: Mutex<Indexer>,
     /// The newest record indexed.
     indexed: AtomicU64,
@@ -76,13 +80,18 @@ impl Recorder {
     /// left open, then starts the syncer and the indexer (which also prunes events older
     /// than `retention_ns`).
     pub fn start(path: &Path, retention_ns: i64, sync: Sync) -> Result<Self> {
-        let indexer = recover(path)?;
-        let journal = Journal::open(indexer.dir(), journal::SEGMENT_SIZE, &indexer.tail()?)
+        Self::start_sized(path, retention_ns, sync, journal::SEGMENT_SIZE)
+    }
+
+    /// [`Recorder::start`] with segments of `segment_size` bytes.
+    fn start_sized(path: &Path, retention_ns: i64, sync: Sync, segment_size: u64) -> Result<Self> {
+        let (indexer, done) = recover(path)?;
+        let journal = Journal::open(indexer.dir(), segment_size, &indexer.tail()?)
             .with_context(|| format!("cannot open the journal {}", indexer.dir().display()))?;
         // What a previous agent wrote may not have reached the disk: it has now.
         journal
-            .file()
-            .sync_data()
+            .unsynced()
+            .sync()
             .context("cannot fdatasync the journal")?;
         let open = indexer.store.open_sessions()?;
         let last = journal.last_seq();
@@ -94,11 +103,21 @@ impl Recorder {
             failed: Mutex::new(None),
             fdatasyncs: AtomicU64::new(0),
             wake: (Mutex::new(()), Condvar::new()),
+            rolled: AtomicBool::new(false),
+            syncing: Mutex::new(()),
+            retire: Mutex::new(None),
             indexed: AtomicU64::new(indexer.indexed),
             indexer: Mutex::new(indexer),
             stop: AtomicBool::new(false),
             retention_ns,
         });
+        // What recovery did to the journal, in the chain before anything else.
+        for event in done {
+            let what = What::Open(super::journal_session(event.at_ns));
+            inner
+                .append(None, &what, &event)
+                .context("cannot record what recovery did to the journal")?;
+        }
         close_interrupted(&inner, &open)?;
         spawn("skillgate-syncer", {
             let inner = Arc::clone(&inner);
@@ -214,9 +233,9 @@ impl Recorder {
 }
 
 impl Inner {
-    /// Appends a record (the caller's own thread, a short lock); returns its sequence
-    /// number and session. A failed write is cut back and refused; a failed fdatasync fails
-    /// the journal.
+    /// Appends a record (the caller's own thread, a short lock: no fdatasync, even at a
+    /// roll); returns its sequence number and session. A failed write is cut back and
+    /// refused.
     fn append(&self, session: Option<i64>, what: &What, event: &Event) -> Result<(u64, i64)> {
         if let Some(why) = &*self.failed.locked() {
             bail!(
@@ -228,23 +247,17 @@ impl Inner {
         match appended {
             Ok(appended) => {
                 self.written.fetch_max(appended.seq, Ordering::AcqRel);
-                if appended.synced_before {
-                    self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-                    self.publish(appended.seq - 1);
+                if appended.rolled {
+                    // The syncer seals a roll at once, whatever its interval.
+                    self.rolled.store(true, Ordering::Release);
                 }
-                if self.sync.full {
+                if self.sync.full || appended.rolled {
                     drop(self.wake.0.locked());
                     self.wake.1.notify_one();
                 }
                 Ok((appended.seq, appended.session))
             }
-            Err(AppendError::Write(err)) => {
-                Err(anyhow!(err).context("cannot write to the journal"))
-            }
-            Err(AppendError::Sync(err)) => {
-                self.fail(&err);
-                Err(anyhow!(err).context("cannot fdatasync the journal"))
-            }
+            Err(err) => Err(anyhow!(err).context("cannot write to the journal")),
         }
     }
 
@@ -284,24 +297,29 @@ impl Inner {
         });
     }
 
-    /// fdatasyncs what is written (outside the journal's lock) and publishes it.
+    /// fdatasyncs what is written (outside the journal's lock), sealing the rolls made since
+    /// the last time, and publishes it.
     fn sync_now(&self) -> Result<()> {
+        // One at a time (the syncer, a flush): a roll is sealed once.
+        let _syncing = self.syncing.locked();
         if let Some(why) = &*self.failed.locked() {
             bail!("the journal has failed: {why}");
         }
-        let (file, seq) = {
-            let journal = self.journal.locked();
-            (journal.file(), journal.last_seq())
-        };
-        if seq <= *self.synced.borrow() {
+        let unsynced = self.journal.locked().unsynced();
+        if unsynced.last_seq <= *self.synced.borrow() && unsynced.rolls.is_empty() {
             return Ok(());
         }
-        if let Err(err) = file.sync_data() {
-            self.fail(&err);
-            bail!("cannot fdatasync the journal: {err}");
+        match unsynced.sync() {
+            Ok(syncs) => {
+                self.fdatasyncs.fetch_add(syncs, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.fail(&err);
+                bail!("cannot fdatasync the journal: {err}");
+            }
         }
-        self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-        self.publish(seq);
+        self.journal.locked().sealed(unsynced.rolls.len());
+        self.publish(unsynced.last_seq);
         Ok(())
     }
 
@@ -314,144 +332,13 @@ impl Inner {
     }
 }
 
-fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(body)
-        .with_context(|| format!("cannot start the {name} thread"))?;
-    Ok(())
-}
+#[path = "recovery.rs"]
+mod recovery;
+#[path = "recorder_threads.rs"]
+mod threads;
 
-fn syncer(inner: &Inner) {
-    let (lock, wake) = &inner.wake;
-    while !inner.stop.load(Ordering::Acquire) {
-        {
-            let guard = lock.locked();
-            let waiting = || inner.written.load(Ordering::Acquire) > *inner.synced.borrow();
-            if !(inner.sync.full && waiting()) {
-                let _ = wake.wait_timeout(guard, inner.sync.interval);
-            }
-        }
-        if inner.failed.locked().is_some() {
-            std::thread::sleep(inner.sync.interval);
-            continue;
-        }
-        let _ = inner.sync_now();
-    }
-}
-
-/// Nice value of the indexer thread: off the critical path, it yields the CPU to the tasks
-/// that decide (its bursts otherwise preempt them for a scheduler slice).
-const INDEXER_NICE: i32 = 10;
-
-fn indexer_loop(inner: &Inner) {
-    if let Err(err) = crate::kernel::sys::nice_this_thread(INDEXER_NICE) {
-        tracing::warn!(error = %err, "cannot lower the indexer thread's priority");
-    }
-    // Prune about twice per retention period, at most hourly, at least every second.
-    let prune_every = Duration::from_nanos((inner.retention_ns / 2).max(0) as u64)
-        .clamp(Duration::from_secs(1), Duration::from_secs(3_600));
-    let mut last_prune: Option<Instant> = None;
-    let mut warned = false;
-    while !inner.stop.load(Ordering::Acquire) {
-        std::thread::sleep(INDEX_EVERY);
-        let upto = *inner.synced.borrow();
-        let mut indexer = inner.indexer.locked();
-        let result = indexer.step(upto);
-        inner.indexed.store(indexer.indexed, Ordering::Release);
-        match result {
-            Ok(_) => warned = false,
-            Err(stop) if !warned => {
-                warned = true;
-                tracing::warn!(error = %stop, "cannot index the journal; the records wait in it");
-            }
-            Err(_) => {}
-        }
-        if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
-            last_prune = Some(Instant::now());
-            prune(&mut indexer, now_ns() - inner.retention_ns);
-        }
-    }
-}
-
-/// Today's pruning of the index, then the journal's segments whose records it all pruned.
-fn prune(indexer: &mut Indexer, cutoff_ns: i64) {
-    match indexer.store.prune(cutoff_ns) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(events = n, "pruned events past retention"),
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "cannot prune the session store");
-            return;
-        }
-    }
-    let upto = indexer.store.anchor().unwrap_or(0).min(indexer.indexed);
-    match journal::delete_through(indexer.dir(), upto) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(segments = n, "deleted journal segments past retention"),
-        Err(err) => tracing::warn!(error = %err, "cannot delete journal segments"),
-    }
-}
-
-/// Indexes the journal past the index; a torn tail is cut (and said), corruption in the
-/// middle refuses the start, naming its place.
-fn recover(path: &Path) -> Result<Indexer> {
-    let mut indexer = Indexer::open(path)?;
-    loop {
-        match indexer.step(u64::MAX) {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(
-                        records = n,
-                        "indexed the journal's records a previous agent left"
-                    );
-                }
-                return Ok(indexer);
-            }
-            Err(stop) if index::is_torn(&stop)? => {
-                let index::Stop::Invalid {
-                    segment, offset, ..
-                } = &stop
-                else {
-                    unreachable!("a torn tail is an invalid frame");
-                };
-                tracing::warn!(segment = %segment.display(), offset, error = %stop, "cut a torn record at the end of the journal");
-                journal::cut(segment, *offset)
-                    .with_context(|| format!("cannot cut {}", segment.display()))?;
-                indexer = Indexer::open(path)?;
-            }
-            Err(stop) => bail!("refusing to start: {stop}; `skillgate audit verify` says more"),
-        }
-    }
-}
-
-/// Closes the sessions a previous agent left open (a pending approval answered as expired),
-/// through the journal, synced and indexed before the agent serves.
-fn close_interrupted(inner: &Inner, open: &[super::store::OpenSession]) -> Result<()> {
-    let now = now_ns();
-    let mut expired = 0;
-    for (id, last, rule, origin) in open {
-        if last.as_deref() == Some("approve") {
-            expired += 1;
-            let event = super::interrupted_approval(now, origin, rule.clone());
-            inner.append(Some(*id), &What::Event, &event)?;
-        }
-        let close = What::Close {
-            outcome: "interrupted".to_owned(),
-            bytes_to_backend: 0,
-            bytes_to_skill: 0,
-        };
-        inner.append(Some(*id), &close, &super::interrupted_close(now, origin))?;
-    }
-    if !open.is_empty() {
-        tracing::warn!(
-            sessions = open.len(),
-            approvals_expired = expired,
-            "closed the sessions a previous agent left open"
-        );
-    }
-    inner.sync_now()?;
-    inner.index_now()
-}
+use recovery::{close_interrupted, recover};
+use threads::{Retire, indexer_loop, spawn, syncer};
 
 #[cfg(test)]
 #[path = "recorder_tests.rs"]

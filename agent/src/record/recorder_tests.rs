@@ -1,7 +1,7 @@
 //! The recorder's tests: concurrency, recovery, durability modes, migration.
 
 use super::*;
-use crate::record::{Facts, Kind, query, verify};
+use crate::record::{Facts, Kind, now_ns, query, verify};
 
 const NORMAL: Sync = Sync {
     full: false,
@@ -93,10 +93,36 @@ async fn concurrent_sessions_keep_their_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn temp_store(name: &str) -> std::path::PathBuf {
+/// A store in a fresh directory, removed with it when the test ends (its journal segments are
+/// pre-allocated: 64 MiB each).
+fn temp_store(name: &str) -> TempStore {
     let dir = std::env::temp_dir().join(format!("skillgate-rec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir.join("sessions.db")
+    TempStore(dir.join("sessions.db"))
+}
+
+struct TempStore(std::path::PathBuf);
+
+impl std::ops::Deref for TempStore {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempStore {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn session(n: u32) -> Session {
@@ -138,6 +164,12 @@ async fn record(path: &Path, sync: Sync, sessions: u32) -> Recorder {
 fn frames(path: &Path) -> (std::path::PathBuf, Vec<u64>) {
     let dir = journal::dir_for(path);
     let (_, segment) = journal::segments(&dir).unwrap().pop().unwrap();
+    frames_of(&segment)
+}
+
+/// The offsets where the frames of `segment` start.
+fn frames_of(segment: &Path) -> (std::path::PathBuf, Vec<u64>) {
+    let segment = segment.to_owned();
     let bytes = std::fs::read(&segment).unwrap();
     let (mut at, mut starts) = (0usize, Vec::new());
     while at + 8 <= bytes.len() {
@@ -198,12 +230,29 @@ async fn a_torn_tail_is_cut_at_start() {
     drop(conn);
     let recorder = record(&path, NORMAL, 1).await;
     recorder.stop().unwrap();
-    // Session 3 lost its close (torn) and was closed as interrupted; session 4 followed.
+    // Session 3 lost its close (torn) and was closed as interrupted; the cut is in the chain
+    // (session 4, the agent's own); session 5 followed.
     let (s3, events) = query::session(&path, 3).unwrap();
     assert_eq!(s3.outcome.as_deref(), Some("interrupted"));
     assert_eq!(events.len(), 3);
-    assert_eq!(verify(&path).unwrap(), 12);
-    assert_eq!(crate::record::verify_journal(&path).unwrap(), 12);
+    let (s4, events) = query::session(&path, 4).unwrap();
+    assert_eq!(
+        (s4.origin.as_str(), s4.outcome.as_deref()),
+        ("journal", Some("cut"))
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "journal");
+    assert!(
+        events[0].operation.contains(&format!("offset {last}"))
+            && events[0].reason.contains("torn"),
+        "{:?}",
+        events[0]
+    );
+    assert_eq!(verify(&path).unwrap(), 13);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 13);
+    // Started again, nothing more is cut.
+    record(&path, NORMAL, 0).await.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 13);
 }
 
 /// A flipped byte in a record not yet indexed, with intact records after it: the agent
@@ -263,13 +312,9 @@ async fn an_earlier_store_continues_its_chain_in_the_journal() {
     assert_eq!(events.first().map(|e| e.id), Some(7));
 }
 
-/// Small segments: records roll over many, are indexed across them and verify; retention
-/// deletes only whole segments whose records are all pruned, never the newest.
-#[test]
-fn records_roll_over_segments_and_retention_deletes_whole_ones() {
-    let path = temp_store("segments");
-    let dir = journal::dir_for(&path);
-    let store = super::super::store::Store::open(&path).unwrap();
+/// A journal of 1 KiB segments in a fresh store at `path`, with a session opened.
+fn small_journal(path: &Path) -> (Journal, i64) {
+    let store = super::super::store::Store::open(path).unwrap();
     let tail = journal::Tail {
         next_seq: 1,
         head: [0; 32],
@@ -277,21 +322,46 @@ fn records_roll_over_segments_and_retention_deletes_whole_ones() {
         segment: None,
     };
     drop(store);
-    let mut journal = Journal::open(&dir, 1024, &tail).unwrap();
+    let mut journal = Journal::open(&journal::dir_for(path), 1024, &tail).unwrap();
     let first = event(Kind::Connect, String::new());
     let open = frame::body(&What::Open(session(1)), &first).unwrap();
     let id = journal.append(None, &open).unwrap().session;
-    let mut rolls = 0;
-    for n in 0..30 {
-        let sql = event(Kind::Sql, format!("select {n}"));
-        let body = frame::body(&What::Event, &sql).unwrap();
-        rolls += usize::from(journal.append(Some(id), &body).unwrap().synced_before);
-    }
+    (journal, id)
+}
+
+/// Appends `n` statements; returns how many rolls they made.
+fn statements(journal: &mut Journal, id: i64, n: usize) -> usize {
+    (0..n)
+        .map(|n| {
+            let sql = event(Kind::Sql, format!("select {n}"));
+            let body = frame::body(&What::Event, &sql).unwrap();
+            usize::from(journal.append(Some(id), &body).unwrap().rolled)
+        })
+        .sum()
+}
+
+/// Seals what `journal` wrote, as the syncer does.
+fn seal(journal: &mut Journal) {
+    let unsynced = journal.unsynced();
+    unsynced.sync().unwrap();
+    journal.sealed(unsynced.rolls.len());
+}
+
+/// Small segments: records roll over many, are indexed across them and verify; retention
+/// deletes only whole segments whose records are all pruned, never the newest.
+#[test]
+fn records_roll_over_segments_and_retention_deletes_whole_ones() {
+    let path = temp_store("segments");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 30);
+    seal(&mut journal);
     let segments = journal::segments(&dir).unwrap();
     assert!(
         segments.len() > 3 && segments.len() == rolls + 1,
         "{rolls} {segments:?}"
     );
+    assert!(journal::pending(&dir).unwrap().is_empty());
     let mut indexer = Indexer::open(&path).unwrap();
     assert_eq!(indexer.step(u64::MAX).unwrap(), 31);
     assert_eq!(crate::record::verify_journal(&path).unwrap(), 31);
@@ -307,6 +377,149 @@ fn records_roll_over_segments_and_retention_deletes_whole_ones() {
     );
     let records = crate::record::verify_journal(&path).unwrap();
     assert_eq!(records, 32 - journal::segments(&dir).unwrap()[0].0);
+}
+
+/// A roll costs the appending task no fdatasync: the next segment is written at once but
+/// stays pending (readers do not see it) until the syncer seals the roll, fdatasyncing the
+/// segment it ended first.
+#[test]
+fn a_roll_is_pending_until_the_syncer_seals_it() {
+    let path = temp_store("pending");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 12);
+    assert!(rolls >= 2, "{rolls}");
+    assert_eq!(journal::segments(&dir).unwrap().len(), 1);
+    assert_eq!(journal::pending(&dir).unwrap().len(), rolls);
+    let unsynced = journal.unsynced();
+    assert_eq!(unsynced.rolls.len(), rolls);
+    // What the readers see ends with the first segment.
+    let seen = crate::record::verify_journal(&path).unwrap();
+    assert!(seen < 13, "{seen}");
+    // One fdatasync per segment ended, one for the segment being written.
+    assert_eq!(unsynced.sync().unwrap(), rolls as u64 + 1);
+    journal.sealed(unsynced.rolls.len());
+    assert!(journal.unsynced().rolls.is_empty());
+    assert_eq!(journal::segments(&dir).unwrap().len(), rolls + 1);
+    assert!(journal::pending(&dir).unwrap().is_empty());
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 13);
+}
+
+/// An agent killed before its syncer sealed a roll: the pending segment holds records whose
+/// decisions took effect, and the next start names it and indexes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_an_agent_did_not_seal_is_named_at_the_next_start() {
+    let path = temp_store("unsealed");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 12);
+    assert!(rolls >= 1);
+    // Killed: nothing sealed, nothing indexed.
+    drop(journal);
+    assert_eq!(journal::pending(&dir).unwrap().len(), rolls);
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    assert!(journal::pending(&dir).unwrap().is_empty());
+    assert_eq!(journal::segments(&dir).unwrap().len(), rolls + 1);
+    // The session is closed as interrupted, after every record.
+    recorder.stop().unwrap();
+    let (s, events) = query::session(&path, id).unwrap();
+    assert_eq!(s.outcome.as_deref(), Some("interrupted"));
+    assert_eq!(events.len(), 14);
+    assert_eq!(verify(&path).unwrap(), 14);
+    assert_eq!(crate::record::verify_journal(&path).unwrap(), 14);
+}
+
+/// A power loss took the end of the segment a roll ended (it was never fdatasync'd) but left
+/// the pending one: its records no longer follow, so the next start drops it and goes on
+/// from what is left (a torn tail, as after any power loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_segment_that_does_not_follow_is_dropped() {
+    let path = temp_store("orphan");
+    let dir = journal::dir_for(&path);
+    let (mut journal, id) = small_journal(&path);
+    let rolls = statements(&mut journal, id, 5);
+    assert!(rolls >= 1);
+    drop(journal);
+    // The last record of the first segment did not reach the disk.
+    let (_, first) = journal::segments(&dir).unwrap().remove(0);
+    let (segment, starts) = frames_of(&first);
+    let last = *starts.last().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 64], last).unwrap();
+    let recorder = Recorder::start(&path, i64::MAX, NORMAL).unwrap();
+    assert!(journal::pending(&dir).unwrap().is_empty());
+    recorder.stop().unwrap();
+    let kept = starts.len() as u64 - 1;
+    // What is left, the agent's record of each segment it dropped, and the close of the
+    // session the agent left open.
+    let all = query::Filter {
+        skill: None,
+        since_ns: None,
+        outcome: Some("dropped"),
+        limit: 100,
+    };
+    let dropped = query::sessions(&path, &all)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.origin == "journal")
+        .count();
+    assert_eq!(dropped, rolls);
+    assert_eq!(verify(&path).unwrap(), kept + rolls as u64 + 1);
+    assert_eq!(
+        crate::record::verify_journal(&path).unwrap(),
+        kept + rolls as u64 + 1
+    );
+}
+
+/// Retention deletes whole segments only after a chained `pruned` record of it (the agent's
+/// own, in the newest segment) is fdatasync'd; what is left of the journal verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_records_the_segments_it_deletes() {
+    let path = temp_store("retention");
+    let dir = journal::dir_for(&path);
+    // Everything is past a retention of 1 ns; pruning runs every second.
+    let recorder = Recorder::start_sized(&path, 1, NORMAL, 1024).unwrap();
+    let id = recorder
+        .open(session(1), event(Kind::Connect, String::new()))
+        .await
+        .unwrap();
+    for n in 0..30 {
+        recorder
+            .event(id, event(Kind::Sql, format!("select {n}")))
+            .await
+            .unwrap();
+    }
+    recorder.flush().unwrap();
+    let before = journal::segments(&dir).unwrap().len();
+    assert!(before > 3, "{before}");
+    let start = std::time::Instant::now();
+    while journal::segments(&dir).unwrap().len() > 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    recorder.stop().unwrap();
+    let mut reader = journal::Reader::at_seq(&dir, 0).unwrap();
+    let mut pruned = Vec::new();
+    while let journal::Next::Entry(entry) = reader.next().unwrap() {
+        if entry.event.kind == Kind::Journal {
+            pruned.push(entry);
+        }
+    }
+    let record = pruned.first().expect("no pruned record");
+    assert_eq!(record.event.decision, "pruned");
+    // The first pruning may come before most records are written: from segment 1 on.
+    assert!(
+        record.event.operation.starts_with("segment")
+            && record.event.operation.contains(" 00000000000000000001.seg")
+            && record.event.reason.contains("records 1 to "),
+        "{:?}",
+        record.event
+    );
+    assert!(pruned.iter().all(|r| r.event.decision == "pruned"));
+    assert!(crate::record::verify_journal(&path).unwrap() > 0);
 }
 
 /// After an fdatasync error the journal is failed: every decision is refused (and `full`
@@ -361,4 +574,119 @@ async fn a_record_larger_than_the_read_ahead_is_indexed() {
     assert_eq!(events[1].operation, long);
     recorder.stop().unwrap();
     assert_eq!(crate::record::verify_journal(&path).unwrap(), 2);
+}
+
+/// The indexer thread is a `SCHED_IDLE` thread (a waking decision preempts it at once), and
+/// indexes what the syncer publishes all the same, a batch per transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_runs_as_a_background_thread_and_keeps_up() {
+    let path = temp_store("idle");
+    let recorder = record(&path, NORMAL, 100).await;
+    let indexer: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "skillgate-index")
+        })
+        .map(|task| task.file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    assert!(!indexer.is_empty());
+    // Recorders of other tests run alongside: every indexer thread is one.
+    for tid in indexer {
+        // SAFETY: sched_getscheduler reads only its integer argument.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        assert!(
+            policy == libc::SCHED_IDLE || policy == -1,
+            "thread {tid}: policy {policy}"
+        );
+    }
+    // Within the sync interval and the indexer's next look, without a flush.
+    let start = std::time::Instant::now();
+    while recorder.health().unwrap().indexed < 300 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not indexed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 300);
+}
+
+/// `step_batch` indexes at most the batch it is given, in order, and reports none left at
+/// the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_steps_a_batch_at_a_time() {
+    let path = temp_store("batch");
+    let recorder = Recorder::start(
+        &path,
+        i64::MAX,
+        Sync {
+            full: false,
+            interval: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let id = recorder
+        .open(session(1), event(Kind::Connect, String::new()))
+        .await
+        .unwrap();
+    for n in 0..9 {
+        recorder.event_detached(id, event(Kind::Sql, n.to_string()));
+    }
+    let inner = recorder.inner.as_ref().unwrap();
+    // Held first, so that the indexer thread does not index what the sync publishes.
+    let mut indexer = inner.indexer.locked();
+    inner.sync_now().unwrap();
+    let upto = *inner.synced.borrow();
+    assert_eq!(upto, 10);
+    let mut steps = Vec::new();
+    loop {
+        match indexer.step_batch(upto, 4).unwrap() {
+            0 => break,
+            n => steps.push((n, indexer.indexed)),
+        }
+    }
+    assert_eq!(steps, [(4, 4), (4, 8), (2, 10)]);
+    drop(indexer);
+    recorder.stop().unwrap();
+    assert_eq!(verify(&path).unwrap(), 10);
+}
+
+/// A record a later agent wrote (a journal format this one does not read) at the end of the
+/// journal: not cut as a torn tail, not called corruption; the start, `audit verify` and the
+/// CLI's catch-up all stop there naming the record and the format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_a_later_agent_stops_the_start_without_a_cut() {
+    let path = temp_store("later");
+    record(&path, NORMAL, 1).await.stop().unwrap();
+    let (segment, starts) = frames(&path);
+    let bytes = std::fs::read(&segment).unwrap();
+    let last = *starts.last().unwrap() as usize;
+    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
+    let end = (last + 8 + len) as u64;
+    let later = frame::frame(
+        4,
+        1,
+        &[0; 32],
+        &[0; 32],
+        br#"{"format":3,"what":"checkpoint"}"#,
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &later, end).unwrap();
+    let err = format!(
+        "{:#}",
+        Recorder::start(&path, i64::MAX, NORMAL).err().unwrap()
+    );
+    assert!(
+        err.contains("refusing to start") && err.contains("record 4 is in journal format 3"),
+        "{err}"
+    );
+    let kept = std::fs::read(&segment).unwrap();
+    assert_eq!(&kept[end as usize..end as usize + later.len()], &later[..]);
+    let err = format!("{:#}", crate::record::verify_journal(&path).unwrap_err());
+    assert!(err.contains("journal format 3"), "{err}");
+    let err = format!("{:#}", crate::record::catch_up(&path).unwrap_err());
+    assert!(err.contains("journal format 3"), "{err}");
 }

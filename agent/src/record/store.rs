@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::Kind;
 use super::frame::{Entry, What};
 
 const SCHEMA: &str = "
@@ -215,6 +216,14 @@ fn index_one(tx: &rusqlite::Transaction<'_>, entry: &Entry) -> Result<()> {
                 s.backend,
                 id,
             ])?;
+            // The agent's own record is a session that ends as it opens.
+            if event.kind == Kind::Journal {
+                tx.prepare_cached(
+                    "UPDATE sessions SET ended_ns = ?2, outcome = ?3, last_event = ?4 \
+                     WHERE id = ?1",
+                )?
+                .execute(params![session, event.at_ns, event.decision, id])?;
+            }
         }
         What::Event => {}
         What::Close {
