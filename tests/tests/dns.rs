@@ -434,8 +434,17 @@ fn observe_mode_answers_and_records_what_it_would_refuse() {
         &format!("dns_upstream = [\"{}\"]", dns.addr),
     );
     let _agent = env.start_agent();
-    let probe = run_probe(&env, "reporter", &[query("lb.elsewhere.test", "")]);
+    let probe = run_probe(
+        &env,
+        "reporter",
+        &[
+            query("lb.elsewhere.test", ""),
+            query("web.mirror.skillgate.test", ""),
+        ],
+    );
     assert_eq!(probe.result(0), "ok rcode=0 127.0.0.6");
+    // A chain that leaves the allowed names is answered too, and recorded as what it would be.
+    assert_eq!(probe.result(1), "ok rcode=0 cname,127.0.0.6");
     let events = dns_events(&env);
     let decided = events
         .iter()
@@ -448,5 +457,44 @@ fn observe_mode_answers_and_records_what_it_would_refuse() {
             .unwrap()
             .starts_with("observe mode (would be deny"),
         "{decided}"
+    );
+    assert!(
+        events.iter().any(|e| e["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("observe mode (would be refused: the answer's CNAME chain")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn an_http_backend_reached_by_upstream_name_gets_that_name_as_its_host() {
+    let backend = skillgate_tests::HttpBackend::start();
+    let dns = Dnsmasq::start(
+        &std::env::temp_dir(),
+        60,
+        &["--host-record=api.upstream.skillgate.test,127.0.0.1"],
+    );
+    let upstream = format!("api.upstream.skillgate.test:{}", backend.addr.port());
+    let policy = format!(
+        "[[skill]]\nname = \"reporter\"\n\n[[backend]]\nname = \"api\"\nprotocol = \"http\"\n\
+         dial = [\"127.0.0.2:8080\"]\nupstream = \"{upstream}\"\n\n[[rule]]\n\
+         skills = [\"reporter\"]\nbackend = \"api\"\neffect = \"allow\"\n\
+         http = {{ methods = [\"GET\"], paths = [\"/echo\"] }}\n"
+    );
+    let env = Env::with_config(
+        "dns-host",
+        &policy,
+        &format!("dns_upstream = [\"{}\"]", dns.addr),
+    );
+    let _agent = env.start_agent();
+    let curl = env.curl_as("reporter", &["http://127.0.0.2:8080/echo"]);
+    assert_eq!(curl.status, 200, "{curl:?}");
+    let requests = backend.requests();
+    // A virtual host behind the name needs the name, not the address it resolved to.
+    assert_eq!(
+        requests[0]["headers"]["host"],
+        upstream.as_str(),
+        "{requests:?}"
     );
 }

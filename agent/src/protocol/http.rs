@@ -67,6 +67,9 @@ pub struct HttpConn {
     ctx: Arc<HttpContext>,
     audit: Arc<Audit>,
     upstream: SocketAddr,
+    /// The Host requests carry upstream over plain HTTP: the backend's `upstream` as the
+    /// policy names it (a virtual host needs the name, not the address it resolved to).
+    host: String,
     tls: Option<crate::tls::Upstream>,
     /// Which pooled upstream connections this skill connection may borrow.
     pool_key: pool::Key,
@@ -86,6 +89,7 @@ impl HttpConn {
         ctx: Arc<HttpContext>,
         audit: Arc<Audit>,
         upstream: SocketAddr,
+        host: String,
         tls: Option<crate::tls::Upstream>,
     ) -> Self {
         let pool_key = pool::Key {
@@ -96,6 +100,7 @@ impl HttpConn {
             ctx,
             audit,
             upstream,
+            host,
             tls,
             pool_key,
             to_backend: Arc::default(),
@@ -260,7 +265,7 @@ impl HttpConn {
         };
         let host = match &self.tls {
             Some(tls) => tls.server_name.clone(),
-            None => self.upstream.to_string(),
+            None => self.host.clone(),
         };
         self.forward(request, decided, path, &host, credential.as_deref(), &mask)
             .await

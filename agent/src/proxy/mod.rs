@@ -288,6 +288,7 @@ impl Proxy {
                     Arc::clone(&self.http),
                     Arc::clone(audit),
                     upstream,
+                    backend.upstream.to_string(),
                     tls,
                 ));
                 // Responses are written in pieces (head, then streamed body): without this,

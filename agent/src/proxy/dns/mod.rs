@@ -34,11 +34,15 @@ const MAX_MESSAGE: usize = 65_535;
 /// Queries in flight at once; beyond that new queries are dropped (the client retries), so a
 /// skill flooding DNS cannot exhaust the agent's sockets or memory.
 const MAX_IN_FLIGHT: usize = 256;
+/// DNS-over-TCP connections open at once (clients fall back to TCP for truncated answers
+/// only); beyond it new ones are closed.
+const MAX_TCP_CONNECTIONS: usize = 64;
 
 /// The resolvers the forwarder relays to, and what it learned from their answers.
 pub struct Resolvers {
     upstream: Vec<SocketAddr>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    tcp_connections: Arc<tokio::sync::Semaphore>,
     /// What each skill resolved, for connections to the addresses.
     pub names: ResolvedNames,
     /// Queries dropped because they did not parse as one plain question.
@@ -85,6 +89,7 @@ impl Resolvers {
         Self {
             upstream,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS)),
             names,
             malformed: AtomicU64::new(0),
             upstreams: upstream::UpstreamNames::default(),

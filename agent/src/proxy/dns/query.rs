@@ -127,9 +127,12 @@ impl Proxy {
         };
         let (outcome, reason, reply) = match self.check_answer(policy, skill, question, &reply, id)
         {
-            Ok(answer) => {
-                let addresses = self.remember(skill, question, &answer);
-                (answer.code.clone(), addresses, answer.for_skill(question))
+            Ok((answer, observed)) => {
+                let mut reason = self.remember(skill, question, &answer);
+                if let Some(observed) = observed {
+                    reason = format!("{reason}; {observed}");
+                }
+                (answer.code.clone(), reason, answer.for_skill(question))
             }
             Err(why) => {
                 let skill = skill.unwrap_or("-");
@@ -201,25 +204,32 @@ impl Proxy {
         question: &Question,
         reply: &[u8],
         id: u16,
-    ) -> Result<Answer, String> {
+    ) -> Result<(Answer, Option<String>), String> {
         let answer = Answer::parse(reply, question, id)
             .map_err(|why| format!("the resolver's answer is refused: {why}"))?;
         let skill = skill.ok_or("no skill")?;
+        let mut observed = None;
         for (owner, target) in &answer.aliases {
             let decision = policy.decide_dns(&DnsRequest {
                 skill,
                 name: target,
                 record_type: "CNAME",
             });
-            if decision.effect != Effect::Allow {
-                return Err(format!(
+            let why = || {
+                format!(
                     "the answer's CNAME chain leads from `{owner}` to `{target}`, which the \
                      skill may not resolve: {}",
                     decision.reason
-                ));
+                )
+            };
+            if decision.effect != Effect::Allow {
+                return Err(why());
+            }
+            if decision.observed == Some(Effect::Deny) && observed.is_none() {
+                observed = Some(format!("observe mode (would be refused: {})", why()));
             }
         }
-        Ok(answer)
+        Ok((answer, observed))
     }
 
     /// Remembers the answer's addresses under the names of its chain, for the skill's
