@@ -198,23 +198,13 @@ impl Proxy {
         verdict: &str,
         policy: &Policy,
     ) -> Option<Audit> {
-        let expected = match cgroup.as_deref() {
-            Some("") | None => format!("/{}", self.skills.relative),
-            Some(sub) => format!("/{}/{sub}", self.skills.relative),
-        };
-        let (exe, cmdline) = conn::process_info(meta.pid, &expected);
-        let session = Session {
-            started_ns: record::now_ns(),
-            skill: decision.skill.map(|s| s.name.clone()),
-            pid: meta.pid,
-            uid: meta.uid,
-            gid: meta.gid,
-            exe,
-            cmdline,
+        let session = self.session(
+            meta,
             cgroup,
-            origin: origin.to_string(),
-            backend: decision.backend.map(|b| b.name.clone()),
-        };
+            decision.skill.map(|s| s.name.clone()),
+            origin,
+            decision.backend.map(|b| b.name.clone()),
+        );
         let event = Event {
             at_ns: session.started_ns,
             kind: Kind::Connect,
@@ -225,6 +215,35 @@ impl Proxy {
             facts: Facts::default(),
         };
         self.gate.open(session, event, policy.mode).await
+    }
+
+    /// The session of the skill socket `meta` describes, as the kernel and /proc say (its
+    /// process's executable and command line, when it is still in the cgroup).
+    fn session(
+        &self,
+        meta: &ConnMeta,
+        cgroup: Option<String>,
+        skill: Option<String>,
+        origin: SocketAddr,
+        backend: Option<String>,
+    ) -> Session {
+        let expected = match cgroup.as_deref() {
+            Some("") | None => format!("/{}", self.skills.relative),
+            Some(sub) => format!("/{}/{sub}", self.skills.relative),
+        };
+        let (exe, cmdline) = conn::process_info(meta.pid, &expected);
+        Session {
+            started_ns: record::now_ns(),
+            skill,
+            pid: meta.pid,
+            uid: meta.uid,
+            gid: meta.gid,
+            exe,
+            cmdline,
+            cgroup,
+            origin: origin.to_string(),
+            backend,
+        }
     }
 
     /// Holds a connection to a `tcp` or `tls` backend for an approver; whether it may go

@@ -13,7 +13,7 @@ use super::message::{Answer, Question};
 use crate::gate::{Audit, End};
 use crate::kernel::conn;
 use crate::proxy::Proxy;
-use crate::record::{self, Event, Facts, Kind, Session};
+use crate::record::{Event, Facts, Kind};
 use crate::telemetry::opstats::Outcome;
 
 /// What the policy said of a query (or of a sender that is no skill).
@@ -161,23 +161,8 @@ impl Proxy {
         decided: &Decided,
         policy: &Policy,
     ) -> Option<Audit> {
-        let expected = match cgroup.as_deref() {
-            Some("") | None => format!("/{}", self.skills.relative),
-            Some(sub) => format!("/{}/{sub}", self.skills.relative),
-        };
-        let (exe, cmdline) = conn::process_info(meta.pid, &expected);
-        let session = Session {
-            started_ns: record::now_ns(),
-            skill,
-            pid: meta.pid,
-            uid: meta.uid,
-            gid: meta.gid,
-            exe,
-            cmdline,
-            cgroup,
-            origin: conn::orig_destination(meta).to_string(),
-            backend: Some("dns".to_owned()),
-        };
+        let origin = conn::orig_destination(meta);
+        let session = self.session(meta, cgroup, skill, origin, Some("dns".to_owned()));
         let event = Event {
             at_ns: session.started_ns,
             kind: Kind::Dns,
