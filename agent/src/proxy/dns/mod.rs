@@ -25,6 +25,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tracing::{debug, warn};
 
 pub use self::names::ResolvedNames;
+use crate::lock::Locked as _;
 use crate::proxy::Proxy;
 
 /// How long one resolver may take to answer a query before the next is asked.
@@ -34,6 +35,8 @@ const MAX_MESSAGE: usize = 65_535;
 /// Queries in flight at once; beyond that new queries are dropped (the client retries), so a
 /// skill flooding DNS cannot exhaust the agent's sockets or memory.
 const MAX_IN_FLIGHT: usize = 256;
+/// Queries of one cgroup in flight at once: a quarter of all.
+const MAX_IN_FLIGHT_PER_CGROUP: usize = MAX_IN_FLIGHT / 4;
 /// DNS-over-TCP connections open at once (clients fall back to TCP for truncated answers
 /// only); beyond it new ones are closed.
 const MAX_TCP_CONNECTIONS: usize = 64;
@@ -43,12 +46,32 @@ pub struct Resolvers {
     upstream: Vec<SocketAddr>,
     in_flight: Arc<tokio::sync::Semaphore>,
     tcp_connections: Arc<tokio::sync::Semaphore>,
+    /// Queries in flight per cgroup id.
+    per_cgroup: Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
     /// What each skill resolved, for connections to the addresses.
     pub names: ResolvedNames,
     /// Queries dropped because they did not parse as one plain question.
     pub malformed: AtomicU64,
     /// The addresses of backends' upstream host names.
     upstreams: upstream::UpstreamNames,
+}
+
+/// One query of a cgroup in flight (see [`Resolvers::cgroup_slot`]).
+struct CgroupSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
+    id: u64,
+}
+
+impl Drop for CgroupSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.locked();
+        if let Some(count) = counts.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// How a query reached the forwarder, and so how it is relayed.
@@ -90,10 +113,26 @@ impl Resolvers {
             upstream,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS)),
+            per_cgroup: Arc::default(),
             names,
             malformed: AtomicU64::new(0),
             upstreams: upstream::UpstreamNames::default(),
         }
+    }
+
+    /// A place for one more query of cgroup `id` in flight, if it has fewer than its share;
+    /// held until dropped.
+    fn cgroup_slot(&self, id: u64) -> Option<CgroupSlot> {
+        let mut counts = self.per_cgroup.locked();
+        let count = counts.entry(id).or_default();
+        if *count >= MAX_IN_FLIGHT_PER_CGROUP {
+            return None;
+        }
+        *count += 1;
+        Some(CgroupSlot {
+            counts: Arc::clone(&self.per_cgroup),
+            id,
+        })
     }
 
     /// A query that is not one plain question: dropped, counted.
@@ -227,7 +266,23 @@ pub async fn serve(proxy: Arc<Proxy>, socket: UdpSocket) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_resolv_conf;
+    use std::time::Duration;
+
+    use super::{MAX_IN_FLIGHT_PER_CGROUP, ResolvedNames, Resolvers, parse_resolv_conf};
+
+    #[test]
+    fn one_cgroup_holds_at_most_its_share_of_queries_in_flight() {
+        let names = ResolvedNames::new(Duration::from_secs(1), Duration::from_secs(2));
+        let resolvers = Resolvers::new(&["127.0.0.1:9".parse().unwrap()], names);
+        let held: Vec<_> = (0..MAX_IN_FLIGHT_PER_CGROUP)
+            .map(|_| resolvers.cgroup_slot(7).unwrap())
+            .collect();
+        assert!(resolvers.cgroup_slot(7).is_none());
+        assert!(resolvers.cgroup_slot(8).is_some());
+        drop(held);
+        assert!(resolvers.cgroup_slot(7).is_some());
+        assert!(resolvers.per_cgroup.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn resolv_conf_nameservers() {

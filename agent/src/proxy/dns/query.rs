@@ -69,6 +69,15 @@ impl Proxy {
                 return None;
             }
         };
+        // One cgroup may hold only part of the in-flight bound: a skill keeping slow
+        // queries open cannot starve the others' DNS.
+        let Some(_slot) = self.dns.cgroup_slot(meta.cgroup_id) else {
+            debug!(
+                pid = meta.pid,
+                "DNS query dropped: its cgroup has too many in flight"
+            );
+            return None;
+        };
         let shown = question.shown();
         let cgroup = self.skills.resolve(meta.cgroup_id);
         let policy = self.gate.policy();
