@@ -58,10 +58,12 @@ pub enum Kind {
     Close,
     /// A DNS query's decision, and then its answer.
     Dns,
+    /// An S3 operation's decision (its answer is a `Response`).
+    S3,
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
+    const ALL: [Kind; 10] = [
         Kind::Connect,
         Kind::Tls,
         Kind::Http,
@@ -71,6 +73,7 @@ impl Kind {
         Kind::Result,
         Kind::Close,
         Kind::Dns,
+        Kind::S3,
     ];
 
     /// The name the store keeps (and hashes), logs and `replay` show.
@@ -85,6 +88,7 @@ impl Kind {
             Kind::Result => "result",
             Kind::Close => "close",
             Kind::Dns => "dns",
+            Kind::S3 => "s3",
         }
     }
 

@@ -33,25 +33,38 @@ impl HttpConn {
             },
             None => None,
         };
-        // The body must be read as it is: to be masked, or scanned for the credential.
-        let whole = mask.masks_body() || credential.is_some();
+        // The body must be read as it is: to be masked, or scanned for an injected credential
+        // (an S3 key signs, it is never sent: S3 bodies stream, ranges and encodings kept).
+        let whole = mask.masks_body() || (credential.is_some() && self.s3.is_none());
         let (parts, body) = request.into_parts();
+        let mut headers = head::upstream_headers(
+            &parts.headers,
+            &self.audit.gate().token_header,
+            host,
+            credential.and_then(|c| c.header.as_ref().map(|(name, value)| (name, value))),
+            whole,
+        );
+        if let Some(s3) = &self.s3 {
+            let signed = match credential.and_then(|c| c.aws.as_ref()) {
+                Some(key) => s3::sign(&mut headers, parts.method.as_str(), path, &s3.region, key),
+                None => Err("the backend's credential is not an `aws` key".to_owned()),
+            };
+            if let Err(reason) = signed {
+                return self
+                    .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                    .await;
+            }
+        }
         let mut upstream = Request::builder()
             .method(parts.method)
             .uri(path)
             .version(hyper::Version::HTTP_11);
-        *upstream.headers_mut().expect("a fresh builder has headers") = head::upstream_headers(
-            &parts.headers,
-            &self.audit.gate().token_header,
-            host,
-            credential.map(|c| (&c.header, &c.value)),
-            whole,
-        );
+        *upstream.headers_mut().expect("a fresh builder has headers") = headers;
         let body = Relay::new(body, Arc::clone(&self.to_backend), Vec::new());
         let upstream = match upstream.body(body) {
             Ok(upstream) => upstream,
             Err(err) => {
-                return error_response(
+                return self.error_response(
                     StatusCode::BAD_REQUEST,
                     &decided.id,
                     &format!("cannot rebuild the request: {err}"),
@@ -81,7 +94,7 @@ impl HttpConn {
         mask: &Mask,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let whole = mask.masks_body() || secrets.is_some();
+        let whole = mask.masks_body() || (secrets.is_some() && self.s3.is_none());
         let secrets = secrets.unwrap_or_default();
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -255,7 +268,7 @@ impl HttpConn {
         self.audit.gate().ops.answered(
             &self.audit.skill,
             &self.audit.backend,
-            Kind::Http.as_str(),
+            self.kind().as_str(),
             started.elapsed(),
             masked,
         );
@@ -293,7 +306,7 @@ impl HttpConn {
         reason: &str,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let response = error_response(status, &decided.id, reason);
+        let response = self.error_response(status, &decided.id, reason);
         self.answered(decided, response, started, 0, Some(reason), None)
             .await
     }
