@@ -1,0 +1,277 @@
+//! S3 backends: a real S3 server that verifies SigV4 itself (s3s-fs, installed by `cargo
+//! xtask setup`) behind the agent, and a skill using boto3 with placeholder keys. Operations
+//! are decided on bucket and prefix, the agent re-signs with its own key, and refusals read
+//! like S3 errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skillgate_tests::{Env, free_port, unused_port};
+
+const KEY_ID: &str = "AKIAREALAGENTKEY0001";
+const SECRET: &str = "real/Secret+Key-of-the-agent-0001";
+const SKILL_PY: &str = include_str!("../src/s3_skill.py");
+
+/// s3s-fs serving `root` on loopback, accepting only the agent's key.
+struct S3Server {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl S3Server {
+    fn start(root: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs (cargo xtask setup installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "s3s-fs did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { addr, child }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs() -> PathBuf {
+    let cargo_bin =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs");
+    if cargo_bin.exists() {
+        cargo_bin
+    } else {
+        PathBuf::from("s3s-fs")
+    }
+}
+
+fn policy(dial: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[[skill]]
+name = "reporter"
+
+[[backend]]
+name = "store"
+protocol = "s3"
+dial = ["{dial}"]
+upstream = "{upstream}"
+region = "us-east-1"
+credentials = "store-key"
+
+[[rule]]
+name = "reports-2026"
+skills = ["reporter"]
+backend = "store"
+effect = "allow"
+s3 = {{ operations = ["GetObject", "HeadObject", "ListObjectsV2", "PutObject", "CopyObject", "DeleteObjects"], objects = ["data/reports/2026/*"] }}
+"#
+    )
+}
+
+#[test]
+fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let root = std::env::temp_dir().join(format!("skillgate-test-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let files = [
+        ("data/reports/2026/q1.csv", "quarter,1\n"),
+        ("data/reports/2025/q4.csv", "quarter,4\n"),
+        ("data/secret/keys.txt", "do not read\n"),
+    ];
+    for (path, content) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let server = S3Server::start(&root);
+    let env = Env::with_config(
+        "s3",
+        &policy(dial, server.addr),
+        "[credentials.store-key]\nkind = \"aws\"\nfile = \"store.key\"\n",
+    );
+    let key_file = env.dir.join("store.key");
+    std::fs::write(&key_file, format!("{KEY_ID}:{SECRET}\n")).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let agent = env.start_agent();
+    let out = env.exec_python(
+        "reporter",
+        SKILL_PY,
+        &[format!("http://{dial}"), "data".to_owned()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", agent.log());
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {stdout}\n{stderr}"))
+            .clone()
+    };
+    let context = format!("{stdout}\n{}", agent.log());
+    // Allowed: the server accepted the agent's signature (it knows only the agent's key).
+    assert_eq!(step("get")["value"], "quarter,1\n", "{context}");
+    assert_eq!(
+        step("list")["value"],
+        serde_json::json!(["reports/2026/q1.csv"]),
+        "{context}"
+    );
+    assert_eq!(step("put")["ok"], true, "{context}");
+    assert_eq!(step("copy")["ok"], true, "{context}");
+    assert_eq!(
+        step("delete")["value"],
+        serde_json::json!(["reports/2026/new.csv"]),
+        "{context}"
+    );
+    // Denied, as S3 errors with the reason and the decision id.
+    for (name, what) in [
+        ("get-outside", "GetObject on `data/reports/2025/q4.csv`"),
+        (
+            "list-outside",
+            "ListObjectsV2 on keys under `data/reports/`",
+        ),
+        (
+            "delete-some-outside",
+            "DeleteObjects on `data/secret/keys.txt`",
+        ),
+        ("copy-from-outside", "GetObject on `data/secret/keys.txt`"),
+    ] {
+        let refused = step(name);
+        assert_eq!(refused["ok"], false, "{name}: {context}");
+        assert_eq!(refused["status"], 403, "{name}: {context}");
+        assert_eq!(refused["code"], "AccessDenied", "{name}: {context}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains(what) && message.contains("decision: "),
+            "{name}: {message}"
+        );
+    }
+    // The refused DeleteObjects deleted nothing (the later one deleted the key), the refused
+    // copy wrote nothing, the allowed ones did.
+    assert!(!root.join("data/reports/2026/new.csv").exists());
+    assert!(root.join("data/secret/keys.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/reports/2026/copy.csv")).unwrap(),
+        "quarter,1\n"
+    );
+    // Refused before the policy: presigned URLs, chunk-signed uploads, malformed XML.
+    for (name, what) in [
+        ("presigned", "presigned URLs"),
+        ("streaming", "chunk-signed uploads"),
+        ("malformed-delete", "DeleteObjects body"),
+    ] {
+        let refused = step(name);
+        assert_eq!(refused["status"], 400, "{name}: {context}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("<Code>InvalidRequest</Code>") && message.contains(what),
+            "{name}: {message}"
+        );
+    }
+    assert!(!root.join("data/reports/2026/chunked.csv").exists());
+    // The real key never reaches the skill.
+    assert!(
+        !stdout.contains(KEY_ID) && !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "{stdout}"
+    );
+    // Every operation is recorded with its S3 name, decision and what it touched.
+    env.wait_for_sessions_to_end();
+    let events = env.events();
+    let s3: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["kind"] == "s3")
+        .map(|e| {
+            (
+                e["decision"].as_str().unwrap_or("-").to_owned(),
+                e["operation"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    for (decision, operation) in [
+        ("allow", "GetObject GET /data/reports/2026/q1.csv"),
+        ("deny", "GetObject GET /data/reports/2025/q4.csv"),
+        (
+            "deny",
+            "DeleteObjects POST /data?delete= keys: `data/reports/2026/new.csv`, `data/secret/keys.txt`",
+        ),
+        ("deny", "CopyObject PUT /data/reports/2026/copy.csv"),
+    ] {
+        assert!(
+            s3.iter().any(|(d, o)| d == decision && o == operation),
+            "no `{decision}` record of `{operation}` in {s3:#?}"
+        );
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The server verifies signatures: the skill's placeholder key, sent straight to it, is
+/// refused; so the requests it accepted through the agent carried the agent's key.
+#[test]
+fn the_server_refuses_the_placeholder_key() {
+    let root =
+        std::env::temp_dir().join(format!("skillgate-test-s3-direct-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data/k"), "v").unwrap();
+    let server = S3Server::start(&root);
+    let script = r#"
+import sys, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+def client(key, secret):
+    return boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=key,
+        aws_secret_access_key=secret, region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+try:
+    client("AKIAPLACEHOLDER00000", "placeholder-secret-the-agent-drops").get_object(Bucket="data", Key="k")
+    print("placeholder accepted")
+except ClientError as err:
+    print("placeholder refused", err.response["ResponseMetadata"]["HTTPStatusCode"])
+print(client(sys.argv[2], sys.argv[3]).get_object(Bucket="data", Key="k")["Body"].read().decode())
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &format!("http://{}", server.addr),
+            KEY_ID,
+            SECRET,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "placeholder refused 403\nv\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
