@@ -251,5 +251,10 @@ fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: 
         println!("input:    {error}");
     } else if let Some(path) = detail["normalised_path"].as_str() {
         println!("path:     {path}");
+    } else if let Some(operation) = detail["operation"].as_str() {
+        println!("s3:       {operation}");
+        for access in detail["accesses"].as_array().into_iter().flatten() {
+            println!("access:   {}", access.as_str().unwrap_or("?"));
+        }
     }
 }
