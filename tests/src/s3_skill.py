@@ -3,8 +3,10 @@ agent, and prints one JSON line per step: {step, ok, status, code, message, valu
 
 argv: endpoint URL, bucket."""
 
+import base64
 import json
 import sys
+import zlib
 import urllib.error
 import urllib.request
 
@@ -50,9 +52,11 @@ def raw(name, method, path, headers, body=None):
     try:
         with urllib.request.urlopen(request, timeout=20) as response:
             status, text = response.status, response.read().decode()
+            etag = response.headers.get("etag")
     except urllib.error.HTTPError as err:
-        status, text = err.code, err.read().decode()
+        status, text, etag = err.code, err.read().decode(), None
     print(json.dumps({"step": name, "ok": status < 300, "status": status, "message": text}), flush=True)
+    return etag
 
 
 def keys(prefix):
@@ -89,10 +93,66 @@ step("delete", lambda: delete(["reports/2026/new.csv"]))
 presigned = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "reports/2026/q1.csv"})
 raw("presigned", "GET", presigned[len(endpoint):], {})
 raw(
-    "streaming",
+    "signed-trailer",
     "PUT",
-    f"/{bucket}/reports/2026/chunked.csv",
-    {"x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "content-encoding": "aws-chunked"},
-    b"0;chunk-signature=00\r\n\r\n",
+    f"/{bucket}/reports/2026/trailer.csv",
+    {
+        "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": "0",
+    },
+    b"0;chunk-signature=" + b"0" * 64 + b"\r\n\r\n",
 )
+
+
+def chunk_signed(pieces):
+    """An aws-chunked body signed with placeholder chunk signatures (the agent re-signs)."""
+    body = b""
+    for piece in pieces + [b""]:
+        body += b"%x;chunk-signature=%s\r\n" % (len(piece), b"0" * 64) + piece + b"\r\n"
+    return body
+
+
+def streaming_headers(pieces, mode="STREAMING-AWS4-HMAC-SHA256-PAYLOAD"):
+    return {
+        "x-amz-content-sha256": mode,
+        "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(sum(len(p) for p in pieces)),
+        "authorization": "AWS4-HMAC-SHA256 Credential=AKIAPLACEHOLDER00000/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=" + "0" * 64,
+    }
+
+
+big = [b"a" * 65536, b"b" * 1000]
+raw("chunk-signed-put", "PUT", f"/{bucket}/reports/2026/chunked.bin", streaming_headers(big), chunk_signed(big))
+upload = s3.create_multipart_upload(Bucket=bucket, Key="reports/2026/multi.bin")["UploadId"]
+part = [b"m" * 70000, b"n" * 5]
+etag = raw(
+    "chunk-signed-part",
+    "PUT",
+    f"/{bucket}/reports/2026/multi.bin?partNumber=1&uploadId={upload}",
+    streaming_headers(part),
+    chunk_signed(part),
+)
+step(
+    "complete-multipart",
+    lambda: s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="reports/2026/multi.bin",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )["Key"],
+)
+broken = chunk_signed([b"c" * 100]).replace(b"64;", b"zz;", 1)
+raw("bad-framing", "PUT", f"/{bucket}/reports/2026/broken.bin", streaming_headers([b"c" * 100]), broken)
+
+
+def trailer_body(data, checksum):
+    return b"%x\r\n" % len(data) + data + b"\r\n0\r\nx-amz-checksum-crc32:" + checksum + b"\r\n\r\n"
+
+
+data = b"trailing checksums are kept\n"
+crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big"))
+trailer = dict(streaming_headers([data], "STREAMING-UNSIGNED-PAYLOAD-TRAILER"), **{"x-amz-trailer": "x-amz-checksum-crc32"})
+raw("unsigned-trailer", "PUT", f"/{bucket}/reports/2026/trailer.txt", trailer, trailer_body(data, crc))
+raw("unsigned-trailer-bad-checksum", "PUT", f"/{bucket}/reports/2026/bad-sum.txt", trailer, trailer_body(data, b"AAAAAA=="))
 raw("malformed-delete", "POST", f"/{bucket}?delete", {"content-type": "application/xml"}, b"<Delete><Object>")

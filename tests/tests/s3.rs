@@ -80,7 +80,7 @@ name = "reports-2026"
 skills = ["reporter"]
 backend = "store"
 effect = "allow"
-s3 = {{ operations = ["GetObject", "HeadObject", "ListObjectsV2", "PutObject", "CopyObject", "DeleteObjects"], objects = ["data/reports/2026/*"] }}
+s3 = {{ operations = ["GetObject", "HeadObject", "ListObjectsV2", "PutObject", "CopyObject", "DeleteObjects", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"], objects = ["data/reports/2026/*"] }}
 "#
     )
 }
@@ -181,10 +181,57 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
         std::fs::read_to_string(root.join("data/reports/2026/copy.csv")).unwrap(),
         "quarter,1\n"
     );
-    // Refused before the policy: presigned URLs, chunk-signed uploads, malformed XML.
+    // Chunk-signed uploads: the skill's placeholder chunk signatures are replaced chunk by
+    // chunk, and the server, which verifies every chunk, stores what was sent.
+    assert_eq!(step("chunk-signed-put")["status"], 200, "{context}");
+    let mut expected = vec![b'a'; 65536];
+    expected.extend(vec![b'b'; 1000]);
+    assert_eq!(
+        std::fs::read(root.join("data/reports/2026/chunked.bin")).unwrap(),
+        expected
+    );
+    assert_eq!(step("chunk-signed-part")["status"], 200, "{context}");
+    assert_eq!(
+        step("complete-multipart")["value"],
+        "reports/2026/multi.bin",
+        "{context}"
+    );
+    let mut expected = vec![b'm'; 70000];
+    expected.extend(b"nnnnn");
+    assert_eq!(
+        std::fs::read(root.join("data/reports/2026/multi.bin")).unwrap(),
+        expected
+    );
+    // Unsigned chunks with a trailing checksum go as they are: the server checks the sum.
+    assert_eq!(step("unsigned-trailer")["status"], 200, "{context}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/reports/2026/trailer.txt")).unwrap(),
+        "trailing checksums are kept\n"
+    );
+    // (s3s-fs checks the sum after writing the file, so only its answer tells.)
+    assert_eq!(
+        step("unsigned-trailer-bad-checksum")["ok"],
+        false,
+        "{context}"
+    );
+    // Bad framing cuts the upload: a 400 with the reason, nothing stored.
+    let cut = step("bad-framing");
+    assert_eq!(cut["status"], 400, "{context}");
+    assert!(
+        cut["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad aws-chunked framing"),
+        "{context}"
+    );
+    assert!(!root.join("data/reports/2026/broken.bin").exists());
+    // Refused before the policy: presigned URLs, signed trailers, malformed XML.
     for (name, what) in [
         ("presigned", "presigned URLs"),
-        ("streaming", "chunk-signed uploads"),
+        (
+            "signed-trailer",
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        ),
         ("malformed-delete", "DeleteObjects body"),
     ] {
         let refused = step(name);
@@ -195,7 +242,7 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
             "{name}: {message}"
         );
     }
-    assert!(!root.join("data/reports/2026/chunked.csv").exists());
+    assert!(!root.join("data/reports/2026/trailer.csv").exists());
     // The real key never reaches the skill.
     assert!(
         !stdout.contains(KEY_ID) && !stdout.contains(SECRET) && !stderr.contains(SECRET),

@@ -44,15 +44,29 @@ impl HttpConn {
             credential.and_then(|c| c.header.as_ref().map(|(name, value)| (name, value))),
             whole,
         );
+        let mut body = body;
+        // Why a chunk-signed upload was cut, if it is.
+        let mut cut: Option<s3::Cut> = None;
         if let Some(s3) = &self.s3 {
             let signed = match credential.and_then(|c| c.aws.as_ref()) {
                 Some(key) => s3::sign(&mut headers, parts.method.as_str(), path, &s3.region, key),
                 None => Err("the backend's credential is not an `aws` key".to_owned()),
             };
-            if let Err(reason) = signed {
-                return self
-                    .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
-                    .await;
+            let chain = match signed {
+                Ok(chain) => chain,
+                Err(reason) => {
+                    return self
+                        .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                        .await;
+                }
+            };
+            if headers
+                .get("x-amz-content-sha256")
+                .is_some_and(|v| v == s3::STREAMING)
+            {
+                let (resigned, why) = s3::Resigned::new(body, chain);
+                body = resigned.boxed();
+                cut = Some(why);
             }
         }
         let mut upstream = Request::builder()
@@ -71,7 +85,14 @@ impl HttpConn {
                 );
             }
         };
-        let (response, lease) = match self.send(upstream).await {
+        let sent = self.send(upstream).await;
+        if let Some(reason) = cut.as_ref().and_then(|cut| cut.get()) {
+            warn!(request = %decided.id, %reason, "chunk-signed upload cut");
+            return self
+                .failed(decided, StatusCode::BAD_REQUEST, reason, started)
+                .await;
+        }
+        let (response, lease) = match sent {
             Ok(sent) => sent,
             Err((status, reason)) => {
                 warn!(request = %decided.id, upstream = %self.upstream, %reason, "backend failed");

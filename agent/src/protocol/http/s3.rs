@@ -6,9 +6,12 @@
 //! agent's key (the skill signs with a placeholder, which is dropped), and the agent's own
 //! answers are S3 error documents.
 //!
-//! Payloads: a signed payload hash is kept (the server checks the body against it) and
-//! UNSIGNED-PAYLOAD stays unsigned. Chunk-signed uploads (`aws-chunked`, the
-//! STREAMING-* modes) and presigned URLs are refused with the reason.
+//! Payloads: a signed payload hash is kept (the server checks the body against it),
+//! UNSIGNED-PAYLOAD stays unsigned, a chunk-signed upload (STREAMING-AWS4-HMAC-SHA256-PAYLOAD)
+//! has every chunk re-signed as it streams (`chunked.rs`), and an unsigned one with trailing
+//! checksums (STREAMING-UNSIGNED-PAYLOAD-TRAILER) goes as it is, checksums kept. Signed
+//! trailers (STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER), SigV4a and presigned URLs are
+//! refused with the reason.
 
 use sha2::{Digest as _, Sha256};
 use skillgate_policy::Policy;
@@ -16,8 +19,11 @@ use skillgate_policy::s3::{S3Request, encode};
 
 use super::*;
 
+mod chunked;
 mod sigv4;
 mod xml;
+
+pub(super) use chunked::{Cut, Resigned};
 
 pub use sigv4::AwsKey;
 pub(super) use xml::error_document;
@@ -30,6 +36,10 @@ pub struct S3Upstream {
 
 const PAYLOAD: &str = "x-amz-content-sha256";
 const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
+/// Chunk-signed: every chunk is re-signed.
+pub(super) const STREAMING: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
+/// Unsigned chunks with trailing checksums: the body goes as it is.
+const STREAMING_TRAILER: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 
 /// The largest DeleteObjects body read to decide it (1000 keys of at most 1024 bytes each,
 /// escaped, and the markup around them).
@@ -76,6 +86,14 @@ impl HttpConn {
         let mut answer = decide(None);
         let mut request = request.map(|body| body.boxed());
         if answer.request.as_ref().is_ok_and(S3Request::needs_body) {
+            if payload.starts_with("STREAMING-") {
+                let reason = "a DeleteObjects body is decided key by key: send it whole, not \
+                              aws-chunked"
+                    .to_owned();
+                return self
+                    .refuse(&id, &line, StatusCode::BAD_REQUEST, reason, None)
+                    .await;
+            }
             let (parts, body) = request.into_parts();
             let body = match read_whole(body, DELETE_BODY_MAX).await {
                 Ok(body) => body,
@@ -140,21 +158,34 @@ impl HttpConn {
     }
 }
 
-/// The payload hash the agent signs: the skill's `x-amz-content-sha256` when it is a hash or
-/// UNSIGNED-PAYLOAD (UNSIGNED-PAYLOAD when absent). Chunk-signed and trailer modes are
-/// refused: their chunk signatures chain from the skill's placeholder signature.
+/// The payload mode the agent signs: the skill's `x-amz-content-sha256` when it is a hash,
+/// UNSIGNED-PAYLOAD (also when absent), or one of the streaming modes the agent carries
+/// ([`STREAMING`], [`STREAMING_TRAILER`]). A body framed as aws-chunked under any other
+/// mode is refused (the server would read framing the signature does not say).
 fn payload_hash(headers: &HeaderMap) -> Result<String, String> {
-    let streaming = "chunk-signed uploads (aws-chunked: STREAMING-AWS4-HMAC-SHA256-PAYLOAD, \
-                     STREAMING-UNSIGNED-PAYLOAD-TRAILER) are not supported by this agent yet: \
-                     configure the client to send a payload hash or UNSIGNED-PAYLOAD (boto3: \
-                     request_checksum_calculation=\"when_required\")";
     let chunked = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
-        .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("aws-chunked"));
-    if chunked || headers.contains_key("x-amz-decoded-content-length") {
-        return Err(streaming.to_owned());
+        .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("aws-chunked"))
+        || headers.contains_key("x-amz-decoded-content-length");
+    let mode = payload_mode(headers)?;
+    let streaming = mode == STREAMING || mode == STREAMING_TRAILER;
+    if chunked && !streaming {
+        return Err(format!(
+            "an aws-chunked body needs `{PAYLOAD}: {STREAMING}` or `{STREAMING_TRAILER}`"
+        ));
     }
+    let lengths = headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key("x-amz-decoded-content-length");
+    if streaming && !lengths {
+        return Err(format!(
+            "`{mode}` needs Content-Length and x-amz-decoded-content-length, as S3 does"
+        ));
+    }
+    Ok(mode)
+}
+
+fn payload_mode(headers: &HeaderMap) -> Result<String, String> {
     let mut values = headers.get_all(PAYLOAD).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(UNSIGNED.to_owned()),
@@ -164,10 +195,14 @@ fn payload_hash(headers: &HeaderMap) -> Result<String, String> {
     let hash = value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
     if hash {
         Ok(value.to_ascii_lowercase())
-    } else if value == UNSIGNED {
-        Ok(UNSIGNED.to_owned())
+    } else if [UNSIGNED, STREAMING, STREAMING_TRAILER].contains(&value) {
+        Ok(value.to_owned())
     } else if value.starts_with("STREAMING-") {
-        Err(streaming.to_owned())
+        Err(format!(
+            "`{value}` is not supported: the agent re-signs {STREAMING} chunk by chunk and \
+             carries {STREAMING_TRAILER}; signed trailers and SigV4a are refused (boto3: \
+             request_checksum_calculation=\"when_required\" sends neither)"
+        ))
     } else {
         Err(format!(
             "`{PAYLOAD}: {value}` is neither a SHA-256 nor {UNSIGNED}"
@@ -226,14 +261,15 @@ fn shown_line(request: &S3Request, method: &hyper::Method, path: &str) -> String
 /// Signs the upstream request: drops what the skill signed with, sets the date, the session
 /// token and the `Authorization` of the agent's key. `target` is canonical
 /// ([`upstream_target`]); the signed headers are the host, the content type and MD5, and
-/// every `x-amz-*` header (the copy source among them).
+/// every `x-amz-*` header (the copy source among them). The chain that signs the chunks of
+/// a chunk-signed upload comes back.
 pub(super) fn sign(
     headers: &mut HeaderMap,
     method: &str,
     target: &str,
     region: &str,
     key: &AwsKey,
-) -> Result<(), String> {
+) -> Result<sigv4::ChunkChain, String> {
     for name in ["x-amz-date", "x-amz-security-token"] {
         headers.remove(name);
     }
@@ -290,10 +326,10 @@ pub(super) fn sign(
         },
     );
     let mut value =
-        HeaderValue::from_str(&authorization).map_err(|_| "the signature cannot be sent")?;
+        HeaderValue::from_str(&authorization.header).map_err(|_| "the signature cannot be sent")?;
     value.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, value);
-    Ok(())
+    Ok(authorization.chain)
 }
 
 #[cfg(test)]
@@ -336,11 +372,34 @@ mod tests {
         assert_eq!(with(&[]), Ok(UNSIGNED.to_owned()));
         assert_eq!(with(&[(PAYLOAD, UNSIGNED)]), Ok(UNSIGNED.to_owned()));
         assert_eq!(with(&[(PAYLOAD, hash)]), Ok(hash.to_ascii_lowercase()));
+        let lengths = [
+            ("content-length", "90"),
+            ("x-amz-decoded-content-length", "5"),
+        ];
+        for mode in [STREAMING, STREAMING_TRAILER] {
+            let headers = [
+                (PAYLOAD, mode),
+                ("content-encoding", "aws-chunked"),
+                lengths[0],
+                lengths[1],
+            ];
+            assert_eq!(with(&headers), Ok(mode.to_owned()));
+        }
         for refused in [
-            &[(PAYLOAD, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")][..],
-            &[(PAYLOAD, "STREAMING-UNSIGNED-PAYLOAD-TRAILER")],
+            &[(PAYLOAD, STREAMING)][..],
+            &[
+                (PAYLOAD, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"),
+                lengths[0],
+                lengths[1],
+            ],
+            &[
+                (PAYLOAD, "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD"),
+                lengths[0],
+                lengths[1],
+            ],
             &[("content-encoding", "aws-chunked")],
             &[("x-amz-decoded-content-length", "5")],
+            &[(PAYLOAD, UNSIGNED), lengths[1]],
             &[(PAYLOAD, "abc")],
             &[(PAYLOAD, UNSIGNED), (PAYLOAD, UNSIGNED)],
         ] {

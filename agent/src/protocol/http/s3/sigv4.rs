@@ -38,8 +38,42 @@ pub struct Signed<'a> {
     pub service: &'a str,
 }
 
-/// The `Authorization` header value for `request` signed with `key`.
-pub fn authorization(key: &AwsKey, request: &Signed<'_>) -> String {
+/// A request's signature: its `Authorization` header, and the chain its chunks' signatures
+/// continue (STREAMING-AWS4-HMAC-SHA256-PAYLOAD).
+pub struct Authorization {
+    pub header: String,
+    pub chain: ChunkChain,
+}
+
+/// What signs the chunks of a chunk-signed upload: each chunk's signature covers its data
+/// and the signature before it, the first the request's (the seed).
+pub struct ChunkChain {
+    signing_key: Vec<u8>,
+    amz_date: String,
+    scope: String,
+    previous: String,
+}
+
+impl ChunkChain {
+    /// The signature of the next chunk, whose data hashes to `data_sha256`.
+    pub fn next(&mut self, data_sha256: &[u8]) -> String {
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{}\n{EMPTY_SHA256}\n{}",
+            self.amz_date,
+            self.scope,
+            self.previous,
+            hex(data_sha256)
+        );
+        self.previous = hex(&hmac(&self.signing_key, to_sign.as_bytes()));
+        self.previous.clone()
+    }
+}
+
+/// The SHA-256 of nothing.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Signs `request` with `key`.
+pub fn authorization(key: &AwsKey, request: &Signed<'_>) -> Authorization {
     let canonical_headers: String = request
         .headers
         .iter()
@@ -67,11 +101,20 @@ pub fn authorization(key: &AwsKey, request: &Signed<'_>) -> String {
         signing = hmac(&signing, part.as_bytes());
     }
     let signature = hex(&hmac(&signing, to_sign.as_bytes()));
-    format!(
+    let header = format!(
         "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, \
          Signature={signature}",
         key.access_key_id
-    )
+    );
+    Authorization {
+        header,
+        chain: ChunkChain {
+            signing_key: signing,
+            amz_date: request.amz_date.to_owned(),
+            scope,
+            previous: signature,
+        },
+    }
 }
 
 /// A header value as SigV4 signs it: trimmed, inner runs of spaces made one.
@@ -107,7 +150,7 @@ pub fn amz_date(now: time::OffsetDateTime) -> String {
 mod tests {
     use super::*;
 
-    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY: &str = EMPTY_SHA256;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -142,7 +185,7 @@ mod tests {
             },
         );
         assert_eq!(
-            got,
+            got.header,
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
              SignedHeaders=host;x-amz-date, \
              Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
@@ -155,14 +198,14 @@ mod tests {
         query: &str,
         pairs: &[(&str, &str)],
         payload: &str,
-    ) -> String {
+    ) -> Authorization {
         let key = AwsKey {
             access_key_id: "AKIAIOSFODNN7EXAMPLE".to_owned(),
             secret: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned(),
             session_token: None,
         };
         let headers = headers(pairs);
-        let got = authorization(
+        authorization(
             &key,
             &Signed {
                 method,
@@ -174,8 +217,11 @@ mod tests {
                 region: "us-east-1",
                 service: "s3",
             },
-        );
-        got.rsplit_once("Signature=").unwrap().1.to_owned()
+        )
+    }
+
+    fn signature(authorization: &Authorization) -> &str {
+        authorization.header.rsplit_once("Signature=").unwrap().1
     }
 
     /// The examples of the S3 API reference ("Signature Calculations for the Authorization
@@ -184,7 +230,7 @@ mod tests {
     fn s3_reference_examples() {
         // GET Object, with a Range.
         assert_eq!(
-            s3_example(
+            signature(&s3_example(
                 "GET",
                 "/test.txt",
                 "",
@@ -195,14 +241,14 @@ mod tests {
                     ("x-amz-date", "20130524T000000Z"),
                 ],
                 EMPTY
-            ),
+            )),
             "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
         // PUT Object, a signed payload and a key with `$`.
         let payload = "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072";
         assert_eq!(hex(&Sha256::digest(b"Welcome to Amazon S3.")), payload);
         assert_eq!(
-            s3_example(
+            signature(&s3_example(
                 "PUT",
                 "/test%24file.text",
                 "",
@@ -214,12 +260,12 @@ mod tests {
                     ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
                 ],
                 payload
-            ),
+            )),
             "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"
         );
         // GET Bucket lifecycle: a subresource with no value.
         assert_eq!(
-            s3_example(
+            signature(&s3_example(
                 "GET",
                 "/",
                 "lifecycle=",
@@ -229,12 +275,12 @@ mod tests {
                     ("x-amz-date", "20130524T000000Z"),
                 ],
                 EMPTY
-            ),
+            )),
             "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"
         );
         // GET Bucket (list objects), parameters sorted.
         assert_eq!(
-            s3_example(
+            signature(&s3_example(
                 "GET",
                 "/",
                 "max-keys=2&prefix=J",
@@ -244,8 +290,47 @@ mod tests {
                     ("x-amz-date", "20130524T000000Z"),
                 ],
                 EMPTY
-            ),
+            )),
             "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+        );
+    }
+
+    /// The S3 API reference's chunk-signed upload example ("Signature Calculations for the
+    /// Authorization Header: Transferring Payload in Multiple Chunks"): 64 KiB and 1 KiB of
+    /// `a`, then the empty chunk.
+    #[test]
+    fn s3_reference_chunked_upload() {
+        let mut authorization = s3_example(
+            "PUT",
+            "/examplebucket/chunkObject.txt",
+            "",
+            &[
+                ("content-encoding", "aws-chunked"),
+                ("content-length", "66824"),
+                ("host", "s3.amazonaws.com"),
+                ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+                ("x-amz-date", "20130524T000000Z"),
+                ("x-amz-decoded-content-length", "66560"),
+                ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ],
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        );
+        assert_eq!(
+            signature(&authorization),
+            "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
+        );
+        let chain = &mut authorization.chain;
+        assert_eq!(
+            chain.next(&Sha256::digest(vec![b'a'; 65536])),
+            "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648"
+        );
+        assert_eq!(
+            chain.next(&Sha256::digest(vec![b'a'; 1024])),
+            "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497"
+        );
+        assert_eq!(
+            chain.next(&Sha256::digest(b"")),
+            "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9"
         );
     }
 
