@@ -427,11 +427,16 @@ impl Policy {
                 masking.push(rule);
             }
         }
-        if mask.masks_body()
-            && let Operation::Http { headers, .. } = operation
-            && let Some((name, _)) = headers
+        let partial = match operation {
+            Operation::Http { headers, .. } => headers
                 .iter()
                 .find(|(name, _)| name == "range" || name == "if-range")
+                .map(|(name, _)| name.as_str()),
+            Operation::S3(request) => request.partial.as_deref(),
+            _ => None,
+        };
+        if mask.masks_body()
+            && let Some(name) = partial
         {
             let masking: Vec<&Rule> = masking
                 .into_iter()

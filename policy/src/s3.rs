@@ -99,12 +99,42 @@ pub struct S3Request {
     pub key: String,
     /// The query parameters, decoded, in the order sent.
     pub query: Vec<(String, String)>,
+    /// A read of part of an object (a `Range` or `If-Range` header, or `partNumber`): no
+    /// mask can apply to it.
+    pub partial: Option<String>,
 }
 
 impl S3Request {
     /// Whether the decision needs the body: DeleteObjects names its keys there.
     pub fn needs_body(&self) -> bool {
         self.operation == "DeleteObjects"
+    }
+
+    /// The path and query the server gets, rebuilt from the classification in SigV4's
+    /// canonical encoding (so it is also what is signed): `/bucket/key?name=value&...`,
+    /// sorted. Classified again, it reads as this request does.
+    pub fn upstream_target(&self) -> String {
+        let mut target = String::from("/");
+        if !self.bucket.is_empty() {
+            target.push_str(&encode(&self.bucket, false));
+            if !self.key.is_empty() {
+                target.push('/');
+                target.push_str(&encode(&self.key, true));
+            }
+        }
+        let mut pairs: Vec<(String, String)> = self
+            .query
+            .iter()
+            .map(|(name, value)| (encode(name, false), encode(value, false)))
+            .collect();
+        pairs.sort();
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            target.push(if i == 0 { '?' } else { '&' });
+            target.push_str(name);
+            target.push('=');
+            target.push_str(value);
+        }
+        target
     }
 
     /// Adds the keys a DeleteObjects body names, each a DeleteObjects access on its object.
@@ -309,12 +339,19 @@ pub fn classify(
     if operation == "DeleteObjects" {
         accesses.clear();
     }
+    let partial = headers
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .find(|name| *name == "range" || *name == "if-range")
+        .or_else(|| has("partNumber").then_some("partNumber"))
+        .map(str::to_owned);
     Ok(S3Request {
         operation,
         accesses,
         bucket,
         key,
         query,
+        partial,
     })
 }
 

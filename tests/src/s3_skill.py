@@ -72,6 +72,8 @@ def delete(keys):
 
 
 step("get", lambda: s3.get_object(Bucket=bucket, Key="reports/2026/q1.csv")["Body"].read().decode())
+step("get-masked", lambda: s3.get_object(Bucket=bucket, Key="reports/2026/customers/list.json")["Body"].read().decode())
+step("get-masked-not-json", lambda: s3.get_object(Bucket=bucket, Key="reports/2026/customers/notes.txt")["Body"].read().decode())
 step("get-outside", lambda: s3.get_object(Bucket=bucket, Key="reports/2025/q4.csv")["Body"].read().decode())
 step("list", lambda: keys("reports/2026/"))
 step("list-outside", lambda: keys("reports/"))

@@ -81,6 +81,14 @@ skills = ["reporter"]
 backend = "store"
 effect = "allow"
 s3 = {{ operations = ["GetObject", "HeadObject", "ListObjectsV2", "PutObject", "CopyObject", "DeleteObjects", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"], objects = ["data/reports/2026/*"] }}
+
+[[rule]]
+name = "customers-masked"
+skills = ["reporter"]
+backend = "store"
+effect = "mask"
+s3 = {{ operations = ["GetObject"], objects = ["data/reports/2026/customers/*"] }}
+mask = {{ fields = ["email"], detectors = ["card"] }}
 "#
     )
 }
@@ -96,6 +104,11 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
         ("data/reports/2026/q1.csv", "quarter,1\n"),
         ("data/reports/2025/q4.csv", "quarter,4\n"),
         ("data/secret/keys.txt", "do not read\n"),
+        (
+            "data/reports/2026/customers/list.json",
+            r#"[{"name": "Ada", "email": "ada@example.org", "note": "card 4111 1111 1111 1111"}]"#,
+        ),
+        ("data/reports/2026/customers/notes.txt", "not JSON\n"),
     ];
     for (path, content) in files {
         let path = root.join(path);
@@ -140,7 +153,11 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
     assert_eq!(step("get")["value"], "quarter,1\n", "{context}");
     assert_eq!(
         step("list")["value"],
-        serde_json::json!(["reports/2026/q1.csv"]),
+        serde_json::json!([
+            "reports/2026/customers/list.json",
+            "reports/2026/customers/notes.txt",
+            "reports/2026/q1.csv"
+        ]),
         "{context}"
     );
     assert_eq!(step("put")["ok"], true, "{context}");
@@ -148,6 +165,24 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
     assert_eq!(
         step("delete")["value"],
         serde_json::json!(["reports/2026/new.csv"]),
+        "{context}"
+    );
+    // Under a mask: a JSON object comes back masked, anything else is withheld.
+    let masked = step("get-masked")["value"].as_str().unwrap().to_owned();
+    assert!(
+        masked.contains("Ada")
+            && !masked.contains("ada@example.org")
+            && !masked.contains("4111 1111"),
+        "{context}"
+    );
+    let withheld = step("get-masked-not-json");
+    assert_eq!(withheld["status"], 502, "{context}");
+    assert_eq!(withheld["code"], "BadGateway", "{context}");
+    assert!(
+        withheld["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be masked"),
         "{context}"
     );
     // Denied, as S3 errors with the reason and the decision id.

@@ -625,11 +625,14 @@ impl<'a> Builder<'a> {
             }
             (None, _) => Mask::default(),
         };
-        if effect == Effect::Mask && !matches!(protocol, Protocol::Http | Protocol::Postgres) {
+        if effect == Effect::Mask && !protocol.per_operation() {
             return Err(self.error(
                 &def.effect,
-                format!("{name}: masking needs an http or postgres backend"),
+                format!("{name}: masking needs an http, postgres or s3 backend"),
             ));
+        }
+        if let (Effect::Mask, RuleOp::S3(s3)) = (effect, &op) {
+            self.s3_mask(&name, def, s3, &mask)?;
         }
         let line = self.line(backend_name.span().start);
         Ok(Rule {

@@ -4,7 +4,7 @@
 use toml::Spanned;
 
 use super::build::Builder;
-use super::{Protocol, S3Backend, S3Op};
+use super::{Mask, Protocol, S3Backend, S3Op};
 use crate::error::PolicyError;
 use crate::file::{BackendDef, RuleDef};
 use crate::s3::{OPERATIONS, ObjectGlob, UNKNOWN};
@@ -131,5 +131,33 @@ impl Builder<'_> {
             operations,
             objects,
         })
+    }
+
+    /// A mask on an `s3` rule masks objects read whole: GetObject only, by JSON field or
+    /// detector (an object is no table, and has no headers to drop).
+    pub(super) fn s3_mask(
+        &self,
+        rule: &str,
+        def: &RuleDef,
+        op: &S3Op,
+        mask: &Mask,
+    ) -> Result<(), PolicyError> {
+        let at = def.mask.as_ref().expect("a mask rule has a mask");
+        if let Some(other) = op.operations.iter().find(|o| *o != "GetObject") {
+            return Err(self.error(
+                at,
+                format!(
+                    "{rule}: an s3 mask applies to GetObject only (the objects read), not \
+                     `{other}`"
+                ),
+            ));
+        }
+        if !mask.columns.is_empty() || !mask.masks_body() {
+            return Err(self.error(
+                at,
+                format!("{rule}: an s3 mask names JSON `fields` or `detectors`, not `columns`"),
+            ));
+        }
+        Ok(())
     }
 }

@@ -468,6 +468,19 @@ fn invalid_s3_policies_point_at_the_problem() {
             "needs a `mask` section",
         ),
         (
+            rule("{ operations = [\"GetObject\", \"ListObjectsV2\"], objects = [\"b/*\"] }")
+                .replace("effect = \"allow\"", "effect = \"mask\"")
+                + "mask = { fields = [\"email\"] }\n",
+            "p.toml:15:8: rule #1: an s3 mask applies to GetObject only (the objects read), not \
+             `ListObjectsV2`",
+        ),
+        (
+            rule("{ operations = [\"GetObject\"], objects = [\"b/*\"] }")
+                .replace("effect = \"allow\"", "effect = \"mask\"")
+                + "mask = { columns = [\"email\"] }\n",
+            "rule #1: an s3 mask names JSON `fields` or `detectors`, not `columns`",
+        ),
+        (
             format!(
                 "{skill}{full}[[rule]]\nskills = [\"a\"]\nbackend = \"s\"\neffect = \"allow\"\n"
             ),

@@ -273,3 +273,27 @@ fn encoding_is_sigv4s() {
     assert_eq!(encode("a b/ü~*", true), "a%20b/%C3%BC~%2A");
     assert_eq!(encode("a/b", false), "a%2Fb");
 }
+
+#[test]
+fn upstream_targets_are_canonical_and_read_the_same() {
+    let cases = [
+        (
+            "GET",
+            "/b?prefix=a%20b%2Fc&list-type=2&encoding-type=url",
+            "/b?encoding-type=url&list-type=2&prefix=a%20b%2Fc",
+        ),
+        ("GET", "/b/r/..%2Fx/%C3%A9%21", "/b/r/../x/%C3%A9%21"),
+        ("POST", "/b/k?uploads", "/b/k?uploads="),
+        ("GET", "/b//k/", "/b//k/"),
+        ("GET", "/", "/"),
+    ];
+    for (method, target, upstream) in cases {
+        let request = classify(method, target, &[]).unwrap();
+        assert_eq!(request.upstream_target(), upstream, "{target}");
+        let mut again = classify(method, upstream, &[]).unwrap();
+        again.query.sort();
+        let mut sorted = request.clone();
+        sorted.query.sort();
+        assert_eq!(again, sorted, "{target}");
+    }
+}

@@ -161,6 +161,9 @@ impl HttpConn {
                     .then(|| record::kept(&String::from_utf8_lossy(&masked)));
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.remove(header::TRANSFER_ENCODING);
+                if self.s3.is_some() {
+                    s3::drop_checksums(&mut parts.headers);
+                }
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));

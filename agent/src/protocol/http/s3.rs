@@ -15,7 +15,7 @@
 
 use sha2::{Digest as _, Sha256};
 use skillgate_policy::Policy;
-use skillgate_policy::s3::{S3Request, encode};
+use skillgate_policy::s3::S3Request;
 
 use super::*;
 
@@ -134,7 +134,7 @@ impl HttpConn {
                     .await;
             }
         };
-        let path = upstream_target(classified);
+        let path = classified.upstream_target();
         let shown = shown_line(classified, &method, &path);
         let decision = &answer.decision;
         let op = Op {
@@ -210,30 +210,17 @@ fn payload_mode(headers: &HeaderMap) -> Result<String, String> {
     }
 }
 
-/// The path and query the server gets, built from the classification in SigV4's canonical
-/// encoding (so it is also what is signed): `/bucket/key?name=value&...`, sorted.
-fn upstream_target(request: &S3Request) -> String {
-    let mut target = String::from("/");
-    if !request.bucket.is_empty() {
-        target.push_str(&encode(&request.bucket, false));
-        if !request.key.is_empty() {
-            target.push('/');
-            target.push_str(&encode(&request.key, true));
-        }
-    }
-    let mut pairs: Vec<(String, String)> = request
-        .query
-        .iter()
-        .map(|(name, value)| (encode(name, false), encode(value, false)))
+/// Drops the checksums of an object whose body was masked: they describe the object, not
+/// what the skill gets, and SDKs check them (boto3 asks for them on every GetObject).
+pub(super) fn drop_checksums(headers: &mut HeaderMap) {
+    let names: Vec<hyper::header::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-amz-checksum-") || *name == "content-md5")
+        .cloned()
         .collect();
-    pairs.sort();
-    for (i, (name, value)) in pairs.iter().enumerate() {
-        target.push(if i == 0 { '?' } else { '&' });
-        target.push_str(name);
-        target.push('=');
-        target.push_str(value);
+    for name in names {
+        headers.remove(name);
     }
-    target
 }
 
 /// The record's line: the operation, the request as it goes upstream, and the keys a
@@ -260,7 +247,7 @@ fn shown_line(request: &S3Request, method: &hyper::Method, path: &str) -> String
 
 /// Signs the upstream request: drops what the skill signed with, sets the date, the session
 /// token and the `Authorization` of the agent's key. `target` is canonical
-/// ([`upstream_target`]); the signed headers are the host, the content type and MD5, and
+/// (`S3Request::upstream_target`); the signed headers are the host, the content type and MD5, and
 /// every `x-amz-*` header (the copy source among them). The chain that signs the chunks of
 /// a chunk-signed upload comes back.
 pub(super) fn sign(
@@ -336,26 +323,6 @@ pub(super) fn sign(
 mod tests {
     use super::*;
 
-    fn classified(method: &str, target: &str) -> S3Request {
-        skillgate_policy::s3::classify(method, target, &[]).unwrap()
-    }
-
-    #[test]
-    fn upstream_targets_are_canonical() {
-        let request = classified("GET", "/b?prefix=a%20b%2Fc&list-type=2&encoding-type=url");
-        assert_eq!(
-            upstream_target(&request),
-            "/b?encoding-type=url&list-type=2&prefix=a%20b%2Fc"
-        );
-        let request = classified("GET", "/b/r/..%2Fx/%C3%A9%21");
-        assert_eq!(upstream_target(&request), "/b/r/../x/%C3%A9%21");
-        assert_eq!(
-            upstream_target(&classified("POST", "/b/k?uploads")),
-            "/b/k?uploads="
-        );
-        assert_eq!(upstream_target(&classified("GET", "/")), "/");
-    }
-
     #[test]
     fn payload_modes() {
         let with = |pairs: &[(&str, &str)]| {
@@ -405,6 +372,23 @@ mod tests {
         ] {
             assert!(with(refused).is_err(), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn a_masked_objects_checksums_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-amz-checksum-crc32", "NhCmhg=="),
+            ("content-md5", "XUFAKrxLKna5cZ2REBfFkg=="),
+            ("etag", "\"5d41\""),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        drop_checksums(&mut headers);
+        assert_eq!(
+            headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["etag"]
+        );
     }
 
     #[test]
