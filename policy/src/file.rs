@@ -64,8 +64,8 @@ pub(crate) struct BackendDef {
     /// Name of the credential the agent injects upstream (never the secret itself).
     pub credentials: Option<Spanned<String>>,
     pub tls: Option<TlsDef>,
-    /// `http` backends only: server names skills may reach this backend by over HTTPS; the
-    /// agent terminates their TLS with a certificate from its host-local CA.
+    /// `http` and `s3` backends: server names skills may reach this backend by over HTTPS;
+    /// the agent terminates their TLS with a certificate from its host-local CA.
     #[serde(default)]
     pub intercept_tls: Vec<Spanned<String>>,
     /// `http` backends that ignore the case of paths: grants match paths in any ASCII case.

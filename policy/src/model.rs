@@ -113,7 +113,7 @@ pub struct Backend {
     pub upstream: SocketAddr,
     pub credentials: Option<String>,
     pub tls: Option<Tls>,
-    /// Server names whose TLS the agent terminates for this (`http`) backend.
+    /// Server names whose TLS the agent terminates for this (`http` or `s3`) backend.
     pub intercept_tls: Vec<String>,
     /// `http` backends: the backend ignores the case of paths, so rules grant paths whatever
     /// their (ASCII) case. Restrictions ignore case either way (see [`crate::http`]).

@@ -357,3 +357,90 @@ print(client(sys.argv[2], sys.argv[3]).get_object(Bucket="data", Key="k")["Body"
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// boto3 over HTTPS, as skills reach real S3: the agent terminates the skill's TLS with the
+/// skills CA (`intercept_tls`), decides each operation inside, and carries the uploads boto3
+/// sends over HTTPS (aws-chunked, STREAMING-UNSIGNED-PAYLOAD-TRAILER, a CRC32 trailer).
+#[test]
+fn boto3_over_https_is_intercepted_and_its_trailer_uploads_carried() {
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let root = std::env::temp_dir().join(format!("skillgate-test-s3-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("data/in")).unwrap();
+    std::fs::write(root.join("data/in/a.txt"), "inside\n").unwrap();
+    let server = S3Server::start(&root);
+    let policy = policy(dial, server.addr).replace(
+        "region = \"us-east-1\"\n",
+        "region = \"us-east-1\"\nintercept_tls = [\"store.internal\"]\n",
+    ) + "\n[[rule]]\nskills = [\"reporter\"]\nbackend = \"store\"\neffect = \"allow\"\n\
+         s3 = { operations = [\"GetObject\", \"PutObject\"], objects = [\"data/in/*\"] }\n";
+    let env = Env::with_config(
+        "s3-tls",
+        &policy,
+        "[credentials.store-key]\nkind = \"aws\"\nfile = \"store.key\"\n",
+    );
+    let key_file = env.dir.join("store.key");
+    std::fs::write(&key_file, format!("{KEY_ID}:{SECRET}\n")).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let agent = env.start_agent();
+    let script = r#"
+import json, os, socket, sys
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+address, port = sys.argv[1], int(sys.argv[2])
+resolve = socket.getaddrinfo
+# store.internal is the dial address (as a DNS answer through the agent would give it).
+socket.getaddrinfo = lambda host, *rest, **kw: resolve(address if host == "store.internal" else host, *rest, **kw)
+seen = []
+s3 = boto3.client("s3", endpoint_url=f"https://store.internal:{port}",
+    aws_access_key_id="AKIAPLACEHOLDER00000", aws_secret_access_key="placeholder-secret",
+    region_name="us-east-1", verify=os.environ["SSL_CERT_FILE"],
+    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+s3.meta.events.register("before-send.s3.PutObject",
+    lambda request, **kw: seen.append(request.headers.get("x-amz-content-sha256").decode()))
+s3.put_object(Bucket="data", Key="in/up.txt", Body=b"uploaded over https\n")
+print(json.dumps({"mode": seen[0]}))
+print(json.dumps({"get": s3.get_object(Bucket="data", Key="in/a.txt")["Body"].read().decode()}))
+try:
+    s3.put_object(Bucket="data", Key="out/x.txt", Body=b"x")
+    print(json.dumps({"outside": "allowed"}))
+except ClientError as err:
+    print(json.dumps({"outside": err.response["Error"]["Code"]}))
+"#;
+    let out = env.exec_python(
+        "reporter",
+        script,
+        &["127.0.0.2".to_owned(), dial.port().to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!(
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    assert!(out.status.success(), "{context}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["mode"], "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "{context}"
+    );
+    assert_eq!(lines[1]["get"], "inside\n", "{context}");
+    assert_eq!(lines[2]["outside"], "AccessDenied", "{context}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/in/up.txt")).unwrap(),
+        "uploaded over https\n"
+    );
+    assert!(!root.join("data/out/x.txt").exists());
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -251,10 +251,10 @@ impl<'a> Builder<'a> {
         let mut intercept_tls = Vec::with_capacity(def.intercept_tls.len());
         for spanned in &def.intercept_tls {
             let server = spanned.get_ref().to_ascii_lowercase();
-            if def.protocol != Protocol::Http {
+            if !matches!(def.protocol, Protocol::Http | Protocol::S3) {
                 return Err(self.error(
                     spanned,
-                    format!("`intercept_tls` is for `http` backends; `{name}` is not one"),
+                    format!("`intercept_tls` is for `http` and `s3` backends; `{name}` is not one"),
                 ));
             }
             if !is_dns_name(&server) {
