@@ -10,11 +10,13 @@
 use std::fmt;
 
 mod delete;
+mod parameters;
 mod pattern;
 #[cfg(test)]
 mod tests;
 
 pub use delete::delete_keys;
+use parameters::{SUBRESOURCES, parameters};
 pub use pattern::ObjectGlob;
 
 /// The operations the classifier knows, by their S3 names.
@@ -170,59 +172,6 @@ pub enum BadS3 {
     DeleteBody(String),
 }
 
-/// Query parameters that only shape an answer or name a version, by operation. Anything else
-/// makes the request `unknown`.
-fn parameters(operation: &str) -> &'static [&'static str] {
-    const OBJECT_READ: &[&str] = &[
-        "versionId",
-        "partNumber",
-        "response-cache-control",
-        "response-content-disposition",
-        "response-content-encoding",
-        "response-content-language",
-        "response-content-type",
-        "response-expires",
-    ];
-    match operation {
-        "ListBuckets" => &[
-            "max-buckets",
-            "continuation-token",
-            "prefix",
-            "bucket-region",
-        ],
-        "ListObjects" => &["prefix", "delimiter", "marker", "max-keys", "encoding-type"],
-        "ListObjectsV2" => &[
-            "list-type",
-            "prefix",
-            "delimiter",
-            "continuation-token",
-            "fetch-owner",
-            "start-after",
-            "max-keys",
-            "encoding-type",
-        ],
-        "GetObject" | "HeadObject" => OBJECT_READ,
-        "CreateMultipartUpload" => &["uploads"],
-        "UploadPart" | "UploadPartCopy" => &["partNumber", "uploadId"],
-        "CompleteMultipartUpload" | "AbortMultipartUpload" => &["uploadId"],
-        "ListParts" => &["uploadId", "max-parts", "part-number-marker"],
-        "ListMultipartUploads" => &[
-            "uploads",
-            "prefix",
-            "delimiter",
-            "key-marker",
-            "upload-id-marker",
-            "max-uploads",
-            "encoding-type",
-        ],
-        "GetObjectTagging" | "PutObjectTagging" => &["tagging", "versionId"],
-        "GetBucketLocation" => &["location"],
-        "DeleteObjects" => &["delete"],
-        "DeleteObject" => &["versionId"],
-        _ => &[],
-    }
-}
-
 /// Classifies a path-style request: `method`, the request target as sent (`/bucket/key?query`)
 /// and the headers (lower-case names).
 pub fn classify(
@@ -289,17 +238,39 @@ pub fn classify(
         ("DELETE", Level::Object) => "DeleteObject",
         _ => UNKNOWN,
     };
-    // A parameter the operation does not take may be a subresource (`acl`, `policy`,
-    // `retention`, ...) that makes it another operation: unknown.
-    let allowed = parameters(operation);
-    let operation = if query
+    // Two subresources: S3 acts on one of them, the policy cannot tell which.
+    let subresources: Vec<&str> = query
         .iter()
-        .all(|(name, _)| name == "x-id" || allowed.contains(&name.as_str()))
+        .map(|(name, _)| name.as_str())
+        .filter(|name| SUBRESOURCES.contains(name))
+        .collect();
+    if let [first, second, ..] = subresources.as_slice()
+        && !(*first == "uploadId" && *second == "partNumber")
+        && !(*first == "partNumber" && *second == "uploadId")
     {
-        operation
-    } else {
-        UNKNOWN
-    };
+        return Err(BadS3::Target(format!(
+            "`{first}` and `{second}` name two operations: S3 performs one of them, the \
+             agent cannot tell which"
+        )));
+    }
+    // A subresource the operation does not take (`acl`, `policy`, `retention`, ...) makes
+    // it another operation: unknown. A parameter that is neither is refused: S3 would
+    // ignore it and perform the operation the policy would not have seen.
+    let allowed = parameters(operation);
+    let mut unknown = operation == UNKNOWN;
+    for (name, _) in query.iter().filter(|_| operation != UNKNOWN) {
+        if name == "x-id" || allowed.contains(&name.as_str()) {
+            continue;
+        }
+        if !SUBRESOURCES.contains(&name.as_str()) {
+            return Err(BadS3::Target(format!(
+                "query parameter `{name}` is not one {operation} takes: refused, since S3 \
+                 may ignore it"
+            )));
+        }
+        unknown = true;
+    }
+    let operation = if unknown { UNKNOWN } else { operation };
     if copy_source.is_some() && !matches!(operation, "CopyObject" | "UploadPartCopy" | UNKNOWN) {
         return Err(BadS3::CopySource(format!(
             "it is only for CopyObject and UploadPartCopy, not {operation}"
@@ -327,9 +298,9 @@ pub fn classify(
         operation,
         resource,
     }];
-    if let Some(source) = copy_source
-        && operation != UNKNOWN
-    {
+    // A copy source is a read, whatever the operation (S3 may copy for one the classifier
+    // does not know).
+    if let Some(source) = copy_source {
         let (bucket, key) = copy_source_object(source)?;
         accesses.push(Access {
             operation: "GetObject",

@@ -61,12 +61,37 @@ fn operations_by_method_path_and_query() {
         ("GET", "/b/k?retention", UNKNOWN),
         ("DELETE", "/b/k?tagging", UNKNOWN),
         ("PATCH", "/b/k", UNKNOWN),
-        // A parameter the operation does not take makes it unknown, not ignored.
-        ("GET", "/b/k?prefix=x", UNKNOWN),
+        ("GET", "/b/k?versionId=1&acl", UNKNOWN),
     ];
     for (method, target, expected) in cases {
         assert_eq!(op(method, target), expected, "{method} {target}");
     }
+}
+
+#[test]
+fn parameters_s3_could_ignore_or_read_two_ways_are_refused() {
+    for (method, target) in [
+        // Not a parameter of GetObject, and no subresource: S3 would ignore it.
+        ("GET", "/b/k?prefix=x"),
+        ("POST", "/b?delete&dry-run=1"),
+        // Two operations in one request.
+        ("POST", "/b?delete&acl"),
+        ("GET", "/b/k?tagging&acl"),
+        ("PUT", "/b/k?uploadId=u&tagging"),
+    ] {
+        let refused = classify(method, target, &[]);
+        assert!(
+            matches!(refused, Err(BadS3::Target(_))),
+            "{method} {target}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn a_copy_source_is_read_whatever_the_operation() {
+    let request = copy("PUT", "/b/k?acl", "src/secret").unwrap();
+    assert_eq!(request.operation, UNKNOWN);
+    assert_eq!(request.accesses[1].resource, object("src", "secret"));
 }
 
 #[test]
