@@ -146,7 +146,7 @@ impl HttpConn {
         let credential = decision.backend.and_then(|b| b.credentials.clone());
         let reason = decision.reason.clone();
         drop(answer);
-        let payload = HeaderValue::from_str(&payload).expect("a hash or UNSIGNED-PAYLOAD");
+        let payload = HeaderValue::from_str(&payload).expect("payload modes are ASCII");
         request.headers_mut().insert(PAYLOAD, payload);
         let decided = Decided {
             id,
