@@ -61,6 +61,62 @@ fn s3s_fs() -> PathBuf {
     }
 }
 
+/// s3s-fs holding `files` under a fresh root, and a test environment whose `store` backend
+/// (the policy `policy` makes of the dial and upstream addresses) reaches it with the agent's
+/// key. The root is removed when it is dropped.
+struct Store {
+    root: PathBuf,
+    dial: SocketAddr,
+    env: Env,
+    _server: S3Server,
+}
+
+impl Store {
+    fn new(
+        name: &str,
+        files: &[(&str, &str)],
+        policy: impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Self {
+        let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+            .parse()
+            .unwrap();
+        let root =
+            std::env::temp_dir().join(format!("skillgate-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        for (path, content) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let server = S3Server::start(&root);
+        let env = Env::with_config(
+            name,
+            &policy(dial, server.addr),
+            "[credentials.store-key]\nkind = \"aws\"\nfile = \"store.key\"\n",
+        );
+        let key_file = env.dir.join("store.key");
+        std::fs::write(&key_file, format!("{KEY_ID}:{SECRET}\n")).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        Self {
+            root,
+            dial,
+            env,
+            _server: server,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 fn policy(dial: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         r#"
@@ -95,11 +151,6 @@ mask = {{ fields = ["email"], detectors = ["card"] }}
 
 #[test]
 fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
-    let root = std::env::temp_dir().join(format!("skillgate-test-s3-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
     let files = [
         ("data/reports/2026/q1.csv", "quarter,1\n"),
         ("data/reports/2025/q4.csv", "quarter,4\n"),
@@ -110,24 +161,8 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
         ),
         ("data/reports/2026/customers/notes.txt", "not JSON\n"),
     ];
-    for (path, content) in files {
-        let path = root.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
-    let server = S3Server::start(&root);
-    let env = Env::with_config(
-        "s3",
-        &policy(dial, server.addr),
-        "[credentials.store-key]\nkind = \"aws\"\nfile = \"store.key\"\n",
-    );
-    let key_file = env.dir.join("store.key");
-    std::fs::write(&key_file, format!("{KEY_ID}:{SECRET}\n")).unwrap();
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let store = Store::new("s3", &files, policy);
+    let (root, dial, env) = (&store.root, store.dial, &store.env);
     let agent = env.start_agent();
     let out = env.exec_python(
         "reporter",
@@ -311,7 +346,6 @@ fn boto3_through_the_agent_is_decided_per_operation_and_re_signed() {
         );
     }
     drop(agent);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// The server verifies signatures: the skill's placeholder key, sent straight to it, is
@@ -363,31 +397,18 @@ print(client(sys.argv[2], sys.argv[3]).get_object(Bucket="data", Key="k")["Body"
 /// sends over HTTPS (aws-chunked, STREAMING-UNSIGNED-PAYLOAD-TRAILER, a CRC32 trailer).
 #[test]
 fn boto3_over_https_is_intercepted_and_its_trailer_uploads_carried() {
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
-    let root = std::env::temp_dir().join(format!("skillgate-test-s3-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("data/in")).unwrap();
-    std::fs::write(root.join("data/in/a.txt"), "inside\n").unwrap();
-    let server = S3Server::start(&root);
-    let policy = policy(dial, server.addr).replace(
-        "region = \"us-east-1\"\n",
-        "region = \"us-east-1\"\nintercept_tls = [\"store.internal\"]\n",
-    ) + "\n[[rule]]\nskills = [\"reporter\"]\nbackend = \"store\"\neffect = \"allow\"\n\
-         s3 = { operations = [\"GetObject\", \"PutObject\"], objects = [\"data/in/*\"] }\n";
-    let env = Env::with_config(
+    let store = Store::new(
         "s3-tls",
-        &policy,
-        "[credentials.store-key]\nkind = \"aws\"\nfile = \"store.key\"\n",
+        &[("data/in/a.txt", "inside\n")],
+        |dial, upstream| {
+            policy(dial, upstream).replace(
+                "region = \"us-east-1\"\n",
+                "region = \"us-east-1\"\nintercept_tls = [\"store.internal\"]\n",
+            ) + "\n[[rule]]\nskills = [\"reporter\"]\nbackend = \"store\"\neffect = \"allow\"\n\
+             s3 = { operations = [\"GetObject\", \"PutObject\"], objects = [\"data/in/*\"] }\n"
+        },
     );
-    let key_file = env.dir.join("store.key");
-    std::fs::write(&key_file, format!("{KEY_ID}:{SECRET}\n")).unwrap();
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let (root, dial, env) = (&store.root, store.dial, &store.env);
     let agent = env.start_agent();
     let script = r#"
 import json, os, socket, sys
@@ -442,5 +463,69 @@ except ClientError as err:
     );
     assert!(!root.join("data/out/x.txt").exists());
     drop(agent);
-    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The AWS CLI in the skill, with placeholder keys: a download inside the grant works (its
+/// HeadObject and GetObject), an upload lands, a listing outside the grant is refused with
+/// the S3 error the CLI prints.
+#[test]
+fn the_aws_cli_through_the_agent() {
+    let store = Store::new(
+        "s3-cli",
+        &[("data/reports/2026/q1.csv", "quarter,1\n")],
+        policy,
+    );
+    let (root, dial, env) = (&store.root, store.dial, &store.env);
+    let agent = env.start_agent();
+    let config = env.dir.join("aws-config");
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n",
+    )
+    .unwrap();
+    let endpoint = format!("http://{dial}");
+    let aws = |args: &[&str]| {
+        let mut program = vec![
+            "env".to_owned(),
+            "AWS_ACCESS_KEY_ID=AKIAPLACEHOLDER00000".to_owned(),
+            "AWS_SECRET_ACCESS_KEY=placeholder-secret".to_owned(),
+            format!("AWS_CONFIG_FILE={}", config.display()),
+            "AWS_MAX_ATTEMPTS=1".to_owned(),
+            "aws".to_owned(),
+            "--endpoint-url".to_owned(),
+            endpoint.clone(),
+        ];
+        program.extend(args.iter().map(|a| (*a).to_owned()));
+        let program: Vec<&str> = program.iter().map(String::as_str).collect();
+        let out = env.exec_as("reporter", &program);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = aws(&["s3", "cp", "s3://data/reports/2026/q1.csv", "-"]);
+    assert!(ok, "{stdout}\n{stderr}\n{}", agent.log());
+    assert_eq!(stdout, "quarter,1\n");
+    let upload = env.dir.join("upload.csv");
+    std::fs::write(&upload, "from the cli\n").unwrap();
+    let (ok, stdout, stderr) = aws(&[
+        "s3",
+        "cp",
+        &upload.display().to_string(),
+        "s3://data/reports/2026/cli.csv",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/reports/2026/cli.csv")).unwrap(),
+        "from the cli\n"
+    );
+    let (ok, stdout, stderr) = aws(&["s3", "ls", "s3://data/reports/"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("AccessDenied")
+            && stderr.contains("ListObjectsV2 on keys under `data/reports/`"),
+        "{stderr}"
+    );
+    drop(agent);
 }

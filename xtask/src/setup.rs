@@ -40,13 +40,14 @@ const COMMANDS: &[(&str, &str)] = &[
 
 /// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
 /// clients skills commonly use (requests for HTTP, psycopg2 for PostgreSQL), and PyJWT
-/// (with cryptography) to mint the identity tests' tokens, and boto3 for S3.
+/// (with cryptography) to mint the identity tests' tokens, and boto3 and the AWS CLI for S3.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("prometheus_client", "prometheus-client==0.26.0"),
     ("requests", "requests==2.34.2"),
     ("psycopg2", "psycopg2-binary==2.9.13"),
     ("jwt", "pyjwt[crypto]==2.15.1"),
     ("boto3", "boto3==1.43.11"),
+    ("awscli", "awscli==1.45.11"),
 ];
 
 pub fn setup() -> Result<()> {
