@@ -307,8 +307,31 @@ pub fn classify(
             resource: Resource::Object { bucket, key },
         });
     }
+    // Headers that make a request do more than its operation: an ACL or object lock set
+    // with a write is an operation of its own (`unknown`), tags set with one a
+    // PutObjectTagging, each on the same resource.
+    let more: Vec<&'static str> = headers
+        .iter()
+        .filter_map(|(name, _)| header_operation(name))
+        .collect();
     if operation == "DeleteObjects" {
+        if let Some((name, _)) = headers.iter().find(|(n, _)| header_operation(n).is_some()) {
+            return Err(BadS3::Target(format!(
+                "`{name}` is refused on DeleteObjects: its keys are decided one by one"
+            )));
+        }
         accesses.clear();
+    } else {
+        let resource = accesses[0].resource.clone();
+        for operation in more {
+            let access = Access {
+                operation,
+                resource: resource.clone(),
+            };
+            if !accesses.contains(&access) {
+                accesses.push(access);
+            }
+        }
     }
     let partial = headers
         .iter()
@@ -331,6 +354,20 @@ enum Level {
     Service,
     Bucket,
     Object,
+}
+
+/// The operation a header adds to any request (see [`classify`]).
+fn header_operation(name: &str) -> Option<&'static str> {
+    let acl = name == "x-amz-acl" || name.starts_with("x-amz-grant-");
+    let lock =
+        name.starts_with("x-amz-object-lock-") || name == "x-amz-bypass-governance-retention";
+    if acl || lock {
+        Some(UNKNOWN)
+    } else if name == "x-amz-tagging" {
+        Some("PutObjectTagging")
+    } else {
+        None
+    }
 }
 
 /// The one value of `name` among `headers`: a repeated one is refused.

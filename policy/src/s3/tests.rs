@@ -88,6 +88,43 @@ fn parameters_s3_could_ignore_or_read_two_ways_are_refused() {
 }
 
 #[test]
+fn headers_that_do_more_than_the_operation_are_decided_too() {
+    let with = |pairs: &[(&str, &str)]| {
+        let headers: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        classify("PUT", "/b/k", &headers)
+            .map(|r| r.accesses.iter().map(|a| a.operation).collect::<Vec<_>>())
+    };
+    assert_eq!(with(&[]), Ok(vec!["PutObject"]));
+    assert_eq!(
+        with(&[("x-amz-acl", "public-read")]),
+        Ok(vec!["PutObject", UNKNOWN])
+    );
+    assert_eq!(
+        with(&[
+            ("x-amz-grant-read", "uri=x"),
+            ("x-amz-object-lock-mode", "GOVERNANCE")
+        ]),
+        Ok(vec!["PutObject", UNKNOWN])
+    );
+    assert_eq!(
+        with(&[("x-amz-tagging", "a=b")]),
+        Ok(vec!["PutObject", "PutObjectTagging"])
+    );
+    let bypass = [(
+        "x-amz-bypass-governance-retention".to_owned(),
+        "true".to_owned(),
+    )];
+    assert!(classify("POST", "/b?delete", &bypass).is_err());
+    assert_eq!(
+        classify("DELETE", "/b/k", &bypass).unwrap().accesses[1].operation,
+        UNKNOWN
+    );
+}
+
+#[test]
 fn a_copy_source_is_read_whatever_the_operation() {
     let request = copy("PUT", "/b/k?acl", "src/secret").unwrap();
     assert_eq!(request.operation, UNKNOWN);
