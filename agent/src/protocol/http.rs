@@ -8,6 +8,9 @@
 //! malformed heads, obs-fold, oversized or too many headers with a 4xx before any of this
 //! runs; a request with both Content-Length and Transfer-Encoding is read by its chunked
 //! framing only (RFC 9112 §6.3) and the connection is closed after it.
+//!
+//! `s3` backends ride on the same connection (`s3.rs`): their requests are classified into S3
+//! operations, re-signed upstream with the agent's key, and refused with S3 error documents.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
