@@ -194,6 +194,10 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process, never moved around"
+)]
 enum PolicyCommand {
     /// Suggest the smallest rules that would have allowed what SKILL did (observe-mode
     /// decisions and denials count), as policy TOML with counts, first and last use and an
@@ -243,29 +247,35 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the decision for one SQL string, HTTP request or DNS query, the deciding rule
+    /// Show the decision for one SQL string, HTTP or S3 request or DNS query, the deciding rule
     /// and, for SQL, the classification.
     Explain {
         file: PathBuf,
         #[arg(long)]
         skill: String,
-        /// The backend of the `--sql` or `--http` request.
+        /// The backend of the `--sql`, `--http` or `--s3` request.
         #[arg(long, required_unless_present = "dns")]
         backend: Option<String>,
         /// Groups a token would grant (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
         /// A SQL string (PostgreSQL backends).
-        #[arg(long, conflicts_with = "http")]
+        #[arg(long, conflicts_with_all = ["http", "s3"])]
         sql: Option<String>,
         /// An HTTP request line without the version: "METHOD /path?query".
-        #[arg(long)]
+        #[arg(long, conflicts_with = "s3")]
         http: Option<String>,
-        /// A request header of the `--http` request, "Name: value" (repeatable).
-        #[arg(long = "header", requires = "http")]
+        /// An S3 request, path-style: "METHOD /bucket/key?query" (s3 backends).
+        #[arg(long)]
+        s3: Option<String>,
+        /// A request header of the `--http` or `--s3` request, "Name: value" (repeatable).
+        #[arg(long = "header")]
         headers: Vec<String>,
+        /// A file holding the `--s3` request's body (a DeleteObjects' XML).
+        #[arg(long = "body-file", requires = "s3")]
+        body_file: Option<PathBuf>,
         /// A DNS query the skill would send: "NAME" (an A query) or "NAME TYPE".
-        #[arg(long, conflicts_with_all = ["sql", "http", "backend"])]
+        #[arg(long, conflicts_with_all = ["sql", "http", "s3", "backend"])]
         dns: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -400,7 +410,9 @@ impl PolicyCommand {
                 groups,
                 sql,
                 http,
+                s3,
                 headers,
+                body_file,
                 dns,
                 json,
             } => cli::policy::explain(
@@ -411,7 +423,9 @@ impl PolicyCommand {
                     groups: &groups,
                     sql: sql.as_deref(),
                     http: http.as_deref(),
+                    s3: s3.as_deref(),
                     headers: &headers,
+                    body_file: body_file.as_deref(),
                     dns: dns.as_deref(),
                     json,
                 },

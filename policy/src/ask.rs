@@ -4,6 +4,7 @@
 use crate::decide::{Decision, Effect, Operation, Request};
 use crate::http::{self, Target};
 use crate::model::{Mask, Policy};
+use crate::s3::{self, BadS3, S3Request};
 use crate::sql::{self, SqlError, Statement};
 
 /// A SQL decision and the classification it rests on.
@@ -17,6 +18,13 @@ pub struct SqlAnswer<'p> {
 #[derive(Debug)]
 pub struct HttpAnswer<'p> {
     pub target: Result<Target, http::BadTarget>,
+    pub decision: Decision<'p>,
+}
+
+/// An S3 decision and the classification it rests on.
+#[derive(Debug)]
+pub struct S3Answer<'p> {
+    pub request: Result<S3Request, BadS3>,
     pub decision: Decision<'p>,
 }
 
@@ -90,6 +98,37 @@ impl Policy {
             Err(err) => self.refuse(skill, backend, err.to_string()),
         };
         HttpAnswer { target, decision }
+    }
+
+    /// Decides an S3 request: `target` as sent (`/bucket/key?query`), headers with lower-case
+    /// names, and for a DeleteObjects its body (without it, the request is denied: its keys
+    /// are what it deletes).
+    pub fn decide_s3(
+        &self,
+        skill: &str,
+        token_groups: &[String],
+        backend: &str,
+        (method, target): (&str, &str),
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+    ) -> S3Answer<'_> {
+        let mut request = s3::classify(method, target, headers);
+        if let (Ok(classified), Some(body)) = (&mut request, body)
+            && classified.needs_body()
+            && let Err(bad) = classified.add_delete_keys(body)
+        {
+            request = Err(bad);
+        }
+        let decision = match &request {
+            Ok(classified) => self.decide(&Request {
+                skill,
+                token_groups,
+                backend,
+                operation: Operation::S3(classified),
+            }),
+            Err(err) => self.refuse(skill, backend, err.to_string()),
+        };
+        S3Answer { request, decision }
     }
 
     fn refuse(&self, skill: &str, backend: &str, reason: String) -> Decision<'_> {

@@ -12,6 +12,7 @@ use crate::http::{Case, Target};
 use crate::model::{
     Backend, Mask, Misuse, Mode, ObjectPattern, Policy, Protocol, Rule, RuleOp, Skill, canonical,
 };
+use crate::s3::S3Request;
 use crate::sql::{Access, SqlKind, Statement};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -65,6 +66,8 @@ pub enum Operation<'a> {
         headers: &'a [(String, String)],
     },
     Sql(&'a [Statement]),
+    /// An S3 request, classified (with a DeleteObjects body's keys).
+    S3(&'a S3Request),
 }
 
 /// Who asks for what on which backend.
@@ -163,10 +166,7 @@ impl Policy {
         // backends each request or statement is then decided with the token's real groups, so
         // the connection is let through if some group could be granted something. (tcp and
         // tls carry no token: only the skill's own rules count.)
-        let per_operation = matches!(
-            self.backends[backend].protocol,
-            Protocol::Http | Protocol::Postgres
-        );
+        let per_operation = self.backends[backend].protocol.per_operation();
         let groups: &[String] = if self.skills[skill].oidc.is_some() && per_operation {
             &self.groups
         } else {
@@ -286,7 +286,18 @@ impl Policy {
                 .iter()
                 .flat_map(|s| s.accesses.iter().map(Unit::Sql))
                 .collect(),
+            Operation::S3(request) => request.accesses.iter().map(Unit::S3).collect(),
         };
+        if units.is_empty() && matches!(operation, Operation::S3(_)) {
+            return Decision::deny(
+                Some(skill_def),
+                Some(backend_def),
+                format!(
+                    "{}: the request names no object to decide on",
+                    on("sent an S3 request")
+                ),
+            );
+        }
         let mut effect = Effect::Allow;
         let mut deciding: Vec<&Rule> = Vec::new();
         let mut mask = Mask::default();
@@ -425,11 +436,16 @@ impl Policy {
                 masking.push(rule);
             }
         }
-        if mask.masks_body()
-            && let Operation::Http { headers, .. } = operation
-            && let Some((name, _)) = headers
+        let partial = match operation {
+            Operation::Http { headers, .. } => headers
                 .iter()
                 .find(|(name, _)| name == "range" || name == "if-range")
+                .map(|(name, _)| name.as_str()),
+            Operation::S3(request) => request.partial.as_deref(),
+            _ => None,
+        };
+        if mask.masks_body()
+            && let Some(name) = partial
         {
             let masking: Vec<&Rule> = masking
                 .into_iter()
@@ -536,6 +552,7 @@ enum Unit<'a> {
     Connect,
     Http,
     Sql(&'a Access),
+    S3(&'a crate::s3::Access),
 }
 
 impl Unit<'_> {
@@ -544,6 +561,7 @@ impl Unit<'_> {
             Self::Connect => "connecting".to_owned(),
             Self::Http => "this request".to_owned(),
             Self::Sql(access) => access.to_string(),
+            Self::S3(access) => access.to_string(),
         }
     }
 }
@@ -636,8 +654,13 @@ fn covers(
         // Any grant on an http or postgres backend lets the skill connect; requests and
         // statements are decided one by one after that.
         // (Deny rules for specific operations do not deny the connection itself.)
-        (_, Unit::Connect) => {
-            rule.effect != Effect::Deny && matches!(protocol, Protocol::Http | Protocol::Postgres)
+        (_, Unit::Connect) => rule.effect != Effect::Deny && protocol.per_operation(),
+        (RuleOp::S3(op), Unit::S3(access)) => {
+            op.names(access.operation)
+                && op.objects.iter().any(|pattern| match reading {
+                    Reading::Grant(_) => pattern.grants(&access.resource),
+                    Reading::Restrict => pattern.restricts(&access.resource),
+                })
         }
         (RuleOp::Http(op), Unit::Http) => {
             let Operation::Http {

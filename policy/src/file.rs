@@ -64,12 +64,16 @@ pub(crate) struct BackendDef {
     /// Name of the credential the agent injects upstream (never the secret itself).
     pub credentials: Option<Spanned<String>>,
     pub tls: Option<TlsDef>,
-    /// `http` backends only: server names skills may reach this backend by over HTTPS; the
-    /// agent terminates their TLS with a certificate from its host-local CA.
+    /// `http` and `s3` backends: server names skills may reach this backend by over HTTPS;
+    /// the agent terminates their TLS with a certificate from its host-local CA.
     #[serde(default)]
     pub intercept_tls: Vec<Spanned<String>>,
     /// `http` backends that ignore the case of paths: grants match paths in any ASCII case.
     pub case_insensitive_paths: Option<Spanned<bool>>,
+    /// `s3` backends: the region the agent signs for.
+    pub region: Option<Spanned<String>>,
+    /// `s3` backends: `path` (the only one supported: `/bucket/key`).
+    pub addressing: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +101,7 @@ pub(crate) struct RuleDef {
     pub mode: Option<Mode>,
     pub sql: Option<Spanned<SqlDef>>,
     pub http: Option<Spanned<HttpDef>>,
+    pub s3: Option<Spanned<S3Def>>,
     pub mask: Option<Spanned<MaskDef>>,
     /// Names the skills may (or, with `deny`, may not) resolve: `name` or `*.suffix`.
     pub dns: Option<Spanned<Vec<Spanned<String>>>>,
@@ -122,6 +127,13 @@ pub(crate) struct HttpDef {
     pub query: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub headers: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct S3Def {
+    pub operations: Vec<Spanned<String>>,
+    pub objects: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,13 +18,14 @@ mod file;
 pub mod http;
 pub mod mask;
 mod model;
+pub mod s3;
 pub mod sql;
 
-pub use ask::{HttpAnswer, SqlAnswer};
+pub use ask::{HttpAnswer, S3Answer, SqlAnswer};
 pub use decide::{ConnectRequest, Decision, Effect, Operation, Request, RuleRef};
 pub use dns::DnsRequest;
 pub use error::{PolicyError, line_column};
 pub use model::{
     Backend, Detector, HttpOp, Mask, Mode, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp,
-    Skill, SqlOp, Strategy, Tls, Upstream,
+    S3Backend, S3Op, Skill, SqlOp, Strategy, Tls, Upstream,
 };

@@ -14,6 +14,7 @@ use crate::http::PathPattern;
 use crate::sql::SqlKind;
 
 mod build;
+mod build_s3;
 
 /// How the proxy speaks to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -27,6 +28,8 @@ pub enum Protocol {
     Http,
     /// PostgreSQL, decided per statement.
     Postgres,
+    /// S3 (HTTP/1.1, path-style), decided per operation and re-signed by the agent.
+    S3,
 }
 
 impl Protocol {
@@ -36,7 +39,13 @@ impl Protocol {
             Self::Tls => "tls",
             Self::Http => "http",
             Self::Postgres => "postgres",
+            Self::S3 => "s3",
         }
+    }
+
+    /// Whether each operation on the connection is decided (and held) on its own.
+    pub fn per_operation(self) -> bool {
+        matches!(self, Self::Http | Self::Postgres | Self::S3)
     }
 }
 
@@ -135,11 +144,20 @@ pub struct Backend {
     pub upstream: Upstream,
     pub credentials: Option<String>,
     pub tls: Option<Tls>,
-    /// Server names whose TLS the agent terminates for this (`http`) backend.
+    /// Server names whose TLS the agent terminates for this (`http` or `s3`) backend.
     pub intercept_tls: Vec<String>,
     /// `http` backends: the backend ignores the case of paths, so rules grant paths whatever
     /// their (ASCII) case. Restrictions ignore case either way (see [`crate::http`]).
     pub case_insensitive_paths: bool,
+    /// `s3` backends: how the agent signs upstream.
+    pub s3: Option<S3Backend>,
+}
+
+/// What an `s3` backend needs to sign requests upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Backend {
+    /// The region requests are signed for (`us-east-1`).
+    pub region: String,
 }
 
 /// How a masked value is replaced. Ordered from most to least revealing: when several rules
@@ -267,6 +285,21 @@ pub struct HttpOp {
     pub headers: Vec<(String, Vec<String>)>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Op {
+    /// S3 operation names ([`crate::s3::OPERATIONS`], `unknown`); `*` is every known one.
+    pub operations: Vec<String>,
+    pub objects: Vec<crate::s3::ObjectGlob>,
+}
+
+impl S3Op {
+    pub(crate) fn names(&self, operation: &str) -> bool {
+        self.operations
+            .iter()
+            .any(|o| o == operation || (o == "*" && operation != crate::s3::UNKNOWN))
+    }
+}
+
 /// What a rule covers on its backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleOp {
@@ -274,6 +307,7 @@ pub enum RuleOp {
     Any,
     Sql(SqlOp),
     Http(HttpOp),
+    S3(S3Op),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,10 @@ struct Case {
     /// A SQL string, an HTTP `METHOD /target`, or neither (a connection, by dial address).
     sql: Option<String>,
     http: Option<String>,
-    /// Request headers of an `http` case, `"Name: value"` each (names are lower-cased, as the
+    /// An S3 `METHOD /bucket/key?query`, with `headers` and, for a DeleteObjects, `body`.
+    s3: Option<String>,
+    body: Option<String>,
+    /// Request headers of an `http` or `s3` case, `"Name: value"` each (names are lower-cased, as the
     /// proxy passes them).
     #[serde(default)]
     headers: Vec<String>,
@@ -104,6 +107,27 @@ fn login_catalog(path: &Path) -> Option<LoginCatalog> {
 }
 
 fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> Decision<'p> {
+    let headers: Vec<(String, String)> = case
+        .headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h.split_once(':').expect("headers = [\"Name: value\"]");
+            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    if let Some(s3) = &case.s3 {
+        let (method, target) = s3.split_once(' ').expect("s3 = \"METHOD /bucket/key\"");
+        return policy
+            .decide_s3(
+                &case.skill,
+                &case.groups,
+                &case.backend,
+                (method, target),
+                &headers,
+                case.body.as_deref().map(str::as_bytes),
+            )
+            .decision;
+    }
     let what = (&case.sql, &case.http, &case.dial);
     match what {
         (Some(sql), None, None) => {
@@ -118,14 +142,6 @@ fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> D
         }
         (None, Some(http), None) => {
             let (method, target) = http.split_once(' ').expect("http = \"METHOD /target\"");
-            let headers: Vec<(String, String)> = case
-                .headers
-                .iter()
-                .map(|h| {
-                    let (name, value) = h.split_once(':').expect("headers = [\"Name: value\"]");
-                    (name.trim().to_ascii_lowercase(), value.trim().to_owned())
-                })
-                .collect();
             policy
                 .decide_http(
                     &case.skill,
@@ -146,7 +162,7 @@ fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> D
                 server_name: None,
             })
         }
-        _ => panic!("a case needs exactly one of sql, http, dial"),
+        _ => panic!("a case needs exactly one of sql, http, s3, dial"),
     }
 }
 
@@ -180,6 +196,7 @@ fn fixture_corpus() {
                 case.sql
                     .as_deref()
                     .or(case.http.as_deref())
+                    .or(case.s3.as_deref())
                     .or(case.dial.as_deref())
                     .unwrap_or("")
             );

@@ -22,6 +22,7 @@ fn check_accepts_the_shipped_and_fixture_policies() {
         format!("{}/../deploy/demo/policy.toml", env!("CARGO_MANIFEST_DIR")),
         fixture("readonly-sql.policy.toml"),
         fixture("narrow-http.policy.toml"),
+        fixture("s3-buckets.policy.toml"),
     ] {
         let out = skillgate(&["policy", "check", &file]);
         assert!(
@@ -258,4 +259,62 @@ fn explain_decides_a_dns_query_with_its_rule() {
     assert_eq!(explain("orders.internal TXT")["effect"], "deny");
     assert_eq!(explain("leak.attacker.example")["effect"], "deny");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn explain_decides_an_s3_request_on_its_operations() {
+    let policy = fixture("s3-buckets.policy.toml");
+    let explain = |skill: &str, request: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            &policy,
+            "--skill",
+            skill,
+            "--backend",
+            "store",
+            "--s3",
+            request,
+        ];
+        args.extend_from_slice(extra);
+        let out = skillgate(&args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain("reporter", "GET /data/reports/2026/q1.csv", &[]);
+    assert!(text.contains("decision: allow"), "{text}");
+    assert!(text.contains("s3-buckets.policy.toml:22)"), "{text}");
+    assert!(
+        text.contains("access:   GetObject on `data/reports/2026/q1.csv`"),
+        "{text}"
+    );
+    let text = explain(
+        "archiver",
+        "PUT /data/archive/copy.csv",
+        &[
+            "--header",
+            "x-amz-copy-source: /data/reports/secret/keys.txt",
+        ],
+    );
+    assert!(text.contains("decision: deny"), "{text}");
+    assert!(text.contains("s3:       CopyObject"), "{text}");
+    assert!(
+        text.contains("access:   GetObject on `data/reports/secret/keys.txt`"),
+        "{text}"
+    );
+    let dir = std::env::temp_dir().join(format!("skillgate-policy-s3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = dir.join("delete.xml");
+    std::fs::write(
+        &body,
+        "<Delete><Object><Key>archive/a</Key></Object><Object><Key>x</Key></Object></Delete>",
+    )
+    .unwrap();
+    let text = explain(
+        "archiver",
+        "POST /data?delete",
+        &["--body-file", &body.display().to_string()],
+    );
+    assert!(text.contains("decision: deny"), "{text}");
+    assert!(text.contains("DeleteObjects on `data/x`"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "policy_file",
     "sql_classify",
     "http_target",
@@ -21,6 +21,7 @@ pub const TARGETS: [&str; 9] = [
     "pg_session",
     "jwt",
     "dns_message",
+    "s3_request",
 ];
 
 /// The differential harness (tests/tests/pg_differential.rs), which `cargo xtask fuzz` runs

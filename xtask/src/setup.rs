@@ -8,6 +8,11 @@ use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.10.1";
 
+/// s3s-fs, the S3 server (it verifies SigV4 itself) that the s3 tests put behind the agent.
+/// 0.14.1: the last release that builds with the stable Rust of these machines (1.95; 0.15
+/// needs 1.96).
+const S3S_FS_VERSION: &str = "0.14.1";
+
 /// Packages checked by name (no command tells): libclang for pg_query's bindgen, libseccomp
 /// for the skills' seccomp filter, and the PostgreSQL server the tests start their own
 /// instances of (initdb, pg_ctl).
@@ -35,18 +40,21 @@ const COMMANDS: &[(&str, &str)] = &[
 
 /// Python packages the tests use, from PyPI: the Prometheus project's metrics parser, and
 /// clients skills commonly use (requests for HTTP, psycopg2 for PostgreSQL), and PyJWT
-/// (with cryptography) to mint the identity tests' tokens.
+/// (with cryptography) to mint the identity tests' tokens, and boto3 and the AWS CLI for S3.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("prometheus_client", "prometheus-client==0.26.0"),
     ("requests", "requests==2.34.2"),
     ("psycopg2", "psycopg2-binary==2.9.13"),
     ("jwt", "pyjwt[crypto]==2.15.1"),
+    ("boto3", "boto3==1.43.11"),
+    ("awscli", "awscli==1.45.11"),
 ];
 
 pub fn setup() -> Result<()> {
     bpffs()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
+    cargo_tool("s3s-fs", S3S_FS_VERSION, &["binary"])?;
     system_packages()?;
     python_packages()?;
     eprintln!("xtask: setup complete");
@@ -126,26 +134,32 @@ fn nightly_with_rust_src() -> Result<()> {
 
 fn bpf_linker() -> Result<()> {
     // 0.10.x links with rustc's own LLVM; newer releases need a system LLVM Debian lacks.
-    cargo_tool("bpf-linker", BPF_LINKER_VERSION)
+    cargo_tool("bpf-linker", BPF_LINKER_VERSION, &[])
 }
 
 /// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz run of `cargo xtask test`).
 pub fn cargo_fuzz() -> Result<()> {
-    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)
+    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &[])
 }
 
-/// Installs `tool` at exactly `version` with cargo, unless that version is there already.
-fn cargo_tool(tool: &str, version: &str) -> Result<()> {
+/// Installs `tool` at exactly `version` (with `features`) with cargo, unless that version is
+/// there already.
+fn cargo_tool(tool: &str, version: &str, features: &[&str]) -> Result<()> {
     let installed = stdout(tool, &["--version"]);
     if installed.split_whitespace().nth(1) == Some(version) {
         return Ok(());
     }
-    run(Command::new(env!("CARGO")).args([
+    let mut install = Command::new(env!("CARGO"));
+    install.args([
         "install",
         &format!("{tool}@{version}"),
         "--locked",
         "--force",
-    ]))
+    ]);
+    if !features.is_empty() {
+        install.args(["--features", &features.join(",")]);
+    }
+    run(&mut install)
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

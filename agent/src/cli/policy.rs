@@ -75,8 +75,12 @@ pub struct ExplainArgs<'a> {
     pub groups: &'a [String],
     pub sql: Option<&'a str>,
     pub http: Option<&'a str>,
-    /// Headers of the `http` request, "Name: value".
+    /// An S3 request: "METHOD /bucket/key?query".
+    pub s3: Option<&'a str>,
+    /// Headers of the `http` or `s3` request, "Name: value".
     pub headers: &'a [String],
+    /// The `s3` request's body (a DeleteObjects names its keys there).
+    pub body_file: Option<&'a Path>,
     /// A DNS query: "NAME" or "NAME TYPE".
     pub dns: Option<&'a str>,
     pub json: bool,
@@ -101,8 +105,43 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
         print_decision(&decision, &detail, args.json);
         return Ok(());
     }
-    let (decision, detail) = match (args.sql, args.http) {
-        (Some(sql), None) => {
+    let mut headers = Vec::with_capacity(args.headers.len());
+    for header in args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header takes \"Name: value\", not `{header}`"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let (decision, detail) = match (args.sql, args.http, args.s3) {
+        (None, None, Some(s3)) => {
+            let (method, target) = s3
+                .split_once(' ')
+                .context("--s3 takes \"METHOD /bucket/key?query\", e.g. \"GET /reports/q1.csv\"")?;
+            let body = match args.body_file {
+                Some(file) => Some(
+                    std::fs::read(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?,
+                ),
+                None => None,
+            };
+            let answer = policy.decide_s3(
+                args.skill,
+                args.groups,
+                args.backend,
+                (method, target),
+                &headers,
+                body.as_deref(),
+            );
+            let detail = match &answer.request {
+                Ok(request) => json!({
+                    "operation": request.operation,
+                    "accesses": request.accesses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }),
+                Err(err) => json!({ "error": err.to_string() }),
+            };
+            (answer.decision, detail)
+        }
+        (Some(sql), None, None) => {
             let answer = policy.decide_sql(args.skill, args.groups, args.backend, sql);
             let detail = match &answer.statements {
                 Ok(statements) => json!(statements
@@ -116,17 +155,10 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
             };
             (answer.decision, json!({ "statements": detail }))
         }
-        (None, Some(http)) => {
+        (None, Some(http), None) => {
             let (method, target) = http
                 .split_once(' ')
                 .context("--http takes \"METHOD /path?query\", e.g. \"GET /orders/1\"")?;
-            let mut headers = Vec::with_capacity(args.headers.len());
-            for header in args.headers {
-                let (name, value) = header
-                    .split_once(':')
-                    .with_context(|| format!("--header takes \"Name: value\", not `{header}`"))?;
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-            }
             let answer = policy.decide_http(
                 args.skill,
                 args.groups,
@@ -142,7 +174,8 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
             (answer.decision, detail)
         }
         _ => bail!(
-            "give exactly one of --sql \"...\", --http \"METHOD /path\" or --dns \"NAME [TYPE]\""
+            "give exactly one of --sql \"...\", --http \"METHOD /path\", --s3 \"METHOD \
+             /bucket/key\" or --dns \"NAME [TYPE]\""
         ),
     };
     print_decision(&decision, &detail, args.json);
@@ -218,5 +251,10 @@ fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: 
         println!("input:    {error}");
     } else if let Some(path) = detail["normalised_path"].as_str() {
         println!("path:     {path}");
+    } else if let Some(operation) = detail["operation"].as_str() {
+        println!("s3:       {operation}");
+        for access in detail["accesses"].as_array().into_iter().flatten() {
+            println!("access:   {}", access.as_str().unwrap_or("?"));
+        }
     }
 }

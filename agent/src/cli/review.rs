@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use serde_json::json;
+use skillgate_policy::s3::ObjectGlob;
 use skillgate_policy::{Effect, ObjectPattern, RuleOp};
 
 use crate::cli::observed::{Asked, path_template, recorded_effect};
@@ -203,6 +204,11 @@ fn breadth(rule: &skillgate_policy::Rule) -> Option<&'static str> {
             .iter()
             .any(|p| p.as_str().contains('*'))
             .then_some("paths matched by `*` or `**`"),
+        RuleOp::S3(s3) => s3
+            .objects
+            .iter()
+            .any(|o| !matches!(o, ObjectGlob::Exact { .. } | ObjectGlob::Bucket(_)))
+            .then_some("objects matched by `*` or a prefix"),
         RuleOp::Any => None,
     }
 }
@@ -222,7 +228,7 @@ fn items(row: &query::OperationRow) -> Vec<String> {
             .split_once(' ')
             .map(|(_, target)| vec![path_template(target)])
             .unwrap_or_default(),
-        "dns" => row
+        "s3" | "dns" => row
             .operation
             .split_once(' ')
             .map(|(_, name)| vec![name.to_owned()])

@@ -395,6 +395,22 @@ fn check_credentials(
             config_path.display()
         );
     }
+    // An s3 backend signs with an `aws` key; an `aws` key is never injected as a header.
+    for backend in &policy.backends {
+        let Some(credential) = backend.credentials.as_deref() else {
+            continue;
+        };
+        let aws = credentials.get(credential).is_some_and(|c| c.aws.is_some());
+        if aws != (backend.protocol == skillgate_policy::Protocol::S3) {
+            anyhow::bail!(
+                "backend `{}` ({}) names credential `{credential}`, which is {}: s3 backends \
+                 sign with kind = \"aws\" keys, and only they do",
+                backend.name,
+                backend.protocol.as_str(),
+                if aws { "an aws key" } else { "not an aws key" }
+            );
+        }
+    }
     Ok(())
 }
 

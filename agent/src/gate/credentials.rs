@@ -5,10 +5,13 @@
 //!
 //! ```toml
 //! [credentials.orders-token]
-//! kind = "bearer"            # bearer | basic (secret is user:password) | header
+//! kind = "bearer"            # bearer | basic (secret is user:password) | header | aws
 //! header = "X-Api-Key"       # with kind = "header"
 //! file = "/etc/skillgate/credentials/orders-token"  # or env = "VAR", or systemd = "NAME"
 //! ```
+//!
+//! An `aws` credential's secret is `ACCESS_KEY_ID:SECRET_ACCESS_KEY`, or
+//! `ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN`; `s3` backends sign with it (SigV4).
 //!
 //! `systemd = "NAME"` reads `$CREDENTIALS_DIRECTORY/NAME` (LoadCredential= in the unit).
 //! Secret files must be owned by root and not readable by group or others.
@@ -22,6 +25,8 @@ use base64::Engine as _;
 use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use crate::protocol::http::AwsKey;
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -31,6 +36,8 @@ pub enum Kind {
     Basic,
     /// `HEADER: SECRET`.
     Header,
+    /// An AWS access key that `s3` backends sign requests with.
+    Aws,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,8 +57,10 @@ pub struct CredentialDef {
 /// A loaded credential: the header to inject, and the forms of the secret to scrub from
 /// whatever goes back to a skill.
 pub struct Credential {
-    pub header: HeaderName,
-    pub value: HeaderValue,
+    /// The header an `http` backend gets (none for an `aws` key, which signs instead).
+    pub header: Option<(HeaderName, HeaderValue)>,
+    /// An `aws` credential's key.
+    pub aws: Option<AwsKey>,
     /// Every form of the secrets (the secret, the header value, a basic credential's base64
     /// and password) that the HTTP proxy stars out of what reaches a skill, encoded ones
     /// included (see `http::scrub`).
@@ -64,7 +73,8 @@ pub struct Credential {
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
-            .field("header", &self.header)
+            .field("header", &self.header.as_ref().map(|(name, _)| name))
+            .field("aws", &self.aws)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +120,9 @@ fn load_one(def: &CredentialDef, base: &Path) -> Result<Credential> {
     if secret.is_empty() {
         bail!("the secret is empty");
     }
+    if let Kind::Aws = def.kind {
+        return aws_key(def, &secret);
+    }
     let (header, value) = match (def.kind, &def.header) {
         (Kind::Bearer, None) => (AUTHORIZATION, format!("Bearer {secret}")),
         (Kind::Basic, None) => {
@@ -125,6 +138,7 @@ fn load_one(def: &CredentialDef, base: &Path) -> Result<Credential> {
             secret.clone(),
         ),
         (Kind::Header, None) => bail!("kind = \"header\" needs `header = \"NAME\"`"),
+        (Kind::Aws, _) => unreachable!("aws keys are loaded above"),
         (_, Some(_)) => bail!("`header` goes only with kind = \"header\""),
     };
     let mut value = HeaderValue::try_from(value)
@@ -149,11 +163,43 @@ fn load_one(def: &CredentialDef, base: &Path) -> Result<Credential> {
     };
     let needles = crate::protocol::http::scrub::needles(&secrets);
     Ok(Credential {
-        header,
-        value,
+        header: Some((header, value)),
+        aws: None,
         needles,
         login,
         allow_weak_auth: def.allow_weak_auth,
+    })
+}
+
+/// An `aws` key: `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`. Its forms are scrubbed
+/// from what reaches a skill like any secret's (the key id and token are sent upstream, and a
+/// server's error may echo them).
+fn aws_key(def: &CredentialDef, secret: &str) -> Result<Credential> {
+    if def.header.is_some() || def.allow_weak_auth {
+        bail!("`header` and `allow_weak_auth` do not go with kind = \"aws\"");
+    }
+    let mut parts = secret.splitn(3, ':');
+    let (Some(id), Some(key)) = (parts.next(), parts.next()) else {
+        bail!("an aws credential's secret is `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`");
+    };
+    let token = parts.next().map(str::to_owned);
+    let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    if !printable(id) || !printable(key) || token.as_deref().is_some_and(|t| !printable(t)) {
+        bail!("an aws credential's key id, secret and token are printable ASCII, none empty");
+    }
+    let mut secrets = vec![id.as_bytes().to_vec(), key.as_bytes().to_vec()];
+    secrets.extend(token.iter().map(|t| t.as_bytes().to_vec()));
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    Ok(Credential {
+        header: None,
+        aws: Some(AwsKey {
+            access_key_id: id.to_owned(),
+            secret: key.to_owned(),
+            session_token: token,
+        }),
+        needles: crate::protocol::http::scrub::needles(&secrets),
+        login: None,
+        allow_weak_auth: false,
     })
 }
 
@@ -195,17 +241,20 @@ mod tests {
             std::env::set_var("SG_TEST_BASIC", "svc:hunter22");
         }
         let bearer = load_one(&def(Kind::Bearer, None, "SG_TEST_BEARER"), Path::new(".")).unwrap();
-        assert_eq!(bearer.header, AUTHORIZATION);
-        assert_eq!(bearer.value, "Bearer tok-123");
+        let (name, value) = bearer.header.unwrap();
+        assert_eq!(
+            (name, value),
+            (AUTHORIZATION, "Bearer tok-123".parse().unwrap())
+        );
         let basic = load_one(&def(Kind::Basic, None, "SG_TEST_BASIC"), Path::new(".")).unwrap();
-        assert_eq!(basic.value, "Basic c3ZjOmh1bnRlcjIy");
+        assert_eq!(basic.header.unwrap().1, "Basic c3ZjOmh1bnRlcjIy");
         assert!(basic.needles.contains(&b"hunter22".to_vec()));
         let header = load_one(
             &def(Kind::Header, Some("X-Api-Key"), "SG_TEST_BEARER"),
             Path::new("."),
         )
         .unwrap();
-        assert_eq!(header.header.as_str(), "x-api-key");
+        assert_eq!(header.header.unwrap().0.as_str(), "x-api-key");
         assert!(load_one(&def(Kind::Header, None, "SG_TEST_BEARER"), Path::new(".")).is_err());
         assert!(
             load_one(
@@ -214,5 +263,26 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn aws_keys_split_and_are_scrubbed() {
+        // SAFETY: set_var in a test of this module only; no other thread reads these names.
+        unsafe {
+            std::env::set_var("SG_TEST_AWS", "AKIAREAL:s3cr3t/Key+x:tok3n\n");
+            std::env::set_var("SG_TEST_AWS_BAD", "AKIAREAL");
+        }
+        let aws = load_one(&def(Kind::Aws, None, "SG_TEST_AWS"), Path::new(".")).unwrap();
+        assert!(aws.header.is_none());
+        let key = aws.aws.as_ref().unwrap();
+        assert_eq!(
+            (key.access_key_id.as_str(), key.secret.as_str()),
+            ("AKIAREAL", "s3cr3t/Key+x")
+        );
+        assert_eq!(key.session_token.as_deref(), Some("tok3n"));
+        assert!(aws.needles.contains(&b"s3cr3t/Key+x".to_vec()));
+        assert!(!format!("{aws:?}").contains("s3cr3t"));
+        assert!(load_one(&def(Kind::Aws, None, "SG_TEST_AWS_BAD"), Path::new(".")).is_err());
+        assert!(load_one(&def(Kind::Aws, Some("X"), "SG_TEST_AWS"), Path::new(".")).is_err());
     }
 }

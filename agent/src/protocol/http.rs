@@ -8,6 +8,9 @@
 //! malformed heads, obs-fold, oversized or too many headers with a 4xx before any of this
 //! runs; a request with both Content-Length and Transfer-Encoding is read by its chunked
 //! framing only (RFC 9112 §6.3) and the connection is closed after it.
+//!
+//! `s3` backends ride on the same connection (`s3.rs`): their requests are classified into S3
+//! operations, re-signed upstream with the agent's key, and refused with S3 error documents.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,11 +38,13 @@ mod forward;
 pub mod head;
 mod hold;
 pub mod pool;
+mod s3;
 
 use self::body::{Relay, Unread, read_whole};
 pub(crate) mod scrub;
 
 use pool::Lease;
+pub use s3::{AwsKey, S3Upstream};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -75,6 +80,9 @@ pub struct HttpConn {
     pool_key: pool::Key,
     to_backend: Arc<AtomicU64>,
     to_skill: Arc<AtomicU64>,
+    /// An `s3` backend's signing: requests are classified into S3 operations, re-signed
+    /// upstream, and refused with S3 error documents.
+    s3: Option<S3Upstream>,
 }
 
 struct Decided {
@@ -91,6 +99,7 @@ impl HttpConn {
         upstream: SocketAddr,
         host: String,
         tls: Option<crate::tls::Upstream>,
+        s3: Option<S3Upstream>,
     ) -> Self {
         let pool_key = pool::Key {
             upstream,
@@ -105,6 +114,16 @@ impl HttpConn {
             pool_key,
             to_backend: Arc::default(),
             to_skill: Arc::default(),
+            s3,
+        }
+    }
+
+    /// What this connection's operations are recorded as.
+    fn kind(&self) -> Kind {
+        if self.s3.is_some() {
+            Kind::S3
+        } else {
+            Kind::Http
         }
     }
 
@@ -180,6 +199,9 @@ impl HttpConn {
                     .await;
             }
         };
+        if self.s3.is_some() {
+            return self.s3_request(request, id, &policy, &token_groups).await;
+        }
         let headers = policy_headers(request.headers(), &self.audit.gate().token_header);
         let answer = policy.decide_http(
             &self.audit.skill,
@@ -209,7 +231,7 @@ impl HttpConn {
             Err((status, reason)) => return self.refuse(&id, &line, status, reason, None).await,
         };
         let op = Op {
-            kind: Kind::Http,
+            kind: self.kind(),
             id: Some(&id),
             shown: &line,
         };
@@ -261,7 +283,7 @@ impl HttpConn {
                 Ok(approved) => approved,
                 Err(response) => return response,
             },
-            Verdict::Refused(refusal) => return refusal_response(&refusal),
+            Verdict::Refused(refusal) => return self.refusal_response(&refusal),
         };
         let host = match &self.tls {
             Some(tls) => tls.server_name.clone(),
@@ -284,7 +306,7 @@ impl HttpConn {
         let line = skillgate_policy::mask::scrub(&head::lossy_decode(line));
         let kept = skillgate_policy::mask::scrub(&head::lossy_decode(&reason));
         let op = Op {
-            kind: Kind::Http,
+            kind: self.kind(),
             id: Some(id),
             shown: &line,
         };
@@ -293,50 +315,83 @@ impl HttpConn {
             ..Facts::default()
         };
         if !self.audit.refused(&op, &kept, rule, facts).await {
-            return store_failure("-");
+            return self.store_failure("-");
         }
-        json_response(
+        self.render(
             status,
             &json!({"error": status.canonical_reason().unwrap_or("refused").to_lowercase(), "reason": reason, "rule": rule, "decision_id": id}),
         )
     }
 }
 
-/// A refusal as the skill gets it.
-fn refusal_response(refusal: &Refusal) -> Response<ProxyBody> {
-    let Refusal {
-        why,
-        reason,
-        rule,
-        decision_id,
-    } = refusal;
-    let approval_required = |reason: &str, approval: Option<u64>| {
-        let mut body = json!({
-            "error": "approval required",
-            "reason": reason,
-            "rule": rule,
-            "decision_id": decision_id,
-        });
-        if let Some(approval) = approval {
-            body["approval_id"] = json!(approval);
-        }
-        json_response(StatusCode::FORBIDDEN, &body)
-    };
-    match why {
-        Refused::Policy => json_response(
-            StatusCode::FORBIDDEN,
-            &json!({
-                "error": "forbidden",
+impl HttpConn {
+    /// A refusal as the skill gets it.
+    fn refusal_response(&self, refusal: &Refusal) -> Response<ProxyBody> {
+        let Refusal {
+            why,
+            reason,
+            rule,
+            decision_id,
+        } = refusal;
+        let approval_required = |reason: &str, approval: Option<u64>| {
+            let mut body = json!({
+                "error": "approval required",
                 "reason": reason,
                 "rule": rule,
                 "decision_id": decision_id,
-            }),
-        ),
-        // Not recorded: the decision id names nothing in the store.
-        Refused::Unrecorded => store_failure("-"),
-        Refused::AnswerUnrecorded => store_failure(decision_id),
-        Refused::NoSession => approval_required("held requests need a recorded session", None),
-        Refused::Unapproved { approval, why, .. } => approval_required(why, Some(*approval)),
+            });
+            if let Some(approval) = approval {
+                body["approval_id"] = json!(approval);
+            }
+            self.render(StatusCode::FORBIDDEN, &body)
+        };
+        match why {
+            Refused::Policy => self.render(
+                StatusCode::FORBIDDEN,
+                &json!({
+                    "error": "forbidden",
+                    "reason": reason,
+                    "rule": rule,
+                    "decision_id": decision_id,
+                }),
+            ),
+            // Not recorded: the decision id names nothing in the store.
+            Refused::Unrecorded => self.store_failure("-"),
+            Refused::AnswerUnrecorded => self.store_failure(decision_id),
+            Refused::NoSession => approval_required("held requests need a recorded session", None),
+            Refused::Unapproved { approval, why, .. } => approval_required(why, Some(*approval)),
+        }
+    }
+
+    fn store_failure(&self, id: &str) -> Response<ProxyBody> {
+        self.error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            id,
+            "the session store cannot record this request, so it is refused",
+        )
+    }
+
+    fn error_response(&self, status: StatusCode, id: &str, reason: &str) -> Response<ProxyBody> {
+        self.render(
+            status,
+            &json!({"error": status.canonical_reason().unwrap_or("error").to_lowercase(), "reason": reason, "decision_id": id}),
+        )
+    }
+
+    /// The agent's own answer (`body`: error, reason, rule, decision_id, approval_id): JSON,
+    /// or an S3 error document to a skill of an `s3` backend.
+    fn render(&self, status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+        if self.s3.is_some() {
+            return s3::error_document(status, body);
+        }
+        let body = Bytes::from(body.to_string());
+        let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 
@@ -359,32 +414,6 @@ fn policy_headers(
             (name.as_str().to_owned(), value)
         })
         .collect()
-}
-
-fn store_failure(id: &str) -> Response<ProxyBody> {
-    error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        id,
-        "the session store cannot record this request, so it is refused",
-    )
-}
-
-fn error_response(status: StatusCode, id: &str, reason: &str) -> Response<ProxyBody> {
-    json_response(
-        status,
-        &json!({"error": status.canonical_reason().unwrap_or("error").to_lowercase(), "reason": reason, "decision_id": id}),
-    )
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
-    let body = Bytes::from(body.to_string());
-    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// The request line as logs, the store and approvers see it: the target as the policy read

@@ -22,7 +22,7 @@ use crate::kernel::cgroup::SkillsCgroup;
 use crate::kernel::conn;
 use crate::kernel::enforce::Enforcement;
 use crate::kernel::sys;
-use crate::protocol::http::HttpConn;
+use crate::protocol::http::{HttpConn, S3Upstream};
 use crate::protocol::pg::PgConn;
 use crate::record::{self, Event, Facts, Kind, Session};
 use crate::telemetry::metrics::{ConnectionLabels, Metrics, SkillLabels};
@@ -300,15 +300,19 @@ impl Proxy {
         };
         let tls = backend.tls.clone();
         match backend.protocol {
-            Protocol::Http => {
+            Protocol::Http | Protocol::S3 => {
                 let tls = tls
                     .map(|t| crate::tls::Upstream::resolve(&t, &backend.upstream, &policy.origin));
+                let s3 = backend.s3.as_ref().map(|s3| S3Upstream {
+                    region: s3.region.clone(),
+                });
                 let conn = Arc::new(HttpConn::new(
                     Arc::clone(&self.http),
                     Arc::clone(audit),
                     upstream,
                     backend.upstream.to_string(),
                     tls,
+                    s3,
                 ));
                 // Responses are written in pieces (head, then streamed body): without this,
                 // Nagle's algorithm and the skill's delayed ACK add 40 ms to each of them.
@@ -355,11 +359,7 @@ impl Proxy {
 /// connection held for an approver) or `deny`.
 fn connect_verdict(decision: &Decision<'_>) -> &'static str {
     match (decision.effect, decision.backend) {
-        (Effect::Allow | Effect::Approve, Some(b))
-            if matches!(b.protocol, Protocol::Http | Protocol::Postgres) =>
-        {
-            "allow"
-        }
+        (Effect::Allow | Effect::Approve, Some(b)) if b.protocol.per_operation() => "allow",
         (Effect::Allow, Some(_)) => "allow",
         (Effect::Approve, Some(b)) if matches!(b.protocol, Protocol::Tcp | Protocol::Tls) => {
             "approve"

@@ -20,9 +20,9 @@ const PAYLOAD_HEAD: usize = 8 + 8 + 32 + 32;
 /// Largest payload a frame may have (an event keeps at most 16 KiB of content).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// The newest journal format this agent writes and reads (a body without `format` is in
-/// format 1). Format 2: the agent's own `journal` records ([`super::Kind::Journal`]) and DNS
-/// queries ([`super::Kind::Dns`]); every other record stays in format 1, which an agent that
-/// reads only format 1 reads.
+/// format 1). Format 2: the agent's own `journal` records ([`super::Kind::Journal`]), DNS
+/// queries ([`super::Kind::Dns`]) and S3 operations ([`super::Kind::S3`]); every other record
+/// stays in format 1, which an agent that reads only format 1 reads.
 pub const FORMAT: u32 = 2;
 
 /// What a record does to its session.
@@ -92,7 +92,10 @@ pub struct Entry {
 
 /// Serializes a record's body.
 pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
-    let format = if matches!(event.kind, super::Kind::Journal | super::Kind::Dns) {
+    let format = if matches!(
+        event.kind,
+        super::Kind::Journal | super::Kind::Dns | super::Kind::S3
+    ) {
         2
     } else {
         1

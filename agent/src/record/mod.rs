@@ -61,10 +61,12 @@ pub enum Kind {
     /// The agent's own record of what it did to the journal (a torn tail cut at start, a
     /// pending segment dropped, segments deleted past retention): a session of its own.
     Journal,
+    /// An S3 operation's decision (its answer is a `Response`).
+    S3,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 11] = [
         Kind::Connect,
         Kind::Tls,
         Kind::Http,
@@ -75,6 +77,7 @@ impl Kind {
         Kind::Close,
         Kind::Dns,
         Kind::Journal,
+        Kind::S3,
     ];
 
     /// The name the store keeps (and hashes), logs and `replay` show.
@@ -90,6 +93,7 @@ impl Kind {
             Kind::Close => "close",
             Kind::Dns => "dns",
             Kind::Journal => "journal",
+            Kind::S3 => "s3",
         }
     }
 

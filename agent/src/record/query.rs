@@ -207,7 +207,7 @@ pub struct OperationRow {
     pub at_ns: i64,
     pub skill: Option<String>,
     pub backend: Option<String>,
-    /// `connect`, `tls`, `http`, `sql` or `dns`.
+    /// `connect`, `tls`, `http`, `sql`, `dns` or `s3`.
     pub kind: String,
     pub operation: String,
     pub decision: String,
@@ -231,7 +231,7 @@ pub fn operations(
         "SELECT e.at_ns, s.skill, s.backend, e.kind, e.operation, e.decision, e.rule, e.reason, \
          e.classification, s.origin FROM events e JOIN sessions s ON s.id = e.session_id \
          WHERE e.at_ns >= ?1 AND (?2 IS NULL OR s.skill = ?2) \
-         AND e.kind IN ('connect', 'tls', 'http', 'sql', 'dns') ORDER BY e.id",
+         AND e.kind IN ('connect', 'tls', 'http', 'sql', 'dns', 's3') ORDER BY e.id",
     )?;
     let mut rows = stmt.query(params![since_ns, skill])?;
     let mut count = 0;

@@ -40,7 +40,7 @@ impl<'a> Builder<'a> {
         self.line_starts.partition_point(|&start| start <= at) + 1
     }
 
-    fn error<T>(&self, at: &Spanned<T>, message: String) -> PolicyError {
+    pub(super) fn error<T>(&self, at: &Spanned<T>, message: String) -> PolicyError {
         PolicyError::invalid(self.origin, self.text, at.span(), message)
     }
 
@@ -261,10 +261,10 @@ impl<'a> Builder<'a> {
         let mut intercept_tls = Vec::with_capacity(def.intercept_tls.len());
         for spanned in &def.intercept_tls {
             let server = spanned.get_ref().to_ascii_lowercase();
-            if def.protocol != Protocol::Http {
+            if !matches!(def.protocol, Protocol::Http | Protocol::S3) {
                 return Err(self.error(
                     spanned,
-                    format!("`intercept_tls` is for `http` backends; `{name}` is not one"),
+                    format!("`intercept_tls` is for `http` and `s3` backends; `{name}` is not one"),
                 ));
             }
             if !is_dns_name(&server) {
@@ -296,6 +296,7 @@ impl<'a> Builder<'a> {
             Some(flag) => *flag.get_ref(),
             None => false,
         };
+        let s3 = self.s3_backend(def, &name)?;
         Ok(Backend {
             name,
             protocol: def.protocol,
@@ -306,6 +307,7 @@ impl<'a> Builder<'a> {
             intercept_tls,
             tls,
             case_insensitive_paths,
+            s3,
         })
     }
 
@@ -365,6 +367,7 @@ impl<'a> Builder<'a> {
         for (present, what) in [
             (def.sql.is_some(), "sql"),
             (def.http.is_some(), "http"),
+            (def.s3.is_some(), "s3"),
             (def.mask.is_some(), "mask"),
         ] {
             if present {
@@ -458,11 +461,11 @@ impl<'a> Builder<'a> {
         match (&tls.client_cert, &tls.client_key) {
             (None, None) => Ok(None),
             (Some(cert), Some(key)) => {
-                if !matches!(protocol, Protocol::Http | Protocol::Postgres) {
+                if !matches!(protocol, Protocol::Http | Protocol::Postgres | Protocol::S3) {
                     return Err(self.error(
                         cert,
                         format!(
-                            "`client_cert` is for `http` and `postgres` backends, where the \
+                            "`client_cert` is for `http`, `postgres` and `s3` backends, where the \
                              agent speaks TLS upstream; `{backend}` is `{}`",
                             protocol.as_str()
                         ),
@@ -516,6 +519,15 @@ impl<'a> Builder<'a> {
         let protocol = policy.backends[backend].protocol;
         let effect = *def.effect.get_ref();
         let op = match (&def.sql, &def.http, protocol) {
+            (None, None, _) if def.s3.is_some() => {
+                RuleOp::S3(self.s3_op(&name, def, backend_name, protocol)?)
+            }
+            (_, _, _) if def.s3.is_some() => {
+                return Err(self.error(
+                    &def.effect,
+                    format!("{name} has `s3` and `sql` or `http`: keep one"),
+                ));
+            }
             (Some(_), Some(http), _) => {
                 return Err(self.error(http, format!("{name} has both `sql` and `http`")));
             }
@@ -541,11 +553,13 @@ impl<'a> Builder<'a> {
                     ),
                 ));
             }
-            (None, None, Protocol::Http | Protocol::Postgres) if effect != Effect::Deny => {
-                let hint = if protocol == Protocol::Http {
-                    "an `http` operation (paths = [\"/**\"] grants every path)"
-                } else {
-                    "a `sql` operation (kinds and objects)"
+            (None, None, Protocol::Http | Protocol::Postgres | Protocol::S3)
+                if effect != Effect::Deny =>
+            {
+                let hint = match protocol {
+                    Protocol::Http => "an `http` operation (paths = [\"/**\"] grants every path)",
+                    Protocol::S3 => "an `s3` operation (operations and objects)",
+                    _ => "a `sql` operation (kinds and objects)",
                 };
                 return Err(self.error(
                     &def.effect,
@@ -621,11 +635,14 @@ impl<'a> Builder<'a> {
             }
             (None, _) => Mask::default(),
         };
-        if effect == Effect::Mask && !matches!(protocol, Protocol::Http | Protocol::Postgres) {
+        if effect == Effect::Mask && !protocol.per_operation() {
             return Err(self.error(
                 &def.effect,
-                format!("{name}: masking needs an http or postgres backend"),
+                format!("{name}: masking needs an http, postgres or s3 backend"),
             ));
+        }
+        if let (Effect::Mask, RuleOp::S3(s3)) = (effect, &op) {
+            self.s3_mask(&name, def, s3, &mask)?;
         }
         let line = self.line(backend_name.span().start);
         Ok(Rule {

@@ -245,7 +245,7 @@ fn invalid_policies_point_at_the_problem() {
         ),
         (
             format!("{backend}intercept_tls = [\"api.internal\"]\n"),
-            "p.toml:6:18: `intercept_tls` is for `http` backends; `b` is not one",
+            "p.toml:6:18: `intercept_tls` is for `http` and `s3` backends; `b` is not one",
         ),
         (
             format!("{http}intercept_tls = [\"*.internal\"]\n"),
@@ -321,7 +321,7 @@ fn invalid_policies_point_at_the_problem() {
                 "{}tls = {{ client_cert = \"c.pem\", client_key = \"c.key\" }}\n",
                 backend.replace("tcp", "tls")
             ),
-            "p.toml:6:23: `client_cert` is for `http` and `postgres` backends, where the agent \
+            "p.toml:6:23: `client_cert` is for `http`, `postgres` and `s3` backends, where the agent \
              speaks TLS upstream; `b` is `tls`",
         ),
         (
@@ -413,5 +413,96 @@ fn execute_grants_name_qualified_functions() {
     ] {
         let d = policy.decide_sql("a", &[], "db", sql).decision;
         assert_eq!(d.effect, effect, "{sql}: {}", d.reason);
+    }
+}
+
+/// `s3` backends and rules: errors point at the line and say what fits.
+#[test]
+fn invalid_s3_policies_point_at_the_problem() {
+    let skill = "[[skill]]\nname = \"a\"\n";
+    let s3 = "[[backend]]\nname = \"s\"\nprotocol = \"s3\"\ndial = [\"10.0.0.1:9000\"]\nupstream = \"127.0.0.1:9000\"\n";
+    let full = format!("{s3}region = \"us-east-1\"\ncredentials = \"k\"\n");
+    let rule = |s3: &str| {
+        format!(
+            "{skill}{full}[[rule]]\nskills = [\"a\"]\nbackend = \"s\"\neffect = \"allow\"\ns3 = {s3}\n"
+        )
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{skill}{s3}credentials = \"k\"\n"),
+            "p.toml:4:8: s3 backend `s` needs `region`",
+        ),
+        (
+            format!("{skill}{s3}region = \"us-east-1\"\n"),
+            "p.toml:4:8: s3 backend `s` needs `credentials`",
+        ),
+        (
+            format!("{skill}{full}addressing = \"virtual\"\n"),
+            "p.toml:10:14: addressing `virtual` is not supported: only `path`",
+        ),
+        (
+            format!("{skill}{}region = \"US East\"\ncredentials = \"k\"\n", s3),
+            "p.toml:8:10: region `US East` must be lower-case",
+        ),
+        (
+            format!(
+                "{skill}{}region = \"us-east-1\"\n",
+                s3.replace("\"s3\"", "\"http\"")
+            ),
+            "p.toml:8:10: `region` and `addressing` are for `s3` backends",
+        ),
+        (
+            rule("{ operations = [\"getobject\"], objects = [\"b/*\"] }"),
+            "p.toml:14:22: rule #1: `getobject` is not an S3 operation the agent knows (did you \
+             mean `GetObject`?)",
+        ),
+        (
+            rule("{ operations = [\"GetObject\"], objects = [\"b/a*b\"] }"),
+            "p.toml:14:47: rule #1: `b/a*b`: `*` may only end a pattern",
+        ),
+        (
+            rule("{ operations = [\"GetObject\"], objects = [] }"),
+            "p.toml:14:6: rule #1: `s3` needs `operations` and `objects`",
+        ),
+        (
+            rule("{ operations = [\"GetObject\"], objects = [\"b/*\"] }")
+                .replace("effect = \"allow\"", "effect = \"mask\""),
+            "needs a `mask` section",
+        ),
+        (
+            rule("{ operations = [\"GetObject\", \"ListObjectsV2\"], objects = [\"b/*\"] }")
+                .replace("effect = \"allow\"", "effect = \"mask\"")
+                + "mask = { fields = [\"email\"] }\n",
+            "p.toml:15:8: rule #1: an s3 mask applies to GetObject only (the objects read), not \
+             `ListObjectsV2`",
+        ),
+        (
+            rule("{ operations = [\"GetObject\"], objects = [\"b/*\"] }")
+                .replace("effect = \"allow\"", "effect = \"mask\"")
+                + "mask = { columns = [\"email\"] }\n",
+            "rule #1: an s3 mask names JSON `fields` or `detectors`, not `columns`",
+        ),
+        (
+            format!(
+                "{skill}{full}[[rule]]\nskills = [\"a\"]\nbackend = \"s\"\neffect = \"allow\"\n"
+            ),
+            "p.toml:13:10: rule #1 on s3 backend `s` needs an `s3` operation",
+        ),
+        (
+            format!(
+                "{skill}{full}[[backend]]\nname = \"h\"\nprotocol = \"http\"\ndial = \
+                 [\"10.0.0.2:80\"]\nupstream = \"127.0.0.1:80\"\n[[rule]]\nskills = [\"a\"]\n\
+                 backend = \"h\"\neffect = \"allow\"\ns3 = {{ operations = [\"*\"], objects = \
+                 [\"*\"] }}\n"
+            ),
+            "p.toml:19:6: rule #1: `s3` needs an s3 backend, `h` is http",
+        ),
+    ];
+    for (text, expected) in cases {
+        let got = error(&text);
+        assert!(
+            got.contains(expected),
+            "expected `{expected}` in:\n{got}\nfor:\n{text}"
+        );
     }
 }

@@ -33,32 +33,66 @@ impl HttpConn {
             },
             None => None,
         };
-        // The body must be read as it is: to be masked, or scanned for the credential.
-        let whole = mask.masks_body() || credential.is_some();
+        // The body must be read as it is: to be masked, or scanned for an injected credential
+        // (an S3 key signs, it is never sent: S3 bodies stream, ranges and encodings kept).
+        let whole = mask.masks_body() || (credential.is_some() && self.s3.is_none());
         let (parts, body) = request.into_parts();
+        let mut headers = head::upstream_headers(
+            &parts.headers,
+            &self.audit.gate().token_header,
+            host,
+            credential.and_then(|c| c.header.as_ref().map(|(name, value)| (name, value))),
+            whole,
+        );
+        let mut body = body;
+        // Why a chunk-signed upload was cut, if it is.
+        let mut cut: Option<s3::Cut> = None;
+        if let Some(s3) = &self.s3 {
+            let signed = match credential.and_then(|c| c.aws.as_ref()) {
+                Some(key) => s3::sign(&mut headers, parts.method.as_str(), path, &s3.region, key),
+                None => Err("the backend's credential is not an `aws` key".to_owned()),
+            };
+            let chain = match signed {
+                Ok(chain) => chain,
+                Err(reason) => {
+                    return self
+                        .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                        .await;
+                }
+            };
+            if headers
+                .get("x-amz-content-sha256")
+                .is_some_and(|v| v == s3::STREAMING)
+            {
+                let (resigned, why) = s3::Resigned::new(body, chain);
+                body = resigned.boxed();
+                cut = Some(why);
+            }
+        }
         let mut upstream = Request::builder()
             .method(parts.method)
             .uri(path)
             .version(hyper::Version::HTTP_11);
-        *upstream.headers_mut().expect("a fresh builder has headers") = head::upstream_headers(
-            &parts.headers,
-            &self.audit.gate().token_header,
-            host,
-            credential.map(|c| (&c.header, &c.value)),
-            whole,
-        );
+        *upstream.headers_mut().expect("a fresh builder has headers") = headers;
         let body = Relay::new(body, Arc::clone(&self.to_backend), Vec::new());
         let upstream = match upstream.body(body) {
             Ok(upstream) => upstream,
             Err(err) => {
-                return error_response(
+                return self.error_response(
                     StatusCode::BAD_REQUEST,
                     &decided.id,
                     &format!("cannot rebuild the request: {err}"),
                 );
             }
         };
-        let (response, lease) = match self.send(upstream).await {
+        let sent = self.send(upstream).await;
+        if let Some(reason) = cut.as_ref().and_then(|cut| cut.get()) {
+            warn!(request = %decided.id, %reason, "chunk-signed upload cut");
+            return self
+                .failed(decided, StatusCode::BAD_REQUEST, reason, started)
+                .await;
+        }
+        let (response, lease) = match sent {
             Ok(sent) => sent,
             Err((status, reason)) => {
                 warn!(request = %decided.id, upstream = %self.upstream, %reason, "backend failed");
@@ -81,7 +115,7 @@ impl HttpConn {
         mask: &Mask,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let whole = mask.masks_body() || secrets.is_some();
+        let whole = mask.masks_body() || (secrets.is_some() && self.s3.is_none());
         let secrets = secrets.unwrap_or_default();
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -127,6 +161,9 @@ impl HttpConn {
                     .then(|| record::kept(&String::from_utf8_lossy(&masked)));
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.remove(header::TRANSFER_ENCODING);
+                if self.s3.is_some() {
+                    s3::drop_checksums(&mut parts.headers);
+                }
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
@@ -255,7 +292,7 @@ impl HttpConn {
         self.audit.gate().ops.answered(
             &self.audit.skill,
             &self.audit.backend,
-            Kind::Http.as_str(),
+            self.kind().as_str(),
             started.elapsed(),
             masked,
         );
@@ -293,7 +330,7 @@ impl HttpConn {
         reason: &str,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let response = error_response(status, &decided.id, reason);
+        let response = self.error_response(status, &decided.id, reason);
         self.answered(decided, response, started, 0, Some(reason), None)
             .await
     }

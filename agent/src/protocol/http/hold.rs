@@ -91,7 +91,7 @@ impl HttpConn {
             )
         };
         let held = crate::gate::held::Held {
-            kind: Kind::Http,
+            kind: self.kind(),
             skill: &self.audit.skill,
             backend: &self.audit.backend,
             rule: rule.as_deref(),
@@ -102,7 +102,7 @@ impl HttpConn {
             exact_only: false,
         };
         let op = Op {
-            kind: Kind::Http,
+            kind: self.kind(),
             id: Some(&decided.id),
             shown: &decided.line,
         };
@@ -111,7 +111,7 @@ impl HttpConn {
                 let body = Full::new(body).map_err(|never| match never {}).boxed();
                 Ok((Request::from_parts(parts, body), mask))
             }
-            Err(refusal) => Err(refusal_response(&refusal)),
+            Err(refusal) => Err(self.refusal_response(&refusal)),
         }
     }
 }
