@@ -663,6 +663,7 @@ fn answer(mut stream: TcpStream, name: &str, peer: SocketAddr, talkers: &Mutex<V
 pub struct DnsServer {
     pub addr: SocketAddr,
     queries: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// The address `DnsServer` answers with.
@@ -673,21 +674,32 @@ impl DnsServer {
         let socket = std::net::UdpSocket::bind(bind).expect("bind DNS server");
         let addr = socket.local_addr().unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&queries);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (count, kept) = (Arc::clone(&queries), Arc::clone(&received));
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while let Ok((len, client)) = socket.recv_from(&mut buf) {
                 count.fetch_add(1, Ordering::Relaxed);
+                kept.lock().unwrap().push(buf[..len].to_vec());
                 if let Some(answer) = dns_answer(&buf[..len]) {
                     let _ = socket.send_to(&answer, client);
                 }
             }
         });
-        Self { addr, queries }
+        Self {
+            addr,
+            queries,
+            received,
+        }
     }
 
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Every datagram it got, as received.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
     }
 }
 

