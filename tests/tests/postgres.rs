@@ -6,7 +6,19 @@
 use skillgate_tests::pg::{
     ShopDb, dial_address, execute, message, parse, startup, sync, tags_after_auth,
 };
-use skillgate_tests::{PgServer, TestCerts};
+use skillgate_tests::{Agent, PgServer, TestCerts};
+
+/// `sql` is refused for `reason` (no rule allows that access), and the session goes on with
+/// the 20 orders untouched.
+fn refused_before_it_ran(s: &ShopDb, agent: &Agent, sql: &str, reason: &str) {
+    let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
+    assert!(
+        err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
+        "{sql}: {err}\n{}",
+        agent.log()
+    );
+    assert_eq!(out, "20\n", "{sql}: refused before it ran");
+}
 
 fn setup(name: &str, extra: &str) -> ShopDb {
     ShopDb::new(name, PgServer::start(), RULES, extra)
@@ -1004,13 +1016,7 @@ fn names_calls_and_locks_need_the_grants_the_server_checks() {
             "update public.orders",
         ),
     ] {
-        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
-        assert!(
-            err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
-            "{sql}: {err}\n{}",
-            agent.log()
-        );
-        assert_eq!(out, "20\n", "{sql}: refused before it ran");
+        refused_before_it_ran(&s, &agent, sql, reason);
     }
     // Ordinary statements are still allowed: CTEs over granted tables, joins, aggregates,
     // built-in functions.
@@ -1298,13 +1304,7 @@ sql = { kinds = ["select"], objects = ["pg_catalog.*"] }
         ),
         ("SELECT * FROM pg_secrets", "select public.pg_secrets"),
     ] {
-        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
-        assert!(
-            err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
-            "{sql}: {err}\n{}",
-            agent.log()
-        );
-        assert_eq!(out, "20\n", "{sql}: refused before it ran");
+        refused_before_it_ran(&s, &agent, sql, reason);
     }
     // Ordinary built-ins, joins and a column named like a function still pass: the server
     // reads the column, as it would.
@@ -1350,13 +1350,7 @@ fn operators_hidden_in_like_and_any_need_their_execute_grant() {
             "execute public.=",
         ),
     ] {
-        let (out, err) = s.psql(&[sql, "SELECT count(*) FROM orders"]);
-        assert!(
-            err.contains("skillgate: permission denied: no rule allows") && err.contains(reason),
-            "{sql}: {err}\n{}",
-            agent.log()
-        );
-        assert_eq!(out, "20\n", "{sql}: refused before it ran");
+        refused_before_it_ran(&s, &agent, sql, reason);
     }
     assert_eq!(
         s.pg.psql_admin("shop", "SELECT count(*) FROM refunds")
