@@ -3,6 +3,7 @@
 
 use crate::decide::{Decision, Effect, Operation, Request};
 use crate::http::{self, Target};
+use crate::mcp::McpCall;
 use crate::model::{Mask, Policy};
 use crate::s3::{self, BadS3, S3Request};
 use crate::sql::{self, SqlError, Statement};
@@ -18,6 +19,12 @@ pub struct SqlAnswer<'p> {
 #[derive(Debug)]
 pub struct HttpAnswer<'p> {
     pub target: Result<Target, http::BadTarget>,
+    pub decision: Decision<'p>,
+}
+
+/// An MCP call's decision.
+#[derive(Debug)]
+pub struct McpAnswer<'p> {
     pub decision: Decision<'p>,
 }
 
@@ -129,6 +136,88 @@ impl Policy {
             Err(err) => self.refuse(skill, backend, err.to_string()),
         };
         S3Answer { request, decision }
+    }
+
+    /// Decides one MCP call. Methods the protocol needs (`initialize`, `ping`, its
+    /// notifications) and the list methods go ahead for any skill the backend lets connect,
+    /// unless a rule names them (lists are answered with what the skill may use). `changed`:
+    /// for a `tools/call`, how the tool's fingerprint changed since it was pinned; the call
+    /// then gets the backend's `mcp_tool_changed` (deny, or approve) at best.
+    pub fn decide_mcp(
+        &self,
+        skill: &str,
+        token_groups: &[String],
+        backend: &str,
+        call: &McpCall,
+        changed: Option<&str>,
+    ) -> McpAnswer<'_> {
+        let request = |operation| Request {
+            skill,
+            token_groups,
+            backend,
+            operation,
+        };
+        let builtin = call.is_protocol() || call.list_kind().is_some();
+        if builtin && !self.names_mcp_method(skill, token_groups, backend, &call.method) {
+            let mut decision = self.decide(&request(Operation::Connect));
+            if decision.effect != Effect::Deny {
+                // No rule decided it (the one that let the skill connect is not shown).
+                decision.effect = Effect::Allow;
+                decision.mask = Mask::default();
+                decision.rule = None;
+                decision.rules.clear();
+                let what = if call.is_protocol() {
+                    "is part of the MCP protocol"
+                } else {
+                    "is answered with what the skill may use"
+                };
+                decision.reason = format!(
+                    "`{}` {what}: allowed to skill `{skill}` on backend `{backend}`",
+                    call.method
+                );
+            }
+            return McpAnswer { decision };
+        }
+        let mut decision = self.decide(&request(Operation::Mcp(call)));
+        if let Some(changed) = changed
+            && decision.effect != Effect::Deny
+            && let Some(pinning) = decision.backend.and_then(|b| b.mcp.as_ref())
+        {
+            let verb = if pinning.tool_changed == Effect::Deny {
+                "denied"
+            } else {
+                "held for approval"
+            };
+            decision.effect = decision.effect.max(pinning.tool_changed);
+            decision.reason = format!(
+                "{changed}: {verb} (mcp_tool_changed = \"{}\"); before that, {}",
+                pinning.tool_changed.as_str(),
+                decision.reason
+            );
+            decision.exact_only = true;
+        }
+        McpAnswer { decision }
+    }
+
+    /// Whether a rule for `skill` (or its token's groups) on `backend` names `method` in its
+    /// `mcp.methods`.
+    fn names_mcp_method(
+        &self,
+        skill: &str,
+        token_groups: &[String],
+        backend: &str,
+        method: &str,
+    ) -> bool {
+        let (Some(skill), Some(backend)) = (self.skill_index(skill), self.backend_index(backend))
+        else {
+            return false;
+        };
+        self.candidates(skill, token_groups, backend)
+            .iter()
+            .any(|&i| match &self.rules[i].op {
+                crate::model::RuleOp::Mcp(op) => op.methods.iter().any(|m| m == method),
+                _ => false,
+            })
     }
 
     fn refuse(&self, skill: &str, backend: &str, reason: String) -> Decision<'_> {

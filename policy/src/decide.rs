@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use crate::http::{Case, Target};
+use crate::mcp::McpCall;
 use crate::model::{
     Backend, Mask, Misuse, Mode, ObjectPattern, Policy, Protocol, Rule, RuleOp, Skill, canonical,
 };
@@ -68,6 +69,8 @@ pub enum Operation<'a> {
     Sql(&'a [Statement]),
     /// An S3 request, classified (with a DeleteObjects body's keys).
     S3(&'a S3Request),
+    /// One MCP call (a JSON-RPC request or notification).
+    Mcp(&'a McpCall),
 }
 
 /// Who asks for what on which backend.
@@ -287,6 +290,7 @@ impl Policy {
                 .flat_map(|s| s.accesses.iter().map(Unit::Sql))
                 .collect(),
             Operation::S3(request) => request.accesses.iter().map(Unit::S3).collect(),
+            Operation::Mcp(call) => vec![Unit::Mcp(call)],
         };
         if units.is_empty() && matches!(operation, Operation::S3(_)) {
             return Decision::deny(
@@ -553,6 +557,7 @@ enum Unit<'a> {
     Http,
     Sql(&'a Access),
     S3(&'a crate::s3::Access),
+    Mcp(&'a McpCall),
 }
 
 impl Unit<'_> {
@@ -562,6 +567,7 @@ impl Unit<'_> {
             Self::Http => "this request".to_owned(),
             Self::Sql(access) => access.to_string(),
             Self::S3(access) => access.to_string(),
+            Self::Mcp(call) => call.to_string(),
         }
     }
 }
@@ -662,6 +668,7 @@ fn covers(
                     Reading::Restrict => pattern.restricts(&access.resource),
                 })
         }
+        (RuleOp::Mcp(op), Unit::Mcp(call)) => covers_mcp(op, rule.effect, call, reading),
         (RuleOp::Http(op), Unit::Http) => {
             let Operation::Http {
                 method,
@@ -709,6 +716,37 @@ fn covers(
                 }
         }
         _ => false,
+    }
+}
+
+/// Whether an `mcp` rule covers `call`. Protocol and list methods a rule does not name are
+/// decided before this (see [`Policy::decide_mcp`]). A call whose arguments are not known
+/// (`None`: whether a tool is listed) is covered by every grant of the tool and by the
+/// restrictions without argument conditions, and by approve and mask rules either way (a
+/// tool that may need approval is listed as such).
+fn covers_mcp(op: &crate::model::McpOp, effect: Effect, call: &McpCall, reading: Reading) -> bool {
+    if !op.methods.contains(&call.method) {
+        return false;
+    }
+    let named = |globs: &[crate::mcp::NameGlob], value: &Option<String>| {
+        value
+            .as_deref()
+            .is_some_and(|v| globs.iter().any(|g| g.matches(v)))
+    };
+    match call.method.as_str() {
+        "tools/call" => {
+            named(&op.tools, &call.name)
+                && match (&call.arguments, reading) {
+                    (Some(arguments), _) => op.arguments.iter().all(|c| c.holds(arguments)),
+                    (None, Reading::Grant(_)) => true,
+                    (None, Reading::Restrict) => effect != Effect::Deny || op.arguments.is_empty(),
+                }
+        }
+        "prompts/get" => named(&op.prompts, &call.name),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            named(&op.resources, &call.uri)
+        }
+        _ => true,
     }
 }
 

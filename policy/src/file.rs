@@ -74,6 +74,13 @@ pub(crate) struct BackendDef {
     pub region: Option<Spanned<String>>,
     /// `s3` backends: `path` (the only one supported: `/bucket/key`).
     pub addressing: Option<Spanned<String>>,
+    /// `mcp` backends: `approve` or `deny` (default) a call of a tool whose fingerprint
+    /// changed.
+    pub mcp_tool_changed: Option<Spanned<String>>,
+    /// `mcp` backends: the server's MCP endpoint (default `/mcp`); nothing else is reached.
+    pub mcp_path: Option<Spanned<String>>,
+    /// `mcp` backends: tool name = SHA-256 fingerprint (hex) it must have.
+    pub mcp_pins: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +109,7 @@ pub(crate) struct RuleDef {
     pub sql: Option<Spanned<SqlDef>>,
     pub http: Option<Spanned<HttpDef>>,
     pub s3: Option<Spanned<S3Def>>,
+    pub mcp: Option<Spanned<McpDef>>,
     pub mask: Option<Spanned<MaskDef>>,
     /// Names the skills may (or, with `deny`, may not) resolve: `name` or `*.suffix`.
     pub dns: Option<Spanned<Vec<Spanned<String>>>>,
@@ -134,6 +142,35 @@ pub(crate) struct HttpDef {
 pub(crate) struct S3Def {
     pub operations: Vec<Spanned<String>>,
     pub objects: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct McpDef {
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tools: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub resources: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub prompts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub arguments: Vec<Spanned<ArgDef>>,
+}
+
+/// A condition on a tool call's argument.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ArgDef {
+    pub pointer: String,
+    pub equals: Option<toml::Value>,
+    #[serde(default)]
+    pub one_of: Vec<toml::Value>,
+    pub prefix: Option<String>,
+    pub pattern: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

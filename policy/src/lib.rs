@@ -17,15 +17,16 @@ mod error;
 mod file;
 pub mod http;
 pub mod mask;
+pub mod mcp;
 mod model;
 pub mod s3;
 pub mod sql;
 
-pub use ask::{HttpAnswer, S3Answer, SqlAnswer};
+pub use ask::{HttpAnswer, McpAnswer, S3Answer, SqlAnswer};
 pub use decide::{ConnectRequest, Decision, Effect, Operation, Request, RuleRef};
 pub use dns::DnsRequest;
 pub use error::{PolicyError, line_column};
 pub use model::{
-    Backend, Detector, HttpOp, Mask, Mode, ObjectPattern, Oidc, Policy, Protocol, Rule, RuleOp,
-    S3Backend, S3Op, Skill, SqlOp, Strategy, Tls, Upstream,
+    Backend, Detector, HttpOp, Mask, McpBackend, McpOp, Mode, ObjectPattern, Oidc, Policy,
+    Protocol, Rule, RuleOp, S3Backend, S3Op, Skill, SqlOp, Strategy, Tls, Upstream,
 };

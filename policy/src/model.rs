@@ -14,6 +14,7 @@ use crate::http::PathPattern;
 use crate::sql::SqlKind;
 
 mod build;
+mod build_mcp;
 mod build_s3;
 
 /// How the proxy speaks to a backend.
@@ -30,6 +31,8 @@ pub enum Protocol {
     Postgres,
     /// S3 (HTTP/1.1, path-style), decided per operation and re-signed by the agent.
     S3,
+    /// MCP over Streamable HTTP, decided per JSON-RPC message (tool call, resource read, ...).
+    Mcp,
 }
 
 impl Protocol {
@@ -40,12 +43,13 @@ impl Protocol {
             Self::Http => "http",
             Self::Postgres => "postgres",
             Self::S3 => "s3",
+            Self::Mcp => "mcp",
         }
     }
 
     /// Whether each operation on the connection is decided (and held) on its own.
     pub fn per_operation(self) -> bool {
-        matches!(self, Self::Http | Self::Postgres | Self::S3)
+        matches!(self, Self::Http | Self::Postgres | Self::S3 | Self::Mcp)
     }
 }
 
@@ -151,6 +155,19 @@ pub struct Backend {
     pub case_insensitive_paths: bool,
     /// `s3` backends: how the agent signs upstream.
     pub s3: Option<S3Backend>,
+    /// `mcp` backends: tool pinning.
+    pub mcp: Option<McpBackend>,
+}
+
+/// What an `mcp` backend pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpBackend {
+    /// The server's MCP endpoint path (`/mcp`): requests for any other path are refused.
+    pub path: String,
+    /// What a call of a tool whose fingerprint changed gets: `Approve` or `Deny` (the default).
+    pub tool_changed: crate::decide::Effect,
+    /// Fingerprints the policy pins, by tool name (else the first one the agent sees counts).
+    pub pins: Vec<(String, String)>,
 }
 
 /// What an `s3` backend needs to sign requests upstream.
@@ -300,17 +317,32 @@ impl S3Op {
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpOp {
+    /// JSON-RPC methods (`tools/call`, `resources/read`, `prompts/get`, a list, any other).
+    pub methods: Vec<String>,
+    /// `tools/call`: the tools (globs).
+    pub tools: Vec<crate::mcp::NameGlob>,
+    /// `resources/read` (and subscribe): the URIs (globs).
+    pub resources: Vec<crate::mcp::NameGlob>,
+    /// `prompts/get`: the prompts (globs).
+    pub prompts: Vec<crate::mcp::NameGlob>,
+    /// `tools/call`: conditions every call's arguments must meet.
+    pub arguments: Vec<crate::mcp::ArgCondition>,
+}
+
 /// What a rule covers on its backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RuleOp {
     /// Everything: the connection itself (tcp/tls), or every operation (deny rules).
     Any,
     Sql(SqlOp),
     Http(HttpOp),
     S3(S3Op),
+    Mcp(McpOp),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// Position in the file (0-based).
     pub id: usize,

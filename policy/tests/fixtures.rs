@@ -26,6 +26,10 @@ struct Case {
     http: Option<String>,
     /// An S3 `METHOD /bucket/key?query`, with `headers` and, for a DeleteObjects, `body`.
     s3: Option<String>,
+    /// An MCP call: `METHOD [NAME|URI] [ARGUMENTS]` (`tools/call refund {"amount": 5}`).
+    mcp: Option<String>,
+    /// With `mcp`: how the tool's fingerprint changed (pinning).
+    changed: Option<String>,
     body: Option<String>,
     /// Request headers of an `http` or `s3` case, `"Name: value"` each (names are lower-cased, as the
     /// proxy passes them).
@@ -115,6 +119,18 @@ fn run<'p>(policy: &'p Policy, case: &Case, catalog: Option<&LoginCatalog>) -> D
             (name.trim().to_ascii_lowercase(), value.trim().to_owned())
         })
         .collect();
+    if let Some(mcp) = &case.mcp {
+        let call = skillgate_policy::mcp::call_from_text(mcp).expect("mcp = \"METHOD ...\"");
+        return policy
+            .decide_mcp(
+                &case.skill,
+                &case.groups,
+                &case.backend,
+                &call,
+                case.changed.as_deref(),
+            )
+            .decision;
+    }
     if let Some(s3) = &case.s3 {
         let (method, target) = s3.split_once(' ').expect("s3 = \"METHOD /bucket/key\"");
         return policy
@@ -197,6 +213,7 @@ fn fixture_corpus() {
                     .as_deref()
                     .or(case.http.as_deref())
                     .or(case.s3.as_deref())
+                    .or(case.mcp.as_deref())
                     .or(case.dial.as_deref())
                     .unwrap_or("")
             );

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "policy_file",
     "sql_classify",
     "http_target",
@@ -22,6 +22,7 @@ pub const TARGETS: [&str; 10] = [
     "jwt",
     "dns_message",
     "s3_request",
+    "mcp_message",
 ];
 
 /// The differential harness (tests/tests/pg_differential.rs), which `cargo xtask fuzz` runs

@@ -48,6 +48,7 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("jwt", "pyjwt[crypto]==2.15.1"),
     ("boto3", "boto3==1.43.11"),
     ("awscli", "awscli==1.45.11"),
+    ("mcp", "mcp==1.30.0"),
 ];
 
 pub fn setup() -> Result<()> {

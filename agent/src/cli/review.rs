@@ -209,6 +209,13 @@ fn breadth(rule: &skillgate_policy::Rule) -> Option<&'static str> {
             .iter()
             .any(|o| !matches!(o, ObjectGlob::Exact { .. } | ObjectGlob::Bucket(_)))
             .then_some("objects matched by `*` or a prefix"),
+        RuleOp::Mcp(mcp) => mcp
+            .tools
+            .iter()
+            .chain(&mcp.resources)
+            .chain(&mcp.prompts)
+            .any(|g| g.as_str().contains(['*', '?']))
+            .then_some("tools, resources or prompts matched by `*` or `?`"),
         RuleOp::Any => None,
     }
 }

@@ -346,6 +346,8 @@ fn protocols(config: &Config, tls: &Arc<crate::tls::Connectors>) -> Result<Proto
         mask_salt: mask_salt.clone(),
         tls: Arc::clone(tls),
         pool: Arc::default(),
+        mcp: crate::protocol::http::McpState::default(),
+        literals_redacted: agent.sql_literals == crate::config::SqlLiterals::Redact,
     };
     let pg = crate::protocol::pg::PgContext {
         connect_timeout,

@@ -11,6 +11,8 @@
 //!
 //! `s3` backends ride on the same connection (`s3.rs`): their requests are classified into S3
 //! operations, re-signed upstream with the agent's key, and refused with S3 error documents.
+//! So do `mcp` backends (`mcp.rs`): each JSON-RPC message is decided on its own, refused with
+//! a JSON-RPC error, and the answers (JSON or SSE) are filtered and masked message by message.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,12 +39,14 @@ mod body;
 mod forward;
 pub mod head;
 mod hold;
+mod mcp;
 pub mod pool;
 mod s3;
 
 use self::body::{Relay, Unread, read_whole};
 pub(crate) mod scrub;
 
+pub use mcp::{McpState, McpUpstream};
 use pool::Lease;
 pub use s3::{AwsKey, S3Upstream};
 
@@ -65,6 +69,11 @@ pub struct HttpContext {
     pub tls: Arc<crate::tls::Connectors>,
     /// Idle upstream connections.
     pub pool: Arc<pool::Pool>,
+    /// What the agent remembers of MCP servers (tool fingerprints, relayed requests).
+    pub mcp: McpState,
+    /// Recorded MCP calls have their argument values replaced by `?` (`sql_literals =
+    /// "redact"`, the agent's setting for recorded literals).
+    pub literals_redacted: bool,
 }
 
 /// One skill connection to an `http` backend.
@@ -83,6 +92,8 @@ pub struct HttpConn {
     /// An `s3` backend's signing: requests are classified into S3 operations, re-signed
     /// upstream, and refused with S3 error documents.
     s3: Option<S3Upstream>,
+    /// An `mcp` backend's endpoint: requests are JSON-RPC messages, each decided.
+    mcp: Option<McpUpstream>,
 }
 
 struct Decided {
@@ -90,6 +101,8 @@ struct Decided {
     line: String,
     /// The policy's reason, shown to approvers.
     reason: String,
+    /// An MCP exchange: the calls its answer answers.
+    mcp: std::sync::Mutex<Option<mcp::Exchange>>,
 }
 
 impl HttpConn {
@@ -100,6 +113,7 @@ impl HttpConn {
         host: String,
         tls: Option<crate::tls::Upstream>,
         s3: Option<S3Upstream>,
+        mcp: Option<McpUpstream>,
     ) -> Self {
         let pool_key = pool::Key {
             upstream,
@@ -115,6 +129,7 @@ impl HttpConn {
             to_backend: Arc::default(),
             to_skill: Arc::default(),
             s3,
+            mcp,
         }
     }
 
@@ -122,6 +137,8 @@ impl HttpConn {
     fn kind(&self) -> Kind {
         if self.s3.is_some() {
             Kind::S3
+        } else if self.mcp.is_some() {
+            Kind::Mcp
         } else {
             Kind::Http
         }
@@ -202,6 +219,12 @@ impl HttpConn {
         if self.s3.is_some() {
             return self.s3_request(request, id, &policy, &token_groups).await;
         }
+        if let Some(mcp) = &self.mcp {
+            let endpoint = mcp.path.clone();
+            return self
+                .mcp_request(request, id, &policy, token_groups, &endpoint)
+                .await;
+        }
         let headers = policy_headers(request.headers(), &self.audit.gate().token_header);
         let answer = policy.decide_http(
             &self.audit.skill,
@@ -240,7 +263,12 @@ impl HttpConn {
         let reason = decision.reason.clone();
         // The policy in force is not held while the request is held or forwarded.
         drop(answer);
-        let decided = Decided { id, line, reason };
+        let decided = Decided {
+            id,
+            line,
+            reason,
+            mcp: std::sync::Mutex::new(None),
+        };
         let held_line = format!("{method} {raw_target}");
         let response = self
             .carry_out(request, &decided, verdict, credential, &held_line, &path)
@@ -383,6 +411,9 @@ impl HttpConn {
     fn render(&self, status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
         if self.s3.is_some() {
             return s3::error_document(status, body);
+        }
+        if self.mcp.is_some() {
+            return mcp::error_document(status, body);
         }
         let body = Bytes::from(body.to_string());
         let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());

@@ -22,7 +22,7 @@ use crate::kernel::cgroup::SkillsCgroup;
 use crate::kernel::conn;
 use crate::kernel::enforce::Enforcement;
 use crate::kernel::sys;
-use crate::protocol::http::{HttpConn, S3Upstream};
+use crate::protocol::http::{HttpConn, McpUpstream, S3Upstream};
 use crate::protocol::pg::PgConn;
 use crate::record::{self, Event, Facts, Kind, Session};
 use crate::telemetry::metrics::{ConnectionLabels, Metrics, SkillLabels};
@@ -300,11 +300,14 @@ impl Proxy {
         };
         let tls = backend.tls.clone();
         match backend.protocol {
-            Protocol::Http | Protocol::S3 => {
+            Protocol::Http | Protocol::S3 | Protocol::Mcp => {
                 let tls = tls
                     .map(|t| crate::tls::Upstream::resolve(&t, &backend.upstream, &policy.origin));
                 let s3 = backend.s3.as_ref().map(|s3| S3Upstream {
                     region: s3.region.clone(),
+                });
+                let mcp = backend.mcp.as_ref().map(|mcp| McpUpstream {
+                    path: mcp.path.clone(),
                 });
                 let conn = Arc::new(HttpConn::new(
                     Arc::clone(&self.http),
@@ -313,6 +316,7 @@ impl Proxy {
                     backend.upstream.to_string(),
                     tls,
                     s3,
+                    mcp,
                 ));
                 // Responses are written in pieces (head, then streamed body): without this,
                 // Nagle's algorithm and the skill's delayed ACK add 40 ms to each of them.

@@ -21,7 +21,8 @@ const PAYLOAD_HEAD: usize = 8 + 8 + 32 + 32;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// The newest journal format this agent writes and reads (a body without `format` is in
 /// format 1). Format 2: the agent's own `journal` records ([`super::Kind::Journal`]), DNS
-/// queries ([`super::Kind::Dns`]) and S3 operations ([`super::Kind::S3`]); every other record
+/// queries ([`super::Kind::Dns`]), S3 operations ([`super::Kind::S3`]) and MCP calls
+/// ([`super::Kind::Mcp`]); every other record
 /// stays in format 1, which an agent that reads only format 1 reads.
 pub const FORMAT: u32 = 2;
 
@@ -94,7 +95,7 @@ pub struct Entry {
 pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
     let format = if matches!(
         event.kind,
-        super::Kind::Journal | super::Kind::Dns | super::Kind::S3
+        super::Kind::Journal | super::Kind::Dns | super::Kind::S3 | super::Kind::Mcp
     ) {
         2
     } else {

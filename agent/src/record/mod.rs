@@ -63,10 +63,13 @@ pub enum Kind {
     Journal,
     /// An S3 operation's decision (its answer is a `Response`).
     S3,
+    /// An MCP call's decision (its answer is a `Response`), and what the agent did to the
+    /// server's messages (a list filtered, a tool whose fingerprint changed, a request dropped).
+    Mcp,
 }
 
 impl Kind {
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 12] = [
         Kind::Connect,
         Kind::Tls,
         Kind::Http,
@@ -78,6 +81,7 @@ impl Kind {
         Kind::Dns,
         Kind::Journal,
         Kind::S3,
+        Kind::Mcp,
     ];
 
     /// The name the store keeps (and hashes), logs and `replay` show.
@@ -94,6 +98,7 @@ impl Kind {
             Kind::Dns => "dns",
             Kind::Journal => "journal",
             Kind::S3 => "s3",
+            Kind::Mcp => "mcp",
         }
     }
 

@@ -261,10 +261,13 @@ impl<'a> Builder<'a> {
         let mut intercept_tls = Vec::with_capacity(def.intercept_tls.len());
         for spanned in &def.intercept_tls {
             let server = spanned.get_ref().to_ascii_lowercase();
-            if !matches!(def.protocol, Protocol::Http | Protocol::S3) {
+            if !matches!(def.protocol, Protocol::Http | Protocol::S3 | Protocol::Mcp) {
                 return Err(self.error(
                     spanned,
-                    format!("`intercept_tls` is for `http` and `s3` backends; `{name}` is not one"),
+                    format!(
+                        "`intercept_tls` is for `http`, `s3` and `mcp` backends; `{name}` is not \
+                         one"
+                    ),
                 ));
             }
             if !is_dns_name(&server) {
@@ -297,6 +300,7 @@ impl<'a> Builder<'a> {
             None => false,
         };
         let s3 = self.s3_backend(def, &name)?;
+        let mcp = self.mcp_backend(def, &name)?;
         Ok(Backend {
             name,
             protocol: def.protocol,
@@ -308,6 +312,7 @@ impl<'a> Builder<'a> {
             tls,
             case_insensitive_paths,
             s3,
+            mcp,
         })
     }
 
@@ -368,6 +373,7 @@ impl<'a> Builder<'a> {
             (def.sql.is_some(), "sql"),
             (def.http.is_some(), "http"),
             (def.s3.is_some(), "s3"),
+            (def.mcp.is_some(), "mcp"),
             (def.mask.is_some(), "mask"),
         ] {
             if present {
@@ -461,7 +467,10 @@ impl<'a> Builder<'a> {
         match (&tls.client_cert, &tls.client_key) {
             (None, None) => Ok(None),
             (Some(cert), Some(key)) => {
-                if !matches!(protocol, Protocol::Http | Protocol::Postgres | Protocol::S3) {
+                if !matches!(
+                    protocol,
+                    Protocol::Http | Protocol::Postgres | Protocol::S3 | Protocol::Mcp
+                ) {
                     return Err(self.error(
                         cert,
                         format!(
@@ -519,6 +528,15 @@ impl<'a> Builder<'a> {
         let protocol = policy.backends[backend].protocol;
         let effect = *def.effect.get_ref();
         let op = match (&def.sql, &def.http, protocol) {
+            (None, None, _) if def.mcp.is_some() && def.s3.is_none() => {
+                RuleOp::Mcp(self.mcp_op(&name, def, backend_name, protocol)?)
+            }
+            (_, _, _) if def.mcp.is_some() => {
+                return Err(self.error(
+                    &def.effect,
+                    format!("{name} has `mcp` and `sql`, `http` or `s3`: keep one"),
+                ));
+            }
             (None, None, _) if def.s3.is_some() => {
                 RuleOp::S3(self.s3_op(&name, def, backend_name, protocol)?)
             }
@@ -553,12 +571,13 @@ impl<'a> Builder<'a> {
                     ),
                 ));
             }
-            (None, None, Protocol::Http | Protocol::Postgres | Protocol::S3)
+            (None, None, Protocol::Http | Protocol::Postgres | Protocol::S3 | Protocol::Mcp)
                 if effect != Effect::Deny =>
             {
                 let hint = match protocol {
                     Protocol::Http => "an `http` operation (paths = [\"/**\"] grants every path)",
                     Protocol::S3 => "an `s3` operation (operations and objects)",
+                    Protocol::Mcp => "an `mcp` operation (tools, resources, prompts or methods)",
                     _ => "a `sql` operation (kinds and objects)",
                 };
                 return Err(self.error(
@@ -638,8 +657,11 @@ impl<'a> Builder<'a> {
         if effect == Effect::Mask && !protocol.per_operation() {
             return Err(self.error(
                 &def.effect,
-                format!("{name}: masking needs an http, postgres or s3 backend"),
+                format!("{name}: masking needs an http, postgres, s3 or mcp backend"),
             ));
+        }
+        if let (Effect::Mask, RuleOp::Mcp(mcp)) = (effect, &op) {
+            self.mcp_mask(&name, def, mcp, &mask)?;
         }
         if let (Effect::Mask, RuleOp::S3(s3)) = (effect, &op) {
             self.s3_mask(&name, def, s3, &mask)?;

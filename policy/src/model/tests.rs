@@ -245,7 +245,7 @@ fn invalid_policies_point_at_the_problem() {
         ),
         (
             format!("{backend}intercept_tls = [\"api.internal\"]\n"),
-            "p.toml:6:18: `intercept_tls` is for `http` and `s3` backends; `b` is not one",
+            "p.toml:6:18: `intercept_tls` is for `http`, `s3` and `mcp` backends; `b` is not one",
         ),
         (
             format!("{http}intercept_tls = [\"*.internal\"]\n"),

@@ -35,7 +35,9 @@ impl HttpConn {
         };
         // The body must be read as it is: to be masked, or scanned for an injected credential
         // (an S3 key signs, it is never sent: S3 bodies stream, ranges and encodings kept).
-        let whole = mask.masks_body() || (credential.is_some() && self.s3.is_none());
+        // (MCP answers are read message by message, so they must come as they are.)
+        let whole =
+            mask.masks_body() || (credential.is_some() && self.s3.is_none()) || self.mcp.is_some();
         let (parts, body) = request.into_parts();
         let mut headers = head::upstream_headers(
             &parts.headers,
@@ -117,6 +119,11 @@ impl HttpConn {
     ) -> Response<ProxyBody> {
         let whole = mask.masks_body() || (secrets.is_some() && self.s3.is_none());
         let secrets = secrets.unwrap_or_default();
+        if self.mcp.is_some() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return self
+                .mcp_respond(decided, (response, lease), secrets, started)
+                .await;
+        }
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             let reason = "the backend switched protocols; upgrades are not allowed";
@@ -289,13 +296,16 @@ impl HttpConn {
         failure: Option<&str>,
         content: Option<String>,
     ) -> Response<ProxyBody> {
-        self.audit.gate().ops.answered(
-            &self.audit.skill,
-            &self.audit.backend,
-            self.kind().as_str(),
-            started.elapsed(),
-            masked,
-        );
+        // An MCP exchange's calls are counted one by one as their answers come.
+        if self.mcp.is_none() {
+            self.audit.gate().ops.answered(
+                &self.audit.skill,
+                &self.audit.backend,
+                self.kind().as_str(),
+                started.elapsed(),
+                masked,
+            );
+        }
         let bytes = response
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -152,6 +152,7 @@ impl HttpConn {
             id,
             line: shown,
             reason,
+            mcp: std::sync::Mutex::new(None),
         };
         self.carry_out(request, &decided, verdict, credential, &line, &path)
             .await

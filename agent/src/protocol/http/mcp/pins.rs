@@ -1,0 +1,148 @@
+//! What the agent remembers of MCP servers, in memory (a restarted agent starts afresh):
+//! each tool's fingerprint when first seen per backend (a policy pin replaces it), the last
+//! one seen, and the server's requests the agent passed on to a skill (whose answers alone
+//! may go back).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use crate::lock::Locked as _;
+
+/// Most relayed server requests remembered per agent (the oldest are forgotten first).
+const RELAYED_MAX: usize = 4096;
+
+#[derive(Default)]
+pub struct McpState {
+    /// (backend, tool) → fingerprints.
+    pins: Mutex<HashMap<(String, String), Pin>>,
+    /// Server requests passed on to a skill, and the order they came in.
+    relayed: Mutex<(HashSet<Relayed>, Vec<Relayed>)>,
+}
+
+/// A server request passed on to a skill: backend, session, id.
+type Relayed = (String, String, String);
+
+struct Pin {
+    first: String,
+    latest: String,
+}
+
+/// A fingerprint that differs from the pinned one.
+pub(super) struct Change {
+    pub before: String,
+    pub after: String,
+}
+
+impl McpState {
+    /// Notes that `backend` lists `tool` with fingerprint `seen`; the change, when it differs
+    /// from `pinned` (the policy's) or else from the first one seen, and differs from what was
+    /// last seen (a change is reported once).
+    pub(super) fn observe(
+        &self,
+        backend: &str,
+        tool: &str,
+        seen: &str,
+        pinned: Option<&str>,
+    ) -> Option<Change> {
+        let mut pins = self.pins.locked();
+        let pin = pins
+            .entry((backend.to_owned(), tool.to_owned()))
+            .or_insert_with(|| Pin {
+                first: pinned.unwrap_or(seen).to_owned(),
+                latest: pinned.unwrap_or(seen).to_owned(),
+            });
+        let reference = pinned.unwrap_or(&pin.first).to_owned();
+        let new = pin.latest != seen;
+        pin.latest = seen.to_owned();
+        (new && reference != seen).then(|| Change {
+            before: reference,
+            after: seen.to_owned(),
+        })
+    }
+
+    /// How `tool` changed, if the last fingerprint seen is not the pinned one.
+    pub(super) fn changed(
+        &self,
+        backend: &str,
+        tool: &str,
+        pinned: Option<&str>,
+    ) -> Option<String> {
+        let pins = self.pins.locked();
+        let pin = pins.get(&(backend.to_owned(), tool.to_owned()))?;
+        let reference = pinned.unwrap_or(&pin.first);
+        (pin.latest != reference).then(|| {
+            format!(
+                "tool `{tool}` changed since it was pinned: fingerprint {reference} is now {}",
+                pin.latest
+            )
+        })
+    }
+
+    /// Remembers that the server's request `id` on `session` went to the skill.
+    pub(super) fn relayed(&self, backend: &str, session: &str, id: &Value) {
+        let key = (backend.to_owned(), session.to_owned(), id.to_string());
+        let mut relayed = self.relayed.locked();
+        let (set, order) = &mut *relayed;
+        if set.insert(key.clone()) {
+            order.push(key);
+        }
+        if order.len() > RELAYED_MAX {
+            let old = order.remove(0);
+            set.remove(&old);
+        }
+    }
+
+    /// Whether the skill may answer the server's request `id` (once).
+    pub(super) fn take_relayed(&self, backend: &str, session: &str, id: &Value) -> bool {
+        let key = (backend.to_owned(), session.to_owned(), id.to_string());
+        let mut relayed = self.relayed.locked();
+        let (set, order) = &mut *relayed;
+        if set.remove(&key) {
+            order.retain(|k| *k != key);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_seen_against_the_first_fingerprint_or_the_pin() {
+        let state = McpState::default();
+        assert!(state.observe("b", "t", "aa", None).is_none());
+        assert!(state.changed("b", "t", None).is_none());
+        let change = state.observe("b", "t", "bb", None).unwrap();
+        assert_eq!(
+            (change.before.as_str(), change.after.as_str()),
+            ("aa", "bb")
+        );
+        assert!(
+            state.observe("b", "t", "bb", None).is_none(),
+            "reported once"
+        );
+        assert!(
+            state
+                .changed("b", "t", None)
+                .unwrap()
+                .contains("aa is now bb")
+        );
+        // Changed back: fine again.
+        assert!(state.observe("b", "t", "aa", None).is_none());
+        assert!(state.changed("b", "t", None).is_none());
+        // A policy pin wins over what was seen first.
+        assert!(state.observe("b", "u", "xx", Some("pp")).is_some());
+        assert!(state.changed("b", "u", Some("pp")).is_some());
+        let id = serde_json::json!(7);
+        assert!(!state.take_relayed("b", "s", &id));
+        state.relayed("b", "s", &id);
+        assert!(!state.take_relayed("b", "other", &id));
+        assert!(state.take_relayed("b", "s", &id));
+        assert!(!state.take_relayed("b", "s", &id), "once");
+    }
+}

@@ -1,0 +1,159 @@
+//! The server's answer to a forwarded MCP request: an SSE stream read event by event
+//! (`sse.rs`), a JSON answer read whole, or anything else (202, the server's HTTP errors)
+//! relayed.
+
+use serde_json::Value;
+use skillgate_policy::mcp;
+
+use super::*;
+
+impl HttpConn {
+    /// The server's answer to a forwarded request, read message by message.
+    pub(in crate::protocol::http) async fn mcp_respond(
+        &self,
+        decided: &Decided,
+        (response, lease): (Response<Incoming>, Lease),
+        secrets: &[Vec<u8>],
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let exchange = decided
+            .mcp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        let (mut parts, body) = response.into_parts();
+        let mut headers = HeaderMap::new();
+        head::copy_end_to_end(&parts.headers, &mut headers);
+        scrub::scrub_headers(&mut headers, secrets);
+        parts.headers = headers;
+        parts.extensions = hyper::http::Extensions::new();
+        let media = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let mut reader = answer::Reader {
+            audit: Arc::clone(&self.audit),
+            ctx: Arc::clone(&self.ctx),
+            policy: self.audit.gate().policy(),
+            exchange,
+            secrets: secrets.to_vec(),
+        };
+        let success = parts.status.is_success();
+        if success && media == "text/event-stream" {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let body = sse::SseFilter::new(
+                body,
+                reader,
+                self.ctx.mask_body_limit,
+                Arc::clone(&self.to_skill),
+                lease,
+            );
+            let response = Response::from_parts(parts, body.boxed());
+            return self
+                .answered(decided, response, started, 0, None, None)
+                .await;
+        }
+        if !(success && media == "application/json") {
+            // No JSON-RPC in it (202 for notifications, the server's own HTTP errors): relayed,
+            // with the agent's answers to refused calls instead when it has any.
+            let refused = reader.unanswered();
+            if !refused.is_empty() && parts.status == StatusCode::ACCEPTED {
+                lease.release();
+                let exchange = Exchange {
+                    batch: reader.exchange.batch,
+                    refused,
+                    ..Exchange::default()
+                };
+                return self.mcp_own_answer(exchange);
+            }
+            let body = Relay::new(body, Arc::clone(&self.to_skill), secrets.to_vec())
+                .holding(lease)
+                .boxed();
+            let response = Response::from_parts(parts, body);
+            return self
+                .answered(decided, response, started, 0, None, None)
+                .await;
+        }
+        let limit = self.ctx.mask_body_limit;
+        let whole = match read_whole(body, limit).await {
+            Ok(whole) => whole,
+            Err(unread) => {
+                let reason = match unread {
+                    Unread::TooLarge => {
+                        format!(
+                            "the server's answer is larger than mask_body_limit ({limit} bytes)"
+                        )
+                    }
+                    Unread::Failed(err) => format!("the server failed while answering ({err})"),
+                };
+                return self
+                    .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                    .await;
+            }
+        };
+        lease.release();
+        if whole.is_empty() {
+            // Nothing in it (202 for notifications, the end of a session): as it is, or the
+            // agent's answers to the calls it refused.
+            let refused = reader.unanswered();
+            if !refused.is_empty() {
+                let exchange = Exchange {
+                    batch: reader.exchange.batch,
+                    refused,
+                    ..Exchange::default()
+                };
+                return self.mcp_own_answer(exchange);
+            }
+            let response = Response::from_parts(
+                parts,
+                Full::new(whole).map_err(|never| match never {}).boxed(),
+            );
+            return self
+                .answered(decided, response, started, 0, None, None)
+                .await;
+        }
+        let values = match mcp::json::parse(&whole) {
+            Ok(Value::Array(items)) => items,
+            Ok(one) => vec![one],
+            Err(err) => {
+                let reason = format!("the server's answer is not JSON ({err}): withheld");
+                return self
+                    .failed(decided, StatusCode::BAD_GATEWAY, &reason, started)
+                    .await;
+            }
+        };
+        let mut out: Vec<Value> = values
+            .into_iter()
+            .filter_map(|value| reader.message(value))
+            .collect();
+        out.extend(reader.unanswered());
+        let text = if reader.exchange.batch {
+            Value::Array(out).to_string()
+        } else {
+            match out.into_iter().next() {
+                Some(one) => one.to_string(),
+                None => String::new(),
+            }
+        };
+        let mut bytes = text.into_bytes();
+        scrub::scrub(&mut bytes, secrets);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        self.to_skill
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let response = Response::from_parts(
+            parts,
+            Full::new(Bytes::from(bytes))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        self.answered(decided, response, started, 0, None, None)
+            .await
+    }
+}

@@ -1,0 +1,127 @@
+"""A skill speaking MCP through the agent: the official SDK's client session over Streamable
+HTTP, and raw JSON-RPC posts for what the SDK never sends (batches, malformed bodies).
+
+argv: URL STEP... ; prints one JSON line per step.
+"""
+
+import asyncio
+import json
+import sys
+
+import requests
+from mcp import ClientSession
+from mcp.client.streamable_http import streamablehttp_client
+from mcp.shared.exceptions import McpError
+
+URL = sys.argv[1]
+
+
+def out(step, **fields):
+    print(json.dumps({"step": step, **fields}), flush=True)
+
+
+def text_of(result):
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+async def call(session, step, tool, arguments):
+    try:
+        result = await session.call_tool(tool, arguments)
+        out(step, ok=not result.isError, text=text_of(result),
+            structured=result.structuredContent)
+    except McpError as err:
+        out(step, ok=False, code=err.error.code, message=err.error.message, data=err.error.data)
+
+
+async def sdk(steps):
+    async with streamablehttp_client(URL) as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            for step in steps:
+                if step == "list":
+                    tools = (await session.list_tools()).tools
+                    out("list", tools={t.name: t.description for t in tools},
+                        meta={t.name: (t.meta or {}) for t in tools})
+                elif step == "allowed":
+                    await call(session, step, "create_refund", {"amount": 50})
+                elif step == "denied":
+                    await call(session, step, "create_refund", {"amount": 20000})
+                elif step == "unlisted":
+                    await call(session, step, "delete_customer", {"id": 7})
+                elif step == "held":
+                    await call(session, step, "create_refund", {"amount": 500})
+                elif step == "masked":
+                    await call(session, step, "get_order", {"id": 7})
+                elif step == "flip":
+                    await call(session, step, "flip", {})
+                elif step == "lookup":
+                    await call(session, step, "lookup", {"query": "word"})
+                elif step == "ping":
+                    await session.send_ping()
+                    out("ping", ok=True)
+
+
+def post(body, headers=None, session_id=None, raw=None):
+    headers = dict(headers or {"Content-Type": "application/json"})
+    headers.setdefault("Accept", "application/json, text/event-stream")
+    if session_id:
+        headers["Mcp-Session-Id"] = session_id
+    data = raw if raw is not None else json.dumps(body)
+    response = requests.post(URL, data=data, headers=headers, timeout=20)
+    messages = []
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]))
+    elif response.text:
+        value = response.json()
+        messages = value if isinstance(value, list) else [value]
+    return response, messages
+
+
+def raw(steps):
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}}
+    response, _ = post(init)
+    session_id = response.headers.get("mcp-session-id")
+    post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id=session_id)
+    for step in steps:
+        if step == "batch":
+            batch = [
+                {"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+                 "params": {"name": "create_refund", "arguments": {"amount": 20}}},
+                {"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+                 "params": {"name": "delete_customer", "arguments": {"id": 1}}},
+            ]
+            response, messages = post(batch, session_id=session_id)
+            out(step, status=response.status_code, messages=messages)
+        else:
+            bodies = {
+                "malformed": (None, '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", '
+                                    '"params": {"name": "lookup", "name": "delete_customer", '
+                                    '"arguments": {"id": 1}}}'),
+                "not-json": (None, '{"jsonrpc": "2.0", "id": 5, "method": '),
+                "content-type": ({"Content-Type": "text/plain"}, json.dumps(
+                    {"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                     "params": {"name": "delete_customer", "arguments": {"id": 1}}})),
+                "sse-body": ({"Content-Type": "text/event-stream"},
+                             "event: message\n\n"),
+                "oversized": (None, json.dumps(
+                    {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                     "params": {"name": "lookup", "arguments": {"query": "x" * (2 << 20)}}})),
+                "deep": (None, json.dumps(
+                    {"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                     "params": {"name": "lookup", "arguments": {"query": "x", "deep":
+                         json.loads("[" * 40 + "]" * 40)}}})),
+            }
+            headers, body = bodies[step]
+            response, messages = post(None, headers=headers, session_id=session_id, raw=body)
+            out(step, status=response.status_code, messages=messages)
+
+
+steps = sys.argv[2:]
+if steps and steps[0] == "raw":
+    raw(steps[1:])
+else:
+    asyncio.run(sdk(steps))

@@ -1,0 +1,424 @@
+//! MCP backends: a real MCP server (the official Python SDK's FastMCP, Streamable HTTP) behind
+//! the agent, and a skill using the SDK's client session, or raw JSON-RPC posts for what the
+//! SDK never sends. Every tool call is decided by tool name and arguments; the server's log
+//! proves what never reached it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skillgate_tests::{Env, free_port, unused_port};
+
+const SERVER_PY: &str = include_str!("../src/mcp_server.py");
+const SKILL_PY: &str = include_str!("../src/mcp_skill.py");
+/// A value of a tool's result that a mask rule covers: it must never reach the skill.
+const CANARY: &str = "canary.7f3a@example.org";
+
+/// The MCP server on a free loopback port, logging the calls it serves.
+struct McpServer {
+    addr: SocketAddr,
+    log: PathBuf,
+    child: Child,
+}
+
+impl McpServer {
+    fn start(dir: &std::path::Path, json: bool) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("mcp-server-{port}.log"));
+        std::fs::write(&log, "").unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SERVER_PY, &port.to_string()]).arg(&log);
+        if json {
+            cmd.arg("json");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the MCP server (cargo xtask setup installs mcp)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the MCP server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { addr, log, child }
+    }
+
+    /// The tool calls the server served, in order.
+    fn seen(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn policy(dial: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[[skill]]
+name = "support"
+
+[[backend]]
+name = "tools"
+protocol = "mcp"
+dial = ["{dial}"]
+upstream = "{upstream}"
+mcp_tool_changed = "approve"
+
+[[rule]]
+name = "small-refunds"
+skills = ["support"]
+backend = "tools"
+effect = "allow"
+mcp = {{ tools = ["create_refund"], arguments = [{{ pointer = "/amount", min = 0, max = 100 }}] }}
+
+[[rule]]
+name = "large-refunds"
+skills = ["support"]
+backend = "tools"
+effect = "approve"
+mcp = {{ tools = ["create_refund"], arguments = [{{ pointer = "/amount", min = 100, max = 10000 }}] }}
+
+[[rule]]
+name = "words"
+skills = ["support"]
+backend = "tools"
+effect = "allow"
+mcp = {{ tools = ["lookup", "flip"] }}
+
+[[rule]]
+name = "orders-masked"
+skills = ["support"]
+backend = "tools"
+effect = "mask"
+mcp = {{ tools = ["get_order"] }}
+mask = {{ fields = ["email"], detectors = ["card", "email"] }}
+"#
+    )
+}
+
+/// The server (answering with SSE streams, or JSON) and an agent whose `tools` backend reaches it.
+struct Setup {
+    env: Env,
+    url: String,
+    server: McpServer,
+}
+
+impl Setup {
+    fn new(name: &str, json: bool) -> Self {
+        let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+            .parse()
+            .unwrap();
+        let dir = std::env::temp_dir();
+        let server = McpServer::start(&dir, json);
+        let env = Env::new(name, &policy(dial, server.addr));
+        Self {
+            env,
+            url: format!("http://{dial}/mcp"),
+            server,
+        }
+    }
+
+    fn skill(&self, steps: &[&str]) -> Command {
+        let mut cmd = self
+            .env
+            .exec_command("support", &["python3", "-c", SKILL_PY, &self.url]);
+        cmd.args(steps);
+        cmd
+    }
+
+    fn run(&self, steps: &[&str]) -> Steps {
+        Steps::from(self.skill(steps).output().expect("run the skill"))
+    }
+}
+
+/// What the skill printed, one JSON line per step.
+struct Steps {
+    stdout: String,
+    stderr: String,
+    steps: Vec<Value>,
+}
+
+impl From<Output> for Steps {
+    fn from(out: Output) -> Self {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let steps = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Self {
+            stdout,
+            stderr,
+            steps,
+        }
+    }
+}
+
+impl Steps {
+    fn get(&self, name: &str) -> &Value {
+        self.steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+#[test]
+fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
+    let s = Setup::new("mcp-sdk", false);
+    let agent = s.env.start_agent();
+    let out = s.run(&["list", "allowed", "denied", "unlisted", "masked", "ping"]);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    assert!(
+        out.steps.iter().any(|s| s["step"] == "list"),
+        "{context}\n{}",
+        s.env.cli(&["sessions", "export"])
+    );
+    // tools/list: what the skill may use; a tool an approve rule covers is marked.
+    let tools = out.get("list")["tools"].as_object().unwrap().clone();
+    let mut names: Vec<&str> = tools.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["create_refund", "flip", "get_order", "lookup"],
+        "{context}"
+    );
+    assert!(
+        tools["create_refund"]
+            .as_str()
+            .unwrap()
+            .starts_with("[skillgate: calls may be held for an approver]"),
+        "{context}"
+    );
+    assert_eq!(
+        out.get("list")["meta"]["create_refund"]["skillgate/approval"],
+        "required"
+    );
+    assert_eq!(tools["lookup"], "Looks a word up.");
+    // Allowed.
+    assert_eq!(out.get("allowed")["ok"], true, "{context}");
+    assert_eq!(out.get("allowed")["text"], "refunded 50.0 EUR", "{context}");
+    // Denied by an argument condition: a JSON-RPC error naming the reason and decision.
+    let denied = out.get("denied");
+    assert_eq!(denied["code"], -32001, "{context}");
+    let message = denied["message"].as_str().unwrap();
+    assert!(message.contains("no rule allows"), "{message}");
+    assert!(message.contains("create_refund"), "{message}");
+    assert!(denied["data"]["decision_id"].as_str().is_some(), "{denied}");
+    // A tool no rule grants.
+    assert_eq!(out.get("unlisted")["code"], -32001, "{context}");
+    // Masked: the canary never reaches the skill, in any message.
+    let masked = out.get("masked");
+    assert_eq!(masked["ok"], true, "{context}");
+    assert!(
+        masked["text"].as_str().unwrap().contains("[masked]"),
+        "{masked}"
+    );
+    assert!(!out.stdout.contains(CANARY), "{}", out.stdout);
+    assert!(!out.stdout.contains("4111"), "{}", out.stdout);
+    assert_eq!(out.get("ping")["ok"], true, "{context}");
+    // The server saw the allowed calls only.
+    let seen = s.server.seen();
+    let tools_seen: Vec<&str> = seen.iter().map(|c| c["tool"].as_str().unwrap()).collect();
+    assert_eq!(tools_seen, ["create_refund", "get_order"], "{seen:?}");
+    assert_eq!(seen[0]["arguments"]["amount"], 50.0);
+    // Recorded: each call with its tool and arguments, and its decision.
+    s.env.wait_for_sessions_to_end();
+    let events = s.env.events();
+    let calls: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "mcp" && e["operation"].as_str().unwrap().starts_with("tools/call")
+        })
+        .collect();
+    let find = |operation: &str| {
+        calls
+            .iter()
+            .find(|e| e["operation"] == operation)
+            .unwrap_or_else(|| panic!("no event {operation}: {calls:#?}"))
+    };
+    assert_eq!(
+        find(r#"tools/call create_refund {"amount":50}"#)["decision"],
+        "allow"
+    );
+    let denied = find(r#"tools/call create_refund {"amount":20000}"#);
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(
+        find(r#"tools/call get_order {"id":7}"#)["rule"],
+        "orders-masked"
+    );
+    let masked_answers: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "response" && e["masked"].as_i64().unwrap_or(0) > 0)
+        .collect();
+    assert!(!masked_answers.is_empty(), "{events:#?}");
+    assert!(
+        !serde_json::to_string(&events).unwrap().contains(CANARY),
+        "the canary is in the record"
+    );
+    // stats counts MCP calls per skill and backend.
+    let stats = s.env.cli_json(&["stats", "--json"]);
+    let mcp = stats["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "mcp")
+        .unwrap_or_else(|| panic!("no mcp counts: {stats}"))
+        .clone();
+    assert!(mcp["denied"].as_u64().unwrap() >= 2, "{mcp}");
+    assert!(mcp["allowed"].as_u64().unwrap() >= 3, "{mcp}");
+}
+
+#[test]
+fn a_held_call_goes_ahead_when_approved() {
+    let s = Setup::new("mcp-held", false);
+    let _agent = s.env.start_agent();
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.skill(&["held"]).output().unwrap());
+        let held = s.env.wait_for_pending();
+        assert_eq!(held["kind"], "mcp", "{held}");
+        let operation = held["operation"].as_str().unwrap();
+        assert!(operation.contains("create_refund"), "{held}");
+        assert!(operation.contains("500"), "{held}");
+        assert_eq!(held["rule"], "large-refunds", "{held}");
+        assert!(
+            s.server.seen().is_empty(),
+            "nothing reaches the server while held"
+        );
+        let id = held["id"].to_string();
+        s.env.cli(&["approve", &id, "--reason", "refund ok"]);
+        let out = Steps::from(skill.join().unwrap());
+        assert_eq!(
+            out.get("held")["text"],
+            "refunded 500.0 EUR",
+            "{}",
+            out.stderr
+        );
+    });
+    assert_eq!(s.server.seen().len(), 1);
+}
+
+#[test]
+fn a_tool_whose_description_changes_is_held() {
+    let s = Setup::new("mcp-rug", false);
+    let agent = s.env.start_agent();
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| {
+            s.skill(&["list", "flip", "list", "lookup"])
+                .output()
+                .unwrap()
+        });
+        let held = s.env.wait_for_pending();
+        assert_eq!(held["kind"], "mcp", "{held}");
+        assert!(
+            held["operation"].as_str().unwrap().contains("lookup"),
+            "{held}"
+        );
+        let reason = held["reason"].as_str().unwrap();
+        assert!(reason.contains("tool `lookup` changed"), "{reason}");
+        let id = held["id"].to_string();
+        s.env.cli(&["deny", &id, "--reason", "rug pull"]);
+        let out = Steps::from(skill.join().unwrap());
+        let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+        let lookup = out.get("lookup");
+        assert_eq!(lookup["code"], -32001, "{context}");
+        assert!(
+            lookup["message"].as_str().unwrap().contains("not approved"),
+            "{context}"
+        );
+    });
+    let seen: Vec<String> = s
+        .server
+        .seen()
+        .iter()
+        .map(|c| c["tool"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, ["flip"], "the changed tool never ran");
+    s.env.wait_for_sessions_to_end();
+    let changed: Vec<Value> = s
+        .env
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "mcp" && e["decision"] == "changed")
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    let reason = changed[0]["reason"].as_str().unwrap();
+    // Both fingerprints: 64 hex digits each.
+    let hexes = reason
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 64)
+        .count();
+    assert_eq!(hexes, 2, "{reason}");
+}
+
+#[test]
+fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
+    let s = Setup::new("mcp-raw", true);
+    let agent = s.env.start_agent();
+    let out = s.run(&[
+        "raw",
+        "batch",
+        "malformed",
+        "not-json",
+        "content-type",
+        "sse-body",
+        "oversized",
+        "deep",
+    ]);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    let batch = out.get("batch");
+    assert_eq!(batch["status"], 200, "{context}");
+    let messages = batch["messages"].as_array().unwrap();
+    let by_id = |id: i64| {
+        messages
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer {id}: {context}"))
+    };
+    assert_eq!(
+        by_id(10)["result"]["content"][0]["text"],
+        "refunded 20.0 EUR",
+        "{context}"
+    );
+    assert_eq!(by_id(11)["error"]["code"], -32001, "{context}");
+    for (step, status, code) in [
+        ("malformed", 400, Some(-32700)),
+        ("not-json", 400, Some(-32700)),
+        ("content-type", 415, None),
+        ("sse-body", 415, None),
+        ("oversized", 413, None),
+        ("deep", 400, Some(-32700)),
+    ] {
+        let got = out.get(step);
+        assert_eq!(got["status"], status, "{step}: {context}");
+        let error = &got["messages"][0]["error"];
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("refused by skillgate: "),
+            "{step}: {got}"
+        );
+        if let Some(code) = code {
+            assert_eq!(error["code"], code, "{step}: {got}");
+        }
+    }
+    // Only the allowed element of the batch reached the server.
+    let seen = s.server.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["tool"], "create_refund");
+}
