@@ -247,27 +247,36 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the decision for one SQL string, HTTP or S3 request or DNS query, the deciding rule
-    /// and, for SQL, the classification.
+    /// Show the decision for one SQL string, HTTP or S3 request, MCP call or DNS query, the
+    /// deciding rule and, for SQL, the classification.
     Explain {
         file: PathBuf,
         #[arg(long)]
         skill: String,
-        /// The backend of the `--sql`, `--http` or `--s3` request.
+        /// The backend of the `--sql`, `--http`, `--s3` or `--mcp` request.
         #[arg(long, required_unless_present = "dns")]
         backend: Option<String>,
         /// Groups a token would grant (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
         /// A SQL string (PostgreSQL backends).
-        #[arg(long, conflicts_with_all = ["http", "s3"])]
+        #[arg(long, conflicts_with_all = ["http", "s3", "mcp"])]
         sql: Option<String>,
         /// An HTTP request line without the version: "METHOD /path?query".
-        #[arg(long, conflicts_with = "s3")]
+        #[arg(long, conflicts_with_all = ["s3", "mcp"])]
         http: Option<String>,
         /// An S3 request, path-style: "METHOD /bucket/key?query" (s3 backends).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mcp")]
         s3: Option<String>,
+        /// An MCP call (mcp backends): "METHOD [NAME|URI] [JSON]", e.g.
+        /// 'tools/call create_refund {"amount": 50}', "resources/read file:///docs/a.md",
+        /// "tools/list".
+        #[arg(long)]
+        mcp: Option<String>,
+        /// With `--mcp`: decide the tool call as if the tool's fingerprint had changed since it
+        /// was pinned (what `mcp_tool_changed` makes of it).
+        #[arg(long, requires = "mcp")]
+        tool_changed: bool,
         /// A request header of the `--http` or `--s3` request, "Name: value" (repeatable).
         #[arg(long = "header")]
         headers: Vec<String>,
@@ -275,7 +284,7 @@ enum PolicyCommand {
         #[arg(long = "body-file", requires = "s3")]
         body_file: Option<PathBuf>,
         /// A DNS query the skill would send: "NAME" (an A query) or "NAME TYPE".
-        #[arg(long, conflicts_with_all = ["sql", "http", "s3", "backend"])]
+        #[arg(long, conflicts_with_all = ["sql", "http", "s3", "mcp", "backend"])]
         dns: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -411,6 +420,8 @@ impl PolicyCommand {
                 sql,
                 http,
                 s3,
+                mcp,
+                tool_changed,
                 headers,
                 body_file,
                 dns,
@@ -424,6 +435,8 @@ impl PolicyCommand {
                     sql: sql.as_deref(),
                     http: http.as_deref(),
                     s3: s3.as_deref(),
+                    mcp: mcp.as_deref(),
+                    tool_changed,
                     headers: &headers,
                     body_file: body_file.as_deref(),
                     dns: dns.as_deref(),

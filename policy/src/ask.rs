@@ -199,6 +199,24 @@ impl Policy {
         McpAnswer { decision }
     }
 
+    /// Every mask of the `mcp` rules for `skill` (or its token's groups) on `backend`: what
+    /// the server's own messages (notifications, requests) are masked with, since they may
+    /// quote what a masked answer holds.
+    pub fn mcp_masks(&self, skill: &str, token_groups: &[String], backend: &str) -> Mask {
+        let mut mask = Mask::default();
+        let (Some(skill), Some(backend)) = (self.skill_index(skill), self.backend_index(backend))
+        else {
+            return mask;
+        };
+        for &i in self.candidates(skill, token_groups, backend).iter() {
+            let rule = &self.rules[i];
+            if rule.effect != Effect::Deny && matches!(rule.op, crate::model::RuleOp::Mcp(_)) {
+                mask.extend(&rule.mask);
+            }
+        }
+        mask
+    }
+
     /// Whether a rule for `skill` (or its token's groups) on `backend` names `method` in its
     /// `mcp.methods`.
     fn names_mcp_method(

@@ -159,12 +159,24 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, BadMcp> {
         }
         other => (false, vec![other]),
     };
-    let mut messages = Vec::with_capacity(values.len());
+    let mut messages: Vec<(Value, Message)> = Vec::with_capacity(values.len());
     for (i, value) in values.into_iter().enumerate() {
         let message = classify(&value).map_err(|why| match batch {
             true => BadMcp::Invalid(format!("batch element {}: {why}", i + 1)),
             false => BadMcp::Invalid(why),
         })?;
+        // Two requests with one id: their answers could not be told apart, and one call's
+        // answer would be read (and masked) as the other's.
+        if let Message::Request { id, .. } = &message
+            && messages
+                .iter()
+                .any(|(_, m)| matches!(m, Message::Request { id: other, .. } if other == id))
+        {
+            return Err(BadMcp::Invalid(format!(
+                "batch element {}: the id {id} is used twice",
+                i + 1
+            )));
+        }
         messages.push((value, message));
     }
     Ok(Body { batch, messages })

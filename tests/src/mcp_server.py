@@ -7,7 +7,7 @@ what the server never saw. `json`: answers as JSON instead of SSE streams.
 import json
 import sys
 
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
 
 PORT = int(sys.argv[1])
 LOG = sys.argv[2]
@@ -29,9 +29,11 @@ def create_refund(amount: float, currency: str = "EUR") -> str:
 
 
 @server.tool()
-def get_order(id: int) -> str:
+async def get_order(id: int, ctx: Context) -> str:
     """Reads an order, with the customer's contact details."""
     seen("get_order", id=id)
+    # A log message on the call's stream quotes what the result masks.
+    await ctx.info(f"order {id} belongs to canary.7f3a@example.org")
     return json.dumps(
         {
             "id": id,

@@ -35,7 +35,10 @@ async def call(session, step, tool, arguments):
 
 async def sdk(steps):
     async with streamablehttp_client(URL) as (read, write, _):
-        async with ClientSession(read, write) as session:
+        async def log(params):
+            out("log", data=params.data)
+
+        async with ClientSession(read, write, logging_callback=log) as session:
             await session.initialize()
             for step in steps:
                 if step == "list":

@@ -230,6 +230,9 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
         masked["text"].as_str().unwrap().contains("[masked]"),
         "{masked}"
     );
+    // The server's log message on the call's stream quotes the canary: masked too.
+    let log = out.get("log")["data"].as_str().unwrap().to_owned();
+    assert!(log.starts_with("order 7 belongs to "), "{log}");
     assert!(!out.stdout.contains(CANARY), "{}", out.stdout);
     assert!(!out.stdout.contains("4111"), "{}", out.stdout);
     assert_eq!(out.get("ping")["ok"], true, "{context}");
@@ -358,6 +361,13 @@ fn a_tool_whose_description_changes_is_held() {
         .filter(|e| e["kind"] == "mcp" && e["decision"] == "changed")
         .collect();
     assert_eq!(changed.len(), 1, "{changed:#?}");
+    // Its first fingerprint was recorded when first seen (what `mcp_pins` may pin).
+    let events = s.env.events();
+    let first = events
+        .iter()
+        .find(|e| e["kind"] == "mcp" && e["operation"] == "tool `lookup` first seen")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(first["decision"], "pinned");
     let reason = changed[0]["reason"].as_str().unwrap();
     // Both fingerprints: 64 hex digits each.
     let hexes = reason
@@ -421,4 +431,50 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
     let seen = s.server.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["tool"], "create_refund");
+}
+
+#[test]
+fn policy_explain_decides_an_mcp_call() {
+    let dir = std::env::temp_dir().join(format!("skillgate-mcp-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.toml");
+    let dial = SocketAddr::from(([127, 0, 0, 2], 9));
+    std::fs::write(&file, policy(dial, SocketAddr::from(([127, 0, 0, 1], 9)))).unwrap();
+    let explain = |call: &str, more: &[&str]| -> Value {
+        let out = Command::new(skillgate_tests::skillgate_bin())
+            .args(["policy", "explain"])
+            .arg(&file)
+            .args([
+                "--skill",
+                "support",
+                "--backend",
+                "tools",
+                "--json",
+                "--mcp",
+                call,
+            ])
+            .args(more)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let small = explain(r#"tools/call create_refund {"amount": 50}"#, &[]);
+    assert_eq!(small["effect"], "allow");
+    assert_eq!(small["rules"][0]["name"], "small-refunds");
+    let large = explain(r#"tools/call create_refund {"amount": 500}"#, &[]);
+    assert_eq!(large["effect"], "approve");
+    assert_eq!(
+        explain("tools/call delete_customer {}", &[])["effect"],
+        "deny"
+    );
+    let masked = explain(r#"tools/call get_order {"id": 1}"#, &[]);
+    assert_eq!(masked["mask"]["fields"][0], "email");
+    let changed = explain(r#"tools/call lookup {"query": "x"}"#, &["--tool-changed"]);
+    assert_eq!(changed["effect"], "approve");
+    let _ = std::fs::remove_dir_all(&dir);
 }

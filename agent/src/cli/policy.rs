@@ -68,7 +68,8 @@ pub fn check(path: &Path, json: bool) -> Result<()> {
     }
 }
 
-/// What a policy decides for one SQL string or HTTP request, and why.
+/// What a policy decides for one SQL string, HTTP or S3 request, MCP call or DNS query, and
+/// why.
 pub struct ExplainArgs<'a> {
     pub skill: &'a str,
     pub backend: &'a str,
@@ -77,6 +78,10 @@ pub struct ExplainArgs<'a> {
     pub http: Option<&'a str>,
     /// An S3 request: "METHOD /bucket/key?query".
     pub s3: Option<&'a str>,
+    /// An MCP call: "METHOD [NAME|URI] [JSON]".
+    pub mcp: Option<&'a str>,
+    /// Decide the `mcp` tool call as if its tool had changed since it was pinned.
+    pub tool_changed: bool,
     /// Headers of the `http` or `s3` request, "Name: value".
     pub headers: &'a [String],
     /// The `s3` request's body (a DeleteObjects names its keys there).
@@ -103,6 +108,30 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
         });
         let detail = json!({ "name": name, "type": record_type });
         print_decision(&decision, &detail, args.json);
+        return Ok(());
+    }
+    if let Some(text) = args.mcp {
+        let call = skillgate_policy::mcp::call_from_text(text).map_err(|why| {
+            anyhow::anyhow!(
+                "--mcp takes \"METHOD [NAME|URI] [JSON]\", e.g. 'tools/call create_refund \
+                 {{\"amount\": 50}}': {why}"
+            )
+        })?;
+        let changed = args.tool_changed.then(|| {
+            format!(
+                "tool `{}` changed since it was pinned",
+                call.name.as_deref().unwrap_or("?")
+            )
+        });
+        let answer = policy.decide_mcp(
+            args.skill,
+            args.groups,
+            args.backend,
+            &call,
+            changed.as_deref(),
+        );
+        let detail = json!({ "mcp": call.to_string(), "arguments": call.arguments });
+        print_decision(&answer.decision, &detail, args.json);
         return Ok(());
     }
     let mut headers = Vec::with_capacity(args.headers.len());
@@ -175,7 +204,7 @@ pub fn explain(path: &Path, args: &ExplainArgs<'_>) -> Result<()> {
         }
         _ => bail!(
             "give exactly one of --sql \"...\", --http \"METHOD /path\", --s3 \"METHOD \
-             /bucket/key\" or --dns \"NAME [TYPE]\""
+             /bucket/key\", --mcp \"METHOD [NAME] [JSON]\" or --dns \"NAME [TYPE]\""
         ),
     };
     print_decision(&decision, &detail, args.json);
@@ -251,6 +280,8 @@ fn print_decision(decision: &Decision<'_>, detail: &serde_json::Value, as_json: 
         println!("input:    {error}");
     } else if let Some(path) = detail["normalised_path"].as_str() {
         println!("path:     {path}");
+    } else if let Some(call) = detail["mcp"].as_str() {
+        println!("mcp:      {call}");
     } else if let Some(operation) = detail["operation"].as_str() {
         println!("s3:       {operation}");
         for access in detail["accesses"].as_array().into_iter().flatten() {

@@ -318,13 +318,13 @@ mod tests {
             facts: Facts::default(),
         };
         let json = String::from_utf8(body(&What::Event, &event).unwrap().bytes).unwrap();
-        let unknown = json.replace(r#""kind":"sql""#, r#""kind":"mcp""#);
+        let unknown = json.replace(r#""kind":"sql""#, r#""kind":"a2a""#);
         let bytes = frame(8, 1, &[0; 32], &[0; 32], unknown.as_bytes());
         let Decoded::Newer { seq, format, why } = decode(&bytes) else {
             panic!("not newer");
         };
         assert_eq!((seq, format), (8, 1));
-        assert!(why.contains("mcp"), "{why}");
+        assert!(why.contains("a2a"), "{why}");
         // A decision's record stays in format 1 (no `format`); the agent's own in format 2.
         assert!(!json.contains("format"), "{json}");
         let own = Event {

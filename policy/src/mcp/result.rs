@@ -1,8 +1,8 @@
 //! Masking what an MCP server answers (a tool's result, a resource's contents, a prompt): JSON
 //! fields by name and detector hits everywhere in the answer, `structuredContent` and `_meta`
 //! included, and inside every text that is itself JSON (a tool's `content[].text` often is).
-//! Fails closed: binary content (`blob`, base64) cannot be masked, so an answer holding any is
-//! an error, and the caller replaces it with [`error_result`].
+//! Fails closed: binary content (`blob`, image or audio `data`, base64) cannot be masked, so an
+//! answer holding any is an error, and the caller replaces it with [`error_result`].
 
 use serde_json::Value;
 
@@ -31,9 +31,15 @@ fn inner_json(
 ) -> Result<(), MaskError> {
     match value {
         Value::Object(map) => {
-            if map.contains_key("blob") {
+            let media = matches!(
+                map.get("type").and_then(Value::as_str),
+                Some("image" | "audio")
+            ) && map.contains_key("data");
+            if map.contains_key("blob") || media {
                 return Err(MaskError(
-                    "it holds binary content (`blob`), which cannot be masked".to_owned(),
+                    "it holds binary content (`blob`, or image or audio `data`), which cannot \
+                     be masked"
+                        .to_owned(),
                 ));
             }
             for child in map.values_mut() {

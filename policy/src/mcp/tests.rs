@@ -102,6 +102,11 @@ fn malformed_messages_are_refused_with_the_reason() {
         vec![r#"{"jsonrpc":"2.0","method":"ping","id":1}"#; MAX_BATCH + 1].join(",")
     );
     assert!(bad(&many).to_string().contains("at most"));
+    // Found by review: with one id twice, a masked call's answer could be read as an
+    // unmasked one's.
+    let twice = r#"[{"jsonrpc":"2.0","method":"tools/call","id":1,"params":{"name":"a"}},
+                    {"jsonrpc":"2.0","method":"tools/call","id":1,"params":{"name":"b"}}]"#;
+    assert!(bad(twice).to_string().contains("used twice"));
     let element = r#"[{"jsonrpc":"2.0","method":"ping","id":1}, 7]"#;
     assert!(bad(element).to_string().contains("batch element 2"));
 }
@@ -154,6 +159,9 @@ fn results_are_masked_inside_text_json_and_structured_content() {
     assert!(!text.contains("x@y.z"), "{text}");
     assert!(!text.contains("4111"), "{text}");
     assert!(count >= 4, "{count}: {text}");
+    let mut image =
+        json!({"content": [{"type": "image", "data": "aGVsbG8=", "mimeType": "image/png"}]});
+    assert!(mask_result(&mut image, &mask, b"").is_err());
     let mut binary = json!({"contents": [{"uri": "file:///a", "blob": "aGVsbG8="}]});
     assert!(mask_result(&mut binary, &mask, b"").is_err());
     // Nothing to mask: untouched, binary included.

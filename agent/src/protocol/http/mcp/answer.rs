@@ -172,10 +172,14 @@ impl Reader {
         count
     }
 
-    /// A notification or request of the server's, masked with every mask of the calls this
-    /// exchange waits on (progress and log messages may quote what the result masks).
+    /// A notification or request of the server's, masked with every mask the skill has on
+    /// the backend (progress and log messages may quote what a masked answer holds).
     fn masked_by_pending(&self, mut value: Value) -> Value {
-        let mut mask = Mask::default();
+        let mut mask = self.policy.mcp_masks(
+            &self.audit.skill,
+            &self.exchange.token_groups,
+            &self.audit.backend,
+        );
         for pending in self.exchange.pending.values() {
             mask.extend(&pending.mask);
         }
@@ -229,18 +233,26 @@ impl Reader {
                     .and_then(|m| m.pins.iter().find(|(t, _)| *t == name))
                     .map(|(_, fp)| fp.clone());
                 let seen = mcp::fingerprint(item);
-                if let Some(change) = self
+                match self
                     .ctx
                     .mcp
                     .observe(backend, &name, &seen, pinned.as_deref())
                 {
-                    let line = format!("tool `{name}` changed");
-                    let reason = format!(
-                        "fingerprint {} is now {}: its calls get mcp_tool_changed",
-                        change.before, change.after
-                    );
-                    warn!(tool = %name, before = %change.before, after = %change.after, "an MCP tool changed");
-                    self.note(&line, "changed", &reason);
+                    pins::Seen::First => {
+                        let line = format!("tool `{name}` first seen");
+                        let reason = format!("fingerprint {seen} (what `mcp_pins` may pin)");
+                        self.note(&line, "pinned", &reason);
+                    }
+                    pins::Seen::Changed(change) => {
+                        let line = format!("tool `{name}` changed");
+                        let reason = format!(
+                            "fingerprint {} is now {}: its calls get mcp_tool_changed",
+                            change.before, change.after
+                        );
+                        warn!(tool = %name, before = %change.before, after = %change.after, "an MCP tool changed");
+                        self.note(&line, "changed", &reason);
+                    }
+                    pins::Seen::Same => {}
                 }
                 let changed = self.ctx.mcp.changed(backend, &name, pinned.as_deref());
                 (McpCall::tool(&name, None), changed)

@@ -29,6 +29,16 @@ struct Pin {
     latest: String,
 }
 
+/// What a listing says of a tool.
+pub(super) enum Seen {
+    /// The agent had not seen it before: its fingerprint is pinned now.
+    First,
+    /// As before.
+    Same,
+    /// Its fingerprint is not the pinned one (newly so).
+    Changed(Change),
+}
+
 /// A fingerprint that differs from the pinned one.
 pub(super) struct Change {
     pub before: String,
@@ -36,30 +46,45 @@ pub(super) struct Change {
 }
 
 impl McpState {
-    /// Notes that `backend` lists `tool` with fingerprint `seen`; the change, when it differs
-    /// from `pinned` (the policy's) or else from the first one seen, and differs from what was
-    /// last seen (a change is reported once).
+    /// Notes that `backend` lists `tool` with fingerprint `seen`: whether it is the first
+    /// sight, or a change (from `pinned`, the policy's, or else from the first one seen, and
+    /// from what was last seen: a change is reported once).
     pub(super) fn observe(
         &self,
         backend: &str,
         tool: &str,
         seen: &str,
         pinned: Option<&str>,
-    ) -> Option<Change> {
+    ) -> Seen {
         let mut pins = self.pins.locked();
-        let pin = pins
-            .entry((backend.to_owned(), tool.to_owned()))
-            .or_insert_with(|| Pin {
-                first: pinned.unwrap_or(seen).to_owned(),
-                latest: pinned.unwrap_or(seen).to_owned(),
-            });
+        let key = (backend.to_owned(), tool.to_owned());
+        let Some(pin) = pins.get_mut(&key) else {
+            pins.insert(
+                key,
+                Pin {
+                    first: pinned.unwrap_or(seen).to_owned(),
+                    latest: seen.to_owned(),
+                },
+            );
+            return match pinned {
+                Some(pinned) if pinned != seen => Seen::Changed(Change {
+                    before: pinned.to_owned(),
+                    after: seen.to_owned(),
+                }),
+                _ => Seen::First,
+            };
+        };
         let reference = pinned.unwrap_or(&pin.first).to_owned();
         let new = pin.latest != seen;
         pin.latest = seen.to_owned();
-        (new && reference != seen).then(|| Change {
-            before: reference,
-            after: seen.to_owned(),
-        })
+        if new && reference != seen {
+            Seen::Changed(Change {
+                before: reference,
+                after: seen.to_owned(),
+            })
+        } else {
+            Seen::Same
+        }
     }
 
     /// How `tool` changed, if the last fingerprint seen is not the pinned one.
@@ -115,15 +140,17 @@ mod tests {
     #[test]
     fn a_change_is_seen_against_the_first_fingerprint_or_the_pin() {
         let state = McpState::default();
-        assert!(state.observe("b", "t", "aa", None).is_none());
+        assert!(matches!(state.observe("b", "t", "aa", None), Seen::First));
         assert!(state.changed("b", "t", None).is_none());
-        let change = state.observe("b", "t", "bb", None).unwrap();
+        let Seen::Changed(change) = state.observe("b", "t", "bb", None) else {
+            panic!("a change");
+        };
         assert_eq!(
             (change.before.as_str(), change.after.as_str()),
             ("aa", "bb")
         );
         assert!(
-            state.observe("b", "t", "bb", None).is_none(),
+            matches!(state.observe("b", "t", "bb", None), Seen::Same),
             "reported once"
         );
         assert!(
@@ -133,11 +160,15 @@ mod tests {
                 .contains("aa is now bb")
         );
         // Changed back: fine again.
-        assert!(state.observe("b", "t", "aa", None).is_none());
+        assert!(matches!(state.observe("b", "t", "aa", None), Seen::Same));
         assert!(state.changed("b", "t", None).is_none());
         // A policy pin wins over what was seen first.
-        assert!(state.observe("b", "u", "xx", Some("pp")).is_some());
+        assert!(matches!(
+            state.observe("b", "u", "xx", Some("pp")),
+            Seen::Changed(_)
+        ));
         assert!(state.changed("b", "u", Some("pp")).is_some());
+        assert!(state.changed("b", "u", Some("xx")).is_none());
         let id = serde_json::json!(7);
         assert!(!state.take_relayed("b", "s", &id));
         state.relayed("b", "s", &id);
