@@ -5,6 +5,7 @@ argv: URL STEP... ; prints one JSON line per step.
 """
 
 import asyncio
+import gzip
 import json
 import sys
 
@@ -108,6 +109,11 @@ def raw(steps):
                 "content-type": ({"Content-Type": "text/plain"}, json.dumps(
                     {"jsonrpc": "2.0", "id": 6, "method": "tools/call",
                      "params": {"name": "delete_customer", "arguments": {"id": 1}}})),
+                "gzip": ({"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                         gzip.compress(json.dumps(
+                             {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                              "params": {"name": "delete_customer", "arguments": {"id": 1}}}
+                         ).encode())),
                 "sse-body": ({"Content-Type": "text/event-stream"},
                              "event: message\n\n"),
                 "oversized": (None, json.dumps(

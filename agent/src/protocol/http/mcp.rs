@@ -178,6 +178,19 @@ impl HttpConn {
                 .refuse(&id, &line, StatusCode::UNSUPPORTED_MEDIA_TYPE, reason, None)
                 .await;
         }
+        // The body is decided as it reads, and re-encoded: a coding would make the server read
+        // other bytes than the policy did.
+        if request
+            .headers()
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            let reason = "an MCP message is POSTed without a Content-Encoding".to_owned();
+            return self
+                .refuse(&id, &line, StatusCode::UNSUPPORTED_MEDIA_TYPE, reason, None)
+                .await;
+        }
         let (mut parts, body) = request.into_parts();
         let body = match read_whole(body, BODY_MAX).await {
             Ok(body) => body,
@@ -388,11 +401,12 @@ impl HttpConn {
             id: Some(decision_id),
             shown: &shown,
         };
-        if self
-            .ctx
-            .mcp
-            .take_relayed(&self.audit.backend, &exchange.session, rpc_id)
-        {
+        if self.ctx.mcp.take_relayed(
+            &self.audit.backend,
+            &self.audit.skill,
+            &exchange.session,
+            rpc_id,
+        ) {
             let reason = "the agent passed that request on to the skill".to_owned();
             let facts = Facts {
                 decision_id: Some(decision_id.to_owned()),

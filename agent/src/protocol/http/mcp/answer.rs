@@ -99,9 +99,12 @@ impl Reader {
                     outcome,
                 );
                 if go {
-                    self.ctx
-                        .mcp
-                        .relayed(&self.audit.backend, &self.exchange.session, &id);
+                    self.ctx.mcp.relayed(
+                        &self.audit.backend,
+                        &self.audit.skill,
+                        &self.exchange.session,
+                        &id,
+                    );
                     self.note(&line, "allow", &reason);
                     Some(self.masked_by_pending(value))
                 } else {

@@ -21,8 +21,8 @@ pub struct McpState {
     relayed: Mutex<(HashSet<Relayed>, Vec<Relayed>)>,
 }
 
-/// A server request passed on to a skill: backend, session, id.
-type Relayed = (String, String, String);
+/// A server request passed on to a skill: backend, skill, session, id.
+type Relayed = (String, String, String, String);
 
 struct Pin {
     first: String,
@@ -105,9 +105,14 @@ impl McpState {
         })
     }
 
-    /// Remembers that the server's request `id` on `session` went to the skill.
-    pub(super) fn relayed(&self, backend: &str, session: &str, id: &Value) {
-        let key = (backend.to_owned(), session.to_owned(), id.to_string());
+    /// Remembers that the server's request `id` on `session` went to `skill`.
+    pub(super) fn relayed(&self, backend: &str, skill: &str, session: &str, id: &Value) {
+        let key = (
+            backend.to_owned(),
+            skill.to_owned(),
+            session.to_owned(),
+            id.to_string(),
+        );
         let mut relayed = self.relayed.locked();
         let (set, order) = &mut *relayed;
         if set.insert(key.clone()) {
@@ -119,9 +124,21 @@ impl McpState {
         }
     }
 
-    /// Whether the skill may answer the server's request `id` (once).
-    pub(super) fn take_relayed(&self, backend: &str, session: &str, id: &Value) -> bool {
-        let key = (backend.to_owned(), session.to_owned(), id.to_string());
+    /// Whether `skill` may answer the server's request `id` on `session` (once: it went to
+    /// that skill on that session).
+    pub(super) fn take_relayed(
+        &self,
+        backend: &str,
+        skill: &str,
+        session: &str,
+        id: &Value,
+    ) -> bool {
+        let key = (
+            backend.to_owned(),
+            skill.to_owned(),
+            session.to_owned(),
+            id.to_string(),
+        );
         let mut relayed = self.relayed.locked();
         let (set, order) = &mut *relayed;
         if set.remove(&key) {
@@ -170,10 +187,11 @@ mod tests {
         assert!(state.changed("b", "u", Some("pp")).is_some());
         assert!(state.changed("b", "u", Some("xx")).is_none());
         let id = serde_json::json!(7);
-        assert!(!state.take_relayed("b", "s", &id));
-        state.relayed("b", "s", &id);
-        assert!(!state.take_relayed("b", "other", &id));
-        assert!(state.take_relayed("b", "s", &id));
-        assert!(!state.take_relayed("b", "s", &id), "once");
+        assert!(!state.take_relayed("b", "k", "s", &id));
+        state.relayed("b", "k", "s", &id);
+        assert!(!state.take_relayed("b", "k", "other", &id));
+        assert!(!state.take_relayed("b", "another skill", "s", &id));
+        assert!(state.take_relayed("b", "k", "s", &id));
+        assert!(!state.take_relayed("b", "k", "s", &id), "once");
     }
 }
