@@ -3,6 +3,7 @@
 mod bench;
 mod bench_dns;
 mod bench_http;
+mod bench_mcp;
 mod bench_pg;
 mod bench_scale;
 mod bench_tools;
@@ -108,6 +109,8 @@ enum Suite {
     Scale,
     /// Resolver latency through the DNS forwarder vs dnsmasq directly.
     Dns,
+    /// MCP tool calls/s through skillgate vs straight to the server (Python SDK both sides).
+    Mcp,
     /// Every suite.
     All,
 }
@@ -145,6 +148,9 @@ fn main() -> Result<()> {
             }
             if matches!(suite, Suite::Dns | Suite::All) {
                 bench_dns::dns(&workspace_root())?;
+            }
+            if matches!(suite, Suite::Mcp | Suite::All) {
+                bench_mcp::mcp(&workspace_root())?;
             }
             Ok(())
         }
