@@ -91,7 +91,15 @@ def raw(steps):
     session_id = response.headers.get("mcp-session-id")
     post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id=session_id)
     for step in steps:
-        if step == "batch":
+        if step == "get-body":
+            call = {"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+                    "params": {"name": "delete_customer", "arguments": {"id": 1}}}
+            response = requests.request(
+                "GET", URL, data=json.dumps(call), timeout=20,
+                headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id,
+                         "Content-Type": "application/json"})
+            out(step, status=response.status_code, messages=[response.json()])
+        elif step == "batch":
             batch = [
                 {"jsonrpc": "2.0", "id": 10, "method": "tools/call",
                  "params": {"name": "create_refund", "arguments": {"amount": 20}}},

@@ -391,6 +391,7 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
         "sse-body",
         "oversized",
         "deep",
+        "get-body",
     ]);
     let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
     let batch = out.get("batch");
@@ -416,6 +417,7 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
         ("sse-body", 415, None),
         ("oversized", 413, None),
         ("deep", 400, Some(-32700)),
+        ("get-body", 400, None),
     ] {
         let got = out.get(step);
         assert_eq!(got["status"], status, "{step}: {context}");

@@ -99,6 +99,12 @@ impl HttpConn {
         };
         match method {
             hyper::Method::POST => self.mcp_post(request, id, policy, exchange).await,
+            hyper::Method::GET | hyper::Method::DELETE if !request.body().is_end_stream() => {
+                // A message there would reach the server undecided.
+                let reason = format!("an MCP {method} has no body");
+                self.refuse(&id, &line, StatusCode::BAD_REQUEST, reason, None)
+                    .await
+            }
             hyper::Method::GET | hyper::Method::DELETE => {
                 let what = if method == hyper::Method::GET {
                     "the server's stream"
@@ -218,7 +224,11 @@ impl HttpConn {
         };
         exchange.batch = parsed.batch;
         let mut forward: Vec<Value> = Vec::new();
-        let mut credential = None;
+        // Whatever goes upstream goes with the backend's credential (an answer to a server
+        // request as much as a call).
+        let credential = policy
+            .backend(&self.audit.backend)
+            .and_then(|b| b.credentials.clone());
         let mut first = Some(id);
         let mut reasons = Vec::new();
         for (value, message) in parsed.messages {
@@ -238,8 +248,7 @@ impl HttpConn {
                 }
             };
             match kept {
-                Kept::Forward(name, reason) => {
-                    credential = credential.or(name);
+                Kept::Forward(reason) => {
                     reasons.push(reason);
                     forward.push(value);
                 }
@@ -334,7 +343,6 @@ impl HttpConn {
             ..Facts::default()
         };
         let verdict = self.audit.enforce(&op, decision, facts).await;
-        let credential = decision.backend.and_then(|b| b.credentials.clone());
         let reason = decision.reason.clone();
         drop(answer);
         let mask = match verdict {
@@ -384,7 +392,7 @@ impl HttpConn {
                 },
             );
         }
-        Kept::Forward(credential, reason)
+        Kept::Forward(reason)
     }
 
     /// An answer of the skill's to a request of the server's: forwarded only if the agent
@@ -414,7 +422,7 @@ impl HttpConn {
             };
             self.audit
                 .answered(Kind::Mcp, shown, "allow".to_owned(), reason.clone(), facts);
-            return Kept::Forward(None, reason);
+            return Kept::Forward(reason);
         }
         let reason = "an answer to a request the agent never passed on to the skill";
         self.audit
@@ -448,8 +456,8 @@ impl HttpConn {
 
 /// What became of one message of a POST.
 enum Kept {
-    /// Goes upstream (with the backend's credential; the policy's reason).
-    Forward(Option<String>, String),
+    /// Goes upstream (the policy's reason).
+    Forward(String),
     /// Refused: the error answering it (none for a notification or an answer).
     Refused(Option<Value>),
 }

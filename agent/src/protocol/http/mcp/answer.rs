@@ -202,6 +202,10 @@ impl Reader {
             ListKind::Resources => "resources",
             ListKind::Prompts => "prompts",
         };
+        // Anything but a list where the list belongs lists nothing.
+        if !result.is_object() {
+            *result = serde_json::json!({});
+        }
         let Some(Value::Array(items)) = result.get_mut(key) else {
             if let Some(map) = result.as_object_mut() {
                 map.insert(key.to_owned(), Value::Array(Vec::new()));
