@@ -121,12 +121,16 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, json: bool) -> Self {
+        Self::with_config(name, json, "")
+    }
+
+    fn with_config(name: &str, json: bool, extra: &str) -> Self {
         let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
             .parse()
             .unwrap();
         let dir = std::env::temp_dir();
         let server = McpServer::start(&dir, json);
-        let env = Env::new(name, &policy(dial, server.addr));
+        let env = Env::with_config(name, &policy(dial, server.addr), extra);
         Self {
             env,
             url: format!("http://{dial}/mcp"),
@@ -181,7 +185,12 @@ impl Steps {
 
 #[test]
 fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
-    let s = Setup::new("mcp-sdk", false);
+    let metrics = free_port();
+    let s = Setup::with_config(
+        "mcp-sdk",
+        false,
+        &format!("metrics_listen = \"127.0.0.1:{metrics}\""),
+    );
     let agent = s.env.start_agent();
     let out = s.run(&["list", "allowed", "denied", "unlisted", "masked", "ping"]);
     let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
@@ -286,6 +295,22 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
         .clone();
     assert!(mcp["denied"].as_u64().unwrap() >= 2, "{mcp}");
     assert!(mcp["allowed"].as_u64().unwrap() >= 3, "{mcp}");
+    // And so do the metrics and a session's replay.
+    let scraped = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let scraped = String::from_utf8_lossy(&scraped.stdout);
+    assert!(
+        scraped.contains(
+            r#"skillgate_operations_total{skill="support",backend="tools",kind="mcp",decision="denied"} 2"#
+        ),
+        "{scraped}"
+    );
+    let session = denied["session_id"].to_string();
+    let replay = s.env.cli(&["replay", &session]);
+    assert!(replay.contains("tools/call create_refund"), "{replay}");
+    assert!(replay.contains("mcp"), "{replay}");
 }
 
 #[test]

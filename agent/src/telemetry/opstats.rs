@@ -1,4 +1,5 @@
-//! Per-skill counts of HTTP requests and SQL statements (allowed, denied, held, values masked)
+//! Per-skill counts of operations (HTTP requests, SQL statements, S3 operations, MCP calls:
+//! allowed, denied, held, values masked)
 //! and their latency, kept by the agent for `skillgate stats` (through the admin API) and
 //! exported as Prometheus metrics.
 
@@ -16,7 +17,7 @@ const BUCKETS: usize = 128;
 pub struct Key {
     pub skill: String,
     pub backend: String,
-    /// `http` or `sql`.
+    /// `http`, `sql`, `s3` or `mcp`.
     pub kind: String,
 }
 
@@ -143,7 +144,7 @@ impl OpStats {
         };
         let _ = writeln!(
             out,
-            "# HELP skillgate_operations HTTP requests and SQL statements decided, by skill, backend, kind and decision\n# TYPE skillgate_operations counter"
+            "# HELP skillgate_operations Operations decided (HTTP requests, SQL statements, S3 operations, MCP calls), by skill, backend, kind and decision\n# TYPE skillgate_operations counter"
         );
         for (key, c) in map.iter() {
             for (decision, n) in [
