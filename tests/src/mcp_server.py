@@ -8,6 +8,8 @@ import json
 import sys
 
 from mcp.server.fastmcp import Context, FastMCP
+from mcp.shared.exceptions import McpError
+from mcp.types import SamplingMessage, TextContent
 
 PORT = int(sys.argv[1])
 LOG = sys.argv[2]
@@ -55,6 +57,20 @@ def lookup(query: str) -> str:
     """Looks a word up."""
     seen("lookup", query=query)
     return f"looked up {query}"
+
+
+@server.tool()
+async def ask(question: str, ctx: Context) -> str:
+    """Asks the client's model (sampling): what the skill may not be asked."""
+    seen("ask", question=question)
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=question))
+    try:
+        result = await ctx.session.create_message(
+            messages=[message], max_tokens=10, related_request_id=ctx.request_id
+        )
+        return f"sampled: {result.content.text}"
+    except McpError as err:
+        return f"sampling failed: {err.error.message}"
 
 
 @server.tool()

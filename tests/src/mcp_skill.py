@@ -10,7 +10,7 @@ import json
 import sys
 
 import requests
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
@@ -34,12 +34,19 @@ async def call(session, step, tool, arguments):
         out(step, ok=False, code=err.error.code, message=err.error.message, data=err.error.data)
 
 
+async def sampling(context, params):
+    out("sampled", text=params.messages[0].content.text)
+    return types.CreateMessageResult(
+        role="assistant", model="skill", content=types.TextContent(type="text", text="yes"))
+
+
 async def sdk(steps):
     async with streamablehttp_client(URL) as (read, write, _):
         async def log(params):
             out("log", data=params.data)
 
-        async with ClientSession(read, write, logging_callback=log) as session:
+        async with ClientSession(read, write, logging_callback=log,
+                                 sampling_callback=sampling) as session:
             await session.initialize()
             for step in steps:
                 if step == "list":
@@ -56,6 +63,8 @@ async def sdk(steps):
                     await call(session, step, "create_refund", {"amount": 500})
                 elif step == "masked":
                     await call(session, step, "get_order", {"id": 7})
+                elif step == "ask":
+                    await call(session, step, "ask", {"question": "approve all refunds?"})
                 elif step == "flip":
                     await call(session, step, "flip", {})
                 elif step == "lookup":

@@ -99,7 +99,7 @@ name = "words"
 skills = ["support"]
 backend = "tools"
 effect = "allow"
-mcp = {{ tools = ["lookup", "flip"] }}
+mcp = {{ tools = ["lookup", "flip", "ask"] }}
 
 [[rule]]
 name = "orders-masked"
@@ -192,7 +192,9 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
         &format!("metrics_listen = \"127.0.0.1:{metrics}\""),
     );
     let agent = s.env.start_agent();
-    let out = s.run(&["list", "allowed", "denied", "unlisted", "masked", "ping"]);
+    let out = s.run(&[
+        "list", "allowed", "denied", "unlisted", "masked", "ask", "ping",
+    ]);
     let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
     assert!(
         out.steps.iter().any(|s| s["step"] == "list"),
@@ -205,7 +207,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
     names.sort();
     assert_eq!(
         names,
-        ["create_refund", "flip", "get_order", "lookup"],
+        ["ask", "create_refund", "flip", "get_order", "lookup"],
         "{context}"
     );
     assert!(
@@ -244,11 +246,26 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
     assert!(log.starts_with("order 7 belongs to "), "{log}");
     assert!(!out.stdout.contains(CANARY), "{}", out.stdout);
     assert!(!out.stdout.contains("4111"), "{}", out.stdout);
+    // The server's sampling request: no rule names it, so the skill never sees it (its
+    // callback would answer "yes") and the server gets an error at once.
+    let ask = out.get("ask")["text"].as_str().unwrap();
+    assert!(
+        ask.starts_with("sampling failed: refused by skillgate"),
+        "{ask}"
+    );
+    assert!(
+        !out.steps.iter().any(|s| s["step"] == "sampled"),
+        "{context}"
+    );
     assert_eq!(out.get("ping")["ok"], true, "{context}");
     // The server saw the allowed calls only.
     let seen = s.server.seen();
     let tools_seen: Vec<&str> = seen.iter().map(|c| c["tool"].as_str().unwrap()).collect();
-    assert_eq!(tools_seen, ["create_refund", "get_order"], "{seen:?}");
+    assert_eq!(
+        tools_seen,
+        ["create_refund", "get_order", "ask"],
+        "{seen:?}"
+    );
     assert_eq!(seen[0]["arguments"]["amount"], 50.0);
     // Recorded: each call with its tool and arguments, and its decision.
     s.env.wait_for_sessions_to_end();
@@ -295,7 +312,8 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
         .clone();
     assert!(mcp["denied"].as_u64().unwrap() >= 2, "{mcp}");
     assert!(mcp["allowed"].as_u64().unwrap() >= 3, "{mcp}");
-    // And so do the metrics and a session's replay.
+    // And so do the metrics (the two calls and the sampling request denied) and a
+    // session's replay.
     let scraped = Command::new("curl")
         .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
         .output()
@@ -303,7 +321,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
     let scraped = String::from_utf8_lossy(&scraped.stdout);
     assert!(
         scraped.contains(
-            r#"skillgate_operations_total{skill="support",backend="tools",kind="mcp",decision="denied"} 2"#
+            r#"skillgate_operations_total{skill="support",backend="tools",kind="mcp",decision="denied"} 3"#
         ),
         "{scraped}"
     );

@@ -263,27 +263,7 @@ impl HttpConn {
     }
 
     pub(super) async fn connect(&self) -> Result<pool::Sender, String> {
-        let stream = crate::gate::connect_upstream(self.upstream, self.ctx.connect_timeout)
-            .await
-            .map_err(|err| err.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let upstream_local = stream
-            .local_addr()
-            .map_or_else(|_| "-".to_owned(), |a| a.to_string());
-        let sender = match &self.tls {
-            None => handshake(stream).await?,
-            Some(tls) => {
-                let stream = self
-                    .ctx
-                    .tls
-                    .connect(stream, tls)
-                    .await
-                    .map_err(|err| format!("{err:#}"))?;
-                handshake(stream).await?
-            }
-        };
-        info!(upstream = %self.upstream, %upstream_local, tls = self.tls.is_some(), "upstream connected");
-        Ok(sender)
+        connect_to(&self.ctx, self.upstream, self.tls.as_ref()).await
     }
 
     /// Records the answer (without waiting: the decision was recorded before it took effect).
@@ -344,6 +324,34 @@ impl HttpConn {
         self.answered(decided, response, started, 0, Some(reason), None)
             .await
     }
+}
+
+/// A new upstream connection to `upstream` (TLS when the backend has it).
+pub(super) async fn connect_to(
+    ctx: &HttpContext,
+    upstream: SocketAddr,
+    tls: Option<&crate::tls::Upstream>,
+) -> Result<pool::Sender, String> {
+    let stream = crate::gate::connect_upstream(upstream, ctx.connect_timeout)
+        .await
+        .map_err(|err| err.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let upstream_local = stream
+        .local_addr()
+        .map_or_else(|_| "-".to_owned(), |a| a.to_string());
+    let sender = match tls {
+        None => handshake(stream).await?,
+        Some(tls) => {
+            let stream = ctx
+                .tls
+                .connect(stream, tls)
+                .await
+                .map_err(|err| format!("{err:#}"))?;
+            handshake(stream).await?
+        }
+    };
+    info!(%upstream, %upstream_local, tls = tls.is_some(), "upstream connected");
+    Ok(sender)
 }
 
 /// Speaks HTTP/1.1 over `io`; the connection is driven by its own task.

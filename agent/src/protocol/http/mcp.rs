@@ -22,6 +22,7 @@ use skillgate_policy::mcp::{self, McpCall, Message};
 use super::*;
 
 mod answer;
+mod answer_back;
 mod pins;
 mod respond;
 mod sse;
@@ -511,12 +512,16 @@ pub(super) fn refused_error(id: &Value, refusal: &Refusal) -> Value {
             "the session store cannot record this call, so it is refused (decision {})",
             refusal.decision_id
         ),
-        Refused::Policy => format!(
-            "refused by skillgate: {} (rule {}, decision {})",
-            refusal.reason,
-            refusal.rule.as_deref().unwrap_or("none: default deny"),
-            refusal.decision_id
-        ),
+        Refused::Policy => match &refusal.rule {
+            Some(rule) => format!(
+                "refused by skillgate: {} (rule {rule}, decision {})",
+                refusal.reason, refusal.decision_id
+            ),
+            None => format!(
+                "refused by skillgate: {} (decision {})",
+                refusal.reason, refusal.decision_id
+            ),
+        },
     };
     mcp::error_response(id, mcp::REFUSED, &message, data)
 }

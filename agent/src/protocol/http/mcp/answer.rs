@@ -16,6 +16,8 @@ pub(in crate::protocol::http) struct Reader {
     pub policy: Arc<Policy>,
     pub exchange: Exchange,
     pub secrets: Vec<Vec<u8>>,
+    /// Where the errors answering the server's refused requests go.
+    pub answers: super::answer_back::Answers,
 }
 
 /// How a tool the skill may call only with an approver is marked in a list.
@@ -108,9 +110,20 @@ impl Reader {
                     self.note(&line, "allow", &reason);
                     Some(self.masked_by_pending(value))
                 } else {
-                    // Dropped: the skill never sees it, and the server's request is left to its
-                    // own timeout (a skill cannot answer it: its answer would be refused).
-                    self.note(&line, "deny", &format!("dropped: {reason}"));
+                    // The skill never sees it (nor may it answer it: its answer would be
+                    // refused); the server gets an error, so its tool fails at once.
+                    let error = mcp::error_response(
+                        &id,
+                        mcp::REFUSED,
+                        &format!("refused by skillgate: {reason}"),
+                        serde_json::json!({"reason": reason}),
+                    );
+                    let _ = self.answers.send(error);
+                    self.note(
+                        &line,
+                        "deny",
+                        &format!("not passed on, the server answered with an error: {reason}"),
+                    );
                     None
                 }
             }

@@ -39,6 +39,7 @@ impl HttpConn {
             audit: Arc::clone(&self.audit),
             ctx: Arc::clone(&self.ctx),
             policy: self.audit.gate().policy(),
+            answers: self.answer_back(&exchange.session),
             exchange,
             secrets: secrets.to_vec(),
         };
