@@ -720,7 +720,9 @@ fn covers(
 }
 
 /// Whether an `mcp` rule covers `call`. Protocol and list methods a rule does not name are
-/// decided before this (see [`Policy::decide_mcp`]). A call whose arguments are not known
+/// decided before this (see [`Policy::decide_mcp`]). A grant's argument conditions must hold
+/// as the arguments are written; a restriction's apply unless, read as loosely as a server
+/// may, they cannot hold ([`crate::mcp::ArgCondition::may_hold`]). A call whose arguments are not known
 /// (`None`: whether a tool is listed) is covered by every grant of the tool and by the
 /// restrictions without argument conditions, and by approve and mask rules either way (a
 /// tool that may need approval is listed as such).
@@ -737,7 +739,12 @@ fn covers_mcp(op: &crate::model::McpOp, effect: Effect, call: &McpCall, reading:
         "tools/call" => {
             named(&op.tools, &call.name)
                 && match (&call.arguments, reading) {
-                    (Some(arguments), _) => op.arguments.iter().all(|c| c.holds(arguments)),
+                    (Some(arguments), Reading::Grant(_)) => {
+                        op.arguments.iter().all(|c| c.holds(arguments))
+                    }
+                    (Some(arguments), Reading::Restrict) => {
+                        op.arguments.iter().all(|c| c.may_hold(arguments))
+                    }
                     (None, Reading::Grant(_)) => true,
                     (None, Reading::Restrict) => effect != Effect::Deny || op.arguments.is_empty(),
                 }

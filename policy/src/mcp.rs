@@ -254,7 +254,11 @@ pub fn classify(value: &Value) -> Result<Message, String> {
             call.arguments = param("arguments").cloned();
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            call.uri = Some(string("uri")?);
+            let uri = string("uri")?;
+            if let Some(why) = ambiguous_uri(&uri) {
+                return Err(format!("`{method}`: the URI `{uri}` {why}"));
+            }
+            call.uri = Some(uri);
         }
         _ => {}
     }
@@ -262,6 +266,29 @@ pub fn classify(value: &Value) -> Result<Message, String> {
         Some(id) => Message::Request { id, call },
         None => Message::Notification(call),
     })
+}
+
+/// Why a resource URI cannot be decided by its text, if it cannot: a server may resolve `.`
+/// and `..` segments, decode escapes or read a backslash as a separator, and so read another
+/// resource than a pattern matched (`file:///docs/../etc/passwd` against `file:///docs/*`).
+fn ambiguous_uri(uri: &str) -> Option<&'static str> {
+    if uri.contains('%') {
+        return Some("has percent-escapes, which a server may decode into another path");
+    }
+    if uri.contains('\\') {
+        return Some("has a backslash, which a server may read as a separator");
+    }
+    if uri.chars().any(char::is_control) {
+        return Some("has control characters");
+    }
+    let path = uri.split(['?', '#']).next().unwrap_or_default();
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some("has a `.` or `..` segment, which a server may resolve");
+    }
+    None
 }
 
 /// A call written as `policy explain --mcp` takes it: `METHOD [NAME|URI] [ARGUMENTS]`, e.g.

@@ -98,6 +98,63 @@ impl ArgCondition {
     }
 }
 
+impl ArgCondition {
+    /// Whether it may hold for `arguments` as a server could read them: what a restriction
+    /// (deny, approve, mask) is read with. A server may coerce (`"20000"` is an amount to
+    /// pydantic, `5` a string to some), so a missing argument, or one a test cannot read as
+    /// it is, counts as holding unless read loosely it definitely does not.
+    pub fn may_hold(&self, arguments: &Value) -> bool {
+        let Some(value) = arguments.pointer(&self.pointer) else {
+            return true;
+        };
+        let text = match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        };
+        let number = match value {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
+            _ => None,
+        };
+        let loosely_same = |v: &Value| {
+            same(value, v)
+                || match (v, &text, number) {
+                    (Value::Number(n), _, Some(x)) => n.as_f64() == Some(x),
+                    (Value::String(s), Some(t), _) => s == t,
+                    _ => false,
+                }
+        };
+        if let Some(equals) = &self.equals
+            && text.is_some()
+            && !loosely_same(equals)
+        {
+            return false;
+        }
+        if !self.one_of.is_empty() && text.is_some() && !self.one_of.iter().any(loosely_same) {
+            return false;
+        }
+        if let (Some(prefix), Some(t)) = (&self.prefix, &text)
+            && !t.starts_with(prefix.as_str())
+        {
+            return false;
+        }
+        if let (Some(pattern), Some(t)) = (&self.pattern, &text)
+            && !pattern.matches(t)
+        {
+            return false;
+        }
+        match number {
+            Some(n) => self.bounds.iter().all(|bound| match bound {
+                Bound::Min(min) => n >= *min,
+                Bound::Max(max) => n <= *max,
+            }),
+            None => true,
+        }
+    }
+}
+
 /// JSON equality, numbers by value (`1` and `1.0` are the same amount to a server).
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -152,5 +209,33 @@ mod tests {
         let mut eq = cond("/amount");
         eq.equals = Some(json!(50.0));
         assert!(eq.holds(&args));
+    }
+
+    #[test]
+    fn restrictions_read_arguments_as_loosely_as_a_server_may() {
+        let mut min = ArgCondition {
+            pointer: "/amount".to_owned(),
+            equals: None,
+            one_of: Vec::new(),
+            prefix: None,
+            pattern: None,
+            bounds: vec![Bound::Min(10000.0)],
+        };
+        // Found by review: a deny on large amounts did not cover `"20000"`, which pydantic
+        // reads as 20000.
+        assert!(!min.holds(&json!({"amount": "20000"})));
+        assert!(min.may_hold(&json!({"amount": "20000"})));
+        assert!(min.may_hold(&json!({"amount": 20000})));
+        assert!(!min.may_hold(&json!({"amount": "5"})));
+        assert!(!min.may_hold(&json!({"amount": 5})));
+        assert!(
+            min.may_hold(&json!({})),
+            "missing: the server may default it"
+        );
+        assert!(min.may_hold(&json!({"amount": [1]})), "unreadable");
+        min.bounds.clear();
+        min.one_of = vec![json!(7)];
+        assert!(min.may_hold(&json!({"amount": "7"})));
+        assert!(!min.may_hold(&json!({"amount": "8"})));
     }
 }

@@ -94,6 +94,18 @@ fn malformed_messages_are_refused_with_the_reason() {
             .to_string()
             .contains("one of")
     );
+    // Found by review: `*` in `file:///docs/*` matches `../`, which a server resolves.
+    for uri in [
+        "file:///docs/../etc/passwd",
+        "file:///docs/./a",
+        "file:///docs/%2e%2e/etc/passwd",
+        "file:///docs\\..\\x",
+    ] {
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}});
+        let err = bad(&body.to_string()).to_string();
+        assert!(err.contains("URI"), "{uri}: {err}");
+    }
     // Two names: the server might read either.
     let twice = r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "ok", "name": "delete_all"}}"#;
     assert_eq!(bad(twice).code(), -32700);
