@@ -332,7 +332,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
 }
 
 #[test]
-fn a_held_call_goes_ahead_when_approved() {
+fn a_held_call_goes_ahead_when_approved_and_a_grant_repeats_it() {
     let s = Setup::new("mcp-held", false);
     let _agent = s.env.start_agent();
     std::thread::scope(|scope| {
@@ -348,7 +348,8 @@ fn a_held_call_goes_ahead_when_approved() {
             "nothing reaches the server while held"
         );
         let id = held["id"].to_string();
-        s.env.cli(&["approve", &id, "--reason", "refund ok"]);
+        s.env
+            .cli(&["approve", &id, "--reason", "refund ok", "--for", "1h"]);
         let out = Steps::from(skill.join().unwrap());
         assert_eq!(
             out.get("held")["text"],
@@ -358,6 +359,16 @@ fn a_held_call_goes_ahead_when_approved() {
         );
     });
     assert_eq!(s.server.seen().len(), 1);
+    // The grant lets the same call through for an hour, on a new session, without a hold.
+    let again = s.run(&["held"]);
+    assert_eq!(
+        again.get("held")["text"],
+        "refunded 500.0 EUR",
+        "{}",
+        again.stderr
+    );
+    assert!(s.env.pending().is_empty());
+    assert_eq!(s.server.seen().len(), 2);
 }
 
 #[test]
