@@ -7,6 +7,8 @@ argv: URL STEP... ; prints one JSON line per step.
 import asyncio
 import gzip
 import json
+import os
+import socket
 import sys
 
 import requests
@@ -15,6 +17,14 @@ from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
 URL = sys.argv[1]
+
+# MCP_RESOLVE=NAME=ADDRESS: NAME resolves to ADDRESS (as the agent's DNS would answer it).
+if os.environ.get("MCP_RESOLVE"):
+    NAME, ADDRESS = os.environ["MCP_RESOLVE"].split("=")
+    resolve = socket.getaddrinfo
+    # (anyio asks with the name IDNA-encoded, as bytes.)
+    socket.getaddrinfo = lambda host, *rest, **kw: resolve(
+        ADDRESS if host in (NAME, NAME.encode()) else host, *rest, **kw)
 
 
 def out(step, **fields):

@@ -78,6 +78,7 @@ name = "tools"
 protocol = "mcp"
 dial = ["{dial}"]
 upstream = "{upstream}"
+intercept_tls = ["tools.internal"]
 mcp_tool_changed = "approve"
 
 [[rule]]
@@ -489,6 +490,45 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
     let seen = s.server.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["tool"], "create_refund");
+}
+
+#[test]
+fn tool_calls_over_https_are_intercepted_and_decided() {
+    let s = Setup::new("mcp-tls", false);
+    let agent = s.env.start_agent();
+    let dial = s.url.trim_start_matches("http://").trim_end_matches("/mcp");
+    let (address, port) = dial.split_once(':').unwrap();
+    let out = Steps::from(
+        s.env
+            .exec_command(
+                "support",
+                &[
+                    "env",
+                    &format!("MCP_RESOLVE=tools.internal={address}"),
+                    "python3",
+                    "-c",
+                    SKILL_PY,
+                    &format!("https://tools.internal:{port}/mcp"),
+                    "allowed",
+                    "denied",
+                ],
+            )
+            .output()
+            .unwrap(),
+    );
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    assert_eq!(out.get("allowed")["text"], "refunded 50.0 EUR", "{context}");
+    assert_eq!(out.get("denied")["code"], -32001, "{context}");
+    assert_eq!(s.server.seen().len(), 1);
+    // The agent ended the skill's TLS (with the skills CA `skillgate exec` hands it).
+    s.env.wait_for_sessions_to_end();
+    let events = s.env.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "tls" && e["decision"] == "allow"),
+        "{events:#?}"
+    );
 }
 
 #[test]
