@@ -531,6 +531,70 @@ fn tool_calls_over_https_are_intercepted_and_decided() {
     );
 }
 
+/// A server that answers every POST in plain text, quoting the canary.
+const PLAIN_SERVER_PY: &str = r#"
+import http.server, sys
+class Plain(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b"customer canary.7f3a@example.org"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Plain).serve_forever()
+"#;
+
+#[test]
+fn an_answer_that_is_not_json_rpc_is_withheld_where_a_mask_applies() {
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args(["-c", PLAIN_SERVER_PY, &port.to_string()])
+        .spawn()
+        .unwrap();
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(upstream).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    let env = Env::new("mcp-plain", &policy(dial, upstream));
+    let agent = env.start_agent();
+    let script = r#"
+import json, sys, requests
+call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "get_order", "arguments": {"id": 7}}}
+r = requests.post(sys.argv[1], json=call, timeout=20,
+                  headers={"Accept": "application/json, text/event-stream"})
+print(json.dumps({"status": r.status_code, "type": r.headers.get("content-type"), "body": r.text}))
+"#;
+    let out = env.exec_python("support", script, &[format!("http://{dial}/mcp")]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!(
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    assert!(!stdout.contains(CANARY), "{context}");
+    let got: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {context}"));
+    let answer: Value = serde_json::from_str(got["body"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["id"], 3, "{context}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("withheld the server's answer (200 text/plain)"),
+        "{message}"
+    );
+}
+
 #[test]
 fn policy_explain_decides_an_mcp_call() {
     let dir = std::env::temp_dir().join(format!("skillgate-mcp-explain-{}", std::process::id()));

@@ -134,10 +134,14 @@ impl Reader {
     /// Errors for the calls the server did not answer (its stream ended first), and the
     /// agent's own answers to the calls it refused that are not sent yet.
     pub fn unanswered(&mut self) -> Vec<Value> {
+        self.unanswered_because("the server's answer ended without answering this call")
+    }
+
+    /// [`Reader::unanswered`], saying why the calls went unanswered.
+    pub fn unanswered_because(&mut self, reason: &str) -> Vec<Value> {
         let mut out = std::mem::take(&mut self.exchange.refused);
         for (_, pending) in std::mem::take(&mut self.exchange.pending) {
             let id: Value = serde_json::from_str(&pending_key(&pending)).unwrap_or(Value::Null);
-            let reason = "the server's answer ended without answering this call";
             self.note(&pending.line, "unanswered", reason);
             out.push(mcp::error_response(
                 &id,
@@ -147,6 +151,20 @@ impl Reader {
             ));
         }
         out
+    }
+
+    /// Whether a mask applies to anything of this exchange: a call it waits on, or the
+    /// server's own messages to the skill.
+    pub fn masks_anything(&self) -> bool {
+        self.exchange.pending.values().any(|p| p.mask.masks_body())
+            || self
+                .policy
+                .mcp_masks(
+                    &self.audit.skill,
+                    &self.exchange.token_groups,
+                    &self.audit.backend,
+                )
+                .masks_body()
     }
 
     /// Takes the agent's own answers to refused calls (sent first on a stream).

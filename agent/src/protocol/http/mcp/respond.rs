@@ -1,6 +1,6 @@
 //! The server's answer to a forwarded MCP request: an SSE stream read event by event
-//! (`sse.rs`), a JSON answer read whole, or anything else (202, the server's HTTP errors)
-//! relayed.
+//! (`sse.rs`), a JSON answer read whole (whatever its status), or anything else (202, an HTTP
+//! error in another type) relayed, unless a mask applies: then it is withheld.
 
 use serde_json::Value;
 use skillgate_policy::mcp;
@@ -58,18 +58,48 @@ impl HttpConn {
                 .answered(decided, response, started, 0, None, None)
                 .await;
         }
-        if !(success && media == "application/json") {
-            // No JSON-RPC in it (202 for notifications, the server's own HTTP errors): relayed,
-            // with the agent's answers to refused calls instead when it has any.
-            let refused = reader.unanswered();
-            if !refused.is_empty() && parts.status == StatusCode::ACCEPTED {
-                lease.release();
+        if media != "application/json" {
+            // No JSON-RPC in it: 202 for notifications, an HTTP error of the server's, or
+            // something else. Relayed as it is, unless it is empty (the agent's answers to
+            // refused calls go instead) or a mask applies (what it holds cannot be masked:
+            // withheld, the calls it leaves unanswered answered with errors).
+            let empty = matches!(parts.status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT)
+                || parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() == b"0");
+            let masked = reader.masks_anything();
+            if empty || masked {
+                drop(lease);
+                let reason = if empty {
+                    "the server's answer ended without answering this call".to_owned()
+                } else {
+                    format!(
+                        "skillgate withheld the server's answer ({} {media}): it is not \
+                         JSON-RPC, so a mask cannot apply to it",
+                        parts.status.as_u16()
+                    )
+                };
+                let errors = reader.unanswered_because(&reason);
                 let exchange = Exchange {
                     batch: reader.exchange.batch,
-                    refused,
+                    refused: errors,
                     ..Exchange::default()
                 };
-                return self.mcp_own_answer(exchange);
+                let mut response = self.mcp_own_answer(exchange);
+                if !success {
+                    *response.status_mut() = parts.status;
+                }
+                return self
+                    .answered(
+                        decided,
+                        response,
+                        started,
+                        0,
+                        (!empty).then_some(reason.as_str()),
+                        None,
+                    )
+                    .await;
             }
             let body = Relay::new(body, Arc::clone(&self.to_skill), secrets.to_vec())
                 .holding(lease)
