@@ -531,15 +531,21 @@ fn tool_calls_over_https_are_intercepted_and_decided() {
     );
 }
 
-/// A server that answers every POST in plain text, quoting the canary.
+/// A server that answers every POST in plain text, quoting the canary (in a header too).
 const PLAIN_SERVER_PY: &str = r#"
-import http.server, sys
+import http.server, json, sys
 class Plain(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = b"customer canary.7f3a@example.org"
+        call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if call["params"]["name"] == "lookup":
+            body = json.dumps({"jsonrpc": "2.0", "id": call["id"],
+                               "result": {"content": [{"type": "text", "text": "word"}]}}).encode()
+            kind = "application/json"
+        else:
+            body, kind = b"customer canary.7f3a@example.org", "text/plain"
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", kind)
+        self.send_header("X-Customer", "canary.7f3a@example.org")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -549,7 +555,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Plain).serve_forever()
 "#;
 
 #[test]
-fn an_answer_that_is_not_json_rpc_is_withheld_where_a_mask_applies() {
+fn where_a_mask_applies_an_answer_that_is_not_json_rpc_is_withheld_and_headers_dropped() {
     let port = free_port();
     let mut server = Command::new("python3")
         .args(["-c", PLAIN_SERVER_PY, &port.to_string()])
@@ -572,7 +578,12 @@ call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
         "params": {"name": "get_order", "arguments": {"id": 7}}}
 r = requests.post(sys.argv[1], json=call, timeout=20,
                   headers={"Accept": "application/json, text/event-stream"})
-print(json.dumps({"status": r.status_code, "type": r.headers.get("content-type"), "body": r.text}))
+print(json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": r.text}))
+call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "lookup", "arguments": {"query": "w"}}}
+r = requests.post(sys.argv[1], json=call, timeout=20,
+                  headers={"Accept": "application/json, text/event-stream"})
+print(json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": r.text}))
 "#;
     let out = env.exec_python("support", script, &[format!("http://{dial}/mcp")]);
     let _ = server.kill();
@@ -584,8 +595,15 @@ print(json.dumps({"status": r.status_code, "type": r.headers.get("content-type")
         agent.log()
     );
     assert!(!stdout.contains(CANARY), "{context}");
-    let got: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {context}"));
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{context}");
+    // An answer that is JSON-RPC goes through, without the server's other headers.
+    let word: Value = serde_json::from_str(lines[1]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(word["result"]["content"][0]["text"], "word", "{context}");
+    let got = &lines[0];
     let answer: Value = serde_json::from_str(got["body"].as_str().unwrap()).unwrap();
     assert_eq!(answer["id"], 3, "{context}");
     let message = answer["error"]["message"].as_str().unwrap();

@@ -7,6 +7,17 @@ use skillgate_policy::mcp;
 
 use super::*;
 
+/// The response headers a skill's MCP client needs, all that it gets where a mask applies.
+const TRANSPORT_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "cache-control",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "www-authenticate",
+    "retry-after",
+];
+
 impl HttpConn {
     /// The server's answer to a forwarded request, read message by message.
     pub(in crate::protocol::http) async fn mcp_respond(
@@ -43,6 +54,17 @@ impl HttpConn {
             exchange,
             secrets: secrets.to_vec(),
         };
+        // Where a mask applies, the server's headers could say what the body may not: only
+        // those the transport needs go to the skill.
+        if reader.masks_anything() {
+            let mut kept = HeaderMap::new();
+            for (name, value) in &parts.headers {
+                if TRANSPORT_HEADERS.contains(&name.as_str()) {
+                    kept.append(name.clone(), value.clone());
+                }
+            }
+            parts.headers = kept;
+        }
         let success = parts.status.is_success();
         if success && media == "text/event-stream" {
             parts.headers.remove(header::CONTENT_LENGTH);
