@@ -329,11 +329,20 @@ mod tests {
         assert!(!json.contains("format"), "{json}");
         let own = Event {
             kind: Kind::Journal,
-            ..event
+            ..event.clone()
         };
         let own = body(&What::Event, &own).unwrap().bytes;
         let format: Format = serde_json::from_slice(&own).unwrap();
         assert_eq!(format.format, 2);
+        // An MCP call's record is in format 2 too: an agent that reads only format 1 stops
+        // there instead of taking it for a torn tail.
+        let call = Event {
+            kind: Kind::Mcp,
+            ..event
+        };
+        let call: Format =
+            serde_json::from_slice(&body(&What::Event, &call).unwrap().bytes).unwrap();
+        assert_eq!(call.format, 2);
         let bytes = frame(9, 1, &[0; 32], &[0; 32], &own);
         assert!(matches!(decode(&bytes), Decoded::Entry(..)));
     }
