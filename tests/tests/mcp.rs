@@ -433,6 +433,61 @@ fn a_tool_whose_description_changes_is_held() {
 }
 
 #[test]
+fn a_tool_that_differs_from_its_pinned_fingerprint_is_held() {
+    let s = Setup::new("mcp-pins", false);
+    // Pinned to a fingerprint the server's `lookup` does not have.
+    s.env.edit_policy(
+        "mcp_tool_changed = \"approve\"",
+        &format!(
+            "mcp_tool_changed = \"approve\"\nmcp_pins = {{ lookup = \"{}\" }}",
+            "0".repeat(64)
+        ),
+    );
+    let _agent = s.env.start_agent();
+    std::thread::scope(|scope| {
+        let skill = scope.spawn(|| s.skill(&["lookup", "list", "lookup"]).output().unwrap());
+        // Called before any list showed it: not verified, held.
+        let held = s.env.wait_for_pending();
+        assert!(
+            held["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no list has shown it"),
+            "{held}"
+        );
+        s.env
+            .cli(&["deny", &held["id"].to_string(), "--reason", "unpinned"]);
+        // Listed: it differs from the pin, held again.
+        let start = Instant::now();
+        let held = loop {
+            if let Some(p) = s.env.pending().into_iter().next() {
+                break p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nothing held a second time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let reason = held["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("{} is now", "0".repeat(64))),
+            "{reason}"
+        );
+        s.env
+            .cli(&["deny", &held["id"].to_string(), "--reason", "unpinned"]);
+        let out = Steps::from(skill.join().unwrap());
+        assert_eq!(
+            out.steps.iter().filter(|s| s["code"] == -32001).count(),
+            2,
+            "{}",
+            out.stdout
+        );
+    });
+    assert!(s.server.seen().is_empty());
+}
+
+#[test]
 fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
     let s = Setup::new("mcp-raw", true);
     let agent = s.env.start_agent();

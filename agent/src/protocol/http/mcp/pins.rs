@@ -87,7 +87,8 @@ impl McpState {
         }
     }
 
-    /// How `tool` changed, if the last fingerprint seen is not the pinned one.
+    /// How `tool` changed, if the last fingerprint seen is not the pinned one (or the policy
+    /// pins one and no list has shown the tool yet).
     pub(super) fn changed(
         &self,
         backend: &str,
@@ -95,7 +96,16 @@ impl McpState {
         pinned: Option<&str>,
     ) -> Option<String> {
         let pins = self.pins.locked();
-        let pin = pins.get(&(backend.to_owned(), tool.to_owned()))?;
+        let Some(pin) = pins.get(&(backend.to_owned(), tool.to_owned())) else {
+            // A pin cannot be checked against a fingerprint not seen: such a call goes as a
+            // changed tool's would.
+            return pinned.map(|pinned| {
+                format!(
+                    "tool `{tool}` is pinned to {pinned}, and no list has shown it since the \
+                     agent started (list the tools first)"
+                )
+            });
+        };
         let reference = pinned.unwrap_or(&pin.first);
         (pin.latest != reference).then(|| {
             format!(
@@ -186,6 +196,14 @@ mod tests {
         ));
         assert!(state.changed("b", "u", Some("pp")).is_some());
         assert!(state.changed("b", "u", Some("xx")).is_none());
+        // Pinned, never listed: not verified, so changed as far as a call goes.
+        assert!(state.changed("b", "never", None).is_none());
+        assert!(
+            state
+                .changed("b", "never", Some("pp"))
+                .unwrap()
+                .contains("no list has shown it")
+        );
         let id = serde_json::json!(7);
         assert!(!state.take_relayed("b", "k", "s", &id));
         state.relayed("b", "k", "s", &id);
