@@ -741,6 +741,7 @@ fn covers_mcp(op: &crate::model::McpOp, effect: Effect, call: &McpCall, reading:
                 && match (&call.arguments, reading) {
                     (Some(arguments), Reading::Grant(_)) => {
                         op.arguments.iter().all(|c| c.holds(arguments))
+                            && (!op.only_named_arguments || only_named(op, arguments))
                     }
                     (Some(arguments), Reading::Restrict) => {
                         op.arguments.iter().all(|c| c.may_hold(arguments))
@@ -755,6 +756,20 @@ fn covers_mcp(op: &crate::model::McpOp, effect: Effect, call: &McpCall, reading:
         }
         _ => true,
     }
+}
+
+/// Whether every argument of a call is one `op`'s conditions name (the first segment of a
+/// pointer: `/to/iban` names `to`).
+fn only_named(op: &crate::model::McpOp, arguments: &serde_json::Value) -> bool {
+    let named = |key: &str| {
+        op.arguments.iter().any(|c| {
+            let first = c.pointer.split('/').nth(1).unwrap_or_default();
+            first.replace("~1", "/").replace("~0", "~") == key
+        })
+    };
+    arguments
+        .as_object()
+        .is_some_and(|map| map.keys().all(|key| named(key)))
 }
 
 /// Whether mask `rule` applies to `unit`: it covers it, or (SQL) it masks a relation the

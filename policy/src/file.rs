@@ -157,6 +157,9 @@ pub(crate) struct McpDef {
     pub prompts: Vec<Spanned<String>>,
     #[serde(default)]
     pub arguments: Vec<Spanned<ArgDef>>,
+    /// A grant covers only calls whose arguments are all named by `arguments` (no others).
+    #[serde(default)]
+    pub only_named_arguments: bool,
 }
 
 /// A condition on a tool call's argument.

@@ -329,6 +329,9 @@ pub struct McpOp {
     pub prompts: Vec<crate::mcp::NameGlob>,
     /// `tools/call`: conditions every call's arguments must meet.
     pub arguments: Vec<crate::mcp::ArgCondition>,
+    /// `tools/call`: a grant covers only calls with no argument beyond those `arguments`
+    /// names (by the first segment of its pointer).
+    pub only_named_arguments: bool,
 }
 
 /// What a rule covers on its backend.

@@ -86,7 +86,7 @@ name = "small-refunds"
 skills = ["support"]
 backend = "tools"
 effect = "allow"
-mcp = {{ tools = ["create_refund"], arguments = [{{ pointer = "/amount", min = 0, max = 100 }}] }}
+mcp = {{ tools = ["create_refund"], arguments = [{{ pointer = "/amount", min = 0, max = 100 }}], only_named_arguments = true }}
 
 [[rule]]
 name = "large-refunds"

@@ -190,12 +190,22 @@ impl Builder<'_> {
             }
             arguments.push(self.arg_condition(rule, arg)?);
         }
+        if m.only_named_arguments && (tools.is_empty() || arguments.is_empty()) {
+            return Err(self.error(
+                mcp,
+                format!(
+                    "{rule}: `only_named_arguments` needs `tools` and the `arguments` they may \
+                     take"
+                ),
+            ));
+        }
         Ok(McpOp {
             methods,
             tools,
             resources,
             prompts,
             arguments,
+            only_named_arguments: m.only_named_arguments,
         })
     }
 
