@@ -9,6 +9,11 @@
 //!   decision, relays to an echo thread, records the answer and replies; each round trip's
 //!   latency, and round trips per second.
 //!
+//! - `cpu`: one task appends records as fast as it can (a decision awaited, then its answer,
+//!   detached), with `store_sync = "normal"`: the appending thread's CPU time per record, then,
+//!   once the indexer has fed them all to SQLite, the indexer's CPU time per record. These two
+//!   are what recording adds to each request's CPU, whatever the machine's other load.
+//!
 //! Modes: not recorded (`record = false`); recorded with the syncer off (an interval of an
 //! hour: nothing fdatasync'd until a segment rolls, so nothing indexed before); recorded with
 //! `store_sync = "normal"` (fdatasync every 100 ms, the indexer feeding SQLite behind it), once
@@ -23,8 +28,8 @@
 //!
 //! DIR (default `target/bench-journal`) must be on the filesystem the figures are wanted for;
 //! RATE is the paced load's appends per second (default 5000); each round lasts SECONDS
-//! (default 4: a segment rolls once in most chain rounds); ROUNDS per mode and load
-//! (default 3).
+//! (default 4: a segment rolls once in most chain rounds; 0 runs only the `cpu` load); ROUNDS
+//! per mode and load (default 3).
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -84,6 +89,25 @@ fn main() -> Result<()> {
     let mut appends: Vec<Vec<u64>> = vec![Vec::new(); MODES.len()];
     let mut queued: Vec<u64> = vec![0; MODES.len()];
     let mut cpu: Vec<Vec<(String, u64)>> = vec![Vec::new(); MODES.len()];
+    let mut per_record = Vec::new();
+    for _ in 0..rounds {
+        per_record.push(runtime.block_on(cpu_per_record(&dir))?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let per_record = format!(
+        "CPU per record ({CPU_RECORDS} records appended as fast as one task can, median of \
+         {rounds}): appending {:.2} us, indexing {:.2} us",
+        median(per_record.iter().map(|r| r.0).collect()),
+        median(per_record.iter().map(|r| r.1).collect()),
+    );
+    if length.is_zero() {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("{per_record}");
+        return Ok(());
+    }
     for _ in 0..rounds {
         for (mode, (_, interval, sched)) in MODES.iter().enumerate() {
             let recorder = recorder(&dir, *interval)?;
@@ -151,6 +175,7 @@ fn main() -> Result<()> {
             queued[mode] as f64 / 1000.0 / chain[mode].len().max(1) as f64
         );
     }
+    println!("\n{per_record}");
     println!("\nCPU of this process's threads during the chain load, ms per second:");
     for (mode, (name, ..)) in MODES.iter().enumerate() {
         let per_s = |ticks: u64| ticks as f64 * 10.0 / (rounds as f64 * seconds as f64);
@@ -394,6 +419,56 @@ async fn run_chain(recorder: &Recorder, length: Duration) -> Result<(Vec<u64>, V
     Ok((took, appends, waited))
 }
 
+/// Records the `cpu` load appends.
+const CPU_RECORDS: u64 = 200_000;
+
+/// The `cpu` load: microseconds of CPU per record, appending (this thread: the future runs on
+/// it, and with `normal` an append never waits) and indexing (the indexer thread, until it has
+/// indexed every record).
+async fn cpu_per_record(dir: &Path) -> Result<(f64, f64)> {
+    let recorder = recorder_fresh(dir, Some(100))?;
+    let indexer = || {
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "skillgate-index")
+            })
+            // The newest: a stopped recorder's indexer may not have ended yet.
+            .max_by_key(|task| {
+                task.file_name()
+                    .to_string_lossy()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .map_or(0, |task| schedstat_field(&task.path().join("schedstat"), 0))
+    };
+    let session = recorder.open(session(), event(Kind::Connect, 0)).await?;
+    let (mine, theirs) = (
+        schedstat_field(Path::new("/proc/thread-self/schedstat"), 0),
+        indexer(),
+    );
+    for n in 1..=CPU_RECORDS / 2 {
+        recorder
+            .event(session, event(Kind::Http, 2 * n - 1))
+            .await?;
+        recorder.event_detached(session, event(Kind::Response, 2 * n));
+    }
+    let appending = schedstat_field(Path::new("/proc/thread-self/schedstat"), 0) - mine;
+    let health = || recorder.health().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while health().indexed < health().written {
+        anyhow::ensure!(Instant::now() < deadline, "the indexer did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let indexing = indexer() - theirs;
+    stop(&recorder)?;
+    let per = |ns: u64| ns as f64 / 1000.0 / CPU_RECORDS as f64;
+    Ok((per(appending), per(indexing)))
+}
+
 /// Nanoseconds the calling thread has spent runnable but waiting for a CPU.
 fn run_queue_wait() -> u64 {
     schedstat_wait(Path::new("/proc/thread-self/schedstat"))
@@ -415,9 +490,14 @@ fn workers_wait() -> u64 {
 }
 
 fn schedstat_wait(path: &Path) -> u64 {
+    schedstat_field(path, 1)
+}
+
+/// A field of a thread's schedstat: 0 is nanoseconds on a CPU, 1 waiting for one.
+fn schedstat_field(path: &Path, field: usize) -> u64 {
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|s| s.split(' ').nth(1).and_then(|w| w.trim().parse().ok()))
+        .and_then(|s| s.split(' ').nth(field).and_then(|w| w.trim().parse().ok()))
         .unwrap_or(0)
 }
 

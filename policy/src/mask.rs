@@ -113,6 +113,7 @@ impl Masker<'_> {
                     }
                     path.pop();
                 }
+                self.mask_keys(map, count);
             }
             Value::Array(items) => {
                 for item in items {
@@ -136,6 +137,49 @@ impl Masker<'_> {
                 }
             }
             Value::Bool(_) | Value::Null => {}
+        }
+    }
+
+    /// Detectors look at an object's keys too: an address or a card number can be what a map
+    /// is keyed by (`{"by_email": {"ada@example.org": …}}`). A masked key that would collide
+    /// with another key gets `#2`, `#3`… so that no value is lost or overwritten. Fields named
+    /// by the mask were matched by the keys as sent.
+    fn mask_keys(&self, map: &mut serde_json::Map<String, Value>, count: &mut usize) {
+        if self.mask.detectors.is_empty() {
+            return;
+        }
+        let masked: Vec<Option<String>> = map
+            .keys()
+            .map(|key| {
+                let (masked, hits) = self.detect(key);
+                *count += hits;
+                (hits > 0).then_some(masked)
+            })
+            .collect();
+        if masked.iter().all(Option::is_none) {
+            return;
+        }
+        let kept: std::collections::HashSet<String> = map
+            .keys()
+            .zip(&masked)
+            .filter(|(_, masked)| masked.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        let entries = std::mem::take(map);
+        for ((key, value), masked) in entries.into_iter().zip(masked) {
+            let key = match masked {
+                None => key,
+                Some(masked) => {
+                    let mut unique = masked.clone();
+                    let mut n = 2;
+                    while kept.contains(&unique) || map.contains_key(&unique) {
+                        unique = format!("{masked}#{n}");
+                        n += 1;
+                    }
+                    unique
+                }
+            };
+            map.insert(key, value);
         }
     }
 
@@ -342,6 +386,23 @@ mod tests {
     fn masked(body: &str, mask: &Mask) -> (String, usize) {
         let (out, n) = mask_json(body.as_bytes(), mask, b"salt").unwrap();
         (String::from_utf8(out).unwrap(), n)
+    }
+
+    /// A value a detector finds is masked where it is a key too; masked keys that collide
+    /// keep every value; a field the mask names is matched by the key as sent.
+    #[test]
+    fn detectors_mask_keys_and_collisions_keep_every_value() {
+        let m = mask(&["notes"], &[Detector::Email], Strategy::Redact);
+        let (out, n) = masked(
+            r#"{"by_email":{"ada@example.org":{"notes":"n1"},"bob@example.org":2,"[email]":3},"x":1}"#,
+            &m,
+        );
+        assert_eq!(
+            out,
+            r#"{"by_email":{"[email]#2":{"notes":"[masked]"},"[email]#3":2,"[email]":3},"x":1}"#
+        );
+        assert_eq!(n, 3);
+        assert!(!out.contains("example.org"), "{out}");
     }
 
     #[test]

@@ -71,6 +71,7 @@ class Handler(BaseHTTPRequestHandler):
                 "customer": {"name": "Alice", "email": "alice@example.com"},
                 "card": "4111 1111 1111 1111",
                 "note": "call +44 20 7946 0958 or mail bob@example.org",
+                "by_email": {"carol@example.net": "vip"},
                 "total": 42,
             })
         elif path == "/echo":

@@ -124,6 +124,9 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
     assert_eq!(order["customer"]["email"], "[masked]");
     assert_eq!(order["card"], "[card]");
     assert_eq!(order["note"], "call [phone] or mail [email]");
+    // A detector's find is masked where it is a key, too.
+    assert_eq!(order["by_email"], serde_json::json!({"[email]": "vip"}));
+    assert!(!body.contains("example"), "{body}");
     // The backend got the agent's credential, never the skill's.
     let seen = s.backend.requests();
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -197,11 +200,11 @@ fn allowed_requests_carry_the_agents_credential_and_come_back_masked() {
         responses
             .iter()
             .any(|e| e["decision"] == "200"
-                && e["reason"].as_str().unwrap().contains("4 values masked")),
+                && e["reason"].as_str().unwrap().contains("5 values masked")),
         "{responses:#?}"
     );
     // The answer's facts, tied to its request by the decision id.
-    let masked = responses.iter().find(|e| e["masked"] == 4).unwrap();
+    let masked = responses.iter().find(|e| e["masked"] == 5).unwrap();
     assert_eq!(masked["status"], "200");
     assert!(masked["bytes"].as_i64().is_some_and(|b| b > 0), "{masked}");
     assert!(masked["duration_us"].as_i64().is_some_and(|us| us > 0));

@@ -65,7 +65,69 @@ struct StoredRef<'a> {
     #[serde(skip_serializing_if = "is_first_format")]
     format: u32,
     what: &'a What,
-    event: &'a Event,
+    event: EventRef<'a>,
+}
+
+/// An [`Event`] as the journal writes it: what it does not have is left out rather than
+/// written as `null` (most facts, most of the time), which reads back as the same event in a
+/// third fewer bytes to checksum, write and parse.
+#[derive(Serialize)]
+struct EventRef<'a> {
+    at_ns: i64,
+    kind: super::Kind,
+    operation: &'a str,
+    decision: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    reason: &'a str,
+    facts: FactsRef<'a>,
+}
+
+#[derive(Serialize)]
+struct FactsRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classification: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masked: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_us: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+impl<'a> EventRef<'a> {
+    fn of(event: &'a Event) -> Self {
+        let facts = &event.facts;
+        Self {
+            at_ns: event.at_ns,
+            kind: event.kind,
+            operation: &event.operation,
+            decision: &event.decision,
+            rule: event.rule.as_deref(),
+            reason: &event.reason,
+            facts: FactsRef {
+                decision_id: facts.decision_id.as_deref(),
+                classification: facts.classification.as_deref(),
+                approval_id: facts.approval_id,
+                status: facts.status.as_deref(),
+                rows: facts.rows,
+                bytes: facts.bytes,
+                masked: facts.masked,
+                duration_us: facts.duration_us,
+                content: facts.content.as_deref(),
+            },
+        }
+    }
 }
 
 fn is_first_format(format: &u32) -> bool {
@@ -104,7 +166,7 @@ pub fn body<'a>(what: &What, event: &'a Event) -> serde_json::Result<Body<'a>> {
     let bytes = serde_json::to_vec(&StoredRef {
         format,
         what,
-        event,
+        event: EventRef::of(event),
     })?;
     Ok(Body { event, bytes })
 }
@@ -211,33 +273,10 @@ pub fn decode(buf: &[u8]) -> Decoded {
     )
 }
 
-/// CRC-32C (Castagnoli), as ext4, iSCSI and Kafka's record batches use it: a table a byte at a
-/// time is fast enough for records of a few hundred bytes, and needs no new dependency.
+/// CRC-32C (Castagnoli), as ext4, iSCSI and Kafka's record batches use it; the `crc32c`
+/// crate computes it with the CPU's instruction (SSE4.2, ARMv8) where there is one.
 pub fn crc32c(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut crc = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0x82f6_3b78
-                } else {
-                    crc >> 1
-                };
-                bit += 1;
-            }
-            table[i] = crc;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for byte in data {
-        crc = TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32c::crc32c(data)
 }
 
 #[cfg(test)]
@@ -295,6 +334,39 @@ mod tests {
         assert!(matches!(decode(&bytes[..len - 1]), Decoded::Invalid(_)));
         bytes[30] ^= 1;
         assert!(matches!(decode(&bytes), Decoded::Invalid("a CRC mismatch")));
+    }
+
+    /// Absent facts are left out of the body, not written as `null`; a body with the nulls (as
+    /// agents wrote them before) reads back as the same event. Agents of either kind read the
+    /// other's bodies, so this stays format 1.
+    #[test]
+    fn a_body_leaves_out_what_an_event_does_not_have() {
+        let event = Event {
+            at_ns: 1,
+            kind: Kind::Http,
+            operation: "GET /a".to_owned(),
+            decision: "allow".to_owned(),
+            rule: None,
+            reason: "r".to_owned(),
+            facts: Facts {
+                status: Some("200".to_owned()),
+                ..Facts::default()
+            },
+        };
+        let json = String::from_utf8(body(&What::Event, &event).unwrap().bytes).unwrap();
+        assert_eq!(
+            json,
+            r#"{"what":"event","event":{"at_ns":1,"kind":"http","operation":"GET /a","decision":"allow","reason":"r","facts":{"status":"200"}}}"#
+        );
+        let nulls = r#"{"what":"event","event":{"at_ns":1,"kind":"http","operation":"GET /a","decision":"allow","rule":null,"reason":"r","facts":{"decision_id":null,"classification":null,"approval_id":null,"status":"200","rows":null,"bytes":null,"masked":null,"duration_us":null,"content":null}}}"#;
+        for text in [json.as_str(), nulls] {
+            let bytes = frame(1, 1, &[0; 32], &[0; 32], text.as_bytes());
+            let Decoded::Entry(entry, _) = decode(&bytes) else {
+                panic!("not decoded: {text}");
+            };
+            assert_eq!(entry.event.facts, event.facts);
+            assert_eq!(entry.event.rule, None);
+        }
     }
 
     /// An intact frame this agent cannot read (a later format, a kind it does not know) is

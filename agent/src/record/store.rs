@@ -171,110 +171,132 @@ impl Store {
         let (indexed, _) = self.position()?;
         let tx = self.conn.transaction()?;
         let mut position = None;
-        for entry in entries.iter().filter(|e| e.seq > indexed) {
-            index_one(&tx, entry)?;
-            position = Some((entry.seq, entry.hash));
+        {
+            let mut statements = Statements::prepare(&tx)?;
+            for entry in entries.iter().filter(|e| e.seq > indexed) {
+                statements.index(entry)?;
+                position = Some((entry.seq, entry.hash));
+            }
         }
         if let Some((seq, head)) = position {
-            tx.execute("DELETE FROM journal", [])?;
-            tx.execute(
+            tx.prepare_cached("DELETE FROM journal")?.execute([])?;
+            tx.prepare_cached(
                 "INSERT INTO journal (indexed, head, segment, offset) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    seq as i64,
-                    &head[..],
-                    next.map(|n| n.0 as i64),
-                    next.map(|n| n.1 as i64)
-                ],
-            )?;
+            )?
+            .execute(params![
+                seq as i64,
+                &head[..],
+                next.map(|n| n.0 as i64),
+                next.map(|n| n.1 as i64)
+            ])?;
         }
         tx.commit().context("cannot commit to the session store")?;
         Ok(())
     }
 }
 
-fn index_one(tx: &rusqlite::Transaction<'_>, entry: &Entry) -> Result<()> {
-    let (id, session, event) = (entry.seq as i64, entry.session, &entry.event);
-    match &entry.what {
-        // Cached statements: preparing costs more than the insert itself.
-        What::Open(s) => {
-            tx.prepare_cached(
+/// The statements that index records, prepared once per transaction (the statement cache's
+/// lookup hashes the whole SQL text: a tenth of indexing a record when made per record).
+struct Statements<'tx> {
+    open: rusqlite::CachedStatement<'tx>,
+    journal_close: rusqlite::CachedStatement<'tx>,
+    close: rusqlite::CachedStatement<'tx>,
+    event: rusqlite::CachedStatement<'tx>,
+}
+
+impl<'tx> Statements<'tx> {
+    fn prepare(tx: &'tx rusqlite::Transaction<'_>) -> Result<Self> {
+        Ok(Self {
+            open: tx.prepare_cached(
                 "INSERT INTO sessions (id, started_ns, skill, pid, uid, gid, exe, cmdline, \
                  cgroup, origin, backend, first_event) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                session,
-                s.started_ns,
-                s.skill,
-                s.pid,
-                s.uid,
-                s.gid,
-                s.exe,
-                s.cmdline,
-                s.cgroup,
-                s.origin,
-                s.backend,
-                id,
-            ])?;
-            // The agent's own record is a session that ends as it opens.
-            if event.kind == Kind::Journal {
-                tx.prepare_cached(
-                    "UPDATE sessions SET ended_ns = ?2, outcome = ?3, last_event = ?4 \
-                     WHERE id = ?1",
-                )?
-                .execute(params![session, event.at_ns, event.decision, id])?;
-            }
-        }
-        What::Event => {}
-        What::Close {
-            outcome,
-            bytes_to_backend,
-            bytes_to_skill,
-        } => {
-            tx.prepare_cached(
+            )?,
+            journal_close: tx.prepare_cached(
+                "UPDATE sessions SET ended_ns = ?2, outcome = ?3, last_event = ?4 WHERE id = ?1",
+            )?,
+            close: tx.prepare_cached(
                 "UPDATE sessions SET ended_ns = ?2, outcome = ?3, bytes_to_backend = ?4, \
                  bytes_to_skill = ?5, last_event = ?6 WHERE id = ?1",
-            )?
-            .execute(params![
-                session,
-                event.at_ns,
-                outcome,
-                *bytes_to_backend as i64,
-                *bytes_to_skill as i64,
-                id
-            ])?;
-        }
+            )?,
+            event: tx.prepare_cached(
+                "INSERT INTO events (id, session_id, at_ns, kind, operation, decision, rule, \
+                 reason, prev_hash, hash, decision_id, classification, approval_id, status, \
+                 rows, bytes, masked, duration_us, content) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18, ?19)",
+            )?,
+        })
     }
-    let facts = &event.facts;
-    tx.prepare_cached(
-        "INSERT INTO events (id, session_id, at_ns, kind, operation, decision, rule, reason, \
-         prev_hash, hash, decision_id, classification, approval_id, status, rows, bytes, \
-         masked, duration_us, content) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-         ?18, ?19)",
-    )?
-    .execute(params![
-        id,
-        session,
-        event.at_ns,
-        event.kind.as_str(),
-        event.operation,
-        event.decision,
-        event.rule,
-        event.reason,
-        &entry.prev[..],
-        &entry.hash[..],
-        facts.decision_id,
-        facts.classification,
-        facts.approval_id,
-        facts.status,
-        facts.rows,
-        facts.bytes,
-        facts.masked,
-        facts.duration_us,
-        facts.content,
-    ])?;
-    Ok(())
+
+    fn index(&mut self, entry: &Entry) -> Result<()> {
+        let (id, session, event) = (entry.seq as i64, entry.session, &entry.event);
+        match &entry.what {
+            What::Open(s) => {
+                self.open.execute(params![
+                    session,
+                    s.started_ns,
+                    s.skill,
+                    s.pid,
+                    s.uid,
+                    s.gid,
+                    s.exe,
+                    s.cmdline,
+                    s.cgroup,
+                    s.origin,
+                    s.backend,
+                    id,
+                ])?;
+                // The agent's own record is a session that ends as it opens.
+                if event.kind == Kind::Journal {
+                    self.journal_close.execute(params![
+                        session,
+                        event.at_ns,
+                        event.decision,
+                        id
+                    ])?;
+                }
+            }
+            What::Event => {}
+            What::Close {
+                outcome,
+                bytes_to_backend,
+                bytes_to_skill,
+            } => {
+                self.close.execute(params![
+                    session,
+                    event.at_ns,
+                    outcome,
+                    *bytes_to_backend as i64,
+                    *bytes_to_skill as i64,
+                    id
+                ])?;
+            }
+        }
+        let facts = &event.facts;
+        self.event.execute(params![
+            id,
+            session,
+            event.at_ns,
+            event.kind.as_str(),
+            event.operation,
+            event.decision,
+            event.rule,
+            event.reason,
+            &entry.prev[..],
+            &entry.hash[..],
+            facts.decision_id,
+            facts.classification,
+            facts.approval_id,
+            facts.status,
+            facts.rows,
+            facts.bytes,
+            facts.masked,
+            facts.duration_us,
+            facts.content,
+        ])?;
+        Ok(())
+    }
 }
 
 impl Store {
