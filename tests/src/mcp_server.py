@@ -7,6 +7,8 @@ what the server never saw. `json`: answers as JSON instead of SSE streams.
 import json
 import sys
 
+import anyio
+
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.shared.exceptions import McpError
 from mcp.types import SamplingMessage, TextContent
@@ -43,6 +45,22 @@ async def get_order(id: int, ctx: Context) -> str:
             "note": "paid with 4111 1111 1111 1111",
         }
     )
+
+
+@server.tool()
+async def slow_secret(delay: float) -> str:
+    """Reads a secret after a while (a mask covers it)."""
+    seen("slow_secret", delay=delay)
+    await anyio.sleep(delay)
+    return json.dumps({"email": "canary.7f3a@example.org"})
+
+
+@server.tool()
+async def slow_report(delay: float) -> str:
+    """Writes a report after a while."""
+    seen("slow_report", delay=delay)
+    await anyio.sleep(delay)
+    return "the report"
 
 
 @server.tool()

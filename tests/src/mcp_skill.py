@@ -10,6 +10,8 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 
 import requests
 from mcp import ClientSession, types
@@ -110,7 +112,24 @@ def raw(steps):
     session_id = response.headers.get("mcp-session-id")
     post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id=session_id)
     for step in steps:
-        if step == "get-body":
+        if step == "reuse-id":
+            # Two calls in flight with one id, on two connections: the first's answer (a mask
+            # covers it) must reach the first, masked, and never the second.
+            def one(name, delay, results):
+                call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                        "params": {"name": name, "arguments": {"delay": delay}}}
+                results[name] = post(call, session_id=session_id)[1]
+
+            results = {}
+            first = threading.Thread(target=one, args=("slow_secret", 0.6, results))
+            second = threading.Thread(target=one, args=("slow_report", 1.5, results))
+            first.start()
+            time.sleep(0.2)
+            second.start()
+            first.join()
+            second.join()
+            out(step, secret=results.get("slow_secret"), report=results.get("slow_report"))
+        elif step == "get-body":
             call = {"jsonrpc": "2.0", "id": 12, "method": "tools/call",
                     "params": {"name": "delete_customer", "arguments": {"id": 1}}}
             response = requests.request(

@@ -100,14 +100,14 @@ name = "words"
 skills = ["support"]
 backend = "tools"
 effect = "allow"
-mcp = {{ tools = ["lookup", "flip", "ask"] }}
+mcp = {{ tools = ["lookup", "flip", "ask", "slow_report"] }}
 
 [[rule]]
 name = "orders-masked"
 skills = ["support"]
 backend = "tools"
 effect = "mask"
-mcp = {{ tools = ["get_order"] }}
+mcp = {{ tools = ["get_order", "slow_secret"] }}
 mask = {{ fields = ["email"], detectors = ["card", "email"] }}
 "#
     )
@@ -208,7 +208,15 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
     names.sort();
     assert_eq!(
         names,
-        ["ask", "create_refund", "flip", "get_order", "lookup"],
+        [
+            "ask",
+            "create_refund",
+            "flip",
+            "get_order",
+            "lookup",
+            "slow_report",
+            "slow_secret"
+        ],
         "{context}"
     );
     assert!(
@@ -545,6 +553,33 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
     let seen = s.server.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["tool"], "create_refund");
+}
+
+#[test]
+fn an_id_reused_in_two_posts_gets_each_call_its_own_answer() {
+    // The server routes answers by id within a session: were ids forwarded as the skill sent
+    // them, the masked call's answer would go to the second POST (an unmasked call's) and be
+    // read as its answer. Every call goes with an id of the agent's.
+    let s = Setup::new("mcp-reuse-id", false);
+    let agent = s.env.start_agent();
+    let out = s.run(&["raw", "reuse-id"]);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    assert!(!out.stdout.contains(CANARY), "{context}");
+    let step = out.get("reuse-id");
+    let secret = &step["secret"][0];
+    assert_eq!(secret["id"], 7, "{context}");
+    let text = secret["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("[masked]"), "{context}");
+    let report = &step["report"][0];
+    assert_eq!(report["id"], 7, "{context}");
+    assert_eq!(
+        report["result"]["content"][0]["text"], "the report",
+        "{context}"
+    );
+    let tools: Vec<Value> = s.server.seen().iter().map(|c| c["tool"].clone()).collect();
+    assert_eq!(tools, ["slow_secret", "slow_report"], "{context}");
 }
 
 #[test]

@@ -41,8 +41,10 @@ pub struct McpUpstream {
 
 /// A call sent upstream, waiting for its answer.
 pub(super) struct Pending {
-    /// The JSON-RPC id it was sent with, encoded.
+    /// The JSON-RPC id the agent sent it with (its own, see `McpState::rpc_id`), encoded.
     pub rpc_id: String,
+    /// The id the skill sent it with: its answer goes back with it.
+    pub skill_id: Value,
     pub decision_id: String,
     pub line: String,
     pub call: McpCall,
@@ -53,7 +55,7 @@ pub(super) struct Pending {
 /// What the answer to one forwarded POST (or the server's GET stream) is read with.
 #[derive(Default)]
 pub(super) struct Exchange {
-    /// By JSON-RPC id (encoded as JSON).
+    /// By the JSON-RPC id the agent sent (encoded as JSON).
     pub pending: HashMap<String, Pending>,
     /// The agent's own answers to the elements it refused, sent with the server's.
     pub refused: Vec<Value>,
@@ -232,15 +234,22 @@ impl HttpConn {
             .and_then(|b| b.credentials.clone());
         let mut first = Some(id);
         let mut reasons = Vec::new();
-        for (value, message) in parsed.messages {
+        for (mut value, message) in parsed.messages {
             let decision_id = first.take().unwrap_or_else(|| self.audit.next_decision());
             let kept = match message {
                 Message::Request { id: rpc_id, call } => {
-                    self.mcp_call(policy, &mut exchange, &decision_id, Some(rpc_id), call)
-                        .await
+                    self.mcp_call(
+                        policy,
+                        &mut exchange,
+                        &decision_id,
+                        Some(rpc_id),
+                        call,
+                        &mut value,
+                    )
+                    .await
                 }
                 Message::Notification(call) => {
-                    self.mcp_call(policy, &mut exchange, &decision_id, None, call)
+                    self.mcp_call(policy, &mut exchange, &decision_id, None, call, &mut value)
                         .await
                 }
                 Message::Response { id: rpc_id } => {
@@ -303,7 +312,9 @@ impl HttpConn {
     }
 
     /// Decides one request or notification of the skill's (`rpc_id`: none for a
-    /// notification); holds it for an approver when a rule says so.
+    /// notification); holds it for an approver when a rule says so. A request forwarded
+    /// goes with an id of the agent's (`value` is changed to it); a cancellation names the
+    /// agent's id for the call it cancels.
     async fn mcp_call(
         &self,
         policy: &Arc<Policy>,
@@ -311,6 +322,7 @@ impl HttpConn {
         decision_id: &str,
         rpc_id: Option<Value>,
         call: McpCall,
+        value: &mut Value,
     ) -> Kept {
         let changed = match (call.method.as_str(), &call.name) {
             ("tools/call", Some(tool)) => {
@@ -380,11 +392,50 @@ impl HttpConn {
                 return Kept::Refused(rpc_id.map(|id| refused_error(&id, &refusal)));
             }
         };
+        if rpc_id.is_none() && call.method == "notifications/cancelled" {
+            let requested = value.pointer("/params/requestId").cloned();
+            let ours = requested.as_ref().and_then(|id| {
+                self.ctx.mcp.in_flight(
+                    &self.audit.backend,
+                    &self.audit.skill,
+                    &exchange.session,
+                    id,
+                )
+            });
+            match (ours, value.pointer_mut("/params/requestId")) {
+                (Some(ours), Some(slot)) => *slot = ours,
+                // It cancels nothing the agent sent (or names no call): the server would
+                // read the id as another call's, so it goes nowhere.
+                _ => {
+                    self.audit.answered(
+                        Kind::Mcp,
+                        shown,
+                        "dropped".to_owned(),
+                        "it cancels no call of the skill's in flight".to_owned(),
+                        Facts {
+                            decision_id: Some(decision_id.to_owned()),
+                            ..Facts::default()
+                        },
+                    );
+                    return Kept::Refused(None);
+                }
+            }
+        }
         if let Some(rpc_id) = rpc_id {
+            let ours = self.ctx.mcp.rpc_id(
+                &self.audit.backend,
+                &self.audit.skill,
+                &exchange.session,
+                &rpc_id,
+            );
+            if let Some(map) = value.as_object_mut() {
+                map.insert("id".to_owned(), ours.clone());
+            }
             exchange.pending.insert(
-                rpc_id.to_string(),
+                ours.to_string(),
                 Pending {
-                    rpc_id: rpc_id.to_string(),
+                    rpc_id: ours.to_string(),
+                    skill_id: rpc_id,
                     decision_id: decision_id.to_owned(),
                     line: shown,
                     call,

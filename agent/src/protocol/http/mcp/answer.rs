@@ -47,6 +47,11 @@ impl Reader {
                     );
                     return None;
                 };
+                self.landed(&pending);
+                // The skill gets its answer with the id it sent.
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("id".to_owned(), pending.skill_id.clone());
+                }
                 let masked = self.answer(&pending, &mut value);
                 let bytes = value.to_string().len();
                 let latency = pending.started.elapsed();
@@ -141,7 +146,8 @@ impl Reader {
     pub fn unanswered_because(&mut self, reason: &str) -> Vec<Value> {
         let mut out = std::mem::take(&mut self.exchange.refused);
         for (_, pending) in std::mem::take(&mut self.exchange.pending) {
-            let id: Value = serde_json::from_str(&pending_key(&pending)).unwrap_or(Value::Null);
+            self.landed(&pending);
+            let id = pending.skill_id.clone();
             self.note(&pending.line, "unanswered", reason);
             out.push(mcp::error_response(
                 &id,
@@ -333,6 +339,18 @@ impl Reader {
         (decision.effect != skillgate_policy::Effect::Deny).then_some(decision.effect)
     }
 
+    /// Forgets the agent's id for a call answered (or that never will be).
+    fn landed(&self, pending: &Pending) {
+        let ours: Value = serde_json::from_str(&pending.rpc_id).unwrap_or(Value::Null);
+        self.ctx.mcp.landed(
+            &self.audit.backend,
+            &self.audit.skill,
+            &self.exchange.session,
+            &pending.skill_id,
+            &ours,
+        );
+    }
+
     /// Records something the agent did to the server's messages (without waiting: it
     /// withholds, never lets more through).
     fn note(&self, line: &str, outcome: &str, reason: &str) {
@@ -344,11 +362,6 @@ impl Reader {
             Facts::default(),
         );
     }
-}
-
-/// The JSON-RPC id a pending call was sent with (its key).
-fn pending_key(pending: &Pending) -> String {
-    pending.rpc_id.clone()
 }
 
 /// Marks an item the skill may use only with an approver: its description says so, and

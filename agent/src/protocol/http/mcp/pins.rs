@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
@@ -19,6 +20,12 @@ pub struct McpState {
     pins: Mutex<HashMap<(String, String), Pin>>,
     /// Server requests passed on to a skill, and the order they came in.
     relayed: Mutex<(HashSet<Relayed>, Vec<Relayed>)>,
+    /// The ids the agent gave the skills' calls in flight: (backend, skill, session, the
+    /// skill's id) → the agent's id, and the order they went in (for
+    /// `notifications/cancelled`, which names the skill's id).
+    in_flight: Mutex<(HashMap<Relayed, String>, Vec<Relayed>)>,
+    /// The last id given (see [`McpState::rpc_id`]).
+    ids: AtomicU64,
 }
 
 /// A server request passed on to a skill: backend, skill, session, id.
@@ -115,6 +122,86 @@ impl McpState {
         })
     }
 
+    /// A new id for a call forwarded on `backend`, remembered as the one `skill` sent as
+    /// `skill_id` on `session`. Every call goes upstream with an id of the agent's: a
+    /// server routes answers by id within a session, and a skill reusing one id in two
+    /// POSTs would otherwise get one call's answer read (and masked) as the other's.
+    pub(super) fn rpc_id(
+        &self,
+        backend: &str,
+        skill: &str,
+        session: &str,
+        skill_id: &Value,
+    ) -> Value {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("skillgate-{:x}-{n}", *EPOCH);
+        let key = (
+            backend.to_owned(),
+            skill.to_owned(),
+            session.to_owned(),
+            skill_id.to_string(),
+        );
+        let mut in_flight = self.in_flight.locked();
+        let (map, order) = &mut *in_flight;
+        if map.insert(key.clone(), id.clone()).is_none() {
+            order.push(key);
+        }
+        if order.len() > RELAYED_MAX {
+            let old = order.remove(0);
+            map.remove(&old);
+        }
+        Value::String(id)
+    }
+
+    /// The agent's id for the call `skill` sent as `skill_id` on `session`, if it is in
+    /// flight (the last one sent with that id).
+    pub(super) fn in_flight(
+        &self,
+        backend: &str,
+        skill: &str,
+        session: &str,
+        skill_id: &Value,
+    ) -> Option<Value> {
+        let key = (
+            backend.to_owned(),
+            skill.to_owned(),
+            session.to_owned(),
+            skill_id.to_string(),
+        );
+        self.in_flight
+            .locked()
+            .0
+            .get(&key)
+            .cloned()
+            .map(Value::String)
+    }
+
+    /// Forgets a call answered (or left unanswered): `id` is the agent's.
+    pub(super) fn landed(
+        &self,
+        backend: &str,
+        skill: &str,
+        session: &str,
+        skill_id: &Value,
+        id: &Value,
+    ) {
+        let key = (
+            backend.to_owned(),
+            skill.to_owned(),
+            session.to_owned(),
+            skill_id.to_string(),
+        );
+        let mut in_flight = self.in_flight.locked();
+        let (map, order) = &mut *in_flight;
+        if map
+            .get(&key)
+            .is_some_and(|ours| Some(ours.as_str()) == id.as_str())
+        {
+            map.remove(&key);
+            order.retain(|k| *k != key);
+        }
+    }
+
     /// Remembers that the server's request `id` on `session` went to `skill`.
     pub(super) fn relayed(&self, backend: &str, skill: &str, session: &str, id: &Value) {
         let key = (
@@ -159,6 +246,14 @@ impl McpState {
         }
     }
 }
+
+/// When the agent started (seconds), in the ids it gives calls: a server may still hold
+/// calls a previous run forwarded.
+static EPOCH: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+});
 
 #[cfg(test)]
 mod tests {
@@ -211,5 +306,26 @@ mod tests {
         assert!(!state.take_relayed("b", "another skill", "s", &id));
         assert!(state.take_relayed("b", "k", "s", &id));
         assert!(!state.take_relayed("b", "k", "s", &id), "once");
+    }
+
+    #[test]
+    fn calls_get_ids_of_the_agents_and_cancellations_find_them() {
+        let state = McpState::default();
+        let seven = serde_json::json!(7);
+        let a = state.rpc_id("b", "k", "s", &seven);
+        let b = state.rpc_id("b", "k", "s", &seven);
+        assert_ne!(a, b, "one id reused by the skill goes as two");
+        assert_ne!(a, seven);
+        assert_eq!(state.in_flight("b", "k", "s", &seven), Some(b.clone()));
+        assert_eq!(state.in_flight("b", "other", "s", &seven), None);
+        assert_eq!(state.in_flight("b", "k", "other", &seven), None);
+        state.landed("b", "k", "s", &seven, &a);
+        assert_eq!(
+            state.in_flight("b", "k", "s", &seven),
+            Some(b.clone()),
+            "not a's"
+        );
+        state.landed("b", "k", "s", &seven, &b);
+        assert_eq!(state.in_flight("b", "k", "s", &seven), None);
     }
 }
