@@ -64,6 +64,13 @@ async def slow_report(delay: float) -> str:
 
 
 @server.tool()
+def purge(force: bool = False) -> str:
+    """Purges the cache (forced: everything)."""
+    seen("purge", force=force)
+    return f"purged (force={force})"
+
+
+@server.tool()
 def delete_customer(id: int) -> str:
     """Deletes a customer."""
     seen("delete_customer", id=id)

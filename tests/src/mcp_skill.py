@@ -81,6 +81,10 @@ async def sdk(steps):
                     await call(session, step, "flip", {})
                 elif step == "lookup":
                     await call(session, step, "lookup", {"query": "word"})
+                elif step == "purge-yes":
+                    await call(session, step, "purge", {"force": "yes"})
+                elif step == "purge":
+                    await call(session, step, "purge", {"force": "no"})
                 elif step == "ping":
                     await session.send_ping()
                     out("ping", ok=True)

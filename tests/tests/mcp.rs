@@ -100,7 +100,14 @@ name = "words"
 skills = ["support"]
 backend = "tools"
 effect = "allow"
-mcp = {{ tools = ["lookup", "flip", "ask", "slow_report"] }}
+mcp = {{ tools = ["lookup", "flip", "ask", "slow_report", "purge"] }}
+
+[[rule]]
+name = "no-forced-purge"
+skills = ["support"]
+backend = "tools"
+effect = "deny"
+mcp = {{ tools = ["purge"], arguments = [{{ pointer = "/force", equals = true }}] }}
 
 [[rule]]
 name = "orders-masked"
@@ -194,7 +201,15 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
     );
     let agent = s.env.start_agent();
     let out = s.run(&[
-        "list", "allowed", "denied", "unlisted", "masked", "ask", "ping",
+        "list",
+        "allowed",
+        "denied",
+        "unlisted",
+        "masked",
+        "ask",
+        "purge-yes",
+        "purge",
+        "ping",
     ]);
     let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
     assert!(
@@ -214,6 +229,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
             "flip",
             "get_order",
             "lookup",
+            "purge",
             "slow_report",
             "slow_secret"
         ],
@@ -266,13 +282,29 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
         !out.steps.iter().any(|s| s["step"] == "sampled"),
         "{context}"
     );
+    // A deny on `force = true` covers what pydantic reads as true ("yes"), not just `true`;
+    // "no" is false to pydantic, so it goes.
+    let purge = out.get("purge-yes");
+    assert_eq!(purge["code"], -32001, "{context}");
+    assert!(
+        purge["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-forced-purge"),
+        "{purge}"
+    );
+    assert_eq!(
+        out.get("purge")["text"],
+        "purged (force=False)",
+        "{context}"
+    );
     assert_eq!(out.get("ping")["ok"], true, "{context}");
     // The server saw the allowed calls only.
     let seen = s.server.seen();
     let tools_seen: Vec<&str> = seen.iter().map(|c| c["tool"].as_str().unwrap()).collect();
     assert_eq!(
         tools_seen,
-        ["create_refund", "get_order", "ask"],
+        ["create_refund", "get_order", "ask", "purge"],
         "{seen:?}"
     );
     assert_eq!(seen[0]["arguments"]["amount"], 50.0);
@@ -321,7 +353,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
         .clone();
     assert!(mcp["denied"].as_u64().unwrap() >= 2, "{mcp}");
     assert!(mcp["allowed"].as_u64().unwrap() >= 3, "{mcp}");
-    // And so do the metrics (the two calls and the sampling request denied) and a
+    // And so do the metrics (the three calls and the sampling request denied) and a
     // session's replay.
     let scraped = Command::new("curl")
         .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
@@ -330,7 +362,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
     let scraped = String::from_utf8_lossy(&scraped.stdout);
     assert!(
         scraped.contains(
-            r#"skillgate_operations_total{skill="support",backend="tools",kind="mcp",decision="denied"} 3"#
+            r#"skillgate_operations_total{skill="support",backend="tools",kind="mcp",decision="denied"} 4"#
         ),
         "{scraped}"
     );

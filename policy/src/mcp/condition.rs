@@ -100,58 +100,117 @@ impl ArgCondition {
 
 impl ArgCondition {
     /// Whether it may hold for `arguments` as a server could read them: what a restriction
-    /// (deny, approve, mask) is read with. A server may coerce (`"20000"` is an amount to
-    /// pydantic, `5` a string to some), so a missing argument, or one a test cannot read as
-    /// it is, counts as holding unless read loosely it definitely does not.
+    /// (deny, approve, mask) is read with. A server may coerce (pydantic reads `"20000"` as an
+    /// amount, `"yes"`, `"on"`, `"t"` or `1` as `true`, `"1_001"` as 1001), so a missing
+    /// argument counts as holding, and so does one not exactly of the type a test reads,
+    /// unless it is one a coercion is known for that definitely fails it: a plain decimal
+    /// string (or a bool) where a number is read, pydantic's boolean words or 0 and 1 where a
+    /// bool is.
     pub fn may_hold(&self, arguments: &Value) -> bool {
         let Some(value) = arguments.pointer(&self.pointer) else {
             return true;
         };
-        let text = match value {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        };
-        let number = match value {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
-            _ => None,
-        };
-        let loosely_same = |v: &Value| {
-            same(value, v)
-                || match (v, &text, number) {
-                    (Value::Number(n), _, Some(x)) => n.as_f64() == Some(x),
-                    (Value::String(s), Some(t), _) => s == t,
-                    _ => false,
-                }
-        };
         if let Some(equals) = &self.equals
-            && text.is_some()
-            && !loosely_same(equals)
+            && !may_equal(value, equals)
         {
             return false;
         }
-        if !self.one_of.is_empty() && text.is_some() && !self.one_of.iter().any(loosely_same) {
+        if !self.one_of.is_empty() && !self.one_of.iter().any(|v| may_equal(value, v)) {
             return false;
         }
-        if let (Some(prefix), Some(t)) = (&self.prefix, &text)
+        // Prefixes and patterns read text: anything else may be turned into any.
+        if let (Some(prefix), Value::String(t)) = (&self.prefix, value)
             && !t.starts_with(prefix.as_str())
         {
             return false;
         }
-        if let (Some(pattern), Some(t)) = (&self.pattern, &text)
+        if let (Some(pattern), Value::String(t)) = (&self.pattern, value)
             && !pattern.matches(t)
         {
             return false;
         }
-        match number {
+        match loose_number(value) {
             Some(n) => self.bounds.iter().all(|bound| match bound {
                 Bound::Min(min) => n >= *min,
                 Bound::Max(max) => n <= *max,
             }),
             None => true,
         }
+    }
+}
+
+/// `value` read as a number where a server coerces one, if it is known to read it so: a
+/// number, a bool (pydantic's lax mode: 1 or 0) or a plain decimal string (`"20000"`,
+/// `" -1.5e3 "`). Anything else (`"1_001"`, `"0x10"`, `"inf"`, `"٣"`) is not known: `None`.
+fn loose_number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::String(s) if plain_decimal(s.trim()) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|n| n.is_finite())
+}
+
+/// `[+-]digits[.digits][e[+-]digits]`, ASCII only.
+fn plain_decimal(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let (mantissa, exponent) = match s.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (s, None),
+    };
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(digits)
+}
+
+/// `value` read as a bool as pydantic reads one, if it is known to read it so.
+fn loose_bool(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(0.0) => Some(false),
+            Some(1.0) => Some(true),
+            _ => None,
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "on" | "t" | "true" | "y" | "yes" => Some(true),
+            "0" | "off" | "f" | "false" | "n" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether a server may read `value` as `target`: unless a known coercion says it does not,
+/// a value not of `target`'s type may be read as anything.
+fn may_equal(value: &Value, target: &Value) -> bool {
+    match target {
+        Value::Number(t) => loose_number(value).is_none_or(|n| Some(n) == t.as_f64()),
+        Value::Bool(t) => loose_bool(value).is_none_or(|b| b == *t),
+        Value::String(t) => match value {
+            Value::String(s) => s == t,
+            _ => true,
+        },
+        Value::Array(t) => match value {
+            Value::Array(items) => {
+                items.len() == t.len() && items.iter().zip(t).all(|(v, t)| may_equal(v, t))
+            }
+            _ => true,
+        },
+        Value::Object(t) => match value {
+            Value::Object(map) => {
+                map.len() == t.len()
+                    && map
+                        .iter()
+                        .all(|(k, v)| t.get(k).is_some_and(|t| may_equal(v, t)))
+            }
+            _ => true,
+        },
+        Value::Null => true,
     }
 }
 
@@ -237,5 +296,90 @@ mod tests {
         min.one_of = vec![json!(7)];
         assert!(min.may_hold(&json!({"amount": "7"})));
         assert!(!min.may_hold(&json!({"amount": "8"})));
+    }
+
+    #[test]
+    fn restrictions_count_every_coercion_a_server_may_make() {
+        let cond = |pointer: &str| ArgCondition {
+            pointer: pointer.to_owned(),
+            equals: None,
+            one_of: Vec::new(),
+            prefix: None,
+            pattern: None,
+            bounds: Vec::new(),
+        };
+        // Found by review: deny {equals = true} on /force missed what pydantic reads as True.
+        let mut force = cond("/force");
+        force.equals = Some(json!(true));
+        for yes in [
+            json!(true),
+            json!("yes"),
+            json!("on"),
+            json!("1"),
+            json!("t"),
+            json!("Y"),
+            json!(" TRUE "),
+            json!(1),
+            json!(1.0),
+        ] {
+            assert!(force.may_hold(&json!({ "force": yes })), "{yes}");
+            assert!(
+                !force.holds(&json!({ "force": yes })) || yes == json!(true),
+                "grants stay strict: {yes}"
+            );
+        }
+        for no in [
+            json!(false),
+            json!("no"),
+            json!("off"),
+            json!("0"),
+            json!(0),
+        ] {
+            assert!(!force.may_hold(&json!({ "force": no })), "{no}");
+        }
+        // A value no known coercion reads: it may be read as anything.
+        for unknown in [
+            json!("maybe"),
+            json!(2),
+            json!(null),
+            json!([true]),
+            json!({}),
+        ] {
+            assert!(force.may_hold(&json!({ "force": unknown })), "{unknown}");
+        }
+        // Found by review: deny one_of = [1001] missed "1_001" (pydantic reads 1001).
+        let mut account = cond("/account_id");
+        account.one_of = vec![json!(1001)];
+        for hit in [
+            json!(1001),
+            json!("1001"),
+            json!(" 1001.0 "),
+            json!("1_001"),
+            json!("0x3e9"),
+            json!("1e3_1"),
+            json!(null),
+            json!([1001]),
+        ] {
+            assert!(account.may_hold(&json!({ "account_id": hit })), "{hit}");
+        }
+        for miss in [json!(1002), json!("1002"), json!("1.002e3"), json!(true)] {
+            assert!(!account.may_hold(&json!({ "account_id": miss })), "{miss}");
+        }
+        // Bounds: bools are 0 and 1, unknown strings may be anything.
+        let mut large = cond("/amount");
+        large.bounds = vec![Bound::Min(100.0)];
+        assert!(!large.may_hold(&json!({"amount": true})));
+        assert!(large.may_hold(&json!({"amount": "1_000"})));
+        assert!(large.may_hold(&json!({"amount": "Infinity"})));
+        assert!(!large.may_hold(&json!({"amount": "99"})));
+        // Text tests on a value that is not text: a server may turn it into any text.
+        let mut role = cond("/role");
+        role.equals = Some(json!("admin"));
+        assert!(role.may_hold(&json!({"role": 5})));
+        assert!(!role.may_hold(&json!({"role": "user"})));
+        let mut path = cond("/path");
+        path.prefix = Some("/etc".to_owned());
+        assert!(path.may_hold(&json!({"path": ["/etc/passwd"]})));
+        assert!(!path.may_hold(&json!({"path": "/home"})));
     }
 }
