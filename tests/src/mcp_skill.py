@@ -85,6 +85,10 @@ async def sdk(steps):
                     await call(session, step, "purge", {"force": "yes"})
                 elif step == "purge":
                     await call(session, step, "purge", {"force": "no"})
+                elif step == "account-nan":
+                    await call(session, step, "get_account", {"account": "a1", "fx_rate": "nan"})
+                elif step == "account":
+                    await call(session, step, "get_account", {"account": "a1", "fx_rate": 2})
                 elif step == "ping":
                     await session.send_ping()
                     out("ping", ok=True)

@@ -116,6 +116,14 @@ backend = "tools"
 effect = "mask"
 mcp = {{ tools = ["get_order", "slow_secret"] }}
 mask = {{ fields = ["email"], detectors = ["card", "email"] }}
+
+[[rule]]
+name = "accounts-masked"
+skills = ["support"]
+backend = "tools"
+effect = "mask"
+mcp = {{ tools = ["get_account"] }}
+mask = {{ fields = ["api_key"] }}
 "#
     )
 }
@@ -227,6 +235,7 @@ fn sdk_tool_calls_are_decided_by_tool_and_arguments() {
             "ask",
             "create_refund",
             "flip",
+            "get_account",
             "get_order",
             "lookup",
             "purge",
@@ -612,6 +621,31 @@ fn an_id_reused_in_two_posts_gets_each_call_its_own_answer() {
     );
     let tools: Vec<Value> = s.server.seen().iter().map(|c| c["tool"].clone()).collect();
     assert_eq!(tools, ["slow_secret", "slow_report"], "{context}");
+}
+
+#[test]
+fn a_masked_field_in_a_result_python_writes_with_nan_never_reaches_the_skill() {
+    // pydantic reads "nan" as a float and writes the result's text with a bare NaN, which is
+    // not JSON: the field mask must still find `api_key` (or the answer be withheld).
+    let s = Setup::new("mcp-nan", false);
+    let agent = s.env.start_agent();
+    let out = s.run(&["account", "account-nan"]);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    assert!(!out.stdout.contains("k-CANARY-7Q2"), "{context}");
+    let plain = out.get("account");
+    assert_eq!(plain["ok"], true, "{context}");
+    assert!(
+        plain["text"].as_str().unwrap().contains("[masked]"),
+        "{context}"
+    );
+    // Read as Python writes it (NaN as null), and masked.
+    let nan = out.get("account-nan");
+    assert_eq!(nan["ok"], true, "{context}");
+    let text = nan["text"].as_str().unwrap();
+    assert!(text.contains(r#""api_key":"[masked]""#), "{context}");
+    assert!(text.contains(r#""balance":null"#), "{context}");
+    let tools: Vec<Value> = s.server.seen().iter().map(|c| c["tool"].clone()).collect();
+    assert_eq!(tools, ["get_account", "get_account"], "{context}");
 }
 
 #[test]

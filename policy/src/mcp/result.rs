@@ -1,7 +1,9 @@
 //! Masking what an MCP server answers (a tool's result, a resource's contents, a prompt): JSON
 //! fields by name and detector hits everywhere in the answer, `structuredContent` and `_meta`
 //! included, and inside every text that is itself JSON (a tool's `content[].text` often is).
-//! Fails closed: binary content (`blob`, image or audio `data`, base64) cannot be masked, so an
+//! Python's `NaN` and `Infinity` are read as `null`; a text that looks like JSON (starts
+//! with `{` or `[`) but does not parse cannot have its fields masked, so where fields are
+//! masked it fails. Fails closed: binary content (`blob`, image or audio `data`, base64) cannot be masked, so an
 //! answer holding any is an error, and the caller replaces it with [`error_result`].
 
 use serde_json::Value;
@@ -52,10 +54,23 @@ fn inner_json(
             }
         }
         Value::String(text) => {
-            let trimmed = text.trim_start();
-            if (trimmed.starts_with('{') || trimmed.starts_with('['))
-                && let Ok(mut inner) = serde_json::from_str::<Value>(text)
-            {
+            // A byte-order mark or whitespace before it: still JSON to a reader that skips
+            // them.
+            let trimmed = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+            if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                let Some(mut inner) = python_json(trimmed) else {
+                    // It looks like JSON but does not read as such (Python's repr, trailing
+                    // prose, ...): a field in it cannot be found, so where fields are masked
+                    // it is withheld.
+                    if !mask.fields.is_empty() {
+                        return Err(MaskError(
+                            "a text looks like JSON but does not parse, so the fields masked \
+                             cannot be found in it"
+                                .to_owned(),
+                        ));
+                    }
+                    return Ok(());
+                };
                 inner_json(&mut inner, mask, salt, count)?;
                 let bytes = serde_json::to_vec(&inner).map_err(|e| MaskError(e.to_string()))?;
                 let (masked, n) = mask_json(&bytes, mask, salt)?;
@@ -66,6 +81,49 @@ fn inner_json(
         _ => {}
     }
     Ok(())
+}
+
+/// `text` read as JSON as Python writes it: `json.dumps` and pydantic's `to_json` write
+/// `NaN`, `Infinity` and `-Infinity` for floats that are not finite (a skill can make a tool
+/// return one by passing `"nan"` for a float). Those tokens, outside strings, are read as
+/// `null`. `None`: not JSON even so.
+fn python_json(text: &str) -> Option<Value> {
+    if let Ok(value) = serde_json::from_str(text) {
+        return Some(value);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut in_string = false;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                '\\' => {
+                    let mut two = rest.chars();
+                    out.push(two.next()?);
+                    out.push(two.next()?);
+                    rest = &rest[1 + rest[1..].chars().next()?.len_utf8()..];
+                    continue;
+                }
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
+            let after = rest[token.len()..].chars().next();
+            if !after.is_some_and(|a| a.is_alphanumeric() || a == '_') {
+                out.push_str("null");
+                rest = &rest[token.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    serde_json::from_str(&out).ok()
 }
 
 /// A tool result that says the answer was withheld (`isError`, so the model reads it as a

@@ -181,6 +181,50 @@ fn results_are_masked_inside_text_json_and_structured_content() {
     assert_eq!(error_result("withheld")["isError"], true);
 }
 
+#[test]
+fn text_that_looks_like_json_is_masked_as_python_writes_it_or_withheld() {
+    let mask = Mask {
+        fields: vec!["api_key".to_owned()],
+        ..Mask::default()
+    };
+    // Found by review: pydantic writes NaN for a float the skill passed as "nan", serde
+    // rejected the text, and the field mask never applied.
+    let text = r#"{"holder": "Ada", "api_key": "k-CANARY-7Q2", "balance": NaN, "max": Infinity, "min": -Infinity, "note": "NaN in \"NaN\" text"}"#;
+    let mut result = json!({"content": [{"type": "text", "text": text}]});
+    let count = mask_result(&mut result, &mask, b"").unwrap();
+    let out = result.to_string();
+    assert!(!out.contains("k-CANARY-7Q2"), "{out}");
+    assert_eq!(count, 1, "{out}");
+    let inner: Value =
+        serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["balance"], Value::Null, "{inner}");
+    assert_eq!(inner["min"], Value::Null, "{inner}");
+    assert_eq!(inner["note"], r#"NaN in "NaN" text"#, "strings untouched");
+    // A byte-order mark before it.
+    let mut bom = json!({"content": [{"type": "text", "text": "\u{feff}{\"api_key\": \"k-1\"}"}]});
+    mask_result(&mut bom, &mask, b"").unwrap();
+    assert!(!bom.to_string().contains("k-1"), "{bom}");
+    // Looks like JSON, does not parse: withheld where fields are masked.
+    for text in [
+        "{'api_key': 'k-CANARY-7Q2'}",
+        r#"{"api_key": "k-CANARY-7Q2"} and more"#,
+        r#"[{"api_key": "k-CANARY-7Q2"}, NaNa]"#,
+        r#"  {"api_key": "k-CANARY-7Q2""#,
+    ] {
+        let mut result = json!({"content": [{"type": "text", "text": text}]});
+        assert!(mask_result(&mut result, &mask, b"").is_err(), "{text}");
+    }
+    // Detectors alone still read such a text as text.
+    let detectors = Mask {
+        detectors: vec![Detector::Card],
+        ..Mask::default()
+    };
+    let mut repr =
+        json!({"content": [{"type": "text", "text": "{'card': '4111 1111 1111 1111'}"}]});
+    mask_result(&mut repr, &detectors, b"").unwrap();
+    assert!(!repr.to_string().contains("4111"), "{repr}");
+}
+
 const POLICY: &str = r#"
 [[skill]]
 name = "support"
