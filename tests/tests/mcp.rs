@@ -693,7 +693,16 @@ import http.server, json, sys
 class Plain(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if call["params"]["name"] == "lookup":
+        if call["method"] == "tools/list":
+            # A type the SDK's client reads as JSON (by prefix).
+            tools = [{"name": n, "inputSchema": {"type": "object"}}
+                     for n in ["lookup", "delete_customer"]]
+            body = json.dumps({"jsonrpc": "2.0", "id": call["id"],
+                               "result": {"tools": tools}}).encode()
+            kind = "application/json-seq"
+        elif call["params"]["arguments"].get("query") == "html":
+            body, kind = b"<p>customer canary.7f3a@example.org</p>", "text/html"
+        elif call["params"]["name"] == "lookup":
             body = json.dumps({"jsonrpc": "2.0", "id": call["id"],
                                "result": {"content": [{"type": "text", "text": "word"}]}}).encode()
             kind = "application/json"
@@ -765,6 +774,81 @@ print(json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": r
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("withheld the server's answer (200 text/plain)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn answers_are_typed_as_the_client_types_them_and_an_unknown_success_is_never_relayed() {
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args(["-c", PLAIN_SERVER_PY, &port.to_string()])
+        .spawn()
+        .unwrap();
+    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(upstream).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
+        .parse()
+        .unwrap();
+    // A skill no mask applies to on the backend: nothing it gets is withheld for a mask.
+    let extra = r#"
+[[skill]]
+name = "reader"
+
+[[rule]]
+name = "reader-words"
+skills = ["reader"]
+backend = "tools"
+effect = "allow"
+mcp = { tools = ["lookup"] }
+"#;
+    let env = Env::new("mcp-types", &format!("{}{extra}", policy(dial, upstream)));
+    let agent = env.start_agent();
+    let script = r#"
+import json, sys, requests
+for call in [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "lookup", "arguments": {"query": "html"}}}]:
+    r = requests.post(sys.argv[1], json=call, timeout=20,
+                      headers={"Accept": "application/json, text/event-stream"})
+    print(json.dumps({"status": r.status_code, "type": r.headers.get("content-type"),
+                      "body": r.text}))
+"#;
+    let out = env.exec_python("reader", script, &[format!("http://{dial}/mcp")]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!(
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{context}");
+    // `application/json-seq` is JSON to the SDK's client: read, and the list filtered.
+    let list: Value = serde_json::from_str(lines[0]["body"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {context}"));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{context}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lookup"], "{context}");
+    // A success in a type the agent cannot read is never relayed, mask or not.
+    assert!(!stdout.contains(CANARY), "{context}");
+    let answer: Value = serde_json::from_str(lines[1]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["id"], 2, "{context}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("withheld the server's answer (200 text/html)"),
         "{message}"
     );
 }

@@ -1,6 +1,7 @@
 //! The server's answer to a forwarded MCP request: an SSE stream read event by event
-//! (`sse.rs`), a JSON answer read whole (whatever its status), or anything else (202, an HTTP
-//! error in another type) relayed, unless a mask applies: then it is withheld.
+//! (`sse.rs`), a JSON answer read whole (whatever its status), types told apart by prefix as
+//! the SDK's client does; an HTTP error in another type relayed unless a mask applies, any
+//! other answer withheld (its calls answered with errors).
 
 use serde_json::Value;
 use skillgate_policy::mcp;
@@ -39,13 +40,20 @@ impl HttpConn {
         scrub::scrub_headers(&mut headers, secrets);
         parts.headers = headers;
         parts.extensions = hyper::http::Extensions::new();
-        let media = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .unwrap_or_default();
+        // Read as the SDK's client reads it: by prefix (`application/json-seq` and
+        // `text/event-streamx` are JSON and SSE to it), so the agent reads what the client
+        // will.
+        let media = String::from_utf8_lossy(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map_or(&b""[..], |v| v.as_bytes()),
+        )
+        .to_ascii_lowercase();
+        let (sse, json) = (
+            media.starts_with("text/event-stream"),
+            media.starts_with("application/json"),
+        );
         let mut reader = answer::Reader {
             audit: Arc::clone(&self.audit),
             ctx: Arc::clone(&self.ctx),
@@ -66,7 +74,7 @@ impl HttpConn {
             parts.headers = kept;
         }
         let success = parts.status.is_success();
-        if success && media == "text/event-stream" {
+        if success && sse {
             parts.headers.remove(header::CONTENT_LENGTH);
             let body = sse::SseFilter::new(
                 body,
@@ -80,17 +88,19 @@ impl HttpConn {
                 .answered(decided, response, started, 0, None, None)
                 .await;
         }
-        if media != "application/json" {
+        if !json {
             // No JSON-RPC in it: 202 for notifications, an HTTP error of the server's, or
-            // something else. Relayed as it is, unless it is empty (the agent's answers to
-            // refused calls go instead) or a mask applies (what it holds cannot be masked:
-            // withheld, the calls it leaves unanswered answered with errors).
+            // something else. An HTTP error is relayed as it is, unless a mask applies (what
+            // it holds cannot be masked). Anything else is not: empty, the agent's answers to
+            // refused calls go instead; another type of success (which a client may still
+            // read, and the agent cannot: no list filtered, no server request decided) is
+            // withheld, the calls it leaves unanswered answered with errors.
             let empty = matches!(parts.status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT)
                 || parts
                     .headers
                     .get(header::CONTENT_LENGTH)
                     .is_some_and(|v| v.as_bytes() == b"0");
-            let masked = reader.masks_anything();
+            let masked = reader.masks_anything() || success;
             if empty || masked {
                 drop(lease);
                 let reason = if empty {
@@ -98,7 +108,7 @@ impl HttpConn {
                 } else {
                     format!(
                         "skillgate withheld the server's answer ({} {media}): it is not \
-                         JSON-RPC, so a mask cannot apply to it",
+                         JSON-RPC the agent can read, so it cannot be decided or masked",
                         parts.status.as_u16()
                     )
                 };
