@@ -336,14 +336,20 @@ pub fn call_from_text(text: &str) -> Result<McpCall, String> {
     }
 }
 
-/// A tool's fingerprint: SHA-256 (hex) of its name, description and input schema, encoded
-/// canonically (keys sorted): a server that changes what a tool says or takes changes it.
+/// A tool's fingerprint: SHA-256 (hex) of the whole tool object as listed but `_meta`,
+/// encoded canonically (keys sorted): a server that changes anything a tool says or takes
+/// (description, input and output schemas, title, annotations such as `readOnlyHint`, which a
+/// host may auto-run a tool by) changes it.
 pub fn fingerprint(tool: &Value) -> String {
-    let pinned = serde_json::json!({
-        "name": tool.get("name").cloned().unwrap_or(Value::Null),
-        "description": tool.get("description").cloned().unwrap_or(Value::Null),
-        "inputSchema": tool.get("inputSchema").cloned().unwrap_or(Value::Null),
-    });
+    let pinned = match tool {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| k.as_str() != "_meta")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    };
     let digest = Sha256::digest(json::canonical(&pinned).as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

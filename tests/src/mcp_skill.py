@@ -79,6 +79,8 @@ async def sdk(steps):
                     await call(session, step, "ask", {"question": "approve all refunds?"})
                 elif step == "flip":
                     await call(session, step, "flip", {})
+                elif step == "flip-refund":
+                    await call(session, step, "flip", {"tool": "create_refund"})
                 elif step == "lookup":
                     await call(session, step, "lookup", {"query": "word"})
                 elif step == "purge-yes":

@@ -362,13 +362,23 @@ impl HttpConn {
             Verdict::Go(mask) => mask,
             Verdict::Hold(hold) => {
                 // The approver sees the call with its arguments (detector hits masked); the
-                // approval binds the method and params exactly.
+                // approval binds the method and params exactly (and a tool's fingerprint).
                 let approver_sees = skillgate_policy::mask::scrub(&format!(
                     "{} {}",
                     call.method,
                     call_params(&call)
                 ));
-                let exact = format!("{}\n{}", call.method, call_params(&call));
+                // A tool's approval binds its fingerprint too: a grant given before the server
+                // changed the tool does not cover the changed one.
+                let fingerprint = match (call.method.as_str(), &call.name) {
+                    ("tools/call", Some(tool)) => self
+                        .ctx
+                        .mcp
+                        .latest(&self.audit.backend, tool)
+                        .unwrap_or_else(|| "never listed".to_owned()),
+                    _ => String::new(),
+                };
+                let exact = format!("{}\n{}\n{fingerprint}", call.method, call_params(&call));
                 let rule = hold.rule.clone();
                 let held = crate::gate::held::Held {
                     kind: Kind::Mcp,

@@ -251,13 +251,35 @@ impl Reader {
         };
         let total = items.len();
         let old = std::mem::take(items);
+        let mut names = std::collections::HashSet::new();
+        let mut repeated = None;
         for mut item in old {
+            // Every item is seen (so each fingerprint counts) before the list is judged.
+            let name = match key {
+                "resourceTemplates" => item.get("uriTemplate"),
+                "resources" => item.get("uri"),
+                _ => item.get("name"),
+            }
+            .cloned();
+            if let Some(name) = name
+                && !names.insert(name.to_string())
+            {
+                repeated = Some(name);
+            }
             if let Some(effect) = self.listed(kind, key, &item) {
                 if effect == skillgate_policy::Effect::Approve {
                     mark(&mut item);
                 }
                 items.push(item);
             }
+        }
+        if let Some(name) = repeated {
+            // Which of the two a client keeps is its own affair (a poisoned tool before a
+            // clean one of the same name): such a list lists nothing.
+            items.clear();
+            let reason = format!("refused: it lists {name} twice, so it lists nothing");
+            self.note(line, "filtered", &reason);
+            return;
         }
         let reason = format!("{} of {total} listed", items.len());
         self.note(line, "filtered", &reason);

@@ -34,6 +34,11 @@ type Relayed = (String, String, String, String);
 struct Pin {
     first: String,
     latest: String,
+    /// The reference (the policy's pin, or else the first fingerprint) a listing showed
+    /// another fingerprint against: the tool stays changed, whatever later listings show,
+    /// until the policy pins another fingerprint (or the agent restarts). A server cannot
+    /// clear a change by listing the tool as it was (nor a skill by listing it again).
+    tainted: Option<String>,
 }
 
 /// What a listing says of a tool.
@@ -71,6 +76,7 @@ impl McpState {
                 Pin {
                     first: pinned.unwrap_or(seen).to_owned(),
                     latest: seen.to_owned(),
+                    tainted: pinned.filter(|p| *p != seen).map(str::to_owned),
                 },
             );
             return match pinned {
@@ -84,6 +90,9 @@ impl McpState {
         let reference = pinned.unwrap_or(&pin.first).to_owned();
         let new = pin.latest != seen;
         pin.latest = seen.to_owned();
+        if reference != seen {
+            pin.tainted = Some(reference.clone());
+        }
         if new && reference != seen {
             Seen::Changed(Change {
                 before: reference,
@@ -114,12 +123,26 @@ impl McpState {
             });
         };
         let reference = pinned.unwrap_or(&pin.first);
-        (pin.latest != reference).then(|| {
-            format!(
+        if pin.latest != reference {
+            return Some(format!(
                 "tool `{tool}` changed since it was pinned: fingerprint {reference} is now {}",
                 pin.latest
+            ));
+        }
+        (pin.tainted.as_deref() == Some(reference)).then(|| {
+            format!(
+                "tool `{tool}` was listed with another fingerprint than {reference} since the \
+                 agent started (until the policy pins one anew)"
             )
         })
+    }
+
+    /// The fingerprint `backend` last listed `tool` with, if any list has shown it.
+    pub(super) fn latest(&self, backend: &str, tool: &str) -> Option<String> {
+        self.pins
+            .locked()
+            .get(&(backend.to_owned(), tool.to_owned()))
+            .map(|pin| pin.latest.clone())
     }
 
     /// A new id for a call forwarded on `backend`, remembered as the one `skill` sent as
@@ -281,16 +304,25 @@ mod tests {
                 .unwrap()
                 .contains("aa is now bb")
         );
-        // Changed back: fine again.
+        // Found by review: listed as it was, the change cleared itself. It stays.
         assert!(matches!(state.observe("b", "t", "aa", None), Seen::Same));
-        assert!(state.changed("b", "t", None).is_none());
-        // A policy pin wins over what was seen first.
+        assert!(
+            state
+                .changed("b", "t", None)
+                .unwrap()
+                .contains("another fingerprint than aa")
+        );
+        assert_eq!(state.latest("b", "t").as_deref(), Some("aa"));
+        // A policy pin wins over what was seen first; pinning the new one anew clears it.
         assert!(matches!(
             state.observe("b", "u", "xx", Some("pp")),
             Seen::Changed(_)
         ));
         assert!(state.changed("b", "u", Some("pp")).is_some());
         assert!(state.changed("b", "u", Some("xx")).is_none());
+        // The server showing the pinned one again does not clear it.
+        state.observe("b", "u", "pp", Some("pp"));
+        assert!(state.changed("b", "u", Some("pp")).is_some());
         // Pinned, never listed: not verified, so changed as far as a call goes.
         assert!(state.changed("b", "never", None).is_none());
         assert!(
