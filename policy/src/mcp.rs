@@ -271,7 +271,25 @@ pub fn classify(value: &Value) -> Result<Message, String> {
 /// Why a resource URI cannot be decided by its text, if it cannot: a server may resolve `.`
 /// and `..` segments, decode escapes or read a backslash as a separator, and so read another
 /// resource than a pattern matched (`file:///docs/../etc/passwd` against `file:///docs/*`).
-fn ambiguous_uri(uri: &str) -> Option<&'static str> {
+/// The SDK's server reads `params.uri` as pydantic's `AnyUrl`, which is the `url` crate's
+/// parse: a URI that parse would write otherwise (`FILE:///etc/passwd`, `file:/etc/passwd`,
+/// `file://localhost/etc/passwd`, surrounding spaces) names another resource than its text.
+fn ambiguous_uri(uri: &str) -> Option<String> {
+    if let Some(why) = ambiguous_text(uri) {
+        return Some(why.to_owned());
+    }
+    match url::Url::parse(uri) {
+        Err(err) => Some(format!("is not a URL a server reads ({err})")),
+        Ok(parsed) if parsed.as_str() != uri => Some(format!(
+            "is read by a server as `{}`: only that form is decided",
+            parsed.as_str()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// What [`ambiguous_uri`] finds in the text itself.
+fn ambiguous_text(uri: &str) -> Option<&'static str> {
     if uri.contains('%') {
         return Some("has percent-escapes, which a server may decode into another path");
     }

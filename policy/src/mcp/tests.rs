@@ -106,6 +106,38 @@ fn malformed_messages_are_refused_with_the_reason() {
         let err = bad(&body.to_string()).to_string();
         assert!(err.contains("URI"), "{uri}: {err}");
     }
+    // Found by review: the SDK's server reads the URI as pydantic's AnyUrl, which normalises
+    // each of these into `file:///etc/passwd`, past a deny on `file:///etc/*`.
+    for uri in [
+        "FILE:///etc/passwd",
+        "file:/etc/passwd",
+        "file://localhost/etc/passwd",
+        " file:///etc/passwd",
+        "file:///etc/passwd ",
+        "File:etc/passwd",
+        "file:etc/passwd",
+        "HTTPS://Example.com/a",
+        "https://example.com:443/a",
+        "https://example.com",
+        "not a url",
+    ] {
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}});
+        let err = bad(&body.to_string()).to_string();
+        assert!(err.contains("URI"), "{uri}: {err}");
+    }
+    // What the SDK's client sends (its AnyUrl's text) reads as it is.
+    for uri in [
+        "file:///etc/passwd",
+        "file:///docs/a.md",
+        "https://example.com/a?b=c",
+        "memo://insights",
+        "test://static/resource/1",
+    ] {
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}});
+        assert!(parse_body(body.to_string().as_bytes()).is_ok(), "{uri}");
+    }
     // Two names: the server might read either.
     let twice = r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "ok", "name": "delete_all"}}"#;
     assert_eq!(bad(twice).code(), -32700);
