@@ -226,6 +226,14 @@ pub fn classify(value: &Value) -> Result<Message, String> {
         Some(Value::Object(params)) => Some(params),
         Some(_) => return Err(format!("`{method}`: `params` must be an object")),
     };
+    // A task-augmented request (`params.task`, the 2025-11-25 revision) is answered later,
+    // through `tasks/result`, which no decision or mask of this call covers.
+    if params.is_some_and(|p| p.contains_key("task")) {
+        return Err(format!(
+            "`{method}`: task-augmented requests (`params.task`) are not taken: their result \
+             would come through `tasks/result`, past this call's decision and masks"
+        ));
+    }
     let param = |name: &str| params.and_then(|p| p.get(name));
     let string = |name: &str| -> Result<String, String> {
         match param(name) {
