@@ -73,6 +73,16 @@ fn policy(dial: SocketAddr, upstream: SocketAddr) -> String {
 [[skill]]
 name = "support"
 
+[[skill]]
+name = "other"
+
+[[rule]]
+name = "other-words"
+skills = ["other"]
+backend = "tools"
+effect = "allow"
+mcp = {{ tools = ["lookup"] }}
+
 [[backend]]
 name = "tools"
 protocol = "mcp"
@@ -664,6 +674,74 @@ fn a_masked_field_in_a_result_python_writes_with_nan_never_reaches_the_skill() {
     assert!(text.contains(r#""balance":null"#), "{context}");
     let tools: Vec<Value> = s.server.seen().iter().map(|c| c["tool"].clone()).collect();
     assert_eq!(tools, ["get_account", "get_account"], "{context}");
+}
+
+#[test]
+fn a_session_is_the_skill_s_that_created_it() {
+    let s = Setup::new("mcp-session-owner", true);
+    let agent = s.env.start_agent();
+    let script = r#"
+import json, sys, requests
+url = sys.argv[1]
+headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+def post(body, session=None):
+    h = dict(headers)
+    if session:
+        h["Mcp-Session-Id"] = session
+    return requests.post(url, data=json.dumps(body), headers=h, timeout=20)
+if sys.argv[2] == "create":
+    r = post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}})
+    session = r.headers["mcp-session-id"]
+    post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+    print(json.dumps({"session": session}))
+else:
+    session = sys.argv[3]
+r = post({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+          "params": {"name": "lookup", "arguments": {"query": sys.argv[2]}}}, session)
+print(json.dumps({"status": r.status_code, "body": r.text}))
+"#;
+    let url = s.url.clone();
+    let run = |skill: &str, args: &[&str]| {
+        let mut all = vec![url.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = s.env.exec_python(skill, script, &all);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let context = format!(
+            "{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log()
+        );
+        let lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
+            .collect();
+        (lines, context)
+    };
+    let (created, context) = run("support", &["create"]);
+    let session = created[0]["session"].as_str().unwrap().to_owned();
+    assert_eq!(created[1]["status"], 200, "{context}");
+    // Another skill naming that session is refused, and the server never sees its call.
+    let (theirs, context) = run("other", &["theirs", &session]);
+    assert_eq!(theirs[0]["status"], 404, "{context}");
+    assert!(
+        theirs[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("another skill"),
+        "{context}"
+    );
+    // A session the agent never saw created is refused too.
+    let (made_up, context) = run("other", &["made-up", "0123456789abcdef"]);
+    assert_eq!(made_up[0]["status"], 404, "{context}");
+    let queries: Vec<Value> = s
+        .server
+        .seen()
+        .iter()
+        .map(|c| c["arguments"]["query"].clone())
+        .collect();
+    assert_eq!(queries, ["create"], "{context}");
 }
 
 #[test]

@@ -95,6 +95,22 @@ impl HttpConn {
             .get("mcp-session-id")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
+        // A session is the skill's that it was created for: another skill naming it would
+        // act in it (answer its server requests, end it, read its stream).
+        if !session.is_empty() {
+            let why = match self.ctx.mcp.session_owner(&self.audit.backend, &session) {
+                Some(owner) if owner == self.audit.skill => None,
+                Some(_) => Some("this MCP session was created for another skill"),
+                None => {
+                    Some("this MCP session was not created through the agent (since it started)")
+                }
+            };
+            if let Some(why) = why {
+                return self
+                    .refuse(&id, &line, StatusCode::NOT_FOUND, why.to_owned(), None)
+                    .await;
+            }
+        }
         let exchange = Exchange {
             session,
             token_groups,

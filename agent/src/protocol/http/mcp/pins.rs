@@ -26,7 +26,16 @@ pub struct McpState {
     in_flight: Mutex<(HashMap<Relayed, String>, Vec<Relayed>)>,
     /// The last id given (see [`McpState::rpc_id`]).
     ids: AtomicU64,
+    /// (backend, MCP session) → the skill it was created for, and the order they came in.
+    sessions: Mutex<(HashMap<Session, String>, Vec<Session>)>,
 }
+
+/// An MCP session: backend, `Mcp-Session-Id`.
+type Session = (String, String);
+
+/// Most MCP sessions remembered per agent (the oldest are forgotten first: their skills
+/// start new ones).
+const SESSIONS_MAX: usize = 65536;
 
 /// A server request passed on to a skill: backend, skill, session, id.
 type Relayed = (String, String, String, String);
@@ -225,6 +234,33 @@ impl McpState {
         }
     }
 
+    /// Notes that the server gave `skill` the MCP session `session` (the first skill given
+    /// one keeps it).
+    pub(super) fn session_created(&self, backend: &str, session: &str, skill: &str) {
+        let key = (backend.to_owned(), session.to_owned());
+        let mut sessions = self.sessions.locked();
+        let (map, order) = &mut *sessions;
+        if map.contains_key(&key) {
+            return;
+        }
+        map.insert(key.clone(), skill.to_owned());
+        order.push(key);
+        if order.len() > SESSIONS_MAX {
+            let old = order.remove(0);
+            map.remove(&old);
+        }
+    }
+
+    /// The skill the MCP session `session` on `backend` was created for, if the agent saw
+    /// it created.
+    pub(super) fn session_owner(&self, backend: &str, session: &str) -> Option<String> {
+        self.sessions
+            .locked()
+            .0
+            .get(&(backend.to_owned(), session.to_owned()))
+            .cloned()
+    }
+
     /// Remembers that the server's request `id` on `session` went to `skill`.
     pub(super) fn relayed(&self, backend: &str, skill: &str, session: &str, id: &Value) {
         let key = (
@@ -359,5 +395,15 @@ mod tests {
         );
         state.landed("b", "k", "s", &seven, &b);
         assert_eq!(state.in_flight("b", "k", "s", &seven), None);
+    }
+
+    #[test]
+    fn a_session_belongs_to_the_skill_it_was_created_for() {
+        let state = McpState::default();
+        assert_eq!(state.session_owner("b", "s1"), None);
+        state.session_created("b", "s1", "k");
+        state.session_created("b", "s1", "other");
+        assert_eq!(state.session_owner("b", "s1").as_deref(), Some("k"));
+        assert_eq!(state.session_owner("c", "s1"), None);
     }
 }

@@ -40,6 +40,12 @@ impl HttpConn {
         scrub::scrub_headers(&mut headers, secrets);
         parts.headers = headers;
         parts.extensions = hyper::http::Extensions::new();
+        if let Some(session) = parts.headers.get("mcp-session-id") {
+            let session = String::from_utf8_lossy(session.as_bytes());
+            self.ctx
+                .mcp
+                .session_created(&self.audit.backend, &session, &self.audit.skill);
+        }
         // Read as the SDK's client reads it: by prefix (`application/json-seq` and
         // `text/event-streamx` are JSON and SSE to it), so the agent reads what the client
         // will.
