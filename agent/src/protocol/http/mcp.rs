@@ -379,11 +379,9 @@ impl HttpConn {
             Verdict::Hold(hold) => {
                 // The approver sees the call with its arguments (detector hits masked); the
                 // approval binds the method and params exactly (and a tool's fingerprint).
-                let approver_sees = skillgate_policy::mask::scrub(&format!(
-                    "{} {}",
-                    call.method,
-                    call_params(&call)
-                ));
+                let params = bound_params(value);
+                let approver_sees =
+                    skillgate_policy::mask::scrub(&format!("{} {params}", call.method));
                 // A tool's approval binds its fingerprint too: a grant given before the server
                 // changed the tool does not cover the changed one.
                 let fingerprint = match (call.method.as_str(), &call.name) {
@@ -394,7 +392,7 @@ impl HttpConn {
                         .unwrap_or_else(|| "never listed".to_owned()),
                     _ => String::new(),
                 };
-                let exact = format!("{}\n{}\n{fingerprint}", call.method, call_params(&call));
+                let exact = format!("{}\n{params}\n{fingerprint}", call.method);
                 let rule = hold.rule.clone();
                 let held = crate::gate::held::Held {
                     kind: Kind::Mcp,
@@ -603,19 +601,21 @@ pub(super) fn refused_error(id: &Value, refusal: &Refusal) -> Value {
     mcp::error_response(id, mcp::REFUSED, &message, data)
 }
 
-/// A call's params as the record and approvers show them.
-fn call_params(call: &McpCall) -> String {
-    let mut params = serde_json::Map::new();
-    if let Some(name) = &call.name {
-        params.insert("name".to_owned(), Value::String(name.clone()));
-    }
-    if let Some(uri) = &call.uri {
-        params.insert("uri".to_owned(), Value::String(uri.clone()));
-    }
-    if let Some(arguments) = &call.arguments {
-        params.insert("arguments".to_owned(), arguments.clone());
-    }
-    mcp::json::canonical(&Value::Object(params))
+/// A message's params as approvers see them and an approval binds them: all of them but
+/// `_meta` (a progress token differs from call to call), canonically. A grant for a method
+/// decided by its name alone (`completion/complete`, `logging/setLevel`, a custom method)
+/// covers only the same params.
+fn bound_params(message: &Value) -> String {
+    let params = match message.get("params") {
+        Some(Value::Object(map)) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| k.as_str() != "_meta")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => Value::Object(Default::default()),
+    };
+    mcp::json::canonical(&params)
 }
 
 /// A call as logs and the store keep it: `tools/call create_refund {"amount":50}`, detector
@@ -652,6 +652,28 @@ fn redacted(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_approval_binds_every_param_but_meta() {
+        let level = |level: &str, token: i64| {
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
+                "params": {"level": level, "_meta": {"progressToken": token}}})
+        };
+        // Found by review: only name, uri and arguments were bound, so an exact grant for
+        // `logging/setLevel` covered any level.
+        assert_ne!(
+            bound_params(&level("debug", 1)),
+            bound_params(&level("error", 1))
+        );
+        assert_eq!(
+            bound_params(&level("debug", 1)),
+            bound_params(&level("debug", 2))
+        );
+        assert_eq!(bound_params(&level("debug", 1)), r#"{"level":"debug"}"#);
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "t", "arguments": {"a": 1}}});
+        assert_eq!(bound_params(&call), r#"{"arguments":{"a":1},"name":"t"}"#);
+    }
 
     #[test]
     fn calls_are_shown_with_detector_hits_masked_and_literals_as_the_setting_says() {
