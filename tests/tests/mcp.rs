@@ -789,7 +789,12 @@ import http.server, json, sys
 class Plain(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if call["method"] == "tools/list":
+        if call["method"] == "resources/list":
+            body = json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": {
+                "resources": [{"uri": "file:///etc/passwd", "name": "passwd"}],
+                "resourceTemplates": [{"uriTemplate": "file:///{path}", "name": "any"}]}}).encode()
+            kind = "application/json"
+        elif call["method"] == "tools/list":
             # A type the SDK's client reads as JSON (by prefix).
             names = ["lookup", "delete_customer"]
             if call.get("params", {}).get("cursor") == "twice":
@@ -913,7 +918,8 @@ for call in [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
              {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
               "params": {"name": "lookup", "arguments": {"query": "html"}}},
              {"jsonrpc": "2.0", "id": 3, "method": "tools/list",
-              "params": {"cursor": "twice"}}]:
+              "params": {"cursor": "twice"}},
+             {"jsonrpc": "2.0", "id": 4, "method": "resources/list"}]:
     r = requests.post(sys.argv[1], json=call, timeout=20,
                       headers={"Accept": "application/json, text/event-stream"})
     print(json.dumps({"status": r.status_code, "type": r.headers.get("content-type"),
@@ -932,7 +938,7 @@ for call in [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
         .collect();
-    assert_eq!(lines.len(), 3, "{context}");
+    assert_eq!(lines.len(), 4, "{context}");
     // `application/json-seq` is JSON to the SDK's client: read, and the list filtered.
     let list: Value = serde_json::from_str(lines[0]["body"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("{e}: {context}"));
@@ -955,6 +961,19 @@ for call in [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
     // A list naming one tool twice (a poisoned entry beside a clean one) lists nothing.
     let twice: Value = serde_json::from_str(lines[2]["body"].as_str().unwrap()).unwrap();
     assert_eq!(twice["result"]["tools"], serde_json::json!([]), "{context}");
+    // A resources list answered with both lists: both filtered (no rule grants the skill a
+    // resource).
+    let both: Value = serde_json::from_str(lines[3]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        both["result"]["resources"],
+        serde_json::json!([]),
+        "{context}"
+    );
+    assert_eq!(
+        both["result"]["resourceTemplates"],
+        serde_json::json!([]),
+        "{context}"
+    );
 }
 
 #[test]

@@ -233,16 +233,30 @@ impl Reader {
     /// Keeps in a list what the skill may use: tools, resources or prompts the policy would
     /// let it call (approve-rule tools marked), and notes tools whose fingerprint changed.
     fn filter_list(&mut self, kind: ListKind, result: &mut Value, line: &str) {
-        let key = match kind {
-            ListKind::Tools => "tools",
-            ListKind::Resources if result.get("resourceTemplates").is_some() => "resourceTemplates",
-            ListKind::Resources => "resources",
-            ListKind::Prompts => "prompts",
-        };
         // Anything but a list where the list belongs lists nothing.
         if !result.is_object() {
             *result = serde_json::json!({});
         }
+        let keys: &[&str] = match kind {
+            ListKind::Tools => &["tools"],
+            ListKind::Prompts => &["prompts"],
+            // Both, when the server answers with both: the skill's client may read either.
+            ListKind::Resources => match (
+                result.get("resources").is_some(),
+                result.get("resourceTemplates").is_some(),
+            ) {
+                (true, true) => &["resources", "resourceTemplates"],
+                (false, true) => &["resourceTemplates"],
+                _ => &["resources"],
+            },
+        };
+        for key in keys {
+            self.filter_items(kind, key, result, line);
+        }
+    }
+
+    /// [`Reader::filter_list`] for the list under `key`.
+    fn filter_items(&mut self, kind: ListKind, key: &str, result: &mut Value, line: &str) {
         let Some(Value::Array(items)) = result.get_mut(key) else {
             if let Some(map) = result.as_object_mut() {
                 map.insert(key.to_owned(), Value::Array(Vec::new()));
