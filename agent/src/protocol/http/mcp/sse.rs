@@ -65,9 +65,8 @@ impl SseFilter {
             }
             if data.is_empty() {
                 // A priming event (an id to resume from), or nothing.
-                if let Some(id) = id {
-                    self.out
-                        .push_back(Bytes::from(format!("id: {}\n\n", clean(&id))));
+                if let Some(id) = id.as_deref().and_then(clean) {
+                    self.out.push_back(Bytes::from(format!("id: {id}\n\n")));
                 }
                 continue;
             }
@@ -97,19 +96,32 @@ impl SseFilter {
     }
 }
 
-/// An SSE event carrying `value`.
+/// An SSE event carrying `value`. Its data is one line to any reader: the characters some
+/// SSE readers also split lines at (httpx-sse before 0.4.2: U+2028, U+2029, U+0085; VT and
+/// FF, which JSON escapes anyway) are written as JSON escapes.
 fn event(id: Option<&str>, value: &serde_json::Value) -> Bytes {
     let mut text = String::new();
-    if let Some(id) = id {
-        text.push_str(&format!("id: {}\n", clean(id)));
+    if let Some(id) = id.and_then(clean) {
+        text.push_str(&format!("id: {id}\n"));
     }
-    text.push_str(&format!("event: message\ndata: {value}\n\n"));
+    let data = value
+        .to_string()
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+        .replace('\u{0085}', "\\u0085");
+    text.push_str(&format!("event: message\ndata: {data}\n\n"));
     Bytes::from(text)
 }
 
-/// An event id without line breaks (they would start a field of the skill's choosing).
-fn clean(id: &str) -> String {
-    id.chars().filter(|c| *c != '\n' && *c != '\r').collect()
+/// An event id as forwarded, if it is one: 1 to 128 of `A-Z a-z 0-9 . _ : / -` (no line
+/// break of any reader's, which would start a field of the server's choosing). Any other
+/// id is dropped (a client then cannot resume from that event, nothing more).
+fn clean(id: &str) -> Option<&str> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:/".contains(&b));
+    ok.then_some(id)
 }
 
 /// The end of the first whole event in `buf` and where the next one starts.
@@ -171,7 +183,36 @@ impl Body for SseFilter {
 
 #[cfg(test)]
 mod tests {
-    use super::boundary;
+    use super::{boundary, clean, event};
+
+    #[test]
+    fn ids_and_data_cannot_start_a_line_for_any_reader() {
+        // Found by review: only CR and LF were taken out of ids, and data kept U+2028,
+        // which httpx-sse < 0.4.2 splits lines at.
+        assert_eq!(clean("0/12:ab-c_d.e"), Some("0/12:ab-c_d.e"));
+        for bad in [
+            "a\u{2028}data: x",
+            "a\u{0085}b",
+            "a\u{000b}b",
+            "a b",
+            "",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(clean(bad), None, "{bad:?}");
+        }
+        let value =
+            serde_json::json!({"text": "a\u{2028}data: {}\u{2029}\u{0085}\u{000b}\u{000c}b"});
+        let bytes = event(Some("a\u{2028}b"), &value);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(text.lines().count(), 3, "event, data, blank: {text:?}");
+        assert!(!text.contains("id:"), "{text:?}");
+        for c in ['\u{2028}', '\u{2029}', '\u{0085}', '\u{000b}', '\u{000c}'] {
+            assert!(!text.contains(c), "{text:?}");
+        }
+        let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap();
+        let back: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(back, value, "the same JSON");
+    }
 
     #[test]
     fn events_end_at_a_blank_line() {
