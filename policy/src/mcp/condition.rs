@@ -64,11 +64,16 @@ pub struct ArgCondition {
 
 impl ArgCondition {
     /// Whether it holds for `arguments`. An argument that is missing or of another type than
-    /// a test reads does not satisfy it.
+    /// a test reads does not satisfy it. With a `*` segment (`/to/*`), every element must
+    /// satisfy it (and the `*` must meet an array or object).
     pub fn holds(&self, arguments: &Value) -> bool {
-        let Some(value) = arguments.pointer(&self.pointer) else {
-            return false;
-        };
+        match values_at(arguments, &self.pointer) {
+            Some(values) => values.into_iter().all(|value| self.holds_for(value)),
+            None => false,
+        }
+    }
+
+    fn holds_for(&self, value: &Value) -> bool {
         if let Some(equals) = &self.equals
             && !same(value, equals)
         {
@@ -106,10 +111,17 @@ impl ArgCondition {
     /// unless it is one a coercion is known for that definitely fails it: a plain decimal
     /// string (or a bool) where a number is read, pydantic's boolean words or 0 and 1 where a
     /// bool is.
+    ///
+    /// With a `*` segment, it may hold when it may for any element (or the `*` meets neither
+    /// an array nor an object: the server may read that as one).
     pub fn may_hold(&self, arguments: &Value) -> bool {
-        let Some(value) = arguments.pointer(&self.pointer) else {
-            return true;
-        };
+        match values_at(arguments, &self.pointer) {
+            Some(values) => values.into_iter().any(|value| self.may_hold_for(value)),
+            None => true,
+        }
+    }
+
+    fn may_hold_for(&self, value: &Value) -> bool {
         if let Some(equals) = &self.equals
             && !may_equal(value, equals)
         {
@@ -137,6 +149,33 @@ impl ArgCondition {
             None => true,
         }
     }
+}
+
+/// The values `pointer` (RFC 6901, a `*` segment being every element of an array or every
+/// value of an object) points at in `arguments`; `None`: a segment is missing, or a `*` meets
+/// something else.
+fn values_at<'a>(arguments: &'a Value, pointer: &str) -> Option<Vec<&'a Value>> {
+    if pointer.is_empty() {
+        return Some(vec![arguments]);
+    }
+    let mut values = vec![arguments];
+    for segment in pointer.strip_prefix('/')?.split('/') {
+        let mut next = Vec::new();
+        for value in values {
+            if segment == "*" {
+                match value {
+                    Value::Array(items) => next.extend(items.iter()),
+                    Value::Object(map) => next.extend(map.values()),
+                    _ => return None,
+                }
+            } else {
+                let escaped = format!("/{segment}");
+                next.push(value.pointer(&escaped)?);
+            }
+        }
+        values = next;
+    }
+    Some(values)
 }
 
 /// `value` read as a number where a server coerces one, if it is known to read it so: a
@@ -296,6 +335,34 @@ mod tests {
         min.one_of = vec![json!(7)];
         assert!(min.may_hold(&json!({"amount": "7"})));
         assert!(!min.may_hold(&json!({"amount": "8"})));
+    }
+
+    #[test]
+    fn a_star_segment_reads_every_element() {
+        let mut corp = ArgCondition {
+            pointer: "/to/*".to_owned(),
+            equals: None,
+            one_of: Vec::new(),
+            prefix: None,
+            pattern: Some(NameGlob::new("*@corp.com")),
+            bounds: Vec::new(),
+        };
+        // Found by review: `/to/0` checked the first recipient only.
+        assert!(corp.holds(&json!({"to": ["a@corp.com", "b@corp.com"]})));
+        assert!(!corp.holds(&json!({"to": ["a@corp.com", "x@evil.com"]})));
+        assert!(!corp.holds(&json!({"to": "a@corp.com"})), "not a list");
+        assert!(!corp.holds(&json!({})));
+        assert!(corp.may_hold(&json!({"to": ["x@evil.com", "a@corp.com"]})));
+        assert!(!corp.may_hold(&json!({"to": ["x@evil.com"]})));
+        assert!(corp.may_hold(&json!({"to": "a@corp.com"})), "not a list");
+        corp.pointer = "/to/*/address".to_owned();
+        assert!(corp.holds(&json!({"to": [{"address": "a@corp.com"}]})));
+        assert!(!corp.holds(&json!({"to": [{"address": "a@corp.com"}, {"name": "x"}]})));
+        corp.pointer = "/to/0".to_owned();
+        assert!(
+            corp.holds(&json!({"to": ["a@corp.com", "x@evil.com"]})),
+            "as before"
+        );
     }
 
     #[test]
