@@ -95,7 +95,7 @@ impl ArgCondition {
             return false;
         }
         self.bounds.iter().all(|bound| {
-            value.as_f64().is_some_and(|n| match bound {
+            exact_number(value).is_some_and(|n| match bound {
                 Bound::Min(min) => n >= *min,
                 Bound::Max(max) => n <= *max,
             })
@@ -183,12 +183,33 @@ fn values_at<'a>(arguments: &'a Value, pointer: &str) -> Option<Vec<&'a Value>> 
 /// `" -1.5e3 "`). Anything else (`"1_001"`, `"0x10"`, `"inf"`, `"٣"`) is not known: `None`.
 fn loose_number(value: &Value) -> Option<f64> {
     match value {
-        Value::Number(n) => n.as_f64(),
+        Value::Number(_) => exact_number(value),
         Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        Value::String(s) if plain_decimal(s.trim()) => s.trim().parse::<f64>().ok(),
+        // More than 15 digits may not be read exactly as a float: not known.
+        Value::String(s)
+            if plain_decimal(s.trim()) && s.bytes().filter(u8::is_ascii_digit).count() <= 15 =>
+        {
+            s.trim().parse::<f64>().ok()
+        }
         _ => None,
     }
     .filter(|n| n.is_finite())
+}
+
+/// The most an integer may be and still compare exactly as a float (2^53).
+const EXACT: u64 = 1 << 53;
+
+/// A number as a float, if it is one exactly: an integer beyond 2^53 is not (it would compare
+/// as its neighbour: `9007199254740993 <= 9007199254740992`).
+fn exact_number(value: &Value) -> Option<f64> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    if n.as_u64().is_some_and(|v| v > EXACT) || n.as_i64().is_some_and(|v| v.unsigned_abs() > EXACT)
+    {
+        return None;
+    }
+    n.as_f64()
 }
 
 /// `[+-]digits[.digits][e[+-]digits]`, ASCII only.
@@ -254,9 +275,23 @@ fn may_equal(value: &Value, target: &Value) -> bool {
 }
 
 /// JSON equality, numbers by value (`1` and `1.0` are the same amount to a server).
+/// Integers compare exactly; an integer beyond 2^53 equals no float.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => {
+            let int = |n: &serde_json::Number| {
+                n.as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+            };
+            match (int(x), int(y)) {
+                (Some(x), Some(y)) => x == y,
+                _ => match (exact_number(a), exact_number(b)) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => false,
+                },
+            }
+        }
         _ => a == b,
     }
 }
@@ -335,6 +370,30 @@ mod tests {
         min.one_of = vec![json!(7)];
         assert!(min.may_hold(&json!({"amount": "7"})));
         assert!(!min.may_hold(&json!({"amount": "8"})));
+    }
+
+    #[test]
+    fn numbers_beyond_2_53_are_not_compared_as_floats() {
+        let cond = |bounds: Vec<Bound>, one_of: Vec<Value>| ArgCondition {
+            pointer: "/id".to_owned(),
+            equals: None,
+            one_of,
+            prefix: None,
+            pattern: None,
+            bounds,
+        };
+        // Found by review: bounds compared via f64, so 2^53 + 1 passed max = 2^53.
+        let max = cond(vec![Bound::Max(9007199254740992.0)], Vec::new());
+        assert!(max.holds(&json!({"id": 9007199254740992_u64})));
+        assert!(!max.holds(&json!({"id": 9007199254740993_u64})));
+        let min = cond(vec![Bound::Min(9007199254740992.0)], Vec::new());
+        assert!(min.may_hold(&json!({"id": 9007199254740993_u64})));
+        assert!(min.may_hold(&json!({"id": "9007199254740993"})));
+        let one = cond(Vec::new(), vec![json!(9007199254740992_u64)]);
+        assert!(one.holds(&json!({"id": 9007199254740992_u64})));
+        assert!(!one.holds(&json!({"id": 9007199254740993_u64})));
+        let small = cond(Vec::new(), vec![json!(50)]);
+        assert!(small.holds(&json!({"id": 50.0})), "small numbers by value");
     }
 
     #[test]
