@@ -139,6 +139,28 @@ def raw(steps):
             first.join()
             second.join()
             out(step, secret=results.get("slow_secret"), report=results.get("slow_report"))
+        elif step == "cancel":
+            # A call cancelled by the id the skill sent it with: the server gets the agent's.
+            results = {}
+
+            def slow():
+                call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                        "params": {"name": "slow_report", "arguments": {"delay": 3}}}
+                results["call"] = post(call, session_id=session_id)[1]
+
+            thread = threading.Thread(target=slow)
+            thread.start()
+            time.sleep(0.5)
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                      "params": {"requestId": 9, "reason": "enough"}}
+            status = post(cancel, session_id=session_id)[0].status_code
+            unknown = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": 99}}
+            unknown_status = post(unknown, session_id=session_id)[0].status_code
+            started = time.time()
+            thread.join()
+            out(step, status=status, unknown=unknown_status, call=results.get("call"),
+                waited=time.time() - started)
         elif step == "get-body":
             call = {"jsonrpc": "2.0", "id": 12, "method": "tools/call",
                     "params": {"name": "delete_customer", "arguments": {"id": 1}}}

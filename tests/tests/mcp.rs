@@ -652,6 +652,42 @@ fn an_id_reused_in_two_posts_gets_each_call_its_own_answer() {
 }
 
 #[test]
+fn a_cancellation_names_the_call_by_the_skill_s_id() {
+    let s = Setup::new("mcp-cancel", false);
+    let agent = s.env.start_agent();
+    let out = s.run(&["raw", "cancel"]);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    let step = out.get("cancel");
+    assert_eq!(step["status"], 202, "{context}");
+    assert_eq!(step["unknown"], 202, "{context}");
+    // The server cancelled the call (it got the agent's id for it): it never finished it.
+    let waited = step["waited"].as_f64().unwrap();
+    let answered = step["call"]
+        .as_array()
+        .and_then(|m| m.first())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(answered["id"], 9, "{context}");
+    assert_eq!(
+        answered["error"]["message"], "Request cancelled",
+        "{context}"
+    );
+    assert!(waited < 2.5, "{context}");
+    s.env.wait_for_sessions_to_end();
+    let dropped = s.env.events().into_iter().any(|e| {
+        e["decision"] == "dropped"
+            && e["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cancels no call")
+    });
+    assert!(
+        dropped,
+        "the cancellation of an unknown id is dropped: {context}"
+    );
+}
+
+#[test]
 fn a_masked_field_in_a_result_python_writes_with_nan_never_reaches_the_skill() {
     // pydantic reads "nan" as a float and writes the result's text with a bare NaN, which is
     // not JSON: the field mask must still find `api_key` (or the answer be withheld).
