@@ -859,10 +859,10 @@ class Plain(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Plain).serve_forever()
 "#;
 
-#[test]
-fn where_a_mask_applies_an_answer_that_is_not_json_rpc_is_withheld_and_headers_dropped() {
+/// The plain server, listening; its address and an address for the skill to dial.
+fn plain_server() -> (Child, SocketAddr, SocketAddr) {
     let port = free_port();
-    let mut server = Command::new("python3")
+    let server = Command::new("python3")
         .args(["-c", PLAIN_SERVER_PY, &port.to_string()])
         .spawn()
         .unwrap();
@@ -875,6 +875,12 @@ fn where_a_mask_applies_an_answer_that_is_not_json_rpc_is_withheld_and_headers_d
     let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
         .parse()
         .unwrap();
+    (server, upstream, dial)
+}
+
+#[test]
+fn where_a_mask_applies_an_answer_that_is_not_json_rpc_is_withheld_and_headers_dropped() {
+    let (mut server, upstream, dial) = plain_server();
     let env = Env::new("mcp-plain", &policy(dial, upstream));
     let agent = env.start_agent();
     let script = r#"
@@ -920,20 +926,7 @@ print(json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": r
 
 #[test]
 fn answers_are_typed_as_the_client_types_them_and_an_unknown_success_is_never_relayed() {
-    let port = free_port();
-    let mut server = Command::new("python3")
-        .args(["-c", PLAIN_SERVER_PY, &port.to_string()])
-        .spawn()
-        .unwrap();
-    let upstream = SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    while std::net::TcpStream::connect(upstream).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let dial: SocketAddr = format!("127.0.0.2:{}", unused_port("127.0.0.2"))
-        .parse()
-        .unwrap();
+    let (mut server, upstream, dial) = plain_server();
     // A skill no mask applies to on the backend: nothing it gets is withheld for a mask.
     let extra = r#"
 [[skill]]

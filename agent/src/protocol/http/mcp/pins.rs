@@ -37,8 +37,18 @@ type Session = (String, String);
 /// start new ones).
 const SESSIONS_MAX: usize = 65536;
 
-/// A server request passed on to a skill: backend, skill, session, id.
+/// A server request passed on to a skill (or a skill's call in flight): backend, skill,
+/// session, id.
 type Relayed = (String, String, String, String);
+
+fn key_of(backend: &str, skill: &str, session: &str, id: &Value) -> Relayed {
+    (
+        backend.to_owned(),
+        skill.to_owned(),
+        session.to_owned(),
+        id.to_string(),
+    )
+}
 
 struct Pin {
     first: String,
@@ -167,12 +177,7 @@ impl McpState {
     ) -> Value {
         let n = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
         let id = format!("skillgate-{:x}-{n}", *EPOCH);
-        let key = (
-            backend.to_owned(),
-            skill.to_owned(),
-            session.to_owned(),
-            skill_id.to_string(),
-        );
+        let key = key_of(backend, skill, session, skill_id);
         let mut in_flight = self.in_flight.locked();
         let (map, order) = &mut *in_flight;
         if map.insert(key.clone(), id.clone()).is_none() {
@@ -194,12 +199,7 @@ impl McpState {
         session: &str,
         skill_id: &Value,
     ) -> Option<Value> {
-        let key = (
-            backend.to_owned(),
-            skill.to_owned(),
-            session.to_owned(),
-            skill_id.to_string(),
-        );
+        let key = key_of(backend, skill, session, skill_id);
         self.in_flight
             .locked()
             .0
@@ -217,12 +217,7 @@ impl McpState {
         skill_id: &Value,
         id: &Value,
     ) {
-        let key = (
-            backend.to_owned(),
-            skill.to_owned(),
-            session.to_owned(),
-            skill_id.to_string(),
-        );
+        let key = key_of(backend, skill, session, skill_id);
         let mut in_flight = self.in_flight.locked();
         let (map, order) = &mut *in_flight;
         if map
@@ -263,12 +258,7 @@ impl McpState {
 
     /// Remembers that the server's request `id` on `session` went to `skill`.
     pub(super) fn relayed(&self, backend: &str, skill: &str, session: &str, id: &Value) {
-        let key = (
-            backend.to_owned(),
-            skill.to_owned(),
-            session.to_owned(),
-            id.to_string(),
-        );
+        let key = key_of(backend, skill, session, id);
         let mut relayed = self.relayed.locked();
         let (set, order) = &mut *relayed;
         if set.insert(key.clone()) {
@@ -289,12 +279,7 @@ impl McpState {
         session: &str,
         id: &Value,
     ) -> bool {
-        let key = (
-            backend.to_owned(),
-            skill.to_owned(),
-            session.to_owned(),
-            id.to_string(),
-        );
+        let key = key_of(backend, skill, session, id);
         let mut relayed = self.relayed.locked();
         let (set, order) = &mut *relayed;
         if set.remove(&key) {
