@@ -3,7 +3,8 @@
 //! included, and inside every text that is itself JSON (a tool's `content[].text` often is).
 //! Python's `NaN` and `Infinity` are read as `null`; a text that looks like JSON (starts
 //! with `{` or `[`) but does not parse cannot have its fields masked, so where fields are
-//! masked it fails. Fails closed: binary content (`blob`, image or audio `data`, base64) cannot be masked, so an
+//! masked it fails, and so does any other text that gives a masked field a value
+//! (`Result: {"api_key": …}`, `api_key=…`). Fails closed: binary content (`blob`, image or audio `data`, base64) cannot be masked, so an
 //! answer holding any is an error, and the caller replaces it with [`error_result`].
 
 use serde_json::Value;
@@ -76,11 +77,39 @@ fn inner_json(
                 let (masked, n) = mask_json(&bytes, mask, salt)?;
                 *count += n;
                 *text = String::from_utf8_lossy(&masked).into_owned();
+            } else if let Some(field) = keyed_field(text, &mask.fields) {
+                // JSON after prose (`Result: {"api_key": …}`), a log line (`api_key=…`), a
+                // Python repr inside text: a masked field given a value where it cannot be
+                // found as a field.
+                return Err(MaskError(format!(
+                    "a text gives the masked field `{field}` a value outside JSON the agent can                      read"
+                )));
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The name of a masked field (its last step: `email` of `customer.email`) that `text` gives a
+/// value: the name as a word, then, after an optional closing quote and spaces, `:` or `=`.
+fn keyed_field<'a>(text: &str, fields: &'a [String]) -> Option<&'a str> {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    fields.iter().find_map(|field| {
+        let name = field
+            .rsplit('.')
+            .next()
+            .filter(|n| !n.is_empty() && *n != "*")?;
+        text.match_indices(name)
+            .any(|(at, _)| {
+                let before = text[..at].chars().next_back();
+                let after = text[at + name.len()..]
+                    .trim_start_matches(['"', '\'', '`'])
+                    .trim_start();
+                !before.is_some_and(word) && (after.starts_with(':') || after.starts_with('='))
+            })
+            .then_some(name)
+    })
 }
 
 /// `text` read as JSON as Python writes it: `json.dumps` and pydantic's `to_json` write

@@ -270,6 +270,23 @@ fn text_that_looks_like_json_is_masked_as_python_writes_it_or_withheld() {
         let mut result = json!({"content": [{"type": "text", "text": text}]});
         assert!(mask_result(&mut result, &mask, b"").is_err(), "{text}");
     }
+    // JSON after prose, a log line, a repr in text: the masked field has a value the mask
+    // cannot reach, so it is withheld; prose that only names the field goes.
+    for text in [
+        r#"Result: {"api_key": "k-CANARY-7Q2"}"#,
+        "api_key=k-CANARY-7Q2",
+        "got {'api_key' : 'k-CANARY-7Q2'}",
+    ] {
+        let mut result = json!({"content": [{"type": "text", "text": text}]});
+        assert!(mask_result(&mut result, &mask, b"").is_err(), "{text}");
+    }
+    let mut prose =
+        json!({"content": [{"type": "text", "text": "the api_key was rotated; my_api_key: none"}]});
+    mask_result(&mut prose, &mask, b"").unwrap();
+    assert_eq!(
+        prose["content"][0]["text"],
+        "the api_key was rotated; my_api_key: none"
+    );
     // Detectors alone still read such a text as text.
     let detectors = Mask {
         detectors: vec![Detector::Card],
