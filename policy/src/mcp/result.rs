@@ -1,11 +1,11 @@
 //! Masking what an MCP server answers (a tool's result, a resource's contents, a prompt): JSON
 //! fields by name and detector hits everywhere in the answer, `structuredContent` and `_meta`
 //! included, and inside every text that is itself JSON (a tool's `content[].text` often is).
-//! Python's `NaN` and `Infinity` are read as `null`; a text that looks like JSON (starts
-//! with `{` or `[`) but does not parse cannot have its fields masked, so where fields are
-//! masked it fails, and so does any other text that gives a masked field a value
-//! (`Result: {"api_key": …}`, `api_key=…`). Fails closed: binary content (`blob`, image or audio `data`, base64) cannot be masked, so an
-//! answer holding any is an error, and the caller replaces it with [`error_result`].
+//! Python's `NaN` and `Infinity` are read as `null`; a text that is not JSON the agent can
+//! read but gives a masked field a value (Python's repr `{'api_key': …}`, `Result:
+//! {"api_key": …}`, `api_key=…`) cannot have that field masked, so it fails. Fails closed:
+//! binary content (`blob`, image or audio `data`, base64) cannot be masked, so an answer
+//! holding any is an error, and the caller replaces it with [`error_result`].
 
 use serde_json::Value;
 
@@ -58,31 +58,22 @@ fn inner_json(
             // A byte-order mark or whitespace before it: still JSON to a reader that skips
             // them.
             let trimmed = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
-            if trimmed.starts_with('{') || trimmed.starts_with('[') {
-                let Some(mut inner) = python_json(trimmed) else {
-                    // It looks like JSON but does not read as such (Python's repr, trailing
-                    // prose, ...): a field in it cannot be found, so where fields are masked
-                    // it is withheld.
-                    if !mask.fields.is_empty() {
-                        return Err(MaskError(
-                            "a text looks like JSON but does not parse, so the fields masked \
-                             cannot be found in it"
-                                .to_owned(),
-                        ));
-                    }
-                    return Ok(());
-                };
+            let inner = (trimmed.starts_with('{') || trimmed.starts_with('['))
+                .then(|| python_json(trimmed))
+                .flatten();
+            if let Some(mut inner) = inner {
                 inner_json(&mut inner, mask, salt, count)?;
                 let bytes = serde_json::to_vec(&inner).map_err(|e| MaskError(e.to_string()))?;
                 let (masked, n) = mask_json(&bytes, mask, salt)?;
                 *count += n;
                 *text = String::from_utf8_lossy(&masked).into_owned();
             } else if let Some(field) = keyed_field(text, &mask.fields) {
-                // JSON after prose (`Result: {"api_key": …}`), a log line (`api_key=…`), a
-                // Python repr inside text: a masked field given a value where it cannot be
-                // found as a field.
+                // Text that is not JSON the agent can read (Python's repr, JSON with prose
+                // after or before it, a log line's `api_key=…`) giving a masked field a value:
+                // the field cannot be found in it as a field, so it is withheld.
                 return Err(MaskError(format!(
-                    "a text gives the masked field `{field}` a value outside JSON the agent can                      read"
+                    "a text gives the masked field `{field}` a value outside JSON the agent can \
+                     read"
                 )));
             }
         }

@@ -260,7 +260,7 @@ fn text_that_looks_like_json_is_masked_as_python_writes_it_or_withheld() {
     let mut bom = json!({"content": [{"type": "text", "text": "\u{feff}{\"api_key\": \"k-1\"}"}]});
     mask_result(&mut bom, &mask, b"").unwrap();
     assert!(!bom.to_string().contains("k-1"), "{bom}");
-    // Looks like JSON, does not parse: withheld where fields are masked.
+    // Not JSON the agent can read, giving a masked field a value: withheld.
     for text in [
         "{'api_key': 'k-CANARY-7Q2'}",
         r#"{"api_key": "k-CANARY-7Q2"} and more"#,
@@ -270,6 +270,28 @@ fn text_that_looks_like_json_is_masked_as_python_writes_it_or_withheld() {
         let mut result = json!({"content": [{"type": "text", "text": text}]});
         assert!(mask_result(&mut result, &mask, b"").is_err(), "{text}");
     }
+    // Found by the fuzzer: what masking writes (`[masked]`, `[email]`) is text, not JSON that
+    // does not parse, so a masked result masks again unchanged; so is a log line's `[WARN]`.
+    let both = Mask {
+        fields: vec!["secret".to_owned()],
+        detectors: vec![Detector::Email],
+        ..Mask::default()
+    };
+    let mut once =
+        json!({"content": [{"type": "text", "text": r#"{"secret":"x","m":"a@b.org"}"#}]});
+    mask_result(&mut once, &both, b"").unwrap();
+    let mut twice = once.clone();
+    mask_result(&mut twice, &both, b"").unwrap();
+    assert_eq!(twice, once);
+    let mut warn = json!({"content": [{"type": "text", "text": "[WARN] disk at 91%"}]});
+    mask_result(&mut warn, &both, b"").unwrap();
+    assert_eq!(warn["content"][0]["text"], "[WARN] disk at 91%");
+    // Also found by the fuzzer: a detector's label at the start of a text (`[[email]}`).
+    let mut label = json!({"content": [{"type": "text", "text": "[notifia@b.grs} secret"}]});
+    mask_result(&mut label, &both, b"").unwrap();
+    let mut again = label.clone();
+    mask_result(&mut again, &both, b"").unwrap();
+    assert_eq!(again, label);
     // JSON after prose, a log line, a repr in text: the masked field has a value the mask
     // cannot reach, so it is withheld; prose that only names the field goes.
     for text in [
