@@ -742,18 +742,9 @@ print(json.dumps({"status": r.status_code, "body": r.text}))
     let run = |skill: &str, args: &[&str]| {
         let mut all = vec![url.clone()];
         all.extend(args.iter().map(|a| a.to_string()));
-        let out = s.env.exec_python(skill, script, &all);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let context = format!(
-            "{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            agent.log()
-        );
-        let lines: Vec<Value> = stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
-            .collect();
-        (lines, context)
+        let out = Steps::from(s.env.exec_python(skill, script, &all));
+        let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+        (out.steps, context)
     };
     let (created, context) = run("support", &["create"]);
     let session = created[0]["session"].as_str().unwrap().to_owned();
@@ -899,17 +890,10 @@ print(json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": r
     let out = env.exec_python("support", script, &[format!("http://{dial}/mcp")]);
     let _ = server.kill();
     let _ = server.wait();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let context = format!(
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    assert!(!stdout.contains(CANARY), "{context}");
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
-        .collect();
+    let out = Steps::from(out);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    assert!(!out.stdout.contains(CANARY), "{context}");
+    let lines = out.steps;
     assert_eq!(lines.len(), 2, "{context}");
     // An answer that is JSON-RPC goes through, without the server's other headers.
     let word: Value = serde_json::from_str(lines[1]["body"].as_str().unwrap()).unwrap();
@@ -957,16 +941,9 @@ for call in [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
     let out = env.exec_python("reader", script, &[format!("http://{dial}/mcp")]);
     let _ = server.kill();
     let _ = server.wait();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let context = format!(
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {context}")))
-        .collect();
+    let out = Steps::from(out);
+    let context = format!("{}\n{}\n{}", out.stdout, out.stderr, agent.log());
+    let lines = out.steps;
     assert_eq!(lines.len(), 4, "{context}");
     // `application/json-seq` is JSON to the SDK's client: read, and the list filtered.
     let list: Value = serde_json::from_str(lines[0]["body"].as_str().unwrap())
@@ -979,7 +956,7 @@ for call in [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
         .collect();
     assert_eq!(names, ["lookup"], "{context}");
     // A success in a type the agent cannot read is never relayed, mask or not.
-    assert!(!stdout.contains(CANARY), "{context}");
+    assert!(!out.stdout.contains(CANARY), "{context}");
     let answer: Value = serde_json::from_str(lines[1]["body"].as_str().unwrap()).unwrap();
     assert_eq!(answer["id"], 2, "{context}");
     let message = answer["error"]["message"].as_str().unwrap();
