@@ -184,6 +184,15 @@ def raw(steps):
                                     '"params": {"name": "lookup", "name": "delete_customer", '
                                     '"arguments": {"id": 1}}}'),
                 "not-json": (None, '{"jsonrpc": "2.0", "id": 5, "method": '),
+                # A denied tool under another spelling of tools/call: a method the policy
+                # does not know (denied), and the same method written with a JSON escape
+                # (decided as what it reads as: tools/call of a denied tool).
+                "case-method": (None, json.dumps(
+                    {"jsonrpc": "2.0", "id": 13, "method": "Tools/Call",
+                     "params": {"name": "delete_customer", "arguments": {"id": 1}}})),
+                "escaped-method": (None, '{"jsonrpc": "2.0", "id": 14, "method": '
+                                         '"tools\\u002fcall", "params": {"name": '
+                                         '"delete\\u005fcustomer", "arguments": {"id": 1}}}'),
                 "content-type": ({"Content-Type": "text/plain"}, json.dumps(
                     {"jsonrpc": "2.0", "id": 6, "method": "tools/call",
                      "params": {"name": "delete_customer", "arguments": {"id": 1}}})),

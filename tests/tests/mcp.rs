@@ -573,6 +573,8 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
         "batch",
         "malformed",
         "not-json",
+        "case-method",
+        "escaped-method",
         "content-type",
         "gzip",
         "sse-body",
@@ -599,6 +601,8 @@ fn batches_are_decided_per_message_and_bad_input_goes_nowhere() {
     for (step, status, code) in [
         ("malformed", 400, Some(-32700)),
         ("not-json", 400, Some(-32700)),
+        ("case-method", 200, Some(-32001)),
+        ("escaped-method", 200, Some(-32001)),
         ("content-type", 415, None),
         ("gzip", 415, None),
         ("sse-body", 415, None),
